@@ -1,0 +1,188 @@
+"""The answers stage: answer each question, grade it, elicit verbal confidence two ways.
+
+- short-answer items: greedy generation on the answer prompt; the reply gives the answer
+  (first line) and the *inline* verbal confidence;
+- multiple-choice items: the option with the highest summed log-likelihood is the answer
+  (letters are useless on small models); the inline verbal confidence is the greedy
+  continuation after that option;
+- *two-pass*: a second prompt shows the question and the model's answer and asks for its
+  confidence; the greedy reply is parsed.
+
+Work is done in chunks saved atomically under ``answers_parts/<key>/``, so a killed run
+resumes where it stopped; the finished table is ``answers.parquet``.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import prompts
+from .confidence import left_pad, parse_confidence, parse_inline
+from .generation import generate
+from .grading import grade_mc, grade_short
+from .runtime import ProgressFn, StopFn, check_stop
+from .settings import StudySettings, stable_hash
+from .workspace import Workspace
+
+ANSWERS_VERSION = 1  # bump when prompts or parsing change
+
+
+def items_fingerprint(items: pd.DataFrame) -> str:
+    cols = [c for c in ("id", "question", "answers", "choices", "answer_index") if c in items.columns]
+    recs = items[cols].astype(str).values.tolist()
+    return stable_hash(recs, n=16)
+
+
+def answers_key(lm, items: pd.DataFrame, study: StudySettings) -> str:
+    return stable_hash(
+        "answers",
+        ANSWERS_VERSION,
+        lm.weights_hash,
+        lm.is_chat,
+        items_fingerprint(items),
+        study.max_new_tokens,
+        study.confidence_max_new_tokens,
+    )
+
+
+def _number_complete(text: str) -> bool:
+    t = text.rstrip()
+    return bool(t) and not (t[-1].isdigit() or t[-1] == ".")
+
+
+def _stop_inline(text: str) -> bool:
+    _, conf = parse_inline(text)
+    return conf is not None and _number_complete(text)
+
+
+def _stop_two_pass(text: str) -> bool:
+    return parse_confidence(text, allow_trailing=False) is not None and _number_complete(text)
+
+
+@torch.no_grad()
+def option_logliks(lm, prompt_ids: list[list[int]], options: list[list[str]], batch_size: int = 32) -> list[list[float]]:
+    """Summed log-probability of each option's tokens after its prompt."""
+    tok, model = lm.tokenizer, lm.model
+    dev = next(model.parameters()).device
+    seqs, owner, spans = [], [], []
+    for i, (p, opts) in enumerate(zip(prompt_ids, options)):
+        for j, o in enumerate(opts):
+            ids = tok(prompts.answer_sep(lm.is_chat) + str(o), add_special_tokens=False)["input_ids"]
+            seqs.append(list(p) + list(ids))
+            owner.append((i, j))
+            spans.append(len(ids))
+    out = [[0.0] * len(o) for o in options]
+    for s in range(0, len(seqs), batch_size):
+        batch = seqs[s : s + batch_size]
+        ids, att, pos = left_pad(batch, tok.pad_token_id, dev)
+        logits = model(input_ids=ids, attention_mask=att, position_ids=pos).logits.float()
+        lsm = torch.log_softmax(logits[:, :-1], -1)
+        tgt = ids[:, 1:]
+        lp = lsm.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)  # [B, T-1]
+        for k in range(len(batch)):
+            n = spans[s + k]
+            i, j = owner[s + k]
+            out[i][j] = float(lp[k, -n:].sum()) if n else float("-inf")
+    return out
+
+
+def _answer_chunk(lm, chunk: pd.DataFrame, study: StudySettings) -> pd.DataFrame:
+    tok, chat = lm.tokenizer, lm.is_chat
+    recs = []
+    is_mc = chunk["kind"].eq("mc").to_numpy()
+    prompt_ids = [
+        prompts.encode_answer_prompt(tok, chat, q, c if mc else None).ids
+        for q, c, mc in zip(chunk["question"], chunk["choices"], is_mc)
+    ]
+    raw = [""] * len(chunk)
+    answer = [""] * len(chunk)
+    v_inline: list[float | None] = [None] * len(chunk)
+    logliks: list[list[float] | None] = [None] * len(chunk)
+    short = [i for i in range(len(chunk)) if not is_mc[i]]
+    if short:
+        texts = generate(lm, [prompt_ids[i] for i in short], study.max_new_tokens, study.batch_size, stop=_stop_inline)
+        for i, t in zip(short, texts):
+            raw[i] = t
+            answer[i], v_inline[i] = parse_inline(t)
+    mc = [i for i in range(len(chunk)) if is_mc[i]]
+    if mc:
+        ll = option_logliks(lm, [prompt_ids[i] for i in mc], [list(chunk["choices"].iloc[i]) for i in mc], study.batch_size)
+        follow = []
+        for i, l in zip(mc, ll):
+            logliks[i] = l
+            answer[i] = str(chunk["choices"].iloc[i][int(np.argmax(l))])
+            follow.append(prompt_ids[i] + tok(prompts.answer_sep(chat) + answer[i], add_special_tokens=False)["input_ids"])
+        texts = generate(lm, follow, study.confidence_max_new_tokens + 8, study.batch_size, stop=_stop_two_pass)
+        for i, t in zip(mc, texts):
+            raw[i] = answer[i] + t
+            v_inline[i] = parse_confidence(t, allow_trailing=True)
+    two = [prompts.encode_two_pass_prompt(tok, chat, q, a).ids for q, a in zip(chunk["question"], answer)]
+    t2 = generate(lm, two, study.confidence_max_new_tokens, study.batch_size, stop=_stop_two_pass)
+    for k, (_, it) in enumerate(chunk.iterrows()):
+        if is_mc[k]:
+            chosen, correct = grade_mc(logliks[k], int(it["answer_index"]))
+        else:
+            chosen, correct = -1, grade_short(answer[k], list(it["answers"]))
+        recs.append(
+            {
+                "row": int(it["row"]),
+                "id": it["id"],
+                "answer_text": raw[k],
+                "answer": answer[k],
+                "correct": bool(correct),
+                "chosen_index": int(chosen),
+                "verbal_inline": np.nan if v_inline[k] is None else float(v_inline[k]),
+                "text_two_pass": t2[k],
+                "verbal_two_pass": _nan(parse_confidence(t2[k])),
+            }
+        )
+    return pd.DataFrame.from_records(recs)
+
+
+def _nan(x):
+    return np.nan if x is None else float(x)
+
+
+def run_answers(
+    ws: Workspace,
+    lm,
+    items: pd.DataFrame,
+    study: StudySettings,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    chunk_size: int | None = None,
+) -> pd.DataFrame:
+    """Answer every item (resuming finished chunks); write and return answers.parquet."""
+    key = answers_key(lm, items, study)
+    if ws.stage_fresh("answers", key) and ws.path("answers.parquet").exists():
+        return ws.read_parquet("answers.parquet")
+    t0 = time.time()
+    parts = ws.path("answers_parts", key)
+    parts.mkdir(parents=True, exist_ok=True)
+    chunk_size = chunk_size or max(study.batch_size * 4, 64)
+    n = len(items)
+    frames = []
+    for s in range(0, n, chunk_size):
+        f = parts / f"part-{s:07d}.parquet"
+        if f.exists():
+            frames.append(pd.read_parquet(f))
+        else:
+            check_stop(should_stop)
+            df = _answer_chunk(lm, items.iloc[s : s + chunk_size], study)
+            ws.write_parquet(str(f.relative_to(ws.root)), df)
+            frames.append(df)
+        if progress:
+            progress(min(s + chunk_size, n), n, "answering")
+    ans = pd.concat(frames, ignore_index=True).sort_values("row").reset_index(drop=True)
+    meta = items.set_index("row").loc[ans["row"], ["split", "category"]].reset_index(drop=True)
+    ans.insert(2, "split", meta["split"].to_numpy())
+    ans.insert(3, "category", meta["category"].to_numpy())
+    ws.write_parquet("answers.parquet", ans)
+    ws.mark_stage("answers", key, seconds=round(time.time() - t0, 1), n=int(len(ans)))
+    import shutil
+
+    shutil.rmtree(ws.path("answers_parts"), ignore_errors=True)
+    return ans

@@ -1,0 +1,364 @@
+"""Verbal confidence: parse it from text, and read the exact distribution over 0–100.
+
+Parsing (SCIENCE.md): the answer is the first non-empty line minus a leading ``Answer:``
+and any trailing confidence clause; the confidence is the first number after the word
+"confidence", else the first ``NN%``, else (outside the answer line) a trailing number.
+Values in [0, 1] written with a decimal point are fractions (``0.9999`` → 99.99). Only
+values in 0–100 are kept.
+
+The exact 0–100 readout: for every integer v, the continuation ``" {v}"`` is tokenised on
+its own (SmolLM2 writes " 73" as "Ġ","7","3"). Then
+
+    P(v) = Π_i P(t_i | prefix, t_<i) · P(the number ends | prefix, v)
+
+and the number ends unless the next token begins with a digit, or begins with "." followed
+by a digit, or is a lone "." followed by a digit (so "0.9999" is not the value 0, "73."
+ending a sentence is 73). All 101 token paths (plus their "." look-ahead) form a trie that
+is scored in one forward over the shared prefix's KV cache with a tree attention mask.
+``other = 1 − Σ_v P(v)`` is the mass on anything that is not an integer 0–100.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from .prompts import VALUE_FMT
+
+VALUES = np.arange(101)
+
+# ----------------------------------------------------------------------------------------
+# parsing
+# ----------------------------------------------------------------------------------------
+_NUM = r"(\d{1,3}(?:\.\d+)?|\.\d+)"
+_CONF_KEY = re.compile(r"confiden\w*[^0-9\n]{0,40}?" + _NUM, re.I)
+_PCT = re.compile(_NUM + r"\s*%")
+_TRAIL = re.compile(_NUM + r"\s*%?\s*[.!]?\s*$")
+_CLAUSE = re.compile(r"[\s,;.(\[-]*(?:(?:my|i am|i'm)\s+)?confiden\w*.*$", re.I)
+_ANSWER_LEAD = re.compile(r"^\s*(?:\*\*)?(?:final\s+)?answer\s*(?:\*\*)?\s*[:\-]\s*", re.I)
+
+
+def _value(s: str) -> float | None:
+    try:
+        x = float(s)
+    except ValueError:
+        return None
+    if "." in s and 0.0 <= x <= 1.0:
+        x *= 100.0
+    return x if 0.0 <= x <= 100.0 else None
+
+
+def parse_confidence(text: str, allow_trailing: bool = True) -> float | None:
+    """The verbal confidence in ``text`` as a number 0–100, or None."""
+    if not text:
+        return None
+    for rx in (_CONF_KEY, _PCT):
+        for m in rx.finditer(text):
+            v = _value(m.group(1))
+            if v is not None:
+                return v
+    if allow_trailing:
+        m = _TRAIL.search(text.strip())
+        if m:
+            return _value(m.group(1))
+    return None
+
+
+def parse_answer(text: str) -> str:
+    """First non-empty line, minus a leading "Answer:" and a trailing confidence clause."""
+    for line in (text or "").splitlines():
+        line = _ANSWER_LEAD.sub("", line).strip()
+        line = _CLAUSE.sub("", line).strip()
+        if line:
+            return line
+    return ""
+
+
+def parse_inline(text: str) -> tuple[str, float | None]:
+    """(answer, confidence) from an inline reply "answer … Confidence: NN%".
+
+    The trailing-number rule is applied only after the answer line, so an answer like
+    "Carbon has atomic number 6" is not read as 6% confidence.
+    """
+    text = text or ""
+    answer = parse_answer(text)
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    first = lines[0] if lines else ""
+    clause = _CLAUSE.search(_ANSWER_LEAD.sub("", first))
+    rest = "\n".join(lines[1:])
+    conf = None
+    if clause:
+        conf = parse_confidence(clause.group(0), allow_trailing=False)
+    if conf is None and rest:
+        conf = parse_confidence(rest, allow_trailing=True)
+    return answer, conf
+
+
+# ----------------------------------------------------------------------------------------
+# the value trie for one tokenizer
+# ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ValueTrie:
+    token: torch.Tensor  # [N] token id of each node
+    parent: torch.Tensor  # [N] parent node (-1 = the prefix's last position)
+    depth: torch.Tensor  # [N] 1-based depth
+    ancestors: torch.Tensor  # [N, N] bool, node j is ancestor-or-self of node i
+    terminal: torch.Tensor  # [101] node index of the last token of each value
+    dot_node: torch.Tensor  # [101] node index of "<value>." (or -1 if no lone "." token)
+    digit_mask: torch.Tensor  # [V] float: tokens that start with a digit
+    dotdigit_mask: torch.Tensor  # [V] float: tokens "." + digit...
+    dot_id: int  # id of the lone "." token, or -1
+    value_ids: tuple  # per value, its token ids
+
+    @property
+    def n_nodes(self) -> int:
+        return int(self.token.shape[0])
+
+
+def _raw_tokens(tok) -> list[str]:
+    n = len(tok)
+    raw = tok.convert_ids_to_tokens(list(range(n)))
+    return [r if isinstance(r, str) else "" for r in raw]
+
+
+def _starts_digit(raw: str) -> bool:
+    if raw[:1].isascii() and raw[:1].isdigit():
+        return True
+    return bool(re.match(r"^<0x3[0-9]>$", raw))  # sentencepiece byte fallback
+
+
+@lru_cache(maxsize=8)
+def _trie_cached(tok_key: int, tok) -> ValueTrie:
+    return build_trie(tok)
+
+
+def get_trie(tok) -> ValueTrie:
+    return _trie_cached(id(tok), tok)
+
+
+def build_trie(tok) -> ValueTrie:
+    value_ids = tuple(tuple(tok(VALUE_FMT.format(v=v), add_special_tokens=False)["input_ids"]) for v in VALUES)
+    nodes: dict[tuple, int] = {}
+    token, parent, depth = [], [], []
+
+    def add(path: tuple) -> int:
+        if path in nodes:
+            return nodes[path]
+        p = add(path[:-1]) if len(path) > 1 else -1
+        nodes[path] = len(token)
+        token.append(path[-1])
+        parent.append(p)
+        depth.append(len(path))
+        return nodes[path]
+
+    terminal = [add(ids) for ids in value_ids]
+    raw = _raw_tokens(tok)
+    V = max(len(raw), getattr(tok, "vocab_size", 0) or 0)
+    digit = torch.zeros(V)
+    dotdigit = torch.zeros(V)
+    dot_id = -1
+    for i, r in enumerate(raw):
+        if _starts_digit(r):
+            digit[i] = 1.0
+        elif r.startswith(".") and len(r) > 1 and r[1].isascii() and r[1].isdigit():
+            dotdigit[i] = 1.0
+        elif r == ".":
+            dot_id = i
+    dot_node = [-1] * len(VALUES)
+    if dot_id >= 0:
+        for v, ids in enumerate(value_ids):
+            dot_node[v] = add(ids + (dot_id,))
+    n = len(token)
+    par = torch.tensor(parent)
+    anc = torch.eye(n, dtype=torch.bool)
+    order = sorted(range(n), key=lambda i: depth[i])
+    for i in order:  # parents come first
+        if parent[i] >= 0:
+            anc[i] |= anc[parent[i]]
+    return ValueTrie(
+        token=torch.tensor(token),
+        parent=par,
+        depth=torch.tensor(depth),
+        ancestors=anc,
+        terminal=torch.tensor(terminal),
+        dot_node=torch.tensor(dot_node),
+        digit_mask=digit,
+        dotdigit_mask=dotdigit,
+        dot_id=dot_id,
+        value_ids=value_ids,
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# batched forward helpers
+# ----------------------------------------------------------------------------------------
+def body_and_head(model):
+    """(decoder body returning hidden states, function hidden -> logits)."""
+    m = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = m.get_decoder() if hasattr(m, "get_decoder") else m.model
+    head = m.get_output_embeddings()
+    cfg = m.config.get_text_config() if hasattr(m.config, "get_text_config") else m.config
+    cap = getattr(cfg, "final_logit_softcapping", None)
+
+    def to_logits(h: torch.Tensor) -> torch.Tensor:
+        z = head(h).float()
+        if cap:
+            z = torch.tanh(z / cap) * cap
+        return z
+
+    return body, to_logits
+
+
+def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """input_ids, attention_mask, position_ids for a left-padded batch (positions count
+    real tokens only, so a padded row computes exactly what it would alone)."""
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    att = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, T - len(s) :] = torch.tensor(s, dtype=torch.long)
+        att[i, T - len(s) :] = 1
+    pos = (att.cumsum(-1) - 1).clamp(min=0)
+    return ids.to(device), att.to(device), pos.to(device)
+
+
+@dataclass
+class Readout:
+    probs: np.ndarray  # [B, 101] P(value), not renormalised
+    other: np.ndarray  # [B] 1 - sum(probs)
+    states: torch.Tensor | None  # [B, P, n_layers+1, d] residual stream at requested positions
+
+    @property
+    def expected(self) -> np.ndarray:
+        return expected_value(self.probs)
+
+    @property
+    def argmax(self) -> np.ndarray:
+        return self.probs.argmax(axis=1).astype(float)
+
+
+def expected_value(probs: np.ndarray) -> np.ndarray:
+    """E[v] of the distribution renormalised over 0–100 (NaN where it has no mass)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    tot = probs.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(tot > 0, (probs * VALUES).sum(axis=-1) / tot, np.nan)
+
+
+@torch.no_grad()
+def read_values(
+    lm, prefixes: list[list[int]], capture: list[list[int]] | None = None, chunk: int = 64, values: bool = True
+) -> Readout:
+    """Exact P(value) for 0..100 after each prefix (one batch), and optionally the residual
+    stream at the token indices ``capture[b]`` of each prefix, from the same forward.
+    With ``values=False`` only the states are read (no trie forward; probs are NaN)."""
+    from .hooks import capture_residual
+
+    model, tok = lm.model, lm.tokenizer
+    trie = get_trie(tok)
+    dev = next(model.parameters()).device
+    body, to_logits = body_and_head(model)
+    ids, att, pos = left_pad(prefixes, tok.pad_token_id, dev)
+    B, T = ids.shape
+    lens = att.sum(-1)
+    states = None
+    grabbed: list[torch.Tensor] = []
+    ctx = None
+    if capture is not None:
+        pad = (T - lens).cpu()
+        idx = torch.tensor(capture, dtype=torch.long) + pad.unsqueeze(-1)  # shift for left padding
+        ctx = capture_residual(model, idx, grabbed)
+        ctx.__enter__()
+    try:
+        out = body(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=values)
+    finally:
+        if ctx is not None:
+            ctx.__exit__(None, None, None)
+    if capture is not None:
+        states = grabbed[0]
+    if not values:
+        nanp = np.full((B, 101), np.nan)
+        return Readout(probs=nanp, other=np.full(B, np.nan), states=states)
+    cache = out.past_key_values
+    root_h = out.last_hidden_state[:, -1:, :]  # [B,1,d]
+
+    # tree forward over the trie, attending to the prefix (real tokens) and own ancestors
+    N = trie.n_nodes
+    tids = trie.token.to(dev).unsqueeze(0).expand(B, N)
+    tpos = lens.unsqueeze(-1) - 1 + trie.depth.to(dev).unsqueeze(0)
+    mask = torch.zeros((B, 1, N, T + N), dtype=torch.bool, device=dev)
+    mask[:, 0, :, :T] = att.bool().unsqueeze(1)
+    mask[:, 0, :, T:] = trie.ancestors.to(dev).unsqueeze(0)
+    tout = body(input_ids=tids, attention_mask=mask, position_ids=tpos, past_key_values=cache, use_cache=True)
+    hid = torch.cat([root_h, tout.last_hidden_state], dim=1)  # row 0 = root, row 1+j = node j
+
+    masks = torch.stack([trie.digit_mask, trie.dotdigit_mask], dim=1).to(dev)  # [V,2]
+    parent_row = (trie.parent + 1).to(dev)  # row of each node's parent: root 0, node k -> k+1
+    tokens = trie.token.to(dev)
+    edge = torch.zeros((B, N), dtype=torch.float32, device=dev)  # log P(node token | parent path)
+    mass_rows, dotp_rows = [], []
+    for s in range(0, N + 1, chunk):
+        lsm = torch.log_softmax(to_logits(hid[:, s : s + chunk]), dim=-1)  # [B,c,V]
+        p = lsm.exp()
+        V = min(p.shape[-1], masks.shape[0])
+        mass_rows.append(p[..., :V] @ masks[:V])  # [B,c,2] digit / ".digit" mass
+        dotp_rows.append(p[..., trie.dot_id] if trie.dot_id >= 0 else torch.zeros(p.shape[:2], device=dev))
+        js = ((parent_row >= s) & (parent_row < s + lsm.shape[1])).nonzero().squeeze(-1)
+        if js.numel():
+            rows = lsm[:, parent_row[js] - s, :]  # [B, |js|, V]
+            edge[:, js] = rows.gather(-1, tokens[js].view(1, -1, 1).expand(B, -1, 1)).squeeze(-1)
+    mass = torch.cat(mass_rows, dim=1)  # [B, N+1, 2]
+    dotp = torch.cat(dotp_rows, dim=1)  # [B, N+1]
+    path = edge.double() @ trie.ancestors.to(dev).double().T  # [B,N] log P(path to node)
+
+    term_row = trie.terminal.to(dev) + 1
+    digit_t = mass[:, term_row, 0].double()
+    dotdig_t = mass[:, term_row, 1].double()
+    pdot_t = dotp[:, term_row].double()
+    if trie.dot_id >= 0:
+        dot_row = trie.dot_node.to(dev) + 1
+        after_dot_digit = mass[:, dot_row, 0].double()
+        p_end = 1.0 - digit_t - dotdig_t - pdot_t * after_dot_digit
+    else:
+        p_end = 1.0 - digit_t - dotdig_t
+    p_end = p_end.clamp(min=0.0, max=1.0)
+    probs = (path[:, trie.terminal.to(dev)].exp() * p_end).cpu().numpy()
+    probs = np.clip(probs, 0.0, 1.0)
+    other = np.clip(1.0 - probs.sum(axis=1), 0.0, 1.0)
+    return Readout(probs=probs.astype(np.float64), other=other, states=states)
+
+
+@torch.no_grad()
+def read_values_naive(lm, prefix: list[int], values=None) -> np.ndarray:
+    """Reference implementation (slow, independent): one full forward per value and per
+    look-ahead, no cache, no tree mask. For tests and benchmarks only."""
+    model, tok = lm.model, lm.tokenizer
+    trie = get_trie(tok)
+    dev = next(model.parameters()).device
+    digit = trie.digit_mask.to(dev)
+    dotdigit = trie.dotdigit_mask.to(dev)
+
+    def dist(seq):
+        z = model(input_ids=torch.tensor([seq], device=dev)).logits[0, -1].float()
+        return torch.softmax(z, -1)[: digit.shape[0]]
+
+    out = np.full(101, np.nan)
+    for v, ids in enumerate(trie.value_ids):
+        if values is not None and v not in values:
+            continue
+        lp = 0.0
+        seq = list(prefix)
+        for t in ids:
+            lp += math.log(max(float(dist(seq)[t]), 1e-300))
+            seq.append(t)
+        p = dist(seq)
+        end = 1.0 - float(p @ digit) - float(p @ dotdigit)
+        if trie.dot_id >= 0:
+            pd = float(p[trie.dot_id])
+            end -= pd * float(dist(seq + [trie.dot_id]) @ digit)
+        out[v] = math.exp(lp) * max(end, 0.0)
+    return out

@@ -1,0 +1,83 @@
+"""Batched greedy generation with per-row stopping, on any causal LM.
+
+Rows are sorted by length (less padding), left-padded with explicit position ids, and each
+row stops on EOS or when ``stop(text)`` says so; the batch ends when every
+row has stopped. A row's output is the same as it would be alone (greedy is deterministic,
+and padding is masked).
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+
+from .confidence import left_pad
+
+
+def _eos_ids(tok, model) -> set[int]:
+    ids = set()
+    for src in (getattr(tok, "eos_token_id", None), getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        if isinstance(src, int):
+            ids.add(src)
+        elif isinstance(src, (list, tuple)):
+            ids.update(int(x) for x in src)
+    for t in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|endoftext|>"):
+        i = tok.convert_tokens_to_ids(t) if t in getattr(tok, "get_vocab", lambda: {})() else None
+        if isinstance(i, int) and i >= 0:
+            ids.add(i)
+    return ids
+
+
+@torch.no_grad()
+def greedy_batch(lm, prompts: list[list[int]], max_new_tokens: int, stop: Callable[[str], bool] | None = None) -> list[str]:
+    """Greedy continuation of each prompt (one batch), decoded without special tokens."""
+    model, tok = lm.model, lm.tokenizer
+    dev = next(model.parameters()).device
+    ids, att, pos = left_pad(prompts, tok.pad_token_id, dev)
+    B = ids.shape[0]
+    eos = torch.tensor(sorted(_eos_ids(tok, model)), device=dev)
+    done = torch.zeros(B, dtype=torch.bool, device=dev)
+    gen = torch.zeros((B, 0), dtype=torch.long, device=dev)
+    past = None
+    cur_ids, cur_pos, cur_att = ids, pos, att
+    for step in range(max_new_tokens):
+        out = model(input_ids=cur_ids, attention_mask=cur_att, position_ids=cur_pos, past_key_values=past, use_cache=True, logits_to_keep=1)
+        past = out.past_key_values
+        nxt = out.logits[:, -1, :].argmax(-1)
+        nxt = torch.where(done, torch.full_like(nxt, tok.pad_token_id), nxt)
+        gen = torch.cat([gen, nxt.unsqueeze(-1)], dim=1)
+        done |= torch.isin(nxt, eos)
+        if stop is not None:
+            for b in (~done).nonzero().flatten().tolist():
+                if stop(tok.decode(gen[b], skip_special_tokens=True)):
+                    done[b] = True
+        if bool(done.all()):
+            break
+        cur_ids = nxt.unsqueeze(-1)
+        cur_pos = cur_pos[:, -1:] + 1
+        cur_att = torch.cat([cur_att, torch.ones((B, 1), dtype=cur_att.dtype, device=dev)], dim=1)
+    texts = []
+    for b in range(B):
+        row = gen[b].tolist()
+        cut = next((i for i, t in enumerate(row) if t in set(eos.tolist())), len(row))
+        texts.append(tok.decode(row[:cut], skip_special_tokens=True))
+    return texts
+
+
+def batches_by_length(seqs: list[list[int]], batch_size: int) -> Iterable[list[int]]:
+    """Index batches of similar length (longest first, so memory peaks early)."""
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+    for s in range(0, len(order), batch_size):
+        yield order[s : s + batch_size]
+
+
+def generate(lm, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 32, stop=None, progress=None) -> list[str]:
+    """Greedy continuations for many prompts, in the input order."""
+    out: list[str | None] = [None] * len(prompts)
+    for idx in batches_by_length(prompts, batch_size):
+        texts = greedy_batch(lm, [prompts[i] for i in idx], max_new_tokens, stop)
+        for i, t in zip(idx, texts):
+            out[i] = t
+        if progress:
+            progress(len(idx))
+    return out  # type: ignore[return-value]

@@ -1,0 +1,140 @@
+"""Prompt templates and the named token positions they define.
+
+Sequences are built from separately tokenised *segments* (prompt, answer, confidence prefix),
+so every named position is an exact token index by construction, the same in the
+activation cache, the 0–100 readout, fine-tuning targets and patching.
+
+Chat models get the chat template (one user turn, generation prompt on). Base models (no
+chat template) get a plain ``Question: … Answer:`` format.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+ANSWER_INSTRUCTION = (
+    "You are answering trivia questions. After your answer, state your confidence as a percentage from 0 to 100.\n"
+    "Question: {question}\n"
+)
+MC_INSTRUCTION = (
+    "You are answering multiple-choice trivia questions. Reply with the text of the correct option. "
+    "After your answer, state your confidence as a percentage from 0 to 100.\n"
+    "Question: {question}\nOptions:\n{options}\n"
+)
+TWO_PASS_INSTRUCTION = (
+    "You answered the following trivia question.\n"
+    "Question: {question}\n"
+    "Your answer: {answer}\n"
+    "How confident are you that your answer is correct? State your confidence as a percentage from 0 to 100."
+)
+INLINE_CONF_PREFIX = "\nConfidence:"  # appended after the answer; its last token is the confidence slot
+TWO_PASS_CONF_PREFIX = "Confidence:"  # starts the assistant turn of the two-pass prompt
+VALUE_FMT = " {v}"  # how a value follows the prefix: "Confidence: 73"
+TARGET_SUFFIX = "%"  # fine-tuning targets read "Confidence: 73%"
+
+
+def format_options(choices) -> str:
+    return "\n".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(choices))
+
+
+def question_text(question: str, choices=None) -> str:
+    if choices is not None and len(choices):
+        return MC_INSTRUCTION.format(question=question, options=format_options(choices))
+    return ANSWER_INSTRUCTION.format(question=question)
+
+
+def _chat(tok, user: str) -> str:
+    return tok.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True, tokenize=False)
+
+
+def answer_prompt_text(tok, is_chat: bool, question: str, choices=None) -> str:
+    user = question_text(question, choices)
+    return _chat(tok, user) if is_chat else user + "Answer:"
+
+
+def two_pass_prompt_text(tok, is_chat: bool, question: str, answer: str) -> str:
+    user = TWO_PASS_INSTRUCTION.format(question=question, answer=answer)
+    return _chat(tok, user) if is_chat else user + "\n"
+
+
+def answer_sep(is_chat: bool) -> str:
+    """What separates the prompt from the answer text ("Answer:" is followed by a space)."""
+    return "" if is_chat else " "
+
+
+@dataclass
+class Encoded:
+    ids: list[int]
+    spans: dict[str, tuple[int, int]] = field(default_factory=dict)  # segment -> [start, end)
+    positions: dict[str, int] = field(default_factory=dict)  # named position -> token index
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _tok_ids(tok, text: str, first: bool, is_chat: bool) -> list[int]:
+    # Chat templates already carry their special tokens as text; a plain prompt gets the
+    # tokenizer's own BOS on the first segment only.
+    add = first and not is_chat
+    ids = tok(text, add_special_tokens=add)["input_ids"]
+    return list(ids)
+
+
+def encode_segments(tok, is_chat: bool, segments: list[tuple[str, str]]) -> Encoded:
+    ids: list[int] = []
+    spans = {}
+    for i, (name, text) in enumerate(segments):
+        part = _tok_ids(tok, text, first=(i == 0), is_chat=is_chat) if text else []
+        spans[name] = (len(ids), len(ids) + len(part))
+        ids.extend(part)
+    return Encoded(ids=ids, spans=spans)
+
+
+def encode_answer_prompt(tok, is_chat: bool, question: str, choices=None) -> Encoded:
+    enc = encode_segments(tok, is_chat, [("prompt", answer_prompt_text(tok, is_chat, question, choices))])
+    enc.positions["last_prompt"] = enc.spans["prompt"][1] - 1
+    return enc
+
+
+def encode_inline(tok, is_chat: bool, question: str, answer: str, choices=None) -> Encoded:
+    """prompt + answer + "\\nConfidence:" — positions last_prompt, last_answer, confidence."""
+    enc = encode_segments(
+        tok,
+        is_chat,
+        [
+            ("prompt", answer_prompt_text(tok, is_chat, question, choices)),
+            ("answer", answer_sep(is_chat) + (answer.strip() or "I don't know")),
+            ("conf", INLINE_CONF_PREFIX),
+        ],
+    )
+    enc.positions = {
+        "last_prompt": enc.spans["prompt"][1] - 1,
+        "last_answer": enc.spans["answer"][1] - 1,
+        "confidence": enc.spans["conf"][1] - 1,
+    }
+    return enc
+
+
+def encode_two_pass(tok, is_chat: bool, question: str, answer: str) -> Encoded:
+    """two-pass prompt (question + given answer) + "Confidence:" — position confidence_2p."""
+    enc = encode_segments(
+        tok,
+        is_chat,
+        [("prompt", two_pass_prompt_text(tok, is_chat, question, answer.strip() or "I don't know")), ("conf", TWO_PASS_CONF_PREFIX)],
+    )
+    enc.positions = {"confidence_2p": enc.spans["conf"][1] - 1, "last_prompt_2p": enc.spans["prompt"][1] - 1}
+    return enc
+
+
+def encode_two_pass_prompt(tok, is_chat: bool, question: str, answer: str) -> Encoded:
+    """The two-pass prompt alone (for free generation of the verbal two-pass confidence)."""
+    enc = encode_segments(tok, is_chat, [("prompt", two_pass_prompt_text(tok, is_chat, question, answer.strip() or "I don't know"))])
+    enc.positions["last_prompt_2p"] = enc.spans["prompt"][1] - 1
+    return enc
+
+
+def target_text(value: int) -> str:
+    """The text that follows the confidence prefix in a fine-tuning target."""
+    v = int(value)
+    if not 0 <= v <= 100:
+        raise ValueError(f"confidence target must be an integer 0..100, not {value!r}")
+    return VALUE_FMT.format(v=v) + TARGET_SUFFIX

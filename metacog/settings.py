@@ -1,0 +1,96 @@
+"""Frozen settings for every stage, and a stable hash of them.
+
+A stage's artifacts are keyed by the hash of everything that changes its result, so a
+changed setting invalidates exactly the stages downstream of it and nothing else.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+# Named token positions cached and probed. Defined here once; prompts.py says where they are.
+POSITIONS = ("last_prompt", "last_answer", "confidence", "confidence_2p")
+MODES = ("inline", "two-pass")
+
+
+def default_threads() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        n = os.cpu_count() or 1
+    return max(1, min(n, 8))
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Which model and how to run it."""
+
+    model: str = "default"  # "default" | "gemma3-270m" | local HF dir | .gguf path | hub id
+    device: str = "auto"  # auto | cpu | cuda | mps
+    dtype: str = "auto"  # auto | bfloat16 | float16 | float32
+    threads: int = field(default_factory=default_threads)
+    trust_remote_code: bool = False
+
+    def __post_init__(self):
+        if self.device not in ("auto", "cpu", "cuda", "mps"):
+            raise ValueError(f"device must be auto, cpu, cuda or mps, not {self.device!r}")
+        if self.dtype not in ("auto", "bfloat16", "float16", "float32"):
+            raise ValueError(f"dtype must be auto, bfloat16, float16 or float32, not {self.dtype!r}")
+        if not isinstance(self.threads, int) or not 1 <= self.threads <= 256:
+            raise ValueError(f"threads must be an integer from 1 to 256, not {self.threads!r}")
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """Everything that shapes the probing study's results (besides the model)."""
+
+    dataset: str = "world-facts"
+    limit: int | None = None  # first N items after a seeded shuffle; None = all
+    seed: int = 0
+    split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)  # probe-train, calibration, eval
+    max_new_tokens: int = 40  # answer generation (inline confidence included)
+    confidence_max_new_tokens: int = 12  # two-pass verbal confidence generation
+    batch_size: int = 32
+    probe_folds: int = 5
+    ece_bins: int = 10
+
+    def __post_init__(self):
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 10):
+            raise ValueError(f"limit must be an integer of at least 10 (or None for all), not {self.limit!r}")
+        fr = tuple(float(x) for x in self.split_fractions)
+        if len(fr) != 3 or any(x <= 0 for x in fr) or abs(sum(fr) - 1.0) > 1e-6:
+            raise ValueError(f"split_fractions must be three positive numbers summing to 1, not {self.split_fractions!r}")
+        object.__setattr__(self, "split_fractions", fr)
+        if not 1 <= self.max_new_tokens <= 512:
+            raise ValueError(f"max_new_tokens must be 1..512, not {self.max_new_tokens}")
+        if not 1 <= self.confidence_max_new_tokens <= 128:
+            raise ValueError(f"confidence_max_new_tokens must be 1..128, not {self.confidence_max_new_tokens}")
+        if not 1 <= self.batch_size <= 1024:
+            raise ValueError(f"batch_size must be 1..1024, not {self.batch_size}")
+        if not 2 <= self.probe_folds <= 20:
+            raise ValueError(f"probe_folds must be 2..20, not {self.probe_folds}")
+        if not 2 <= self.ece_bins <= 100:
+            raise ValueError(f"ece_bins must be 2..100, not {self.ece_bins}")
+
+
+def to_dict(obj: Any) -> dict:
+    d = dataclasses.asdict(obj)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+def stable_hash(*parts: Any, n: int = 12) -> str:
+    """Hash of JSON-able parts (dataclasses are turned into dicts), stable across runs."""
+    norm = [to_dict(p) if dataclasses.is_dataclass(p) else p for p in parts]
+    blob = json.dumps(norm, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:n]
+
+
+def from_dict(cls, d: dict):
+    """Build a settings dataclass from a dict, ignoring unknown keys (forward compatible)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
+    return cls(**kw)
