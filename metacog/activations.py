@@ -36,10 +36,10 @@ def activations_key(answers_key: str) -> str:
     return stable_hash("activations", ACTIVATIONS_VERSION, answers_key, list(POSITIONS))
 
 
-def encode_item(lm, question: str, answer: str, choices=None) -> tuple[prompts.Encoded, prompts.Encoded]:
+def encode_item(lm, question: str, answer: str, choices=None, style: str = "plain") -> tuple[prompts.Encoded, prompts.Encoded]:
     tok, chat = lm.tokenizer, lm.is_chat
     return (
-        prompts.encode_inline(tok, chat, question, answer, choices),
+        prompts.encode_inline(tok, chat, question, answer, choices, style),
         prompts.encode_two_pass(tok, chat, question, answer),
     )
 
@@ -62,6 +62,7 @@ def run_activations(
     batch_size: int = 32,
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
+    style: str = "plain",
 ) -> dict:
     """Fill the cache for every item (resuming); return the manifest."""
     key = activations_key(answers_key)
@@ -87,7 +88,7 @@ def run_activations(
 
     ans = answers.set_index("row").loc[items["row"]]
     encs = [
-        encode_item(lm, q, a, c if k == "mc" else None)
+        encode_item(lm, q, a, c if k == "mc" else None, style)
         for q, a, c, k in zip(items["question"], ans["answer"], items["choices"], items["kind"])
     ]
     tok_index = pd.DataFrame(

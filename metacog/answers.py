@@ -27,7 +27,8 @@ from .runtime import ProgressFn, StopFn, check_stop
 from .settings import StudySettings, stable_hash
 from .workspace import Workspace
 
-ANSWERS_VERSION = 1  # bump when prompts or parsing change
+ANSWERS_VERSION = 2  # bump when prompts or parsing change
+INLINE_VERBAL_TOKENS = 8  # " 100%" and a little slack after the forced "Confidence:"
 
 
 def items_fingerprint(items: pd.DataFrame) -> str:
@@ -45,6 +46,7 @@ def answers_key(lm, items: pd.DataFrame, study: StudySettings) -> str:
         items_fingerprint(items),
         study.max_new_tokens,
         study.confidence_max_new_tokens,
+        study.prompt_style,
     )
 
 
@@ -56,6 +58,11 @@ def _number_complete(text: str) -> bool:
 def _stop_inline(text: str) -> bool:
     _, conf = parse_inline(text)
     return conf is not None and _number_complete(text)
+
+
+def _stop_first_line(text: str) -> bool:
+    """The answer is the first non-empty line: stop once it has ended."""
+    return "\n" in text.lstrip()
 
 
 def _stop_two_pass(text: str) -> bool:
@@ -90,37 +97,44 @@ def option_logliks(lm, prompt_ids: list[list[int]], options: list[list[str]], ba
 
 
 def _answer_chunk(lm, chunk: pd.DataFrame, study: StudySettings) -> pd.DataFrame:
-    tok, chat = lm.tokenizer, lm.is_chat
-    recs = []
+    tok, chat, style = lm.tokenizer, lm.is_chat, study.prompt_style
+    n = len(chunk)
     is_mc = chunk["kind"].eq("mc").to_numpy()
-    prompt_ids = [
-        prompts.encode_answer_prompt(tok, chat, q, c if mc else None).ids
-        for q, c, mc in zip(chunk["question"], chunk["choices"], is_mc)
-    ]
-    raw = [""] * len(chunk)
-    answer = [""] * len(chunk)
-    v_inline: list[float | None] = [None] * len(chunk)
-    logliks: list[list[float] | None] = [None] * len(chunk)
-    short = [i for i in range(len(chunk)) if not is_mc[i]]
+    questions = chunk["question"].tolist()
+    choices = [c if mc else None for c, mc in zip(chunk["choices"], is_mc)]
+    prompt_ids = [prompts.encode_answer_prompt(tok, chat, q, c, style).ids for q, c in zip(questions, choices)]
+    raw = [""] * n
+    answer = [""] * n
+    v_inline: list[float | None] = [None] * n
+    source = ["forced"] * n
+    logliks: list[list[float] | None] = [None] * n
+    short = [i for i in range(n) if not is_mc[i]]
     if short:
-        texts = generate(lm, [prompt_ids[i] for i in short], study.max_new_tokens, study.batch_size, stop=_stop_inline)
+        stop = _stop_first_line if style == "plain" else _stop_inline
+        texts = generate(lm, [prompt_ids[i] for i in short], study.max_new_tokens, study.batch_size, stop=stop)
         for i, t in zip(short, texts):
             raw[i] = t
             answer[i], v_inline[i] = parse_inline(t)
-    mc = [i for i in range(len(chunk)) if is_mc[i]]
+            if v_inline[i] is not None:
+                source[i] = "free"
+    mc = [i for i in range(n) if is_mc[i]]
     if mc:
-        ll = option_logliks(lm, [prompt_ids[i] for i in mc], [list(chunk["choices"].iloc[i]) for i in mc], study.batch_size)
-        follow = []
+        ll = option_logliks(lm, [prompt_ids[i] for i in mc], [list(choices[i]) for i in mc], study.batch_size)
         for i, l in zip(mc, ll):
             logliks[i] = l
-            answer[i] = str(chunk["choices"].iloc[i][int(np.argmax(l))])
-            follow.append(prompt_ids[i] + tok(prompts.answer_sep(chat) + answer[i], add_special_tokens=False)["input_ids"])
-        texts = generate(lm, follow, study.confidence_max_new_tokens + 8, study.batch_size, stop=_stop_two_pass)
-        for i, t in zip(mc, texts):
-            raw[i] = answer[i] + t
+            answer[i] = raw[i] = str(choices[i][int(np.argmax(l))])
+    # inline verbal confidence where the reply stated none: same assistant turn, the answer
+    # then "\nConfidence:" (the readout's prefix), and the model's greedy continuation
+    need = [i for i in range(n) if v_inline[i] is None]
+    if need:
+        forced = [prompts.encode_inline(tok, chat, questions[i], answer[i], choices[i], style).ids for i in need]
+        texts = generate(lm, forced, INLINE_VERBAL_TOKENS, study.batch_size, stop=_stop_two_pass)
+        for i, t in zip(need, texts):
+            raw[i] = raw[i] + "\nConfidence:" + t
             v_inline[i] = parse_confidence(t, allow_trailing=True)
-    two = [prompts.encode_two_pass_prompt(tok, chat, q, a).ids for q, a in zip(chunk["question"], answer)]
+    two = [prompts.encode_two_pass_prompt(tok, chat, q, a).ids for q, a in zip(questions, answer)]
     t2 = generate(lm, two, study.confidence_max_new_tokens, study.batch_size, stop=_stop_two_pass)
+    recs = []
     for k, (_, it) in enumerate(chunk.iterrows()):
         if is_mc[k]:
             chosen, correct = grade_mc(logliks[k], int(it["answer_index"]))
@@ -134,7 +148,8 @@ def _answer_chunk(lm, chunk: pd.DataFrame, study: StudySettings) -> pd.DataFrame
                 "answer": answer[k],
                 "correct": bool(correct),
                 "chosen_index": int(chosen),
-                "verbal_inline": np.nan if v_inline[k] is None else float(v_inline[k]),
+                "verbal_inline": _nan(v_inline[k]),
+                "verbal_inline_source": source[k],
                 "text_two_pass": t2[k],
                 "verbal_two_pass": _nan(parse_confidence(t2[k])),
             }

@@ -6,6 +6,14 @@ activation cache, the 0–100 readout, fine-tuning targets and patching.
 
 Chat models get the chat template (one user turn, generation prompt on). Base models (no
 chat template) get a plain ``Question: … Answer:`` format.
+
+Two answer-prompt styles:
+- ``plain`` (default): the bare question. Inline confidence is then elicited in the same
+  assistant turn: the answer, then ``\nConfidence:``, then the model's own continuation.
+  Small models need this: given the study's instruction, SmolLM2-135M mostly replies
+  "100%: 100% is the answer." instead of answering (12% vs ~42% accuracy on world-facts).
+- ``reference``: the reference study's instruction ("After your answer, state your
+  confidence…"), for models large enough to follow it.
 """
 from __future__ import annotations
 
@@ -15,6 +23,8 @@ ANSWER_INSTRUCTION = (
     "You are answering trivia questions. After your answer, state your confidence as a percentage from 0 to 100.\n"
     "Question: {question}\n"
 )
+PLAIN_QUESTION = "{question}"
+PLAIN_MC = "{question}\nOptions:\n{options}\nReply with the text of the correct option."
 MC_INSTRUCTION = (
     "You are answering multiple-choice trivia questions. Reply with the text of the correct option. "
     "After your answer, state your confidence as a percentage from 0 to 100.\n"
@@ -36,19 +46,30 @@ def format_options(choices) -> str:
     return "\n".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(choices))
 
 
-def question_text(question: str, choices=None) -> str:
-    if choices is not None and len(choices):
-        return MC_INSTRUCTION.format(question=question, options=format_options(choices))
-    return ANSWER_INSTRUCTION.format(question=question)
+def question_text(question: str, choices=None, style: str = "plain") -> str:
+    mc = choices is not None and len(choices) > 0
+    if style == "reference":
+        if mc:
+            return MC_INSTRUCTION.format(question=question, options=format_options(choices))
+        return ANSWER_INSTRUCTION.format(question=question)
+    if style != "plain":
+        raise ValueError(f"unknown prompt style {style!r}")
+    if mc:
+        return PLAIN_MC.format(question=question, options=format_options(choices))
+    return PLAIN_QUESTION.format(question=question)
 
 
 def _chat(tok, user: str) -> str:
     return tok.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True, tokenize=False)
 
 
-def answer_prompt_text(tok, is_chat: bool, question: str, choices=None) -> str:
-    user = question_text(question, choices)
-    return _chat(tok, user) if is_chat else user + "Answer:"
+def answer_prompt_text(tok, is_chat: bool, question: str, choices=None, style: str = "plain") -> str:
+    user = question_text(question, choices, style)
+    if is_chat:
+        return _chat(tok, user)
+    if style == "plain":
+        return "Question: " + user + "\nAnswer:"
+    return user + "Answer:"
 
 
 def two_pass_prompt_text(tok, is_chat: bool, question: str, answer: str) -> str:
@@ -89,19 +110,19 @@ def encode_segments(tok, is_chat: bool, segments: list[tuple[str, str]]) -> Enco
     return Encoded(ids=ids, spans=spans)
 
 
-def encode_answer_prompt(tok, is_chat: bool, question: str, choices=None) -> Encoded:
-    enc = encode_segments(tok, is_chat, [("prompt", answer_prompt_text(tok, is_chat, question, choices))])
+def encode_answer_prompt(tok, is_chat: bool, question: str, choices=None, style: str = "plain") -> Encoded:
+    enc = encode_segments(tok, is_chat, [("prompt", answer_prompt_text(tok, is_chat, question, choices, style))])
     enc.positions["last_prompt"] = enc.spans["prompt"][1] - 1
     return enc
 
 
-def encode_inline(tok, is_chat: bool, question: str, answer: str, choices=None) -> Encoded:
+def encode_inline(tok, is_chat: bool, question: str, answer: str, choices=None, style: str = "plain") -> Encoded:
     """prompt + answer + "\\nConfidence:" — positions last_prompt, last_answer, confidence."""
     enc = encode_segments(
         tok,
         is_chat,
         [
-            ("prompt", answer_prompt_text(tok, is_chat, question, choices)),
+            ("prompt", answer_prompt_text(tok, is_chat, question, choices, style)),
             ("answer", answer_sep(is_chat) + (answer.strip() or "I don't know")),
             ("conf", INLINE_CONF_PREFIX),
         ],

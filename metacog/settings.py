@@ -15,6 +15,7 @@ from typing import Any
 # Named token positions cached and probed. Defined here once; prompts.py says where they are.
 POSITIONS = ("last_prompt", "last_answer", "confidence", "confidence_2p")
 MODES = ("inline", "two-pass")
+PROMPT_STYLES = ("plain", "reference")
 
 
 def default_threads() -> int:
@@ -52,6 +53,7 @@ class StudySettings:
     limit: int | None = None  # first N items after a seeded shuffle; None = all
     seed: int = 0
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)  # probe-train, calibration, eval
+    prompt_style: str = "plain"  # "plain": the bare question; "reference": the study's inline instruction
     max_new_tokens: int = 40  # answer generation (inline confidence included)
     confidence_max_new_tokens: int = 12  # two-pass verbal confidence generation
     batch_size: int = 32
@@ -65,6 +67,8 @@ class StudySettings:
         if len(fr) != 3 or any(x <= 0 for x in fr) or abs(sum(fr) - 1.0) > 1e-6:
             raise ValueError(f"split_fractions must be three positive numbers summing to 1, not {self.split_fractions!r}")
         object.__setattr__(self, "split_fractions", fr)
+        if self.prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"prompt_style must be one of {', '.join(PROMPT_STYLES)}, not {self.prompt_style!r}")
         if not 1 <= self.max_new_tokens <= 512:
             raise ValueError(f"max_new_tokens must be 1..512, not {self.max_new_tokens}")
         if not 1 <= self.confidence_max_new_tokens <= 128:

