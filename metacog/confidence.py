@@ -113,6 +113,7 @@ class ValueTrie:
     dotdigit_mask: torch.Tensor  # [V] float: tokens "." + digit...
     dot_id: int  # id of the lone "." token, or -1
     value_ids: tuple  # per value, its token ids
+    n_value_nodes: int  # nodes [0, n_value_nodes) spell the values; the rest are "." look-aheads
 
     @property
     def n_nodes(self) -> int:
@@ -168,6 +169,7 @@ def build_trie(tok) -> ValueTrie:
             dotdigit[i] = 1.0
         elif r == ".":
             dot_id = i
+    n_value_nodes = len(token)
     dot_node = [-1] * len(VALUES)
     if dot_id >= 0:
         for v, ids in enumerate(value_ids):
@@ -190,6 +192,7 @@ def build_trie(tok) -> ValueTrie:
         dotdigit_mask=dotdigit,
         dot_id=dot_id,
         value_ids=value_ids,
+        n_value_nodes=n_value_nodes,
     )
 
 
@@ -231,6 +234,7 @@ class Readout:
     probs: np.ndarray  # [B, 101] P(value), not renormalised
     other: np.ndarray  # [B] 1 - sum(probs)
     states: torch.Tensor | None  # [B, P, n_layers+1, d] residual stream at requested positions
+    unresolved: np.ndarray | None = None  # [B] bound on mass whose "." look-ahead was skipped (≤ dot_tol each)
 
     @property
     def expected(self) -> np.ndarray:
@@ -249,13 +253,25 @@ def expected_value(probs: np.ndarray) -> np.ndarray:
         return np.where(tot > 0, (probs * VALUES).sum(axis=-1) / tot, np.nan)
 
 
+DOT_TOL = 1e-9  # a value's "." look-ahead is scored when P(path) · P("." | value) exceeds this
+
+
 @torch.no_grad()
 def read_values(
-    lm, prefixes: list[list[int]], capture: list[list[int]] | None = None, chunk: int = 64, values: bool = True
+    lm,
+    prefixes: list[list[int]],
+    capture: list[list[int]] | None = None,
+    chunk: int = 64,
+    values: bool = True,
+    dot_tol: float = DOT_TOL,
 ) -> Readout:
     """Exact P(value) for 0..100 after each prefix (one batch), and optionally the residual
     stream at the token indices ``capture[b]`` of each prefix, from the same forward.
-    With ``values=False`` only the states are read (no trie forward; probs are NaN)."""
+    With ``values=False`` only the states are read (no trie forward; probs are NaN).
+
+    The "." look-ahead of value v is scored only where P(path to v) · P("." | v) > dot_tol
+    (a second, small tree forward); elsewhere "." counts as the end of the number, an error
+    of at most that product, summed into ``Readout.unresolved``. ``dot_tol=0`` scores all."""
     from .hooks import capture_residual
 
     model, tok = lm.model, lm.tokenizer
@@ -287,18 +303,19 @@ def read_values(
     root_h = out.last_hidden_state[:, -1:, :]  # [B,1,d]
 
     # tree forward over the trie, attending to the prefix (real tokens) and own ancestors
-    N = trie.n_nodes
-    tids = trie.token.to(dev).unsqueeze(0).expand(B, N)
-    tpos = lens.unsqueeze(-1) - 1 + trie.depth.to(dev).unsqueeze(0)
+    N = trie.n_value_nodes
+    anc = trie.ancestors[:N, :N].to(dev)
+    tids = trie.token[:N].to(dev).unsqueeze(0).expand(B, N)
+    tpos = lens.unsqueeze(-1) - 1 + trie.depth[:N].to(dev).unsqueeze(0)
     mask = torch.zeros((B, 1, N, T + N), dtype=torch.bool, device=dev)
     mask[:, 0, :, :T] = att.bool().unsqueeze(1)
-    mask[:, 0, :, T:] = trie.ancestors.to(dev).unsqueeze(0)
+    mask[:, 0, :, T:] = anc.unsqueeze(0)
     tout = body(input_ids=tids, attention_mask=mask, position_ids=tpos, past_key_values=cache, use_cache=True)
     hid = torch.cat([root_h, tout.last_hidden_state], dim=1)  # row 0 = root, row 1+j = node j
 
     masks = torch.stack([trie.digit_mask, trie.dotdigit_mask], dim=1).to(dev)  # [V,2]
-    parent_row = (trie.parent + 1).to(dev)  # row of each node's parent: root 0, node k -> k+1
-    tokens = trie.token.to(dev)
+    parent_row = (trie.parent[:N] + 1).to(dev)  # row of each node's parent: root 0, node k -> k+1
+    tokens = trie.token[:N].to(dev)
     edge = torch.zeros((B, N), dtype=torch.float32, device=dev)  # log P(node token | parent path)
     mass_rows, dotp_rows = [], []
     for s in range(0, N + 1, chunk):
@@ -313,23 +330,54 @@ def read_values(
             edge[:, js] = rows.gather(-1, tokens[js].view(1, -1, 1).expand(B, -1, 1)).squeeze(-1)
     mass = torch.cat(mass_rows, dim=1)  # [B, N+1, 2]
     dotp = torch.cat(dotp_rows, dim=1)  # [B, N+1]
-    path = edge.double() @ trie.ancestors.to(dev).double().T  # [B,N] log P(path to node)
+    path = edge.double() @ anc.double().T  # [B,N] log P(path to node)
 
     term_row = trie.terminal.to(dev) + 1
     digit_t = mass[:, term_row, 0].double()
     dotdig_t = mass[:, term_row, 1].double()
     pdot_t = dotp[:, term_row].double()
+    term = trie.terminal.to(dev)
+    path_p = path[:, term].exp()  # [B,101] P(value's tokens)
+    after_dot_digit = torch.zeros_like(pdot_t)
+    unresolved = torch.zeros(B, dtype=torch.float64, device=dev)
     if trie.dot_id >= 0:
-        dot_row = trie.dot_node.to(dev) + 1
-        after_dot_digit = mass[:, dot_row, 0].double()
-        p_end = 1.0 - digit_t - dotdig_t - pdot_t * after_dot_digit
-    else:
-        p_end = 1.0 - digit_t - dotdig_t
-    p_end = p_end.clamp(min=0.0, max=1.0)
-    probs = (path[:, trie.terminal.to(dev)].exp() * p_end).cpu().numpy()
+        weight = path_p * pdot_t
+        need = weight > dot_tol
+        unresolved = torch.where(need, 0.0, weight).sum(1)
+        if bool(need.any()):
+            after_dot_digit[need] = _dot_lookahead(body, to_logits, trie, tout.past_key_values, att, lens, anc, need, masks, dev)
+    p_end = (1.0 - digit_t - dotdig_t - pdot_t * after_dot_digit).clamp(min=0.0, max=1.0)
+    probs = (path_p * p_end).cpu().numpy()
     probs = np.clip(probs, 0.0, 1.0)
     other = np.clip(1.0 - probs.sum(axis=1), 0.0, 1.0)
-    return Readout(probs=probs.astype(np.float64), other=other, states=states)
+    return Readout(probs=probs.astype(np.float64), other=other, states=states, unresolved=unresolved.cpu().numpy())
+
+
+def _dot_lookahead(body, to_logits, trie, cache, att, lens, anc, need, masks, dev) -> torch.Tensor:
+    """P(next token starts with a digit | prefix, value, ".") for the (row, value) pairs in
+    ``need`` ([B,101] bool): one small tree forward of "." tokens over the pass-1 cache."""
+    B, T = att.shape
+    N = anc.shape[0]
+    rows, vals = need.nonzero(as_tuple=True)
+    counts = torch.bincount(rows, minlength=B)
+    K = int(counts.max())
+    slot = torch.zeros_like(rows)
+    for b in range(B):  # slot index of each pair within its row
+        m = rows == b
+        slot[m] = torch.arange(int(m.sum()), device=dev)
+    term = trie.terminal.to(dev)[vals]  # the value node each "." follows
+    ids = torch.full((B, K), trie.dot_id, dtype=torch.long, device=dev)
+    pos = torch.zeros((B, K), dtype=torch.long, device=dev)
+    pos[rows, slot] = lens[rows] - 1 + trie.depth.to(dev)[term] + 1
+    mask = torch.zeros((B, 1, K, T + N + K), dtype=torch.bool, device=dev)
+    mask[:, 0, :, :T] = att.bool().unsqueeze(1)
+    mask[rows, 0, slot, T : T + N] = anc[term]
+    mask[:, 0, torch.arange(K), T + N + torch.arange(K)] = True  # each "." sees itself (padding slots too)
+    out = body(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=False)
+    p = torch.softmax(to_logits(out.last_hidden_state), dim=-1)  # [B,K,V]
+    V = min(p.shape[-1], masks.shape[0])
+    digit = (p[..., :V] @ masks[:V, 0:1]).squeeze(-1).double()  # [B,K]
+    return digit[rows, slot]
 
 
 @torch.no_grad()

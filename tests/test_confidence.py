@@ -197,3 +197,16 @@ def test_multi_digit_tokenizer():
     assert all(len(ids) == 1 for ids in trie.value_ids)
     assert trie.n_nodes == 101 * 2  # each value + its "." look-ahead
     assert trie.digit_mask[vocab["7"]] == 1 and trie.digit_mask[vocab["Ġ7"]] == 0
+
+
+def test_lazy_dot_lookahead_is_bounded(tiny_lm):
+    """Skipping a value's "." look-ahead changes its probability by at most P(path)·P("."),
+    which is below dot_tol and summed into `unresolved`."""
+    pre = _prefixes(tiny_lm.tokenizer)
+    full = read_values(tiny_lm, pre, dot_tol=0.0)
+    assert (full.unresolved == 0).all()
+    for tol in (1e-9, 1e-4, 1e-2):
+        lazy = read_values(tiny_lm, pre, dot_tol=tol)
+        diff = np.abs(lazy.probs - full.probs)
+        assert (diff <= tol + 1e-12).all()
+        assert (diff.sum(1) <= lazy.unresolved + 1e-12).all()

@@ -1,0 +1,121 @@
+"""The study end to end on the tiny model, the CLI, and one real run on the embedded model."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from metacog.cli import main as cli_main
+from metacog.settings import ModelSettings, StudySettings
+from metacog.study import results_table, run_study
+from metacog.workspace import Workspace
+
+TINY_STUDY = dict(dataset="world-facts", limit=40, max_new_tokens=6, confidence_max_new_tokens=4, batch_size=8, probe_folds=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_summary(tmp_path_factory, tiny_lm):
+    d = tmp_path_factory.mktemp("study")
+    s = run_study(d, ModelSettings(threads=1), StudySettings(**TINY_STUDY), lm=tiny_lm)
+    return d, s
+
+
+def test_summary_has_every_promised_field(tiny_summary):
+    d, s = tiny_summary
+    for k in ("model", "dataset", "n_items", "accuracy", "splits", "verbal", "distribution", "probes"):
+        assert k in s, k
+    assert s["n_items"] == 40 and s["splits"]["disjoint"] is True
+    assert sum(s["splits"][k] for k in ("train", "calibration", "eval")) == 40
+    for mode in ("inline", "two-pass"):
+        v = s["verbal"][mode]
+        for k in ("auroc", "ece", "brier", "ceiling_rate", "validity"):
+            assert k in v
+        assert "auroc" in s["distribution"][mode]
+    ent = s["probes"]["entries"]
+    ws = Workspace(d)
+    n_hidden = ws.read_json("activations/manifest.json")["n_layers"]
+    assert len(ent) == n_hidden * 4
+    assert {"layer", "position", "auroc", "auroc_ci", "ece", "brier"} <= set(ent[0])
+    assert s["probes"]["best"]["layer"] in range(n_hidden)
+    on_disk = json.loads((d / "summary.json").read_text())
+    assert on_disk["n_items"] == 40
+
+
+def test_eval_metrics_use_eval_items_only(tiny_summary):
+    d, s = tiny_summary
+    df = results_table(Workspace(d))
+    assert s["n_eval"] == int((df["split"] == "eval").sum())
+    from metacog import metrics
+
+    ev = df[df["split"] == "eval"]
+    a = metrics.auroc(ev["ev_inline"].to_numpy() / 100, ev["correct"].to_numpy())
+    got = s["distribution"]["inline"]["ev"]["auroc"]
+    assert (np.isnan(a) and got is None or np.isnan(got)) or got == pytest.approx(a)
+
+
+def test_rerun_is_instant_and_changes_nothing(tiny_summary, tiny_lm):
+    d, s = tiny_summary
+    import time
+
+    t = time.time()
+    s2 = run_study(d, ModelSettings(threads=1), StudySettings(**TINY_STUDY), lm=tiny_lm)
+    assert time.time() - t < 10
+    assert s2["accuracy"] == s["accuracy"] and s2["probes"]["best"] == s["probes"]["best"]
+
+
+def test_changed_setting_invalidates_downstream_only(tmp_path, tiny_lm):
+    run_study(tmp_path, ModelSettings(threads=1), StudySettings(**TINY_STUDY), lm=tiny_lm)
+    ws = Workspace(tmp_path)
+    a0 = ws.stage_record("answers")["key"]
+    p0 = ws.stage_record("probes")["key"]
+    run_study(tmp_path, ModelSettings(threads=1), StudySettings(**{**TINY_STUDY, "probe_folds": 4}), lm=tiny_lm)
+    assert ws.stage_record("answers")["key"] == a0  # answers kept
+    assert ws.stage_record("probes")["key"] != p0  # probes refitted
+
+
+@pytest.mark.parametrize(
+    "argv,msg",
+    [
+        (["study", "--model", "no/such-model-here", "--limit", "20"], "hub"),
+        (["study", "--dataset", "/no/such/file.jsonl", "--limit", "20"], "file.jsonl"),
+        (["study", "--limit", "0"], "limit"),
+        (["study", "--splits", "0.5,0.5"], "split"),
+        (["summary", "--workspace", "/no/such/ws"], "not a metacog workspace"),
+    ],
+)
+def test_cli_bad_input_is_one_clear_message(argv, msg, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    if argv[0] == "study":
+        argv = argv + ["--workspace", str(tmp_path / "ws"), "--quiet"]
+    rc = cli_main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and "error" in err and msg.lower() in err.lower()
+    assert "Traceback" not in err
+
+
+def test_cli_help_explains_every_flag():
+    out = subprocess.run([sys.executable, "-m", "metacog.cli", "study", "--help"], capture_output=True, text=True).stdout
+    for flag in ("--model", "--dataset", "--limit", "--seed", "--workspace", "--device", "--dtype", "--threads", "--trust-remote-code"):
+        assert flag in out
+
+
+@pytest.mark.e2e
+def test_real_model_study(tmp_path):
+    """The embedded model, a few dozen items, every stage, through the CLI."""
+    ws = tmp_path / "real"
+    rc = cli_main(["study", "--model", "default", "--dataset", "world-facts", "--limit", "36", "--seed", "0",
+                   "--workspace", str(ws), "--quiet", "--max-new-tokens", "24", "--folds", "3"])
+    assert rc == 0
+    s = json.loads((ws / "summary.json").read_text())
+    assert s["model"]["name"] == "SmolLM2-135M-Instruct" and s["n_items"] == 36
+    assert 0.0 < s["accuracy"] < 1.0
+    # the model answers questions (not "100%: 100% is the answer.")
+    df = results_table(Workspace(ws))
+    assert df["answer"].str.len().gt(0).mean() > 0.9
+    # verbal confidence is saturated: most parsed values are at the ceiling
+    assert s["verbal"]["inline"]["ceiling_rate"] > 0.5
+    # the exact 0-100 distribution is a distribution
+    dist = np.load(ws / "activations" / "values_inline.npy")
+    np.testing.assert_allclose(dist.sum(1), 1.0, atol=1e-6)
+    assert len(s["probes"]["entries"]) == 31 * 4
