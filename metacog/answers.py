@@ -29,6 +29,7 @@ from .workspace import Workspace
 
 ANSWERS_VERSION = 2  # bump when prompts or parsing change
 INLINE_VERBAL_TOKENS = 8  # " 100%" and a little slack after the forced "Confidence:"
+FORCED_MARK = prompts.INLINE_CONF_PREFIX  # "\nConfidence:" joins the reply and the forced continuation in answer_text
 
 
 def items_fingerprint(items: pd.DataFrame) -> str:
@@ -130,8 +131,8 @@ def _answer_chunk(lm, chunk: pd.DataFrame, study: StudySettings) -> pd.DataFrame
         forced = [prompts.encode_inline(tok, chat, questions[i], answer[i], choices[i], style).ids for i in need]
         texts = generate(lm, forced, INLINE_VERBAL_TOKENS, study.batch_size, stop=_stop_two_pass)
         for i, t in zip(need, texts):
-            raw[i] = raw[i] + "\nConfidence:" + t
-            v_inline[i] = parse_confidence(t, allow_trailing=True)
+            raw[i] = raw[i] + FORCED_MARK + t
+            v_inline[i] = parse_confidence(FORCED_MARK.strip() + t)
     two = [prompts.encode_two_pass_prompt(tok, chat, q, a).ids for q, a in zip(questions, answer)]
     t2 = generate(lm, two, study.confidence_max_new_tokens, study.batch_size, stop=_stop_two_pass)
     recs = []
@@ -157,6 +158,28 @@ def _answer_chunk(lm, chunk: pd.DataFrame, study: StudySettings) -> pd.DataFrame
     return pd.DataFrame.from_records(recs)
 
 
+def reparse(items: pd.DataFrame, ans: pd.DataFrame) -> pd.DataFrame:
+    """Re-derive verbal confidences and grades from the stored texts with the current
+    parser and grader (cheap; generation is what the stage key caches). The answer string
+    itself is kept as generated, since the later sequences were built on it."""
+    ans = ans.copy()
+    it = items.set_index("row").loc[ans["row"]]
+    v_in = []
+    for text, src in zip(ans["answer_text"], ans.get("verbal_inline_source", ["forced"] * len(ans))):
+        if src == "forced" and FORCED_MARK in text:
+            v_in.append(_nan(parse_confidence(FORCED_MARK.strip() + text.rsplit(FORCED_MARK, 1)[1])))
+        else:
+            v_in.append(_nan(parse_inline(text)[1]))
+    ans["verbal_inline"] = v_in
+    ans["verbal_two_pass"] = [_nan(parse_confidence(t)) for t in ans["text_two_pass"]]
+    is_mc = it["kind"].eq("mc").to_numpy()
+    ans["correct"] = [
+        bool(ci == int(ai)) if mc else grade_short(a, list(al))
+        for a, al, ci, ai, mc in zip(ans["answer"], it["answers"], ans["chosen_index"], it["answer_index"], is_mc)
+    ]
+    return ans
+
+
 def _nan(x):
     return np.nan if x is None else float(x)
 
@@ -173,11 +196,16 @@ def run_answers(
     """Answer every item (resuming finished chunks); write and return answers.parquet."""
     key = answers_key(lm, items, study)
     if ws.stage_fresh("answers", key) and ws.path("answers.parquet").exists():
-        return ws.read_parquet("answers.parquet")
+        old = ws.read_parquet("answers.parquet")
+        new = reparse(items, old)
+        cols = ["verbal_inline", "verbal_two_pass", "correct"]
+        if not new[cols].equals(old[cols]):
+            ws.write_parquet("answers.parquet", new)
+        return new
     t0 = time.time()
     parts = ws.path("answers_parts", key)
     parts.mkdir(parents=True, exist_ok=True)
-    chunk_size = chunk_size or max(study.batch_size * 4, 64)
+    chunk_size = chunk_size or max(study.batch_size * 2, 32)
     n = len(items)
     frames = []
     for s in range(0, n, chunk_size):
@@ -191,7 +219,7 @@ def run_answers(
             frames.append(df)
         if progress:
             progress(min(s + chunk_size, n), n, "answering")
-    ans = pd.concat(frames, ignore_index=True).sort_values("row").reset_index(drop=True)
+    ans = reparse(items, pd.concat(frames, ignore_index=True).sort_values("row").reset_index(drop=True))
     meta = items.set_index("row").loc[ans["row"], ["split", "category"]].reset_index(drop=True)
     ans.insert(2, "split", meta["split"].to_numpy())
     ans.insert(3, "category", meta["category"].to_numpy())

@@ -1,0 +1,71 @@
+"""The answers stage: MC log-likelihood scoring, re-parsing, resume."""
+import numpy as np
+import pytest
+import torch
+
+from metacog import prompts
+from metacog.answers import option_logliks, reparse, run_answers
+from metacog.runtime import Stopped
+from metacog.settings import StudySettings
+from metacog.workspace import Workspace
+
+from conftest import tiny_items
+
+ST = StudySettings(max_new_tokens=5, confidence_max_new_tokens=4, batch_size=4)
+
+
+def test_option_loglik_equals_direct_sum(tiny_lm):
+    tok = tiny_lm.tokenizer
+    p = prompts.encode_answer_prompt(tok, True, "What is the capital of Peru?", ["Lima", "Paris"]).ids
+    got = option_logliks(tiny_lm, [p], [["Lima", "Paris"]])[0]
+    for opt, g in zip(["Lima", "Paris"], got):
+        o = tok(opt, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            lsm = torch.log_softmax(tiny_lm.model(input_ids=torch.tensor([p + o])).logits[0].float(), -1)
+        direct = sum(float(lsm[len(p) - 1 + k, t]) for k, t in enumerate(o))
+        assert g == pytest.approx(direct, abs=1e-4)
+
+
+def test_answers_short_and_mc(tmp_path, tiny_lm):
+    items = tiny_items(8, mc=4)
+    ans = run_answers(Workspace(tmp_path), tiny_lm, items, ST)
+    assert len(ans) == 12 and list(ans["row"]) == list(range(12))
+    mc = ans[items["kind"].eq("mc").to_numpy()]
+    assert (mc["chosen_index"] >= 0).all()
+    assert (mc["correct"] == (mc["chosen_index"].to_numpy() == items.loc[items.kind == "mc", "answer_index"].to_numpy())).all()
+    assert set(ans["split"]) <= {"train", "calibration", "eval"}
+
+
+def test_reparse_applies_current_parser_without_regenerating(tmp_path, tiny_lm):
+    items = tiny_items(6)
+    ws = Workspace(tmp_path)
+    ans = run_answers(ws, tiny_lm, items, ST)
+    doctored = ans.copy()
+    doctored.loc[0, "answer_text"] = "Paris\nConfidence: 0.42"
+    doctored.loc[0, "verbal_inline_source"] = "forced"
+    doctored.loc[0, "text_two_pass"] = "I am 87% sure"
+    doctored.loc[0, "answer"] = "It is " + items.loc[0, "answers"][0]
+    ws.write_parquet("answers.parquet", doctored)
+    again = run_answers(ws, tiny_lm, items, ST)  # fresh key: no generation, only re-parse
+    assert again.loc[0, "verbal_inline"] == pytest.approx(42.0)
+    assert again.loc[0, "verbal_two_pass"] == pytest.approx(87.0)
+    assert bool(again.loc[0, "correct"]) is True
+    pd_direct = reparse(items, doctored)
+    assert pd_direct.loc[0, "verbal_inline"] == pytest.approx(42.0)
+
+
+def test_stopped_answers_resume(tmp_path, tiny_lm):
+    items = tiny_items(10)
+    ws = Workspace(tmp_path)
+    calls = {"n": 0}
+
+    def stop():
+        calls["n"] += 1
+        return calls["n"] > 1
+
+    with pytest.raises(Stopped):
+        run_answers(ws, tiny_lm, items, ST, should_stop=stop, chunk_size=4)
+    assert not ws.path("answers.parquet").exists()
+    ans = run_answers(ws, tiny_lm, items, ST, chunk_size=4)
+    fresh = run_answers(Workspace(tmp_path / "b"), tiny_lm, items, ST, chunk_size=4)
+    assert ans[["answer_text", "text_two_pass"]].equals(fresh[["answer_text", "text_two_pass"]])
