@@ -80,7 +80,7 @@ def run_probes_stage(ws: Workspace, items: pd.DataFrame, answers: pd.DataFrame, 
         progress(0, 1, "fitting probes")
     res = probes.fit_probes(
         {p: states[p] for p in POSITIONS}, y, items["split"].to_numpy(), folds=study.probe_folds, seed=study.seed,
-        n_bins=study.ece_bins, threads=threads,
+        n_bins=study.ece_bins, threads=threads, progress=progress,
     )
     ws.write_parquet("probes/metrics.parquet", res.metrics)
     ws.path("probes").mkdir(exist_ok=True)

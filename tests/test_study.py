@@ -11,13 +11,43 @@ from metacog.settings import ModelSettings, StudySettings
 from metacog.study import results_table, run_study
 from metacog.workspace import Workspace
 
-TINY_STUDY = dict(dataset="world-facts", limit=40, max_new_tokens=6, confidence_max_new_tokens=4, batch_size=8, probe_folds=3)
+TINY = dict(limit=40, max_new_tokens=6, confidence_max_new_tokens=4, batch_size=8, probe_folds=3)
 
 
 @pytest.fixture(scope="module")
-def tiny_summary(tmp_path_factory, tiny_lm):
+def half_right_dataset(tmp_path_factory, tiny_lm):
+    """A dataset on which the (deterministic) tiny model is right about half the time: run it
+    once, then accept a word of its own answer as the alias for every other item."""
+    from metacog.data import load_dataset
+    from metacog.grading import normalize
+
+    d = tmp_path_factory.mktemp("data")
+    items = load_dataset("world-facts", limit=40, seed=0)
+    probe = d / "probe.jsonl"
+    probe.write_text("".join(json.dumps({"id": i, "question": q, "answers": ["zzzz"], "category": c}) + "\n"
+                             for i, q, c in zip(items.id, items.question, items.category)))
+    ws0 = tmp_path_factory.mktemp("ws0")
+    run_study(ws0, ModelSettings(threads=1), StudySettings(dataset=str(probe), **TINY), lm=tiny_lm, stages=("answers",))
+    ans = Workspace(ws0).read_parquet("answers.parquet").set_index("id")
+    out = d / "half.jsonl"
+    rows = []
+    for k, (i, q, c) in enumerate(zip(items.id, items.question, items.category)):
+        words = normalize(ans.loc[i, "answer"]).split()
+        alias = words[0] if (k % 2 == 0 and words) else "zzzz"
+        rows.append(json.dumps({"id": i, "question": q, "answers": [alias], "category": c}))
+    out.write_text("\n".join(rows) + "\n")
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def tiny_study(half_right_dataset):
+    return StudySettings(dataset=half_right_dataset, **TINY)
+
+
+@pytest.fixture(scope="module")
+def tiny_summary(tmp_path_factory, tiny_lm, tiny_study):
     d = tmp_path_factory.mktemp("study")
-    s = run_study(d, ModelSettings(threads=1), StudySettings(**TINY_STUDY), lm=tiny_lm)
+    s = run_study(d, ModelSettings(threads=1), tiny_study, lm=tiny_lm)
     return d, s
 
 
@@ -26,6 +56,7 @@ def test_summary_has_every_promised_field(tiny_summary):
     for k in ("model", "dataset", "n_items", "accuracy", "splits", "verbal", "distribution", "probes"):
         assert k in s, k
     assert s["n_items"] == 40 and s["splits"]["disjoint"] is True
+    assert 0.15 < s["accuracy"] < 0.85  # both classes present, so probes are fitted
     assert sum(s["splits"][k] for k in ("train", "calibration", "eval")) == 40
     for mode in ("inline", "two-pass"):
         v = s["verbal"][mode]
@@ -54,22 +85,24 @@ def test_eval_metrics_use_eval_items_only(tiny_summary):
     assert (np.isnan(a) and got is None or np.isnan(got)) or got == pytest.approx(a)
 
 
-def test_rerun_is_instant_and_changes_nothing(tiny_summary, tiny_lm):
+def test_rerun_is_instant_and_changes_nothing(tiny_summary, tiny_lm, tiny_study):
     d, s = tiny_summary
     import time
 
     t = time.time()
-    s2 = run_study(d, ModelSettings(threads=1), StudySettings(**TINY_STUDY), lm=tiny_lm)
+    s2 = run_study(d, ModelSettings(threads=1), tiny_study, lm=tiny_lm)
     assert time.time() - t < 10
     assert s2["accuracy"] == s["accuracy"] and s2["probes"]["best"] == s["probes"]["best"]
 
 
-def test_changed_setting_invalidates_downstream_only(tmp_path, tiny_lm):
-    run_study(tmp_path, ModelSettings(threads=1), StudySettings(**TINY_STUDY), lm=tiny_lm)
+def test_changed_setting_invalidates_downstream_only(tmp_path, tiny_lm, tiny_study):
+    import dataclasses
+
+    run_study(tmp_path, ModelSettings(threads=1), tiny_study, lm=tiny_lm)
     ws = Workspace(tmp_path)
     a0 = ws.stage_record("answers")["key"]
     p0 = ws.stage_record("probes")["key"]
-    run_study(tmp_path, ModelSettings(threads=1), StudySettings(**{**TINY_STUDY, "probe_folds": 4}), lm=tiny_lm)
+    run_study(tmp_path, ModelSettings(threads=1), dataclasses.replace(tiny_study, probe_folds=4), lm=tiny_lm)
     assert ws.stage_record("answers")["key"] == a0  # answers kept
     assert ws.stage_record("probes")["key"] != p0  # probes refitted
 
