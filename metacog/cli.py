@@ -42,7 +42,7 @@ def _add_study_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=None, help="seed for the subset, the splits and the probe folds (default 0)")
     g.add_argument("--splits", default=None, help="probe-train,calibration,eval fractions (default 0.6,0.2,0.2)")
     g.add_argument("--batch-size", type=int, default=None, help="items per forward/generation batch (default 32)")
-    g.add_argument("--max-new-tokens", type=int, default=None, help="answer generation length cap (default 40)")
+    g.add_argument("--max-new-tokens", type=int, default=None, help="answer generation length cap (default 32)")
     g.add_argument("--folds", type=int, default=None, help="cross-fitting folds for the probes (default 5)")
     g.add_argument("--ece-bins", type=int, default=None, help="equal-width ECE bins (default 10)")
 

@@ -30,36 +30,46 @@ def _eos_ids(tok, model) -> set[int]:
 
 @torch.no_grad()
 def greedy_batch(lm, prompts: list[list[int]], max_new_tokens: int, stop: Callable[[str], bool] | None = None) -> list[str]:
-    """Greedy continuation of each prompt (one batch), decoded without special tokens."""
+    """Greedy continuation of each prompt (one batch), decoded without special tokens.
+
+    Rows that have finished are dropped from the KV cache (once a quarter of the live rows
+    are done), so a batch costs the sum of its rows' lengths, not rows × the longest."""
     model, tok = lm.model, lm.tokenizer
     dev = next(model.parameters()).device
     ids, att, pos = left_pad(prompts, tok.pad_token_id, dev)
     B = ids.shape[0]
-    eos = torch.tensor(sorted(_eos_ids(tok, model)), device=dev)
-    done = torch.zeros(B, dtype=torch.bool, device=dev)
-    gen = torch.zeros((B, 0), dtype=torch.long, device=dev)
+    eos_set = _eos_ids(tok, model)
+    eos = torch.tensor(sorted(eos_set), device=dev)
+    gen: list[list[int]] = [[] for _ in range(B)]
+    alive = torch.arange(B, device=dev)  # original row of each live cache row
+    done = torch.zeros(B, dtype=torch.bool, device=dev)  # per live row
     past = None
     cur_ids, cur_pos, cur_att = ids, pos, att
-    for step in range(max_new_tokens):
+    for _ in range(max_new_tokens):
         out = model(input_ids=cur_ids, attention_mask=cur_att, position_ids=cur_pos, past_key_values=past, use_cache=True, logits_to_keep=1)
         past = out.past_key_values
         nxt = out.logits[:, -1, :].argmax(-1)
-        nxt = torch.where(done, torch.full_like(nxt, tok.pad_token_id), nxt)
-        gen = torch.cat([gen, nxt.unsqueeze(-1)], dim=1)
+        for j, (r, t) in enumerate(zip(alive.tolist(), nxt.tolist())):
+            if not done[j]:
+                gen[r].append(t)
         done |= torch.isin(nxt, eos)
         if stop is not None:
-            for b in (~done).nonzero().flatten().tolist():
-                if stop(tok.decode(gen[b], skip_special_tokens=True)):
-                    done[b] = True
+            for j in (~done).nonzero().flatten().tolist():
+                if stop(tok.decode(gen[int(alive[j])], skip_special_tokens=True)):
+                    done[j] = True
         if bool(done.all()):
             break
         cur_ids = nxt.unsqueeze(-1)
         cur_pos = cur_pos[:, -1:] + 1
-        cur_att = torch.cat([cur_att, torch.ones((B, 1), dtype=cur_att.dtype, device=dev)], dim=1)
+        cur_att = torch.cat([cur_att, torch.ones((cur_att.shape[0], 1), dtype=cur_att.dtype, device=dev)], dim=1)
+        if int(done.sum()) * 4 >= len(done) and hasattr(past, "batch_select_indices"):
+            keep = (~done).nonzero().flatten()
+            past.batch_select_indices(keep)
+            alive, done = alive[keep], done[keep]
+            cur_ids, cur_pos, cur_att = cur_ids[keep], cur_pos[keep], cur_att[keep]
     texts = []
-    for b in range(B):
-        row = gen[b].tolist()
-        cut = next((i for i, t in enumerate(row) if t in set(eos.tolist())), len(row))
+    for row in gen:
+        cut = next((i for i, t in enumerate(row) if t in eos_set), len(row))
         texts.append(tok.decode(row[:cut], skip_special_tokens=True))
     return texts
 

@@ -54,7 +54,7 @@ class StudySettings:
     seed: int = 0
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)  # probe-train, calibration, eval
     prompt_style: str = "plain"  # "plain": the bare question; "reference": the study's inline instruction
-    max_new_tokens: int = 40  # answer generation (inline confidence included)
+    max_new_tokens: int = 32  # answer generation cap (the answer is the first line)
     confidence_max_new_tokens: int = 12  # two-pass verbal confidence generation
     batch_size: int = 32
     probe_folds: int = 5
