@@ -207,19 +207,23 @@ def run_answers(
     parts.mkdir(parents=True, exist_ok=True)
     chunk_size = chunk_size or max(study.batch_size * 2, 32)
     n = len(items)
-    frames = []
-    for s in range(0, n, chunk_size):
-        f = parts / f"part-{s:07d}.parquet"
-        if f.exists():
-            frames.append(pd.read_parquet(f))
-        else:
-            check_stop(should_stop)
-            df = _answer_chunk(lm, items.iloc[s : s + chunk_size], study)
-            ws.write_parquet(str(f.relative_to(ws.root)), df)
-            frames.append(df)
+    frames = [pd.read_parquet(f) for f in sorted(parts.glob("part-*.parquet"))]
+    done_rows = set().union(*(set(f["row"].tolist()) for f in frames)) if frames else set()
+    todo = items[~items["row"].isin(done_rows)]
+    finished = n - len(todo)
+    if progress:
+        progress(finished, n, "answering")
+    for s in range(0, len(todo), chunk_size):
+        check_stop(should_stop)
+        chunk = todo.iloc[s : s + chunk_size]
+        df = _answer_chunk(lm, chunk, study)
+        ws.write_parquet(str((parts / f"part-{int(chunk['row'].iloc[0]):07d}.parquet").relative_to(ws.root)), df)
+        frames.append(df)
+        finished += len(chunk)
         if progress:
-            progress(min(s + chunk_size, n), n, "answering")
-    ans = reparse(items, pd.concat(frames, ignore_index=True).sort_values("row").reset_index(drop=True))
+            progress(finished, n, "answering")
+    ans = pd.concat(frames, ignore_index=True).drop_duplicates("row").sort_values("row").reset_index(drop=True)
+    ans = reparse(items, ans)
     meta = items.set_index("row").loc[ans["row"], ["split", "category"]].reset_index(drop=True)
     ans.insert(2, "split", meta["split"].to_numpy())
     ans.insert(3, "category", meta["category"].to_numpy())

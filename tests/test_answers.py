@@ -66,6 +66,7 @@ def test_stopped_answers_resume(tmp_path, tiny_lm):
     with pytest.raises(Stopped):
         run_answers(ws, tiny_lm, items, ST, should_stop=stop, chunk_size=4)
     assert not ws.path("answers.parquet").exists()
-    ans = run_answers(ws, tiny_lm, items, ST, chunk_size=4)
+    ans = run_answers(ws, tiny_lm, items, ST, chunk_size=3)  # a different chunk size must not duplicate rows
+    assert list(ans["row"]) == list(range(10))
     fresh = run_answers(Workspace(tmp_path / "b"), tiny_lm, items, ST, chunk_size=4)
     assert ans[["answer_text", "text_two_pass"]].equals(fresh[["answer_text", "text_two_pass"]])
