@@ -1,0 +1,80 @@
+"""Answers & confidence: accuracy, verbal-confidence saturation, verbal vs the exact 0-100
+distribution (E[v], argmax), validity screen, per-item table."""
+import streamlit as st
+
+from metacog import plots, ui
+
+ws = ui.current_workspace()
+ui.header("Answers & confidence", ws, "Does the number the model *says* track whether it is right? "
+          "Compare it with what its own next-token distribution over 0–100 implies.")
+
+if not ui.require(ws, "answers"):
+    st.stop()
+
+with ui.guard("answers and confidence"):
+    df = ui.results(ws)
+    summ = ui.summary(ws) or {}
+    _, study = ws.settings()
+    model = ui.model_name(ws)
+    best = ws.read_json("probes/best.json")
+
+    split = st.radio("split", ui.SPLITS, index=0, horizontal=True, key="ans-split",
+                     help="metrics in summary.json and on the CLI are on the eval split")
+    d = ui.split_frame(df, split)
+    n = len(d)
+    c = st.columns(5)
+    c[0].metric(f"accuracy ({split})", f"{d['correct'].mean():.1%}" if n else "—", help=f"n={n}")
+    c[1].metric("accuracy (all items)", f"{df['correct'].mean():.1%}", help=f"n={len(df)}")
+    for i, (mode, k) in enumerate(ui.MODE_KEYS.items()):
+        v = d[f"verbal_{k}"]
+        c[2 + i].metric(f"verbal {mode}: parsed", f"{v.notna().mean():.0%}" if n else "—",
+                        help="share of replies with a readable 0–100 confidence")
+    if "ev_inline" in d:
+        c[4].metric("mass off 0–100 (inline)", f"{d['other_inline'].mean():.2f}",
+                    help="mean probability of continuations that are not an integer 0–100")
+
+    if n == 0:
+        st.warning(f"No items in the {split} split.")
+        st.stop()
+
+    # ------------------------------------------------------------------ saturation histogram
+    st.subheader("Verbal confidence")
+    fig = plots.confidence_histogram({m: d[f"verbal_{k}"].to_numpy(float) for m, k in ui.MODE_KEYS.items()},
+                                     d["correct"].to_numpy(bool), split=split, model=model)
+    ui.show_figure(fig, "verbal-hist", f"{ws.root.name}-verbal-confidence-{split}")
+    st.caption("Bins of 5 points (the last, 95–100, is the ceiling counted by L). Bars stacked by correctness: a useful "
+               "confidence puts correct answers right and wrong ones left; a saturated one piles everything at 100.")
+
+    # ------------------------------------------------------------------ verbal vs E[v] vs argmax
+    st.subheader("Verbal vs the 0–100 distribution")
+    tbl = ui.readout_metrics(d, n_bins=study.ece_bins, seed=study.seed, best=best)
+    if "ev_inline" in d:
+        grid = {m: {"verbal": d[f"verbal_{k}"].to_numpy(float), "E[v]": d[f"ev_{k}"].to_numpy(float),
+                    "argmax": d[f"argmax_{k}"].to_numpy(float)} for m, k in ui.MODE_KEYS.items()}
+        fig = plots.readout_grid(grid, d["correct"].to_numpy(bool), split=split, model=model)
+        ui.show_figure(fig, "readout-grid", f"{ws.root.name}-readouts-{split}")
+    else:
+        st.info("The E[v] and argmax readouts need the hidden-state cache stage (activations): run the study to add them.")
+        ui.job_panel(ws, where="answers-readouts")
+    refs = {}
+    tp = ui.type_prior_auroc(df, split)
+    if tp is not None:
+        refs["question-type prior"] = tp
+    bars = tbl.rename(columns={"readout": "name", "auroc_lo": "lo", "auroc_hi": "hi"})
+    fig = plots.auroc_bars(bars, split=split, n=n, model=model, references=refs, what="AUROC by confidence readout")
+    ui.show_figure(fig, "readout-auroc", f"{ws.root.name}-readout-auroc-{split}")
+
+    st.subheader("Validity screen and calibration")
+    st.caption("L = share ≥ 95, TRIN = share in the most common decile, r = correlation with correctness; "
+               "verdict per the rule under Definitions. ECE/Brier/AURC on confidence/100, unparsed replies dropped (n_missing).")
+    show = tbl[["readout", "n", "n_missing", "L", "TRIN", "r", "verdict", "reasons", "auroc", "auroc_lo", "auroc_hi", "ece", "brier", "aurc"]]
+    ui.show_table(show.round(4), key="validity", filename=f"{ws.root.name}-validity-{split}",
+                  caption=f"{split} split, n={n}, {model}")
+    ui.definitions("readouts", "validity", "ece", "auroc", "type_prior")
+
+    # ------------------------------------------------------------------ items
+    st.subheader("Items")
+    cols = [c for c in ["id", "split", "category", "difficulty", "question", "answer", "correct", "verbal_inline", "verbal_two_pass",
+                        "ev_inline", "argmax_inline", "ev_two_pass", "argmax_two_pass", "other_inline", "probe_p"] if c in d]
+    ui.show_table(ui.with_links(d[cols], ws), key="items", filename=f"{ws.root.name}-answers-{split}",
+                  column_config=ui.LINK_COLUMN, height=360, caption=f"{n} items; 'explore' opens one in the item explorer")

@@ -1,0 +1,92 @@
+"""Probes: AUROC by layer per position (with CIs), against verbal confidence and the question-type
+prior; reliability diagram of any probe; per-item predictions."""
+import numpy as np
+import streamlit as st
+
+from metacog import metrics, plots, ui
+
+ws = ui.current_workspace()
+ui.header("Probes", ws, "What do the hidden states know about correctness? One logistic probe per layer × position, "
+          "scored on the eval split; compare with what the model says.")
+
+if not ui.require(ws, "probes"):
+    st.stop()
+
+with ui.guard("the probes"):
+    pm = ui.probe_metrics(ws)
+    oof = ui.oof(ws)
+    df = ui.results(ws)
+    summ = ui.summary(ws) or {}
+    _, study = ws.settings()
+    model = ui.model_name(ws)
+    best = ws.read_json("probes/best.json") or {}
+    positions = ui.probe_positions(ws, oof)
+    n_eval = int(pm["n_eval"].iloc[0]) if "n_eval" in pm and len(pm) else int((df["split"] == "eval").sum())
+
+    if best:
+        c = st.columns([3, 2, 2, 2])
+        c[0].metric("best probe", f"L{best.get('layer')} @ {best.get('position')}", help="layer @ position, chosen by train-split CV AUROC")
+        row = pm[(pm["layer"] == int(best["layer"])) & (pm["position"] == best["position"])]
+        if len(row):
+            r = row.iloc[0]
+            c[1].metric("AUROC (eval)", f"{r['auroc']:.3f}", help=f"95% CI [{r['auroc_lo']:.3f}, {r['auroc_hi']:.3f}]")
+            c[2].metric("ECE (eval)", f"{r['ece']:.3f}")
+        v = summ.get("verbal", {}).get("inline", {})
+        if v.get("auroc") is not None and v["auroc"] == v["auroc"]:
+            c[3].metric("verbal AUROC inline (eval)", f"{v['auroc']:.3f}")
+
+    # ------------------------------------------------------------------ by layer
+    st.subheader("By layer")
+    c = st.columns([3, 3, 1])
+    metric = c[0].radio("metric", ["auroc", "cv_auroc", "ece", "brier"], horizontal=True, key="pr-metric",
+                        format_func={"auroc": "AUROC (eval)", "cv_auroc": "CV AUROC (train)", "ece": "ECE (eval)", "brier": "Brier (eval)"}.get)
+    shown = c[1].multiselect("positions", positions, default=positions, key="pr-positions") or positions
+    bands = c[2].toggle("CI bands", value=True, key="pr-bands", help="95% bootstrap CIs of the eval AUROC")
+    refs = {}
+    if metric == "auroc":
+        for mode in ("inline", "two-pass"):
+            a = summ.get("verbal", {}).get(mode, {}).get("auroc")
+            if a is not None and a == a:
+                refs[f"verbal {mode}"] = a
+        tp = (summ.get("type_prior") or {}).get("auroc")
+        if tp is not None and tp == tp:
+            refs["question-type prior"] = tp
+    fig = plots.probe_metric_by_layer(pm, split="eval" if metric != "cv_auroc" else "train", n=n_eval if metric != "cv_auroc" else int(pm["n_train"].iloc[0]),
+                                      model=model, metric=metric, references=refs, best=best, positions=shown, bands=bands)
+    ui.show_figure(fig, "probe-by-layer", f"{ws.root.name}-probe-{metric}-by-layer")
+    if metric == "auroc":
+        st.caption("Shaded bands: 95% bootstrap CIs. Dashed lines: the model's verbal confidence and the question-type prior "
+                   "(category accuracy on train) on the same eval items; dotted: chance.")
+
+    # ------------------------------------------------------------------ reliability
+    st.subheader("Reliability")
+    c = st.columns([2, 3, 2])
+    pos = c[0].selectbox("position", positions, index=positions.index(best["position"]) if best.get("position") in positions else 0, key="pr-pos")
+    n_layers = oof.shape[1]
+    layer = c[1].slider("layer", 0, n_layers - 1, int(best.get("layer", n_layers - 1)), key="pr-layer")
+    rsplit = c[2].selectbox("split", ui.SPLITS, index=0, key="pr-split",
+                            help="train items carry cross-fitted (out-of-fold) predictions")
+    d = ui.split_frame(df, rsplit)
+    j = positions.index(pos)
+    p = np.asarray(oof[d["row"].to_numpy(), layer, j], dtype=float)
+    y = d["correct"].to_numpy(bool)
+    ok = ~np.isnan(p)
+    if ok.sum() == 0:
+        st.info("No probe predictions for these items.")
+    else:
+        bins = metrics.reliability_bins(p[ok], y[ok], n_bins=study.ece_bins)
+        e = metrics.ece(p[ok], y[ok], study.ece_bins)
+        fig = plots.reliability_diagram(bins, split=rsplit, n=int(ok.sum()), model=model, label=f"probe layer {layer} @ {pos}", ece=e)
+        ui.show_figure(fig, "reliability", f"{ws.root.name}-reliability-L{layer}-{pos}-{rsplit}")
+        with st.expander("bins"):
+            ui.show_table(bins.round(4), key="rel-bins", filename=f"{ws.root.name}-reliability-bins-L{layer}-{pos}-{rsplit}")
+
+    # ------------------------------------------------------------------ items
+    st.subheader("Items")
+    t = d[[c for c in ["id", "split", "category", "question", "answer", "correct", "verbal_inline", "verbal_two_pass", "ev_inline"] if c in d]].copy()
+    t.insert(6, f"probe p (L{layer} @ {pos})", p)
+    ui.show_table(ui.with_links(t, ws), key="probe-items", filename=f"{ws.root.name}-probe-items-L{layer}-{pos}-{rsplit}",
+                  column_config=ui.LINK_COLUMN, height=360, caption=f"{len(t)} items, {rsplit} split")
+    with st.expander("All probes (metrics.parquet)"):
+        ui.show_table(pm.round(4), key="probe-metrics", filename=f"{ws.root.name}-probe-metrics")
+    ui.definitions("probes", "auroc", "ece", "type_prior")

@@ -1,0 +1,313 @@
+"""The Streamlit app under streamlit.testing.v1.AppTest, on tiny workspaces built with the tiny
+random model (no download): every page renders without an exception and shows its main chart;
+"Run study" on the Workspace page runs a stage (tiny model injected with ui.set_model_loader)
+and its artifacts appear; missing or half-done workspaces show a message, not a traceback.
+
+Workspaces (built once per session under a tmp METACOG_CACHE):
+- ``tiny``: answers + activations (+ probes when ``metacog.probes`` exists) from the real
+  pipeline (``run_study`` with the tiny model); its gibberish answers are all wrong and no
+  confidence parses, so pages meet degenerate data (one class: AUROC undefined, no best probe);
+- ``tiny-rich``: a copy whose grades and verbal confidences are replaced by seeded random ones
+  (both classes, saturated confidences), with probes: fitted by ``metacog.probes`` when the
+  module exists, otherwise written synthetically in the artifact contract's format;
+- ``half``: answers only.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app.py")
+PAGES = {
+    "workspace": "pages/1_Workspace.py",
+    "answers": "pages/2_Answers_and_confidence.py",
+    "probes": "pages/3_Probes.py",
+    "items": "pages/4_Item_explorer.py",
+}
+HAVE_PROBES = importlib.util.find_spec("metacog.probes") is not None
+TINY_STUDY = dict(dataset="world-facts", limit=24, max_new_tokens=6, confidence_max_new_tokens=4, batch_size=8)
+
+
+# ----------------------------------------------------------------------------- workspaces
+def build_workspaces(cache: Path, lm) -> dict[str, Path]:
+    """Build the test workspaces under ``cache/workspaces`` (see module docstring)."""
+    from metacog.settings import ModelSettings, StudySettings
+    from metacog.study import run_study, summarize
+    from metacog.workspace import Workspace
+
+    wsd = cache / "workspaces"
+    wsd.mkdir(parents=True, exist_ok=True)
+    model, study = ModelSettings(threads=1), StudySettings(**TINY_STUDY)
+    tiny = wsd / "tiny"
+    run_study(tiny, model, study, lm=lm, stages=("answers", "activations") + (("probes",) if HAVE_PROBES else ()))
+    half = wsd / "half"
+    run_study(half, model, study, lm=lm, stages=("answers",))
+
+    rich = wsd / "tiny-rich"
+    shutil.copytree(tiny, rich, ignore=shutil.ignore_patterns(".lock-*", "probes", "probes.json", "summary.json"))
+    ws = Workspace(rich)
+    rng = np.random.default_rng(0)
+    ans = ws.read_parquet("answers.parquet")
+    n = len(ans)
+    ans["correct"] = rng.random(n) < 0.45
+    ans.loc[ans.index[:2], "correct"] = [True, False]
+    ans["verbal_inline"] = rng.choice([100.0, 100.0, 95.0, 90.0, 80.0, 50.0, np.nan], size=n)
+    ans["verbal_two_pass"] = np.where(ans["correct"], rng.uniform(60, 100, n), rng.uniform(0, 100, n)).round()
+    ws.write_parquet("answers.parquet", ans)
+    ro = ws.read_parquet("readout.parquet")
+    ro["ev_inline"] = rng.uniform(20, 100, n)
+    ro["argmax_inline"] = rng.integers(0, 101, n).astype(float)
+    ws.write_parquet("readout.parquet", ro)
+    _add_probes(ws, ans)
+    ws.write_json("summary.json", summarize(ws))
+    return {"tiny": tiny, "tiny-rich": rich, "half": half}
+
+
+def _add_probes(ws, ans: pd.DataFrame) -> None:
+    from metacog.settings import POSITIONS
+
+    man = ws.read_json("activations/manifest.json")
+    n, H = man["n_items"], man["n_layers"]
+    if HAVE_PROBES:
+        from metacog.study import load_items, run_probes_stage
+
+        items = load_items(ws)
+        _, study = ws.settings()
+        run_probes_stage(ws, items, ans, man["key"], study, threads=1)
+        return
+    # synthetic probes in the artifact contract's format (until metacog/probes.py exists)
+    rng = np.random.default_rng(1)
+    y = ans.sort_values("row")["correct"].to_numpy()
+    oof = np.clip(0.5 + (y[:, None, None] - 0.5) * rng.uniform(0, 0.8, (n, H, len(POSITIONS))) + rng.normal(0, 0.15, (n, H, len(POSITIONS))), 0, 1)
+    ws.path("probes").mkdir(exist_ok=True)
+    np.save(ws.path("probes", "oof.npy"), oof.astype(np.float32))
+    items = ws.read_parquet("items.parquet")
+    ev = items["split"].to_numpy() == "eval"
+    from metacog import metrics
+
+    rows = []
+    for j, p in enumerate(POSITIONS):
+        for L in range(H):
+            s = oof[ev, L, j]
+            a = metrics.auroc(s, y[ev])
+            lo, hi = metrics.auroc_ci(s, y[ev], n_boot=200)
+            rows.append(dict(layer=L, position=p, C=1.0, cv_auroc=metrics.auroc(oof[~ev, L, j], y[~ev]), auroc=a, auroc_lo=lo,
+                             auroc_hi=hi, ece=metrics.ece(s, y[ev]), brier=metrics.brier(s, y[ev]), n_train=int((~ev).sum()),
+                             n_eval=int(ev.sum())))
+    pm = pd.DataFrame(rows)
+    ws.write_parquet("probes/metrics.parquet", pm)
+    b = pm.sort_values("cv_auroc", ascending=False).iloc[0]
+    ws.write_json("probes/best.json", {k: (v.item() if hasattr(v, "item") else v) for k, v in b.to_dict().items()})
+
+
+@pytest.fixture(scope="session")
+def app_cache(tmp_path_factory, tiny_lm):
+    cache = tmp_path_factory.mktemp("metacog-cache")
+    build_workspaces(cache, tiny_lm)
+    return cache
+
+
+@pytest.fixture
+def env(app_cache, monkeypatch, tiny_lm):
+    from metacog import ui
+
+    monkeypatch.setenv("METACOG_CACHE", str(app_cache))
+    ui.set_model_loader(lambda settings: tiny_lm)
+    yield app_cache
+    ui.set_model_loader(None)
+
+
+def _app(ws: str | None = None, **qp):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=120)
+    if ws:
+        at.query_params["ws"] = ws
+    for k, v in qp.items():
+        at.query_params[k] = v
+    return at
+
+
+def _open(page: str, ws: str, **qp):
+    at = _app(ws, **qp)
+    at.run()
+    if page != "workspace":
+        at.switch_page(PAGES[page])
+        at.run()
+    _no_exception(at)
+    return at
+
+
+def _no_exception(at):
+    assert not at.exception, [e.value for e in at.exception]
+    errs = [e.value for e in at.error]
+    assert not errs, errs
+
+
+def _fig(at, i=0) -> dict:
+    charts = at.get("plotly_chart")
+    assert len(charts) > i, f"expected a plotly chart, found {len(charts)}"
+    return json.loads(charts[i].proto.spec)
+
+
+def _titles(at) -> list[str]:
+    return [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+
+
+# ----------------------------------------------------------------------------- pages
+def test_workspace_page(env):
+    at = _open("workspace", "tiny-rich")
+    assert at.title[0].value == "Workspace"
+    status = at.dataframe[0].value.set_index("stage")["status"]
+    assert status["answers"] == "done" and status["activations"] == "done"
+    assert any(b.label == "Run study" for b in at.button)
+    assert "tiny-llama" in at.caption[0].value  # header: workspace · model · dataset
+    assert {m.label for m in at.metric} >= {"items", "accuracy (all items)"}
+
+
+@pytest.mark.parametrize("ws", ["tiny", "tiny-rich"])
+def test_answers_page(env, ws):
+    at = _open("answers", ws)
+    titles = _titles(at)
+    assert len(titles) >= 3, titles
+    assert titles[0].startswith("Verbal confidence, eval split, n=") and "tiny-llama" in titles[0]
+    spec = _fig(at, 0)
+    assert spec["data"] and spec["data"][0]["type"] == "bar"
+    # switching the split redraws with that split's n
+    at.radio(key="ans-split").set_value("all").run()
+    _no_exception(at)
+    assert _titles(at)[0].startswith("Verbal confidence, all splits, n=24")
+
+
+def test_probes_page(env):
+    at = _open("probes", "tiny-rich")
+    titles = _titles(at)
+    assert any(t.startswith("Probe AUROC by layer, eval split") for t in titles), titles
+    assert any(t.startswith("Reliability diagram") for t in titles), titles
+    spec = _fig(at, 0)
+    assert any(tr.get("meta", {}).get("role") == "curve" for tr in spec["data"])
+    at.slider(key="pr-layer").set_value(1).run()
+    _no_exception(at)
+    assert any("layer 1" in t for t in _titles(at))
+    at.multiselect(key="pr-positions").set_value(["confidence"]).run()
+    _no_exception(at)
+    curves = [tr for tr in _fig(at, 0)["data"] if tr.get("meta", {}).get("role") == "curve"]
+    assert [tr["name"] for tr in curves] == ["confidence"]
+
+
+@pytest.mark.skipif(not HAVE_PROBES, reason="metacog/probes.py is not in this build yet")
+def test_probes_page_single_class(env):
+    at = _open("probes", "tiny")
+    assert any(t.startswith("Probe AUROC by layer, eval split") for t in _titles(at))
+
+
+def test_probes_page_without_probes_says_run_first(env):
+    at = _open("probes", "half")
+    assert any("Run the study first" in i.value for i in at.info)
+    assert not at.get("plotly_chart")
+
+
+def test_item_explorer_query_param(env):
+    from metacog.workspace import Workspace
+
+    items = Workspace(env / "workspaces" / "tiny-rich").read_parquet("items.parquet")
+    item = items["id"].iloc[5]
+    at = _open("items", "tiny-rich", item=item)
+    assert at.selectbox(key="ie-item").value == item
+    titles = _titles(at)
+    assert any(t.startswith(f"0–100 confidence distribution, item {item}") for t in titles), titles
+    assert any(t.startswith(f"Probe p(correct) by layer, item {item}") for t in titles), titles
+    assert items.loc[5, "question"] in " ".join(m.value for m in at.markdown)
+    # choosing another item updates the query param (so the URL can be shared)
+    other = items["id"].iloc[7]
+    at.selectbox(key="ie-item").set_value(other).run()
+    _no_exception(at)
+    assert at.query_params["item"] == other
+
+
+def test_tables_link_to_the_item_explorer(env):
+    at = _open("answers", "tiny-rich")
+    items = [d.value for d in at.dataframe if "open" in d.value.columns]
+    assert items, "the per-item table has an 'open' link column"
+    link = items[0]["open"].iloc[0]
+    assert link.startswith("Item_explorer?item=") and "&ws=tiny-rich" in link
+
+
+def test_workspace_page_dataset_file_and_target(env, tmp_path):
+    csv = tmp_path / "my_quiz.csv"
+    csv.write_text("question,answer,category\n" + "".join(f"What is {i}+{i}?,{2 * i},sum\n" for i in range(30)))
+    at = _open("workspace", "tiny-rich")
+    at.selectbox(key="ds-kind-tiny-rich").set_value("file path").run()
+    at.text_input(key="ds-path-tiny-rich").input(str(csv)).run()
+    _no_exception(at)
+    assert any("30 items" in c.value for c in at.caption)
+    assert any("default-my_quiz-n24-s0" in c.value and "(new workspace)" in c.value for c in at.caption)
+    at.text_input(key="ds-path-tiny-rich").input(str(tmp_path / "missing.csv")).run()
+    assert not at.exception
+    assert any("dataset" in e.value for e in at.error)
+
+
+def test_item_explorer_unknown_item_warns(env):
+    at = _open("items", "tiny", item="no-such-id")
+    assert any("no-such-id" in w.value for w in at.warning)
+    assert at.get("plotly_chart")  # falls back to the first item
+
+
+def test_half_done_workspace_messages(env):
+    at = _open("answers", "half")
+    assert _titles(at)[0].startswith("Verbal confidence")
+    assert any("activations" in i.value for i in at.info)
+    at = _open("probes", "half")
+    assert any("Run the study first" in i.value for i in at.info)
+    at = _open("items", "half")
+    assert any("Not cached" in i.value for i in at.info)
+
+
+def test_missing_workspace_offers_default_study(app_cache, monkeypatch, tmp_path):
+    monkeypatch.setenv("METACOG_CACHE", str(tmp_path / "empty-cache"))
+    at = _app()
+    at.run()
+    _no_exception(at)
+    assert any("Run the default study" in b.label for b in at.button)
+    for page in ("answers", "probes", "items"):
+        at.switch_page(PAGES[page]).run()
+        _no_exception(at)
+        assert any("Run the study first" in i.value for i in at.info)
+
+
+def test_run_study_button_runs_a_stage(env):
+    from metacog import ui
+    from metacog.workspace import Workspace
+
+    target = env / "workspaces" / "run-here"
+    Workspace(target).init(*_tiny_settings())  # an existing, empty workspace with tiny settings
+    at = _open("workspace", "run-here")
+    assert at.dataframe[0].value.set_index("stage").loc["answers", "status"] == "not run"
+    at.multiselect(key="stages-run-here").set_value(["answers"]).run()
+    _no_exception(at)
+    at.button(key="run-study").click().run()
+    job = ui.wait_job(target, timeout=120)
+    assert job is not None and job.status == "done", (job and (job.status, job.error, job.tb))
+    assert (target / "answers.parquet").exists()
+    at.run()
+    _no_exception(at)
+    assert any("Study finished" in s.value for s in at.success)
+    status = at.dataframe[0].value
+    assert status.set_index("stage").loc["answers", "status"] == "done"
+    # the other pages now show the new answers
+    at.switch_page(PAGES["answers"]).run()
+    _no_exception(at)
+    assert _titles(at)[0].startswith("Verbal confidence, eval split")
+
+
+def _tiny_settings():
+    from metacog.settings import ModelSettings, StudySettings
+
+    return ModelSettings(threads=1), StudySettings(**TINY_STUDY)

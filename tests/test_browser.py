@@ -1,0 +1,246 @@
+"""The app in a real browser: ``streamlit run app.py`` on a free localhost port over tiny
+workspaces, driven by Debian's Chromium through Playwright. Every page must render its main
+plotly chart (a ``.js-plotly-plot`` element with an SVG inside) and no exception box; a
+screenshot of each page is saved (under the test's tmp dir, and also under
+``$METACOG_SCREENSHOTS`` when that is set).
+
+Skipped when Chromium (``/usr/bin/chromium``; ``apt-get install -y chromium``) or the
+playwright package is missing. Never runs ``playwright install``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("METACOG_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+def _skip_reason() -> str | None:
+    if not Path(CHROMIUM).exists():
+        return f"Chromium not installed at {CHROMIUM} (apt-get install -y chromium); CI installs it"
+    if importlib.util.find_spec("playwright") is None:
+        return "the playwright Python package is not installed (pip install playwright; no browser download needed)"
+    return None
+
+
+def _test_app_module():
+    spec = importlib.util.spec_from_file_location("_metacog_test_app", Path(__file__).with_name("test_app.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError("streamlit did not become healthy")
+
+
+TINY_LOADER = """
+import sys
+sys.path.insert(0, {tests!r})
+from conftest import make_tiny_llama, make_tokenizer
+
+
+def load(settings):
+    import torch
+    from metacog.models import wrap
+
+    torch.set_num_threads(1)
+    tok = make_tokenizer()
+    return wrap(make_tiny_llama(tok), tok, spec="tiny", name="tiny-llama", weights_hash="tiny0", threads=1)
+"""
+
+
+def start_app(cache: Path, log: Path, tiny_loader: bool = True) -> tuple[subprocess.Popen, str]:
+    """``streamlit run app.py`` on a free port; with ``tiny_loader`` the app's model loader is the
+    tiny random model (``$METACOG_MODEL_LOADER``, see metacog.ui)."""
+    port = _free_port()
+    env = {**os.environ, "METACOG_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "OMP_NUM_THREADS": "1"}
+    if tiny_loader:
+        (cache / "metacog_tiny_loader.py").write_text(TINY_LOADER.format(tests=str(Path(__file__).resolve().parent)))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(cache), env.get("PYTHONPATH", "")]))
+        env["METACOG_MODEL_LOADER"] = "metacog_tiny_loader:load"
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
+           "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--server.fileWatcherType", "none"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc)
+    except BaseException:
+        proc.terminate()
+        raise
+    return proc, url
+
+
+def settle(page, timeout: float = 90, quiet: float = 1.5) -> None:
+    """Wait until the app stopped running: the page has drawn its title, and Streamlit's status
+    widget ("Running...") has been gone for ``quiet`` seconds in a row."""
+    page.wait_for_selector('[data-testid="stMain"] [data-testid="stHeading"]', timeout=timeout * 1000)
+    t0 = time.time()
+    calm_since = None
+    while time.time() - t0 < timeout:
+        running = page.locator('[data-testid="stStatusWidget"]').filter(has_text="Running").count() > 0
+        if running:
+            calm_since = None
+        elif calm_since is None:
+            calm_since = time.time()
+        elif time.time() - calm_since >= quiet:
+            page.wait_for_load_state("networkidle")  # lazily loaded widget code
+            return
+        time.sleep(0.25)
+    raise TimeoutError("the app kept running")
+
+
+def full_screenshot(page, path: Path) -> None:
+    """Streamlit scrolls inside its main container, so grow the viewport to the content first."""
+    h = page.evaluate("""() => Math.max(...[...document.querySelectorAll('[data-testid="stMain"], [data-testid="stAppViewContainer"], section')]
+        .map(e => e.scrollHeight), document.body.scrollHeight)""")
+    vp = page.viewport_size
+    page.set_viewport_size({"width": vp["width"], "height": min(int(h) + 40, 12000)})
+    page.wait_for_timeout(1200)  # plotly charts resize to the new layout
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size(vp)
+
+
+def shoot(page, url: str, out: Path, name: str, min_plots: int = 1, timeout: float = 90) -> int:
+    """Open ``url``, wait for it to settle and for ``min_plots`` rendered plotly charts, save a
+    full-page screenshot ``out/name.png``; returns the number of charts."""
+    page.goto(url)
+    settle(page, timeout)
+    page.wait_for_function(
+        f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {min_plots}", timeout=timeout * 1000)
+    settle(page, timeout, quiet=1.0)
+    page.wait_for_timeout(800)  # plotly's transitions
+    exc = page.locator('[data-testid="stException"]').count()
+    n = page.locator(".js-plotly-plot").count()
+    out.mkdir(parents=True, exist_ok=True)
+    full_screenshot(page, out / f"{name}.png")
+    assert exc == 0, f"{name}: {exc} exception box(es) on the page"
+    return n
+
+
+@pytest.fixture(scope="module")
+def served_app(tmp_path_factory, tiny_lm):
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    cache = tmp_path_factory.mktemp("browser-cache")
+    mod = _test_app_module()
+    mod.build_workspaces(cache, tiny_lm)
+    from metacog.workspace import Workspace
+
+    Workspace(cache / "workspaces" / "run-here").init(*mod._tiny_settings())
+    log = cache / "streamlit.log"
+    proc, url = start_app(cache, log)
+    yield url, cache
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser(served_app):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+def test_every_page_renders_its_chart(served_app, browser, tmp_path):
+    import pandas as pd
+
+    url, cache = served_app
+    item = pd.read_parquet(cache / "workspaces" / "tiny-rich" / "items.parquet")["id"].iloc[3]
+    out = tmp_path / "screenshots"
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    pages = {
+        "1_workspace": (f"{url}/?ws=tiny-rich", 0),
+        "2_answers": (f"{url}/Answers_and_confidence?ws=tiny-rich", 3),
+        "3_probes": (f"{url}/Probes?ws=tiny-rich", 2),
+        "4_item_explorer": (f"{url}/Item_explorer?ws=tiny-rich&item={item}", 2),
+    }
+    for name, (u, k) in pages.items():
+        if k == 0:  # the workspace page has no chart: check its stage table instead
+            page.goto(u)
+            settle(page)
+            page.wait_for_selector('[data-testid="stDataFrame"]', timeout=60_000)
+            assert page.get_by_text("Run study").count() >= 1
+            assert page.locator('[data-testid="stException"]').count() == 0
+            out.mkdir(parents=True, exist_ok=True)
+            full_screenshot(page, out / f"{name}.png")
+            continue
+        n = shoot(page, u, out, name, min_plots=k)
+        assert n >= k, f"{name}: {n} charts"
+    assert page.get_by_text(item).count() >= 1  # the item explorer opened the linked item
+    dest = os.environ.get("METACOG_SCREENSHOTS")
+    if dest:
+        shutil.copytree(out, dest, dirs_exist_ok=True)
+    assert len(list(out.glob("*.png"))) == 4
+    page.close()
+
+
+def test_run_study_in_the_browser(served_app, browser, tmp_path):
+    """Click "Run study" on a fresh workspace: the background run finishes, the page redraws
+    by itself, and the answers stage shows as done (tiny model injected into the server)."""
+    url, cache = served_app
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{url}/?ws=run-here")
+    settle(page)
+    # the tiny model gets every item wrong: run the answers and activations stages only
+    remove = page.locator('[data-testid="stMultiSelect"] button[aria-label="Remove probes"]')
+    if remove.count():
+        remove.first.click()
+        settle(page)
+    page.get_by_role("button", name="Run study", exact=True).click()
+    page.wait_for_function(
+        "document.body.innerText.includes('Study finished') || document.body.innerText.includes('The study failed')",
+        timeout=120_000)
+    settle(page)
+    full_screenshot(page, tmp_path / "run.png")
+    body = page.inner_text("body")
+    assert (cache / "workspaces" / "run-here" / "answers.parquet").exists()
+    assert "Study finished" in body, body[:2000]
+    assert page.locator('[data-testid="stException"]').count() == 0
+    page.goto(f"{url}/Answers_and_confidence?ws=run-here")
+    settle(page)
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 1", timeout=60_000)
+    dest = os.environ.get("METACOG_SCREENSHOTS")
+    if dest:
+        shutil.copy(tmp_path / "run.png", Path(dest) / "5_after_run.png")
+    page.close()
