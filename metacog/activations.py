@@ -102,6 +102,8 @@ def run_activations(
     )
     todo = [i for i in range(n) if not done[i]]
     finished = n - len(todo)
+    if progress:
+        progress(finished, n, "caching hidden states + 0–100 readout")
     for idx in batches_by_length([encs[i][0].ids for i in todo], batch_size):
         check_stop(should_stop)
         rows = [todo[j] for j in idx]

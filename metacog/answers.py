@@ -97,8 +97,22 @@ def option_logliks(lm, prompt_ids: list[list[int]], options: list[list[str]], ba
     return out
 
 
-def _answer_chunk(lm, chunk: pd.DataFrame, study: StudySettings) -> pd.DataFrame:
+def _answer_chunk(lm, chunk: pd.DataFrame, study: StudySettings, tick=None, should_stop=None) -> pd.DataFrame:
+    """Answer one chunk. ``tick(fraction)`` reports progress through its three generation
+    passes (answers, inline confidence, two-pass confidence); ``should_stop`` is checked
+    between generation batches (a stopped chunk is discarded; finished chunks are kept)."""
     tok, chat, style = lm.tokenizer, lm.is_chat, study.prompt_style
+    done = {"k": 0}
+
+    def gen(prompts_, n_tokens, stop, pass_no, total):
+        def prog(k):
+            done["k"] += k
+            if tick:
+                tick((pass_no + done["k"] / max(total, 1)) / 3.0)
+
+        done["k"] = 0
+        return generate(lm, prompts_, n_tokens, study.batch_size, stop=stop, progress=prog, should_stop=should_stop)
+
     n = len(chunk)
     is_mc = chunk["kind"].eq("mc").to_numpy()
     questions = chunk["question"].tolist()
@@ -112,7 +126,7 @@ def _answer_chunk(lm, chunk: pd.DataFrame, study: StudySettings) -> pd.DataFrame
     short = [i for i in range(n) if not is_mc[i]]
     if short:
         stop = _stop_first_line if style == "plain" else _stop_inline
-        texts = generate(lm, [prompt_ids[i] for i in short], study.max_new_tokens, study.batch_size, stop=stop)
+        texts = gen([prompt_ids[i] for i in short], study.max_new_tokens, stop, 0, len(short))
         for i, t in zip(short, texts):
             raw[i] = t
             answer[i], v_inline[i] = parse_inline(t)
@@ -129,12 +143,12 @@ def _answer_chunk(lm, chunk: pd.DataFrame, study: StudySettings) -> pd.DataFrame
     need = [i for i in range(n) if v_inline[i] is None]
     if need:
         forced = [prompts.encode_inline(tok, chat, questions[i], answer[i], choices[i], style).ids for i in need]
-        texts = generate(lm, forced, INLINE_VERBAL_TOKENS, study.batch_size, stop=_stop_two_pass)
+        texts = gen(forced, INLINE_VERBAL_TOKENS, _stop_two_pass, 1, len(forced))
         for i, t in zip(need, texts):
             raw[i] = raw[i] + FORCED_MARK + t
             v_inline[i] = parse_confidence(FORCED_MARK.strip() + t)
     two = [prompts.encode_two_pass_prompt(tok, chat, q, a).ids for q, a in zip(questions, answer)]
-    t2 = generate(lm, two, study.confidence_max_new_tokens, study.batch_size, stop=_stop_two_pass)
+    t2 = gen(two, study.confidence_max_new_tokens, _stop_two_pass, 2, len(two))
     recs = []
     for k, (_, it) in enumerate(chunk.iterrows()):
         if is_mc[k]:
@@ -216,7 +230,8 @@ def run_answers(
     for s in range(0, len(todo), chunk_size):
         check_stop(should_stop)
         chunk = todo.iloc[s : s + chunk_size]
-        df = _answer_chunk(lm, chunk, study)
+        tick = (lambda f, base=finished, size=len(chunk): progress(base + int(f * size), n, "answering")) if progress else None
+        df = _answer_chunk(lm, chunk, study, tick=tick, should_stop=should_stop)
         ws.write_parquet(str((parts / f"part-{int(chunk['row'].iloc[0]):07d}.parquet").relative_to(ws.root)), df)
         frames.append(df)
         finished += len(chunk)

@@ -16,12 +16,12 @@ import re
 import sys
 from pathlib import Path
 
-from .workspace import DEFAULT_CACHE
+from .workspace import cache_dir
 
 
 def default_workspace(model: str, dataset: str, limit, seed: int) -> Path:
     name = f"{Path(model).stem if ('/' in model or model.endswith('.gguf')) else model}-{Path(str(dataset)).stem}-n{limit or 'all'}-s{seed}"
-    return DEFAULT_CACHE / "workspaces" / re.sub(r"[^\w.-]+", "_", name)
+    return cache_dir() / "workspaces" / re.sub(r"[^\w.-]+", "_", name)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:

@@ -81,10 +81,15 @@ def batches_by_length(seqs: list[list[int]], batch_size: int) -> Iterable[list[i
         yield order[s : s + batch_size]
 
 
-def generate(lm, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 32, stop=None, progress=None) -> list[str]:
-    """Greedy continuations for many prompts, in the input order."""
+def generate(lm, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 32, stop=None, progress=None,
+             should_stop=None) -> list[str]:
+    """Greedy continuations for many prompts, in the input order. ``progress(k)`` is called
+    with the number of rows just finished; ``should_stop()`` is checked before each batch."""
+    from .runtime import check_stop
+
     out: list[str | None] = [None] * len(prompts)
     for idx in batches_by_length(prompts, batch_size):
+        check_stop(should_stop)
         texts = greedy_batch(lm, [prompts[i] for i in idx], max_new_tokens, stop)
         for i, t in zip(idx, texts):
             out[i] = t

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from .settings import ModelSettings
-from .workspace import DEFAULT_CACHE
+from .workspace import cache_dir
 
 BUILTIN = {
     "default": "smollm2-135m-instruct",
@@ -233,7 +233,7 @@ def _network_ok(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
 
 def resolve_source(spec: str, cache: Path | None = None) -> tuple[Path | str, str, str]:
     """Return (path or hub id to load, display name, weights hash). Raises ModelError."""
-    cache = Path(cache or DEFAULT_CACHE)
+    cache = Path(cache or cache_dir())
     spec = (spec or "default").strip()
     key = BUILTIN.get(spec.lower())
     if key == "smollm2-135m-instruct":

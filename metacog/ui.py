@@ -24,7 +24,6 @@ it with ``st.progress`` (a fragment refreshed every second) and a Stop button th
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import importlib
 import importlib.util
@@ -45,6 +44,7 @@ import streamlit as st
 
 from . import metrics
 from .settings import MODES, POSITIONS, ModelSettings, StudySettings, from_dict, to_dict
+from .workspace import cache_dir  # $METACOG_CACHE, read at each call
 from .workspace import Workspace, WorkspaceError
 
 LOADER_ENV = "METACOG_MODEL_LOADER"
@@ -56,12 +56,6 @@ ITEM_PAGE = "Item_explorer"  # url path of pages/4_Item_explorer.py
 
 
 # =========================================================================== paths
-def cache_dir() -> Path:
-    """``$METACOG_CACHE`` (read now, so tests can point it elsewhere) or the package default."""
-    from .workspace import DEFAULT_CACHE
-
-    env = os.environ.get("METACOG_CACHE")
-    return Path(env).expanduser().resolve() if env else Path(DEFAULT_CACHE)
 
 
 def workspaces_dir() -> Path:
@@ -239,20 +233,13 @@ def clear_job(root: Path) -> None:
 
 def busy_elsewhere(ws: Workspace) -> str | None:
     """If another process holds this workspace's study lock, who (else None). Read-only check."""
-    lp = ws.path(".lock-study")
     job = get_job(ws.root)
-    if not lp.exists() or (job is not None and job.running):
+    if job is not None and job.running:
         return None
     try:
-        with open(lp) as f:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return f.read().strip() or "another process"
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        return ws.is_locked("study")
     except OSError:
         return None
-    return None
 
 
 def _fmt_secs(s: float) -> str:

@@ -30,7 +30,13 @@ import numpy as np
 
 from .settings import ModelSettings, StudySettings, from_dict, to_dict
 
-DEFAULT_CACHE = Path(os.environ.get("METACOG_CACHE", Path(__file__).resolve().parent.parent / "cache"))
+PACKAGE_CACHE = Path(__file__).resolve().parent.parent / "cache"
+
+
+def cache_dir() -> Path:
+    """Where models and workspaces live: ``$METACOG_CACHE`` (read at each call) or ./cache."""
+    env = os.environ.get("METACOG_CACHE")
+    return Path(env).expanduser().resolve() if env else PACKAGE_CACHE
 
 
 class WorkspaceError(RuntimeError):
@@ -173,6 +179,20 @@ class Workspace:
         return pd.read_parquet(p)
 
     # ---- locking -------------------------------------------------------------------------
+    def is_locked(self, name: str = "study") -> str | None:
+        """Who holds the lock ``name`` (its pid line), or None. Read-only: a momentary shared
+        probe that ``lock()`` tolerates."""
+        lp = self.path(f".lock-{name}")
+        if not lp.exists():
+            return None
+        with open(lp) as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return f.read().strip() or "another process"
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        return None
+
     @contextlib.contextmanager
     def lock(self, name: str = "study", wait: bool = False) -> Iterator[None]:
         """Exclusive per-workspace lock: a second launch is refused with a message (or
@@ -181,15 +201,24 @@ class Workspace:
         lp = self.path(f".lock-{name}")
         f = open(lp, "a+")
         try:
-            flags = fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB)
-            try:
-                fcntl.flock(f.fileno(), flags)
-            except BlockingIOError:
-                f.seek(0)
-                holder = f.read().strip() or "another process"
-                raise WorkspaceBusy(
-                    f"workspace {self.root} is busy: '{name}' is already running ({holder}). Wait for it to finish or stop it."
-                ) from None
+            if wait:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            else:
+                # retry briefly: a reader's momentary shared probe (is_locked) must not look like a run
+                deadline = time.monotonic() + 1.0
+                while True:
+                    try:
+                        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            f.seek(0)
+                            holder = f.read().strip() or "another process"
+                            raise WorkspaceBusy(
+                                f"workspace {self.root} is busy: '{name}' is already running ({holder}). "
+                                "Wait for it to finish or stop it."
+                            ) from None
+                        time.sleep(0.05)
             f.seek(0)
             f.truncate()
             f.write(f"pid {os.getpid()} since {time.strftime('%H:%M:%S')}")
@@ -202,7 +231,7 @@ class Workspace:
 
 
 def list_workspaces(base: Path | None = None) -> list[Workspace]:
-    base = Path(base or DEFAULT_CACHE / "workspaces")
+    base = Path(base or cache_dir() / "workspaces")
     if not base.exists():
         return []
     return sorted((Workspace(p) for p in base.iterdir() if (p / "workspace.json").exists()), key=lambda w: w.root.name)

@@ -45,3 +45,18 @@ def test_settings_roundtrip_and_stage_keys(tmp_path):
 def test_absurd_study_settings(kw):
     with pytest.raises(ValueError):
         StudySettings(**kw)
+
+
+def test_is_locked_reports_holder(tmp_path):
+    ws = Workspace(tmp_path)
+    assert ws.is_locked() is None
+    with ws.lock("study"):
+        assert "pid" in Workspace(tmp_path).is_locked()
+    assert ws.is_locked() is None
+
+
+def test_cache_dir_follows_env(monkeypatch, tmp_path):
+    from metacog.workspace import cache_dir
+
+    monkeypatch.setenv("METACOG_CACHE", str(tmp_path))
+    assert cache_dir() == tmp_path.resolve()
