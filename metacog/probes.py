@@ -1,0 +1,657 @@
+"""Per-(layer, position) logistic probes of correctness with cross-fitted predictions.
+
+What is fitted, exactly
+-----------------------
+For every probed (layer, position), on the rows whose split is ``"train"``:
+
+* features are standardised with the mean and population standard deviation (ddof=0) of the
+  rows the model is fitted on (inside each fold when cross-fitting; a feature that is constant on
+  those rows gets scale 1, as sklearn's ``StandardScaler`` does);
+* an L2 logistic regression with an unpenalised intercept minimises
+  ``½‖w‖² + C · Σ logloss`` (sklearn's C convention, identical to
+  ``LogisticRegression(C=C)`` on the standardised features);
+* C is chosen from ``Cs`` by stratified K-fold cross-validation on the train split only
+  (``StratifiedKFold(folds, shuffle=True, random_state=seed)``; the score is the mean over
+  folds of the held-out AUROC, as sklearn's ``LogisticRegressionCV(scoring="roc_auc")``
+  does; ties go to the smaller C). Eval and calibration rows (and their labels) are never
+  looked at before every choice is made.
+
+Outputs (``ProbeResults``)
+--------------------------
+* ``oof[row, layer, position]`` (float32) = p(correct): for train rows the prediction of the
+  fold model that did *not* see the row (at the chosen C; never in-sample, SCIENCE.md bug 3);
+  for calibration and eval rows the prediction of the probe refitted on all train rows at the
+  chosen C; NaN for rows in no split and for layers that were not probed.
+* ``metrics``: one row per (layer, position): ``layer, position, C, cv_auroc`` (train CV at the
+  chosen C) and, on the eval split, ``auroc, auroc_lo, auroc_hi`` (stratified bootstrap,
+  :func:`metacog.metrics.auroc_ci`), ``ece`` (:data:`metacog.metrics.ECE_BINS_DOC`), ``brier``,
+  ``n_train, n_eval``.
+* ``best``: the (layer, position) with the highest ``cv_auroc`` (never eval) and its metrics.
+
+How it is fast
+--------------
+All problems of a chunk of probes (probes × folds + the full refit) are solved at once in
+float32 torch by a batched truncated-Newton method (conjugate gradients on Hessian-vector
+products, two batched matrix products each), preconditioned by the top eigenvectors of each
+probe's feature covariance, walking the C grid from the strongest regularisation with warm
+starts. Fold-wise standardisation is exact and costs nothing extra: on features standardised
+with the train statistics it is the same model with the penalty ``½ Σ_j s_fj² v_j²`` (s_fj = the
+fold's standard deviation of feature j) and a shifted intercept. Stopping rule: the Newton
+decrement² (≈ 2 × the gap to the optimum of the mean-loss objective) below ``cv_tol`` (1e-7)
+while choosing C...  for the chosen C; predicted probabilities then agree
+with a converged float64 sklearn fit to ~1e-4.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import rankdata
+
+from . import metrics as M
+
+__all__ = ["PROBES_VERSION", "DEFAULT_CS", "ProbeResults", "fit_probes", "stratified_folds",
+           "make_synthetic"]
+
+PROBES_VERSION = 1
+DEFAULT_CS = (1e-3, 1e-2, 1e-1, 1.0)
+SPLITS = ("train", "calibration", "eval")
+
+
+@dataclass
+class ProbeResults:
+    """Plain numpy/pandas results of :func:`fit_probes` (see the module docstring)."""
+
+    metrics: pd.DataFrame
+    oof: np.ndarray  # float32 [n_items, n_layers, n_positions]
+    best: dict | None  # JSON-able: layer, position, C, cv_auroc, auroc, ... ; None if nothing fitted
+    cv: pd.DataFrame  # layer, position, C, cv_auroc, cv_auroc_sd, chosen: the whole C grid
+    coef: np.ndarray  # float32 [n_layers, n_positions, d]: full-train probe on *raw* features
+    intercept: np.ndarray  # float32 [n_layers, n_positions]: p = sigmoid(x @ coef + intercept)
+    fold: np.ndarray  # int8 [n_items]: CV fold of each train row, -1 for other rows
+    layers: list[int]
+    positions: list
+    info: dict = field(default_factory=dict)
+
+    def predict(self, x: np.ndarray, layer: int, position) -> np.ndarray:
+        """p(correct) of the full-train probe at (layer, position) for raw features ``x [n, d]``."""
+        pi = self.positions.index(position)
+        z = np.asarray(x, dtype=np.float64) @ self.coef[layer, pi].astype(np.float64) + float(self.intercept[layer, pi])
+        return 1.0 / (1.0 + np.exp(-z))
+
+
+# ----------------------------------------------------------------------------- folds
+def stratified_folds(y_train: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Fold id (0..folds-1) of each train row: ``StratifiedKFold(folds, shuffle=True, random_state=seed)``."""
+    from sklearn.model_selection import StratifiedKFold
+
+    y_train = np.asarray(y_train, dtype=bool)
+    out = np.empty(y_train.size, dtype=np.int8)
+    skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for f, (_, held) in enumerate(skf.split(np.zeros(y_train.size), y_train)):
+        out[held] = f
+    return out
+
+
+# ----------------------------------------------------------------------------- solver
+def _newton_cg(X, y, Mw, lam, D, w, V, S, lmask, stail, dec_tol, max_newton, max_cg, stats):
+    """Batched truncated Newton (Newton-CG) for L2 logistic regression.
+
+    The intercept is the last coordinate: ``X [B, n, d1]`` ends with a column of ones and
+    ``D [B, K, d1]`` ends with 0 (unpenalised). ``Mw [K, n]`` are row weights (fit mask / n_fit),
+    ``lam [B, K]``, ``w [B, K, d1]`` the start. Problem (b, k) minimises
+    ``Σ_i Mw[k, i] · logloss(y_i, x_i·w) + ½ lam[b, k] Σ_j D[b, k, j] w_j²``.
+    Preconditioner: ``V [B, d1, r1]`` orthonormal directions (top eigenvectors of X'X/n and the
+    intercept axis) with curvatures ``S [B, r1]`` (× the current mean Hessian weight, + lam where
+    ``lmask`` is 1), the rest of the space at the mean remaining eigenvalue ``stail [B]``.
+    Stops each problem when its Newton decrement² falls below ``dec_tol``.
+    Returns w and Z = w X' ([B, K, n]).
+    """
+    B, n, d1 = X.shape
+    K = Mw.shape[0]
+    Xt = X.transpose(1, 2)
+    Wrow = Mw[None]  # [1, K, n]
+    yk = y[None, None, :]
+    sgn = 1.0 - 2.0 * yk
+    lamD = lam[:, :, None] * D
+    w = w.clone()
+    Z = torch.bmm(w, Xt)
+    Vt = V.transpose(1, 2)
+
+    def objective(Zt, wt):
+        loss = (torch.nn.functional.softplus(sgn * Zt) * Wrow).double().sum(2)
+        return loss + 0.5 * (lamD * wt * wt).double().sum(2)
+
+    active = torch.ones(B, K, dtype=torch.bool)
+    f = None
+    zero = torch.zeros(B, K)
+    for _ in range(max_newton):
+        stats["newton"] += 1
+        p = torch.sigmoid(Z)
+        g = torch.baddbmm(lamD * w, Wrow * (p - yk), X)
+        Wt = Wrow * p * (1.0 - p)
+        cbar = Wt.sum(2).clamp_min(1e-12)  # mean Hessian weight
+        inv_tau = (1.0 / (cbar * stail[:, None] + lam).clamp_min(1e-12))[:, :, None]
+        dtop = 1.0 / (cbar[:, :, None] * S[:, None, :] + lam[:, :, None] * lmask) - inv_tau
+
+        def precond(r):
+            return torch.baddbmm(r * inv_tau, torch.bmm(r, V).mul_(dtop), Vt)
+
+        af = active.float()
+        r = g.mul_(-af[:, :, None])  # r = -g (inactive problems: 0)
+        neg_g = r.clone()
+        z = precond(r)
+        rz = torch.linalg.vecdot(r, z)
+        delta = rz.clamp_min(0).sqrt()
+        eta = torch.clamp(torch.maximum(delta.sqrt(), 0.3 * math.sqrt(dec_tol) / delta.clamp_min(1e-30)), max=0.5)
+        stop2 = eta * eta * rz
+        s = torch.zeros_like(w)
+        Xs = torch.zeros_like(Z)
+        pdir = z
+        on = active & (rz > 0)
+        for _j in range(max_cg):
+            Xp = torch.bmm(pdir, Xt)
+            Hp = torch.baddbmm(lamD * pdir, Wt * Xp, X)
+            pHp = torch.linalg.vecdot(pdir, Hp)
+            on = on & (pHp > 0)
+            alpha = torch.where(on, rz / pHp.clamp_min(1e-30), zero)[:, :, None]
+            s.addcmul_(alpha, pdir)
+            Xs.addcmul_(alpha, Xp)
+            r.addcmul_(alpha, Hp, value=-1.0)
+            stats["cg"] += 1
+            z = precond(r)
+            rz_new = torch.linalg.vecdot(r, z)
+            on = on & (rz_new > stop2)
+            if not bool(on.any()):
+                break
+            beta = torch.where(on, rz_new / rz.clamp_min(1e-30), zero)[:, :, None]
+            rz = rz_new
+            pdir = torch.addcmul(z, beta, pdir)
+        dec = torch.linalg.vecdot(neg_g, s).clamp_min(0)  # Newton decrement² -g·s (= s'Hs for CG iterates)
+        t = af
+        need = active & (dec > 0.01)
+        if bool(need.any()):  # damped steps far from the optimum (Armijo backtracking, float64 loss)
+            if f is None:
+                f = objective(Z, w)
+            td = torch.ones(B, K, dtype=torch.float64)
+            decd = dec.double()
+            for _ls in range(30):
+                tf = td.float()[:, :, None]
+                fn = objective(Z + tf * Xs, w + tf * s)
+                good = (fn <= f - 1e-4 * td * decd) | ~need
+                if bool(good.all()):
+                    break
+                td = torch.where(good, td, td * 0.5)
+            t = td.float() * af
+        t3 = t[:, :, None]
+        w.addcmul_(t3, s)
+        Z.addcmul_(t3, Xs)
+        if f is not None:
+            f = objective(Z, w)
+        active = active & (dec > dec_tol)
+        if not bool(active.any()):
+            break
+    stats["not_converged"] += int(active.sum())
+    return w, Z
+
+
+def _top_eig(X, r, gen, oversample=16, power=1):
+    """Approximate top-r eigenpairs of X'X/n per batch (randomised subspace iteration)."""
+    B, n, d = X.shape
+    m = min(d, r + oversample)
+    r = min(r, m)
+    if r == 0:
+        return torch.zeros(B, d, 0), torch.zeros(B, 0)
+    Om = torch.randn(B, d, m, generator=gen)
+    Xt = X.transpose(1, 2)
+    Q = torch.linalg.qr(Xt @ (X @ Om)).Q
+    for _ in range(power):
+        Q = torch.linalg.qr(Xt @ (X @ Q)).Q
+    XQ = X @ Q
+    T = XQ.transpose(1, 2) @ XQ / n
+    T = 0.5 * (T + T.transpose(1, 2))
+    e, U = torch.linalg.eigh(T.double())
+    e = e.float().flip(-1)[:, :r].clamp_min(0)
+    Vr = (Q @ U.float().flip(-1))[:, :, :r]
+    Vr = torch.nan_to_num(Vr)
+    return Vr.contiguous(), torch.nan_to_num(e)
+
+
+def _auroc_rows(S: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """AUROC (average ranks) of each row of S [m, n] against labels y [n]; NaN if one class."""
+    y = np.asarray(y, dtype=bool)
+    n1 = int(y.sum())
+    n0 = y.size - n1
+    if n1 == 0 or n0 == 0:
+        return np.full(S.shape[0], np.nan)
+    R = rankdata(S, method="average", axis=1)
+    return (R[:, y].sum(1) - n1 * (n1 + 1) / 2.0) / (n1 * n0)
+
+
+# ----------------------------------------------------------------------------- input handling
+class _Source:
+    """Uniform access to [n, L, P, d] arrays or {position: [n, L, d]} (memmaps welcome)."""
+
+    def __init__(self, X, positions):
+        if isinstance(X, Mapping):
+            self.dict = {k: X[k] for k in (positions if positions is not None else list(X.keys()))}
+            self.positions = list(self.dict.keys())
+            shapes = {tuple(np.shape(a)) for a in self.dict.values()}
+            if len(shapes) != 1:
+                raise ValueError(f"every position must have the same [n_items, n_layers, d] shape, got {shapes}")
+            self.n, self.L, self.d = next(iter(shapes))
+            self.arr = None
+        else:
+            if not hasattr(X, "shape") or len(X.shape) != 4:
+                raise ValueError("X must be [n_items, n_layers, n_positions, d] or a dict position -> [n_items, n_layers, d]")
+            self.arr = X
+            self.dict = None
+            self.n, self.L, P, self.d = X.shape
+            self.positions = list(positions) if positions is not None else list(range(P))
+            if len(self.positions) != P:
+                raise ValueError(f"{len(self.positions)} position names for {P} positions")
+
+    def block(self, pi: int, layers: Sequence[int], rows: np.ndarray) -> np.ndarray:
+        """float32 [len(layers), len(rows), d] for position index pi."""
+        l0, l1 = min(layers), max(layers) + 1
+        if self.dict is not None:
+            a = self.dict[self.positions[pi]]
+            blk = np.asarray(a[:, l0:l1] if rows is None else a[rows, l0:l1])  # [rows, l, d]
+        else:
+            blk = np.asarray(self.arr[rows, l0:l1, pi])
+        blk = blk[:, [l - l0 for l in layers]]
+        return np.ascontiguousarray(np.transpose(blk, (1, 0, 2)), dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------- main
+def fit_probes(
+    X,
+    y,
+    split,
+    *,
+    positions: Sequence | None = None,
+    layers: Sequence[int] | None = None,
+    Cs: Sequence[float] = DEFAULT_CS,
+    folds: int = 5,
+    seed: int = 0,
+    n_bins: int = 10,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    threads: int | None = None,
+    tol: float = 1e-8,
+    cv_tol: float = 1e-6,
+    max_newton: int = 60,
+    max_cg: int = 250,
+    rank: int = 32,
+    chunk: int | None = None,
+    progress: Callable[[int, int, str], Any] | None = None,
+) -> ProbeResults:
+    """Fit a standardised L2 logistic probe per (layer, position); see the module docstring.
+
+    ``X``: ``[n_items, n_layers, n_positions, d]`` or ``{position: [n_items, n_layers, d]}``
+    (float16 memmaps are read chunk by chunk). ``y``: correctness (bool) per item. ``split``:
+    "train" / "calibration" / "eval" per item; rows with any other value are left out (their
+    ``oof`` is NaN). ``layers``: which layers to probe (default all; ``oof`` and ``coef`` keep
+    every layer index, NaN where not probed). ``threads``: CPU threads for the call: chunks of
+    probes are solved by that many Python worker threads with one torch/BLAS thread each
+    (``torch.set_num_threads(1)`` for the call, restored afterwards) -- independent workers never
+    wait on each other, whereas BLAS threads spin at every barrier and collapse when a core is
+    shared; results do not depend on it. None leaves torch's setting alone and runs one chunk at
+    a time. ``rank``: preconditioner rank; ``chunk``: probes solved together (default ≤ 4, from a
+    24 MB budget). ``tol``/``cv_tol``: Newton-decrement² stopping thresholds for the chosen C /
+    for the C search.
+    """
+    t_start = time.perf_counter()
+    src = _Source(X, positions)
+    n, L, d = src.n, src.L, src.d
+    P = len(src.positions)
+    y = np.asarray(y)
+    if y.shape != (n,):
+        raise ValueError(f"y must have shape ({n},), got {y.shape}")
+    if y.dtype != bool:
+        yf = y.astype(float)
+        if np.isnan(yf).any() or not np.all((yf == 0) | (yf == 1)):
+            raise ValueError("y must be bool or 0/1 (no NaN)")
+        y = yf.astype(bool)
+    split = np.asarray(split).astype(str)
+    if split.shape != (n,):
+        raise ValueError(f"split must have shape ({n},), got {split.shape}")
+    Cs = [float(c) for c in Cs]
+    if not Cs or any(not (c > 0) for c in Cs):
+        raise ValueError("Cs must be positive")
+    order = np.argsort(Cs, kind="stable")  # walk from the strongest regularisation
+    layers = list(range(L)) if layers is None else [int(l) for l in layers]
+    if any(not 0 <= l < L for l in layers):
+        raise ValueError(f"layers must lie in 0..{L - 1}")
+
+    tr = np.flatnonzero(split == "train")
+    ca = np.flatnonzero(split == "calibration")
+    ev = np.flatnonzero(split == "eval")
+    other = np.concatenate([ca, ev])
+    used = np.concatenate([tr, other])
+    n_tr = tr.size
+    y_tr = y[tr]
+    info: dict = {"threads": None, "warnings": []}
+
+    oof = np.full((n, L, P), np.nan, dtype=np.float32)
+    coef = np.full((L, P, d), np.nan, dtype=np.float32)
+    intercept = np.full((L, P), np.nan, dtype=np.float32)
+    fold_of = np.full(n, -1, dtype=np.int8)
+    probes = [(l, pi) for pi in range(P) for l in layers]
+
+    n_min = int(min(y_tr.sum(), n_tr - y_tr.sum())) if n_tr else 0
+    k_folds = min(int(folds), n_min)
+    if k_folds < int(folds):
+        info["warnings"].append(f"train split has only {n_min} item(s) in its smaller class: "
+                                f"{'using ' + str(k_folds) + ' folds' if k_folds >= 2 else 'probes not fitted'}")
+    rows_cv = []
+    fit_rows = []
+    if k_folds >= 2 and probes:
+        prev_threads = torch.get_num_threads()
+        workers = 1
+        if threads is not None:
+            workers = max(1, int(threads))
+            torch.set_num_threads(1)  # parallel over chunks, one BLAS thread each (see docstring)
+        info["threads"] = workers if threads is not None else prev_threads
+        try:
+            fit_rows, rows_cv = _fit_all(src, probes, y, tr, other, k_folds, Cs, order, seed, tol, cv_tol,
+                                         max_newton, max_cg, rank, chunk, workers, oof, coef, intercept, fold_of,
+                                         info, progress)
+        finally:
+            if threads is not None:
+                torch.set_num_threads(prev_threads)
+
+    # ---- eval metrics (batched bootstrap over all probes)
+    y_ev = y[ev]
+    rows = []
+    if fit_rows:
+        S = np.stack([oof[ev, l, pi].astype(np.float64) for (l, pi, *_r) in fit_rows], axis=1)
+        if ev.size:
+            a, lo, hi = M.auroc_boot_batch(S, y_ev, n_boot=n_boot, alpha=alpha, seed=seed)
+        else:
+            a = lo = hi = np.full(len(fit_rows), np.nan)
+        for j, (l, pi, C, cv) in enumerate(fit_rows):
+            s = S[:, j]
+            rows.append(dict(layer=l, position=src.positions[pi], C=C, cv_auroc=cv, auroc=float(a[j]),
+                             auroc_lo=float(lo[j]), auroc_hi=float(hi[j]),
+                             ece=M.ece(s, y_ev, n_bins) if ev.size else float("nan"),
+                             brier=M.brier(s, y_ev) if ev.size else float("nan"),
+                             n_train=int(n_tr), n_eval=int(ev.size)))
+    else:
+        for (l, pi) in probes:
+            rows.append(dict(layer=l, position=src.positions[pi], C=float("nan"), cv_auroc=float("nan"),
+                             auroc=float("nan"), auroc_lo=float("nan"), auroc_hi=float("nan"), ece=float("nan"),
+                             brier=float("nan"), n_train=int(n_tr), n_eval=int(ev.size)))
+    cols = ["layer", "position", "C", "cv_auroc", "auroc", "auroc_lo", "auroc_hi", "ece", "brier", "n_train", "n_eval"]
+    met = pd.DataFrame(rows, columns=cols)
+    if len(met):
+        met["layer"] = met["layer"].astype(int)
+        met["n_train"] = met["n_train"].astype(int)
+        met["n_eval"] = met["n_eval"].astype(int)
+        pos_rank = {p: i for i, p in enumerate(src.positions)}
+        met = met.sort_values(["layer", "position"], key=lambda s: s.map(pos_rank) if s.name == "position" else s,
+                              kind="stable").reset_index(drop=True)
+    cv = pd.DataFrame(rows_cv, columns=["layer", "position", "C", "cv_auroc", "cv_auroc_sd", "chosen"])
+
+    best = None
+    if len(met) and met["cv_auroc"].notna().any():
+        i = int(np.nanargmax(met["cv_auroc"].to_numpy()))  # first maximum in (layer, position) order
+        best = {k: _py(met[k].iloc[i]) for k in met.columns}
+        best["selected_by"] = "cv_auroc (train split)"
+    info["seconds"] = round(time.perf_counter() - t_start, 3)
+    info["folds"] = int(k_folds) if k_folds >= 2 else 0
+    info["Cs"] = Cs
+    return ProbeResults(metrics=met, oof=oof, best=best, cv=cv, coef=coef, intercept=intercept, fold=fold_of,
+                        layers=layers, positions=list(src.positions), info=info)
+
+
+def _py(v):
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (np.floating, float)):
+        v = float(v)
+        return None if math.isnan(v) else v
+    return v
+
+
+def _fit_all(src, probes, y, tr, other, k_folds, Cs, order, seed, tol, cv_tol, max_newton, max_cg, rank,
+             chunk, workers, oof, coef, intercept, fold_of, info, progress):
+    n_tr = tr.size
+    d = src.d
+    y_tr = y[tr]
+    fid = stratified_folds(y_tr, k_folds, seed)
+    fold_of[tr] = fid
+    G = k_folds + 1  # the k fold problems + the full refit (last)
+    masks = np.ones((G, n_tr), dtype=np.float32)
+    for f in range(k_folds):
+        masks[f, fid == f] = 0.0
+    n_fit = masks.sum(1)  # rows each problem is fitted on
+    base = (masks @ y_tr.astype(np.float64)) / n_fit
+    used = np.concatenate([tr, other])
+    if chunk is None:  # small chunks: each probe's matrix stays in cache across CG iterations
+        chunk = int(max(1, min(4, (24 << 20) // max(1, used.size * d * 4))))
+    ctx = dict(
+        src=src, n_tr=n_tr, d=d, y_tr=y_tr, G=G, k=k_folds, n_fit=n_fit, used=used,
+        Mw=torch.from_numpy(masks / n_fit[:, None]), heldout=[np.flatnonzero(fid == f) for f in range(k_folds)],
+        yt=torch.from_numpy(y_tr.astype(np.float32)),
+        b0=torch.from_numpy(np.log(base / (1 - base)).astype(np.float32)),
+        Cs=Cs, order=order, seed=int(seed), tol=tol, cv_tol=cv_tol, max_newton=max_newton, max_cg=max_cg,
+        rank=rank,
+    )
+    # group by position so each chunk reads one position's contiguous layer range
+    by_pos: dict[int, list[int]] = {}
+    for l, pi in probes:
+        by_pos.setdefault(pi, []).append(l)
+    jobs = [(j, pi, ls[i:i + chunk]) for j, (pi, ls, i) in
+            enumerate((pi, ls, i) for pi, ls in by_pos.items() for i in range(0, len(ls), chunk))]
+    t_fit = time.perf_counter()
+    results = []
+    done = 0
+
+    def finish(res):
+        nonlocal done
+        pi, ls = res["pi"], res["ls"]
+        for bi, l in enumerate(ls):
+            oof[tr, l, pi] = res["p_tr"][bi]
+            oof[other, l, pi] = res["p_other"][bi]
+            coef[l, pi] = res["coef"][bi]
+            intercept[l, pi] = res["intercept"][bi]
+        results.append(res)
+        done += len(ls)
+        if progress:
+            progress(done, len(probes), "fitting probes")
+
+    if workers <= 1 or len(jobs) == 1:
+        for job in jobs:
+            finish(_fit_chunk(ctx, *job))
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=workers) as ex:
+            for res in ex.map(lambda job: _fit_chunk(ctx, *job), jobs):
+                finish(res)
+    results.sort(key=lambda r: r["job"])
+    fit_rows, rows_cv = [], []
+    stats = dict(newton=0, cg=0, not_converged=0, cg_polish=0)
+    cg_by_c = np.zeros(len(Cs), dtype=int)
+    for res in results:
+        fit_rows += res["fit_rows"]
+        rows_cv += res["rows_cv"]
+        for k in stats:
+            stats[k] += res["stats"][k]
+        cg_by_c += res["cg_by_c"]
+    info.update(newton_iterations=stats["newton"], cg_iterations=stats["cg"], not_converged=stats["not_converged"],
+                cg_by_C={Cs[i]: int(cg_by_c[i]) for i in order}, cg_polish=stats["cg_polish"],
+                fit_seconds=round(time.perf_counter() - t_fit, 3), chunk=chunk, workers=workers, rank=rank)
+    return fit_rows, rows_cv
+
+
+def _fit_chunk(ctx, job, pi, ls):
+    """Fit every probe of one chunk (one position, a few layers); pure function of its inputs."""
+    src, n_tr, d, G, k_folds = ctx["src"], ctx["n_tr"], ctx["d"], ctx["G"], ctx["k"]
+    y_tr, yt, Mw, heldout, n_fit = ctx["y_tr"], ctx["yt"], ctx["Mw"], ctx["heldout"], ctx["n_fit"]
+    Cs, order, max_newton, max_cg = ctx["Cs"], ctx["order"], ctx["max_newton"], ctx["max_cg"]
+    used = ctx["used"]
+    stats = dict(newton=0, cg=0, not_converged=0, cg_polish=0)
+    cg_by_c = np.zeros(len(Cs), dtype=int)
+    raw = src.block(pi, ls, used)  # [B, n_used, d] float32, train rows first
+    if not np.isfinite(raw).all():
+        bad = sorted({int(used[r]) for r in np.argwhere(~np.isfinite(raw))[:, 1][:5]})
+        raise ValueError(f"non-finite activations at position {src.positions[pi]!r} (rows {bad} ...); "
+                         "exclude those rows via split")
+    Xu = torch.from_numpy(raw)
+    B = Xu.shape[0]
+    Xtr = Xu[:, :n_tr]
+    mu = Xtr.mean(1, keepdim=True)
+    var = (Xtr - mu).square_().mean(1, keepdim=True)
+    # constant on the train rows (to rounding) -> scale 1, as StandardScaler does
+    const = var <= 1e-12 * torch.clamp(mu * mu, min=1.0)
+    sd = torch.where(const, torch.ones_like(var), var.sqrt())
+    Xu.sub_(mu).div_(sd)  # standardised in place (train statistics)
+    Xtr = Xu[:, :n_tr].contiguous()
+    Xtr.masked_fill_(const.expand(B, n_tr, d), 0.0)  # exactly 0 on the train rows
+    Xot = Xu[:, n_tr:]
+    # fold penalties: variance of the train-standardised features on each fold's fit rows
+    s1 = Xtr.double().sum(1)
+    s2 = Xtr.double().square().sum(1)
+    Dl = []
+    for g in range(G):
+        if g < k_folds:
+            h = Xtr[:, heldout[g]].double()
+            m1, m2, nf = s1 - h.sum(1), s2 - h.square().sum(1), float(n_fit[g])
+        else:
+            m1, m2, nf = s1, s2, float(n_tr)
+        vf = m2 / nf - (m1 / nf) ** 2
+        Dl.append(torch.where(vf <= 1e-8, torch.ones_like(vf), vf))
+    D = torch.stack(Dl, 1).float()  # [B, G, d]
+    gen = torch.Generator().manual_seed(ctx["seed"] * 1_000_003 + job)  # per chunk: thread-order free
+    V, S = _top_eig(Xtr, ctx["rank"], gen)
+    V.masked_fill_(const[:, 0, :, None].expand_as(V), 0.0)  # constant features stay exactly 0
+    trace = Xtr.square().sum((1, 2)) / n_tr
+    rr = V.shape[2]
+    stail = ((trace - S.sum(1)) / max(d - rr, 1)).clamp_min(0) if rr < d else torch.zeros(B)
+    # intercept = an extra all-ones feature: unpenalised (D = 0) and its own preconditioner axis
+    X1 = torch.cat([Xtr, torch.ones(B, n_tr, 1)], 2)
+    del Xtr
+    D1 = torch.cat([D, torch.zeros(B, G, 1)], 2)
+    V1 = torch.zeros(B, d + 1, rr + 1)
+    V1[:, :d, :rr] = V
+    V1[:, d, rr] = 1.0
+    S1 = torch.cat([S, torch.ones(B, 1)], 1)
+    lmask = torch.ones(rr + 1)
+    lmask[rr] = 0.0
+    # ---- C path, strongest regularisation first, each C warm-started from the previous one
+    # (the full refit rides along: its warm start along the path is what makes it cheap)
+    w = torch.zeros(B, G, d + 1)
+    w[:, :, d] = ctx["b0"][None]
+    nfit_t = torch.from_numpy(n_fit.astype(np.float32))
+    cvs = np.full((B, len(Cs)), np.nan)
+    cvsd = np.full((B, len(Cs)), np.nan)
+    sols = {}
+    import os
+    pair = int(os.environ.get("PAIR", "1"))
+    stages = [list(order[i:i + pair]) for i in range(0, len(order), pair)]
+    for st in stages:
+        m = len(st)
+        lam = torch.cat([(1.0 / (Cs[ci] * nfit_t))[None].expand(B, G) for ci in st], 1).contiguous()
+        cg0 = stats["cg"]
+        Mw_s = Mw.repeat(m, 1)
+        D1_s = D1.repeat(1, m, 1)
+        w_s = w.repeat(1, m, 1)
+        w_all, Z_all = _newton_cg(X1, yt, Mw_s, lam, D1_s, w_s, V1, S1, lmask, stail, ctx["cv_tol"], max_newton, max_cg, stats)
+        cg_by_c[st[0]] += stats["cg"] - cg0
+        for j, ci in enumerate(st):
+            w = w_all[:, j * G:(j + 1) * G].contiguous()
+            Z = Z_all[:, j * G:(j + 1) * G]
+            sols[ci] = w
+            fa = _fold_aurocs(Z.numpy(), heldout, y_tr)  # [B, k]
+            cvs[:, ci] = fa.mean(1)
+            cvsd[:, ci] = fa.std(1)
+    # choose C: highest mean fold AUROC; ties -> smaller C
+    chosen = np.empty(B, dtype=int)
+    for bi in range(B):
+        best_ci, best_val = None, -np.inf
+        for ci in order:
+            val = cvs[bi, ci]
+            if np.isfinite(val) and val > best_val + 1e-12:
+                best_ci, best_val = ci, val
+        chosen[bi] = order[0] if best_ci is None else best_ci
+    # ---- polish the chosen C to the final tolerance
+    w0 = torch.stack([sols[chosen[bi]][bi] for bi in range(B)])
+    Cb = torch.tensor([Cs[c] for c in chosen], dtype=torch.float32)
+    lam = 1.0 / (Cb[:, None] * nfit_t[None])
+    cg0 = stats["cg"]
+    w, Z = _newton_cg(X1, yt, Mw, lam, D1, w0, V1, S1, lmask, stail, ctx["tol"], max_newton, max_cg, stats)
+    stats["cg_polish"] += stats["cg"] - cg0
+    Zn = Z.numpy().astype(np.float64)
+    fa = _fold_aurocs(Zn, heldout, y_tr)
+    wf = w[:, G - 1]  # full refit [B, d + 1]
+    pz = torch.baddbmm(wf[:, None, d:], Xot, wf[:, :d, None])[:, :, 0]
+    p_other = torch.sigmoid(pz).numpy()
+    sdn = sd[:, 0].double().numpy()
+    mun = mu[:, 0].double().numpy()
+    p_tr = np.empty((B, n_tr))
+    for f in range(k_folds):
+        h = heldout[f]
+        p_tr[:, h] = 1.0 / (1.0 + np.exp(-Zn[:, f, h]))
+    coefs = wf[:, :d].double().numpy() / sdn
+    icpt = wf[:, d].double().numpy() - np.einsum("bd,bd->b", coefs, mun)
+    fit_rows, rows_cv = [], []
+    for bi, l in enumerate(ls):
+        cvs[bi, chosen[bi]] = fa[bi].mean()
+        cvsd[bi, chosen[bi]] = fa[bi].std()
+        fit_rows.append((l, pi, Cs[chosen[bi]], float(cvs[bi, chosen[bi]])))
+        for ci in range(len(Cs)):
+            rows_cv.append(dict(layer=l, position=src.positions[pi], C=Cs[ci], cv_auroc=float(cvs[bi, ci]),
+                                cv_auroc_sd=float(cvsd[bi, ci]), chosen=bool(ci == chosen[bi])))
+    return dict(job=job, pi=pi, ls=ls, p_tr=p_tr, p_other=p_other, coef=coefs, intercept=icpt,
+                fit_rows=fit_rows, rows_cv=rows_cv, stats=stats, cg_by_c=cg_by_c)
+
+
+def _fold_aurocs(Z: np.ndarray, heldout, y_tr) -> np.ndarray:
+    """[B, k]: held-out AUROC of fold f's model (Z[:, f]) on fold f's rows."""
+    out = np.empty((Z.shape[0], len(heldout)))
+    for f, h in enumerate(heldout):
+        out[:, f] = _auroc_rows(Z[:, f, h], y_tr[h])
+    return out
+
+
+# ----------------------------------------------------------------------------- synthetic data
+def make_synthetic(n: int = 1500, n_layers: int = 31, n_positions: int = 4, d: int = 576, seed: int = 0,
+                   dtype=np.float16, constant_layer0: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Activation-like test data ``(X [n, L, P, d], y [n])``: a power-law covariance spectrum
+    (eigenvalues ~ 1/i) in a random basis, factors shared across layers and positions, a few
+    massive dimensions, a correctness signal whose strength grows with depth and position, and
+    (optionally) layer 0 of position 0 constant across items, like the embedding of a fixed
+    prompt token. Deterministic in ``seed``."""
+    rng = np.random.default_rng(seed)
+    u = rng.normal(size=n)
+    y = rng.random(n) < 1.0 / (1.0 + np.exp(-(0.9 + 1.6 * u)))
+    k = min(64, d)
+    shared = rng.normal(size=(n, k))
+    Q = np.linalg.qr(rng.normal(size=(d, d)))[0].astype(np.float32)
+    scales = (np.arange(1, d + 1) ** -0.5).astype(np.float32) * 3.0
+    X = np.empty((n, n_layers, n_positions, d), dtype=dtype)
+    for l in range(n_layers):
+        for p in range(n_positions):
+            r = np.random.default_rng([seed, l, p])
+            lat = r.standard_normal(size=(n, d), dtype=np.float32)
+            lat[:, :k] = shared * 0.7 + lat[:, :k] * 0.3
+            perm = r.permutation(d)
+            f = ((lat * scales) @ Q)[:, perm] * r.choice(np.array([-1.0, 1.0], np.float32), size=d)
+            sdir = r.normal(size=d)
+            sdir /= np.linalg.norm(sdir)
+            f += (0.6 * (l / max(n_layers, 1)) * (1 + p) / 2 * u[:, None] * sdir).astype(np.float32)
+            f[:, : min(3, d)] *= 30.0
+            f += r.normal(size=d).astype(np.float32) * 2.0
+            if constant_layer0 and l == 0 and p == 0:
+                f[:] = f[0]
+            X[:, l, p] = f
+    return X, y

@@ -1,0 +1,243 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.preprocessing import StandardScaler
+
+from metacog.probes import DEFAULT_CS, fit_probes, make_synthetic, stratified_folds
+
+
+def fit(*args, **kw):
+    """fit_probes on one thread: the test machine's cores are shared, and a contended second
+    thread only waits (the threads argument itself is tested below)."""
+    kw.setdefault("threads", 1)
+    return fit_probes(*args, **kw)
+
+
+def _splits(n, seed=1, fr=(0.6, 0.2, 0.2)):
+    rng = np.random.default_rng(seed)
+    k1, k2 = int(fr[0] * n), int((fr[0] + fr[1]) * n)
+    s = np.array(["train"] * k1 + ["calibration"] * (k2 - k1) + ["eval"] * (n - k2))
+    return s[rng.permutation(n)]
+
+
+@pytest.fixture(scope="module")
+def small():
+    X, y = make_synthetic(n=400, n_layers=3, n_positions=2, d=40, seed=3)
+    return X, y, _splits(400)
+
+
+def _sklearn_reference(x, y, split, fold, C):
+    """Cross-fitted p(correct) from sklearn (float64, StandardScaler fitted on the fit rows)."""
+    x = x.astype(np.float64)
+    tr = np.flatnonzero(split == "train")
+    ot = np.flatnonzero(split != "train")
+    p = np.full(len(y), np.nan)
+    for f in np.unique(fold[tr]):
+        fit, held = tr[fold[tr] != f], tr[fold[tr] == f]
+        sc = StandardScaler().fit(x[fit])
+        m = LogisticRegression(C=C, tol=1e-12, max_iter=100000).fit(sc.transform(x[fit]), y[fit])
+        p[held] = m.predict_proba(sc.transform(x[held]))[:, 1]
+    sc = StandardScaler().fit(x[tr])
+    m = LogisticRegression(C=C, tol=1e-12, max_iter=100000).fit(sc.transform(x[tr]), y[tr])
+    p[ot] = m.predict_proba(sc.transform(x[ot]))[:, 1]
+    return p
+
+
+@pytest.mark.parametrize("C", DEFAULT_CS)
+def test_matches_sklearn_for_each_C(small, C):
+    X, y, split = small
+    res = fit(X, y, split, Cs=(C,), n_boot=50)
+    ev = split == "eval"
+    for layer, pos in [(1, 0), (2, 1)]:
+        ref = _sklearn_reference(X[:, layer, pos], y, split, res.fold, C)
+        p = res.oof[:, layer, pos].astype(np.float64)
+        assert np.nanmax(np.abs(p - ref)) < 1e-3, (C, layer, pos)
+        assert abs(roc_auc_score(y[ev], p[ev]) - roc_auc_score(y[ev], ref[ev])) < 1e-3
+        row = res.metrics[(res.metrics.layer == layer) & (res.metrics.position == pos)].iloc[0]
+        assert row["C"] == C
+        assert row["auroc"] == pytest.approx(roc_auc_score(y[ev], ref[ev]), abs=1e-3)
+
+
+def test_cv_selection_matches_sklearn_grid(small):
+    X, y, split = small
+    res = fit(X, y, split, n_boot=50)
+    tr = split == "train"
+    fold = res.fold[tr]
+    x = X[tr, 2, 1].astype(np.float64)
+    yt = y[tr]
+    means = []
+    for C in DEFAULT_CS:
+        aucs = []
+        for f in range(5):
+            sc = StandardScaler().fit(x[fold != f])
+            m = LogisticRegression(C=C, tol=1e-12, max_iter=100000).fit(sc.transform(x[fold != f]), yt[fold != f])
+            aucs.append(roc_auc_score(yt[fold == f], m.decision_function(sc.transform(x[fold == f]))))
+        means.append(np.mean(aucs))
+    cv = res.cv[(res.cv.layer == 2) & (res.cv.position == 1)].sort_values("C")
+    np.testing.assert_allclose(cv["cv_auroc"].to_numpy(), means, atol=1e-3)
+    chosen = cv[cv.chosen]["C"].item()
+    if np.sort(means)[-1] - np.sort(means)[-2] > 1e-3:
+        assert chosen == DEFAULT_CS[int(np.argmax(means))]
+
+
+def test_oof_is_out_of_fold():
+    # pure noise with d > n_train: in-sample predictions separate perfectly, out-of-fold ones do not
+    rng = np.random.default_rng(0)
+    n, d = 200, 300
+    X = rng.normal(size=(n, 1, 1, d)).astype(np.float32)
+    y = rng.random(n) < 0.5
+    split = _splits(n, seed=2)
+    tr = split == "train"
+    for Cs in ((1.0,), DEFAULT_CS):
+        res = fit(X, y, split, Cs=Cs, n_boot=50)
+        oof_auc = roc_auc_score(y[tr], res.oof[tr, 0, 0])
+        ins = res.predict(X[tr, 0, 0], 0, 0)  # the full-train probe on its own training rows
+        ins_auc = roc_auc_score(y[tr], ins)
+        assert ins_auc > 0.99
+        assert abs(oof_auc - 0.5) < 0.15, oof_auc
+        assert abs(res.metrics["cv_auroc"].iloc[0] - 0.5) < 0.15
+
+
+def test_fold_structure(small):
+    X, y, split = small
+    res = fit(X, y, split, n_boot=50)
+    tr = split == "train"
+    assert (res.fold[~tr] == -1).all()
+    assert set(res.fold[tr]) == set(range(5))
+    np.testing.assert_array_equal(res.fold[tr], stratified_folds(y[tr], 5, 0))
+    # train rows are predicted by the fold model; others by the full refit = predict()
+    ot = ~tr
+    np.testing.assert_allclose(res.oof[ot, 1, 1], res.predict(X[ot, 1, 1], 1, 1), atol=1e-5)
+    assert not np.allclose(res.oof[tr, 1, 1], res.predict(X[tr, 1, 1], 1, 1), atol=1e-3)
+
+
+def test_selection_never_uses_eval(small):
+    X, y, split = small
+    a = fit(X, y, split, n_boot=50)
+    y2 = y.copy()
+    ev = split == "eval"
+    y2[ev] = ~y2[ev]
+    X2 = X.copy()
+    X2[ev] = X2[ev][::-1]  # eval features changed too
+    b = fit(X2, y2, split, n_boot=50)
+    np.testing.assert_array_equal(a.metrics["C"], b.metrics["C"])
+    np.testing.assert_array_equal(a.metrics["cv_auroc"], b.metrics["cv_auroc"])
+    nev = ~ev
+    np.testing.assert_array_equal(a.oof[nev], b.oof[nev])  # train OOF and calibration untouched
+    assert a.best["layer"] == b.best["layer"] and a.best["position"] == b.best["position"]
+    assert not np.allclose(a.metrics["auroc"], b.metrics["auroc"])
+
+
+def test_deterministic_under_seed(small):
+    X, y, split = small
+    a = fit(X, y, split, seed=5, n_boot=100)
+    b = fit(X, y, split, seed=5, n_boot=100)
+    np.testing.assert_array_equal(a.oof, b.oof)
+    assert a.metrics.equals(b.metrics)
+    c = fit(X, y, split, seed=6, n_boot=100)
+    assert not np.array_equal(a.fold, c.fold)
+
+
+def test_constant_layer_is_nan_free():
+    X, y = make_synthetic(n=300, n_layers=2, n_positions=1, d=24, seed=1, constant_layer0=True)
+    X[:, 1, 0, 5] = 7.0  # and a constant feature inside a normal layer
+    split = _splits(300)
+    res = fit(X, y, split, n_boot=50)
+    used = np.isin(split, ["train", "calibration", "eval"])
+    assert np.isfinite(res.oof[used]).all()
+    row = res.metrics.iloc[0]
+    assert row["layer"] == 0 and row["auroc"] == 0.5 and row["cv_auroc"] == 0.5
+    assert res.metrics[["C", "cv_auroc", "auroc", "auroc_lo", "auroc_hi", "ece", "brier"]].notna().all().all()
+    assert np.isfinite(res.coef).all() and res.coef[1, 0, 5] == 0.0
+    tr = split == "train"
+    np.testing.assert_allclose(res.oof[split == "eval", 0, 0], (y[tr].sum() + 0.0) / tr.sum(), atol=1e-5)
+
+
+def test_dict_float16_memmap_input_and_layers(tmp_path, small):
+    X, y, split = small
+    d = {}
+    for pi, name in enumerate(["last_answer", "confidence"]):
+        mm = np.lib.format.open_memmap(tmp_path / f"{name}.npy", mode="w+", dtype=np.float16, shape=X[:, :, pi].shape)
+        mm[:] = X[:, :, pi]
+        mm.flush()
+        d[name] = np.load(tmp_path / f"{name}.npy", mmap_mode="r")
+    a = fit(X, y, split, positions=["last_answer", "confidence"], n_boot=50)
+    b = fit(d, y, split, n_boot=50)
+    np.testing.assert_allclose(a.oof, b.oof, atol=1e-6)
+    assert list(b.metrics["position"].unique()) == ["last_answer", "confidence"]
+    c = fit(d, y, split, layers=[2], n_boot=50)
+    assert np.isnan(c.oof[:, :2]).all() and np.isfinite(c.oof[split != "", 2]).all()
+    assert c.metrics["layer"].tolist() == [2, 2]
+    np.testing.assert_allclose(c.oof[:, 2], b.oof[:, 2], atol=1e-6)
+
+
+def test_outputs_contract(small):
+    X, y, split = small
+    split = split.copy()
+    split[:7] = ""  # rows in no split
+    res = fit(X, y, split, n_boot=100)
+    n, L, P, d = X.shape
+    assert res.oof.shape == (n, L, P) and res.oof.dtype == np.float32
+    assert np.isnan(res.oof[:7]).all() and np.isfinite(res.oof[7:]).all()
+    assert list(res.metrics.columns) == ["layer", "position", "C", "cv_auroc", "auroc", "auroc_lo", "auroc_hi",
+                                         "ece", "brier", "n_train", "n_eval"]
+    assert len(res.metrics) == L * P
+    assert (res.metrics["n_train"] == (split == "train").sum()).all()
+    assert (res.metrics["n_eval"] == (split == "eval").sum()).all()
+    assert ((res.metrics.auroc_lo <= res.metrics.auroc) & (res.metrics.auroc <= res.metrics.auroc_hi)).all()
+    i = int(np.argmax(res.metrics["cv_auroc"].to_numpy()))
+    assert res.best["layer"] == res.metrics["layer"].iloc[i] and res.best["position"] == res.metrics["position"].iloc[i]
+    assert isinstance(res.best["layer"], int)
+    json.dumps(res.best)  # JSON-able
+    assert res.info["not_converged"] == 0
+    ev = split == "eval"
+    from metacog import metrics as M
+
+    row = res.metrics.iloc[i]
+    s = res.oof[ev, int(row["layer"]), int(row["position"])]
+    assert row["auroc"] == pytest.approx(M.auroc(s, y[ev]))
+    assert row["ece"] == pytest.approx(M.ece(s, y[ev]))
+    assert row["brier"] == pytest.approx(M.brier(s, y[ev]))
+
+
+def test_threads_argument_is_restored(small):
+    X, y, split = small
+    before = torch.get_num_threads()
+    res = fit_probes(X[:, :1, :1], y, split, threads=1, n_boot=10)
+    assert res.info["threads"] == 1
+    assert torch.get_num_threads() == before
+    res = fit_probes(X[:, :1, :1], y, split, n_boot=10)  # None: leave as is
+    assert res.info["threads"] == before
+    assert torch.get_num_threads() == before
+
+
+def test_too_few_of_a_class_does_not_crash():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(50, 2, 1, 8)).astype(np.float32)
+    split = _splits(50)
+    y = np.zeros(50, bool)
+    y[np.flatnonzero(split == "train")[0]] = True  # one positive in train
+    res = fit(X, y, split, n_boot=10)
+    assert res.best is None and res.metrics["auroc"].isna().all() and res.info["warnings"]
+    y[np.flatnonzero(split == "train")[:3]] = True  # three positives: 3 folds instead of 5
+    res = fit(X, y, split, n_boot=10)
+    assert res.info["folds"] == 3 and res.best is not None
+
+
+def test_bad_inputs():
+    X = np.zeros((10, 2, 1, 4), np.float32)
+    y = np.ones(10, bool)
+    with pytest.raises(ValueError):
+        fit(X[0], y, ["train"] * 10)
+    with pytest.raises(ValueError):
+        fit(X, y[:5], ["train"] * 10)
+    with pytest.raises(ValueError):
+        fit(X, y, ["train"] * 10, Cs=(0.0,))
+    X[3, 0, 0, 1] = np.inf
+    yy = np.arange(10) % 2 == 0
+    with pytest.raises(ValueError, match="non-finite"):
+        fit(X, yy, ["train"] * 10, folds=2)
