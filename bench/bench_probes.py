@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,7 @@ def main() -> None:
         cpu = time.process_time() - c
         info = res.info
         print(f"run {i + 1}: {times[-1]:.2f} s wall, {cpu:.2f} s CPU  (solver {info['fit_seconds']:.2f} s; Newton iterations "
-              f"{info['newton_iterations']}, CG iterations {info['cg_iterations']}, by C {info['cg_by_C']}, "
+              f"{info['newton_iterations']}, CG iterations {info['cg_iterations']}, by C stage {info['cg_by_stage']}, "
               f"polish {info['cg_polish']}; not converged {info['not_converged']}; chunk {info['chunk']})")
     print(f"fit_probes: best {min(times):.2f} s over {a.repeat} run(s) with {a.threads} thread(s); "
           f"load average after: {os.getloadavg()[0]:.2f}")
@@ -64,6 +65,7 @@ def main() -> None:
           f"eval auroc {b['auroc']:.3f} [{b['auroc_lo']:.3f}, {b['auroc_hi']:.3f}] ece {b['ece']:.3f}")
 
     if a.sklearn:
+        warnings.filterwarnings("ignore", category=FutureWarning)
         from sklearn.linear_model import LogisticRegressionCV
         from sklearn.model_selection import StratifiedKFold
         from sklearn.pipeline import make_pipeline

@@ -18,8 +18,8 @@ Rules, exactly:
 ``grade_short(answer, aliases)``
     True iff some alias, normalised, is non-empty and occurs in the normalised answer on word
     boundaries, i.e. ``" " + alias + " "`` is a substring of ``" " + answer + " "``.  Aliases
-    that normalise to "" are ignored; no alias left (or an empty answer) grades False.
-    So "paris" matches "the capital is paris", "oman" does not match "romania" and "8" does
+    that normalise to "" are ignored; no alias left (or an empty answer) grades False; a single
+    string is one alias. So "paris" matches "the capital is paris", "oman" does not match "romania" and "8" does
     not match "18" or "8.5".  Matching is one way: an answer shorter than the alias
     ("paris" for alias "paris france") is not correct.
 
@@ -64,7 +64,11 @@ def grade_short(answer: str, aliases: Iterable[str]) -> bool:
     if not a:
         return False
     hay = f" {a} "
-    for alias in aliases if aliases is not None else ():
+    if aliases is None:
+        return False
+    if isinstance(aliases, str):  # one alias, not an iterable of characters
+        aliases = [aliases]
+    for alias in aliases:
         n = normalize(alias)
         if n and f" {n} " in hay:
             return True

@@ -61,6 +61,15 @@ def test_grade_short(answer, aliases, ok):
     assert grade_short(answer, aliases) is ok
 
 
+def test_grade_short_alias_containers():
+    import numpy as np
+
+    assert grade_short("Paris", "paris") is True  # a lone string is one alias
+    assert grade_short("a", "paris") is False  # ... not a list of letters
+    assert grade_short("Lima, Peru", np.array(["Lima", "Callao"], dtype=object)) is True
+    assert grade_short("Lima", None) is False
+
+
 def test_grade_mc():
     assert grade_mc([-3.0, -1.0, -2.0], 1) == (1, True)
     assert grade_mc([-3.0, -1.0, -2.0], 0) == (1, False)

@@ -2,7 +2,6 @@ import itertools
 import time
 
 import numpy as np
-import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 

@@ -169,6 +169,9 @@ def test_dict_float16_memmap_input_and_layers(tmp_path, small):
     b = fit(d, y, split, n_boot=50)
     np.testing.assert_allclose(a.oof, b.oof, atol=1e-6)
     assert list(b.metrics["position"].unique()) == ["last_answer", "confidence"]
+    e = fit(d, y, split, layers=[2, 0], n_boot=50)  # scattered layers, any order
+    assert e.metrics["layer"].tolist() == [0, 0, 2, 2] and np.isnan(e.oof[:, 1]).all()
+    np.testing.assert_allclose(e.oof[:, [0, 2]], b.oof[:, [0, 2]], atol=1e-6)
     c = fit(d, y, split, layers=[2], n_boot=50)
     assert np.isnan(c.oof[:, :2]).all() and np.isfinite(c.oof[split != "", 2]).all()
     assert c.metrics["layer"].tolist() == [2, 2]
@@ -213,6 +216,16 @@ def test_threads_argument_is_restored(small):
     res = fit_probes(X[:, :1, :1], y, split, n_boot=10)  # None: leave as is
     assert res.info["threads"] == before
     assert torch.get_num_threads() == before
+
+
+def test_worker_threads_do_not_change_results(small):
+    X, y, split = small
+    a = fit(X, y, split, n_boot=50, threads=1, chunk=1)
+    calls = []
+    b = fit(X, y, split, n_boot=50, threads=2, chunk=1, progress=lambda i, n, msg: calls.append((i, n)))
+    np.testing.assert_array_equal(a.oof, b.oof)
+    assert a.metrics.equals(b.metrics) and a.cv.equals(b.cv)
+    assert b.info["workers"] == 2 and calls[-1] == (6, 6)
 
 
 def test_too_few_of_a_class_does_not_crash():
