@@ -310,7 +310,7 @@ def read_values(
     mask = torch.zeros((B, 1, N, T + N), dtype=torch.bool, device=dev)
     mask[:, 0, :, :T] = att.bool().unsqueeze(1)
     mask[:, 0, :, T:] = anc.unsqueeze(0)
-    tout = body(input_ids=tids, attention_mask=mask, position_ids=tpos, past_key_values=cache, use_cache=True)
+    tout = body(input_ids=tids, attention_mask=_additive(mask, hid_dtype(model)), position_ids=tpos, past_key_values=cache, use_cache=True)
     hid = torch.cat([root_h, tout.last_hidden_state], dim=1)  # row 0 = root, row 1+j = node j
 
     masks = torch.stack([trie.digit_mask, trie.dotdigit_mask], dim=1).to(dev)  # [V,2]
@@ -353,6 +353,16 @@ def read_values(
     return Readout(probs=probs.astype(np.float64), other=other, states=states, unresolved=unresolved.cpu().numpy())
 
 
+def hid_dtype(model) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean 4D mask (True = may attend) as the additive float mask that every attention
+    implementation accepts (eager adds it to the scores; SDPA takes it as-is)."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+
+
 def _dot_lookahead(body, to_logits, trie, cache, att, lens, anc, need, masks, dev) -> torch.Tensor:
     """P(next token starts with a digit | prefix, value, ".") for the (row, value) pairs in
     ``need`` ([B,101] bool): one small tree forward of "." tokens over the pass-1 cache."""
@@ -373,7 +383,7 @@ def _dot_lookahead(body, to_logits, trie, cache, att, lens, anc, need, masks, de
     mask[:, 0, :, :T] = att.bool().unsqueeze(1)
     mask[rows, 0, slot, T : T + N] = anc[term]
     mask[:, 0, torch.arange(K), T + N + torch.arange(K)] = True  # each "." sees itself (padding slots too)
-    out = body(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=False)
+    out = body(input_ids=ids, attention_mask=_additive(mask, hid_dtype(body)), position_ids=pos, past_key_values=cache, use_cache=False)
     p = torch.softmax(to_logits(out.last_hidden_state), dim=-1)  # [B,K,V]
     V = min(p.shape[-1], masks.shape[0])
     digit = (p[..., :V] @ masks[:V, 0:1]).squeeze(-1).double()  # [B,K]

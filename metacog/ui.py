@@ -515,7 +515,7 @@ def require(ws: Workspace, stage: str, what: str = "") -> bool:
 
 # =========================================================================== cached readers
 @st.cache_data(show_spinner=False, max_entries=8)
-def _results(root: str, _stamp: tuple) -> pd.DataFrame:
+def _results(root: str, stamp: tuple) -> pd.DataFrame:
     from .study import results_table
 
     return results_table(Workspace(root))
@@ -527,7 +527,7 @@ def results(ws: Workspace) -> pd.DataFrame:
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _summary(root: str, _stamp: tuple) -> dict:
+def _summary(root: str, stamp: tuple) -> dict:
     from .study import summarize
 
     return summarize(Workspace(root))
@@ -549,7 +549,7 @@ def summary(ws: Workspace) -> dict | None:
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _probe_metrics(root: str, _stamp: tuple) -> pd.DataFrame:
+def _probe_metrics(root: str, stamp: tuple) -> pd.DataFrame:
     return Workspace(root).read_parquet("probes/metrics.parquet")
 
 

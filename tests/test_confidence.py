@@ -210,3 +210,16 @@ def test_lazy_dot_lookahead_is_bounded(tiny_lm):
         diff = np.abs(lazy.probs - full.probs)
         assert (diff <= tol + 1e-12).all()
         assert (diff.sum(1) <= lazy.unresolved + 1e-12).all()
+
+
+def test_readout_is_the_same_under_eager_attention(tiny_tok):
+    """The tree mask must mean the same to every attention implementation."""
+    from conftest import make_tiny_llama
+    from metacog.models import wrap
+
+    sdpa = wrap(make_tiny_llama(tiny_tok), tiny_tok)
+    eager_model = make_tiny_llama(tiny_tok)
+    eager_model.config._attn_implementation = "eager"
+    eager = wrap(eager_model, tiny_tok)
+    pre = _prefixes(tiny_tok)
+    np.testing.assert_allclose(read_values(sdpa, pre, dot_tol=0).probs, read_values(eager, pre, dot_tol=0).probs, rtol=1e-4, atol=1e-9)
