@@ -1,0 +1,358 @@
+"""Patching: write a source's hidden state into a target's forward at (layer, position) and read
+the target's exact 0-100 distribution at the confidence slot. Confidence slot vs random
+positions, every layer, with the layer gradient (Spearman ρ) of each."""
+import json
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from metacog import patching as P
+from metacog import patching_plots as PP
+from metacog import patching_stats as PS
+from metacog import ui
+
+ws = ui.current_workspace()
+ui.header(
+    "Patching", ws,
+    "Does the model's confidence live in the residual stream at the **confidence slot**? Write a source's state "
+    "(another item, or the same item in a fine-tuned adapter) into the target's forward at one layer and position, and "
+    "read the target's exact 0–100 distribution after `Confidence:`. The control: the same patch at **random positions** "
+    "(drawn with a seed; never special tokens, never the slot).",
+)
+
+if not ui.require(ws, "activations", "patching reads the inline sequences and their E[v]"):
+    st.stop()
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _results(root: str, sid: str, stamp: tuple) -> pd.DataFrame:
+    from metacog.workspace import Workspace
+
+    return P.load_results(Workspace(root), sid)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _pairs(root: str, sid: str, stamp: tuple) -> pd.DataFrame:
+    from metacog.workspace import Workspace
+
+    return P.load_pairs(Workspace(root), sid)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _stats(root: str, sid: str, stamp: tuple, value: str) -> pd.DataFrame:
+    return PS.layer_stats(_results(root, sid, stamp), value, n_boot=1000)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _gradients(root: str, sid: str, stamp: tuple, value: str, component: str) -> dict:
+    res = _results(root, sid, stamp)
+    return {g: PS.layer_gradient(res, component, g, value, n_boot=500) for g in PS.groups_of(res[res["component"] == component])}
+
+
+def _stamp(sid: str) -> tuple:
+    d = P.sweep_dir(ws, sid)
+    files = [d / "results.parquet", d / "pairs.parquet"] + (sorted((d / "parts").glob("*.parquet")) if (d / "parts").exists() else [])
+    return tuple((f.name, f.stat().st_mtime) for f in files if f.exists())
+
+
+def _tok_label(t: str) -> str:
+    return t.replace("Ġ", "␣").replace("Ċ", "⏎").replace("ĉ", "⇥") or "∅"
+
+
+def _runs_with_adapters() -> list[str]:
+    d = ws.path("runs")
+    if not d.exists():
+        return []
+    return sorted((p.name for p in d.iterdir() if (p / "adapter" / "adapter_config.json").exists()), reverse=True)
+
+
+# ====================================================================== the running sweep
+@st.fragment(run_every=1.0)
+def _live(job_id: str) -> None:
+    job = next((j for j in P._JOBS.values() if j.id == job_id), None)
+    if job is None:
+        return
+    if not job.running:
+        st.rerun()
+    seen = st.session_state.get(f"_pt_done_{job.id}")
+    st.session_state[f"_pt_done_{job.id}"] = job.done
+    st.progress(job.fraction, text=f"Patching sweep {job.sweep_id}: {job.done}/{job.total} (pair, position) units · "
+                                   f"{int(job.elapsed)} s")
+    if seen is not None and seen != job.done:
+        st.caption("Finished units are saved as they complete; the results below update when the sweep ends or stops.")
+    if job.stop_event.is_set():
+        st.caption("Stopping after the current position…")
+    elif st.button("Stop", key=f"pt-stop-{job.id}", help="stop after the current (pair, position); finished rows are kept"):
+        job.request_stop()
+
+
+def job_panel():
+    job = P.get_sweep_job(ws)
+    if job is None:
+        return None
+    if job.running:
+        _live(job.id)
+    elif job.status == "done":
+        st.success(f"Sweep {job.sweep_id} finished in {int(job.elapsed)} s.")
+    elif job.status == "stopped":
+        st.warning(f"Sweep {job.sweep_id} stopped after {job.done}/{job.total} units; its finished rows are shown. "
+                   "Running the same sweep again resumes it.")
+    else:
+        st.error(f"The sweep failed: {job.error}")
+        with st.expander("details (traceback)"):
+            st.code(job.tb or job.error)
+    return job
+
+
+with ui.guard("the patching set-up"):
+    df = ui.results(ws)
+    model_s, study = ws.settings()
+    model = ui.model_name(ws)
+    st.subheader("Set up a sweep")
+    kind = st.radio("pairs", ["item → item", "model → model"], horizontal=True, key="pt-kind",
+                    help="item → item: one item's state into another's, in the workspace's model. model → model: the same item in a "
+                         "fine-tuned adapter and in the base model (either direction).")
+    scores = [s for s in ("probe", "ev", "verbal") if P.SCORES[s] in df and df[P.SCORES[s]].notna().any()]
+    n_pairs = 1
+    src_ref = tgt_ref = None
+    by = "auto"
+    split = "all"
+    src_correct = tgt_correct = "any"
+    items = None
+    if kind == "item → item":
+        c = st.columns([1, 1, 1])
+        by = c[0].selectbox("rank items by", scores or ["ev"], key="pt-by",
+                            format_func={"probe": "best-probe p(correct)", "ev": "E[v] of the 0–100 readout", "verbal": "verbal confidence"}.get)
+        split = c[1].selectbox("split", ["all", "eval", "calibration", "train"], key="pt-split")
+        n_pairs = int(c[2].number_input("pairs", 1, 500, 5, key="pt-npairs", help="matched in rank order: highest source with lowest target, …"))
+        cs, ct = st.columns(2)
+        choices = {"high": "highest-ranked items", "low": "lowest-ranked items", "random": "random items", "pick": "one item I pick"}
+        with cs:
+            s_sel = st.selectbox("source", list(choices), key="pt-src", format_func=choices.get)
+            src_correct = st.selectbox("source correctness", ["any", "yes", "no"], key="pt-src-c",
+                                       format_func={"any": "any", "yes": "correct only", "no": "incorrect only"}.get)
+        with ct:
+            t_sel = st.selectbox("target", list(choices), index=1, key="pt-tgt", format_func=choices.get)
+            tgt_correct = st.selectbox("target correctness", ["any", "yes", "no"], key="pt-tgt-c",
+                                       format_func={"any": "any", "yes": "correct only", "no": "incorrect only"}.get)
+        col = P.SCORES.get(by)
+        if col in df:
+            lo, hi = float(np.nanmin(df[col])), float(np.nanmax(df[col]))
+            if hi > lo:
+                rng = st.slider(f"keep items with {by} in", lo, hi, (lo, hi), key="pt-range")
+                keep = df[(df[col] >= rng[0]) & (df[col] <= rng[1])]["id"].tolist()
+            else:
+                keep = df["id"].tolist()
+        else:
+            keep = df["id"].tolist()
+        qmap = dict(zip(df["id"], df["question"]))
+        pool = P.filter_items(df[df["id"].isin(keep)], split)
+        if s_sel == "pick":
+            src_ref = cs.selectbox("source item", pool["id"].tolist() or df["id"].tolist(), key="pt-src-item",
+                                   format_func=lambda i: f"{i} — {qmap.get(i, '')[:60]}")
+        else:
+            src_ref = s_sel
+        if t_sel == "pick":
+            tgt_ref = ct.selectbox("target item", pool["id"].tolist() or df["id"].tolist(), key="pt-tgt-item",
+                                   format_func=lambda i: f"{i} — {qmap.get(i, '')[:60]}")
+        else:
+            tgt_ref = t_sel
+        items = keep if len(keep) < len(df) else None  # the score-range filter: the pool items are drawn from
+    else:
+        runs = _runs_with_adapters()
+        if not runs:
+            st.info("No fine-tuning run with a finished adapter in this workspace yet (runs/<id>/adapter/). "
+                    "Train one on the Fine-tuning page or with `metacog finetune`, then come back; item → item works meanwhile.")
+        c = st.columns([2, 2, 1, 1])
+        run = c[0].selectbox("adapter (run)", runs, key="pt-run", disabled=not runs)
+        direction = c[1].radio("direction", ["adapter → base", "base → adapter"], key="pt-dir", horizontal=True)
+        split = c[2].selectbox("items from split", ["eval", "calibration", "train", "all"], key="pt-msplit")
+        n_pairs = int(c[3].number_input("items", 1, 500, 5, key="pt-mn"))
+        tgt_correct = st.selectbox("items' correctness (base model)", ["any", "yes", "no"], key="pt-m-c")
+        if run:
+            src_ref, tgt_ref = (run, "base") if direction == "adapter → base" else ("base", run)
+
+    L = int((ws.read_json("model.json") or {}).get("n_layers") or (ws.read_json("activations/manifest.json") or {}).get("n_decoder_layers", 30))
+    c = st.columns([3, 1, 2])
+    lrange = c[0].slider("layers (hidden-state index: 0 = embeddings, h = output of block h−1)", 0, L, (1, L), key="pt-layers")
+    step = c[1].selectbox("every", [1, 2, 3, 5], key="pt-step")
+    comps = c[2].multiselect("components", list(P.COMPONENTS), default=["resid"], key="pt-comps",
+                             help="resid: the residual stream; attn / mlp: the sub-layer output of block h−1 added into state h")
+    layers = tuple(range(lrange[0], lrange[1] + 1, step))
+    c = st.columns([3, 1, 1, 1])
+    named = c[0].multiselect("named positions", list(P.NAMED), default=["confidence"], key="pt-named")
+    k_rand = int(c[1].number_input("random positions K", 0, 32, 3, key="pt-k"))
+    seed = int(c[2].number_input("seed", 0, 10**6, 0, key="pt-seed"))
+    min_den = float(c[3].number_input("min |source − target|", 0.0, 100.0, P.DEFAULT_MIN_DENOMINATOR, 0.5, key="pt-minden",
+                                      help="points on the 0–100 scale; pairs below it get no normalised shift and are reported"))
+
+    positions = list(named) + ([f"random:{k_rand}"] if k_rand else [])
+    plan = None
+    if src_ref and tgt_ref:
+        lm = P.private_model(ui.get_lm(model_s))
+
+        def _plan(extra=()):
+            spec = P.PatchSpec(layers=layers, positions=tuple(positions + list(extra)) or ("confidence",),
+                               components=tuple(comps or ["resid"]), seed=seed, min_denominator=min_den)
+            return P.plan_sweep(ws, lm, src_ref, tgt_ref, spec, n_pairs=n_pairs, by=by if by in scores else "auto", split=split,
+                                source_correct=src_correct, target_correct=tgt_correct, pool=items)
+
+        try:
+            plan = _plan()
+        except P.PatchError as e:
+            st.error(str(e))
+        except Exception as e:
+            st.error(f"{type(e).__name__}: {e}")
+        if plan is not None:
+            first = plan.pairs[0]
+            tok = first.target.lm.tokenizer
+            toks = tok.convert_ids_to_tokens(first.target.ids)
+            specials = P.special_ids(tok)
+            slot = first.target.positions["confidence"]
+            t_min = min(pr.target.T for pr in plan.pairs)
+            st.markdown(f"**Click tokens of the target prompt to patch there too** (pair 0: `{first.source.label}` → "
+                        f"`{first.target.label}`; a token index means the same index in every pair's target).")
+            if any(i >= len(toks) for i in st.session_state.get("pt-tokens") or []):
+                st.session_state["pt-tokens"] = [i for i in st.session_state["pt-tokens"] if i < len(toks)]
+            picked = st.pills("tokens", list(range(len(toks))), selection_mode="multi", key="pt-tokens", label_visibility="collapsed",
+                              format_func=lambda i: _tok_label(toks[i]) + (" ★" if i == slot else "") + (" ·sp" if first.target.ids[i] in specials else ""))
+            picked = sorted(i for i in (picked or []) if i < t_min)
+            if picked:
+                try:
+                    plan = _plan([f"token:{i}" for i in picked])
+                except P.PatchError as e:
+                    st.error(str(e))
+                    plan = None
+            if plan is not None:
+                rp = [pl for pl in P.resolve_positions(first, plan.spec) if pl.kind == "random"]
+                st.caption(f"★ = the confidence slot (token {slot}); ·sp = special token. Random positions of pair 0 with this seed: "
+                           + (", ".join(f"{pl.target} ({_tok_label(toks[pl.target])})" for pl in rp) or "none")
+                           + f". {len(plan.pairs)} pair(s) × {len(plan.spec.components)} component(s) × {len(layers)} layers × "
+                           f"{len(named) + k_rand + len(picked)} positions.")
+
+    busy = P.running_sweep_job() is not None or ui.running_job() is not None
+    if ui.running_job() is not None:
+        st.info("A study is running in this app; start the sweep when it has finished (they share the CPU).")
+    if st.button("Run sweep", type="primary", key="pt-run-btn", disabled=busy or plan is None,
+                 help="runs in the background with progress and Stop; a sweep already saved is shown, not recomputed"):
+        try:
+            P.start_sweep_job(ws, plan)
+            st.session_state["pt-sweep"] = P.sweep_id_for(plan)
+            st.rerun()
+        except Exception as e:
+            st.error(f"Could not start the sweep: {e}")
+    job = job_panel()
+
+
+# ====================================================================== results
+with ui.guard("the patching results"):
+    st.subheader("Results")
+    sweeps = P.list_sweeps(ws)
+    if not sweeps:
+        st.info("No sweep in this workspace yet: set one up above, or run `metacog patch --workspace ...`.")
+        st.stop()
+    ids = [s["sweep_id"] for s in sweeps]
+    want = st.session_state.get("pt-sweep")
+    if want in ids and st.session_state.get("pt-show") != want and (job is None or not job.running):
+        st.session_state["pt-show"] = want
+    desc = {s["sweep_id"]: f"{s['sweep_id']} · {s.get('kind', '?')} {s.get('source')} → {s.get('target')} · "
+                            f"{s.get('n_pairs', '?')} pairs · {'complete' if s.get('complete') else 'incomplete'}" for s in sweeps}
+    sid = st.selectbox("sweep", ids, key="pt-show", format_func=desc.get)
+    meta = next(s for s in sweeps if s["sweep_id"] == sid)
+    stamp = _stamp(sid)
+    res = _results(str(ws.root), sid, stamp)
+    if res.empty:
+        st.info("This sweep has no finished rows yet.")
+        st.stop()
+    pairs = _pairs(str(ws.root), sid, stamp)
+    n_pairs_done = int(res["pair"].nunique())
+    c = st.columns([2, 2, 3])
+    comp = c[0].selectbox("component", list(dict.fromkeys(res["component"])), key="pt-comp")
+    value = c[1].radio("value", ["normalised", "shift"], horizontal=True, key="pt-value",
+                       format_func={"normalised": "normalised shift", "shift": "raw shift (points)"}.get)
+    st_tab = _stats(str(ws.root), sid, stamp, value)
+    grads = _gradients(str(ws.root), sid, stamp, value, comp)
+    n_small = int(res[res["small_denominator"]]["pair"].nunique())
+    m = st.columns(5)
+
+    def _rho(g):
+        r = grads.get(g, {}).get("rho")
+        return "n/a" if r is None else f"{r:.2f}"
+
+    m[0].metric("ρ confidence slot", _rho("confidence"), help="Spearman ρ of layer vs mean shift over pairs")
+    m[1].metric("ρ random positions", _rho("random"))
+    m[2].metric("pairs", n_pairs_done)
+    m[3].metric("below the denominator threshold", n_small,
+                help=f"|E[source] − E[target]| < {meta.get('spec', {}).get('min_denominator', P.DEFAULT_MIN_DENOMINATOR)} points: "
+                     "no normalised shift (raw shift still shown)")
+    m[4].metric("greedy answer unchanged", f"{res['answer_unchanged'].mean():.0%}")
+    if value == "normalised" and n_small == n_pairs_done:
+        st.warning("Every pair's source and target readouts are closer than the threshold: there is no normalised shift. "
+                   "Look at the raw shift, or choose pairs further apart (e.g. high → low).")
+
+    fig = PP.gradient_lines(st_tab, grads, component=comp, model=model, n_pairs=n_pairs_done, value=value)
+    ui.show_figure(fig, "pt-gradient", f"{ws.root.name}-{sid}-gradient-{comp}-{value}")
+    st.caption("Mean over pairs per layer (random positions: each pair's mean over its K draws); bands: 95% bootstrap CI over pairs. "
+               "ρ = Spearman of layer vs the mean; its CI resamples pairs (Fisher-z when there is one pair).")
+    fig = PP.shift_heatmap(st_tab, component=comp, model=model, n_pairs=n_pairs_done, value=value)
+    ui.show_figure(fig, "pt-heatmap", f"{ws.root.name}-{sid}-heatmap-{comp}-{value}")
+    with st.expander("per-layer statistics (mean, median, share > 0, CI, sign test, sign-flip permutation test)"):
+        ui.show_table(st_tab[st_tab["component"] == comp].round(4), key="pt-stats", filename=f"{ws.root.name}-{sid}-stats-{value}")
+
+    # ------------------------------------------------------------------ one cell
+    st.subheader("One cell: the 0–100 distribution before and after")
+    c = st.columns([3, 2, 2])
+    plabel = {int(r.pair): f"{int(r.pair)}: {r.source} → {r.target}" for r in res.drop_duplicates("pair").itertuples()}
+    pr = c[0].selectbox("pair", sorted(plabel), key="pt-cell-pair", format_func=plabel.get)
+    sub = res[(res["pair"] == pr) & (res["component"] == comp)]
+    pos = c[1].selectbox("position", list(dict.fromkeys(sub["position"])), key="pt-cell-pos")
+    lay_opts = sorted(sub[sub["position"] == pos]["layer"].unique())
+    lay = c[2].select_slider("layer", lay_opts, value=lay_opts[len(lay_opts) // 2], key="pt-cell-layer")
+    row = sub[(sub["position"] == pos) & (sub["layer"] == lay)].iloc[0]
+    prow = pairs[pairs["pair"] == pr].iloc[0] if len(pairs) and (pairs["pair"] == pr).any() else None
+    tgt_p = np.asarray(prow["probs_target"], dtype=float) if prow is not None else None
+    src_p = np.asarray(prow["probs_source"], dtype=float) if prow is not None else None
+    title = (f"Pair {pr}: {row['source']} → {row['target']}, {comp} layer {lay} at {pos} "
+             f"(target token {row['target_pos']} '{_tok_label(str(row['target_token']))}', source token {row['source_pos']})")
+    if tgt_p is not None:
+        other = {"target (before)": float(prow["other_target"]), "patched (after)": float(row["other_patched"]),
+                 "source": float(prow["other_source"])}
+        fig = PP.cell_distribution(tgt_p, np.asarray(row["probs"], dtype=float), src_p, title=title, other=other)
+        ui.show_figure(fig, "pt-cell", f"{ws.root.name}-{sid}-cell-{pr}-{comp}-{lay}-{pos}")
+    kept = "unchanged" if row["answer_unchanged"] else "changed at {} token(s)".format(int(row["answer_flips"]))
+    st.caption(f"E[v]: target {row['ev_target']:.2f} → patched {row['ev_patched']:.2f} (source {row['ev_source']:.2f}); "
+               f"shift {row['shift']:+.3f}, normalised {row['normalised']:.3f}; greedy answer {kept}.")
+
+    # ------------------------------------------------------------------ per item
+    st.subheader("Per pair")
+    agg = res[res["component"] == comp].assign(group=PS.position_group(res[res["component"] == comp]))
+    wide = agg.groupby(["pair", "group"])[value].mean().unstack("group")
+    wide.columns = [f"mean {value} @ {g}" for g in wide.columns]
+    tbl = res.drop_duplicates("pair").set_index("pair")[
+        ["source", "target", "source_id", "target_id", "source_correct", "target_correct", "ev_source", "ev_target", "denom",
+         "small_denominator"]].join(wide).reset_index()
+    link_cfg = {}
+    for side in ("source", "target"):
+        if tbl[f"{side}_id"].astype(str).str.len().gt(0).all():
+            tbl.insert(1 if side == "source" else 2, f"open {side}", [ui.item_url(i, ws) for i in tbl[f"{side}_id"]])
+            link_cfg[f"open {side}"] = st.column_config.LinkColumn(f"open {side}", display_text=f"{side} ↗",
+                                                                   help="open in the item explorer", width="small")
+    ui.show_table(tbl.round(4), key="pt-pairs", filename=f"{ws.root.name}-{sid}-pairs", column_config=link_cfg,
+                  caption=f"mean over layers of the {value} shift per position group; links open the item explorer")
+    with st.expander("per-pair lines"):
+        grp = st.selectbox("position group", PS.groups_of(agg), key="pt-pp-group")
+        ui.show_figure(PP.pair_shifts(res, component=comp, group=grp, model=model, value=value), "pt-pairlines",
+                       f"{ws.root.name}-{sid}-pairs-{comp}-{grp}")
+    c = st.columns([1, 1, 3])
+    d = P.sweep_dir(ws, sid)
+    if (d / "results.csv").exists():
+        c[0].download_button("Full table (CSV)", data=lambda: (d / "results.csv").read_bytes(), file_name=f"{ws.root.name}-{sid}-results.csv",
+                             mime="text/csv", key="pt-dl-csv", on_click="ignore", icon=":material/download:")
+    if (d / "patching.json").exists():
+        c[1].download_button("patching.json", data=lambda: (d / "patching.json").read_bytes(), file_name=f"{ws.root.name}-{sid}-patching.json",
+                             mime="application/json", key="pt-dl-json", on_click="ignore", icon=":material/download:")
+    c[2].caption(f"Saved in `{d}` (results.parquet holds the 101 probabilities of every cell).")
+    with st.expander("sweep settings"):
+        st.code(json.dumps({k: v for k, v in meta.items() if not k.startswith("_") and k not in ("layers", "gradients")}, indent=1,
+                           default=str)[:6000], language="json")
