@@ -1,0 +1,123 @@
+"""What every backend shares: the data order, checkpoint directories, adapter metadata.
+
+Data order is a pure function of (seed, epoch): epoch ``e`` visits the training examples in
+``numpy.random.default_rng([seed, e]).permutation(n)``, cut into batches of ``batch_size``;
+optimizer update ``k`` uses epoch ``k // updates_per_epoch`` and, within it, the batches
+``[g·A, g·A + group_sizes[g])`` with ``g = k % updates_per_epoch``. A resumed run therefore
+sees exactly the batches an uninterrupted run would, from the update it resumes at.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..settings import Plan
+
+CKPT_RE = re.compile(r"^step-(\d{6})$")
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
+
+
+def update_batches(plan: Plan, seed: int, update: int) -> list[list[int]]:
+    """Example indices of each micro-batch of optimizer update ``update`` (0-based)."""
+    epoch, g = divmod(int(update), plan.updates_per_epoch)
+    order = epoch_order(plan.n_train, seed, epoch)
+    B, A = plan.batch_size, plan.grad_accum
+    out = []
+    for b in range(g * A, g * A + plan.group_sizes[g]):
+        idx = order[b * B : (b + 1) * B]
+        if len(idx):
+            out.append([int(i) for i in idx])
+    return out
+
+
+def is_eval_point(update_done: int, plan: Plan, eval_every: int | None) -> bool:
+    """Validate after ``update_done`` updates? Every ``eval_every`` (default: each epoch end) and at the end."""
+    every = eval_every or plan.updates_per_epoch
+    return update_done % every == 0 or update_done == plan.updates_planned
+
+
+# ------------------------------------------------------------------------------ checkpoints
+def ckpt_root(run_path: Path) -> Path:
+    return Path(run_path) / "checkpoints"
+
+
+def list_checkpoints(run_path: Path) -> list[tuple[int, Path]]:
+    d = ckpt_root(run_path)
+    if not d.exists():
+        return []
+    out = []
+    for p in d.iterdir():
+        m = CKPT_RE.match(p.name)
+        if m and p.is_dir() and (p / "COMPLETE").exists():
+            out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def latest_checkpoint(run_path: Path) -> tuple[int, Path] | None:
+    cks = list_checkpoints(run_path)
+    return cks[-1] if cks else None
+
+
+def begin_dir(final: Path) -> Path:
+    """A fresh temporary directory beside ``final`` (renamed into place by :func:`commit_dir`)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    return tmp
+
+
+def commit_dir(tmp: Path, final: Path) -> Path:
+    """Atomically put a finished directory in place; an older one is replaced only once the
+    new one is complete (a kill or a full disk leaves the previous one intact)."""
+    (tmp / "COMPLETE").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+    for p in tmp.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    final = Path(final)
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    return final
+
+
+def prune_checkpoints(run_path: Path, keep: int) -> None:
+    cks = list_checkpoints(run_path)
+    for _, p in cks[:-keep] if keep > 0 else cks:
+        shutil.rmtree(p, ignore_errors=True)
+    d = ckpt_root(run_path)
+    if d.exists():  # temporary directories of a killed process
+        for p in d.iterdir():
+            if p.name.startswith(".") and ".tmp-" in p.name:
+                with contextlib.suppress(ValueError):
+                    pid = int(p.name.rsplit("-", 1)[1])
+                    if pid != os.getpid():
+                        shutil.rmtree(p, ignore_errors=True)
+
+
+def write_adapter_meta(adapter_dir: Path, meta: dict) -> None:
+    (Path(adapter_dir) / "metacog.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+
+
+def read_adapter_meta(adapter_dir: Path) -> dict:
+    p = Path(adapter_dir) / "metacog.json"
+    return json.loads(p.read_text()) if p.exists() else {}

@@ -1,0 +1,339 @@
+"""LoRA with peft on torch (CPU, CUDA, MPS): the default backend.
+
+A plain training loop (no HF Trainer) so that what is counted is exactly what runs:
+one optimizer update = ``grad_accum`` micro-batches (fewer for the last update of an epoch),
+loss = summed token cross-entropy over the update's loss tokens / their number, AdamW,
+gradient clipping, LambdaLR schedule (:func:`metacog.finetune.settings.lr_factor`).
+
+Checkpoints (every ``checkpoint_every`` updates, at validation points, and when stopped)
+hold the adapter, optimizer, scheduler, RNG states and the update count; a resumed run
+continues from the newest one and produces the same adapter as an uninterrupted run with
+the same seed (same thread count and device: floating-point sums are order-sensitive).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...confidence import body_and_head, left_pad
+from ...runtime import Stopped
+from ..settings import ALL_LINEAR, FinetuneSettings, Plan, SettingsError, lr_factor
+from ..targets import Example
+from . import Hooks
+from .common import (begin_dir, commit_dir, is_eval_point, latest_checkpoint, prune_checkpoints, update_batches,
+                     write_adapter_meta)
+
+NAME = "peft"
+
+
+# ------------------------------------------------------------------------------ model
+def linear_module_names(model) -> list[str]:
+    names = set()
+    for n, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head"):
+            names.add(n.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
+def check_target_modules(model, modules, rank: int) -> None:
+    """Clear messages for target modules the model does not have and for absurd ranks."""
+    avail = linear_module_names(model)
+    mods = list(modules)
+    if mods != [ALL_LINEAR]:
+        missing = [m for m in mods if m not in avail]
+        if missing:
+            raise SettingsError(f"target module(s) {', '.join(missing)} not in this model; its linear layers are: "
+                                f"{', '.join(avail)} (or use all-linear)")
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    if rank > int(cfg.hidden_size):
+        raise SettingsError(f"LoRA rank {rank} exceeds the model width {cfg.hidden_size}")
+
+
+def lora_config(s: FinetuneSettings):
+    from peft import LoraConfig
+
+    mods = ALL_LINEAR if list(s.target_modules) == [ALL_LINEAR] else list(s.target_modules)
+    return LoraConfig(r=s.rank, lora_alpha=float(s.alpha), lora_dropout=float(s.dropout), target_modules=mods,
+                      bias="none", task_type="CAUSAL_LM")
+
+
+def wrap_lora(model, s: FinetuneSettings):
+    from peft import get_peft_model
+
+    check_target_modules(model, s.target_modules, s.rank)
+    torch.manual_seed(s.seed)  # LoRA A init
+    pm = get_peft_model(model, lora_config(s))
+    return pm
+
+
+def trainable_parameters(pm) -> list[torch.nn.Parameter]:
+    return [p for p in pm.parameters() if p.requires_grad]
+
+
+# ------------------------------------------------------------------------------ loss
+def batch_tensors(examples: list[Example], pad_id: int, dev):
+    ids, att, pos = left_pad([e.input_ids for e in examples], pad_id, dev)
+    T = ids.shape[1]
+    lab = torch.full((len(examples), T), -100, dtype=torch.long)
+    for i, e in enumerate(examples):
+        lab[i, T - len(e.labels):] = torch.tensor(e.labels, dtype=torch.long)
+    return ids, att, pos, lab.to(dev)
+
+
+def loss_sum(model, examples: list[Example], pad_id: int) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over the loss tokens of a batch, and their number."""
+    dev = next(model.parameters()).device
+    body, to_logits = body_and_head(model)
+    ids, att, pos, lab = batch_tensors(examples, pad_id, dev)
+    h = body(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=False).last_hidden_state
+    tgt = lab[:, 1:]
+    m = tgt != -100
+    logits = to_logits(h[:, :-1][m])
+    return F.cross_entropy(logits, tgt[m], reduction="sum"), int(m.sum())
+
+
+@torch.no_grad()
+def mean_loss(model, examples: list[Example], pad_id: int, batch_size: int) -> float:
+    was = model.training
+    model.eval()
+    tot, n = 0.0, 0
+    try:
+        for s in range(0, len(examples), batch_size):
+            l, k = loss_sum(model, examples[s : s + batch_size], pad_id)
+            tot += float(l.detach())
+            n += k
+    finally:
+        model.train(was)
+    return tot / max(n, 1)
+
+
+# ------------------------------------------------------------------------------ state
+def _rng_state() -> dict:
+    st = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict) -> None:
+    torch.set_rng_state(st["torch"])
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def save_adapter(pm, out: Path, meta: dict) -> Path:
+    tmp = begin_dir(out)
+    pm.save_pretrained(str(tmp))
+    write_adapter_meta(tmp, meta)
+    return commit_dir(tmp, out)
+
+
+def load_adapter_weights(pm, adapter_dir: Path) -> None:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    sd = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
+    res = set_peft_model_state_dict(pm, sd)
+    bad = [k for k in getattr(res, "unexpected_keys", []) or [] if "lora" in k]
+    if bad:
+        raise RuntimeError(f"checkpoint adapter has unexpected keys: {bad[:3]}")
+
+
+def save_checkpoint(run_path: Path, pm, opt, sched, update: int, extra: dict, meta: dict, keep: int) -> Path:
+    final = Path(run_path) / "checkpoints" / f"step-{update:06d}"
+    tmp = begin_dir(final)
+    pm.save_pretrained(str(tmp / "adapter"))
+    write_adapter_meta(tmp / "adapter", meta)
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state(), "update": update,
+                **extra}, tmp / "state.pt")
+    commit_dir(tmp, final)
+    prune_checkpoints(run_path, keep)
+    return final
+
+
+# ------------------------------------------------------------------------------ train
+def train(run, lm, train_ex: list[Example], val_ex: list[Example], s: FinetuneSettings, plan: Plan,
+          hooks: Hooks | None = None, owned: bool = False) -> dict:
+    """Train (or resume) the LoRA adapter of ``run``; returns what ran (see backends/__init__)."""
+    hooks = hooks or Hooks()
+    run_path = Path(run.path)
+    if len(train_ex) != plan.n_train:
+        raise ValueError(f"plan is for {plan.n_train} training examples, got {len(train_ex)}")
+    tok = lm.tokenizer
+    pad_id = tok.pad_token_id
+    model = lm.model if owned else copy.deepcopy(lm.model)
+    pm = wrap_lora(model, s)
+    try:
+        return _train(run, run_path, lm, pm, train_ex, val_ex, s, plan, hooks, pad_id)
+    finally:
+        if owned:  # the caller's model comes back exactly as it was (LoRA layers removed, nothing merged)
+            pm.unload()
+
+
+def _train(run, run_path, lm, pm, train_ex, val_ex, s, plan, hooks, pad_id) -> dict:
+    params = trainable_parameters(pm)
+    opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: lr_factor(s.schedule, k, plan.updates_planned, plan.warmup_updates))
+    meta = {"base_weights_hash": lm.weights_hash, "base_model": lm.name, "base_source": lm.source, "run": run.id,
+            "settings_key": s.key(), "backend": NAME}
+
+    start, best_val, best_update, bad, train_seconds = 0, math.inf, None, 0, 0.0
+    ck = latest_checkpoint(run_path)
+    if ck is not None:
+        step, path = ck
+        load_adapter_weights(pm, path / "adapter")
+        state = torch.load(path / "state.pt", weights_only=False)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        start = int(state["update"])
+        best_val = state.get("best_val", math.inf)
+        best_update = state.get("best_update")
+        bad = int(state.get("bad", 0))
+        train_seconds = float(state.get("train_seconds", 0.0))
+        run.truncate_log(start)
+    else:
+        torch.manual_seed(s.seed + 1)  # dropout stream, independent of the LoRA init above
+        run.truncate_log(-1)
+
+    pm.train()
+    stopped = None
+    last_loss = float("nan")
+    val_loss = float("nan")
+
+    def extra():
+        return {"best_val": best_val, "best_update": best_update, "bad": bad, "train_seconds": train_seconds}
+
+    def validate(update_done: int):
+        nonlocal best_val, best_update, bad, val_loss
+        if not val_ex:
+            return False
+        t0 = time.time()
+        val_loss = mean_loss(pm, val_ex, pad_id, max(1, s.batch_size * 2))
+        improved = val_loss < best_val - 1e-6
+        if improved:
+            best_val, best_update, bad = val_loss, update_done, 0
+            if s.early_stop_patience:
+                save_adapter(pm, run_path / "best_adapter", {**meta, "update": update_done, "val_loss": val_loss})
+        else:
+            bad += 1
+        hooks.on_val({"update": update_done, "epoch": plan.epoch_of(update_done), "val_loss": val_loss,
+                      "seconds": round(time.time() - t0, 3)})
+        return bool(s.early_stop_patience and bad >= s.early_stop_patience)
+
+    if start == 0 and val_ex:
+        validate(0)
+    update = start
+    while update < plan.updates_planned:
+        if hooks.should_stop():
+            stopped = "cancelled"
+            break
+        t0 = time.time()
+        groups = [[train_ex[i] for i in b] for b in update_batches(plan, s.seed, update)]
+        n_tok = sum(sum(1 for x in e.labels[1:] if x != -100) for g in groups for e in g)
+        opt.zero_grad(set_to_none=True)
+        tot = 0.0
+        interrupted = False
+        for g in groups:
+            if hooks.should_stop():
+                interrupted = True
+                break
+            l, _ = loss_sum(pm, g, pad_id)
+            (l / n_tok).backward()
+            tot += float(l.detach())
+        if interrupted:  # partial accumulation is discarded: the run stays at `update`
+            opt.zero_grad(set_to_none=True)
+            stopped = "cancelled"
+            break
+        gnorm = None
+        if s.max_grad_norm:
+            gnorm = float(torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm))
+        lr_now = opt.param_groups[0]["lr"]
+        opt.step()
+        sched.step()
+        update += 1
+        dt = time.time() - t0
+        train_seconds += dt
+        last_loss = tot / n_tok
+        hooks.on_update({"update": update, "epoch": plan.epoch_of(update), "loss": last_loss, "lr": lr_now,
+                         "tokens": n_tok, "grad_norm": gnorm, "seconds": round(dt, 3)})
+        stop_early = False
+        if is_eval_point(update, plan, s.eval_every):
+            stop_early = validate(update)
+        if update % s.checkpoint_every == 0 or stop_early or update == plan.updates_planned or is_eval_point(update, plan, s.eval_every):
+            save_checkpoint(run_path, pm, opt, sched, update, extra(), meta, s.keep_checkpoints)
+            hooks.on_checkpoint(update)
+        if stop_early:
+            stopped = "early"
+            break
+
+    if stopped == "cancelled":
+        ck = latest_checkpoint(run_path)
+        if update > 0 and (ck is None or ck[0] != update):
+            save_checkpoint(run_path, pm, opt, sched, update, extra(), meta, s.keep_checkpoints)
+            hooks.on_checkpoint(update)
+        raise Stopped(f"cancelled after {update} of {plan.updates_planned} updates; resume continues from update {update}")
+
+    final_meta = {**meta, "updates_run": update, "epochs_run": plan.epoch_of(update), "updates_planned": plan.updates_planned}
+    if s.early_stop_patience and best_update is not None and (run_path / "best_adapter" / "COMPLETE").exists():
+        # early stopping: the final adapter is the best one on validation loss
+        import shutil
+
+        tmp = begin_dir(run.adapter_dir)
+        for p in (run_path / "best_adapter").iterdir():
+            if p.name != "COMPLETE":
+                shutil.copy2(p, tmp / p.name)
+        write_adapter_meta(tmp, {**final_meta, "selected": "best validation loss", "best_update": best_update})
+        commit_dir(tmp, run.adapter_dir)
+    else:
+        save_adapter(pm, run.adapter_dir, {**final_meta, "selected": "last update"})
+    return {
+        "updates_run": update,
+        "epochs_run": plan.epoch_of(update),
+        "stopped": stopped,
+        "best_update": best_update,
+        "best_val_loss": None if best_val == math.inf else best_val,
+        "final_train_loss": last_loss,
+        "final_val_loss": val_loss if val_ex else None,
+        "train_seconds": round(train_seconds, 2),
+        "n_trainable": int(sum(p.numel() for p in params)),
+    }
+
+
+# ------------------------------------------------------------------------------ loading
+def load_adapter_model(lm, adapter_dir: Path, copy_model: bool = True):
+    """A LoadedModel whose forward applies the adapter (unmerged LoRA layers inside the
+    base architecture, so hooks, generation and the 0–100 readout work unchanged)."""
+    from dataclasses import replace
+
+    from peft import PeftModel
+
+    from ...models import file_hash
+
+    model = copy.deepcopy(lm.model) if copy_model else lm.model
+    pm = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+    pm.eval()
+    inner = pm.get_base_model()
+    digest = file_hash(Path(adapter_dir) / "adapter_model.safetensors")
+    ft = replace(lm, model=inner, name=f"{lm.name} + LoRA", source=str(adapter_dir),
+                 weights_hash=f"{lm.weights_hash}+lora-{digest}")
+    ft._peft = pm  # for unload_adapter
+    return ft
+
+
+def unload_adapter(ft) -> None:
+    """Remove the adapter's LoRA layers again (the base model is restored in place)."""
+    pm = getattr(ft, "_peft", None)
+    if pm is not None:
+        pm.unload()
+        ft._peft = None

@@ -1,0 +1,266 @@
+"""Run directories and the run registry (files only; no model, no torch).
+
+A run lives in ``<workspace>/runs/<run_id>/``::
+
+    settings.json     FinetuneSettings, model settings, plan (updates/epochs), targets description
+    targets.jsonl     the exact target rows (item id, row, split = train, role train/val, value, text)
+    status.json       status, pid, heartbeat, updates_run / updates_planned, epochs_run, last loss
+    log.jsonl         one line per optimizer update (loss, lr, tokens, seconds) and per validation
+    checkpoints/      step-NNNNNN/ (adapter + optimizer + scheduler + RNG + step), newest kept
+    adapter/          the final adapter in PEFT format (PeftModel.from_pretrained loads it)
+    eval/             the evaluation sub-workspace (the adapter's answers + hidden states, eval split)
+    eval.json         base vs fine-tuned metrics on the eval split;  per_item.parquet beside it
+    runner.log        stdout/stderr of the background process
+    cancel.request    present when a cancel was asked for
+
+Status values: ``queued`` (waiting for the workspace's fine-tune lock), ``running``,
+``done``, ``failed``, ``cancelled``; the registry shows ``interrupted`` for a run whose
+status says running but whose process is gone (it resumes from its last checkpoint).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from ..workspace import Workspace, WorkspaceError, atomic_write_json, read_json
+
+STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
+ACTIVE = ("queued", "running")
+_STATUS_LOCK = threading.Lock()
+
+
+class RunError(WorkspaceError):
+    """A run that cannot be found, started, resumed or evaluated (message says why)."""
+
+
+def runs_dir(ws: Workspace) -> Path:
+    return ws.path("runs")
+
+
+def new_run_id(targets: str, fmt: str, seed: int, name: str | None = None) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = name or f"{targets}-{fmt}-s{seed}"
+    base = re.sub(r"[^\w.-]+", "_", base).strip("_")[:60] or "run"
+    return f"{stamp}-{base}"
+
+
+class Run:
+    def __init__(self, ws: Workspace, run_id: str):
+        if not run_id or "/" in run_id or run_id.startswith("."):
+            raise RunError(f"bad run id {run_id!r}")
+        self.ws = ws
+        self.id = run_id
+        self.path = ws.path("runs", run_id)
+
+    def __repr__(self) -> str:
+        return f"Run({self.id!r})"
+
+    def file(self, *parts: str) -> Path:
+        return self.path.joinpath(*parts)
+
+    @property
+    def exists(self) -> bool:
+        return self.file("settings.json").exists()
+
+    # ------------------------------------------------------------------ settings
+    def settings(self) -> dict:
+        d = read_json(self.file("settings.json"))
+        if d is None:
+            raise RunError(f"no run {self.id!r} in {self.ws.root} (runs/{self.id}/settings.json missing)")
+        return d
+
+    def finetune_settings(self):
+        from .settings import FinetuneSettings
+
+        return FinetuneSettings.from_dict(self.settings()["finetune"])
+
+    def update_settings(self, **kw) -> None:
+        d = self.settings()
+        d.update(kw)
+        atomic_write_json(self.file("settings.json"), d)
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> dict:
+        return read_json(self.file("status.json"), {}) or {}
+
+    def set_status(self, **kw) -> dict:
+        with _STATUS_LOCK:
+            st = self.status()
+            st.update(kw)
+            st["updated"] = time.time()
+            atomic_write_json(self.file("status.json"), st)
+            return st
+
+    def live_status(self) -> str:
+        """status.json's status, with ``interrupted`` for a dead running/queued process."""
+        st = self.status()
+        s = st.get("status", "queued" if self.exists else "missing")
+        if s in ACTIVE and not pid_alive(st.get("pid"), st.get("pid_start")):
+            return "interrupted"
+        return s
+
+    # ------------------------------------------------------------------ log
+    def append_log(self, rec: dict) -> None:
+        with open(self.file("log.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+
+    def read_log(self) -> pd.DataFrame:
+        """The log as a table (a line cut by a kill is ignored)."""
+        p = self.file("log.jsonl")
+        recs = []
+        if p.exists():
+            for line in p.read_text(encoding="utf-8").splitlines():
+                with contextlib.suppress(json.JSONDecodeError):
+                    recs.append(json.loads(line))
+        return pd.DataFrame.from_records(recs)
+
+    def truncate_log(self, max_update: int) -> None:
+        """Keep the log lines of updates <= ``max_update`` (resume from a checkpoint)."""
+        from ..workspace import atomic_write_text
+
+        p = self.file("log.jsonl")
+        if not p.exists():
+            return
+        keep = []
+        for line in p.read_text(encoding="utf-8").splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if int(r.get("update", 0)) <= max_update:
+                keep.append(line)
+        atomic_write_text(p, "".join(x + "\n" for x in keep))
+
+    # ------------------------------------------------------------------ cancel
+    def request_cancel(self) -> None:
+        self.file("cancel.request").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+
+    def cancel_requested(self) -> bool:
+        return self.file("cancel.request").exists()
+
+    def clear_cancel(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.file("cancel.request").unlink()
+
+    # ------------------------------------------------------------------ artifacts
+    @property
+    def adapter_dir(self) -> Path:
+        return self.file("adapter")
+
+    def has_adapter(self) -> bool:
+        return (self.adapter_dir / "adapter_config.json").exists()
+
+    def eval_result(self) -> dict | None:
+        return read_json(self.file("eval.json"))
+
+
+def get_run(ws: Workspace, run_id: str) -> Run:
+    r = Run(ws, run_id)
+    if not r.exists:
+        known = [p.name for p in sorted(runs_dir(ws).glob("*")) if (p / "settings.json").exists()] if runs_dir(ws).exists() else []
+        hint = f"; runs here: {', '.join(known[-5:])}" if known else "; this workspace has no runs yet"
+        raise RunError(f"no run {run_id!r} in {ws.root}{hint}")
+    return r
+
+
+# ------------------------------------------------------------------------------ processes
+def _proc_start(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]  # field 22: start time in clock ticks
+    except (OSError, IndexError):
+        return None
+
+
+def pid_alive(pid, start: str | None = None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if start is not None:
+        now = _proc_start(int(pid))
+        if now is not None and now != start:
+            return False  # the pid was reused by another process
+    with contextlib.suppress(OSError):  # a zombie (exited, not yet reaped) is not alive
+        if Path(f"/proc/{int(pid)}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    return True
+
+
+def this_process() -> dict:
+    return {"pid": os.getpid(), "pid_start": _proc_start(os.getpid())}
+
+
+# ------------------------------------------------------------------------------ registry
+def list_runs(ws: Workspace) -> pd.DataFrame:
+    """One row per run (newest first): status, settings, progress and headline metrics."""
+    rows = []
+    d = runs_dir(ws)
+    if d.exists():
+        for p in sorted(d.iterdir(), reverse=True):
+            if not (p / "settings.json").exists():
+                continue
+            r = Run(ws, p.name)
+            try:
+                s = r.settings()
+            except (json.JSONDecodeError, RunError):
+                continue
+            ft = s.get("finetune", {})
+            st = r.status()
+            plan = s.get("plan", {})
+            ev = r.eval_result() or {}
+            h = ev.get("headline", {})
+            probe = (s.get("targets") or {}).get("probe") or {}
+            rows.append(
+                {
+                    "run": r.id,
+                    "status": r.live_status(),
+                    "phase": st.get("phase", ""),
+                    "targets": ft.get("targets"),
+                    "format": ft.get("format"),
+                    "backend": ft.get("backend"),
+                    "probe": f"L{probe['layer']} @ {probe['position']}" if probe else "",
+                    "seed": ft.get("seed"),
+                    "n_train": plan.get("n_train"),
+                    "epochs_planned": plan.get("epochs_planned"),
+                    "updates_planned": plan.get("updates_planned"),
+                    "updates_run": st.get("updates_run", 0),
+                    "epochs_run": st.get("epochs_run", 0.0),
+                    "last_loss": st.get("last_loss"),
+                    "val_loss": st.get("val_loss"),
+                    "train_seconds": st.get("train_seconds"),
+                    "evaluated": bool(ev),
+                    "acc_base": h.get("accuracy_base"),
+                    "acc_ft": h.get("accuracy_ft"),
+                    "auroc_base": h.get("auroc_base"),
+                    "auroc_ft": h.get("auroc_ft"),
+                    "ece_base": h.get("ece_base"),
+                    "ece_ft": h.get("ece_ft"),
+                    "ceiling_ft": h.get("ceiling_ft"),
+                    "created": s.get("created", ""),
+                    "message": st.get("message", ""),
+                }
+            )
+    cols = ["run", "status", "phase", "targets", "format", "backend", "probe", "seed", "n_train", "epochs_planned",
+            "updates_planned", "updates_run", "epochs_run", "last_loss", "val_loss", "train_seconds", "evaluated",
+            "acc_base", "acc_ft", "auroc_base", "auroc_ft", "ece_base", "ece_ft", "ceiling_ft", "created", "message"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def active_run(ws: Workspace) -> Run | None:
+    """A run of this workspace whose process is alive and queued/running, if any."""
+    df = list_runs(ws)
+    act = df[df["status"].isin(ACTIVE)]
+    return Run(ws, act.iloc[0]["run"]) if len(act) else None

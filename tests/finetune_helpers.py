@@ -1,0 +1,82 @@
+"""Helpers for the fine-tuning tests: a real workspace on a tiny random Llama saved to disk.
+
+The workspace is made by the real stages (answers, activations, probes). The tiny model's
+answers are noise, so half of the items get the model's own answer as their alias (graded
+correct), the other half an alias it never says: both classes exist and the probes fit.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from conftest import make_tiny_llama, make_tokenizer, tiny_items
+
+
+def save_tiny_model(d: Path) -> Path:
+    tok = make_tokenizer()
+    model = make_tiny_llama(tok)
+    d.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(d))
+    tok.save_pretrained(str(d))
+    return d
+
+
+def load_tiny(d: Path):
+    from metacog.models import load_model
+    from metacog.settings import ModelSettings
+
+    torch.set_num_threads(1)
+    return load_model(ModelSettings(model=str(d), dtype="float32", device="cpu", threads=1))
+
+
+def build_workspace(root: Path, lm, n: int = 60, seed: int = 0):
+    """A complete workspace (items, answers, activations, probes, model.json) on ``lm``."""
+    from metacog.activations import activations_key, run_activations
+    from metacog.answers import answers_key, run_answers
+    from metacog.grading import normalize
+    from metacog.settings import ModelSettings, StudySettings
+    from metacog.study import run_probes_stage
+    from metacog.workspace import Workspace
+
+    study = StudySettings(dataset="tiny", limit=None, seed=seed, max_new_tokens=6, confidence_max_new_tokens=4, batch_size=16,
+                          probe_folds=3)
+    items = tiny_items(n)
+    scratch = Workspace(root.parent / (root.name + "-scratch"))
+    scratch.init(ModelSettings(model=lm.source, dtype="float32", device="cpu", threads=1), study)
+    first = run_answers(scratch, lm, items, study)
+    aliases = []
+    for i, a in enumerate(first.sort_values("row")["answer"]):
+        h = int(hashlib.sha1(f"{seed}-{i}".encode()).hexdigest(), 16) % 2
+        na = normalize(a)
+        aliases.append([na] if (h == 0 and na) else ["zzqx never said"])
+    items["answers"] = aliases
+    ws = Workspace(root)
+    ws.init(ModelSettings(model=lm.source, dtype="float32", device="cpu", threads=1), study)
+    ws.write_parquet("items.parquet", items)
+    ws.write_json("model.json", lm.describe())
+    ans = run_answers(ws, lm, items, study)
+    akey = answers_key(lm, items, study)
+    run_activations(ws, lm, items, ans, akey, study.batch_size, style=study.prompt_style)
+    run_probes_stage(ws, items, ans, activations_key(akey), study, threads=1)
+    return ws
+
+
+def write_fake_probes(ws, p_fn=None, seed: int = 0):
+    """Overwrite probes/oof.npy with known values (for exact target checks)."""
+    from metacog.settings import POSITIONS
+    from metacog.study import load_items
+
+    items = load_items(ws)
+    n = len(items)
+    man = ws.read_json("activations/manifest.json")
+    L = man["n_layers"]
+    rng = np.random.default_rng(seed)
+    oof = rng.random((n, L, len(POSITIONS))).astype(np.float32)
+    if p_fn is not None:
+        oof = p_fn(oof)
+    np.save(ws.path("probes", "oof.npy"), oof)
+    ws.write_json("probes/best.json", {"layer": 1, "position": "last_answer", "cv_auroc": 0.7})
+    return oof
