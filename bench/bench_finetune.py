@@ -37,6 +37,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--targets", default="probe")
+    ap.add_argument("--target-modules", default=None, help="default: FinetuneSettings' (comma-separated, or all-linear)")
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--name", default=None)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--eval-items", type=int, default=500, help="first N eval-split items (all if fewer)")
     ap.add_argument("--no-eval", action="store_true")
@@ -47,10 +50,15 @@ def main():
     n_train = int((items["split"] == "train").sum())
     n_eval = int((items["split"] == "eval").sum())
     limit = a.items if a.items < n_train else None
+    kw = {}
+    if a.target_modules:
+        kw["target_modules"] = a.target_modules
+    if a.lr:
+        kw["lr"] = a.lr
     s = FinetuneSettings(targets=a.targets, epochs=a.epochs, max_updates=a.max_updates, seed=a.seed, dtype=a.dtype,
-                         limit_items=limit)
+                         limit_items=limit, **kw)
     t0 = time.time()
-    run = create_run(ws, s, name=f"bench-{a.targets}", threads=a.threads)
+    run = create_run(ws, s, name=a.name or f"bench-{a.targets}", threads=a.threads)
     st = execute(ws, run.id, threads=a.threads)
     train_wall = time.time() - t0
     train_peak = _peak_gb()
@@ -58,7 +66,7 @@ def main():
     base = run.settings().get("base", {})
     out = {
         "run": run.id, "threads": torch.get_num_threads(), "dtype": base.get("dtype"), "device": base.get("device"),
-        "targets": a.targets, "train_items": plan["n_train"], "val_items": plan["n_val"],
+        "targets": a.targets, "target_modules": list(s.target_modules), "lr": s.lr, "train_items": plan["n_train"], "val_items": plan["n_val"],
         "train_split_items_available": n_train, "batch": f"{s.batch_size} x accum {s.grad_accum}",
         "updates_planned": plan["updates_planned"], "updates_run": st["updates_run"], "epochs_run": st["epochs_run"],
         "train_seconds": st.get("train_seconds"), "train_wall_seconds": round(train_wall, 1),
