@@ -268,6 +268,7 @@ def test_training_counts_updates_and_epochs(ws, lm):
     assert np.isfinite(tr["loss"]).all()
     assert (log["kind"] == "val").sum() == 3  # before training and after each epoch
     assert run.has_adapter()
+    assert not run.file("checkpoints").exists()  # removed once the run is done
     cfg = json.loads((run.adapter_dir / "adapter_config.json").read_text())
     assert cfg["r"] == 16 and cfg["lora_alpha"] == 32 and sorted(cfg["target_modules"]) == ["q_proj", "v_proj"]
     meta = json.loads((run.adapter_dir / "metacog.json").read_text())

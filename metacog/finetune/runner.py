@@ -38,6 +38,7 @@ from .targets import TargetError, build_targets, encode_all, read_targets, write
 LOCK_NAME = "finetune"
 HEARTBEAT_S = 5.0
 DELAY_ENV = "METACOG_FT_UPDATE_DELAY"  # seconds to sleep after each update (tests/demos of cancel and resume)
+KEEP_CKPT_ENV = "METACOG_FT_KEEP_CHECKPOINTS"  # set to keep checkpoints/ after a run finished (default: removed)
 
 
 # ------------------------------------------------------------------------------ create
@@ -313,6 +314,10 @@ def execute(ws: Workspace, run_id: str, *, lm=None, owned: bool = False, threads
                                train_seconds=res["train_seconds"], stopped=res.get("stopped"), result=res)
                 print(f"run {run.id}: {_done_msg(res, plan)} in {res['train_seconds']:.0f} s", file=sys.stderr, flush=True)
                 run.clear_cancel()  # a cancel that arrived after the last update has nothing left to stop
+                if not os.environ.get(KEEP_CKPT_ENV):  # finished: optimizer states are of no further use
+                    import shutil
+
+                    shutil.rmtree(run.file("checkpoints"), ignore_errors=True)
                 if evaluate_after:
                     _evaluate_in_process(ws, run, lm, owned=owned, limit=eval_limit, threads=threads, stop_now=stop_now,
                                          progress=progress)
