@@ -261,7 +261,7 @@ def read_values(
     lm,
     prefixes: list[list[int]],
     capture: list[list[int]] | None = None,
-    chunk: int = 64,
+    chunk: int = 128,
     values: bool = True,
     dot_tol: float = DOT_TOL,
 ) -> Readout:
@@ -313,44 +313,97 @@ def read_values(
     tout = body(input_ids=tids, attention_mask=_additive(mask, hid_dtype(model)), position_ids=tpos, past_key_values=cache, use_cache=True)
     hid = torch.cat([root_h, tout.last_hidden_state], dim=1)  # row 0 = root, row 1+j = node j
 
-    masks = torch.stack([trie.digit_mask, trie.dotdigit_mask], dim=1).to(dev)  # [V,2]
-    parent_row = (trie.parent[:N] + 1).to(dev)  # row of each node's parent: root 0, node k -> k+1
-    tokens = trie.token[:N].to(dev)
-    edge = torch.zeros((B, N), dtype=torch.float32, device=dev)  # log P(node token | parent path)
-    mass_rows, dotp_rows = [], []
-    for s in range(0, N + 1, chunk):
-        lsm = torch.log_softmax(to_logits(hid[:, s : s + chunk]), dim=-1)  # [B,c,V]
-        p = lsm.exp()
-        V = min(p.shape[-1], masks.shape[0])
-        mass_rows.append(p[..., :V] @ masks[:V])  # [B,c,2] digit / ".digit" mass
-        dotp_rows.append(p[..., trie.dot_id] if trie.dot_id >= 0 else torch.zeros(p.shape[:2], device=dev))
-        js = ((parent_row >= s) & (parent_row < s + lsm.shape[1])).nonzero().squeeze(-1)
-        if js.numel():
-            rows = lsm[:, parent_row[js] - s, :]  # [B, |js|, V]
-            edge[:, js] = rows.gather(-1, tokens[js].view(1, -1, 1).expand(B, -1, 1)).squeeze(-1)
-    mass = torch.cat(mass_rows, dim=1)  # [B, N+1, 2]
-    dotp = torch.cat(dotp_rows, dim=1)  # [B, N+1]
-    path = edge.double() @ anc.double().T  # [B,N] log P(path to node)
+    tcache = tout.past_key_values
 
+    def dot_hidden(rows: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+        return _dot_hidden(body, trie, tcache, att, lens, anc, rows, vals, dev)
+
+    r = score_trie(hid, to_logits, trie, dot_tol, dot_hidden=dot_hidden, chunk_rows=chunk)
+    r.states = states
+    return r
+
+
+def _row_stats(rows: torch.Tensor, to_logits, trie: ValueTrie, utok: torch.Tensor, chunk_rows: int = 128):
+    """For final hidden rows ``[R, d]``: (digit mass, ".digit" mass, P("."), log P(utok)) per
+    row, from one logsumexp over the vocabulary per row (no softmax tensor is kept)."""
+    dev = rows.device
+    R = rows.shape[0]
+    digit_idx = trie.digit_mask.nonzero().squeeze(-1).to(dev)
+    dotdig_idx = trie.dotdigit_mask.nonzero().squeeze(-1).to(dev)
+    digit = torch.zeros(R, device=dev)
+    dotdig = torch.zeros(R, device=dev)
+    dotp = torch.zeros(R, device=dev)
+    sel = torch.empty(R, len(utok), device=dev)
+    for s in range(0, R, chunk_rows):
+        z = to_logits(rows[s : s + chunk_rows])  # [c, V] float
+        lse = torch.logsumexp(z, dim=-1, keepdim=True)
+        V, n = z.shape[-1], len(z)
+        di = digit_idx[digit_idx < V]
+        if di.numel():
+            digit[s : s + n] = torch.exp(z[:, di] - lse).sum(-1)
+        dd = dotdig_idx[dotdig_idx < V]
+        if dd.numel():
+            dotdig[s : s + n] = torch.exp(z[:, dd] - lse).sum(-1)
+        if 0 <= trie.dot_id < V:
+            dotp[s : s + n] = torch.exp(z[:, trie.dot_id] - lse[:, 0])
+        if len(utok):
+            sel[s : s + n] = z[:, utok] - lse
+    return digit, dotdig, dotp, sel
+
+
+@torch.no_grad()
+def score_trie(hid: torch.Tensor, to_logits, trie: ValueTrie, dot_tol: float = DOT_TOL, dot_hidden=None,
+               chunk_rows: int = 128) -> Readout:
+    """The readout rule, from final (normed) hidden states — the one implementation that
+    :func:`read_values` and :mod:`metacog.patching` (its batched patched forwards) share.
+
+    ``hid`` is ``[B, 1 + R, d]``: row 0 the position the number follows (the confidence
+    slot), row ``1 + j`` trie node ``j``. Either every node is there (``R = trie.n_nodes``:
+    values, then the "." look-aheads, from one tree forward), or only the value nodes
+    (``R = trie.n_value_nodes``) and ``dot_hidden(rows, vals)`` returns the final states
+    ``[K, d]`` of the look-aheads that are needed, for the (row, value) pairs given in
+    ``need.nonzero()`` order. A look-ahead counts where P(path) · P("." | value) > ``dot_tol``;
+    elsewhere "." ends the number and that product is summed into ``unresolved``."""
+    B, R, d = hid.shape
+    dev = hid.device
+    Nv = trie.n_value_nodes
+    full = R == trie.n_nodes + 1
+    if R not in (trie.n_nodes + 1, Nv + 1):
+        raise ValueError(f"score_trie needs 1 + {Nv} or 1 + {trie.n_nodes} rows per prefix, got {R}")
+    utok = torch.unique(trie.token[:Nv]).to(dev)
+    col = torch.zeros(int(trie.token.max()) + 1, dtype=torch.long)
+    col[utok.cpu()] = torch.arange(len(utok))
+    digit, dotdig, dotp, sel = _row_stats(hid[:, : Nv + 1].reshape(B * (Nv + 1), d), to_logits, trie, utok, chunk_rows)
+    digit, dotdig, dotp = (x.view(B, Nv + 1) for x in (digit, dotdig, dotp))
+    sel = sel.view(B, Nv + 1, len(utok))
+    parent_row = (trie.parent[:Nv] + 1).to(dev)  # row of each node's parent: root 0, node k -> k+1
+    edge = sel[:, parent_row, col[trie.token[:Nv]].to(dev)]  # [B, Nv] log P(node token | parent path)
+    anc = trie.ancestors[:Nv, :Nv].to(dev)
+    path = edge.double() @ anc.double().T  # [B, Nv] log P(path to node)
     term_row = trie.terminal.to(dev) + 1
-    digit_t = mass[:, term_row, 0].double()
-    dotdig_t = mass[:, term_row, 1].double()
+    digit_t = digit[:, term_row].double()
+    dotdig_t = dotdig[:, term_row].double()
     pdot_t = dotp[:, term_row].double()
-    term = trie.terminal.to(dev)
-    path_p = path[:, term].exp()  # [B,101] P(value's tokens)
-    after_dot_digit = torch.zeros_like(pdot_t)
+    path_p = path[:, trie.terminal.to(dev)].exp()  # [B,101] P(value's tokens)
+    after = torch.zeros_like(pdot_t)
     unresolved = torch.zeros(B, dtype=torch.float64, device=dev)
     if trie.dot_id >= 0:
         weight = path_p * pdot_t
         need = weight > dot_tol
-        unresolved = torch.where(need, 0.0, weight).sum(1)
+        unresolved = torch.where(need, torch.zeros_like(weight), weight).sum(1)
         if bool(need.any()):
-            after_dot_digit[need] = _dot_lookahead(body, to_logits, trie, tout.past_key_values, att, lens, anc, need, masks, dev)
-    p_end = (1.0 - digit_t - dotdig_t - pdot_t * after_dot_digit).clamp(min=0.0, max=1.0)
-    probs = (path_p * p_end).cpu().numpy()
-    probs = np.clip(probs, 0.0, 1.0)
+            bs, vs = need.nonzero(as_tuple=True)
+            if full:
+                rows = hid[bs, trie.dot_node.to(dev)[vs] + 1]  # [K, d]
+            elif dot_hidden is not None:
+                rows = dot_hidden(bs, vs)
+            else:
+                raise ValueError("score_trie: the look-ahead rows are neither in hid nor given by dot_hidden")
+            after[bs, vs] = _row_stats(rows, to_logits, trie, utok[:0], chunk_rows)[0].double()
+    p_end = (1.0 - digit_t - dotdig_t - pdot_t * after).clamp(min=0.0, max=1.0)
+    probs = np.clip((path_p * p_end).cpu().numpy(), 0.0, 1.0).astype(np.float64)
     other = np.clip(1.0 - probs.sum(axis=1), 0.0, 1.0)
-    return Readout(probs=probs.astype(np.float64), other=other, states=states, unresolved=unresolved.cpu().numpy())
+    return Readout(probs=probs, other=other, states=None, unresolved=unresolved.cpu().numpy())
 
 
 def hid_dtype(model) -> torch.dtype:
@@ -363,12 +416,11 @@ def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
 
 
-def _dot_lookahead(body, to_logits, trie, cache, att, lens, anc, need, masks, dev) -> torch.Tensor:
-    """P(next token starts with a digit | prefix, value, ".") for the (row, value) pairs in
-    ``need`` ([B,101] bool): one small tree forward of "." tokens over the pass-1 cache."""
+def _dot_hidden(body, trie, cache, att, lens, anc, rows, vals, dev) -> torch.Tensor:
+    """Final hidden states ``[K, d]`` of "." after value ``vals[k]`` in prefix ``rows[k]``
+    (one small tree forward of "." tokens over the value-trie cache), for :func:`score_trie`."""
     B, T = att.shape
     N = anc.shape[0]
-    rows, vals = need.nonzero(as_tuple=True)
     counts = torch.bincount(rows, minlength=B)
     K = int(counts.max())
     slot = torch.zeros_like(rows)
@@ -384,10 +436,7 @@ def _dot_lookahead(body, to_logits, trie, cache, att, lens, anc, need, masks, de
     mask[rows, 0, slot, T : T + N] = anc[term]
     mask[:, 0, torch.arange(K), T + N + torch.arange(K)] = True  # each "." sees itself (padding slots too)
     out = body(input_ids=ids, attention_mask=_additive(mask, hid_dtype(body)), position_ids=pos, past_key_values=cache, use_cache=False)
-    p = torch.softmax(to_logits(out.last_hidden_state), dim=-1)  # [B,K,V]
-    V = min(p.shape[-1], masks.shape[0])
-    digit = (p[..., :V] @ masks[:V, 0:1]).squeeze(-1).double()  # [B,K]
-    return digit[rows, slot]
+    return out.last_hidden_state[rows, slot]
 
 
 @torch.no_grad()

@@ -67,7 +67,7 @@ import pandas as pd
 import torch
 
 from . import confidence as conf
-from .confidence import body_and_head, expected_value, get_trie, left_pad, read_values
+from .confidence import Readout, body_and_head, expected_value, get_trie, left_pad, read_values, score_trie
 from .models import decoder_layers
 
 COMPONENTS = ("resid", "attn", "mlp")
@@ -354,17 +354,9 @@ def _kv_of(cache, i: int):
     return cache.key_cache[i], cache.value_cache[i]  # older transformers
 
 
-def _n_value_nodes(trie) -> int:
-    n = getattr(trie, "n_value_nodes", None)
-    if n is not None:
-        return int(n)
-    dn = trie.dot_node[trie.dot_node >= 0]
-    return int(dn.min()) if dn.numel() else trie.n_nodes
-
-
 def dot_tol() -> float:
-    """The "." look-ahead tolerance of :func:`metacog.confidence.read_values` (0 where it has none)."""
-    return float(getattr(conf, "DOT_TOL", 0.0))
+    """The "." look-ahead tolerance of :func:`metacog.confidence.read_values`."""
+    return float(conf.DOT_TOL)
 
 
 def _answer_window(side: Side) -> tuple[int, int]:
@@ -417,91 +409,8 @@ def supports_skip(lm) -> bool:
 
 
 # =======================================================================================
-# readout from final hidden states (the rule of confidence.read_values)
+# readout: confidence.score_trie (the rule of read_values) over the batched final states
 # =======================================================================================
-@dataclass
-class Readout:
-    probs: np.ndarray  # [B, 101]
-    other: np.ndarray  # [B]
-    unresolved: np.ndarray  # [B]
-
-    @property
-    def ev(self) -> np.ndarray:
-        return expected_value(self.probs)
-
-
-def _row_stats(rows: torch.Tensor, to_logits, trie, utok: torch.Tensor, chunk_rows: int = 128):
-    """For final hidden rows [R, d]: (digit mass, ".digit" mass, P("."), log P(utok)) per row,
-    from one logsumexp over the vocabulary (no softmax tensor is kept)."""
-    dev = rows.device
-    R = rows.shape[0]
-    digit_idx = trie.digit_mask.nonzero().squeeze(-1).to(dev)
-    dotdig_idx = trie.dotdigit_mask.nonzero().squeeze(-1).to(dev)
-    digit = torch.zeros(R, device=dev)
-    dotdig = torch.zeros(R, device=dev)
-    dotp = torch.zeros(R, device=dev)
-    sel = torch.empty(R, len(utok), device=dev)
-    for s in range(0, R, chunk_rows):
-        z = to_logits(rows[s : s + chunk_rows])  # [c, V] float
-        lse = torch.logsumexp(z, dim=-1, keepdim=True)
-        V, n = z.shape[-1], len(z)
-        di = digit_idx[digit_idx < V]
-        if di.numel():
-            digit[s : s + n] = torch.exp(z[:, di] - lse).sum(-1)
-        dd = dotdig_idx[dotdig_idx < V]
-        if dd.numel():
-            dotdig[s : s + n] = torch.exp(z[:, dd] - lse).sum(-1)
-        if 0 <= trie.dot_id < V:
-            dotp[s : s + n] = torch.exp(z[:, trie.dot_id] - lse[:, 0])
-        if len(utok):
-            sel[s : s + n] = z[:, utok] - lse
-    return digit, dotdig, dotp, sel
-
-
-@torch.no_grad()
-def score_trie(hid: torch.Tensor, to_logits, trie, tol: float, chunk_rows: int = 128) -> Readout:
-    """P(0..100) from the final (normed) hidden states ``hid`` [B, 1 + N, d] of the root
-    (the confidence slot) and of every trie node (value nodes, then "." look-aheads) — the
-    arithmetic of :func:`metacog.confidence.read_values`, over a precomputed forward.
-    A look-ahead counts only where P(path) · P("." | value) > ``tol`` (else it is unresolved
-    mass, as in read_values); only those look-ahead rows go through the LM head."""
-    B, R, d = hid.shape
-    dev = hid.device
-    N = trie.n_nodes
-    Nv = _n_value_nodes(trie)
-    assert R == N + 1, (R, N)
-    utok = torch.unique(trie.token[:Nv]).to(dev)
-    col = {int(t): i for i, t in enumerate(utok.tolist())}
-    digit, dotdig, dotp, sel = _row_stats(hid[:, : Nv + 1].reshape(B * (Nv + 1), d), to_logits, trie, utok, chunk_rows)
-    digit, dotdig, dotp = (x.view(B, Nv + 1) for x in (digit, dotdig, dotp))
-    sel = sel.view(B, Nv + 1, len(utok))
-    parent_row = (trie.parent[:Nv] + 1).to(dev)
-    tcol = torch.tensor([col[int(t)] for t in trie.token[:Nv].tolist()], device=dev)
-    edge = sel[:, parent_row, tcol]  # [B, Nv] log P(node token | parent path)
-    anc = trie.ancestors[:Nv, :Nv].to(dev)
-    path = edge.double() @ anc.double().T
-    term_row = trie.terminal.to(dev) + 1
-    digit_t = digit[:, term_row].double()
-    dotdig_t = dotdig[:, term_row].double()
-    pdot_t = dotp[:, term_row].double()
-    path_p = path[:, trie.terminal.to(dev)].exp()  # [B,101]
-    after = torch.zeros_like(pdot_t)
-    unresolved = torch.zeros(B, dtype=torch.float64, device=dev)
-    if trie.dot_id >= 0:
-        weight = path_p * pdot_t
-        need = weight > tol
-        unresolved = torch.where(need, torch.zeros_like(weight), weight).sum(1)
-        if bool(need.any()):
-            bs, vs = need.nonzero(as_tuple=True)
-            rows = hid[bs, trie.dot_node.to(dev)[vs] + 1]  # [K, d]
-            dmass = _row_stats(rows, to_logits, trie, utok[:0], chunk_rows)[0]
-            after[bs, vs] = dmass.double()
-    p_end = (1.0 - digit_t - dotdig_t - pdot_t * after).clamp(min=0.0, max=1.0)
-    probs = np.clip((path_p * p_end).cpu().numpy(), 0.0, 1.0).astype(np.float64)
-    other = np.clip(1.0 - probs.sum(axis=1), 0.0, 1.0)
-    return Readout(probs=probs, other=other, unresolved=unresolved.cpu().numpy())
-
-
 def _tree_layout(trie, T: int, p: int, dev) -> tuple[torch.Tensor, torch.Tensor]:
     """Queries = target tokens p..T-1 (the suffix) then every trie node; keys = prefix [0,p)
     (cached) then the queries. Returns (position ids [1,Q], bool mask [1,1,Q,p+Q]): the
@@ -901,7 +810,6 @@ def patch_cell_reference(target: Side, component: str, h: int, p: int, vec: torc
     same forward's final-norm output over the answer window."""
     lm = target.lm
     body, to_logits = body_and_head(lm.model)
-    kw = {"dot_tol": dot_tol()} if "dot_tol" in read_values.__code__.co_varnames else {}
     a0, a1 = _answer_window(target)
     want = check_answer and p <= a1
     grabbed: list[torch.Tensor] = []
@@ -916,11 +824,11 @@ def patch_cell_reference(target: Side, component: str, h: int, p: int, vec: torc
         handle = body.norm.register_forward_hook(grab)
     try:
         with patch_hook(lm.model, component, h, p, vec):
-            r = read_values(lm, [target.ids], **kw)
+            r = read_values(lm, [target.ids], dot_tol=dot_tol())
     finally:
         if handle is not None:
             handle.remove()
-    unres = float(r.unresolved[0]) if getattr(r, "unresolved", None) is not None else 0.0
+    unres = float(r.unresolved[0])
     unchanged, flips = True, 0
     if want:
         if greedy is None:
@@ -950,10 +858,7 @@ class Prepared:
 
 
 def _read(side: Side) -> Readout:
-    kw = {"dot_tol": dot_tol()} if "dot_tol" in read_values.__code__.co_varnames else {}
-    r = read_values(side.lm, [side.ids], **kw)
-    unres = getattr(r, "unresolved", None)
-    return Readout(probs=r.probs, other=r.other, unresolved=np.zeros(1) if unres is None else np.asarray(unres))
+    return read_values(side.lm, [side.ids], dot_tol=dot_tol())
 
 
 @torch.no_grad()
@@ -1023,8 +928,8 @@ def _tok(tok, i: int) -> str:
 def _rows(prep: Prepared, plan: PosPlan, spec: PatchSpec, variants: list[Variant], cells: list[CellResult]) -> pd.DataFrame:
     pair = prep.pair
     src, tgt = pair.source, pair.target
-    ev_s = float(prep.src_read.ev[0])
-    ev_t = float(prep.tgt_read.ev[0])
+    ev_s = float(prep.src_read.expected[0])
+    ev_t = float(prep.tgt_read.expected[0])
     p_t = np.append(prep.tgt_read.probs[0], prep.tgt_read.other[0])
     denom = ev_s - ev_t
     small = not (abs(denom) >= spec.min_denominator) if np.isfinite(denom) else True
@@ -1070,8 +975,8 @@ def pair_record(prep: Prepared) -> dict:
         "pair": pair.index, "kind": pair.kind, "direction": pair.direction, "source": s.label, "target": t.label,
         "source_id": s.item_id, "target_id": t.item_id, "source_row": s.row, "target_row": t.row,
         "source_correct": s.correct, "target_correct": t.correct,
-        "ev_source": float(prep.src_read.ev[0]), "ev_target": float(prep.tgt_read.ev[0]),
-        "denom": float(prep.src_read.ev[0] - prep.tgt_read.ev[0]),
+        "ev_source": float(prep.src_read.expected[0]), "ev_target": float(prep.tgt_read.expected[0]),
+        "denom": float(prep.src_read.expected[0] - prep.tgt_read.expected[0]),
         "probs_source": prep.src_read.probs[0].astype(np.float32), "probs_target": prep.tgt_read.probs[0].astype(np.float32),
         "other_source": float(prep.src_read.other[0]), "other_target": float(prep.tgt_read.other[0]),
         "target_len": t.T, "source_len": s.T,

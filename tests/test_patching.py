@@ -83,7 +83,7 @@ def test_trace_readout_equals_read_values(tiny_lm):
         tr = P.trace(t, tree=True, window=P._answer_window(t))
         r = read_values(tiny_lm, [t.ids])
         np.testing.assert_allclose(tr.readout.probs, r.probs, rtol=1e-6, atol=1e-9)
-        np.testing.assert_allclose(tr.readout.ev, r.expected, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(tr.readout.expected, r.expected, rtol=0, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------ fast = reference
