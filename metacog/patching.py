@@ -123,7 +123,9 @@ def parse_positions(spec) -> tuple[str, ...]:
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     out = []
     for raw in items:
-        p = str(raw).strip().lower().replace("-", "_").replace(" ", "")
+        p = str(raw).strip().lower().replace(" ", "")
+        if not (p.startswith("token:") or p.startswith("tok:")):
+            p = p.replace("-", "_")
         if not p:
             continue
         if p in ("conf", "confidence_slot", "slot"):
@@ -137,7 +139,9 @@ def parse_positions(spec) -> tuple[str, ...]:
             out.append(f"random:{int(k)}")
         elif p.startswith("token:") or p.startswith("tok:"):
             k = p.split(":", 1)[1]
-            if not k.lstrip("-").isdigit():
+            if k.startswith("-") and k[1:].isdigit():
+                raise PatchError(f"'{raw}' is outside the target sequence: token indices count from 0 (the first token of the prompt)")
+            if not k.isdigit():
                 raise PatchError(f"'{raw}': a picked token is written token:I with I a token index of the target")
             out.append(f"token:{int(k)}")
         else:

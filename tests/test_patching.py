@@ -335,6 +335,11 @@ def tiny_runs(tiny_ws):
     ws, lm = tiny_ws
     _make_adapter(lm, ws.path("runs", "r1", "adapter"), meta={"base_weights_hash": lm.weights_hash})
     _make_adapter(lm, ws.path("runs", "r-other", "adapter"), meta={"base_weights_hash": "another-model"})
+    from conftest import make_tiny_llama
+
+    # no metacog metadata at all: only its shapes tell that it was made for another base model
+    other = make_tiny_llama(lm.tokenizer, d=48, seed=1)
+    _make_adapter(lm, ws.path("runs", "r-shape", "adapter"), model=other)
     return ws
 
 
@@ -368,6 +373,16 @@ def test_bad_input_is_refused_before_any_work(tiny_ws, tiny_runs, monkeypatch):
         P.plan_sweep(ws, lm, "r1", "base", P.PatchSpec(), items=["nope"])
     with pytest.raises(P.PatchError, match="weights"):
         P.plan_sweep(ws, lm, "r-other", "base", P.PatchSpec(), n_pairs=2)
+    with pytest.raises(P.PatchError, match="does not fit|another base model|does not have"):
+        P.plan_sweep(ws, lm, "base", "r-shape", P.PatchSpec(), n_pairs=2)
+    with pytest.raises(P.PatchError, match="outside the target sequence"):
+        P.PatchSpec(positions=("confidence", "token:-1"))
+    with pytest.raises(P.PatchError, match="outside this model"):
+        P.plan_sweep(ws, lm, "r1", "base", P.PatchSpec(layers=(-1, 1)), n_pairs=2)
+    with pytest.raises(P.PatchError, match="not in this workspace's answers: nope"):
+        P.plan_sweep(ws, lm, "high", "low", P.PatchSpec(), n_pairs=2, by="ev", pool=["nope"])
+    with pytest.raises(P.PatchError, match="no adapter 'no-such-run'.*runs in this workspace"):
+        P._adapter_dir(ws, "no-such-run")
     with pytest.raises(P.PatchError, match="both be models"):
         P.plan_sweep(ws, lm, "base", "low", P.PatchSpec(), n_pairs=2)
     with pytest.raises(P.PatchError, match="probes"):
@@ -377,6 +392,41 @@ def test_bad_input_is_refused_before_any_work(tiny_ws, tiny_runs, monkeypatch):
     with pytest.raises(P.PatchError):
         P.PatchSpec(components=("resid", "ffn"))
     assert not called
+
+
+def test_workspace_without_answers_is_refused(tiny_ws, tmp_path):
+    from metacog.settings import ModelSettings, StudySettings
+    from metacog.workspace import Workspace
+
+    _, lm = tiny_ws
+    empty = Workspace(tmp_path / "empty").init(ModelSettings(model="tiny"), StudySettings())
+    with pytest.raises(P.PatchError, match="no answers yet"):
+        P.plan_sweep(empty, lm, "high", "low", P.PatchSpec(), n_pairs=2)
+
+
+def test_interrupted_sweep_keeps_finished_rows(tiny_ws, monkeypatch):
+    """Ctrl-C (KeyboardInterrupt) in the middle of a sweep: the finished units are written and
+    summarised as incomplete, the interrupt propagates, and a re-run completes the rest."""
+    ws, lm = tiny_ws
+    spec = P.PatchSpec(layers=(1, 2), positions=("confidence", "random:2"), seed=11)
+    plan = P.plan_sweep(ws, lm, "high", "low", spec, n_pairs=2, by="ev")
+    real = P.patch_position
+    n = {"k": 0}
+
+    def flaky(*a, **k):
+        n["k"] += 1
+        if n["k"] == 4:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(P, "patch_position", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        P.run_sweep(ws, plan)
+    kept = P.load_results(ws, plan.sweep_id)
+    summ = ws.read_json(f"patching/{plan.sweep_id}/patching.json")
+    assert len(kept) == 3 * 2 and not summ["complete"] and summ["n_units_done"] == 3
+    monkeypatch.setattr(P, "patch_position", real)
+    assert P.run_sweep(ws, plan)["complete"] and len(P.load_results(ws, plan.sweep_id)) == 2 * 3 * 2
 
 
 def test_cli_patch(tiny_ws, capsys):
