@@ -469,3 +469,89 @@ def read_values_naive(lm, prefix: list[int], values=None) -> np.ndarray:
             end -= pd * float(dist(seq + [trie.dot_id]) @ digit)
         out[v] = math.exp(lp) * max(end, 0.0)
     return out
+
+
+# ----------------------------------------------------------------------------------------
+# reply labels (P(True), calibration-tuning, pairwise comparisons)
+# ----------------------------------------------------------------------------------------
+def label_ids(tok, labels, is_chat: bool) -> list[list[int]]:
+    """Token ids of each reply label as it follows its prompt (``prompts.label_text``)."""
+    from .prompts import label_text
+
+    out = [list(tok(label_text(l, is_chat), add_special_tokens=False)["input_ids"]) for l in labels]
+    if any(not ids for ids in out):
+        raise ValueError(f"a reply label tokenises to nothing: {labels!r}")
+    return out
+
+
+@torch.no_grad()
+def read_labels(lm, prefixes: list[list[int]], labels, batch_size: int = 16) -> np.ndarray:
+    """P(each label's full token sequence | prefix), normalised over the label set: [B, L].
+
+    The rule (exact for multi-token labels): for label l with tokens t_1..t_m,
+    P(l) = Π_i P(t_i | prefix, t_<i), and the reported probability is P(l) / Σ_l' P(l').
+    Labels that are all single tokens need one forward per prefix; otherwise every
+    (prefix, label) sequence is scored by one forward. No end-of-word term is applied
+    (the labels are whole replies; "Yes" and "Yesterday" are not both in any label set)."""
+    model, tok = lm.model, lm.tokenizer
+    dev = next(model.parameters()).device
+    body, to_logits = body_and_head(model)
+    lids = label_ids(tok, labels, lm.is_chat)
+    L = len(lids)
+    logp = np.zeros((len(prefixes), L))
+    if all(len(x) == 1 for x in lids):
+        first = torch.tensor([x[0] for x in lids], device=dev)
+        for s in range(0, len(prefixes), batch_size):
+            ids, att, pos = left_pad(prefixes[s : s + batch_size], tok.pad_token_id, dev)
+            h = body(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=False).last_hidden_state[:, -1]
+            lsm = torch.log_softmax(to_logits(h), -1)
+            logp[s : s + len(ids)] = lsm[:, first].double().cpu().numpy()
+    else:
+        seqs = [(b, j, list(p) + lids[j]) for b, p in enumerate(prefixes) for j in range(L)]
+        for s in range(0, len(seqs), batch_size):
+            chunk = seqs[s : s + batch_size]
+            ids, att, pos = left_pad([c[2] for c in chunk], tok.pad_token_id, dev)
+            h = body(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=False).last_hidden_state
+            for k, (b, j, _) in enumerate(chunk):
+                m = len(lids[j])
+                z = torch.log_softmax(to_logits(h[k, -m - 1 : -1]), -1)  # predictions of the label's tokens
+                logp[b, j] = float(z.gather(-1, torch.tensor(lids[j], device=dev).view(-1, 1)).sum())
+    logp -= logp.max(axis=1, keepdims=True)
+    p = np.exp(logp)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def value_logprobs(model, tok, prefixes: list[list[int]]) -> torch.Tensor:
+    """Differentiable log P(v) for v = 0..100 after each prefix: ``[B, 101]`` (float32, with
+    gradients), for training objectives on the 0–100 distribution (Brier-loss tuning).
+
+    The same trie and rule as :func:`read_values`, except that a "." after a value counts as
+    the end of the number (no look-ahead; ``read_values(dot_tol=1.0)`` computes exactly this,
+    and the difference from the exact readout is at most Σ_v P(v) · P("." | v))."""
+    trie = get_trie(tok)
+    dev = next(model.parameters()).device
+    body, to_logits = body_and_head(model)
+    ids, att, pos = left_pad(prefixes, tok.pad_token_id, dev)
+    B, T = ids.shape
+    lens = att.sum(-1)
+    out = body(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True)
+    N = trie.n_value_nodes
+    anc = trie.ancestors[:N, :N].to(dev)
+    tids = trie.token[:N].to(dev).unsqueeze(0).expand(B, N)
+    tpos = lens.unsqueeze(-1) - 1 + trie.depth[:N].to(dev).unsqueeze(0)
+    mask = torch.zeros((B, 1, N, T + N), dtype=torch.bool, device=dev)
+    mask[:, 0, :, :T] = att.bool().unsqueeze(1)
+    mask[:, 0, :, T:] = anc.unsqueeze(0)
+    tout = body(input_ids=tids, attention_mask=_additive(mask, hid_dtype(model)), position_ids=tpos,
+                past_key_values=out.past_key_values, use_cache=False)
+    hid = torch.cat([out.last_hidden_state[:, -1:, :], tout.last_hidden_state], dim=1)  # row 0 = root
+    lsm = torch.log_softmax(to_logits(hid), dim=-1)  # [B, N+1, V]
+    parent_row = (trie.parent[:N] + 1).to(dev)
+    edge = lsm[:, parent_row, :].gather(-1, trie.token[:N].to(dev).view(1, -1, 1).expand(B, -1, 1)).squeeze(-1)  # [B,N]
+    path = edge @ anc.float().T  # log P(path to node)
+    term = trie.terminal.to(dev)
+    p_term = lsm[:, term + 1, :].exp()  # next-token distribution after each value
+    V = min(p_term.shape[-1], trie.digit_mask.shape[0])
+    cont = p_term[..., :V] @ (trie.digit_mask[:V] + trie.dotdigit_mask[:V]).to(dev)  # the number goes on
+    p_end = (1.0 - cont).clamp(min=1e-12)
+    return path[:, term] + torch.log(p_end)

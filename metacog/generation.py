@@ -1,9 +1,16 @@
-"""Batched greedy generation with per-row stopping, on any causal LM.
+"""Batched generation with per-row stopping, on any causal LM: greedy by default, or seeded
+sampling at a temperature.
 
 Rows are sorted by length (less padding), left-padded with explicit position ids, and each
 row stops on EOS or when ``stop(text)`` says so; the batch ends when every
 row has stopped. A row's output is the same as it would be alone (greedy is deterministic,
 and padding is masked).
+
+Sampling (``temperature > 0``): each row has its own ``torch.Generator`` seeded with its
+entry of ``seeds``; at every step the row draws one uniform number u from it and takes the
+first token whose cumulative probability (softmax of logits / T, vocabulary order) exceeds u
+(inverse-CDF sampling). So a row's sample depends only on its prompt, its seed and T, not on
+which other rows share its batch.
 """
 from __future__ import annotations
 
@@ -28,9 +35,22 @@ def _eos_ids(tok, model) -> set[int]:
     return ids
 
 
+def _pick(logits: torch.Tensor, temperature: float, gens: list | None) -> torch.Tensor:
+    """Next token per row: arg-max, or inverse-CDF sampling with each row's own generator."""
+    if not temperature or temperature <= 0 or gens is None:
+        return logits.argmax(-1)
+    p = torch.softmax(logits.float() / float(temperature), dim=-1)
+    cdf = p.cumsum(-1)
+    u = torch.stack([torch.rand((), generator=g) for g in gens]).to(cdf.device) * cdf[:, -1]
+    nxt = torch.searchsorted(cdf, u.unsqueeze(-1)).squeeze(-1)
+    return nxt.clamp(max=logits.shape[-1] - 1)
+
+
 @torch.no_grad()
-def greedy_batch(lm, prompts: list[list[int]], max_new_tokens: int, stop: Callable[[str], bool] | None = None) -> list[str]:
-    """Greedy continuation of each prompt (one batch), decoded without special tokens.
+def greedy_batch(lm, prompts: list[list[int]], max_new_tokens: int, stop: Callable[[str], bool] | None = None,
+                 temperature: float = 0.0, seeds: list[int] | None = None) -> list[str]:
+    """Greedy (or, with ``temperature > 0`` and ``seeds``, sampled) continuation of each
+    prompt (one batch), decoded without special tokens.
 
     Rows that have finished are dropped from the KV cache (once a quarter of the live rows
     are done), so a batch costs the sum of its rows' lengths, not rows × the longest."""
@@ -44,11 +64,16 @@ def greedy_batch(lm, prompts: list[list[int]], max_new_tokens: int, stop: Callab
     alive = torch.arange(B, device=dev)  # original row of each live cache row
     done = torch.zeros(B, dtype=torch.bool, device=dev)  # per live row
     past = None
+    gens = None
+    if temperature and temperature > 0:
+        if seeds is None or len(seeds) != B:
+            raise ValueError("sampling needs one seed per prompt")
+        gens = [torch.Generator().manual_seed(int(sd)) for sd in seeds]
     cur_ids, cur_pos, cur_att = ids, pos, att
     for _ in range(max_new_tokens):
         out = model(input_ids=cur_ids, attention_mask=cur_att, position_ids=cur_pos, past_key_values=past, use_cache=True, logits_to_keep=1)
         past = out.past_key_values
-        nxt = out.logits[:, -1, :].argmax(-1)
+        nxt = _pick(out.logits[:, -1, :], temperature, None if gens is None else [gens[int(r)] for r in alive])
         for j, (r, t) in enumerate(zip(alive.tolist(), nxt.tolist())):
             if not done[j]:
                 gen[r].append(t)
@@ -82,15 +107,17 @@ def batches_by_length(seqs: list[list[int]], batch_size: int) -> Iterable[list[i
 
 
 def generate(lm, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 32, stop=None, progress=None,
-             should_stop=None) -> list[str]:
-    """Greedy continuations for many prompts, in the input order. ``progress(k)`` is called
-    with the number of rows just finished; ``should_stop()`` is checked before each batch."""
+             should_stop=None, temperature: float = 0.0, seeds: list[int] | None = None) -> list[str]:
+    """Greedy continuations for many prompts, in the input order (or seeded samples: one seed
+    per prompt, ``temperature > 0``). ``progress(k)`` is called with the number of rows just
+    finished; ``should_stop()`` is checked before each batch."""
     from .runtime import check_stop
 
     out: list[str | None] = [None] * len(prompts)
     for idx in batches_by_length(prompts, batch_size):
         check_stop(should_stop)
-        texts = greedy_batch(lm, [prompts[i] for i in idx], max_new_tokens, stop)
+        texts = greedy_batch(lm, [prompts[i] for i in idx], max_new_tokens, stop, temperature=temperature,
+                             seeds=None if seeds is None else [seeds[i] for i in idx])
         for i, t in zip(idx, texts):
             out[i] = t
         if progress:

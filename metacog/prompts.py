@@ -153,6 +153,44 @@ def encode_two_pass_prompt(tok, is_chat: bool, question: str, answer: str) -> En
     return enc
 
 
+UNCERTAINTY_QUERY = (
+    "Question: {question}\n"
+    "Proposed answer: {answer}\n"
+    "Is the proposed answer correct? Reply with {yes} or {no}."
+)
+PAIRWISE_QUERY = (
+    "Here are two trivia questions and the answers you gave.\n"
+    "Question 1: {q1}\nYour answer 1: {a1}\n"
+    "Question 2: {q2}\nYour answer 2: {a2}\n"
+    "Which answer are you more likely to have gotten right? Reply with 1 or 2."
+)
+PAIRWISE_LABELS = ("1", "2")
+
+
+def encode_uncertainty_query(tok, is_chat: bool, question: str, answer: str, labels: tuple[str, str] = ("Yes", "No")) -> Encoded:
+    """The uncertainty query ("Is the proposed answer correct?") about a question and the
+    model's own answer; the reply (one of ``labels``) starts right after the prompt. Used by
+    P(True) (labels True/False) and calibration-tuning (Yes/No; its fine-tuning targets)."""
+    user = UNCERTAINTY_QUERY.format(question=question, answer=answer.strip() or "I don't know", yes=labels[0], no=labels[1])
+    text = _chat(tok, user) if is_chat else user + "\nAnswer:"
+    enc = encode_segments(tok, is_chat, [("prompt", text)])
+    enc.positions["last_prompt_uq"] = enc.spans["prompt"][1] - 1
+    return enc
+
+
+def label_text(label: str, is_chat: bool) -> str:
+    """How a reply label follows its prompt: at the start of the assistant turn (chat), after
+    "Answer:" with a space (plain)."""
+    return label if is_chat else " " + label
+
+
+def encode_pairwise(tok, is_chat: bool, q1: str, a1: str, q2: str, a2: str) -> Encoded:
+    """Relative confidence: two questions with the model's answers; reply "1" or "2"."""
+    user = PAIRWISE_QUERY.format(q1=q1, a1=a1.strip() or "I don't know", q2=q2, a2=a2.strip() or "I don't know")
+    text = _chat(tok, user) if is_chat else user + "\nAnswer:"
+    return encode_segments(tok, is_chat, [("prompt", text)])
+
+
 def target_text(value: int) -> str:
     """The text that follows the confidence prefix in a fine-tuning target."""
     v = int(value)
