@@ -272,7 +272,7 @@ def evaluate_adapter(ws: Workspace, adapter_dir: Path, out_dir: Path, *, lm=None
             "recovery": _recovery(ef["auroc"], a_probe), "recovery_base": _recovery(eb["auroc"], a_probe),
             "within_type": {"base": _within(b, y0, items["category"]), "ft": _within(f, y1, items["category"])},
         }
-    fmt_key = MODE_KEYS[primary_format]
+    fmt_key = MODE_KEYS.get(primary_format, MODE_KEYS["two-pass"])  # uncertainty-query runs: no verbal format of their own
     prim = f"verbal_{fmt_key}"
     reliability = {r: {"base": _bins(per[f"{r}_base"], y0, bins), "ft": _bins(per[f"{r}_ft"], y1, bins)}
                    for r in (prim, f"ev_{fmt_key}") if r in readouts}

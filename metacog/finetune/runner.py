@@ -179,11 +179,14 @@ def cancel(ws: Workspace, run_id: str) -> str:
 
 # ------------------------------------------------------------------------------ execute
 @contextlib.contextmanager
-def _acquire(ws: Workspace, run: Run, should_stop, status_key: str = "status"):
-    """The workspace's fine-tune lock; while another run holds it, wait (status queued)."""
+def _acquire(ws: Workspace, run: Run, should_stop, status_key: str = "status", lock_name: str = LOCK_NAME):
+    """The workspace's fine-tune lock; while another run holds it, wait (status queued).
+
+    A sweep (metacog.sweeps) holds ``finetune`` itself for its whole duration and budgets the
+    cores of its parallel workers, which then take a per-run lock (``lock_name``) instead."""
     announced = False
     while True:
-        cm = ws.lock(LOCK_NAME)
+        cm = ws.lock(lock_name)
         try:
             cm.__enter__()
             break
@@ -233,7 +236,7 @@ def _load_lm(run: Run, threads: int | None):
 
 def execute(ws: Workspace, run_id: str, *, lm=None, owned: bool = False, threads: int | None = None,
             evaluate_after: bool = False, eval_limit: int | None = None, progress=None, hooks_extra: dict | None = None,
-            should_stop=None) -> dict:
+            should_stop=None, lock_name: str = LOCK_NAME) -> dict:
     """Train (or resume) ``run_id`` in this process; returns the final status dict.
 
     ``lm``: an already loaded base model (tests); else it is loaded from the run's model
@@ -253,7 +256,7 @@ def execute(ws: Workspace, run_id: str, *, lm=None, owned: bool = False, threads
 
     t_wall = time.time()
     try:
-        with _acquire(ws, run, stop_now):
+        with _acquire(ws, run, stop_now, lock_name=lock_name):
             if run.cancel_requested():
                 raise Stopped("cancelled before it started")
             run.set_status(status="running", phase="loading model", message="loading the model", started=time.time(),
@@ -278,8 +281,8 @@ def execute(ws: Workspace, run_id: str, *, lm=None, owned: bool = False, threads
                 style = settings.get("study", {}).get("prompt_style", study.prompt_style)
                 tr_df = df[df["role"] == "train"].sort_values("row")
                 va_df = df[df["role"] == "val"].sort_values("row")
-                train_ex, drop_t = encode_all(lm.tokenizer, lm.is_chat, tr_df, s.format, s.loss_on, style, s.max_length)
-                val_ex, drop_v = encode_all(lm.tokenizer, lm.is_chat, va_df, s.format, s.loss_on, style, s.max_length)
+                train_ex, drop_t = encode_all(lm.tokenizer, lm.is_chat, tr_df, s.format, s.loss_on, style, s.max_length, s.objective)
+                val_ex, drop_v = encode_all(lm.tokenizer, lm.is_chat, va_df, s.format, s.loss_on, style, s.max_length, s.objective)
                 plan = make_plan(s, len(train_ex), len(val_ex))
                 if plan.to_dict() != settings.get("plan"):
                     run.update_settings(plan=plan.to_dict(), dropped_too_long={"train": drop_t, "val": drop_v})
@@ -365,7 +368,7 @@ def _evaluate_in_process(ws, run, lm, owned, limit, threads, stop_now, progress=
 
 
 def evaluate(ws: Workspace, run_id: str, *, lm=None, owned: bool = False, limit: int | None = None,
-             threads: int | None = None, progress=None, should_stop=None) -> dict:
+             threads: int | None = None, progress=None, should_stop=None, lock_name: str = LOCK_NAME) -> dict:
     """Evaluate a finished run in this process (serialised with training by the same lock)."""
     run = get_run(ws, run_id)
     if not run.has_adapter():
@@ -377,7 +380,7 @@ def evaluate(ws: Workspace, run_id: str, *, lm=None, owned: bool = False, limit:
     me = this_process()
     run.set_status(eval_pid=me["pid"], eval_pid_start=me["pid_start"])
     try:
-        with _acquire(ws, run, stop_now, status_key="eval_status"):
+        with _acquire(ws, run, stop_now, status_key="eval_status", lock_name=lock_name):
             with _Heartbeat(run, "eval_heartbeat"):
                 if lm is None:
                     lm = _load_lm(run, threads)

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from ..settings import POSITIONS, from_dict, stable_hash, to_dict
 
 TARGET_KINDS = ("probe", "binary", "shuffled", "constant", "file")
-FORMATS = ("inline", "two-pass")
+FORMATS = ("inline", "two-pass", "uncertainty-query")
+OBJECTIVES = ("ce", "brier")
+UQ_LABELS = ("Yes", "No")  # calibration-tuning's reply to "Is the proposed answer correct?"
 BACKENDS = ("peft", "mlx")
 SCHEDULES = ("cosine", "linear", "constant")
 LOSS_ON = ("assistant", "confidence")
@@ -39,6 +41,9 @@ class FinetuneSettings:
     # what to teach
     targets: str = "probe"  # probe | binary | shuffled | constant | file
     format: str = "inline"  # inline (own answer, then "\nConfidence: NN%") | two-pass (confidence only)
+    #                          | uncertainty-query ("Is the proposed answer correct?" -> Yes/No; calibration-tuning)
+    objective: str = "ce"  # ce: cross-entropy on the target text | brier: Brier score of the exact 0-100
+    #                        distribution at the confidence slot vs correctness (ConfTuner; no target text)
     probe_layer: int | None = None  # hidden-state index; None = the best probe (train-split CV)
     probe_position: str | None = None  # one of POSITIONS; None = the best probe's
     targets_file: str | None = None  # for targets="file": JSONL/CSV with id, target (integer 0-100)
@@ -110,7 +115,18 @@ def validate(s: FinetuneSettings) -> None:
     if s.targets not in TARGET_KINDS:
         _err(f"targets must be one of {', '.join(TARGET_KINDS)}, not {s.targets!r}")
     if s.format not in FORMATS:
-        _err(f"format must be inline or two-pass, not {s.format!r}")
+        _err(f"format must be one of {', '.join(FORMATS)}, not {s.format!r}")
+    if s.objective not in OBJECTIVES:
+        _err(f"objective must be one of {', '.join(OBJECTIVES)}, not {s.objective!r}")
+    if s.format == "uncertainty-query" and s.targets != "binary":
+        _err("format uncertainty-query answers Yes/No by correctness: use targets binary")
+    if s.objective == "brier":
+        if s.targets != "binary":
+            _err("objective brier is trained on correctness (0/1): use targets binary")
+        if s.format == "uncertainty-query":
+            _err("objective brier reads the 0-100 distribution: use format inline or two-pass")
+        if s.backend != "peft":
+            _err("objective brier is implemented for the peft backend only")
     if s.backend not in BACKENDS:
         _err(f"backend must be peft or mlx, not {s.backend!r}")
     if s.targets == "file" and not s.targets_file:

@@ -240,6 +240,10 @@ def build_targets(ws: Workspace, s: FinetuneSettings) -> tuple[pd.DataFrame, dic
 
 def assistant_text(answer: str, target: int, fmt: str) -> str:
     """The assistant turn trained on, as text (documentation: the ids come from segments)."""
+    if fmt == "uncertainty-query":
+        from .settings import UQ_LABELS
+
+        return UQ_LABELS[0] if int(target) >= 50 else UQ_LABELS[1]
     val = prompts.target_text(int(target))
     if fmt == "inline":
         return (str(answer).strip() or "I don't know") + prompts.INLINE_CONF_PREFIX + val
@@ -315,13 +319,29 @@ def turn_end_ids(tok, is_chat: bool) -> list[int]:
     return list(tok(text, add_special_tokens=False)["input_ids"]) if text else []
 
 
-def encode_example(tok, is_chat: bool, rec: dict, fmt: str, loss_on: str, style: str = "plain") -> Example:
-    """Token ids and labels of one target row (see the module docstring)."""
-    from ..confidence import get_trie
+def encode_example(tok, is_chat: bool, rec: dict, fmt: str, loss_on: str, style: str = "plain",
+                   objective: str = "ce") -> Example:
+    """Token ids and labels of one target row (see the module docstring).
+
+    ``format="uncertainty-query"`` (calibration-tuning): the prompt of
+    :func:`metacog.prompts.encode_uncertainty_query` about the model's own answer, then the reply
+    label "Yes" (target 100) or "No" (target 0), then the end of turn; the label tokens are the
+    ones :func:`metacog.confidence.read_labels` scores. ``objective="brier"``: the prompt up to
+    the confidence slot only (no target text, every label -100); the loss reads the 0-100
+    distribution there and compares it with ``target / 100`` (correctness)."""
+    from ..confidence import get_trie, label_ids
 
     target = int(rec["target"])
     if not 0 <= target <= 100:
         raise TargetError(f"target {target} for {rec.get('id')} is outside 0..100")
+    if fmt == "uncertainty-query":
+        from .settings import UQ_LABELS
+
+        enc = prompts.encode_uncertainty_query(tok, is_chat, rec["question"], str(rec["answer"] or ""), UQ_LABELS)
+        lab = label_ids(tok, UQ_LABELS, is_chat)[0 if target >= 50 else 1]
+        end = turn_end_ids(tok, is_chat) if loss_on == "assistant" else []
+        ids = list(enc.ids) + lab + end
+        return Example(id=str(rec["id"]), input_ids=ids, labels=[-100] * len(enc.ids) + ids[len(enc.ids):], target=target)
     choices = rec.get("choices")
     if choices is not None and not isinstance(choices, str):
         choices = list(choices)
@@ -339,6 +359,8 @@ def encode_example(tok, is_chat: bool, rec: dict, fmt: str, loss_on: str, style:
         loss_start = enc.spans["conf"][0] if loss_on == "assistant" else len(enc.ids)
     else:
         raise SettingsError(f"unknown format {fmt!r}")
+    if objective == "brier":
+        return Example(id=str(rec["id"]), input_ids=list(enc.ids), labels=[-100] * len(enc.ids), target=target)
     value = list(get_trie(tok).value_ids[target])  # exactly the readout's tokens for " {t}"
     suffix = list(tok(prompts.TARGET_SUFFIX, add_special_tokens=False)["input_ids"])
     end = turn_end_ids(tok, is_chat) if loss_on == "assistant" else []
@@ -347,11 +369,12 @@ def encode_example(tok, is_chat: bool, rec: dict, fmt: str, loss_on: str, style:
     return Example(id=str(rec["id"]), input_ids=ids, labels=labels, target=target)
 
 
-def encode_all(tok, is_chat: bool, df: pd.DataFrame, fmt: str, loss_on: str, style: str, max_length: int) -> tuple[list[Example], int]:
+def encode_all(tok, is_chat: bool, df: pd.DataFrame, fmt: str, loss_on: str, style: str, max_length: int,
+               objective: str = "ce") -> tuple[list[Example], int]:
     """Encode every row; rows longer than ``max_length`` are dropped (count returned)."""
     out, dropped = [], 0
     for rec in df.to_dict("records"):
-        ex = encode_example(tok, is_chat, rec, fmt, loss_on, style)
+        ex = encode_example(tok, is_chat, rec, fmt, loss_on, style, objective)
         if len(ex.input_ids) > max_length:
             dropped += 1
             continue

@@ -99,14 +99,39 @@ def loss_sum(model, examples: list[Example], pad_id: int) -> tuple[torch.Tensor,
     return F.cross_entropy(logits, tgt[m], reduction="sum"), int(m.sum())
 
 
+def brier_sum(model, examples: list[Example], tok) -> tuple[torch.Tensor, int]:
+    """ConfTuner's objective: Σ over examples of the Brier score of the exact 0–100
+    distribution q at the confidence slot (renormalised over 0–100) against correctness
+    y = target / 100: Σ_v q(v) (v/100 − y)², and the number of examples. Differentiable
+    through :func:`metacog.confidence.value_logprobs`; needs no target text."""
+    from ...confidence import value_logprobs
+
+    lp = value_logprobs(model, tok, [e.input_ids for e in examples])  # [B, 101]
+    q = torch.softmax(lp, dim=-1)  # renormalised over 0..100
+    v = torch.arange(101, dtype=q.dtype, device=q.device) / 100.0
+    y = torch.tensor([e.target / 100.0 for e in examples], dtype=q.dtype, device=q.device)
+    return (q * (v.unsqueeze(0) - y.unsqueeze(1)) ** 2).sum(), len(examples)
+
+
+def objective_sum(model, examples: list[Example], pad_id: int, objective: str = "ce", tok=None) -> tuple[torch.Tensor, int]:
+    """(summed loss, units): token cross-entropy over loss tokens, or the Brier objective over examples."""
+    if objective == "brier":
+        return brier_sum(model, examples, tok)
+    return loss_sum(model, examples, pad_id)
+
+
+def loss_units(e: Example, objective: str = "ce") -> int:
+    return 1 if objective == "brier" else sum(1 for x in e.labels[1:] if x != -100)
+
+
 @torch.no_grad()
-def mean_loss(model, examples: list[Example], pad_id: int, batch_size: int) -> float:
+def mean_loss(model, examples: list[Example], pad_id: int, batch_size: int, objective: str = "ce", tok=None) -> float:
     was = model.training
     model.eval()
     tot, n = 0.0, 0
     try:
         for s in range(0, len(examples), batch_size):
-            l, k = loss_sum(model, examples[s : s + batch_size], pad_id)
+            l, k = objective_sum(model, examples[s : s + batch_size], pad_id, objective, tok)
             tot += float(l.detach())
             n += k
     finally:
@@ -219,7 +244,7 @@ def _train(run, run_path, lm, pm, train_ex, val_ex, s, plan, hooks, pad_id) -> d
         if not val_ex:
             return False
         t0 = time.time()
-        val_loss = mean_loss(pm, val_ex, pad_id, max(1, s.batch_size * 2))
+        val_loss = mean_loss(pm, val_ex, pad_id, max(1, s.batch_size * 2), s.objective, lm.tokenizer)
         improved = val_loss < best_val - 1e-6
         if improved:
             best_val, best_update, bad = val_loss, update_done, 0
@@ -240,7 +265,7 @@ def _train(run, run_path, lm, pm, train_ex, val_ex, s, plan, hooks, pad_id) -> d
             break
         t0 = time.time()
         groups = [[train_ex[i] for i in b] for b in update_batches(plan, s.seed, update)]
-        n_tok = sum(sum(1 for x in e.labels[1:] if x != -100) for g in groups for e in g)
+        n_tok = sum(loss_units(e, s.objective) for g in groups for e in g)
         opt.zero_grad(set_to_none=True)
         tot = 0.0
         interrupted = False
@@ -248,7 +273,7 @@ def _train(run, run_path, lm, pm, train_ex, val_ex, s, plan, hooks, pad_id) -> d
             if hooks.should_stop():
                 interrupted = True
                 break
-            l, _ = loss_sum(pm, g, pad_id)
+            l, _ = objective_sum(pm, g, pad_id, s.objective, lm.tokenizer)
             (l / n_tok).backward()
             tot += float(l.detach())
         if interrupted:  # partial accumulation is discarded: the run stays at `update`
