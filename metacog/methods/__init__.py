@@ -1,0 +1,20 @@
+"""Every confidence method side by side, on the same items with the same metrics.
+
+Methods are registered in :mod:`metacog.methods.registry`, one small module each (imported
+here). ``run_methods(ws, "all", MethodSettings())`` computes them (fresh ones are skipped,
+long ones resume); ``methods_table(ws)`` gives one row per method and post-hoc calibrated
+variant on the eval split. See docs/METHODS.md.
+"""
+from . import (brier_tuning, calibration_tuning, p_true, probe, relative, self_consistency,  # noqa: F401 (register)
+               verbal)
+from .calibrate import KINDS as POSTHOC_KINDS
+from .calibrate import posthoc
+from .registry import Method, MethodResult, all_methods, get, names, register, resolve
+from .run import make_context, run_methods
+from .settings import MethodSettings, MethodSettingsError
+from .store import load_scores, meta, stored_methods
+from .table import eval_scores, methods_table
+
+__all__ = ["Method", "MethodResult", "MethodSettings", "MethodSettingsError", "POSTHOC_KINDS", "all_methods", "eval_scores",
+           "get", "load_scores", "make_context", "meta", "methods_table", "names", "posthoc", "register", "resolve",
+           "run_methods", "stored_methods"]

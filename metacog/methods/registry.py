@@ -1,0 +1,72 @@
+"""The one registry of confidence methods.
+
+A method is a :class:`Method`: a name, what it costs, the settings it depends on, and a
+``compute(ctx) -> MethodResult`` that scores every item of the context's *pool* (the
+calibration and eval splits) with a confidence in [0, 1]. Adding a method is one small
+file in this package that calls :func:`register`; :mod:`metacog.methods` imports them all.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pandas as pd
+
+
+@dataclass
+class MethodResult:
+    scores: pd.DataFrame  # row, score in [0, 1] (NaN only for baselines with unparsed text), extra columns allowed
+    info: dict = field(default_factory=dict)  # forward_passes, train_updates, run id, ...
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    label: str
+    family: str  # baseline | prompting | sampling | probe | training | relative
+    cost: str  # what it costs, in words (forward passes per item, training)
+    compute: Callable[..., MethodResult]
+    settings: tuple[str, ...] = ()  # MethodSettings fields its result depends on
+    needs_model: bool = True
+    trains: bool = False
+    version: int = 1
+    order: int = 100
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(m: Method) -> Method:
+    if m.name in _REGISTRY and _REGISTRY[m.name] is not m:
+        raise ValueError(f"method {m.name!r} is registered twice")
+    if "+" in m.name:
+        raise ValueError("'+' is reserved for post-hoc calibrated variants (method+platt)")
+    _REGISTRY[m.name] = m
+    return m
+
+
+def get(name: str) -> Method:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(names())}")
+    return _REGISTRY[name]
+
+
+def names() -> list[str]:
+    return [m.name for m in sorted(_REGISTRY.values(), key=lambda m: (m.order, m.name))]
+
+
+def all_methods() -> list[Method]:
+    return [_REGISTRY[n] for n in names()]
+
+
+def resolve(spec) -> list[str]:
+    """``"all"`` | ``"a,b"`` | a list -> registered method names (unknown ones refused at once)."""
+    if spec is None or spec == "all" or spec == ["all"]:
+        return names()
+    parts = [p.strip() for p in (spec.split(",") if isinstance(spec, str) else spec) if p and p.strip()]
+    if "all" in parts:
+        return names()
+    bad = [p for p in parts if p not in _REGISTRY]
+    if bad:
+        raise ValueError(f"unknown method(s) {', '.join(bad)}; known: {', '.join(names())}")
+    return [n for n in names() if n in parts]

@@ -1,0 +1,78 @@
+"""Relative confidence: the model is shown two of its answered questions and asked which
+answer it is more likely to have gotten right ("1" or "2"; :func:`metacog.prompts.encode_pairwise`).
+A seeded schedule of ``n_comparisons`` matchups among the pool items
+(:func:`metacog.methods.ranking.schedule`); the outcome of a matchup is the soft
+P("1") from :func:`metacog.confidence.read_labels`. Scores: Bradley-Terry (σ(θ)) and Elo
+(σ(rating)), both from the same comparisons (computed once, cached in
+``methods/relative/comparisons.parquet``)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .. import prompts
+from ..confidence import read_labels
+from ..settings import stable_hash
+from . import ranking
+from .registry import Method, MethodResult, register
+
+COMPARISONS = "methods/relative/comparisons.parquet"
+SETTINGS = ("n_comparisons", "seed", "batch_size")
+
+
+def comparisons(ctx) -> pd.DataFrame:
+    """The scheduled comparisons and their outcomes (computed once per settings + pool)."""
+    pool = ctx.pool
+    key = stable_hash("relative", ctx.settings.pick(SETTINGS), pool["row"].tolist(),
+                      (ctx.ws.stage_record("answers") or {}).get("key"), n=16)
+    p = ctx.ws.path(COMPARISONS)
+    if p.exists():
+        old = pd.read_parquet(p)
+        if len(old) and old["key"].iloc[0] == key:
+            return old
+    lm = ctx.lm()
+    pairs = ranking.schedule(len(pool), ctx.settings.n_comparisons, ctx.settings.seed)
+    q, a = pool["question"].tolist(), [str(x or "") for x in pool["answer"]]
+
+    def part(s, e):
+        enc = [prompts.encode_pairwise(lm.tokenizer, lm.is_chat, q[i], a[i], q[j], a[j]).ids for i, j in pairs[s:e]]
+        pr = read_labels(lm, enc, prompts.PAIRWISE_LABELS, batch_size=ctx.settings.batch_size)
+        return pd.DataFrame({"first": pairs[s:e, 0], "second": pairs[s:e, 1], "p_first": pr[:, 0]})
+
+    df = ctx.chunked("relative", key, len(pairs), part, chunk=max(ctx.settings.batch_size * 8, 64), what="relative: comparisons")
+    df["row_first"] = pool["row"].to_numpy()[df["first"]]
+    df["row_second"] = pool["row"].to_numpy()[df["second"]]
+    df["key"] = key
+    ctx.ws.write_parquet(COMPARISONS, df)
+    import shutil
+
+    for d in ctx.ws.path("methods", "relative").glob("parts-*"):
+        shutil.rmtree(d, ignore_errors=True)
+    return df
+
+
+def _compute(kind: str):
+    def compute(ctx) -> MethodResult:
+        df = comparisons(ctx)
+        pairs = df[["first", "second"]].to_numpy()
+        o = df["p_first"].to_numpy(dtype=float)
+        n = len(ctx.pool)
+        if kind == "bt":
+            th = ranking.bradley_terry(n, pairs, o, prior=ctx.settings.bt_prior)
+        else:
+            th = ranking.elo(n, pairs, o, k=ctx.settings.elo_k)
+        per_item = np.bincount(pairs.ravel(), minlength=n)
+        return MethodResult(pd.DataFrame({"row": ctx.pool["row"].to_numpy(), "score": ranking.to_score(th), "theta": th,
+                                          "n_matches": per_item}),
+                            {"forward_passes": int(len(df)), "comparisons": int(len(df)),
+                             "mean_first_wins": float(o.mean()), "matches_per_item": float(per_item.mean())})
+
+    return compute
+
+
+register(Method(name="relative_bt", label="relative (Bradley-Terry)", family="relative",
+                cost="1 forward per comparison (n_comparisons, shared with Elo)", compute=_compute("bt"),
+                settings=SETTINGS + ("bt_prior",), order=60))
+register(Method(name="relative_elo", label="relative (Elo)", family="relative",
+                cost="the same comparisons as Bradley-Terry", compute=_compute("elo"),
+                settings=SETTINGS + ("elo_k",), order=61))

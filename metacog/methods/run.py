@@ -1,0 +1,77 @@
+"""Run methods on a workspace: each one fresh or recomputed, stored atomically, resumable."""
+from __future__ import annotations
+
+import time
+import traceback
+
+import pandas as pd
+
+from ..runtime import Stopped
+from ..workspace import Workspace, WorkspaceError
+from . import registry, store
+from .settings import MethodSettings
+
+
+def make_context(ws: Workspace, settings: MethodSettings, lm=None, loader=None, progress=None, should_stop=None,
+                 threads: int = 1) -> store.Context:
+    from ..answers import reparse
+    from ..study import load_items
+
+    if not ws.exists:
+        raise WorkspaceError(f"{ws.root} is not a metacog workspace: run `metacog study --workspace {ws.root}` first")
+    items = load_items(ws)
+    try:
+        ans = reparse(items, ws.read_parquet("answers.parquet"))
+    except WorkspaceError:
+        raise WorkspaceError(f"no answers in {ws.root}: run `metacog study --workspace {ws.root}` first") from None
+    pool = store.pool_rows(items, settings)
+    if (pool["split"] == "eval").sum() < 2 or (pool["split"] == "calibration").sum() < 2:
+        raise WorkspaceError("the methods need at least two calibration and two eval items (see the workspace's splits)")
+    keep = ans[["row", "answer", "correct"]]
+    pool = pool.merge(keep, on="row", how="inner").sort_values("row").reset_index(drop=True)
+    _, study = ws.settings()
+    if loader is None and lm is None:
+        def loader():
+            from ..models import load_model
+            from ..settings import ModelSettings, from_dict, to_dict
+
+            ms, _ = ws.settings()
+            return load_model(from_dict(ModelSettings, {**to_dict(ms), "threads": int(threads)}))
+    ctx = store.Context(ws=ws, items=items, answers=ans, pool=pool, settings=settings, study=study, loader=loader,
+                        progress=progress, should_stop=should_stop, threads=threads)
+    if lm is not None:
+        ctx._lm = lm
+    return ctx
+
+
+def run_methods(ws: Workspace, methods="all", settings: MethodSettings | None = None, *, lm=None, loader=None,
+                progress=None, should_stop=None, threads: int = 1, force: bool = False, on_error: str = "record") -> dict:
+    """Compute every requested method that is not fresh; returns ``{name: status}`` where status
+    is "fresh", "computed" or "failed: <message>" (``on_error="raise"`` raises instead).
+    ``progress(done, total, message)`` reports within a method; ``should_stop()`` stops between
+    chunks (finished chunks are kept)."""
+    settings = settings or MethodSettings()
+    names = registry.resolve(methods)
+    ctx = make_context(ws, settings, lm=lm, loader=loader, progress=progress, should_stop=should_stop, threads=threads)
+    out = {}
+    with ws.lock("methods"):
+        for i, n in enumerate(names):
+            m = registry.get(n)
+            if not force and store.is_fresh(ctx, m):
+                out[n] = "fresh"
+                continue
+            ctx.tick(0, 1, f"[{i + 1}/{len(names)}] {n}")
+            t0 = time.time()
+            try:
+                res = m.compute(ctx)
+                store.save(ctx, m, res, time.time() - t0)
+                out[n] = "computed"
+            except (Stopped, KeyboardInterrupt):
+                raise
+            except Exception as e:
+                if on_error == "raise":
+                    raise
+                out[n] = f"failed: {type(e).__name__}: {e}"
+                ws.write_json(f"{store.DIR}/{n}/error.json", {"error": str(e), "traceback": traceback.format_exc(),
+                                                               "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return out

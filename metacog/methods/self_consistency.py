@@ -1,0 +1,84 @@
+"""Self-consistency: k answers sampled at temperature T (seeded, one seed per item and
+sample), scored by how many agree with the model's greedy answer.
+
+Agreement uses the one grader (:func:`metacog.grading.grade_short`) both ways: a sample
+agrees with the greedy answer when either one, used as the alias, is found in the other
+(so "Paris" and "The capital is Paris." agree). Score = agreeing samples / k. Multiple-choice
+items have no free answer to sample: their score is the probability of the chosen option
+under softmax(option log-likelihood / T), the expected agreement of one sample.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .. import prompts
+from ..confidence import parse_answer
+from ..grading import grade_short
+from ..settings import stable_hash
+from .registry import Method, MethodResult, register
+
+
+def agrees(sample: str, greedy: str) -> bool:
+    """The sample and the greedy answer agree (the grader, in either direction)."""
+    return bool(grade_short(sample, [greedy]) or grade_short(greedy, [sample]))
+
+
+def sample_seed(seed: int, item_id: str, j: int) -> int:
+    return int(stable_hash("sc", seed, item_id, j, n=12), 16) % (2**63 - 1)
+
+
+def compute(ctx) -> MethodResult:
+    from ..answers import _stop_first_line, _stop_inline, option_logliks
+    from ..generation import generate
+    from .store import method_key
+
+    lm = ctx.lm()
+    s = ctx.settings
+    pool = ctx.pool
+    tok = lm.tokenizer
+    k, T = s.k_samples, float(s.temperature)
+    style = ctx.study.prompt_style
+    stop = _stop_first_line if style == "plain" else _stop_inline
+    is_mc = pool["kind"].eq("mc").to_numpy()
+    key = method_key(ctx, METHOD)
+
+    def part(a, b):
+        sub = pool.iloc[a:b]
+        recs = []
+        short = sub[~is_mc[a:b]]
+        if len(short):
+            pr, seeds = [], []
+            for it in short.itertuples():
+                ids = prompts.encode_answer_prompt(tok, lm.is_chat, it.question, None, style).ids
+                for j in range(k):
+                    pr.append(ids)
+                    seeds.append(sample_seed(s.seed, it.id, j))
+            texts = generate(lm, pr, ctx.study.max_new_tokens, s.batch_size, stop=stop, temperature=T, seeds=seeds,
+                             should_stop=ctx.should_stop)
+            for n, it in enumerate(short.itertuples()):
+                samples = [parse_answer(t) for t in texts[n * k:(n + 1) * k]]
+                agree = [agrees(x, str(it.answer or "")) for x in samples]
+                recs.append({"row": int(it.row), "score": float(np.mean(agree)), "n_agree": int(sum(agree)),
+                             "samples": samples})
+        mc = sub[is_mc[a:b]]
+        if len(mc):
+            pids = [prompts.encode_answer_prompt(tok, lm.is_chat, q, list(c), style).ids for q, c in zip(mc["question"], mc["choices"])]
+            ll = option_logliks(lm, pids, [list(c) for c in mc["choices"]], s.batch_size)
+            for it, l in zip(mc.itertuples(), ll):
+                z = np.asarray(l) / T
+                p = np.exp(z - z.max())
+                p /= p.sum()
+                ch = [str(c) for c in it.choices].index(str(it.answer)) if str(it.answer) in [str(c) for c in it.choices] else int(np.argmax(l))
+                recs.append({"row": int(it.row), "score": float(p[ch]), "n_agree": -1, "samples": []})
+        return pd.DataFrame.from_records(recs)
+
+    df = ctx.chunked("self_consistency", key, len(pool), part, chunk=max(4, 64 // k), what=f"self-consistency: {k} samples/item")
+    return MethodResult(df.sort_values("row").reset_index(drop=True),
+                        {"forward_passes": f"{k} generations per item", "generations": int(k * (~is_mc).sum()),
+                         "k": k, "temperature": T})
+
+
+METHOD = register(Method(name="self_consistency", label="self-consistency", family="sampling",
+                         cost="k sampled generations per item (answer length)", compute=compute,
+                         settings=("k_samples", "temperature", "seed", "batch_size"), order=40))

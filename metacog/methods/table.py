@@ -1,0 +1,94 @@
+"""The one table: every stored method (and its post-hoc calibrated variants) on the eval
+split, with the metrics of :mod:`metacog.metrics` and each method's cost.
+
+Columns: method, base, calibration (none | platt | isotonic | temperature), family, n_eval,
+n_missing, auroc, auroc_lo, auroc_hi, ece, brier, aurc, ceiling_rate (share of scores ≥ 0.95),
+cost, seconds, forward_passes, train_updates. Post-hoc variants are fitted on the
+calibration split (:func:`metacog.methods.calibrate.posthoc`) and scored on eval."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .. import metrics
+from ..workspace import Workspace
+from . import registry, store
+from .calibrate import KINDS, posthoc
+
+EVAL = "eval"
+
+
+def scored_frame(ws: Workspace, name: str) -> pd.DataFrame | None:
+    """A stored method's scores joined with correctness (from the re-parsed answers)."""
+    from ..answers import reparse
+    from ..study import load_items
+
+    sc = store.load_scores(ws, name)
+    if sc is None:
+        return None
+    items = load_items(ws)
+    ans = reparse(items, ws.read_parquet("answers.parquet"))
+    cat = items.set_index("row")["category"]
+    df = sc.merge(ans[["row", "correct"]], on="row", how="left")
+    df["category"] = cat.reindex(df["row"]).to_numpy()
+    return df
+
+
+def variants(ws: Workspace, name: str, kinds=KINDS) -> dict[str, pd.DataFrame]:
+    """``{"<name>": frame, "<name>+platt": frame, ...}`` with column ``score`` (eval and calibration rows)."""
+    df = scored_frame(ws, name)
+    if df is None:
+        return {}
+    out = {name: df}
+    for k in kinds:
+        try:
+            cal = posthoc(k, df)
+        except ValueError:
+            continue
+        d = df.copy()
+        d["score"] = cal
+        out[f"{name}+{k}"] = d
+    return out
+
+
+def _metrics(df: pd.DataFrame, n_bins: int, n_boot: int, seed: int) -> dict:
+    ev = df[df["split"] == EVAL]
+    y = ev["correct"].to_numpy(bool)
+    s = ev["score"].to_numpy(dtype=float)
+    r = metrics.summarize_scores(s, y, n_bins=n_bins, n_boot=n_boot, seed=seed, nan_policy="omit")
+    ok = ~np.isnan(s)
+    return dict(n_eval=int(len(ev)), n_missing=r["n_missing"], accuracy=float(y.mean()) if len(y) else np.nan,
+                auroc=r["auroc"], auroc_lo=r["auroc_ci"][0], auroc_hi=r["auroc_ci"][1], ece=r["ece"], brier=r["brier"],
+                aurc=r["aurc"], ceiling_rate=float(np.mean(s[ok] >= 0.95)) if ok.any() else np.nan)
+
+
+def methods_table(ws: Workspace, names=None, posthoc_kinds=KINDS, n_bins: int = 10, n_boot: int = 1000,
+                  seed: int = 0) -> pd.DataFrame:
+    rows = []
+    known = set(registry.names())
+    stored = store.stored_methods(ws)
+    order = [n for n in registry.names() if n in stored] + [n for n in stored if n not in known]
+    if names is not None:
+        order = [n for n in order if n in set(names)]
+    for n in order:
+        md = store.meta(ws, n) or {}
+        info = md.get("info", {})
+        for vname, df in variants(ws, n, posthoc_kinds).items():
+            m = _metrics(df, n_bins, n_boot, seed)
+            rows.append(dict(method=vname, base=n, label=md.get("label", n), calibration=vname.split("+")[1] if "+" in vname else "none",
+                             family=md.get("family", ""), **m, cost=md.get("cost", ""), seconds=md.get("seconds"),
+                             forward_passes=str(info.get("forward_passes", "")), train_updates=info.get("train_updates")))
+    return pd.DataFrame(rows)
+
+
+def eval_scores(ws: Workspace, names) -> dict[str, pd.DataFrame]:
+    """Eval-split frames (score, correct) of methods and variants named like the table's ``method``."""
+    out = {}
+    for n in names:
+        base = n.split("+")[0]
+        kinds = [n.split("+")[1]] if "+" in n else []
+        v = variants(ws, base, kinds)
+        if n in v:
+            d = v[n]
+            out[n] = d[d["split"] == EVAL].reset_index(drop=True)
+    return out
