@@ -49,6 +49,8 @@ def register(sub) -> None:
     g.add_argument("--max-updates", type=int, default=None, help="cap on optimizer updates (alone: must fit in one epoch)")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--loss-on", choices=LOSS_ON, default=d.loss_on)
+    g.add_argument("--objective", choices=("ce", "brier"), default=d.objective,
+                   help="ce: cross-entropy on the target text (default); brier: Brier score of the exact 0-100 distribution vs correctness (targets binary)")
     g.add_argument("--max-length", type=int, default=d.max_length)
     g.add_argument("--eval-every", type=int, default=None, help="validation loss every N updates (default: each epoch)")
     g.add_argument("--early-stop", type=int, default=None, metavar="PATIENCE", help="stop after PATIENCE validations without improvement")
@@ -100,7 +102,7 @@ def _settings(a) -> FinetuneSettings:
         targets_file=a.targets_file, constant_value=a.constant, binary_balance=not a.no_balance, limit_items=a.limit_items,
         val_fraction=a.val_fraction, backend=a.backend, rank=a.rank, alpha=a.alpha, dropout=a.dropout,
         target_modules=a.target_modules, lr=a.lr, schedule=a.schedule, warmup_fraction=a.warmup, batch_size=a.batch_size,
-        grad_accum=a.grad_accum, epochs=epochs, max_updates=a.max_updates, seed=a.seed, loss_on=a.loss_on,
+        grad_accum=a.grad_accum, epochs=epochs, max_updates=a.max_updates, seed=a.seed, loss_on=a.loss_on, objective=a.objective,
         max_length=a.max_length, eval_every=a.eval_every, early_stop_patience=a.early_stop,
         checkpoint_every=a.checkpoint_every, dtype=a.dtype, device=a.device,
     )

@@ -54,7 +54,7 @@ def compute(ctx) -> MethodResult:
                 for j in range(k):
                     pr.append(ids)
                     seeds.append(sample_seed(s.seed, it.id, j))
-            texts = generate(lm, pr, ctx.study.max_new_tokens, s.batch_size, stop=stop, temperature=T, seeds=seeds,
+            texts = generate(lm, pr, ctx.study.max_new_tokens, max(s.batch_size, 32), stop=stop, temperature=T, seeds=seeds,
                              should_stop=ctx.should_stop)
             for n, it in enumerate(short.itertuples()):
                 samples = [parse_answer(t) for t in texts[n * k:(n + 1) * k]]
