@@ -76,6 +76,9 @@ def format_table(t) -> str:
 
     lines = [f"{'method':32s} {'AUROC':>6s} {'95% CI':>15s} {'ECE':>6s} {'Brier':>6s} {'AURC':>6s} {'ceil':>5s} {'miss':>4s} {'sec':>7s}  cost"]
     for r in t.itertuples():
+        if getattr(r, "note", ""):
+            lines.append(f"{r.method:32s} {r.note}")
+            continue
         ci = f"[{f(r.auroc_lo)}, {f(r.auroc_hi)}]"
         sec = "" if r.seconds is None or r.seconds != r.seconds else f"{r.seconds:.0f}"
         cost = r.cost if r.calibration == "none" else f"+ {r.calibration} fit on calibration split"

@@ -34,8 +34,9 @@ def scored_frame(ws: Workspace, name: str) -> pd.DataFrame | None:
     return df
 
 
-def variants(ws: Workspace, name: str, kinds=KINDS) -> dict[str, pd.DataFrame]:
-    """``{"<name>": frame, "<name>+platt": frame, ...}`` with column ``score`` (eval and calibration rows)."""
+def variants(ws: Workspace, name: str, kinds=KINDS, failed: dict | None = None) -> dict[str, pd.DataFrame]:
+    """``{"<name>": frame, "<name>+platt": frame, ...}`` with column ``score`` (eval and calibration rows).
+    A calibrator that cannot be fitted is left out (its reason goes into ``failed``)."""
     df = scored_frame(ws, name)
     if df is None:
         return {}
@@ -43,7 +44,9 @@ def variants(ws: Workspace, name: str, kinds=KINDS) -> dict[str, pd.DataFrame]:
     for k in kinds:
         try:
             cal = posthoc(k, df)
-        except ValueError:
+        except ValueError as e:
+            if failed is not None:
+                failed[f"{name}+{k}"] = str(e)
             continue
         d = df.copy()
         d["score"] = cal
@@ -73,11 +76,15 @@ def methods_table(ws: Workspace, names=None, posthoc_kinds=KINDS, n_bins: int = 
     for n in order:
         md = store.meta(ws, n) or {}
         info = md.get("info", {})
-        for vname, df in variants(ws, n, posthoc_kinds).items():
+        failed: dict = {}
+        for vname, df in variants(ws, n, posthoc_kinds, failed).items():
             m = _metrics(df, n_bins, n_boot, seed)
             rows.append(dict(method=vname, base=n, label=md.get("label", n), calibration=vname.split("+")[1] if "+" in vname else "none",
                              family=md.get("family", ""), **m, cost=md.get("cost", ""), seconds=md.get("seconds"),
-                             forward_passes=str(info.get("forward_passes", "")), train_updates=info.get("train_updates")))
+                             forward_passes=str(info.get("forward_passes", "")), train_updates=info.get("train_updates"), note=""))
+        for vname, why in failed.items():
+            rows.append(dict(method=vname, base=n, label=md.get("label", n), calibration=vname.split("+")[1], family=md.get("family", ""),
+                             cost=md.get("cost", ""), seconds=md.get("seconds"), note=f"not fitted: {why}"))
     return pd.DataFrame(rows)
 
 
