@@ -271,7 +271,10 @@ def test_every_method_scores_every_pool_item_in_unit_interval(tiny_ws):
     assert set(sc["n_agree"]) <= {0, 1, 2} and np.allclose(sc["score"], sc["n_agree"] / 2)
     t = methods_table(ws, n_boot=50)
     assert set(t["base"]) == set(names())
-    assert (t["n_eval"] == int((pool["split"] == "eval").sum())).all()
+    fitted = t[t["note"] == ""]
+    assert (fitted["n_eval"] == int((pool["split"] == "eval").sum())).all()
+    assert set(fitted.loc[fitted["calibration"] == "none", "base"]) == set(names())
+    assert t.loc[t["note"] != "", "note"].str.contains("both classes").all()  # a one-class calibration split says so
     # the training methods went through the fine-tuning runs registry, on train items only
     from metacog.finetune.runs import list_runs
     from metacog.finetune.targets import read_targets
