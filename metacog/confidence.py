@@ -485,14 +485,16 @@ def label_ids(tok, labels, is_chat: bool) -> list[list[int]]:
 
 
 @torch.no_grad()
-def read_labels(lm, prefixes: list[list[int]], labels, batch_size: int = 16) -> np.ndarray:
+def read_labels(lm, prefixes: list[list[int]], labels, batch_size: int = 16, share_prefix: bool = True) -> np.ndarray:
     """P(each label's full token sequence | prefix), normalised over the label set: [B, L].
 
     The rule (exact for multi-token labels): for label l with tokens t_1..t_m,
     P(l) = Π_i P(t_i | prefix, t_<i), and the reported probability is P(l) / Σ_l' P(l').
     Labels that are all single tokens need one forward per prefix; otherwise every
     (prefix, label) sequence is scored by one forward. No end-of-word term is applied
-    (the labels are whole replies; "Yes" and "Yesterday" are not both in any label set)."""
+    (the labels are whole replies; "Yes" and "Yesterday" are not both in any label set).
+    ``share_prefix``: the tokens every prompt of a batch starts with (the chat template's system
+    turn, the query's opening words) are run once and their KV cache is shared by the batch."""
     model, tok = lm.model, lm.tokenizer
     dev = next(model.parameters()).device
     body, to_logits = body_and_head(model)
@@ -502,10 +504,9 @@ def read_labels(lm, prefixes: list[list[int]], labels, batch_size: int = 16) -> 
     if all(len(x) == 1 for x in lids):
         first = torch.tensor([x[0] for x in lids], device=dev)
         for s in range(0, len(prefixes), batch_size):
-            ids, att, pos = left_pad(prefixes[s : s + batch_size], tok.pad_token_id, dev)
-            h = body(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=False).last_hidden_state[:, -1]
+            h = _last_hidden(body, prefixes[s : s + batch_size], tok.pad_token_id, dev, share_prefix)
             lsm = torch.log_softmax(to_logits(h), -1)
-            logp[s : s + len(ids)] = lsm[:, first].double().cpu().numpy()
+            logp[s : s + len(h)] = lsm[:, first].double().cpu().numpy()
     else:
         seqs = [(b, j, list(p) + lids[j]) for b, p in enumerate(prefixes) for j in range(L)]
         for s in range(0, len(seqs), batch_size):
@@ -519,6 +520,42 @@ def read_labels(lm, prefixes: list[list[int]], labels, batch_size: int = 16) -> 
     logp -= logp.max(axis=1, keepdims=True)
     p = np.exp(logp)
     return p / p.sum(axis=1, keepdims=True)
+
+
+def _common_prefix(seqs: list[list[int]]) -> int:
+    n = min(len(x) for x in seqs)
+    k = 0
+    while k < n and all(x[k] == seqs[0][k] for x in seqs):
+        k += 1
+    return k
+
+
+def _last_hidden(body, seqs: list[list[int]], pad_id: int, dev, share_prefix: bool = True) -> torch.Tensor:
+    """Final hidden state at the last token of each sequence ([B, d]). With ``share_prefix`` and
+    a common prefix of at least 8 tokens, the prefix runs once (batch 1), its cache is repeated
+    for the batch, and the right-padded remainders follow (causal: padding after a row's last
+    token cannot change it)."""
+    P = _common_prefix(seqs) if share_prefix and len(seqs) > 1 else 0
+    P = min(P, min(len(x) for x in seqs) - 1)  # every row keeps at least its last token
+    if P < 8:
+        ids, att, pos = left_pad(seqs, pad_id, dev)
+        return body(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=False).last_hidden_state[:, -1]
+    B = len(seqs)
+    pre = torch.tensor([seqs[0][:P]], device=dev)
+    cache = body(input_ids=pre, use_cache=True).past_key_values
+    cache.batch_repeat_interleave(B)
+    rest = [x[P:] for x in seqs]
+    T = max(len(r) for r in rest)
+    ids = torch.full((B, T), pad_id, dtype=torch.long, device=dev)
+    att = torch.zeros((B, P + T), dtype=torch.long, device=dev)
+    att[:, :P] = 1
+    for b, r in enumerate(rest):
+        ids[b, : len(r)] = torch.tensor(r, device=dev)
+        att[b, P : P + len(r)] = 1
+    pos = (P + torch.arange(T, device=dev)).unsqueeze(0).expand(B, T)
+    h = body(input_ids=ids, attention_mask=att, position_ids=pos, past_key_values=cache, use_cache=True).last_hidden_state
+    last = torch.tensor([len(r) - 1 for r in rest], device=dev)
+    return h[torch.arange(B, device=dev), last]
 
 
 def value_logprobs(model, tok, prefixes: list[list[int]]) -> torch.Tensor:

@@ -84,6 +84,20 @@ def test_single_token_labels_use_one_forward(tiny_lm):
     assert p[0, 0] == pytest.approx(float(z[i1] / (z[i1] + z[i2])), rel=1e-4)
 
 
+def test_shared_prefix_cache_gives_the_same_label_probabilities(tiny_lm):
+    from metacog import prompts
+    from metacog.confidence import read_labels
+
+    tok = tiny_lm.tokenizer
+    qs = [("What is the capital of France?", "Paris"), ("Which country is Lima in?", "Peru"), ("What is the chemical symbol for gold?", "Au"),
+          ("The atomic number of carbon", "6 oxygen helium")]
+    enc = [prompts.encode_pairwise(tok, True, q1, a1, q2, a2).ids for (q1, a1) in qs for (q2, a2) in qs if q1 != q2]
+    a = read_labels(tiny_lm, enc, prompts.PAIRWISE_LABELS, batch_size=5, share_prefix=True)
+    b = read_labels(tiny_lm, enc, prompts.PAIRWISE_LABELS, batch_size=1, share_prefix=False)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert a[:, 0].std() > 0  # the items differ, so do the answers
+
+
 # ------------------------------------------------------------------------------ differentiable 0-100
 def test_value_logprobs_equals_readout_without_lookahead_and_has_gradients(tiny_lm):
     from metacog import prompts
