@@ -112,7 +112,7 @@ class RunData:
         return self.per_item[f"correct_{side}"].to_numpy(bool)
 
 
-def _model_name(ws: Workspace) -> str:
+def model_name(ws: Workspace) -> str:
     m = ws.read_json("model.json") or (ws.read_json("summary.json") or {}).get("model") or {}
     return str(m.get("name") or m.get("spec") or ws.root.name)
 
@@ -127,7 +127,7 @@ def load_run(ws: Workspace | str | Path, run_id: str) -> RunData:
     ev, per = load_eval(run)
     if not ev or per is None:
         raise WorkspaceError(f"run {run_id} has not been evaluated: `metacog evaluate --workspace {ws.root} --run {run_id}`")
-    return RunData(str(ws.root), run_id, run.settings(), ev, per, _model_name(ws))
+    return RunData(str(ws.root), run_id, run.settings(), ev, per, model_name(ws))
 
 
 def evaluated_runs(ws: Workspace) -> list[str]:

@@ -66,7 +66,7 @@ def _study_section(rep: Report, ws: Workspace) -> None:
     from .study import results_table
 
     s = ws.read_json("summary.json") or {}
-    model = C._model_name(ws)
+    model = C.model_name(ws)
     rep.h(f"Study: {model} on {Path(str(s.get('dataset', '?'))).name}")
     wj = ws.read_json("workspace.json") or {}
     rep.table(_kv({"model": wj.get("model", {}), "study": wj.get("study", {})}), "workspace settings (workspace.json)")

@@ -538,12 +538,13 @@ def run_sweep(home: str | Path, sweep: SweepSettings, *, executor: str = "local"
                          "status": "planned" if dry_run else "running", "executor": executor, "address": address,
                          "workers": nw, "threads": sweep.threads,
                          "history": rec.data.get("history", []) + ([] if dry_run else [launch])})
-        rec.save()
+        if not dry_run:  # a dry run shows the plan and writes nothing
+            rec.save()
         counts = {a: sum(e["action"] == a for e in entries) for a in ("train", "resume", "evaluate", "skip", "busy")}
         _log(f"{sid}: {len(specs)} runs ({', '.join(f'{v} {k}' for k, v in counts.items() if v)}); "
              f"executor {executor}{' @ ' + address if address else ''}, {nw} worker(s) × {sweep.threads} thread(s)", quiet)
         if dry_run:
-            return rec.data
+            return json.loads(json.dumps(rec.data, default=str))
         t_all = time.time()
         total, finished = len(tasks), [0]
 

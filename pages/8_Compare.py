@@ -129,7 +129,7 @@ with ui.guard("the comparison"):
     st.subheader("Across models")
     others = [w for w in ui.list_workspaces() if w.root != ws.root and w.path("summary.json").exists()]
     pick_m = st.multiselect("other workspaces (one per model)", [w.root.name for w in others],
-                            default=[w.root.name for w in others if w.root.name.startswith(("gemma", "sweep"))][:2],
+                            default=[w.root.name for w in others if C.model_name(w) != C.model_name(ws)][:3],
                             key=f"cmp-models-{k}")
     roots = [str(ws.root)] + [str(w.root) for w in others if w.root.name in pick_m]
     if ws.path("summary.json").exists():

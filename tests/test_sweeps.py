@@ -133,7 +133,8 @@ def test_sweep_runs_evaluates_records_and_skips_completed(ws):
     # one more seed: only the new one is trained
     rec3 = run_sweep(ws.root, _sweep(seeds=(1, 2, 3)), workers=1, quiet=True, dry_run=True)
     assert [e["action"] for e in rec3["runs"]] == ["skip", "skip", "train"]
-    assert len(list_sweeps(ws)) == 2
+    assert rec3["status"] == "planned" and len(list_sweeps(ws)) == 1  # a dry run writes nothing
+    assert _run_dirs(ws) == before
 
 
 # ------------------------------------------------------------------------------ faults
