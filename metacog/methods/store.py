@@ -76,6 +76,7 @@ class Context:
         d.mkdir(parents=True, exist_ok=True)
         frames = []
         chunk = max(1, int(chunk))
+        self.tick(0, n, what or name)
         for s in range(0, n, chunk):
             f = d / f"part-{s:07d}.parquet"
             if f.exists():
