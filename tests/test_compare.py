@@ -179,3 +179,31 @@ def test_compare_page(cache, monkeypatch):
     at.button(key="cmp-report-cmp").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("figures, plotly.js inlined once" in c.value for c in at.caption)
+
+
+@pytest.mark.browser
+def test_report_renders_offline_in_a_browser(cache, tmp_path):
+    """Chromium opens the report from a file with every network request refused: each figure draws."""
+    import importlib.util
+    import os
+
+    chromium = os.environ.get("METACOG_CHROMIUM", "/usr/bin/chromium")
+    if not Path(chromium).exists() or importlib.util.find_spec("playwright") is None:
+        pytest.skip(f"needs Chromium at {chromium} and the playwright package (CI installs both)")
+    from playwright.sync_api import sync_playwright
+
+    from metacog.report import write_report
+
+    out, rep = write_report(tmp_path / "r.html", cache / "workspaces" / "cmp")
+    asked = []
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        page = b.new_page()
+        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:") else
+                   (asked.append(route.request.url), route.abort()))
+        page.goto(out.as_uri())
+        page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {len(rep.figures)}",
+                               timeout=60_000)
+        drawn = page.evaluate("document.querySelectorAll('.js-plotly-plot').length")
+        b.close()
+    assert drawn == len(rep.figures) and asked == []
