@@ -345,8 +345,12 @@ def workspace_picker() -> Workspace:
         cand = cand.resolve()
         if cand.exists() and cand not in options:
             options.append(cand)
-        if cand in options and cur is None:
+        # a link (or a new ?ws= in the address bar) wins over the session's last choice
+        if cand in options and (cur is None or st.session_state.get("_ws_qp") != qp):
+            if cur != str(cand):
+                st.session_state.pop("_ws_select", None)
             cur = str(cand)
+    st.session_state["_ws_qp"] = qp
     if cur is None or Path(cur) not in options:
         if dflt in roots or not roots:
             cur = str(dflt)

@@ -311,3 +311,28 @@ def _tiny_settings():
     from metacog.settings import ModelSettings, StudySettings
 
     return ModelSettings(threads=1), StudySettings(**TINY_STUDY)
+
+
+def _picker_script():
+    import streamlit as st
+
+    from metacog import ui
+
+    st.markdown("current: " + ui.workspace_picker().root.name)
+
+
+def test_ws_query_param_wins_over_the_session(env):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_function(_picker_script, default_timeout=60)
+    at.query_params["ws"] = "tiny"
+    at.run()
+    _no_exception(at)
+    assert at.markdown[0].value == "current: tiny"
+    at.run()  # the session keeps its choice
+    assert at.markdown[0].value == "current: tiny"
+    at.query_params["ws"] = "tiny-rich"  # then the user follows a link to another workspace
+    at.run()
+    _no_exception(at)
+    assert at.markdown[0].value == "current: tiny-rich"
+    assert Path(at.selectbox(key="_ws_select").value).name == "tiny-rich"
