@@ -33,11 +33,11 @@ def run_for(ctx, fs: FinetuneSettings, name: str) -> Run:
                 from ..finetune.runner import resume
 
                 resume(ctx.ws, run.id, background=False, lm=ctx.lm(), threads=ctx.threads,
-                       progress=lambda u, t, m: ctx.tick(u, t, f"{name}: training, {m}"))
+                       progress=lambda u, t, m: ctx.tick(u, t, f"{name}: training (LoRA updates)"))
                 return run
     run = create_run(ctx.ws, fs, name=name, threads=ctx.threads)
     execute(ctx.ws, run.id, lm=ctx.lm(), threads=ctx.threads, should_stop=ctx.should_stop,
-            progress=lambda u, t, m: ctx.tick(u, t, f"{name}: training, {m}"))
+            progress=lambda u, t, m: ctx.tick(u, t, f"{name}: training (LoRA updates)"))
     return run
 
 
