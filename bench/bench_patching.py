@@ -122,6 +122,10 @@ def main() -> None:
     t_noskip = time.perf_counter() - t
     print(f"confidence slot, {len(vs)} variants: blocks above each patch {t_blocks:.1f} s + LM head / trie scoring {t_head:.1f} s; "
           f"the same without starting at the patched block (model's own forward): {t_noskip:.1f} s")
+    head_bound = (t_ref / cells) / (t_head / len(vs))
+    print(f"LM head alone (the {get_trie(lm.tokenizer).n_nodes + 1} readout rows x the {lm.tokenizer.vocab_size}-token vocabulary, "
+          f"needed by every cell for the exact 0-100 distribution): {t_head / len(vs):.2f} s per cell -> even with every block "
+          f"forward free, the ratio could not exceed {head_bound:.1f}x")
 
     # ---------------------------------------------------------------- cost model (FLOP-proportional units)
     T = pair.target.T
@@ -145,7 +149,7 @@ def main() -> None:
     if a.json:
         Path(a.json).write_text(json.dumps(dict(
             threads=torch.get_num_threads(), cells=cells, t_fast=t_fast, t_ref=t_ref, ratio=t_ref / t_fast, ref_cells_timed=n_ref,
-            max_dp=max(diffs_p), max_de=max(diffs_e), answers_equal=same_ans, t_blocks=t_blocks, t_head=t_head, t_noskip=t_noskip,
+            max_dp=max(diffs_p), max_de=max(diffs_e), answers_equal=same_ans, t_blocks=t_blocks, t_head=t_head, t_noskip=t_noskip, head_bound=head_bound,
             bound=ref_units / fast_units, hours_100_pairs=100 * per_pair / 3600, load=os.getloadavg()[0]), indent=1))
 
 

@@ -291,11 +291,14 @@ with ui.guard("the patching results"):
         st.warning("Every pair's source and target readouts are closer than the threshold: there is no normalised shift. "
                    "Look at the raw shift, or choose pairs further apart (e.g. high → low).")
 
-    fig = PP.gradient_lines(st_tab, grads, component=comp, model=model, n_pairs=n_pairs_done, value=value)
+    # the title names the model; for model → model also the direction (which adapter into which model)
+    fig_model = model if meta.get("kind") != "model" else f"{model}, {res['direction'].iloc[0]}"
+    fig_split = str(meta.get("split") or "all")
+    fig = PP.gradient_lines(st_tab, grads, component=comp, model=fig_model, n_pairs=n_pairs_done, value=value, split=fig_split)
     ui.show_figure(fig, "pt-gradient", f"{ws.root.name}-{sid}-gradient-{comp}-{value}")
     st.caption("Mean over pairs per layer (random positions: each pair's mean over its K draws); bands: 95% bootstrap CI over pairs. "
                "ρ = Spearman of layer vs the mean; its CI resamples pairs (Fisher-z when there is one pair).")
-    fig = PP.shift_heatmap(st_tab, component=comp, model=model, n_pairs=n_pairs_done, value=value)
+    fig = PP.shift_heatmap(st_tab, component=comp, model=fig_model, n_pairs=n_pairs_done, value=value, split=fig_split)
     ui.show_figure(fig, "pt-heatmap", f"{ws.root.name}-{sid}-heatmap-{comp}-{value}")
     with st.expander("per-layer statistics (mean, median, share > 0, CI, sign test, sign-flip permutation test)"):
         ui.show_table(st_tab[st_tab["component"] == comp].round(4), key="pt-stats", filename=f"{ws.root.name}-{sid}-stats-{value}")
@@ -342,7 +345,7 @@ with ui.guard("the patching results"):
                   caption=f"mean over layers of the {value} shift per position group; links open the item explorer")
     with st.expander("per-pair lines"):
         grp = st.selectbox("position group", PS.groups_of(agg), key="pt-pp-group")
-        ui.show_figure(PP.pair_shifts(res, component=comp, group=grp, model=model, value=value), "pt-pairlines",
+        ui.show_figure(PP.pair_shifts(res, component=comp, group=grp, model=fig_model, value=value, split=fig_split), "pt-pairlines",
                        f"{ws.root.name}-{sid}-pairs-{comp}-{grp}")
     c = st.columns([1, 1, 3])
     d = P.sweep_dir(ws, sid)

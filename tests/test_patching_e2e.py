@@ -1,7 +1,13 @@
 """End to end on the embedded model (SmolLM2-135M-Instruct, float32): a small real workspace,
 an item → item sweep (high-E[v] items into low-E[v] items) written to disk, spot-checked
-against one patched forward per cell. Marked e2e (about two minutes on one CPU thread)."""
+against one patched forward per cell; and, where the repository's cache holds a real
+probe-targeted adapter of this model, a model → model sweep from it that the Patching page
+renders (ρ for the slot and the random positions). Marked e2e (a few minutes on one thread)."""
 from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +25,7 @@ def real_ws(tmp_path_factory, real_lm):
     from metacog.workspace import Workspace
 
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("pt-real") / "ws"
+    root = tmp_path_factory.mktemp("pt-real") / "workspaces" / "ws"  # a cache layout, so the app can open it
     study = StudySettings(dataset="world-facts", limit=10, max_new_tokens=16, confidence_max_new_tokens=6, batch_size=10)
     run_study(root, ModelSettings(dtype="float32", threads=1), study, lm=real_lm, stages=("answers", "activations"))
     return Workspace(root)
@@ -50,3 +56,55 @@ def test_item_to_item_sweep_on_the_embedded_model(real_ws, real_lm):
             np.testing.assert_allclose(np.asarray(row["probs"], dtype=float), ref.probs, rtol=1e-3, atol=2e-5)
             assert abs(row["ev_patched"] - float(P.expected_value(ref.probs[None])[0])) < 1e-2  # float32 rounding, renormalised
             assert bool(row["answer_unchanged"]) == ref.answer_unchanged
+
+
+ROOT = Path(__file__).resolve().parents[1]
+# a real probe-targeted LoRA adapter of the default model (metacog finetune; git-ignored cache)
+REAL_RUN = ROOT / "cache" / "workspaces" / "default-world-facts-n200-s0" / "runs" / "20261123-044006-pilot2-probe"
+
+
+@pytest.mark.skipif(not (REAL_RUN / "adapter" / "adapter_config.json").exists(),
+                    reason="no real fine-tuning run of the default model in cache/ (metacog finetune makes one)")
+def test_real_adapter_into_base_and_the_page_shows_it(real_ws, real_lm, monkeypatch):
+    from metacog import ui
+
+    run = real_ws.path("runs", REAL_RUN.name)
+    if not run.exists():
+        shutil.copytree(REAL_RUN / "adapter", run / "adapter")
+        shutil.copy(REAL_RUN / "settings.json", run / "settings.json")
+    spec = P.PatchSpec(layers=(4, 15, 26), positions=("confidence", "random:1"), seed=0)
+    plan = P.plan_sweep(real_ws, real_lm, REAL_RUN.name, "base", spec, n_pairs=2, split="all")
+    assert plan.pairs[0].kind == "model" and plan.pairs[0].direction == f"run:{REAL_RUN.name}→base"
+    s = P.run_sweep(real_ws, plan)
+    res = P.load_results(real_ws, plan.sweep_id)
+    assert s["complete"] and len(res) == 2 * 3 * 2
+    assert (res["denom"].abs() > 0).all()  # the adapter moves the readout of the same sequence
+    assert (res["target_pos"] == res["source_pos"]).all()
+    # the shared base model was not modified by loading the adapter
+    assert not any("lora" in n for n, _ in real_lm.model.named_modules())
+
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("METACOG_CACHE", str(real_ws.root.parent.parent))
+    ui.set_model_loader(lambda settings: real_lm)
+    try:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+        at.query_params["ws"] = real_ws.root.name
+        at.run()
+        at.switch_page("pages/7_Patching.py")
+        at.run()
+        assert not at.exception, at.exception
+        next(sb for sb in at.selectbox if sb.key == "pt-show").set_value(plan.sweep_id)
+        at.run()
+        assert not at.exception, at.exception
+        metrics = {m.label: m.value for m in at.metric}
+        rho_c = s["gradients"]["resid/confidence"]["normalised"]["rho"]
+        assert metrics["ρ confidence slot"] == ("n/a" if rho_c is None else f"{rho_c:.2f}")  # the summary's ρ, on the page
+        assert "ρ random positions" in metrics and metrics["pairs"] == "2"
+        spec_json = json.loads(at.get("plotly_chart")[0].proto.spec)
+        title = json.dumps(spec_json["layout"]["title"], ensure_ascii=False)
+        assert f"run:{REAL_RUN.name}→base" in title  # the figure names the direction
+        names = [t.get("name", "") for t in spec_json["data"]]
+        assert any(n.startswith("confidence slot") for n in names) and any(n.startswith("random positions") for n in names)
+    finally:
+        ui.set_model_loader(None)
