@@ -149,6 +149,12 @@ def test_bradley_terry_and_elo_recover_a_planted_ranking():
     assert spearmanr(ranking.bradley_terry(n, pairs, p, prior=0.01), theta).correlation > 0.98  # soft outcomes
     el = ranking.elo(n, pairs, hard, k=32)
     assert spearmanr(el, theta).correlation > 0.85
+    # a position bias (the first shown wins more often) is absorbed by the order effect
+    pb = 1 / (1 + np.exp(-(theta[pairs[:, 0]] - theta[pairs[:, 1]] + 1.5)))
+    biased = (rng.random(len(pb)) < pb).astype(float)
+    th_b, beta = ranking.bradley_terry(n, pairs, biased, prior=0.01, return_order=True)
+    assert beta == pytest.approx(1.5, abs=0.25) and spearmanr(th_b, theta).correlation > 0.9
+    assert spearmanr(ranking.elo(n, pairs, biased, k=32), theta).correlation > 0.8
     shuffled = ranking.bradley_terry(n, pairs, rng.permutation(hard), prior=0.01)
     assert abs(spearmanr(shuffled, theta).correlation) < 0.4  # a test that can fail: no signal, no ranking
     s = ranking.to_score(bt)

@@ -4,14 +4,16 @@ Schedule: seeded random permutations of the items, each cut into consecutive pai
 ``n`` comparisons; so every item meets about 2n/N others, and which one is shown first is
 random. Outcomes may be soft (o = P(first wins) in [0, 1]).
 
-Bradley-Terry: P(i beats j) = σ(θ_i − θ_j). θ maximises
-Σ_c [o_c log σ(θ_i − θ_j) + (1 − o_c) log σ(θ_j − θ_i)] − (λ/2) Σ θ² (a Gaussian prior keeps
-items that won or lost every match finite and centres θ at 0). Score = σ(θ): the probability of
-beating an average item.
+Bradley-Terry with an order effect: P(the first shown, i, beats j) = σ(θ_i − θ_j + β), where β
+absorbs a position bias (small models pick "1" most of the time). θ, β maximise
+Σ_c [o_c log σ(θ_i − θ_j + β) + (1 − o_c) log σ(θ_j − θ_i − β)] − (λ/2) Σ θ² (a Gaussian prior
+keeps items that won or lost every match finite and centres θ at 0; β is not penalised).
+Score = σ(θ): the probability of beating an average item in a neutral order.
 
 Elo: ratings start at 0; after each comparison (in schedule order), with expected
-e = σ(r_i − r_j) on the natural-log scale, r_i += K' (o − e), r_j −= K' (o − e), where
-K' = K · ln(10) / 400 is the usual K on the 400-point scale. Score = σ(r).
+e = σ(r_i − r_j + β) on the natural-log scale, β = logit(mean outcome) (the same order effect,
+estimated once), r_i += K' (o − e), r_j −= K' (o − e), where K' = K · ln(10) / 400 is the usual K
+on the 400-point scale. Score = σ(r).
 """
 from __future__ import annotations
 
@@ -40,30 +42,38 @@ def _sig(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def bradley_terry(n_items: int, pairs: np.ndarray, outcome: np.ndarray, prior: float = 0.1) -> np.ndarray:
-    """θ (length n_items) maximising the penalised Bradley-Terry likelihood (module docstring)."""
+def bradley_terry(n_items: int, pairs: np.ndarray, outcome: np.ndarray, prior: float = 0.1,
+                  order_effect: bool = True, return_order: bool = False):
+    """θ (length n_items) maximising the penalised Bradley-Terry likelihood (module docstring);
+    with ``return_order`` also the order effect β (0 when ``order_effect`` is off)."""
     pairs = np.asarray(pairs, dtype=int)
     o = np.asarray(outcome, dtype=float)
     i, j = pairs[:, 0], pairs[:, 1]
 
-    def f(th):
-        d = th[i] - th[j]
+    def f(w):
+        th, b = w[:n_items], (w[n_items] if order_effect else 0.0)
+        d = th[i] - th[j] + b
         nll = np.sum(np.logaddexp(0.0, -d) * o + np.logaddexp(0.0, d) * (1 - o)) + 0.5 * prior * np.sum(th ** 2)
         g_d = _sig(d) - o  # d nll / d d
         g = np.bincount(i, weights=g_d, minlength=n_items) - np.bincount(j, weights=g_d, minlength=n_items) + prior * th
-        return nll, g
+        return nll, (np.append(g, g_d.sum()) if order_effect else g)
 
-    r = minimize(f, np.zeros(n_items), jac=True, method="L-BFGS-B", options={"maxiter": 2000})
-    th = r.x
-    return th - th.mean() if prior == 0 else th
+    r = minimize(f, np.zeros(n_items + int(order_effect)), jac=True, method="L-BFGS-B", options={"maxiter": 5000})
+    th = r.x[:n_items]
+    th = th - th.mean() if prior == 0 else th
+    beta = float(r.x[n_items]) if order_effect else 0.0
+    return (th, beta) if return_order else th
 
 
-def elo(n_items: int, pairs: np.ndarray, outcome: np.ndarray, k: float = 32.0) -> np.ndarray:
+def elo(n_items: int, pairs: np.ndarray, outcome: np.ndarray, k: float = 32.0, order_effect: bool = True) -> np.ndarray:
     """Elo ratings (natural-log scale, start 0) after the comparisons in order."""
     r = np.zeros(n_items)
     kk = k * math.log(10) / 400.0
-    for (a, b), o in zip(np.asarray(pairs, dtype=int), np.asarray(outcome, dtype=float)):
-        e = 1.0 / (1.0 + math.exp(-(r[a] - r[b])))
+    out = np.asarray(outcome, dtype=float)
+    m = float(np.clip(out.mean(), 1e-3, 1 - 1e-3)) if order_effect and out.size else 0.5
+    beta = math.log(m / (1 - m))
+    for (a, b), o in zip(np.asarray(pairs, dtype=int), out):
+        e = 1.0 / (1.0 + math.exp(-(r[a] - r[b] + beta)))
         r[a] += kk * (o - e)
         r[b] -= kk * (o - e)
     return r

@@ -57,22 +57,24 @@ def _compute(kind: str):
         pairs = df[["first", "second"]].to_numpy()
         o = df["p_first"].to_numpy(dtype=float)
         n = len(ctx.pool)
+        beta = None
         if kind == "bt":
-            th = ranking.bradley_terry(n, pairs, o, prior=ctx.settings.bt_prior)
+            th, beta = ranking.bradley_terry(n, pairs, o, prior=ctx.settings.bt_prior, return_order=True)
         else:
             th = ranking.elo(n, pairs, o, k=ctx.settings.elo_k)
         per_item = np.bincount(pairs.ravel(), minlength=n)
         return MethodResult(pd.DataFrame({"row": ctx.pool["row"].to_numpy(), "score": ranking.to_score(th), "theta": th,
                                           "n_matches": per_item}),
                             {"forward_passes": int(len(df)), "comparisons": int(len(df)),
-                             "mean_first_wins": float(o.mean()), "matches_per_item": float(per_item.mean())})
+                             "mean_first_wins": float(o.mean()), "order_effect": beta,
+                             "matches_per_item": float(per_item.mean())})
 
     return compute
 
 
-register(Method(name="relative_bt", label="relative (Bradley-Terry)", family="relative",
+register(Method(name="relative_bt", version=2, label="relative (Bradley-Terry)", family="relative",
                 cost="1 forward per comparison (n_comparisons, shared with Elo)", compute=_compute("bt"),
                 settings=SETTINGS + ("bt_prior",), order=60))
-register(Method(name="relative_elo", label="relative (Elo)", family="relative",
+register(Method(name="relative_elo", version=2, label="relative (Elo)", family="relative",
                 cost="the same comparisons as Bradley-Terry", compute=_compute("elo"),
                 settings=SETTINGS + ("elo_k",), order=61))
