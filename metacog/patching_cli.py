@@ -80,6 +80,28 @@ def print_summary(s: dict) -> None:
         print(f"  {k}: {v}")
 
 
+def _stop_on_signals():
+    """Ctrl-C and ``kill`` (SIGTERM) stop a sweep the same way: the finished rows are written
+    and summarised (``complete: false``) before the process ends. SIGINT is re-armed too: a
+    job started in the background by a shell inherits it ignored. Returns the restorer."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    prev = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore():
+        for sig, h in prev.items():
+            signal.signal(sig, h)
+
+    return restore
+
+
 def cmd_patch(args) -> int:
     from . import patching as P
     from .models import load_model
@@ -119,6 +141,7 @@ def cmd_patch(args) -> int:
           f"{len(spec.components)} component(s) x {len(spec.layer_list(lm.n_layers, spec.components[0]))} layers each; "
           f"sweep {plan.sweep_id}", file=sys.stderr)
     prog = TqdmProgress(disable=args.quiet)
+    restore = _stop_on_signals()
     try:
         summary = P.run_sweep(ws, plan, progress=prog, method=args.method, max_batch=args.batch)
     except (KeyboardInterrupt, Stopped):
@@ -126,6 +149,7 @@ def cmd_patch(args) -> int:
         print(f"metacog: stopped; the finished rows are in {P.sweep_dir(ws, plan.sweep_id)} and a re-run resumes", file=sys.stderr)
         return 130
     finally:
+        restore()
         prog.close()
     if args.json:
         print(json.dumps(summary, indent=2, default=str))

@@ -429,6 +429,40 @@ def test_interrupted_sweep_keeps_finished_rows(tiny_ws, monkeypatch):
     assert P.run_sweep(ws, plan)["complete"] and len(P.load_results(ws, plan.sweep_id)) == 2 * 3 * 2
 
 
+def test_cli_sweep_killed_with_sigterm_keeps_finished_rows(tiny_ws, monkeypatch, capsys):
+    """`kill PID` of a running `metacog patch`: the finished units stay, the summary says
+    incomplete, the exit code is 130, and the same command resumes to the full table."""
+    import os
+    import signal
+
+    from metacog.cli import main
+
+    ws, lm = tiny_ws
+    argv = ["patch", "--workspace", str(ws.root), "--source", "high", "--target", "low", "--by", "ev", "--pairs", "2",
+            "--layers", "1,3", "--positions", "confidence,random:1", "--seed", "7", "--quiet", "--threads", "1"]
+    real = P.patch_position
+    n = {"k": 0}
+
+    def killed(*a, **k):
+        n["k"] += 1
+        if n["k"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered to this (main) thread: the handler stops the sweep
+        return real(*a, **k)
+
+    monkeypatch.setattr(P, "patch_position", killed)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(argv) == 130
+    assert signal.getsignal(signal.SIGTERM) is before  # the CLI put the old handler back
+    assert "stopped" in capsys.readouterr().err
+    sid = P.list_sweeps(ws)[0]["sweep_id"]
+    summ = ws.read_json(f"patching/{sid}/patching.json")
+    kept = P.load_results(ws, sid)
+    assert not summ["complete"] and 0 < len(kept) < 2 * 2 * 2 and summ["n_rows"] == len(kept)
+    monkeypatch.setattr(P, "patch_position", real)
+    assert main(argv) == 0
+    assert len(P.load_results(ws, sid)) == 2 * 2 * 2
+
+
 def test_cli_patch(tiny_ws, capsys):
     from metacog.cli import main
 
