@@ -17,6 +17,7 @@ from . import ranking
 from .registry import Method, MethodResult, register
 
 COMPARISONS = "methods/relative/comparisons.parquet"
+COMPARISONS_META = "methods/relative/comparisons.json"  # key, seconds spent computing them (this run or the resumed ones)
 SETTINGS = ("n_comparisons", "seed", "batch_size")
 
 
@@ -30,6 +31,9 @@ def comparisons(ctx) -> pd.DataFrame:
         old = pd.read_parquet(p)
         if len(old) and old["key"].iloc[0] == key:
             return old
+    import time
+
+    t0 = time.time()
     lm = ctx.lm()
     pairs = ranking.schedule(len(pool), ctx.settings.n_comparisons, ctx.settings.seed)
     q, a = pool["question"].tolist(), [str(x or "") for x in pool["answer"]]
@@ -44,6 +48,7 @@ def comparisons(ctx) -> pd.DataFrame:
     df["row_second"] = pool["row"].to_numpy()[df["second"]]
     df["key"] = key
     ctx.ws.write_parquet(COMPARISONS, df)
+    ctx.ws.write_json(COMPARISONS_META, {"key": key, "seconds": round(time.time() - t0, 2), "n": int(len(df))})
     import shutil
 
     for d in ctx.ws.path("methods", "relative").glob("parts-*"):
@@ -67,6 +72,8 @@ def _compute(kind: str):
                                           "n_matches": per_item}),
                             {"forward_passes": int(len(df)), "comparisons": int(len(df)),
                              "mean_first_wins": float(o.mean()), "order_effect": beta,
+                             # the comparisons' compute time is accounted to Bradley-Terry (Elo reuses them)
+                             "extra_seconds": (ctx.ws.read_json(COMPARISONS_META) or {}).get("seconds") if kind == "bt" else None,
                              "matches_per_item": float(per_item.mean())})
 
     return compute

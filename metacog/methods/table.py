@@ -65,6 +65,13 @@ def _metrics(df: pd.DataFrame, n_bins: int, n_boot: int, seed: int) -> dict:
                 aurc=r["aurc"], ceiling_rate=float(np.mean(s[ok] >= 0.95)) if ok.any() else np.nan)
 
 
+def _seconds(md: dict):
+    """A method's compute time, plus shared work it accounts for (``info.extra_seconds``)."""
+    s = md.get("seconds")
+    extra = (md.get("info") or {}).get("extra_seconds")
+    return None if s is None else float(s) + float(extra or 0.0)
+
+
 def methods_table(ws: Workspace, names=None, posthoc_kinds=KINDS, n_bins: int = 10, n_boot: int = 1000,
                   seed: int = 0) -> pd.DataFrame:
     rows = []
@@ -80,7 +87,7 @@ def methods_table(ws: Workspace, names=None, posthoc_kinds=KINDS, n_bins: int = 
         for vname, df in variants(ws, n, posthoc_kinds, failed).items():
             m = _metrics(df, n_bins, n_boot, seed)
             rows.append(dict(method=vname, base=n, label=md.get("label", n), calibration=vname.split("+")[1] if "+" in vname else "none",
-                             family=md.get("family", ""), **m, cost=md.get("cost", ""), seconds=md.get("seconds"),
+                             family=md.get("family", ""), **m, cost=md.get("cost", ""), seconds=_seconds(md),
                              forward_passes=str(info.get("forward_passes", "")), train_updates=info.get("train_updates"), note=""))
         for vname, why in failed.items():
             rows.append(dict(method=vname, base=n, label=md.get("label", n), calibration=vname.split("+")[1], family=md.get("family", ""),
