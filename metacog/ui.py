@@ -29,11 +29,8 @@ import importlib
 import importlib.util
 import json
 import os
-import threading
 import time
 import traceback
-import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 from urllib.parse import quote
@@ -43,6 +40,7 @@ import pandas as pd
 import streamlit as st
 
 from . import metrics
+from .jobs import Job, JobKind
 from .settings import MODES, POSITIONS, ModelSettings, StudySettings, from_dict, to_dict
 from .workspace import cache_dir  # $METACOG_CACHE, read at each call
 from .workspace import Workspace, WorkspaceError
@@ -133,102 +131,48 @@ def get_lm(model: ModelSettings):
         return _load_cached(json.dumps(to_dict(model), sort_keys=True), lid)
 
 
-# =========================================================================== background study runs
-@dataclass
-class StudyJob:
-    root: Path
-    model: ModelSettings
-    study: StudySettings
-    stages: tuple[str, ...]
-    id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
-    status: str = "running"  # running | done | stopped | error
-    message: str = "starting"
-    done: int = 0
-    total: int = 0
-    started: float = field(default_factory=time.time)
-    ended: float | None = None
-    error: str = ""
-    tb: str = ""
-    summary: dict | None = None
-    stop_event: threading.Event = field(default_factory=threading.Event)
-    thread: threading.Thread | None = None
+# =========================================================================== background jobs
+class StudyJob(Job):
+    """The study running in the background for one workspace (see :mod:`metacog.jobs`)."""
 
-    @property
-    def running(self) -> bool:
-        return self.status == "running"
-
-    def progress(self, done: int, total: int, message: str = "") -> None:
-        self.done, self.total, self.message = int(done), int(total), message or self.message
-
-    def should_stop(self) -> bool:
-        return self.stop_event.is_set()
-
-    def request_stop(self) -> None:
-        self.stop_event.set()
-
-    @property
-    def fraction(self) -> float:
-        return min(1.0, self.done / self.total) if self.total else 0.0
-
-    @property
-    def elapsed(self) -> float:
-        return (self.ended or time.time()) - self.started
-
-    def _run(self, lm) -> None:
-        from .runtime import Stopped
+    def __init__(self, root: Path, model: ModelSettings, study: StudySettings, stages: tuple[str, ...], lm):
         from .study import run_study
 
-        try:
-            self.summary = run_study(self.root, self.model, self.study, progress=self.progress,
-                                     should_stop=self.should_stop, stages=self.stages, lm=lm)
-            self.status = "done"
-        except Stopped as e:
-            self.status, self.error = "stopped", str(e)
-        except Exception as e:  # shown to the user, with the traceback folded away
-            self.status, self.error, self.tb = "error", f"{type(e).__name__}: {e}", traceback.format_exc()
-        finally:
-            self.ended = time.time()
+        self.root, self.model, self.study, self.stages = Path(root), model, study, tuple(stages)
+        super().__init__("study", str(root), lambda progress, should_stop: run_study(
+            self.root, model, study, progress=progress, should_stop=should_stop, stages=self.stages, lm=lm),
+            label=f"study on {Path(root).name}")
+
+    @property
+    def summary(self) -> dict | None:
+        return self.result
 
 
-_JOBS: dict[str, StudyJob] = {}
-_JOBS_LOCK = threading.Lock()
+STUDIES = JobKind("study", "a study")
 
 
 def start_study(root: Path, model: ModelSettings, study: StudySettings, lm, stages: tuple[str, ...] | None = None) -> StudyJob:
     """Run (or resume) the study in ``root`` in a background thread; refuses a second run."""
     root = Path(root).resolve()
-    with _JOBS_LOCK:
-        busy = running_job()
-        if busy is not None:
-            raise WorkspaceError(f"a study is already running in this app ({busy.root.name}); wait for it or stop it first")
-        job = StudyJob(root=root, model=model, study=study, stages=tuple(stages or default_stages()))
-        job.thread = threading.Thread(target=job._run, args=(lm,), name=f"metacog-study-{job.id}", daemon=True)
-        _JOBS[str(root)] = job
-        job.thread.start()
-    return job
+    return STUDIES.start(root, StudyJob(root, model, study, tuple(stages or default_stages()), lm))
 
 
 def get_job(root: Path) -> StudyJob | None:
-    return _JOBS.get(str(Path(root).resolve()))
+    return STUDIES.get(root)
 
 
 def running_job() -> StudyJob | None:
-    return next((j for j in _JOBS.values() if j.running), None)
+    return STUDIES.running()
 
 
 def wait_job(root: Path, timeout: float = 120.0) -> StudyJob | None:
     """Block until the job of ``root`` ends (tests, scripts)."""
     job = get_job(root)
-    if job is not None and job.thread is not None:
-        job.thread.join(timeout)
-    return job
+    return job.join(timeout) if job is not None else None
 
 
 def clear_job(root: Path) -> None:
-    with _JOBS_LOCK:
-        job = _JOBS.get(str(Path(root).resolve()))
-        if job is not None and not job.running:
-            del _JOBS[str(Path(root).resolve())]
+    STUDIES.clear(root)
 
 
 def busy_elsewhere(ws: Workspace) -> str | None:
@@ -247,6 +191,42 @@ def _fmt_secs(s: float) -> str:
     return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
 
 
+def job_outcome(job: Job, done_text: str, what: str, resume_hint: str) -> None:
+    """How a finished job ended: success text, stopped (work kept), or the error + traceback."""
+    if job.status == "done":
+        st.success(done_text)
+    elif job.status == "stopped":
+        st.warning(f"{what} stopped after {_fmt_secs(job.elapsed)} at '{job.message}' ({job.done}/{job.total}). "
+                   f"Finished work is saved; {resume_hint}")
+    elif job.status == "error":
+        st.error(f"{what} failed: {job.error}")
+        with st.expander("details (traceback)"):
+            st.code(job.tb or job.error)
+
+
+def job_progress(kind: JobKind, job: Job, where: str = "main", stop_help: str = "") -> None:
+    """Live progress bar + Stop button of a running job (redraws every second; the page reruns
+    when the job ends or its message changes, so finished artifacts appear)."""
+    _live_progress(kind.kind, job.id, where, stop_help)
+
+
+_KINDS: dict[str, JobKind] = {}
+
+
+def register_kind(kind: JobKind) -> JobKind:
+    """Make a kind of job known to the progress fragments and the sidebar (idempotent)."""
+    return _KINDS.setdefault(kind.kind, kind)
+
+
+def job_kind(kind: str, what: str) -> JobKind:
+    """The process-wide registry of one kind of background job (created on first use; pages
+    re-execute on every rerun, so they fetch it here rather than create it)."""
+    return _KINDS.get(kind) or register_kind(JobKind(kind, what))
+
+
+register_kind(STUDIES)
+
+
 def job_panel(ws: Workspace, where: str = "main") -> StudyJob | None:
     """Progress + Stop for a study running in this process on ``ws``; its outcome when it ended.
     Also says when another process is running a study on it."""
@@ -260,29 +240,19 @@ def job_panel(ws: Workspace, where: str = "main") -> StudyJob | None:
                 st.rerun()
         return None
     if job.running:
-        _live_progress(job.id, where)
-    elif job.status == "done":
+        job_progress(STUDIES, job, where, "stop after the current batch; finished work is kept and a re-run resumes")
+    else:
         s = job.summary or {}
         acc = s.get("accuracy")
-        st.success(f"Study finished in {_fmt_secs(job.elapsed)}: {s.get('n_items', '?')} items"
-                   + (f", accuracy {acc:.1%}" if isinstance(acc, float) else "") + f" (stages: {', '.join(job.stages)}).")
-    elif job.status == "stopped":
-        st.warning(f"Stopped after {_fmt_secs(job.elapsed)} at '{job.message}' ({job.done}/{job.total}). "
-                   "Finished work is saved; Run study again resumes from it.")
-    else:
-        st.error(f"The study failed: {job.error}")
-        with st.expander("details (traceback)"):
-            st.code(job.tb or job.error)
+        job_outcome(job, f"Study finished in {_fmt_secs(job.elapsed)}: {s.get('n_items', '?')} items"
+                    + (f", accuracy {acc:.1%}" if isinstance(acc, float) else "") + f" (stages: {', '.join(job.stages)}).",
+                    "The study", "Run study again resumes from it.")
     return job
 
 
-def _find_job(job_id: str) -> StudyJob | None:
-    return next((j for j in _JOBS.values() if j.id == job_id), None)
-
-
 @st.fragment(run_every=1.0)
-def _live_progress(job_id: str, where: str) -> None:
-    job = _find_job(job_id)
+def _live_progress(kind: str, job_id: str, where: str, stop_help: str = "") -> None:
+    job = _KINDS[kind].find(job_id)
     if job is None:
         return
     if not job.running:
@@ -293,12 +263,12 @@ def _live_progress(job_id: str, where: str) -> None:
     if seen is not None and seen != job.message:
         st.rerun()  # a stage finished: redraw the page so its artifacts show
     label = f"{job.message}: {job.done}/{job.total}" if job.total else job.message
-    st.progress(job.fraction, text=f"Running study on {job.root.name} — {label} · {_fmt_secs(job.elapsed)}")
+    st.progress(job.fraction, text=f"Running {job.label} — {label} · {_fmt_secs(job.elapsed)}")
     if job.stop_event.is_set():
-        st.caption("Stopping after the current batch…")
-    elif st.button("Stop", key=f"stop-{job.id}-{where}", help="stop after the current batch; finished work is kept and a re-run resumes"):
+        st.caption("Stopping after the current unit of work…")
+    elif st.button("Stop", key=f"stop-{job.id}-{where}", help=stop_help or "stop after the current unit; finished work is kept"):
         job.request_stop()
-        st.caption("Stopping after the current batch…")
+        st.caption("Stopping after the current unit of work…")
 
 
 def run_button(ws: Workspace, label: str = "Run study", key: str = "run", model: ModelSettings | None = None,
@@ -401,19 +371,20 @@ def select_workspace(root: Path) -> None:
 
 
 def sidebar_status() -> None:
-    """Compact line in the sidebar while a study runs in this process."""
-    job = running_job()
-    if job is not None:
-        with st.sidebar:
-            _sidebar_progress(job.id)
+    """Compact line in the sidebar for each job (study, sweep, methods…) running in this process."""
+    for kind in list(_KINDS.values()):
+        job = kind.running()
+        if job is not None:
+            with st.sidebar:
+                _sidebar_progress(kind.kind, job.id)
 
 
 @st.fragment(run_every=2.0)
-def _sidebar_progress(job_id: str) -> None:
-    job = _find_job(job_id)
+def _sidebar_progress(kind: str, job_id: str) -> None:
+    job = _KINDS[kind].find(job_id)
     if job is None or not job.running:
         return
-    st.progress(job.fraction, text=f"{job.root.name}: {job.message}")
+    st.progress(job.fraction, text=f"{job.label}: {job.message}")
 
 
 # =========================================================================== artifact state

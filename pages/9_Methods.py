@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from metacog import ui
+from metacog.jobs import Job
 from metacog.methods import POSTHOC_KINDS, MethodSettings, all_methods, eval_scores, methods_table, run_methods, stored_methods
 from metacog.methods import plots as mplots
 
@@ -44,21 +45,36 @@ with ui.guard("the methods"):
         comps = c[2].number_input("comparisons", 10, 100000, 2000, 10, key=f"mt-c-{k}")
         upd = c[3].number_input("tuning updates", 1, 10000, 24, key=f"mt-u-{k}")
         lim = c[4].number_input("eval limit (0 = all)", 0, 100000, 0, key=f"mt-l-{k}")
-        if st.button("Run", key=f"mt-run-{k}", disabled=not pick, type="primary"):
+        jobs = ui.job_kind("methods", "a methods run")
+        job = jobs.get(ws.root)
+        running = jobs.running() is not None
+        if st.button("Run", key=f"mt-run-{k}", disabled=not pick or running, type="primary",
+                     help="runs in the background; Stop keeps the finished chunks and a re-run resumes"):
             s = MethodSettings(k_samples=int(kk), temperature=float(temp), n_comparisons=int(comps), tune_updates=int(upd),
                                eval_limit=int(lim) or None, calibration_limit=int(lim) or None)
-            bar = st.progress(0.0, text="starting")
             m_, _ = ws.settings()
-
-            def prog(done, total, msg):
-                bar.progress(min(1.0, done / max(total, 1)), text=f"{msg}: {done}/{total}")
-
-            status = run_methods(ws, pick, s, loader=lambda: ui.get_lm(m_), progress=prog, threads=1)
-            bar.progress(1.0, text="done")
-            bad = {n: v for n, v in status.items() if v.startswith("failed")}
+            lm = ui.get_lm(m_)  # loaded once per process, in this (script) thread
+            try:
+                jobs.start(ws.root, Job("methods", str(ws.root), lambda progress, should_stop: run_methods(
+                    ws, list(pick), s, lm=lm, progress=progress, should_stop=should_stop, threads=1),
+                    label=f"methods on {ws.root.name}"))
+            except Exception as e:
+                st.error(f"Could not start the methods: {type(e).__name__}: {e}")
+            else:
+                st.rerun()
+        if job is not None and job.running:
+            ui.job_progress(jobs, job, "methods", "stop after the current chunk; finished chunks are kept and a re-run resumes")
+        elif job is not None:
+            status = job.result or {}
+            bad = {n: v for n, v in status.items() if str(v).startswith("failed")}
+            ui.job_outcome(job, f"Methods finished in {int(job.elapsed)} s: "
+                           + ", ".join(f"{n} {v}" for n, v in status.items()), "The methods run",
+                           "Run again resumes from the finished chunks.")
             if bad:
                 st.error("; ".join(f"{n}: {v}" for n, v in bad.items()))
-            st.cache_data.clear()
+            if st.session_state.get(f"_mt_seen_{job.id}") is None:
+                st.session_state[f"_mt_seen_{job.id}"] = True
+                st.cache_data.clear()  # new results: recompute the table
 
     if not stored_methods(ws):
         st.info(f"No method results yet. Compute them above, or run `metacog methods --workspace {ws.root} --methods all`.")

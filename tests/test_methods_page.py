@@ -28,6 +28,7 @@ def cache(tmp_path_factory):
     run_methods(ws, "verbal_inline,ev_inline,probe,p_true,self_consistency,relative_bt",
                 MethodSettings(k_samples=2, n_comparisons=30, batch_size=8), lm=lm, on_error="raise")
     build_workspace(cache / "workspaces" / "empty", lm, n=30)
+    _both_classes_in_calibration(build_workspace(cache / "workspaces" / "bg", lm, n=30))
     return cache
 
 
@@ -88,3 +89,19 @@ def test_methods_page_shows_table_and_figures(monkeypatch, cache):
 def test_methods_page_without_results(monkeypatch, cache):
     at = _open(monkeypatch, cache, "empty")
     assert any("No method results yet" in i.value for i in at.info)
+
+
+def test_methods_page_runs_methods_in_the_background(monkeypatch, cache):
+    from metacog import ui
+
+    at = _open(monkeypatch, cache, "bg")
+    assert any("No method results yet" in i.value for i in at.info)
+    at.multiselect(key="mt-pick-bg").set_value(["verbal_inline", "ev_inline"])
+    at.button(key="mt-run-bg").click().run()
+    job = ui.job_kind("methods", "a methods run").get(cache / "workspaces" / "bg")
+    assert job is not None and job.join(120).status == "done", job.error
+    assert job.result == {"verbal_inline": "computed", "ev_inline": "computed"}
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("Methods finished" in s.value for s in at.success)
+    assert {"verbal_inline", "ev_inline"} == set(at.dataframe[0].value["method"])
