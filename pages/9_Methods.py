@@ -30,6 +30,17 @@ def _stamp() -> tuple:
     return tuple(sorted((p.name, p.stat().st_mtime) for p in d.glob("*/meta.json"))) if d.exists() else ()
 
 
+def _probe_runs() -> list[str]:
+    from metacog.finetune.runs import list_runs
+
+    reg = list_runs(ws)
+    if not len(reg):
+        return []
+    ok = reg[(reg["status"] == "done") & (reg["targets"] == "probe") & (reg["format"] == "inline")] \
+        if {"status", "targets", "format"} <= set(reg.columns) else reg.iloc[:0]
+    return [r for r in ok["run"] if ws.path("runs", r, "adapter", "adapter_config.json").exists()]
+
+
 k = ws.root.name
 with ui.guard("the methods"):
     model = ui.model_name(ws)
@@ -45,13 +56,18 @@ with ui.guard("the methods"):
         comps = c[2].number_input("comparisons", 10, 100000, 2000, 10, key=f"mt-c-{k}")
         upd = c[3].number_input("tuning updates", 1, 10000, 24, key=f"mt-u-{k}")
         lim = c[4].number_input("eval limit (0 = all)", 0, 100000, 0, key=f"mt-l-{k}")
+        probe_runs = _probe_runs()
+        prun = st.selectbox("probe-targeted: run to score", ["(train a short one with the tuning budget)", *probe_runs],
+                            key=f"mt-prun-{k}", help="a finished probe-targeted inline run of this workspace (Fine-tune page), "
+                                                     "or a short run with the same budget as the other training methods")
+        prun = None if prun not in probe_runs else prun
         jobs = ui.job_kind("methods", "a methods run")
         job = jobs.get(ws.root)
         running = jobs.running() is not None
         if st.button("Run", key=f"mt-run-{k}", disabled=not pick or running, type="primary",
                      help="runs in the background; Stop keeps the finished chunks and a re-run resumes"):
             s = MethodSettings(k_samples=int(kk), temperature=float(temp), n_comparisons=int(comps), tune_updates=int(upd),
-                               eval_limit=int(lim) or None, calibration_limit=int(lim) or None)
+                               eval_limit=int(lim) or None, calibration_limit=int(lim) or None, probe_run=prun)
             m_, _ = ws.settings()
             lm = ui.get_lm(m_)  # loaded once per process, in this (script) thread
             try:

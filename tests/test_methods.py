@@ -223,7 +223,7 @@ def test_absurd_method_settings_are_refused():
     from metacog.methods import MethodSettings, MethodSettingsError, resolve
 
     for kw in (dict(k_samples=0), dict(temperature=0), dict(n_comparisons=0), dict(eval_limit=1), dict(tune_lr=2.0),
-               dict(brier_format="x")):
+               dict(brier_format="x"), dict(probe_run="")):
         with pytest.raises(MethodSettingsError):
             MethodSettings(**kw)
     with pytest.raises(ValueError, match="unknown method"):
@@ -281,7 +281,7 @@ def test_every_method_scores_every_pool_item_in_unit_interval(tiny_ws):
         sc = load_scores(ws, n)
         assert sc["row"].tolist() == pool["row"].tolist(), n
         v = sc["score"].to_numpy(float)
-        if not n.startswith("verbal"):
+        if not n.startswith("verbal") and n != "probe_targeted":  # parsed text may be missing
             assert not np.isnan(v).any(), n
         v = v[~np.isnan(v)]
         assert ((v >= 0) & (v <= 1)).all(), n
@@ -300,7 +300,7 @@ def test_every_method_scores_every_pool_item_in_unit_interval(tiny_ws):
     from metacog.finetune.targets import read_targets
 
     reg = list_runs(ws)
-    assert len(reg) == 2
+    assert len(reg) == 3  # calibration-tuning, probe-targeted, Brier tuning
     for r in reg["run"]:
         tg = read_targets(ws.path("runs", r, "targets.jsonl"))
         assert set(tg["split"]) == {"train"} and not tg["id"].isin(pool["id"]).any()
@@ -373,3 +373,25 @@ def test_methods_on_the_default_model(real_lm, tmp_path):
     for n in st:
         v = load_scores(ws, n)["score"].to_numpy(float)
         assert len(v) == 12 and ((v[~np.isnan(v)] >= 0) & (v[~np.isnan(v)] <= 1)).all()
+
+
+def test_probe_targeted_uses_a_given_run_and_refuses_other_kinds(tiny_ws):
+    from metacog.finetune.runs import list_runs
+    from metacog.methods import MethodSettings, load_scores, meta, run_methods
+
+    ws, lm = tiny_ws
+    reg = list_runs(ws)
+    if not len(reg):  # this test alone: make the short runs first
+        run_methods(ws, "probe_targeted,calibration_tuning", MethodSettings(**SMALL), lm=lm, on_error="raise")
+        reg = list_runs(ws)
+    by_name = {r: ws.path("runs", r) for r in reg["run"]}
+    probe = next(r for r in by_name if "probe-targeted" in r)
+    other = next(r for r in by_name if "calibration-tuning" in r)
+    n_before = len(reg)
+    st = run_methods(ws, "probe_targeted", MethodSettings(**SMALL, probe_run=probe), lm=lm, on_error="raise")
+    assert st["probe_targeted"] in ("computed", "fresh")
+    assert meta(ws, "probe_targeted")["info"]["run"] == probe and len(list_runs(ws)) == n_before  # no new run
+    sc = load_scores(ws, "probe_targeted")
+    assert {"verbal", "text"} <= set(sc.columns)
+    with pytest.raises(Exception, match="not a probe-targeted inline run"):
+        run_methods(ws, "probe_targeted", MethodSettings(**SMALL, probe_run=other), lm=lm, on_error="raise")

@@ -29,6 +29,7 @@ class MethodSettings:
     tune_rank: int = 8
     tune_lr: float = 1e-4
     tune_batch_size: int = 4
+    probe_run: str | None = None  # probe-targeted: use this finished run of the workspace (None = train a short one)
     brier_format: str = "inline"  # where Brier tuning reads the 0-100 distribution: inline | two-pass
     # post-hoc calibration and metrics
     ece_bins: int = 10
@@ -58,6 +59,8 @@ class MethodSettings:
             bad(f"tune_rank must be a positive integer, not {self.tune_rank!r}")
         if not (0 < self.tune_lr < 1):
             bad(f"tune_lr must be in (0, 1), not {self.tune_lr!r}")
+        if self.probe_run is not None and (not isinstance(self.probe_run, str) or not self.probe_run.strip()):
+            bad(f"probe_run must be a run id of the workspace, not {self.probe_run!r}")
         if self.brier_format not in ("inline", "two-pass"):
             bad(f"brier_format must be inline or two-pass, not {self.brier_format!r}")
         if not isinstance(self.ece_bins, int) or self.ece_bins < 1:
