@@ -127,6 +127,7 @@ def _print_record(rec, t) -> None:
         cols = ["run", "workspace", "targets", "lr", "seed", "action", "status", "seconds", "auroc_base", "auroc_ft", "ece_base", "ece_ft"]
         print(f"sweep {rec['id']}: {rec['status']}  ({rec.get('executor')}, {rec.get('workers')} worker(s) x {rec.get('threads')} "
               f"thread(s){', ' + str(rec.get('seconds')) + ' s' if rec.get('seconds') is not None else ''})")
+        t = t.assign(lr=t["lr"].map(lambda v: f"{v:g}")) if "lr" in t else t
         print(t[[c for c in cols if c in t]].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         ft = t[t["status"] == "done"]
         for c in ("auroc_ft", "ece_ft"):
