@@ -68,6 +68,7 @@ import torch
 
 from . import confidence as conf
 from .confidence import Readout, body_and_head, expected_value, get_trie, left_pad, read_values, score_trie
+from .jobs import Job, JobKind
 from .models import decoder_layers
 
 COMPONENTS = ("resid", "attn", "mlp")
@@ -1498,87 +1499,35 @@ def _spec_dict(spec: PatchSpec) -> dict:
 # =======================================================================================
 # background sweeps (the app): one at a time per process, progress + cooperative stop
 # =======================================================================================
-class SweepJob:
-    """A sweep running in a background thread; ``progress``/``should_stop`` feed run_sweep."""
+class SweepJob(Job):
+    """A sweep running in a background thread (see :mod:`metacog.jobs`); ``summary`` is run_sweep's."""
 
     def __init__(self, ws, plan: SweepPlan, method: str = "fast", max_batch: int = 32):
-        import uuid
-
         self.ws, self.plan, self.method, self.max_batch = ws, plan, method, max_batch
-        self.id = uuid.uuid4().hex[:8]
         self.sweep_id = sweep_id_for(plan, method)
-        self.status = "running"  # running | done | stopped | error
-        self.message, self.done, self.total = "starting", 0, plan.n_units()
-        self.started, self.ended = time.time(), None
-        self.error, self.tb, self.summary = "", "", None
-        self.stop_event = threading.Event()
-        self.thread: threading.Thread | None = None
+        super().__init__("patching", str(ws.root), lambda progress, should_stop: run_sweep(
+            ws, plan, progress, should_stop, method, max_batch), label=f"patching sweep {self.sweep_id}")
+        self.total = plan.n_units()
 
     @property
-    def running(self) -> bool:
-        return self.status == "running"
-
-    @property
-    def fraction(self) -> float:
-        return min(1.0, self.done / self.total) if self.total else 0.0
-
-    @property
-    def elapsed(self) -> float:
-        return (self.ended or time.time()) - self.started
-
-    def progress(self, done: int, total: int, message: str = "") -> None:
-        self.done, self.total, self.message = int(done), int(total), message or self.message
-
-    def should_stop(self) -> bool:
-        return self.stop_event.is_set()
-
-    def request_stop(self) -> None:
-        self.stop_event.set()
-
-    def _run(self) -> None:
-        import traceback
-
-        from .runtime import Stopped
-
-        try:
-            self.summary = run_sweep(self.ws, self.plan, self.progress, self.should_stop, self.method, self.max_batch)
-            self.status = "done"
-        except Stopped as e:
-            self.status, self.error = "stopped", str(e)
-        except Exception as e:  # shown to the user with the traceback folded away
-            self.status, self.error, self.tb = "error", f"{type(e).__name__}: {e}", traceback.format_exc()
-        finally:
-            self.ended = time.time()
-
-    def start(self) -> "SweepJob":
-        self.thread = threading.Thread(target=self._run, name=f"metacog-patch-{self.id}", daemon=True)
-        self.thread.start()
-        return self
+    def summary(self):
+        return self.result
 
 
-_JOBS: dict[str, SweepJob] = {}
-_JOBS_LOCK = threading.Lock()
+SWEEP_JOBS = JobKind("patching", "a patching sweep")
 
 
 def start_sweep_job(ws, plan: SweepPlan, method: str = "fast", max_batch: int = 32) -> SweepJob:
     """Start ``plan`` in the background; refuses while another sweep runs in this process."""
-    from .workspace import WorkspaceError
-
-    with _JOBS_LOCK:
-        busy = running_sweep_job()
-        if busy is not None:
-            raise WorkspaceError(f"a patching sweep is already running ({busy.sweep_id} in {busy.ws.root.name}); stop it or wait")
-        job = SweepJob(ws, plan, method, max_batch)
-        _JOBS[str(ws.root)] = job
-        return job.start()
+    return SWEEP_JOBS.start(ws.root, SweepJob(ws, plan, method, max_batch))
 
 
 def get_sweep_job(ws) -> SweepJob | None:
-    return _JOBS.get(str(ws.root))
+    return SWEEP_JOBS.get(ws.root)
 
 
 def running_sweep_job() -> SweepJob | None:
-    return next((j for j in _JOBS.values() if j.running), None)
+    return SWEEP_JOBS.running()
 
 
 def private_model(lm):

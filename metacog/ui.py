@@ -207,6 +207,7 @@ def job_outcome(job: Job, done_text: str, what: str, resume_hint: str) -> None:
 def job_progress(kind: JobKind, job: Job, where: str = "main", stop_help: str = "") -> None:
     """Live progress bar + Stop button of a running job (redraws every second; the page reruns
     when the job ends or its message changes, so finished artifacts appear)."""
+    register_kind(kind)
     _live_progress(kind.kind, job.id, where, stop_help)
 
 

@@ -68,40 +68,17 @@ def _runs_with_adapters() -> list[str]:
 
 
 # ====================================================================== the running sweep
-@st.fragment(run_every=1.0)
-def _live(job_id: str) -> None:
-    job = next((j for j in P._JOBS.values() if j.id == job_id), None)
-    if job is None:
-        return
-    if not job.running:
-        st.rerun()
-    seen = st.session_state.get(f"_pt_done_{job.id}")
-    st.session_state[f"_pt_done_{job.id}"] = job.done
-    st.progress(job.fraction, text=f"Patching sweep {job.sweep_id}: {job.done}/{job.total} (pair, position) units · "
-                                   f"{int(job.elapsed)} s")
-    if seen is not None and seen != job.done:
-        st.caption("Finished units are saved as they complete; the results below update when the sweep ends or stops.")
-    if job.stop_event.is_set():
-        st.caption("Stopping after the current position…")
-    elif st.button("Stop", key=f"pt-stop-{job.id}", help="stop after the current (pair, position); finished rows are kept"):
-        job.request_stop()
-
-
 def job_panel():
     job = P.get_sweep_job(ws)
     if job is None:
         return None
     if job.running:
-        _live(job.id)
-    elif job.status == "done":
-        st.success(f"Sweep {job.sweep_id} finished in {int(job.elapsed)} s.")
-    elif job.status == "stopped":
-        st.warning(f"Sweep {job.sweep_id} stopped after {job.done}/{job.total} units; its finished rows are shown. "
-                   "Running the same sweep again resumes it.")
+        ui.job_progress(P.SWEEP_JOBS, job, "patching", "stop after the current (pair, position); finished rows are kept")
+        st.caption("Finished (pair, position) units are saved as they complete; the results below update when the sweep "
+                   "ends or stops.")
     else:
-        st.error(f"The sweep failed: {job.error}")
-        with st.expander("details (traceback)"):
-            st.code(job.tb or job.error)
+        ui.job_outcome(job, f"Sweep {job.sweep_id} finished in {int(job.elapsed)} s.", f"Sweep {job.sweep_id}",
+                       "its finished rows are shown; running the same sweep again resumes it.")
     return job
 
 
