@@ -116,3 +116,30 @@ def real_lm():
     from metacog.settings import ModelSettings
 
     return load_model(ModelSettings(dtype="float32"))
+
+
+@pytest.fixture(scope="session")
+def real_study(real_lm, tmp_path_factory):
+    """One real-model study (32 world-facts items, every stage, float32, one thread), computed
+    once per test session and shared by the end-to-end tests. Tests that add to a workspace
+    (runs, sweeps, methods) work on a copy: ``copy_workspace(real_study, tmp_path / "w")``."""
+    import torch
+
+    from metacog.settings import ModelSettings, StudySettings
+    from metacog.study import run_study
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("real-study") / "smol"
+    run_study(root, ModelSettings(dtype="float32", threads=1), StudySettings(limit=32, max_new_tokens=16, batch_size=16),
+              lm=real_lm)
+    return root
+
+
+def copy_workspace(src, dst):
+    """A private copy of a workspace directory (its artifacts are small for test-sized studies)."""
+    import shutil
+
+    from metacog.workspace import Workspace
+
+    shutil.copytree(src, dst)
+    return Workspace(dst)

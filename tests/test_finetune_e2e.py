@@ -13,16 +13,11 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory, real_lm):
-    from metacog.settings import ModelSettings, StudySettings
-    from metacog.study import run_study
-    from metacog.workspace import Workspace
+def ws(tmp_path_factory, real_study):
+    from conftest import copy_workspace
 
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("ft-e2e") / "smol"
-    run_study(root, ModelSettings(dtype="float32", threads=1), StudySettings(limit=32, max_new_tokens=16, batch_size=16),
-              lm=real_lm)
-    return Workspace(root)
+    return copy_workspace(real_study, tmp_path_factory.mktemp("ft-e2e") / "smol")
 
 
 def test_real_target_tokens(real_lm):

@@ -352,21 +352,13 @@ def test_methods_cli(tiny_ws, capsys):
 
 
 @pytest.mark.e2e
-def test_methods_on_the_default_model(real_lm, tmp_path):
-    """The embedded model on a copy of a real workspace's items (6 calibration + 6 eval)."""
-    import shutil
+def test_methods_on_the_default_model(real_lm, real_study, tmp_path):
+    """The embedded model on a copy of the shared real study (up to 6 calibration + 6 eval items)."""
+    from conftest import copy_workspace
 
     from metacog.methods import MethodSettings, load_scores, run_methods
-    from metacog.workspace import Workspace, cache_dir
 
-    src = cache_dir() / "workspaces" / "methods-demo"
-    if not (src / "answers.parquet").exists():
-        pytest.skip("cache/workspaces/methods-demo is not there")
-    dst = tmp_path / "w"
-    dst.mkdir()
-    for f in ("workspace.json", "items.parquet", "answers.parquet", "readout.parquet", "model.json", "stages", "probes"):
-        (shutil.copytree if (src / f).is_dir() else shutil.copy)(src / f, dst / f)
-    ws = Workspace(dst)
+    ws = copy_workspace(real_study, tmp_path / "w")
     s = MethodSettings(eval_limit=6, calibration_limit=6, k_samples=2, n_comparisons=12, batch_size=8)
     st = run_methods(ws, "verbal_inline,probe,p_true,self_consistency,relative_bt", s, lm=real_lm, on_error="raise")
     assert set(st.values()) == {"computed"}

@@ -12,19 +12,18 @@ import torch
 pytestmark = pytest.mark.e2e
 
 
-def test_real_sweep_and_report(tmp_path, real_lm):
+def test_real_sweep_and_report(tmp_path, real_study):
     from metacog.compare import item_agreement, load_run, run_metrics, seed_summary
     from metacog.finetune import FinetuneSettings
     from metacog.report import write_report
-    from metacog.settings import ModelSettings, StudySettings
-    from metacog.study import load_items, run_study
+    from metacog.study import load_items
     from metacog.sweeps import SweepSettings, run_sweep
-    from metacog.workspace import Workspace
 
     torch.set_num_threads(1)
+    from conftest import copy_workspace
+
     root = tmp_path / "smol"
-    run_study(root, ModelSettings(dtype="float32", threads=1), StudySettings(limit=32, max_new_tokens=16, batch_size=16), lm=real_lm)
-    ws = Workspace(root)
+    ws = copy_workspace(real_study, root)
     s = SweepSettings(base=FinetuneSettings(epochs=None, max_updates=2, batch_size=4, grad_accum=1), seeds=(42, 123), threads=1)
     rec = run_sweep(root, s, workers=1, quiet=True)
     assert rec["status"] == "done", rec["runs"]
