@@ -275,7 +275,8 @@ with ui.guard("the patching results"):
     ui.show_figure(fig, "pt-gradient", f"{ws.root.name}-{sid}-gradient-{comp}-{value}")
     st.caption("Mean over pairs per layer (random positions: each pair's mean over its K draws); bands: 95% bootstrap CI over pairs. "
                "ρ = Spearman of layer vs the mean; its CI resamples pairs (Fisher-z when there is one pair).")
-    fig = PP.shift_heatmap(st_tab, component=comp, model=fig_model, n_pairs=n_pairs_done, value=value, split=fig_split)
+    fig = PP.shift_heatmap(st_tab, component=comp, model=fig_model, n_pairs=n_pairs_done, value=value, split=fig_split,
+                           what="Shift by layer and position")
     ui.show_figure(fig, "pt-heatmap", f"{ws.root.name}-{sid}-heatmap-{comp}-{value}")
     with st.expander("per-layer statistics (mean, median, share > 0, CI, sign test, sign-flip permutation test)"):
         ui.show_table(st_tab[st_tab["component"] == comp].round(4), key="pt-stats", filename=f"{ws.root.name}-{sid}-stats-{value}")
