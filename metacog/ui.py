@@ -356,7 +356,23 @@ def _on_pick() -> None:
     st.query_params["ws"] = _label(Path(st.session_state["ws_root"]))
 
 
+def _leave_legacy_pages_mode() -> None:
+    """Streamlit serves a request that arrives before ``app.py`` has ever called
+    ``st.navigation`` in this server process (e.g. a deep link to a page as the first request)
+    in its older multipage mode: it runs the page file from ``pages/`` alone, without
+    ``app.py``'s sidebar, workspace picker and ``?ws=``. Switch the process to ``app.py``'s
+    navigation once and rerun, so the link opens as it would later."""
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # pragma: no cover - other Streamlit layouts
+        return
+    if getattr(PagesManager, "uses_pages_directory", False) and "ws_root" not in st.session_state:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def current_workspace() -> Workspace:
+    _leave_legacy_pages_mode()
     root = st.session_state.get("ws_root")
     return Workspace(root) if root else Workspace(default_root())
 

@@ -182,6 +182,23 @@ def browser(served_app):
         b.close()
 
 
+def test_deep_link_as_the_first_request(served_app, browser):
+    """A link to a page (not the root) as the server's very first request still runs app.py:
+    the sidebar's workspace picker is there and shows the linked workspace (Streamlit would
+    otherwise run the page file alone, in its older pages/ mode). Defined first: the first request."""
+    url, _ = served_app
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{url}/Probes?ws=tiny-rich")
+    settle(page)
+    picker = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]')
+    picker.first.wait_for(timeout=60_000)
+    shown = picker.first.text_content() + " " + " ".join(picker.first.locator("input").evaluate_all("els => els.map(e => e.value)"))
+    assert "tiny-rich" in shown, shown
+    assert page.locator('[data-testid="stMain"] h1').filter(has_text="Probes").count() == 1
+    assert page.locator('[data-testid="stException"]').count() == 0
+    page.close()
+
+
 def test_every_page_renders_its_chart(served_app, browser, tmp_path):
     import pandas as pd
 
