@@ -101,8 +101,14 @@ class RunData:
         return f"{self.model} · {ft.get('targets')} · {ft.get('format')} · lr {ft.get('lr'):g} · {ep} · n_train {n}"
 
     @property
+    def short_id(self) -> str:
+        """The run id's time stamp (ids are ``YYYYMMDD-HHMMSS-name``), else its last characters."""
+        parts = self.run.split("-")
+        return parts[1] if len(parts) >= 2 and parts[1].isdigit() else self.run[-6:]
+
+    @property
     def label(self) -> str:
-        return f"{self.finetune.get('targets')} s{self.seed} ({self.run[-6:]})"
+        return f"{self.finetune.get('targets')} s{self.seed} ({self.short_id})"
 
     def values(self, readout: str, side: str = "ft") -> np.ndarray:
         c = f"{readout}_{side}"
@@ -224,7 +230,7 @@ def item_agreement(runs: list[RunData], readout: str, stable_sd: float = STABLE_
     base = base.drop_duplicates("id").set_index("id")
     cols, corr = [], []
     for d in runs:
-        name = f"s{d.seed}" if sum(x.seed == d.seed for x in runs) == 1 else f"s{d.seed} {d.run[-6:]}"
+        name = f"s{d.seed}" if sum(x.seed == d.seed for x in runs) == 1 else f"s{d.seed} {d.short_id}"
         v = d.per_item.set_index("id")[f"{readout}_ft"] if f"{readout}_ft" in d.per_item else pd.Series(np.nan, index=d.per_item["id"])
         base[name] = v.astype(float)
         corr.append(d.per_item.set_index("id")["correct_ft"].astype(float).rename(name))

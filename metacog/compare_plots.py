@@ -20,26 +20,28 @@ def _color(i: int) -> str:
 
 
 def seed_strip(per_run: pd.DataFrame, metric: str, *, n: int, model: str, readout: str) -> go.Figure:
-    """Each seed's value (dots, labelled) and mean ± sd (bar) per configuration."""
+    """Each seed's value (dots, labelled) and mean ± sd (bar) per configuration, one row per
+    configuration (long configuration names read horizontally)."""
     fig = go.Figure()
     label = METRIC_LABELS.get(metric, metric)
+    cfgs = list(dict.fromkeys(per_run["configuration"]))
     for k, (cfg, g) in enumerate(per_run.groupby("configuration", sort=False)):
         v = pd.to_numeric(g[metric], errors="coerce").to_numpy(float)
         ok = np.isfinite(v)
-        fig.add_trace(go.Scatter(x=[cfg] * int(ok.sum()), y=v[ok], mode="markers+text", text=[f"s{s}" for s in g["seed"][ok]],
-                                 textposition="middle right", marker=dict(size=10, color=_color(k)), name=f"{cfg} (seeds)",
-                                 hovertemplate="seed %{text}: %{y:.3f}<extra></extra>", meta={"role": "seeds"}))
+        fig.add_trace(go.Scatter(y=[cfg] * int(ok.sum()), x=v[ok], mode="markers+text", text=[f"s{s}" for s in g["seed"][ok]],
+                                 textposition="top center", marker=dict(size=10, color=_color(k)), name=f"{cfg} (seeds)",
+                                 hovertemplate="seed %{text}: %{x:.3f}<extra></extra>", meta={"role": "seeds"}))
         if ok.sum():
             m = float(v[ok].mean())
             sd = float(v[ok].std(ddof=1)) if ok.sum() > 1 else 0.0
-            fig.add_trace(go.Scatter(x=[cfg], y=[m], mode="markers", marker=dict(symbol="line-ew-open", size=28, color="#333"),
-                                     error_y=dict(type="data", array=[sd], color="#333", thickness=1.5, width=10),
+            fig.add_trace(go.Scatter(y=[cfg], x=[m], mode="markers", marker=dict(symbol="line-ns-open", size=26, color="#333"),
+                                     error_x=dict(type="data", array=[sd], color="#333", thickness=1.5, width=10),
                                      name=f"{cfg}: mean ± sd", showlegend=False, meta={"role": "mean_sd"},
-                                     hovertemplate=f"mean %{{y:.3f}} ± {sd:.3f}<extra></extra>"))
-    fig.update_yaxes(title_text=f"{label} of {readout} (fine-tuned)")
-    fig.update_xaxes(title_text="configuration (everything but the seed)")
-    return _layout(fig, fig_title(f"{label} across seeds (mean ± sd, each seed)", split="eval", n=n, model=model), height=430,
-                   showlegend=False)
+                                     hovertemplate=f"mean %{{x:.3f}} ± {sd:.3f}<extra></extra>"))
+    fig.update_xaxes(title_text=f"{label} of {readout} (fine-tuned)")
+    fig.update_yaxes(title_text="", automargin=True, categoryorder="array", categoryarray=cfgs[::-1])
+    return _layout(fig, fig_title(f"{label} across seeds (mean ± sd, each seed)", split="eval", n=n, model=model),
+                   height=170 + 80 * len(cfgs), showlegend=False)
 
 
 def confidence_shapes(values: Mapping[str, np.ndarray], *, n: int, model: str, readout: str, bin_width: int = 5) -> go.Figure:

@@ -79,11 +79,8 @@ with ui.guard("the comparison"):
     ui.show_table(summ[cols], key="cmp-summary", filename=f"{k}-seed-summary",
                   caption=f"per configuration (runs that differ only by seed): mean ± sample sd (ddof=1) and each seed's value; "
                           f"fine-tuned model, {rname}, eval split, n={n}")
-    c = st.columns(2)
-    with c[0]:
-        ui.show_figure(CP.seed_strip(per, "auroc", n=n, model=models, readout=rname), "cmp-auroc", f"{k}-seeds-auroc")
-    with c[1]:
-        ui.show_figure(CP.seed_strip(per, "ece", n=n, model=models, readout=rname), "cmp-ece", f"{k}-seeds-ece")
+    ui.show_figure(CP.seed_strip(per, "auroc", n=n, model=models, readout=rname), "cmp-auroc", f"{k}-seeds-auroc")
+    ui.show_figure(CP.seed_strip(per, "ece", n=n, model=models, readout=rname), "cmp-ece", f"{k}-seeds-ece")
     with st.expander("each run"):
         ui.show_table(per, key="cmp-per-run", filename=f"{k}-per-run")
 
