@@ -299,20 +299,7 @@ def read_values(
     if not values:
         nanp = np.full((B, 101), np.nan)
         return Readout(probs=nanp, other=np.full(B, np.nan), states=states)
-    cache = out.past_key_values
-    root_h = out.last_hidden_state[:, -1:, :]  # [B,1,d]
-
-    # tree forward over the trie, attending to the prefix (real tokens) and own ancestors
-    N = trie.n_value_nodes
-    anc = trie.ancestors[:N, :N].to(dev)
-    tids = trie.token[:N].to(dev).unsqueeze(0).expand(B, N)
-    tpos = lens.unsqueeze(-1) - 1 + trie.depth[:N].to(dev).unsqueeze(0)
-    mask = torch.zeros((B, 1, N, T + N), dtype=torch.bool, device=dev)
-    mask[:, 0, :, :T] = att.bool().unsqueeze(1)
-    mask[:, 0, :, T:] = anc.unsqueeze(0)
-    tout = body(input_ids=tids, attention_mask=_additive(mask, hid_dtype(model)), position_ids=tpos, past_key_values=cache, use_cache=True)
-    hid = torch.cat([root_h, tout.last_hidden_state], dim=1)  # row 0 = root, row 1+j = node j
-
+    hid, tout, anc = _value_tree(body, trie, out, att, lens, use_cache=True)
     tcache = tout.past_key_values
 
     def dot_hidden(rows: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
@@ -404,6 +391,27 @@ def score_trie(hid: torch.Tensor, to_logits, trie: ValueTrie, dot_tol: float = D
     probs = np.clip((path_p * p_end).cpu().numpy(), 0.0, 1.0).astype(np.float64)
     other = np.clip(1.0 - probs.sum(axis=1), 0.0, 1.0)
     return Readout(probs=probs, other=other, states=None, unresolved=unresolved.cpu().numpy())
+
+
+def _value_tree(body, trie: ValueTrie, out, att: torch.Tensor, lens: torch.Tensor, use_cache: bool):
+    """One forward of the trie's value nodes over a prefix forward ``out`` (its KV cache and
+    last hidden state): every node attends to the prefix's real tokens and to its own ancestors
+    (tree attention), at the positions it would have in the sequence. Returns the final hidden
+    states ``[B, 1 + N, d]`` (row 0 = the prefix's last position, row ``1 + j`` = node ``j``),
+    the tree forward's output, and the ancestor matrix ``[N, N]``."""
+    dev = att.device
+    B, T = att.shape
+    N = trie.n_value_nodes
+    anc = trie.ancestors[:N, :N].to(dev)
+    tids = trie.token[:N].to(dev).unsqueeze(0).expand(B, N)
+    tpos = lens.unsqueeze(-1) - 1 + trie.depth[:N].to(dev).unsqueeze(0)
+    mask = torch.zeros((B, 1, N, T + N), dtype=torch.bool, device=dev)
+    mask[:, 0, :, :T] = att.bool().unsqueeze(1)
+    mask[:, 0, :, T:] = anc.unsqueeze(0)
+    tout = body(input_ids=tids, attention_mask=_additive(mask, hid_dtype(body)), position_ids=tpos,
+                past_key_values=out.past_key_values, use_cache=use_cache)
+    hid = torch.cat([out.last_hidden_state[:, -1:, :], tout.last_hidden_state], dim=1)
+    return hid, tout, anc
 
 
 def hid_dtype(model) -> torch.dtype:
@@ -569,19 +577,11 @@ def value_logprobs(model, tok, prefixes: list[list[int]]) -> torch.Tensor:
     dev = next(model.parameters()).device
     body, to_logits = body_and_head(model)
     ids, att, pos = left_pad(prefixes, tok.pad_token_id, dev)
-    B, T = ids.shape
+    B = ids.shape[0]
     lens = att.sum(-1)
     out = body(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True)
     N = trie.n_value_nodes
-    anc = trie.ancestors[:N, :N].to(dev)
-    tids = trie.token[:N].to(dev).unsqueeze(0).expand(B, N)
-    tpos = lens.unsqueeze(-1) - 1 + trie.depth[:N].to(dev).unsqueeze(0)
-    mask = torch.zeros((B, 1, N, T + N), dtype=torch.bool, device=dev)
-    mask[:, 0, :, :T] = att.bool().unsqueeze(1)
-    mask[:, 0, :, T:] = anc.unsqueeze(0)
-    tout = body(input_ids=tids, attention_mask=_additive(mask, hid_dtype(model)), position_ids=tpos,
-                past_key_values=out.past_key_values, use_cache=False)
-    hid = torch.cat([out.last_hidden_state[:, -1:, :], tout.last_hidden_state], dim=1)  # row 0 = root
+    hid, _, anc = _value_tree(body, trie, out, att, lens, use_cache=False)
     lsm = torch.log_softmax(to_logits(hid), dim=-1)  # [B, N+1, V]
     parent_row = (trie.parent[:N] + 1).to(dev)
     edge = lsm[:, parent_row, :].gather(-1, trie.token[:N].to(dev).view(1, -1, 1).expand(B, -1, 1)).squeeze(-1)  # [B,N]
