@@ -119,19 +119,18 @@ def real_lm():
 
 
 @pytest.fixture(scope="session")
-def real_study(real_lm, tmp_path_factory):
-    """One real-model study (32 world-facts items, every stage, float32, one thread), computed
-    once per test session and shared by the end-to-end tests. Tests that add to a workspace
-    (runs, sweeps, methods) work on a copy: ``copy_workspace(real_study, tmp_path / "w")``."""
-    import torch
+def real_study(tmp_path_factory):
+    """One real-model study (32 world-facts items, every stage, float32, one thread), run once
+    per test session through the CLI (``metacog study``) and shared by the end-to-end tests
+    (tests/test_study.py checks its summary). Tests that add to a workspace (runs, sweeps,
+    methods) work on a copy: ``copy_workspace(real_study, tmp_path / "w")``."""
+    from metacog.cli import main as cli_main
 
-    from metacog.settings import ModelSettings, StudySettings
-    from metacog.study import run_study
-
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("real-study") / "smol"
-    run_study(root, ModelSettings(dtype="float32", threads=1), StudySettings(limit=32, max_new_tokens=16, batch_size=16),
-              lm=real_lm)
+    rc = cli_main(["study", "--model", "default", "--dataset", "world-facts", "--limit", "32", "--seed", "0",
+                   "--workspace", str(root), "--quiet", "--max-new-tokens", "16", "--batch-size", "16",
+                   "--dtype", "float32", "--threads", "1"])
+    assert rc == 0
     return root
 
 

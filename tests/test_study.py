@@ -134,14 +134,13 @@ def test_cli_help_explains_every_flag():
 
 
 @pytest.mark.e2e
-def test_real_model_study(tmp_path):
-    """The embedded model, a few dozen items, every stage, through the CLI."""
-    ws = tmp_path / "real"
-    rc = cli_main(["study", "--model", "default", "--dataset", "world-facts", "--limit", "36", "--seed", "0",
-                   "--workspace", str(ws), "--quiet", "--max-new-tokens", "24", "--folds", "3"])
-    assert rc == 0
+def test_real_model_study(real_study):
+    """The embedded model, a few dozen items, every stage, through the CLI (the session's shared
+    real study, see conftest.real_study)."""
+    ws = real_study
     s = json.loads((ws / "summary.json").read_text())
-    assert s["model"]["name"] == "SmolLM2-135M-Instruct" and s["n_items"] == 36
+    assert s["model"]["name"] == "SmolLM2-135M-Instruct" and s["n_items"] == 32
+    assert s["splits"]["disjoint"] is True and sum(s["splits"][k] for k in ("train", "calibration", "eval")) == 32
     assert 0.0 < s["accuracy"] < 1.0
     # the model answers questions (not "100%: 100% is the answer.")
     df = results_table(Workspace(ws))
