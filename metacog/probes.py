@@ -41,7 +41,7 @@ the train statistics, fold f's model is the same one with the penalty ``½ Σ_j 
 (s_fj = the fold's standard deviation of feature j) and a shifted intercept.
 
 Stopping rule: a problem stops when its Newton decrement² (≈ 2 × the gap to the optimum of the
-objective divided by C·n) is below ``cv_tol`` (1e-6) while choosing C; the chosen C is then
+objective divided by C·n) is below ``cv_tol`` (1e-5) while choosing C (on the benchmark problem the same C is chosen for all 124 probes as at 1e-6, CV AUROCs within 6e-5); the chosen C is then
 polished to ``tol`` (1e-8). At that point predicted probabilities agree with a converged float64
 sklearn fit to ~2e-4 in the worst case seen (C = 1, d = 576, 720 rows), ~1e-5 typically.
 Problems still above the threshold after ``max_newton`` iterations are counted in
@@ -291,7 +291,7 @@ def fit_probes(
     alpha: float = 0.05,
     threads: int | None = None,
     tol: float = 1e-8,
-    cv_tol: float = 1e-6,
+    cv_tol: float = 1e-5,
     max_newton: int = 60,
     max_cg: int = 250,
     rank: int = 32,
