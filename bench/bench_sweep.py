@@ -82,14 +82,20 @@ def main() -> int:
 
     sweep_ws = base / a.name
     copy_ws(src, sweep_ws, a.fresh)
-    t0 = time.time()
-    r = subprocess.run([py, "-m", "metacog.cli", "sweep", "--workspace", str(sweep_ws), "--seeds", a.seeds, "--workers", "1",
-                        "--json", "--quiet", *common], env=env, capture_output=True, text=True)
-    t_sweep = time.time() - t0
-    if r.returncode != 0:
-        print(r.stdout[-2000:], r.stderr[-3000:])
+    def sweep(ws, *extra):
+        """One `metacog sweep` (1 worker) in a subprocess: (seconds, sweep record) or None on failure."""
+        t0 = time.time()
+        r = subprocess.run([py, "-m", "metacog.cli", "sweep", "--workspace", str(ws), "--seeds", a.seeds, "--workers", "1",
+                            *extra, "--json", "--quiet", *common], env=env, capture_output=True, text=True)
+        if r.returncode != 0:
+            print(r.stdout[-2000:], r.stderr[-3000:])
+            return None
+        return time.time() - t0, json.loads(r.stdout)
+
+    got = sweep(sweep_ws)
+    if got is None:
         return 1
-    rec = json.loads(r.stdout)
+    t_sweep, rec = got
     out["sweep_seconds"] = t_sweep
     out["sweep_actions"] = [e["action"] for e in rec["runs"]]
     print(f"sweep (local, 1 worker): {t_sweep:.1f} s; actions {out['sweep_actions']}", flush=True)
@@ -109,14 +115,10 @@ def main() -> int:
     if a.ray:
         ray_ws = base / f"{a.name}-ray"
         copy_ws(src, ray_ws, a.fresh)
-        t0 = time.time()
-        r = subprocess.run([py, "-m", "metacog.cli", "sweep", "--workspace", str(ray_ws), "--seeds", a.seeds, "--workers", "1",
-                            "--executor", "ray", "--json", "--quiet", *common], env=env, capture_output=True, text=True)
-        t_ray = time.time() - t0
-        if r.returncode != 0:
-            print(r.stdout[-2000:], r.stderr[-3000:])
+        got = sweep(ray_ws, "--executor", "ray")
+        if got is None:
             return 1
-        rr = json.loads(r.stdout)
+        t_ray, rr = got
         out["ray_seconds"] = t_ray
         metrics["ray"] = {e["seed"]: headline(ray_ws, e["run"]) for e in rr["runs"]}
         print(f"sweep (ray, local, 1 worker): {t_ray:.1f} s; ratio ray / local sweep = {t_ray / t_sweep:.3f}", flush=True)
