@@ -59,22 +59,37 @@ def test_item_to_item_sweep_on_the_embedded_model(real_ws, real_lm):
 
 
 ROOT = Path(__file__).resolve().parents[1]
-# a real probe-targeted LoRA adapter of the default model (metacog finetune; git-ignored cache)
+# a real probe-targeted LoRA adapter of the default model (metacog finetune; git-ignored cache), used
+# when a developer's cache has it; otherwise (CI) the test trains a short real run itself
 REAL_RUN = ROOT / "cache" / "workspaces" / "default-world-facts-n200-s0" / "runs" / "20261123-044006-pilot2-probe"
 
 
-@pytest.mark.skipif(not (REAL_RUN / "adapter" / "adapter_config.json").exists(),
-                    reason="no real fine-tuning run of the default model in cache/ (metacog finetune makes one)")
+def _adapter_run(real_ws) -> str:
+    """Id of a run with a real adapter of the default model in ``real_ws``."""
+    if (REAL_RUN / "adapter" / "adapter_config.json").exists():
+        run = real_ws.path("runs", REAL_RUN.name)
+        if not run.exists():
+            shutil.copytree(REAL_RUN / "adapter", run / "adapter")
+            shutil.copy(REAL_RUN / "settings.json", run / "settings.json")
+        return REAL_RUN.name
+    from metacog.finetune import FinetuneSettings, create_run, execute
+
+    # constant targets need no probes (this workspace has answers and activations only)
+    s = FinetuneSettings(targets="constant", constant_value=30, epochs=2, batch_size=4, grad_accum=1,
+                         lr=2e-3, dropout=0.0, val_fraction=0.0, checkpoint_every=10)
+    run = create_run(real_ws, s, name="e2e-constant", threads=1)
+    st = execute(real_ws, run.id, threads=1)  # loads its own copy of the default model
+    assert st["status"] == "done" and run.has_adapter(), st
+    return run.id
+
+
 def test_real_adapter_into_base_and_the_page_shows_it(real_ws, real_lm, monkeypatch):
     from metacog import ui
 
-    run = real_ws.path("runs", REAL_RUN.name)
-    if not run.exists():
-        shutil.copytree(REAL_RUN / "adapter", run / "adapter")
-        shutil.copy(REAL_RUN / "settings.json", run / "settings.json")
+    run_id = _adapter_run(real_ws)
     spec = P.PatchSpec(layers=(4, 15, 26), positions=("confidence", "random:1"), seed=0)
-    plan = P.plan_sweep(real_ws, real_lm, REAL_RUN.name, "base", spec, n_pairs=2, split="all")
-    assert plan.pairs[0].kind == "model" and plan.pairs[0].direction == f"run:{REAL_RUN.name}→base"
+    plan = P.plan_sweep(real_ws, real_lm, run_id, "base", spec, n_pairs=2, split="all")
+    assert plan.pairs[0].kind == "model" and plan.pairs[0].direction == f"run:{run_id}→base"
     s = P.run_sweep(real_ws, plan)
     res = P.load_results(real_ws, plan.sweep_id)
     assert s["complete"] and len(res) == 2 * 3 * 2
@@ -103,7 +118,7 @@ def test_real_adapter_into_base_and_the_page_shows_it(real_ws, real_lm, monkeypa
         assert "ρ random positions" in metrics and metrics["pairs"] == "2"
         spec_json = json.loads(at.get("plotly_chart")[0].proto.spec)
         title = json.dumps(spec_json["layout"]["title"], ensure_ascii=False)
-        assert f"run:{REAL_RUN.name}→base" in title  # the figure names the direction
+        assert f"run:{run_id}→base" in title  # the figure names the direction
         names = [t.get("name", "") for t in spec_json["data"]]
         assert any(n.startswith("confidence slot") for n in names) and any(n.startswith("random positions") for n in names)
     finally:
