@@ -114,7 +114,8 @@ with ui.guard("the methods"):
     ui.show_figure(mplots.method_auroc_bars(view, n=n_eval, model=model), key=f"mt-auroc-{k}", filename=f"{k}-methods-auroc")
 
     st.subheader("Reliability and selective prediction")
-    default = [m for m in ("probe", "ev_inline", "p_true", "self_consistency", "relative_bt", "brier_tuning") if m in set(view["method"])]
+    default = [m for m in ("probe", "probe_targeted", "ev_inline", "p_true", "self_consistency", "relative_bt", "brier_tuning")
+               if m in set(view["method"])]
     shown = st.multiselect("methods to plot", view["method"].tolist(), default=default or view["method"].tolist()[:6],
                            key=f"mt-shown-{k}")
     if shown:
