@@ -46,6 +46,30 @@ def is_eval_point(update_done: int, plan: Plan, eval_every: int | None) -> bool:
     return update_done % every == 0 or update_done == plan.updates_planned
 
 
+def after_update(update: int, plan: Plan, s, validate, save, hooks) -> bool:
+    """What both backends do after an optimizer update: validate at eval points, checkpoint
+    (every ``checkpoint_every``, at eval points, at the end, before an early stop) and tell the
+    hooks. ``validate(update) -> stop early?``, ``save(update)`` writes the checkpoint.
+    Returns True to stop early."""
+    at_eval = is_eval_point(update, plan, s.eval_every)
+    stop_early = bool(at_eval and validate(update))
+    if update % s.checkpoint_every == 0 or stop_early or update == plan.updates_planned or at_eval:
+        save(update)
+        hooks.on_checkpoint(update)
+    return stop_early
+
+
+def stop_cancelled(update: int, plan: Plan, run_path: Path, save, hooks) -> None:
+    """A cancelled run: checkpoint the last finished update (if not already) and raise Stopped."""
+    from ...runtime import Stopped
+
+    ck = latest_checkpoint(run_path)
+    if update > 0 and (ck is None or ck[0] != update):
+        save(update)
+        hooks.on_checkpoint(update)
+    raise Stopped(f"cancelled after {update} of {plan.updates_planned} updates; resume continues from update {update}")
+
+
 # ------------------------------------------------------------------------------ checkpoints
 def ckpt_root(run_path: Path) -> Path:
     return Path(run_path) / "checkpoints"

@@ -28,12 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ...runtime import Stopped
 from ..settings import ALL_LINEAR, FinetuneSettings, Plan, SettingsError, lr_factor
 from ..targets import Example
 from . import Hooks
-from .common import (begin_dir, commit_dir, is_eval_point, latest_checkpoint, prune_checkpoints, update_batches,
-                     write_adapter_meta)
+from .common import (after_update, begin_dir, commit_dir, latest_checkpoint, prune_checkpoints, stop_cancelled,
+                     update_batches, write_adapter_meta)
 
 NAME = "mlx"
 
@@ -253,6 +252,9 @@ def train(run, lm, train_ex: list[Example], val_ex: list[Example], s: FinetuneSe
         return {"best_val": None if best_val == math.inf else best_val, "best_update": best_update, "bad": bad,
                 "train_seconds": train_seconds}
 
+    def save(update_done: int) -> None:
+        save_checkpoint(run_path, model, opt, update_done, extra(), lora_cfg, meta, s.keep_checkpoints)
+
     val_loss = float("nan")
 
     def validate(update_done):
@@ -304,18 +306,11 @@ def train(run, lm, train_ex: list[Example], val_ex: list[Example], s: FinetuneSe
         last_loss = tot / n_tok
         hooks.on_update({"update": update, "epoch": plan.epoch_of(update), "loss": last_loss, "lr": lr_now,
                          "tokens": n_tok, "grad_norm": gnorm, "seconds": round(dt, 3)})
-        stop_early = is_eval_point(update, plan, s.eval_every) and validate(update)
-        if update % s.checkpoint_every == 0 or stop_early or update == plan.updates_planned or is_eval_point(update, plan, s.eval_every):
-            save_checkpoint(run_path, model, opt, update, extra(), lora_cfg, meta, s.keep_checkpoints)
-            hooks.on_checkpoint(update)
-        if stop_early:
+        if after_update(update, plan, s, validate, save, hooks):
             stopped = "early"
             break
     if stopped == "cancelled":
-        ck = latest_checkpoint(run_path)
-        if update > 0 and (ck is None or ck[0] != update):
-            save_checkpoint(run_path, model, opt, update, extra(), lora_cfg, meta, s.keep_checkpoints)
-        raise Stopped(f"cancelled after {update} of {plan.updates_planned} updates; resume continues from update {update}")
+        stop_cancelled(update, plan, run_path, save, hooks)
 
     final_meta = {**meta, "updates_run": update, "epochs_run": plan.epoch_of(update), "updates_planned": plan.updates_planned}
     if s.early_stop_patience and best_update is not None and (run_path / "best_adapter_mlx" / "COMPLETE").exists():

@@ -23,12 +23,11 @@ import torch
 import torch.nn.functional as F
 
 from ...confidence import body_and_head, left_pad
-from ...runtime import Stopped
 from ..settings import ALL_LINEAR, FinetuneSettings, Plan, SettingsError, lr_factor
 from ..targets import Example
 from . import Hooks
-from .common import (begin_dir, commit_dir, is_eval_point, latest_checkpoint, prune_checkpoints, update_batches,
-                     write_adapter_meta)
+from .common import (after_update, begin_dir, commit_dir, latest_checkpoint, prune_checkpoints, stop_cancelled,
+                     update_batches, write_adapter_meta)
 
 NAME = "peft"
 
@@ -239,6 +238,9 @@ def _train(run, run_path, lm, pm, train_ex, val_ex, s, plan, hooks, pad_id) -> d
     def extra():
         return {"best_val": best_val, "best_update": best_update, "bad": bad, "train_seconds": train_seconds}
 
+    def save(update_done: int) -> None:
+        save_checkpoint(run_path, pm, opt, sched, update_done, extra(), meta, s.keep_checkpoints)
+
     def validate(update_done: int):
         nonlocal best_val, best_update, bad, val_loss
         if not val_ex:
@@ -292,22 +294,12 @@ def _train(run, run_path, lm, pm, train_ex, val_ex, s, plan, hooks, pad_id) -> d
         last_loss = tot / n_tok
         hooks.on_update({"update": update, "epoch": plan.epoch_of(update), "loss": last_loss, "lr": lr_now,
                          "tokens": n_tok, "grad_norm": gnorm, "seconds": round(dt, 3)})
-        stop_early = False
-        if is_eval_point(update, plan, s.eval_every):
-            stop_early = validate(update)
-        if update % s.checkpoint_every == 0 or stop_early or update == plan.updates_planned or is_eval_point(update, plan, s.eval_every):
-            save_checkpoint(run_path, pm, opt, sched, update, extra(), meta, s.keep_checkpoints)
-            hooks.on_checkpoint(update)
-        if stop_early:
+        if after_update(update, plan, s, validate, save, hooks):
             stopped = "early"
             break
 
     if stopped == "cancelled":
-        ck = latest_checkpoint(run_path)
-        if update > 0 and (ck is None or ck[0] != update):
-            save_checkpoint(run_path, pm, opt, sched, update, extra(), meta, s.keep_checkpoints)
-            hooks.on_checkpoint(update)
-        raise Stopped(f"cancelled after {update} of {plan.updates_planned} updates; resume continues from update {update}")
+        stop_cancelled(update, plan, run_path, save, hooks)
 
     final_meta = {**meta, "updates_run": update, "epochs_run": plan.epoch_of(update), "updates_planned": plan.updates_planned}
     if s.early_stop_patience and best_update is not None and (run_path / "best_adapter" / "COMPLETE").exists():
