@@ -17,14 +17,48 @@ import torch
 from .models import decoder_layers
 
 
-def _block_output(output):
+def block_output(output):
+    """The hidden state of a block's (or sub-layer's) output, which may be a tuple."""
     return output[0] if isinstance(output, tuple) else output
 
 
-def _replace_output(output, new):
+def replace_output(output, new):
+    """``output`` with its hidden state replaced by ``new`` (same tuple shape)."""
     if isinstance(output, tuple):
         return (new,) + tuple(output[1:])
     return new
+
+
+@contextlib.contextmanager
+def edit_hook(module, fn: Callable[[torch.Tensor], torch.Tensor], pre: bool = False,
+              when: Callable[[], bool] | None = None) -> Iterator[None]:
+    """While active, ``module``'s output hidden state (its input hidden state with ``pre``)
+    becomes ``fn(h)`` on the calls where ``when()`` is true (every call by default; ``when``
+    may count calls or check the thread)."""
+    if pre:
+
+        def hook(m, args, kwargs):
+            if when is not None and not when():
+                return None
+            if args:
+                return (fn(args[0]),) + tuple(args[1:]), kwargs
+            kwargs = dict(kwargs)
+            kwargs["hidden_states"] = fn(kwargs["hidden_states"])
+            return args, kwargs
+
+        handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    else:
+
+        def hook(m, args, output):
+            if when is not None and not when():
+                return None
+            return replace_output(output, fn(block_output(output)))
+
+        handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @contextlib.contextmanager
@@ -51,7 +85,7 @@ def capture_residual(model, index: torch.Tensor, out: list) -> Iterator[None]:
     for i, layer in enumerate(layers):
 
         def post(module, args, output, i=i):
-            per_layer[i + 1] = gather(_block_output(output))
+            per_layer[i + 1] = gather(block_output(output))
             if i == len(layers) - 1:
                 out.append(torch.stack(per_layer, dim=2))
 
@@ -70,23 +104,6 @@ def patch_residual(model, hidden_index: int, fn: Callable[[torch.Tensor], torch.
     layers = decoder_layers(model)
     if not 0 <= hidden_index <= len(layers):
         raise ValueError(f"hidden-state index {hidden_index} is outside 0..{len(layers)}")
-    if hidden_index == 0:
-
-        def pre(module, args, kwargs):
-            if args:
-                return (fn(args[0]),) + tuple(args[1:]), kwargs
-            kwargs = dict(kwargs)
-            kwargs["hidden_states"] = fn(kwargs["hidden_states"])
-            return args, kwargs
-
-        handle = layers[0].register_forward_pre_hook(pre, with_kwargs=True)
-    else:
-
-        def post(module, args, output):
-            return _replace_output(output, fn(_block_output(output)))
-
-        handle = layers[hidden_index - 1].register_forward_hook(post)
-    try:
+    module, pre = (layers[0], True) if hidden_index == 0 else (layers[hidden_index - 1], False)
+    with edit_hook(module, fn, pre):
         yield
-    finally:
-        handle.remove()

@@ -68,6 +68,7 @@ import torch
 
 from . import confidence as conf
 from .confidence import Readout, body_and_head, expected_value, get_trie, left_pad, read_values, score_trie
+from .hooks import block_output, edit_hook
 from .jobs import Job, JobKind
 from .models import decoder_layers
 
@@ -344,14 +345,6 @@ def _layers(model) -> torch.nn.ModuleList:
     return decoder_layers(_base(model))
 
 
-def _out0(output):
-    return output[0] if isinstance(output, tuple) else output
-
-
-def _with0(output, new):
-    return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
-
-
 def _kv_of(cache, i: int):
     if hasattr(cache, "layers"):
         lay = cache.layers[i]
@@ -489,15 +482,15 @@ def trace(side: Side, tree: bool = True, window: tuple[int, int] | None = None) 
 
         def post(module, args, output, i=i):
             if owner:
-                res[i + 1].append(_out0(output)[0].detach())
+                res[i + 1].append(block_output(output)[0].detach())
 
         def post_attn(module, args, output, i=i):
             if owner and phase["seq"]:
-                att_o[i].append(_out0(output)[0].detach())
+                att_o[i].append(block_output(output)[0].detach())
 
         def post_mlp(module, args, output, i=i):
             if owner and phase["seq"]:
-                mlp_o[i].append(_out0(output)[0].detach())
+                mlp_o[i].append(block_output(output)[0].detach())
 
         handles.append(layer.register_forward_hook(post))
         if _sublayer(layer, "attn") is not None:
@@ -586,32 +579,14 @@ def _row_patch(module, rows: list[int], vecs: torch.Tensor, qi: int, owner, pre:
         h[idx, qi] = vecs.to(h.dtype)
         return h
 
-    if pre:
+    def first_in_owner() -> bool:
+        if not owner or state["done"]:
+            return False
+        state["done"] = True
+        return True
 
-        def hook(m, args, kwargs):
-            if not owner or state["done"]:
-                return None
-            state["done"] = True
-            if args:
-                return (apply(args[0]),) + tuple(args[1:]), kwargs
-            kwargs = dict(kwargs)
-            kwargs["hidden_states"] = apply(kwargs["hidden_states"])
-            return args, kwargs
-
-        handle = module.register_forward_pre_hook(hook, with_kwargs=True)
-    else:
-
-        def hook(m, args, output):
-            if not owner or state["done"]:
-                return None
-            state["done"] = True
-            return _with0(output, apply(_out0(output)))
-
-        handle = module.register_forward_hook(hook)
-    try:
+    with edit_hook(module, apply, pre, first_in_owner):
         yield
-    finally:
-        handle.remove()
 
 
 def _hook_point(layers, component: str, h: int):
@@ -665,7 +640,7 @@ def _run_skip(lm, tr: Trace, p: int, variants: list[Variant], owner) -> torch.Te
                     vecs = torch.stack([variants[j].vec for r, j in patches if variants[j].component == comp])
                     mod = _sublayer(layers[blk], comp)
                     stack.enter_context(_row_patch(mod, rows, vecs, 0, owner))
-            hidden = _out0(layers[blk](hidden, attention_mask=mask, position_ids=pos, past_key_values=kv,
+            hidden = block_output(layers[blk](hidden, attention_mask=mask, position_ids=pos, past_key_values=kv,
                                        use_cache=True, position_embeddings=pe))
     return body.norm(hidden)
 
@@ -767,32 +742,14 @@ def patch_hook(model, component: str, h: int, pos: int, vec: torch.Tensor, first
         x[:, pos] = vec.to(x.dtype)
         return x
 
-    if pre:
+    def active() -> bool:
+        if not owner or (first_call_only and state["n"]):
+            return False
+        state["n"] += 1
+        return True
 
-        def hook(m, args, kwargs):
-            if not owner or (first_call_only and state["n"]):
-                return None
-            state["n"] += 1
-            if args:
-                return (apply(args[0]),) + tuple(args[1:]), kwargs
-            kwargs = dict(kwargs)
-            kwargs["hidden_states"] = apply(kwargs["hidden_states"])
-            return args, kwargs
-
-        handle = mod.register_forward_pre_hook(hook, with_kwargs=True)
-    else:
-
-        def hook(m, args, output):
-            if not owner or (first_call_only and state["n"]):
-                return None
-            state["n"] += 1
-            return _with0(output, apply(_out0(output)))
-
-        handle = mod.register_forward_hook(hook)
-    try:
+    with edit_hook(mod, apply, pre, active):
         yield
-    finally:
-        handle.remove()
 
 
 @torch.no_grad()
@@ -824,7 +781,7 @@ def patch_cell_reference(target: Side, component: str, h: int, p: int, vec: torc
 
         def grab(m, args, output):
             if owner and not grabbed:
-                grabbed.append(_out0(output)[0, a0 : a1 + 1].detach())
+                grabbed.append(block_output(output)[0, a0 : a1 + 1].detach())
 
         handle = body.norm.register_forward_hook(grab)
     try:
