@@ -1008,38 +1008,12 @@ def check_adapter(lm, adir: Path) -> dict:
         names = {str(x).lower() for x in (lm.source, lm.spec, lm.name, Path(str(lm.source)).name) if x}
         if base_name.lower() not in names and Path(base_name).name.lower() not in names:
             raise PatchError(f"adapter {adir} names base model '{base_name}', not this workspace's model {lm.name} ({lm.source})")
-    try:
-        from .finetune.evaluate import check_adapter as ft_check
-    except ImportError:  # the fine-tuning stage is not in this build: the structural check alone
-        ft_check = None
-    if ft_check is not None:
-        try:
-            ft_check(adir, lm.weights_hash, _unwrapped(lm))
-        except WorkspaceError as e:
-            raise PatchError(str(e)) from None
-        return cfg
-    if not (adir / "adapter_model.safetensors").exists():
-        raise PatchError(f"{adir} has no adapter_model.safetensors")
-    from safetensors import safe_open
+    from .finetune.evaluate import check_adapter as ft_check  # the structural check (modules and shapes)
 
-    mods = dict(_base(lm.model).named_modules())
-    with safe_open(str(adir / "adapter_model.safetensors"), framework="pt") as f:
-        for k in f.keys():
-            if ".lora_A" not in k and ".lora_B" not in k:
-                continue
-            name = k.split(".lora_")[0]
-            for pre in ("base_model.model.", "base_model."):
-                if name.startswith(pre):
-                    name = name[len(pre):]
-                    break
-            m = mods.get(name)
-            shp = tuple(f.get_slice(k).get_shape())
-            if m is None or not hasattr(m, "in_features"):
-                raise PatchError(f"adapter {adir} adapts '{name}', which {lm.name} does not have (another base model?)")
-            want = m.in_features if ".lora_A" in k else m.out_features
-            have = shp[1] if ".lora_A" in k else shp[0]
-            if want != have:
-                raise PatchError(f"adapter {adir} does not fit {lm.name}: '{name}' has {want} features, the adapter expects {have}")
+    try:
+        ft_check(adir, lm.weights_hash, _unwrapped(lm))
+    except WorkspaceError as e:
+        raise PatchError(str(e)) from None
     return cfg
 
 
@@ -1061,20 +1035,9 @@ def load_adapter_model(lm, adir: Path, label: str):
         if key in _ADAPTERS:
             return _ADAPTERS[key]
         check_adapter(lm, adir)
-        try:
-            from .finetune.backends.peft_backend import load_adapter_model as ft_load
-        except ImportError:
-            ft_load = None
-        if ft_load is not None:
-            out = ft_load(lm, adir, copy_model=True)
-        else:
-            from peft import PeftModel
+        from .finetune.backends.peft_backend import load_adapter_model as ft_load
 
-            from .settings import stable_hash
-
-            pm = PeftModel.from_pretrained(copy.deepcopy(_base(lm.model)), str(adir), is_trainable=False).eval()
-            out = dataclasses.replace(lm, model=pm.get_base_model(), source=str(adir),
-                                      weights_hash=stable_hash(lm.weights_hash, str(adir)))
+        out = ft_load(lm, adir, copy_model=True)
         out = dataclasses.replace(out, spec=f"{lm.spec}+{label}", name=f"{lm.name} + {label}")
         _ADAPTERS[key] = out
         return out
