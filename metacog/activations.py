@@ -26,7 +26,7 @@ from .confidence import expected_value, read_values
 from .generation import batches_by_length
 from .runtime import ProgressFn, StopFn, check_stop
 from .settings import POSITIONS, stable_hash
-from .workspace import Workspace, WorkspaceError, atomic_write_json
+from .workspace import Workspace, WorkspaceError, atomic_save_npy, atomic_write_json, open_memmap
 
 ACTIVATIONS_VERSION = 1
 MODE_KEYS = {"inline": "inline", "two-pass": "two_pass"}
@@ -46,10 +46,10 @@ def encode_item(lm, question: str, answer: str, choices=None, style: str = "plai
 
 def _open(path, shape, dtype, fresh: bool):
     if fresh or not path.exists():
-        return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
-    mm = np.load(path, mmap_mode="r+")
+        return open_memmap(path, "w+", dtype=dtype, shape=shape)
+    mm = open_memmap(path, "r+")
     if mm.shape != shape or mm.dtype != np.dtype(dtype):
-        return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        return open_memmap(path, "w+", dtype=dtype, shape=shape)
     return mm
 
 
@@ -69,6 +69,11 @@ def run_activations(
     d = ws.path("activations")
     man = ws.read_json("activations/manifest.json", {})
     if ws.stage_fresh("activations", key) and man.get("key") == key:
+        if man.get("answers") != answers_key:  # written before manifests recorded their answers key
+            man["answers"] = answers_key
+            atomic_write_json(d / "manifest.json", man)
+        if (ws.lineage("readout.parquet") or {}).get("answers") != answers_key:
+            _write_readout(ws, items, {m: load_distributions(ws, m) for m in MODE_KEYS}, key, answers_key)
         return man
     d.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -76,13 +81,13 @@ def run_activations(
     fresh = man.get("key") != key
     atomic_write_json(
         d / "manifest.json",
-        {"key": key, "positions": list(POSITIONS), "n_layers": H, "n_decoder_layers": lm.n_layers, "d_model": D,
+        {"key": key, "answers": answers_key, "positions": list(POSITIONS), "n_layers": H, "n_decoder_layers": lm.n_layers, "d_model": D,
          "n_items": n, "dtype": "float16", "complete": False, "model": lm.name, "weights_hash": lm.weights_hash},
     )
     mms = {p: _open(d / f"{p}.npy", (n, H, D), np.float16, fresh) for p in POSITIONS}
     vals = {m: _open(d / f"values_{k}.npy", (n, 102), np.float64, fresh) for m, k in MODE_KEYS.items()}
     done_path = d / "done.npy"
-    done = np.zeros(n, dtype=bool) if fresh or not done_path.exists() else np.load(done_path)
+    done = np.zeros(n, dtype=bool) if fresh or not done_path.exists() else np.load(done_path, allow_pickle=False)
     if done.shape != (n,):
         done = np.zeros(n, dtype=bool)
 
@@ -117,8 +122,7 @@ def run_activations(
         for m in list(mms.values()) + list(vals.values()):
             m.flush()
         done[rows] = True
-        np.save(done_path.with_suffix(".tmp.npy"), done)
-        done_path.with_suffix(".tmp.npy").replace(done_path)
+        atomic_save_npy(done_path, done)
         finished += len(rows)
         if progress:
             progress(finished, n, "caching hidden states + 0–100 readout")
@@ -127,12 +131,12 @@ def run_activations(
     man = ws.read_json("activations/manifest.json")
     man.update(complete=True, seconds=round(time.time() - t0, 1))
     atomic_write_json(d / "manifest.json", man)
-    _write_readout(ws, items, vals)
+    _write_readout(ws, items, vals, key, answers_key)
     ws.mark_stage("activations", key, seconds=round(time.time() - t0, 1), n=n)
     return man
 
 
-def _write_readout(ws: Workspace, items: pd.DataFrame, vals: dict) -> pd.DataFrame:
+def _write_readout(ws: Workspace, items: pd.DataFrame, vals: dict, key: str, answers_key: str) -> pd.DataFrame:
     out = {"row": items["row"].to_numpy()}
     for mode, k in MODE_KEYS.items():
         v = np.asarray(vals[mode])
@@ -141,7 +145,7 @@ def _write_readout(ws: Workspace, items: pd.DataFrame, vals: dict) -> pd.DataFra
         out[f"argmax_{k}"] = probs.argmax(axis=1).astype(float)
         out[f"other_{k}"] = v[:, 101]
     df = pd.DataFrame(out)
-    ws.write_parquet("readout.parquet", df)
+    ws.write_parquet("readout.parquet", df, lineage={"key": key, "answers": answers_key})
     return df
 
 

@@ -25,7 +25,7 @@ from .generation import generate
 from .grading import grade_mc, grade_short
 from .runtime import ProgressFn, StopFn, check_stop
 from .settings import StudySettings, stable_hash
-from .workspace import Workspace
+from .workspace import Workspace, remove_tree
 
 ANSWERS_VERSION = 2  # bump when prompts or parsing change
 INLINE_VERBAL_TOKENS = 8  # " 100%" and a little slack after the forced "Confidence:"
@@ -36,6 +36,12 @@ def items_fingerprint(items: pd.DataFrame) -> str:
     cols = [c for c in ("id", "question", "answers", "choices", "answer_index") if c in items.columns]
     recs = items[cols].astype(str).values.tolist()
     return stable_hash(recs, n=16)
+
+
+def items_key(items: pd.DataFrame) -> str:
+    """Key of an item set with its splits: what answers.parquet records as the items it was
+    built from (:func:`metacog.study.verify_lineage`)."""
+    return stable_hash("items", items_fingerprint(items), items["split"].astype(str).tolist())
 
 
 def answers_key(lm, items: pd.DataFrame, study: StudySettings) -> str:
@@ -209,12 +215,14 @@ def run_answers(
 ) -> pd.DataFrame:
     """Answer every item (resuming finished chunks); write and return answers.parquet."""
     key = answers_key(lm, items, study)
-    if ws.stage_fresh("answers", key) and ws.path("answers.parquet").exists():
+    lineage = {"key": key, "items": items_key(items)}
+    if ws.stage_fresh("answers", key) and ws.path("answers.parquet").exists() \
+            and (ws.lineage("answers.parquet") or {}).get("key") == key:
         old = ws.read_parquet("answers.parquet")
         new = reparse(items, old)
         cols = ["verbal_inline", "verbal_two_pass", "correct"]
-        if not new[cols].equals(old[cols]):
-            ws.write_parquet("answers.parquet", new)
+        if not new[cols].equals(old[cols]) or ws.lineage("answers.parquet") != lineage:
+            ws.write_parquet("answers.parquet", new, lineage=lineage)
         return new
     t0 = time.time()
     parts = ws.path("answers_parts", key)
@@ -242,9 +250,7 @@ def run_answers(
     meta = items.set_index("row").loc[ans["row"], ["split", "category"]].reset_index(drop=True)
     ans.insert(2, "split", meta["split"].to_numpy())
     ans.insert(3, "category", meta["category"].to_numpy())
-    ws.write_parquet("answers.parquet", ans)
+    ws.write_parquet("answers.parquet", ans, lineage=lineage)
     ws.mark_stage("answers", key, seconds=round(time.time() - t0, 1), n=int(len(ans)))
-    import shutil
-
-    shutil.rmtree(ws.path("answers_parts"), ignore_errors=True)
+    remove_tree(ws.path("answers_parts"))
     return ans

@@ -104,8 +104,11 @@ def cmd_summary(args):
     from .study import open_workspace, summarize
 
     ws = open_workspace(args.workspace)
-    s = summarize(ws)
-    ws.write_json("summary.json", {**ws.read_json("summary.json", {}), **s})
+    ws.check_usable()
+    with ws.writer("summary"):
+        s = summarize(ws)
+        old = ws.read_json("summary.json", {})
+        ws.write_json("summary.json", {**(old if isinstance(old, dict) else {}), **s})
     if args.json:
         print(json.dumps(s, indent=2, default=str))
     else:
@@ -230,6 +233,14 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("metacog: interrupted; finished work is saved and a re-run resumes from it", file=sys.stderr)
         return 130
+    except OSError as e:  # a file-system fault no stage turned into a message: still one line, naming the path
+        where = e.filename or getattr(args, "workspace", None) or ""
+        print(f"metacog: error: {where}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    except RecursionError:
+        print("metacog: error: input nested too deeply to read (a JSON file of deeply nested lists or objects?)",
+              file=sys.stderr)
+        return 2
     return 0
 
 

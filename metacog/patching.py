@@ -1321,7 +1321,7 @@ def run_sweep(ws, plan: SweepPlan, progress=None, should_stop=None, method: str 
     then ``results.parquet``, ``results.csv`` and ``patching.json``. On stop, the finished
     rows are kept and summarised (``complete: false``) and :class:`~metacog.runtime.Stopped`
     is raised. A second run of the same sweep while one runs is refused (workspace lock)."""
-    with ws.lock(f"patch-{sweep_id_for(plan, method)}"):
+    with ws.writer(f"patch-{sweep_id_for(plan, method)}"):
         return _run_sweep(ws, plan, progress, should_stop, method, max_batch)
 
 

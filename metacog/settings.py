@@ -61,6 +61,8 @@ class StudySettings:
     ece_bins: int = 10
 
     def __post_init__(self):
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be an integer from 0 to 2**32 - 1, not {self.seed!r}")
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 10):
             raise ValueError(f"limit must be an integer of at least 10 (or None for all), not {self.limit!r}")
         fr = tuple(float(x) for x in self.split_fractions)

@@ -24,11 +24,11 @@ import pandas as pd
 
 from . import metrics
 from .activations import activations_key, load_states, run_activations
-from .answers import answers_key, items_fingerprint, run_answers
+from .answers import answers_key, items_key, run_answers
 from .data import assign_splits, check_splits, load_dataset
 from .runtime import ProgressFn, StopFn
 from .settings import MODES, POSITIONS, ModelSettings, StudySettings, stable_hash
-from .workspace import Workspace, WorkspaceError
+from .workspace import LineageError, Workspace, WorkspaceBusy, WorkspaceError, atomic_save_npy
 
 MODE_KEYS = {"inline": "inline", "two-pass": "two_pass"}
 
@@ -43,21 +43,77 @@ def prepare_items(study: StudySettings) -> pd.DataFrame:
     return items
 
 
-def stage_items(ws: Workspace, study: StudySettings) -> pd.DataFrame:
-    items = prepare_items(study)
-    key = stable_hash("items", items_fingerprint(items), items["split"].tolist())
-    if not ws.stage_fresh("items", key):
-        ws.write_parquet("items.parquet", items)
+def stage_items(ws: Workspace, study: StudySettings, items: pd.DataFrame | None = None) -> pd.DataFrame:
+    items = prepare_items(study) if items is None else items
+    key = items_key(items)
+    if not ws.stage_fresh("items", key) or (ws.lineage("items.parquet") or {}).get("key") != key:
+        ws.write_parquet("items.parquet", items, lineage={"key": key})
         ws.mark_stage("items", key, n=len(items), splits=check_splits(items))
     return items
 
 
-def load_items(ws: Workspace) -> pd.DataFrame:
+def load_items(ws: Workspace, verify: bool = True) -> pd.DataFrame:
+    """``items.parquet`` as the study wrote it (list columns as lists). With ``verify`` (every
+    reader that joins items with later artifacts), :func:`verify_lineage` first checks that
+    answers, readout, activations and probes were built from these very items; raises
+    :class:`~metacog.workspace.LineageError` otherwise."""
     items = ws.read_parquet("items.parquet")
     for col in ("answers", "choices"):
         if col in items:
             items[col] = items[col].map(lambda v: list(v) if v is not None and not isinstance(v, str) else v)
+    if verify:
+        verify_lineage(ws, items)
     return items
+
+
+def _stale(ws: Workspace, what: str, why: str) -> LineageError:
+    return LineageError(
+        f"{ws.path(what)} {why}, so joining them would pair items with another item's results. "
+        f"Rerun `metacog study --workspace {ws.root}` to rebuild the stale stages (finished stages that "
+        "still match are kept).")
+
+
+def verify_lineage(ws: Workspace, items: pd.DataFrame) -> dict:
+    """Check that every artifact present was built from the inputs next to it: answers from
+    these items, the readout and the hidden-state cache from these answers, the probes from
+    this cache (and ``probes/oof.npy`` is the array the probes wrote). Returns the keys
+    ``{items, answers, activations, probes}`` found. Raises :class:`LineageError` naming the
+    artifact that disagrees (or that carries no lineage, i.e. was written by an older metacog)."""
+    keys = {"items": items_key(items)}
+    if not ws.path("answers.parquet").exists():
+        return keys
+    a = ws.lineage("answers.parquet") or {}
+    if a.get("items") != keys["items"]:
+        raise _stale(ws, "answers.parquet", "was built from other items than items.parquet" if a else
+                     "records no items key (written by an older metacog or another program)")
+    keys["answers"] = a.get("key")
+    if ws.path("readout.parquet").exists():
+        r = ws.lineage("readout.parquet") or {}
+        if r.get("answers") != keys["answers"]:
+            raise _stale(ws, "readout.parquet", "was built from other answers than answers.parquet")
+    man = ws.read_json("activations/manifest.json")
+    if isinstance(man, dict) and man.get("complete"):
+        if man.get("answers") != keys["answers"]:
+            raise _stale(ws, "activations", "(the hidden-state cache) was built from other answers than answers.parquet")
+        keys["activations"] = man.get("key")
+    if ws.path("probes", "metrics.parquet").exists():
+        pl = ws.lineage("probes/metrics.parquet") or {}
+        if "activations" not in keys or pl.get("activations") != keys["activations"]:
+            raise _stale(ws, "probes", "were fitted on another hidden-state cache than activations/")
+        if ws.path("probes", "oof.npy").exists() and pl.get("oof_sha256") != _sha256(ws.path("probes", "oof.npy")):
+            raise _stale(ws, "probes/oof.npy", "is not the array the probe stage wrote with probes/metrics.parquet")
+        keys["probes"] = pl.get("key")
+    return keys
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def probes_key(act_key: str, study: StudySettings) -> str:
@@ -66,12 +122,22 @@ def probes_key(act_key: str, study: StudySettings) -> str:
     return stable_hash("probes", getattr(probes, "PROBES_VERSION", 1), act_key, study.probe_folds, study.seed, study.ece_bins)
 
 
+def save_probes(ws: Workspace, metrics_df: pd.DataFrame, oof: np.ndarray, best: dict, key: str, act_key: str) -> None:
+    """Write the probe stage's artifacts: ``probes/oof.npy`` (float32 ``[n_items, n_layers,
+    n_positions]``), ``probes/best.json`` and, last, ``probes/metrics.parquet`` whose lineage
+    (probes key, activations key, SHA-256 of oof.npy) marks the set complete and consistent."""
+    atomic_save_npy(ws.path("probes", "oof.npy"), np.asarray(oof, dtype=np.float32))
+    ws.write_json("probes/best.json", best)
+    ws.write_parquet("probes/metrics.parquet", metrics_df, lineage={
+        "key": key, "activations": act_key, "oof_sha256": _sha256(ws.path("probes", "oof.npy"))})
+
+
 def run_probes_stage(ws: Workspace, items: pd.DataFrame, answers: pd.DataFrame, act_key: str, study: StudySettings,
                      threads: int | None = None, progress: ProgressFn | None = None) -> pd.DataFrame:
     from . import probes
 
     key = probes_key(act_key, study)
-    if ws.stage_fresh("probes", key):
+    if ws.stage_fresh("probes", key) and (ws.lineage("probes/metrics.parquet") or {}).get("key") == key:
         return ws.read_parquet("probes/metrics.parquet")
     t0 = time.time()
     states = load_states(ws)
@@ -82,11 +148,7 @@ def run_probes_stage(ws: Workspace, items: pd.DataFrame, answers: pd.DataFrame, 
         {p: states[p] for p in POSITIONS}, y, items["split"].to_numpy(), folds=study.probe_folds, seed=study.seed,
         n_bins=study.ece_bins, threads=threads, progress=progress,
     )
-    ws.write_parquet("probes/metrics.parquet", res.metrics)
-    ws.path("probes").mkdir(exist_ok=True)
-    np.save(ws.path("probes", "oof.tmp.npy"), res.oof.astype(np.float32))
-    ws.path("probes", "oof.tmp.npy").replace(ws.path("probes", "oof.npy"))
-    ws.write_json("probes/best.json", res.best)
+    save_probes(ws, res.metrics, res.oof, res.best, key, act_key)
     ws.mark_stage("probes", key, seconds=round(time.time() - t0, 2))
     if progress:
         progress(1, 1, "fitting probes")
@@ -102,21 +164,35 @@ def run_study(
     stages: tuple[str, ...] = ("answers", "activations", "probes"),
     lm=None,
 ) -> dict:
-    """Run (or resume) the study in ``workspace``; returns the summary dict."""
+    """Run (or resume) the study in ``workspace``; returns the summary dict.
+
+    A launch validates everything it can before it writes anything — the workspace directory
+    (:meth:`Workspace.check_usable`), that no other job holds it, the dataset and its splits,
+    the model, and the disk space the hidden-state cache needs — so a failed launch leaves
+    the workspace byte-identical (``workspace.json`` included). Raises
+    :class:`~metacog.workspace.WorkspaceError`, :class:`~metacog.data.DataError`,
+    :class:`~metacog.models.ModelError` or ``ValueError`` with one line saying what is wrong."""
     from .models import load_model
 
     ws = Workspace(workspace)
+    ws.check_usable()
     if model is None or study is None:
         if ws.exists:
             m0, s0 = ws.settings()
             model, study = model or m0, study or s0
         else:
             model, study = model or ModelSettings(), study or StudySettings()
-    with ws.lock("study"):
+    holder = ws.is_locked(Workspace.WORKSPACE_LOCK)
+    if holder:
+        raise WorkspaceBusy(f"workspace {ws.root} is busy: 'study' is already running ({holder}). Wait for it to finish or stop it.")
+    items = prepare_items(study)          # dataset errors: before any write
+    check_launch_items(items)
+    lm = lm or load_model(model)          # model errors: before any write
+    check_disk(ws, lm, len(items), stages)
+    with ws.lock(Workspace.WORKSPACE_LOCK):
         ws.init(model, study)
         t0 = time.time()
-        items = stage_items(ws, study)
-        lm = lm or load_model(model)
+        items = stage_items(ws, study, items)
         ws.write_json("model.json", lm.describe())
         ans = run_answers(ws, lm, items, study, progress, should_stop)
         akey = answers_key(lm, items, study)
@@ -128,6 +204,38 @@ def run_study(
         summary["seconds"] = round(time.time() - t0, 1)
         ws.write_json("summary.json", summary)
         return summary
+
+
+def check_launch_items(items: pd.DataFrame) -> None:
+    """Refuse, before any model work, item sets whose evaluation cannot mean anything: no eval
+    item or no probe-training item. Raises ``ValueError``."""
+    counts = items["split"].value_counts().to_dict()
+    for split in ("train", "eval"):
+        if counts.get(split, 0) == 0:
+            raise ValueError(
+                f"the {split} split has 0 of {len(items)} items (splits: {counts}); use more items (--limit) "
+                "or other --splits fractions")
+
+
+def check_disk(ws: Workspace, lm, n_items: int, stages=("activations",), margin: float = 1.2) -> int:
+    """Estimate the bytes the hidden-state cache needs (float16 ``[n_items, n_layers + 1,
+    d_model]`` per named position, plus the two 0–100 distributions) and refuse, with the
+    numbers, when the workspace's file system has less free space. Returns the estimate."""
+    import shutil
+
+    if "activations" not in stages and "probes" not in stages:
+        return 0
+    need = int(n_items * ((lm.n_layers + 1) * lm.d_model * len(POSITIONS) * 2 + 2 * 102 * 8) * margin)
+    have_dir = next((p for p in [ws.root, *ws.root.parents] if p.exists()), Path("/"))
+    free = shutil.disk_usage(have_dir).free
+    if ws.path("activations").exists():  # a resumed cache already holds its files
+        return need
+    if free < need:
+        raise WorkspaceError(
+            f"not enough disk for the hidden-state cache in {ws.root}: it needs about {need / 2**30:.2f} GiB "
+            f"({n_items} items × {lm.n_layers + 1} layers × {lm.d_model} dims × {len(POSITIONS)} positions, float16) "
+            f"and {have_dir} has {free / 2**30:.2f} GiB free")
+    return need
 
 
 # ----------------------------------------------------------------------------------------

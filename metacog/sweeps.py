@@ -466,12 +466,12 @@ def _hold_locks(roots: list[str]):
         for r in roots:
             ws = Workspace(r)
             try:
-                stack.enter_context(ws.lock(SWEEP_LOCK))
+                stack.enter_context(ws.writer(SWEEP_LOCK))
             except WorkspaceBusy:
                 raise SweepError(f"another sweep is running on {ws.root} ({ws.is_locked(SWEEP_LOCK) or 'another process'}); "
                                  "wait for it to finish (or stop it) and launch again: completed runs are skipped") from None
             try:
-                stack.enter_context(ws.lock(FINETUNE_LOCK))
+                stack.enter_context(ws.writer(FINETUNE_LOCK))
             except WorkspaceBusy:
                 raise SweepError(f"a fine-tuning run is in progress on {ws.root} ({ws.is_locked(FINETUNE_LOCK) or 'another process'}); "
                                  "wait for it (or cancel it) and launch the sweep again") from None

@@ -77,6 +77,9 @@ def write_fake_probes(ws, p_fn=None, seed: int = 0):
     oof = rng.random((n, L, len(POSITIONS))).astype(np.float32)
     if p_fn is not None:
         oof = p_fn(oof)
-    np.save(ws.path("probes", "oof.npy"), oof)
-    ws.write_json("probes/best.json", {"layer": 1, "position": "last_answer", "cv_auroc": 0.7})
+    from metacog.study import save_probes
+
+    lin = ws.lineage("probes/metrics.parquet")
+    save_probes(ws, ws.read_parquet("probes/metrics.parquet"), oof, {"layer": 1, "position": "last_answer", "cv_auroc": 0.7},
+                lin["key"], lin["activations"])
     return oof

@@ -45,7 +45,7 @@ def test_reparse_applies_current_parser_without_regenerating(tmp_path, tiny_lm):
     doctored.loc[0, "verbal_inline_source"] = "forced"
     doctored.loc[0, "text_two_pass"] = "I am 87% sure"
     doctored.loc[0, "answer"] = "It is " + items.loc[0, "answers"][0]
-    ws.write_parquet("answers.parquet", doctored)
+    ws.write_parquet("answers.parquet", doctored, lineage=ws.lineage("answers.parquet"))  # same inputs, other texts
     again = run_answers(ws, tiny_lm, items, ST)  # fresh key: no generation, only re-parse
     assert again.loc[0, "verbal_inline"] == pytest.approx(42.0)
     assert again.loc[0, "verbal_two_pass"] == pytest.approx(87.0)

@@ -60,11 +60,11 @@ def build_workspaces(cache: Path, lm) -> dict[str, Path]:
     ans.loc[ans.index[:2], "correct"] = [True, False]
     ans["verbal_inline"] = rng.choice([100.0, 100.0, 95.0, 90.0, 80.0, 50.0, np.nan], size=n)
     ans["verbal_two_pass"] = np.where(ans["correct"], rng.uniform(60, 100, n), rng.uniform(0, 100, n)).round()
-    ws.write_parquet("answers.parquet", ans)
+    ws.write_parquet("answers.parquet", ans, lineage=ws.lineage("answers.parquet"))  # doctored, same inputs
     ro = ws.read_parquet("readout.parquet")
     ro["ev_inline"] = rng.uniform(20, 100, n)
     ro["argmax_inline"] = rng.integers(0, 101, n).astype(float)
-    ws.write_parquet("readout.parquet", ro)
+    ws.write_parquet("readout.parquet", ro, lineage=ws.lineage("readout.parquet"))
     _add_probes(ws, ans)
     ws.write_json("summary.json", summarize(ws))
     return {"tiny": tiny, "tiny-rich": rich, "half": half}

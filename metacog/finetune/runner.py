@@ -186,7 +186,7 @@ def _acquire(ws: Workspace, run: Run, should_stop, status_key: str = "status", l
     cores of its parallel workers, which then take a per-run lock (``lock_name``) instead."""
     announced = False
     while True:
-        cm = ws.lock(lock_name)
+        cm = ws.writer(lock_name)
         try:
             cm.__enter__()
             break
@@ -410,7 +410,7 @@ def evaluate_external(ws: Workspace, adapter_dir, *, fmt: str = "inline", limit:
     adapter_dir = Path(adapter_dir).expanduser().resolve()
     check_adapter(adapter_dir, (ws.read_json("model.json") or {}).get("weights_hash"))
     out = ws.path("adapter_evals", adapter_dir.name)
-    with ws.lock(LOCK_NAME, wait=True):
+    with ws.writer(LOCK_NAME, wait=True):
         ev = evaluate_adapter(ws, adapter_dir, out, limit=limit, threads=threads, primary_format=fmt, progress=progress)
     return ev, out
 

@@ -54,7 +54,7 @@ def run_methods(ws: Workspace, methods="all", settings: MethodSettings | None = 
     names = registry.resolve(methods)
     ctx = make_context(ws, settings, lm=lm, loader=loader, progress=progress, should_stop=should_stop, threads=threads)
     out = {}
-    with ws.lock("methods"):
+    with ws.writer("methods"):
         for i, n in enumerate(names):
             m = registry.get(n)
             if not force and store.is_fresh(ctx, m):

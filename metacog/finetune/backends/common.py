@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..settings import Plan
+from ...workspace import WorkspaceError, atomic_write_text, guard_write, json_safe, remove_tree
 
 CKPT_RE = re.compile(r"^step-(\d{6})$")
 
@@ -94,11 +95,11 @@ def latest_checkpoint(run_path: Path) -> tuple[int, Path] | None:
 
 def begin_dir(final: Path) -> Path:
     """A fresh temporary directory beside ``final`` (renamed into place by :func:`commit_dir`)."""
-    final = Path(final)
+    final = guard_write(Path(final))
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    tmp = guard_write(final.with_name(f".{final.name}.tmp-{os.getpid()}"))
     if tmp.exists():
-        shutil.rmtree(tmp)
+        remove_tree(tmp)
     tmp.mkdir()
     return tmp
 
@@ -106,19 +107,21 @@ def begin_dir(final: Path) -> Path:
 def commit_dir(tmp: Path, final: Path) -> Path:
     """Atomically put a finished directory in place; an older one is replaced only once the
     new one is complete (a kill or a full disk leaves the previous one intact)."""
-    (tmp / "COMPLETE").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+    atomic_write_text(tmp / "COMPLETE", time.strftime("%Y-%m-%dT%H:%M:%S"))
     for p in tmp.rglob("*"):
+        if p.is_symlink():
+            raise WorkspaceError(f"{p} is a symbolic link; a checkpoint must not contain links")
         if p.is_file():
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
-    final = Path(final)
+    final = guard_write(Path(final))
     if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        old = guard_write(final.with_name(f".{final.name}.old-{os.getpid()}"))
         if old.exists():
-            shutil.rmtree(old)
+            remove_tree(old)
         os.replace(final, old)
         os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+        remove_tree(old)
     else:
         os.replace(tmp, final)
     return final
@@ -127,7 +130,7 @@ def commit_dir(tmp: Path, final: Path) -> Path:
 def prune_checkpoints(run_path: Path, keep: int) -> None:
     cks = list_checkpoints(run_path)
     for _, p in cks[:-keep] if keep > 0 else cks:
-        shutil.rmtree(p, ignore_errors=True)
+        remove_tree(p)
     d = ckpt_root(run_path)
     if d.exists():  # temporary directories of a killed process
         for p in d.iterdir():
@@ -135,11 +138,11 @@ def prune_checkpoints(run_path: Path, keep: int) -> None:
                 with contextlib.suppress(ValueError):
                     pid = int(p.name.rsplit("-", 1)[1])
                     if pid != os.getpid():
-                        shutil.rmtree(p, ignore_errors=True)
+                        remove_tree(p)
 
 
 def write_adapter_meta(adapter_dir: Path, meta: dict) -> None:
-    (Path(adapter_dir) / "metacog.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    atomic_write_text(Path(adapter_dir) / "metacog.json", json.dumps(json_safe(meta), indent=2, default=str) + "\n")
 
 
 def read_adapter_meta(adapter_dir: Path) -> dict:

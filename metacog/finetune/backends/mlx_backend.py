@@ -30,6 +30,7 @@ import numpy as np
 
 from ..settings import ALL_LINEAR, FinetuneSettings, Plan, SettingsError, lr_factor
 from ..targets import Example
+from ...workspace import atomic_save_npy, atomic_write_text, json_safe
 from . import Hooks
 from .common import (after_update, begin_dir, commit_dir, latest_checkpoint, prune_checkpoints, stop_cancelled,
                      update_batches, write_adapter_meta)
@@ -148,7 +149,7 @@ def save_mlx_adapter(model, out: Path, lora_cfg: dict, meta: dict) -> Path:
 
     tmp = begin_dir(out)
     mx.save_safetensors(str(tmp / "adapters.safetensors"), _adapter_params(model))
-    (tmp / "adapter_config.json").write_text(json.dumps(
+    atomic_write_text(tmp / "adapter_config.json", json.dumps(
         {"fine_tune_type": "lora", "num_layers": len(model.layers), "lora_parameters": lora_cfg}, indent=2))
     write_adapter_meta(tmp, meta)
     return commit_dir(tmp, out)
@@ -188,13 +189,13 @@ def save_checkpoint(run_path: Path, model, opt, update: int, extra: dict, lora_c
     final = Path(run_path) / "checkpoints" / f"step-{update:06d}"
     tmp = begin_dir(final)
     mx.save_safetensors(str(tmp / "adapters.safetensors"), _adapter_params(model))
-    (tmp / "adapter_config.json").write_text(json.dumps({"fine_tune_type": "lora", "num_layers": len(model.layers),
-                                                          "lora_parameters": lora_cfg}))
+    atomic_write_text(tmp / "adapter_config.json", json.dumps({"fine_tune_type": "lora", "num_layers": len(model.layers),
+                                                               "lora_parameters": lora_cfg}))
     state = dict(tree_flatten(opt.state))
     mx.save_safetensors(str(tmp / "optimizer.safetensors"), {k: v for k, v in state.items() if isinstance(v, mx.array)})
     rng = np.array(mx.random.state[0])
-    np.save(tmp / "rng.npy", rng)
-    (tmp / "state.json").write_text(json.dumps({"update": update, **extra}))
+    atomic_save_npy(tmp / "rng.npy", rng)
+    atomic_write_text(tmp / "state.json", json.dumps(json_safe({"update": update, **extra})))
     write_adapter_meta(tmp, meta)
     commit_dir(tmp, final)
     prune_checkpoints(run_path, keep)
@@ -207,7 +208,7 @@ def _load_checkpoint(path: Path, model, opt) -> dict:
     model.load_weights(list(mx.load(str(path / "adapters.safetensors")).items()), strict=False)
     st = mx.load(str(path / "optimizer.safetensors"))
     opt.state = tree_unflatten(list(st.items()))
-    mx.random.state[0] = mx.array(np.load(path / "rng.npy"))
+    mx.random.state[0] = mx.array(np.load(path / "rng.npy", allow_pickle=False))  # never unpickle
     return json.loads((path / "state.json").read_text())
 
 

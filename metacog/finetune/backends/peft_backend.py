@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...safestate import load_state, save_state
 from ...confidence import body_and_head, left_pad
 from ..settings import ALL_LINEAR, FinetuneSettings, Plan, SettingsError, lr_factor
 from ..targets import Example
@@ -177,8 +178,8 @@ def save_checkpoint(run_path: Path, pm, opt, sched, update: int, extra: dict, me
     tmp = begin_dir(final)
     pm.save_pretrained(str(tmp / "adapter"))
     write_adapter_meta(tmp / "adapter", meta)
-    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state(), "update": update,
-                **extra}, tmp / "state.pt")
+    save_state(tmp, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state(),
+                     "update": update, **extra})
     commit_dir(tmp, final)
     prune_checkpoints(run_path, keep)
     return final
@@ -216,7 +217,7 @@ def _train(run, run_path, lm, pm, train_ex, val_ex, s, plan, hooks, pad_id) -> d
     if ck is not None:
         step, path = ck
         load_adapter_weights(pm, path / "adapter")
-        state = torch.load(path / "state.pt", weights_only=False)
+        state = load_state(path)  # safetensors + JSON; never unpickles (a legacy state.pt is refused)
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
