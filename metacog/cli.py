@@ -48,7 +48,7 @@ def _add_study_args(p: argparse.ArgumentParser) -> None:
 
 
 def _settings_from(args, ws):
-    from .settings import ModelSettings, StudySettings, from_dict, to_dict
+    from .settings import ModelSettings, StudySettings, from_dict, parse_split_fractions, to_dict
 
     m0, s0 = (ws.settings() if ws.exists else (ModelSettings(), StudySettings()))
     md = to_dict(m0)
@@ -64,10 +64,7 @@ def _settings_from(args, ws):
         if v is not None:
             sd[k] = v
     if getattr(args, "splits", None):
-        try:
-            sd["split_fractions"] = [float(x) for x in args.splits.split(",")]
-        except ValueError:
-            raise ValueError(f"--splits must be three comma-separated fractions, not {args.splits!r}") from None
+        sd["split_fractions"] = list(parse_split_fractions(args.splits))
     if getattr(args, "dataset", None) and os.path.exists(args.dataset):
         sd["dataset"] = str(Path(args.dataset).resolve())
     return from_dict(ModelSettings, md), from_dict(StudySettings, sd)

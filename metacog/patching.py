@@ -1398,9 +1398,9 @@ def _run_sweep(ws, plan: SweepPlan, progress=None, should_stop=None, method: str
                "files": {"results": f"{rel}/results.parquet", "csv": f"{rel}/results.csv", "pairs": f"{rel}/pairs.parquet"}}
     ws.write_json(f"{rel}/patching.json", summary)
     if complete:
-        import shutil
+        from .workspace import remove_tree
 
-        shutil.rmtree(d / "parts", ignore_errors=True)
+        remove_tree(d / "parts")
     if stopped is not None:
         raise stopped
     return summary

@@ -100,3 +100,17 @@ def from_dict(cls, d: dict):
     names = {f.name for f in dataclasses.fields(cls)}
     kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
     return cls(**kw)
+
+
+def parse_split_fractions(text: str) -> tuple[float, float, float]:
+    """Parse "train,calibration,eval" fractions (e.g. ``"0.6,0.2,0.2"``). Raises ``ValueError``
+    with a message naming the setting (StudySettings checks their range and sum)."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        vals = tuple(float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"splits must be three comma-separated numbers (train,calibration,eval, e.g. 0.6,0.2,0.2), "
+                         f"not {text!r}") from None
+    if len(vals) != 3:
+        raise ValueError(f"splits must be three numbers (train,calibration,eval), not {len(vals)}: {text!r}")
+    return vals

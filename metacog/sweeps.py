@@ -43,7 +43,7 @@ from pathlib import Path
 from .finetune.runs import ACTIVE, Run
 from .finetune.settings import TARGET_KINDS, FinetuneSettings, SettingsError
 from .settings import stable_hash
-from .workspace import Workspace, WorkspaceBusy, WorkspaceError, atomic_write_json, read_json
+from .workspace import Workspace, WorkspaceBusy, WorkspaceError, atomic_write_json, open_append, read_json
 
 SWEEP_LOCK = "sweep"
 FINETUNE_LOCK = "finetune"
@@ -327,7 +327,7 @@ class LocalExecutor:
                     res = self.log_dir / f"{task['run']}.result.json"
                     with contextlib.suppress(FileNotFoundError):
                         res.unlink()
-                    log = open(self.log_dir / f"{task['run']}.log", "ab")
+                    log = open_append(self.log_dir / f"{task['run']}.log", binary=True)
                     try:
                         p = subprocess.Popen([sys.executable, "-m", "metacog.sweeps", "worker", "--task", json.dumps(task),
                                               "--result", str(res)], stdin=subprocess.DEVNULL, stdout=log,

@@ -299,6 +299,29 @@ def _label(root: Path) -> str:
     return name if root.parent == workspaces_dir() else str(root)
 
 
+def allowed_roots() -> list[Path]:
+    """Directories the app may open workspaces under: ``$METACOG_CACHE/workspaces`` plus any
+    listed in ``$METACOG_WORKSPACE_DIRS`` (``os.pathsep``-separated). A ``?ws=`` link or a typed
+    folder outside them is refused: a link must not open (for reading and writing) whatever
+    path it names."""
+    roots = [workspaces_dir().resolve()]
+    for p in os.environ.get("METACOG_WORKSPACE_DIRS", "").split(os.pathsep):
+        if p.strip():
+            roots.append(Path(p.strip()).expanduser().resolve())
+    return roots
+
+
+def confine(path: str | os.PathLike) -> Path | None:
+    """``path`` resolved (relative paths under the cache's workspaces), or None when it is not
+    inside one of :func:`allowed_roots` (``..`` and links are resolved first)."""
+    p = Path(path)
+    cand = (p if p.is_absolute() else workspaces_dir() / p).resolve()
+    for r in allowed_roots():
+        if cand == r or r in cand.parents:
+            return cand
+    return None
+
+
 def workspace_picker() -> Workspace:
     """Sidebar selector of workspaces under ``$METACOG_CACHE/workspaces`` (+ the default study if
     it has not been run, + any folder typed in). The choice lives in session state and in the
@@ -311,9 +334,12 @@ def workspace_picker() -> Workspace:
         options.append(dflt)
     qp = st.query_params.get("ws")
     cur = st.session_state.get("ws_root")
+    cand = confine(qp) if qp else None
+    if qp and cand is None:
+        st.sidebar.error(f"?ws={qp[:80]} is outside the workspace folders this app may open "
+                         f"({', '.join(str(r) for r in allowed_roots())}; add more with METACOG_WORKSPACE_DIRS)")
+        qp = None
     if qp:
-        cand = Path(qp) if os.path.isabs(qp) else workspaces_dir() / qp
-        cand = cand.resolve()
         if cand.exists() and cand not in options:
             options.append(cand)
         # a link (or a new ?ws= in the address bar) wins over the session's last choice
@@ -337,8 +363,13 @@ def workspace_picker() -> Workspace:
         with st.expander("Open a workspace folder"):
             p = st.text_input("folder", key="_ws_path", placeholder="/path/to/workspace", label_visibility="collapsed")
             if p and st.button("Open", key="_ws_open"):
-                w = Workspace(p)
-                if w.exists:
+                where = confine(p)
+                w = Workspace(where or p)
+                if where is None:
+                    st.error(f"{w.root} is outside the workspace folders this app may open "
+                             f"({', '.join(str(r) for r in allowed_roots())}); add its parent to METACOG_WORKSPACE_DIRS "
+                             "before starting the app")
+                elif w.exists:
                     st.session_state.setdefault("_extra_ws", []).append(str(w.root))
                     st.session_state["ws_root"] = str(w.root)
                     st.session_state.pop("_ws_select", None)
@@ -736,7 +767,8 @@ def save_upload(name: str, data: bytes) -> Path:
 
     digest = hashlib.sha256(data).hexdigest()[:10]
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(name).name)
-    p = cache_dir() / "datasets" / f"{Path(safe).stem}-{digest}{Path(safe).suffix}"
+    stem, suffix = Path(safe).stem[:80], Path(safe).suffix[:16]  # file-system names end at 255 bytes
+    p = cache_dir() / "datasets" / f"{stem}-{digest}{suffix}"
     if not p.exists():
         _atomic(p, lambda t: Path(t).write_bytes(data))
     return p

@@ -231,6 +231,18 @@ def open_memmap(path: Path, mode: str, dtype=None, shape=None):
         raise _os_error(path, e) from None
 
 
+def open_append(path: Path, binary: bool = False):
+    """Open a workspace log for appending (created with the store's mode; never through a
+    link). Returns a file object; raises :class:`WorkspaceError`."""
+    path = guard_write(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+    except OSError as e:
+        raise _os_error(path, e) from None
+    return os.fdopen(fd, "ab" if binary else "a", **({} if binary else {"encoding": "utf-8"}))
+
+
 def remove_tree(path: Path) -> None:
     """Delete a directory of the workspace (a link is removed, never followed)."""
     import shutil

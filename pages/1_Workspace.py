@@ -5,7 +5,7 @@ import streamlit as st
 
 from metacog import ui
 from metacog.data import DataError, dataset_info, list_builtin
-from metacog.settings import ModelSettings, StudySettings, default_threads, to_dict
+from metacog.settings import ModelSettings, StudySettings, default_threads, parse_split_fractions, to_dict
 from metacog.workspace import WorkspaceError
 
 ws = ui.current_workspace()
@@ -118,7 +118,7 @@ with ui.guard("the workspace"):
         model = ModelSettings(model=model_spec or "default", device=device, dtype=dtype, threads=int(threads))
         study = StudySettings(dataset=dataset or "world-facts", limit=int(limit) or None, seed=int(seed), batch_size=int(batch),
                               max_new_tokens=int(mnt), confidence_max_new_tokens=int(cmnt), probe_folds=int(folds),
-                              ece_bins=int(bins), split_fractions=tuple(float(x) for x in fr.split(",")))
+                              ece_bins=int(bins), split_fractions=parse_split_fractions(fr))
     except ValueError as e:
         err = str(e)
     if not model_spec:

@@ -352,3 +352,62 @@ def test_settings_validated_before_any_work(tmp_path, tiny_dir, data, capsys):
     assert cli(_study_args(ws, tiny_dir, data["a"], None, "--seed", "-1")) == 2
     _one_line_error(capsys, "seed")
     assert not ws.exists()
+
+
+# ----------------------------------------------------------------------------- the app
+@pytest.mark.parametrize("qp", ["../../", "/etc", "OUTSIDE", "../outside-ws"])
+def test_app_ws_link_is_confined_to_the_cache(tmp_path, ref_ws, monkeypatch, qp):
+    """A ?ws= link outside the cache's workspaces (traversal, absolute path, an existing
+    workspace elsewhere) is refused with a message; the page stays on a workspace inside."""
+    from streamlit.testing.v1 import AppTest
+
+    app = Path(__file__).resolve().parent.parent / "app.py"
+    cache = tmp_path / "cache"
+    (cache / "workspaces").mkdir(parents=True)
+    outside = tmp_path / "outside-ws"
+    shutil.copytree(ref_ws, outside)
+    qp = str(outside) if qp == "OUTSIDE" else qp
+    monkeypatch.setenv("METACOG_CACHE", str(cache))
+    monkeypatch.delenv("METACOG_WORKSPACE_DIRS", raising=False)
+    at = AppTest.from_file(str(app), default_timeout=60)
+    at.query_params["ws"] = qp
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("outside the workspace folders" in e.value for e in at.error), [e.value for e in at.error]
+    root = Path(at.session_state["ws_root"]).resolve()
+    assert cache.resolve() in root.parents, root
+    # the same workspace is allowed once its folder is listed
+    if qp == str(outside):
+        monkeypatch.setenv("METACOG_WORKSPACE_DIRS", str(tmp_path))
+        at = AppTest.from_file(str(app), default_timeout=60)
+        at.query_params["ws"] = qp
+        at.run()
+        assert Path(at.session_state["ws_root"]).resolve() == outside.resolve()
+
+
+def test_streamlit_serves_localhost_by_default():
+    import re
+
+    txt = (Path(__file__).resolve().parent.parent / ".streamlit" / "config.toml").read_text()
+    server = txt.split("[server]", 1)[1].split("\n[", 1)[0]
+    assert re.search(r'^address\s*=\s*"localhost"', server, re.M), server
+
+
+def test_upload_with_a_very_long_name(tmp_path, monkeypatch):
+    from metacog import ui
+
+    monkeypatch.setenv("METACOG_CACHE", str(tmp_path))
+    p = ui.save_upload("x" * 400 + ".jsonl", b'{"question": "q", "answer": "a"}\n')
+    assert p.exists() and len(p.name) < 120 and p.suffix == ".jsonl"
+
+
+def test_finetune_settings_checked_before_any_work(tmp_path, ref_ws, capsys):
+    from metacog.finetune.cli import register  # noqa: F401  (the subcommand exists)
+
+    ws = tmp_path / "w"
+    shutil.copytree(ref_ws, ws)
+    before = _tree_digest(ws)
+    for extra, needle in ((["--alpha", "inf"], "alpha"), (["--evaluate", "--eval-limit", "2"], "eval-limit")):
+        assert cli(["finetune", "--workspace", str(ws), "--epochs", "1", *extra]) == 2
+        _one_line_error(capsys, needle)
+        assert _tree_digest(ws) == before  # no run directory was created

@@ -136,7 +136,10 @@ def cmd_finetune(a) -> int:
     from . import runner
     from .runs import get_run
 
+    from .evaluate import check_eval_limit
+
     ws = Workspace(a.workspace)
+    check_eval_limit(a.eval_limit)  # every setting is checked before any work
     if a.resume:
         run = get_run(ws, a.resume)
         print(f"resuming {run.id} from its newest checkpoint", file=sys.stderr)

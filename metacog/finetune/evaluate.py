@@ -148,6 +148,13 @@ def retrained_probes(states_base: dict, y_base, states_ft: dict, y_ft, folds: in
 
 
 # ------------------------------------------------------------------------------ main
+def check_eval_limit(limit: int | None) -> None:
+    """Refuse an eval limit that cannot give a meaningful evaluation (``ValueError``); called
+    before training so a bad ``--eval-limit`` never costs a run."""
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 10):
+        raise ValueError(f"--eval-limit must be an integer of at least 10 items, not {limit!r}")
+
+
 def eval_items(ws: Workspace, limit: int | None = None) -> pd.DataFrame:
     """The eval split (first ``limit`` by row), renumbered for a sub-workspace."""
     from ..study import load_items
@@ -157,8 +164,7 @@ def eval_items(ws: Workspace, limit: int | None = None) -> pd.DataFrame:
     if ev.empty:
         raise WorkspaceError(f"{ws.root} has no eval-split items")
     if limit is not None:
-        if limit < 10:
-            raise ValueError(f"eval limit must be at least 10 items, not {limit}")
+        check_eval_limit(limit)
         ev = ev.head(int(limit))
     ev = ev.copy()
     ev["base_row"] = ev["row"].to_numpy()

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from ..runtime import Stopped
 from ..settings import ModelSettings, from_dict, to_dict
-from ..workspace import Workspace, WorkspaceBusy, WorkspaceError, atomic_write_json
+from ..workspace import Workspace, WorkspaceBusy, WorkspaceError, atomic_write_json, open_append, remove_tree
 from .runs import ACTIVE, Run, RunError, get_run, list_runs, new_run_id, pid_alive, this_process
 from .settings import FinetuneSettings, SettingsError, make_plan
 from .targets import TargetError, build_targets, encode_all, read_targets, write_targets
@@ -108,7 +108,7 @@ def spawn(run: Run, *, evaluate: bool = False, evaluate_only: bool = False, eval
         cmd += ["--eval-limit", str(int(eval_limit))]
     if threads:
         cmd += ["--threads", str(int(threads))]
-    log = open(run.file("runner.log"), "ab")
+    log = open_append(run.file("runner.log"), binary=True)
     try:
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                              env=_env(), cwd=str(run.ws.root))
@@ -318,9 +318,7 @@ def execute(ws: Workspace, run_id: str, *, lm=None, owned: bool = False, threads
                 print(f"run {run.id}: {_done_msg(res, plan)} in {res['train_seconds']:.0f} s", file=sys.stderr, flush=True)
                 run.clear_cancel()  # a cancel that arrived after the last update has nothing left to stop
                 if not os.environ.get(KEEP_CKPT_ENV):  # finished: optimizer states are of no further use
-                    import shutil
-
-                    shutil.rmtree(run.file("checkpoints"), ignore_errors=True)
+                    remove_tree(run.file("checkpoints"))
                 if evaluate_after:
                     _evaluate_in_process(ws, run, lm, owned=owned, limit=eval_limit, threads=threads, stop_now=stop_now,
                                          progress=progress)

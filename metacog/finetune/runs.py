@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..workspace import Workspace, WorkspaceError, atomic_write_json, read_json
+from ..workspace import Workspace, WorkspaceError, atomic_write_json, atomic_write_text, open_append, read_json
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 ACTIVE = ("queued", "running")
@@ -108,7 +108,7 @@ class Run:
 
     # ------------------------------------------------------------------ log
     def append_log(self, rec: dict) -> None:
-        with open(self.file("log.jsonl"), "a", encoding="utf-8") as f:
+        with open_append(self.file("log.jsonl")) as f:
             f.write(json.dumps(rec) + "\n")
             f.flush()
 
@@ -141,7 +141,7 @@ class Run:
 
     # ------------------------------------------------------------------ cancel
     def request_cancel(self) -> None:
-        self.file("cancel.request").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+        atomic_write_text(self.file("cancel.request"), time.strftime("%Y-%m-%dT%H:%M:%S"))
 
     def cancel_requested(self) -> bool:
         return self.file("cancel.request").exists()

@@ -13,6 +13,7 @@ epochs you mean). The run records ``updates_planned`` before it starts and ``upd
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -111,6 +112,16 @@ def _err(msg: str):
 
 
 def validate(s: FinetuneSettings) -> None:
+    """Raise :class:`SettingsError` (one line naming the setting) for any invalid value,
+    before any work. Every float setting must be finite (``--alpha inf`` is refused)."""
+    _validate(s)
+    for f in dataclasses.fields(s):
+        v = getattr(s, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            _err(f"{f.name} must be a finite number, not {v!r}")
+
+
+def _validate(s: FinetuneSettings) -> None:
     """Refuse absurd settings with a message saying what to change (before any work)."""
     if s.targets not in TARGET_KINDS:
         _err(f"targets must be one of {', '.join(TARGET_KINDS)}, not {s.targets!r}")

@@ -49,10 +49,10 @@ def comparisons(ctx) -> pd.DataFrame:
     df["key"] = key
     ctx.ws.write_parquet(COMPARISONS, df)
     ctx.ws.write_json(COMPARISONS_META, {"key": key, "seconds": round(time.time() - t0, 2), "n": int(len(df))})
-    import shutil
+    from ..workspace import remove_tree
 
     for d in ctx.ws.path("methods", "relative").glob("parts-*"):
-        shutil.rmtree(d, ignore_errors=True)
+        remove_tree(d)
     return df
 
 

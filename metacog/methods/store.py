@@ -14,7 +14,6 @@ resumes from the finished chunks.
 """
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -24,7 +23,7 @@ import pandas as pd
 
 from ..runtime import check_stop
 from ..settings import StudySettings, stable_hash
-from ..workspace import Workspace, WorkspaceError
+from ..workspace import Workspace, WorkspaceError, remove_tree
 from .registry import Method, MethodResult
 from .settings import MethodSettings
 
@@ -129,7 +128,7 @@ def save(ctx: Context, m: Method, res: MethodResult, seconds: float) -> None:
         "n_eval": int((sc["split"] == "eval").sum()), "info": res.info, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     })
     for p in ctx.ws.path(DIR, m.name).glob("parts-*"):
-        shutil.rmtree(p, ignore_errors=True)
+        remove_tree(p)
 
 
 def load_scores(ws: Workspace, name: str) -> pd.DataFrame | None:

@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 
