@@ -193,12 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extend(sub) -> None:
-    """Later stages register their subcommands here (fine-tuning, patching, ...)."""
-    for mod in ("metacog.finetune.cli", "metacog.patching_cli", "metacog.sweeps_cli", "metacog.methods_cli"):
-        try:
-            m = __import__(mod, fromlist=["register"])
-        except ImportError:
-            continue
+    """Each later stage registers its own subcommands (fine-tuning, patching, sweeps, methods).
+    Registered explicitly: a broken import is an error, never a silently missing subcommand."""
+    from .finetune import cli as finetune_cli
+    from . import methods_cli, patching_cli, sweeps_cli
+
+    for m in (finetune_cli, patching_cli, sweeps_cli, methods_cli):
         m.register(sub)
 
 

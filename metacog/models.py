@@ -354,3 +354,23 @@ def decoder_layers(model) -> torch.nn.ModuleList:
 def clear_loaded() -> None:
     with _LOCK:
         _LOADED.clear()
+
+
+LOADER_ENV = "METACOG_MODEL_LOADER"
+
+
+def loader_from_env():
+    """The model loader named by ``$METACOG_MODEL_LOADER`` (``"package.module:function"``,
+    taking :class:`~metacog.settings.ModelSettings`), else :func:`load_model`. Job processes
+    started by the app use it, so a test or a lab's own loader reaches them too. Raises
+    ``ValueError`` for a malformed value."""
+    import importlib
+    import os
+
+    spec = os.environ.get(LOADER_ENV, "").strip()
+    if not spec:
+        return load_model
+    mod, _, attr = spec.partition(":")
+    if not attr:
+        raise ValueError(f"{LOADER_ENV} must be 'package.module:function', not {spec!r}")
+    return getattr(importlib.import_module(mod), attr)

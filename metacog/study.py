@@ -206,6 +206,24 @@ def run_study(
         return summary
 
 
+def run_job(ws: Workspace, spec: dict, progress, should_stop) -> dict:
+    """The study as an app job in its own process (:mod:`metacog.jobs`): ``spec`` holds
+    ``model`` and ``study`` (settings dicts) and ``stages``; returns the summary."""
+    from .settings import from_dict
+
+    model = from_dict(ModelSettings, spec["model"])
+    study = from_dict(StudySettings, spec["study"])
+    import torch
+
+    from .models import loader_from_env
+
+    torch.set_num_threads(model.threads)
+    progress(0, 0, f"loading model {model.model}")
+    lm = loader_from_env()(model)
+    return run_study(ws.root, model, study, progress=progress, should_stop=should_stop,
+                     stages=tuple(spec.get("stages") or ("answers", "activations", "probes")), lm=lm)
+
+
 def check_launch_items(items: pd.DataFrame) -> None:
     """Refuse, before any model work, item sets whose evaluation cannot mean anything: no eval
     item or no probe-training item. Raises ``ValueError``."""

@@ -16,10 +16,12 @@ and returns a :class:`~metacog.models.LoadedModel`.
 
 Long work
 ---------
-:func:`start_study` runs :func:`metacog.study.run_study` in a background thread (one at a
-time per process: the CPU is the bottleneck) and keeps its progress; :func:`job_panel` shows
-it with ``st.progress`` (a fragment refreshed every second) and a Stop button that makes
-``should_stop()`` return True, so the stage stops after its current batch and saves its work.
+:func:`start_study` runs :func:`metacog.study.run_study` in the background — in its own
+process (:class:`metacog.jobs.ProcessJob`; it survives a closed tab and a server restart, and
+the page's reruns do not compete with it for the interpreter), or a thread when the model
+exists only in memory — one at a time (the CPU is the bottleneck); :func:`job_panel` shows it
+with ``st.progress`` (a fragment refreshed every second) and a Stop button, so the stage stops
+after its current batch and saves its work.
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ import pandas as pd
 import streamlit as st
 
 from . import metrics
-from .jobs import Job, JobKind
+from .jobs import Job, JobKind, ProcessJob, executor
 from .settings import MODES, POSITIONS, ModelSettings, StudySettings, from_dict, to_dict
 from .workspace import cache_dir  # $METACOG_CACHE, read at each call
 from .workspace import Workspace, WorkspaceError
@@ -107,15 +109,10 @@ def model_loader() -> tuple[Callable, str]:
     if _loader_override is not None:
         fn = _loader_override
         return fn, f"override:{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}"
-    spec = os.environ.get(LOADER_ENV, "").strip()
-    if spec:
-        mod, _, attr = spec.partition(":")
-        if not attr:
-            raise ValueError(f"{LOADER_ENV} must be 'package.module:function', not {spec!r}")
-        return getattr(importlib.import_module(mod), attr), f"env:{spec}"
-    from .models import load_model
+    from .models import loader_from_env
 
-    return load_model, "metacog.models.load_model"
+    spec = os.environ.get(LOADER_ENV, "").strip()
+    return loader_from_env(), (f"env:{spec}" if spec else "metacog.models.load_model")
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
@@ -148,13 +145,52 @@ class StudyJob(Job):
         return self.result
 
 
+class StudyProcessJob(ProcessJob):
+    """The study running in its own process for one workspace (see :mod:`metacog.jobs`)."""
+
+    def __init__(self, root: Path, model: ModelSettings, study: StudySettings, stages: tuple[str, ...]):
+        self.model, self.study, self.stages = model, study, tuple(stages)
+        super().__init__("study", root, {"model": to_dict(model), "study": to_dict(study), "stages": list(stages)},
+                         label=f"study on {Path(root).name}")
+
+    @property
+    def summary(self) -> dict | None:
+        return self.result
+
+
 STUDIES = JobKind("study", "a study")
 
 
-def start_study(root: Path, model: ModelSettings, study: StudySettings, lm, stages: tuple[str, ...] | None = None) -> StudyJob:
-    """Run (or resume) the study in ``root`` in a background thread; refuses a second run."""
+def in_process_models() -> bool:
+    """True when jobs must run as threads of this process: ``$METACOG_JOBS=thread``, or a model
+    loader that exists only in memory (tests inject a tiny model this way)."""
+    return executor() == "thread" or _loader_override is not None
+
+
+def start_study(root: Path, model: ModelSettings, study: StudySettings, lm=None, stages: tuple[str, ...] | None = None):
+    """Run (or resume) the study in ``root`` in the background — its own process by default
+    (``lm`` is then not used: the process loads the model), else a thread; refuses a second run."""
     root = Path(root).resolve()
-    return STUDIES.start(root, StudyJob(root, model, study, tuple(stages or default_stages()), lm))
+    stages = tuple(stages or default_stages())
+    if in_process_models():
+        return STUDIES.start(root, StudyJob(root, model, study, stages, lm if lm is not None else get_lm(model)))
+    return STUDIES.start(root, StudyProcessJob(root, model, study, stages))
+
+
+def start_methods(ws: Workspace, methods: list[str], settings, threads: int = 1) -> Job:
+    """Compute the methods table in the background (:func:`metacog.methods.run.run_methods`):
+    its own process by default, else a thread with the app's loaded model."""
+    from .methods.run import run_methods
+
+    kind = job_kind("methods", "a methods run")
+    label = f"methods on {ws.root.name}"
+    if in_process_models():
+        m_, _ = ws.settings()
+        lm = get_lm(m_)  # loaded once per process, in this (script) thread
+        return kind.start(ws.root, Job("methods", str(ws.root), lambda progress, should_stop: run_methods(
+            ws, list(methods), settings, lm=lm, progress=progress, should_stop=should_stop, threads=threads), label=label))
+    return kind.start(ws.root, ProcessJob("methods", ws.root, {"methods": list(methods), "settings": to_dict(settings),
+                                                                 "threads": threads}, label=label))
 
 
 def get_job(root: Path) -> StudyJob | None:
@@ -284,8 +320,7 @@ def run_button(ws: Workspace, label: str = "Run study", key: str = "run", model:
     if st.button(label, key=key, type="primary" if primary else "secondary", disabled=disabled,
                  help="runs the remaining stages in the background; finished stages are not recomputed"):
         try:
-            lm = get_lm(model)
-            start_study(ws.root, model, study, lm, stages)
+            start_study(ws.root, model, study, None, stages)
         except Exception as e:
             st.error(f"Could not start the study: {type(e).__name__}: {e}")
             return False

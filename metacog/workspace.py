@@ -296,7 +296,7 @@ class Workspace:
 
     WORKSPACE_LOCK = "study"
     #: files metacog itself may leave in a directory before it holds workspace.json
-    OWN_FILES = (".lock-", "workspace.json")
+    OWN_FILES = (".lock-", "workspace.json", ".metacog-jobs")
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).expanduser().resolve()

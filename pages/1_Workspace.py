@@ -144,8 +144,7 @@ with ui.guard("the workspace"):
         if st.button("Run study", type="primary", key="run-study", disabled=running is not None or bool(ui.busy_elsewhere(target)),
                      help="runs in the background; progress shows above and Stop keeps finished work"):
             try:
-                lm = ui.get_lm(model)
-                ui.start_study(target.root, model, study, lm, sel)
+                ui.start_study(target.root, model, study, None, sel)  # its own process loads the model
                 ui.select_workspace(target.root)
             except (WorkspaceError, ValueError, RuntimeError, OSError) as e:
                 st.error(f"Could not start the study: {type(e).__name__}: {e}")

@@ -6,8 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from metacog import ui
-from metacog.jobs import Job
-from metacog.methods import POSTHOC_KINDS, MethodSettings, all_methods, eval_scores, methods_table, run_methods, stored_methods
+from metacog.methods import POSTHOC_KINDS, MethodSettings, all_methods, eval_scores, methods_table, stored_methods
 from metacog.methods import plots as mplots
 
 ws = ui.current_workspace()
@@ -68,12 +67,8 @@ with ui.guard("the methods"):
                      help="runs in the background; Stop keeps the finished chunks and a re-run resumes"):
             s = MethodSettings(k_samples=int(kk), temperature=float(temp), n_comparisons=int(comps), tune_updates=int(upd),
                                eval_limit=int(lim) or None, calibration_limit=int(lim) or None, probe_run=prun)
-            m_, _ = ws.settings()
-            lm = ui.get_lm(m_)  # loaded once per process, in this (script) thread
             try:
-                jobs.start(ws.root, Job("methods", str(ws.root), lambda progress, should_stop: run_methods(
-                    ws, list(pick), s, lm=lm, progress=progress, should_stop=should_stop, threads=1),
-                    label=f"methods on {ws.root.name}"))
+                ui.start_methods(ws, list(pick), s)
             except Exception as e:
                 st.error(f"Could not start the methods: {type(e).__name__}: {e}")
             else:

@@ -32,11 +32,11 @@ def make_context(ws: Workspace, settings: MethodSettings, lm=None, loader=None, 
     _, study = ws.settings()
     if loader is None and lm is None:
         def loader():
-            from ..models import load_model
+            from ..models import loader_from_env
             from ..settings import ModelSettings, from_dict, to_dict
 
             ms, _ = ws.settings()
-            return load_model(from_dict(ModelSettings, {**to_dict(ms), "threads": int(threads)}))
+            return loader_from_env()(from_dict(ModelSettings, {**to_dict(ms), "threads": int(threads)}))
     ctx = store.Context(ws=ws, items=items, answers=ans, pool=pool, settings=settings, study=study, loader=loader,
                         progress=progress, should_stop=should_stop, threads=threads)
     if lm is not None:
@@ -75,3 +75,13 @@ def run_methods(ws: Workspace, methods="all", settings: MethodSettings | None = 
                 ws.write_json(f"{store.DIR}/{n}/error.json", {"error": str(e), "traceback": traceback.format_exc(),
                                                                "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return out
+
+
+def run_job(ws: Workspace, spec: dict, progress, should_stop) -> dict:
+    """The methods table as an app job in its own process (:mod:`metacog.jobs`): ``spec`` holds
+    ``methods`` (names), ``settings`` (a MethodSettings dict) and ``threads``."""
+    from ..settings import from_dict
+
+    s = from_dict(MethodSettings, spec.get("settings") or {})
+    return run_methods(ws, list(spec.get("methods") or ["all"]), s, progress=progress, should_stop=should_stop,
+                       threads=int(spec.get("threads") or 1))
