@@ -254,3 +254,10 @@ def run_answers(
     ws.mark_stage("answers", key, seconds=round(time.time() - t0, 1), n=int(len(ans)))
     remove_tree(ws.path("answers_parts"))
     return ans
+
+
+def answer_items(lm, items: pd.DataFrame, study: StudySettings) -> pd.DataFrame:
+    """Answer, grade and elicit verbal confidence for ``items`` (the item columns plus ``row``)
+    in memory, exactly as the answers stage does, without a workspace (the Playground's path).
+    Returns the answers.parquet columns, re-parsed with the current parser and grader."""
+    return reparse(items, _answer_chunk(lm, items, study))

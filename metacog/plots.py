@@ -322,3 +322,29 @@ def _rgba(hex_color: str, alpha: float) -> str:
     h = hex_color.lstrip("#")
     r, g, b = (int(h[i : i + 2], 16) for i in (0, 2, 4))
     return f"rgba({r},{g},{b},{alpha})"
+
+
+def lens_by_layer(lenses: Mapping[str, pd.DataFrame], *, item: str, model: str, split: str = "") -> go.Figure:
+    """Logit lens of the exact 0–100 readout (:func:`metacog.playground.lens_readout`): per model
+    (``lenses[label]`` with columns ``layer, ev, argmax, mass``), E[v] (solid) and the argmax
+    (dotted) in points by layer, and below, the mass on the integers 0–100 (probability)."""
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.1, row_heights=[0.68, 0.32],
+                        subplot_titles=["E[v] and argmax of the 0–100 distribution read from layer h (points)",
+                                        "mass on 0–100 at layer h (the rest is text or other numbers)"])
+    for i, (label, df) in enumerate(lenses.items()):
+        color = PALETTE[i % len(PALETTE)]
+        fig.add_trace(go.Scatter(x=df["layer"], y=df["ev"], mode="lines+markers", name=f"{label}: E[v]",
+                                 line=dict(color=color), marker=dict(size=5), meta={"model": label, "read": "ev"},
+                                 hovertemplate=f"{label}<br>layer %{{x}}<br>E[v] %{{y:.1f}}<extra></extra>"), row=1, col=1)
+        fig.add_trace(go.Scatter(x=df["layer"], y=df["argmax"], mode="lines+markers", name=f"{label}: argmax",
+                                 line=dict(color=color, dash="dot"), marker=dict(size=5, symbol="x"),
+                                 meta={"model": label, "read": "argmax"},
+                                 hovertemplate=f"{label}<br>layer %{{x}}<br>argmax %{{y}}<extra></extra>"), row=1, col=1)
+        fig.add_trace(go.Scatter(x=df["layer"], y=df["mass"], mode="lines", name=f"{label}: mass", showlegend=False,
+                                 line=dict(color=color), meta={"model": label, "read": "mass"},
+                                 hovertemplate=f"{label}<br>layer %{{x}}<br>mass %{{y:.3g}}<extra></extra>"), row=2, col=1)
+    fig.update_yaxes(title_text="points", range=[-2, 102], row=1, col=1)
+    fig.update_yaxes(title_text="probability", type="log", row=2, col=1)
+    fig.update_xaxes(title_text="layer (hidden state h; 0 = embeddings)", row=2, col=1)
+    title = fig_title(f"Logit lens at the confidence slot, item {item}", split=split or "all", n=1, model=model)
+    return _layout(fig, title, height=560)

@@ -122,10 +122,17 @@ def probes_key(act_key: str, study: StudySettings) -> str:
     return stable_hash("probes", getattr(probes, "PROBES_VERSION", 1), act_key, study.probe_folds, study.seed, study.ece_bins)
 
 
-def save_probes(ws: Workspace, metrics_df: pd.DataFrame, oof: np.ndarray, best: dict, key: str, act_key: str) -> None:
+def save_probes(ws: Workspace, metrics_df: pd.DataFrame, oof: np.ndarray, best: dict, key: str, act_key: str,
+                coef: np.ndarray | None = None, intercept: np.ndarray | None = None) -> None:
     """Write the probe stage's artifacts: ``probes/oof.npy`` (float32 ``[n_items, n_layers,
-    n_positions]``), ``probes/best.json`` and, last, ``probes/metrics.parquet`` whose lineage
-    (probes key, activations key, SHA-256 of oof.npy) marks the set complete and consistent."""
+    n_positions]``), the full-train probes ``probes/coef.npy`` (float32 ``[n_layers,
+    n_positions, d_model]``, on the raw residual stream) and ``probes/intercept.npy``
+    (``[n_layers, n_positions]``) when given, ``probes/best.json`` and, last,
+    ``probes/metrics.parquet`` whose lineage (probes key, activations key, SHA-256 of oof.npy)
+    marks the set complete and consistent."""
+    if coef is not None and intercept is not None:
+        atomic_save_npy(ws.path("probes", "coef.npy"), np.asarray(coef, dtype=np.float32))
+        atomic_save_npy(ws.path("probes", "intercept.npy"), np.asarray(intercept, dtype=np.float32))
     atomic_save_npy(ws.path("probes", "oof.npy"), np.asarray(oof, dtype=np.float32))
     ws.write_json("probes/best.json", best)
     ws.write_parquet("probes/metrics.parquet", metrics_df, lineage={
@@ -148,7 +155,7 @@ def run_probes_stage(ws: Workspace, items: pd.DataFrame, answers: pd.DataFrame, 
         {p: states[p] for p in POSITIONS}, y, items["split"].to_numpy(), folds=study.probe_folds, seed=study.seed,
         n_bins=study.ece_bins, threads=threads, progress=progress,
     )
-    save_probes(ws, res.metrics, res.oof, res.best, key, act_key)
+    save_probes(ws, res.metrics, res.oof, res.best, key, act_key, coef=res.coef, intercept=res.intercept)
     ws.mark_stage("probes", key, seconds=round(time.time() - t0, 2))
     if progress:
         progress(1, 1, "fitting probes")

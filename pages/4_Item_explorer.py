@@ -35,8 +35,9 @@ with ui.guard("the item"):
         d = d[d["question"].str.lower().str.contains(t, regex=False) | d["id"].str.lower().str.contains(t, regex=False)
               | d["answer"].fillna("").str.lower().str.contains(t, regex=False)]
     ids = d["id"].tolist()
-    if wanted and wanted not in ids and wanted in set(df["id"]):
-        ids = [wanted] + ids  # a linked item always shows, whatever the filters
+    filtering = bool(text or fcat or fgrade != "all")
+    if wanted and wanted not in ids and wanted in set(df["id"]) and not filtering:
+        ids = [wanted] + ids  # a linked item shows in its split view; a search or filter replaces it
     if wanted and wanted not in set(df["id"]):
         st.warning(f"No item with id `{wanted}` in this workspace.")
     if not ids:
@@ -49,8 +50,16 @@ with ui.guard("the item"):
         st.session_state["_ie_wanted"] = wanted
     if st.session_state.get("ie-item") not in ids:
         st.session_state["ie-item"] = ids[0]
-    item_id = st.selectbox(f"item ({len(ids)} match)", ids, key="ie-item",
-                           format_func=lambda i: f"{i} — {qmap.get(i, '')[:90]}")
+
+    def _step(k: int) -> None:
+        cur = ids.index(st.session_state["ie-item"]) if st.session_state.get("ie-item") in ids else 0
+        st.session_state["ie-item"] = ids[(cur + k) % len(ids)]
+
+    nav = st.columns([8, 1, 1])
+    item_id = nav[0].selectbox(f"item ({len(ids)} match{'es' if len(ids) != 1 else ''})", ids, key="ie-item",
+                               format_func=lambda i: f"{i} — {qmap.get(i, '')[:90]}")
+    nav[1].button("◀ previous", key="ie-prev", on_click=_step, args=(-1,), use_container_width=True, disabled=len(ids) < 2)
+    nav[2].button("next ▶", key="ie-next", on_click=_step, args=(1,), use_container_width=True, disabled=len(ids) < 2)
     if st.query_params.get("item") != item_id:
         st.query_params["item"] = item_id
         st.session_state["_ie_wanted"] = item_id
@@ -113,3 +122,39 @@ with ui.guard("the item"):
         ui.show_table(
             pd.DataFrame(p, columns=positions).rename_axis("layer").reset_index().round(4),
             key="item-probe-table", filename=f"{ws.root.name}-{item_id}-probe-p")
+
+    # ------------------------------------------------------------------ logit lens (base vs adapters)
+    st.subheader("Logit lens at the confidence slot")
+    from metacog.playground import adapters, item_prefix, lens_readout
+
+    runs = adapters(ws)
+    pick = st.multiselect("models", ["base"] + list(runs), default=["base"], key="ie-lens-models",
+                          help="the base model and any finished fine-tuned adapter of this workspace, on this item's answer")
+    if st.button("Read the lens", key="ie-lens-go", disabled=not pick,
+                 help="one forward per model (loads the model once per app process)"):
+        m_, s_ = ws.settings()
+        base = ui.get_lm(m_)
+        out = {}
+        with st.spinner("reading every layer…"):
+            for lab in pick:
+                lm = base
+                if lab != "base":
+                    from metacog.patching import load_adapter_model
+
+                    lm = load_adapter_model(base, runs[lab], lab.split(" ")[0])
+                ch = r.get("choices")
+                pre = item_prefix(lm, str(r["question"]), str(r["answer"] or ""),
+                                  list(ch) if ch is not None and len(ch) else None, s_.prompt_style)
+                out[lab] = lens_readout(lm, pre)
+        st.session_state["ie-lens"] = (item_id, tuple(pick), out)
+    got = st.session_state.get("ie-lens")
+    if got and got[0] == item_id and got[1] == tuple(pick):
+        fig = plots.lens_by_layer(got[2], item=item_id, model=model, split=str(r["split"]))
+        ui.show_figure(fig, "item-lens", f"{ws.root.name}-{item_id}-lens")
+        st.caption("At each layer h, the residual stream at the confidence slot and at every node of the 0–100 value trie "
+                   "goes through the final norm and the LM head, and the exact readout rule is applied. The adapter reads "
+                   "the base model's answer text for this item, so the two differ only in the weights. It does not show "
+                   "what a model cut at layer h would write, and early layers are biased (no tuned lens). At the last "
+                   "layer it equals the readout above (the '.' look-ahead aside). See metacog/playground.py.")
+    else:
+        st.caption("Press **Read the lens** to see at which depth the model's confidence value appears.")
