@@ -215,11 +215,16 @@ def run_study(
 
 def run_job(ws: Workspace, spec: dict, progress, should_stop) -> dict:
     """The study as an app job in its own process (:mod:`metacog.jobs`): ``spec`` holds
-    ``model`` and ``study`` (settings dicts) and ``stages``; returns the summary."""
+    ``model`` and ``study`` (settings dicts) and ``stages``; returns the summary. ``then``: more
+    studies (``{"workspace": dir, "study": settings dict}``) run after it with the same model —
+    the app's *first look*: a small study whose plots appear within about a minute, then the
+    full one, in the same process (the model is loaded once)."""
     from .settings import from_dict
 
     model = from_dict(ModelSettings, spec["model"])
     study = from_dict(StudySettings, spec["study"])
+    stages = tuple(spec.get("stages") or ("answers", "activations", "probes"))
+    then = list(spec.get("then") or [])
     import torch
 
     from .models import loader_from_env
@@ -227,8 +232,19 @@ def run_job(ws: Workspace, spec: dict, progress, should_stop) -> dict:
     torch.set_num_threads(model.threads)
     progress(0, 0, f"loading model {model.model}")
     lm = loader_from_env()(model)
-    return run_study(ws.root, model, study, progress=progress, should_stop=should_stop,
-                     stages=tuple(spec.get("stages") or ("answers", "activations", "probes")), lm=lm)
+    n_runs = 1 + len(then)
+
+    def step(k: int, name: str):
+        if n_runs == 1:
+            return progress
+        return lambda done, total, msg="": progress(done, total, f"[{k}/{n_runs}] {name}: {msg}")
+
+    summary = run_study(ws.root, model, study, progress=step(1, ws.root.name), should_stop=should_stop, stages=stages, lm=lm)
+    for k, nxt in enumerate(then, start=2):
+        root = Path(nxt["workspace"])
+        run_study(root, model, from_dict(StudySettings, nxt["study"]), progress=step(k, root.name),
+                  should_stop=should_stop, stages=stages, lm=lm)
+    return summary
 
 
 def check_launch_items(items: pd.DataFrame) -> None:

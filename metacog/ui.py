@@ -167,6 +167,46 @@ def in_process_models() -> bool:
     return executor() == "thread" or _loader_override is not None
 
 
+FIRST_LOOK_ITEMS = 24
+
+
+def first_look_root(model: str, dataset: str, seed: int) -> Path:
+    return workspace_root_for(model, dataset, FIRST_LOOK_ITEMS, seed)
+
+
+def start_first_look(model: ModelSettings, study: StudySettings, stages: tuple[str, ...] | None = None):
+    """The default study the way a demo wants it: a first look of FIRST_LOOK_ITEMS items (the
+    first of the same seeded draw, so its items are the full study's first items) whose plots
+    appear within about a minute on 2 cores, then the full study, in one background job. The
+    app switches to the first look at once; the full study's workspace appears when it starts."""
+    first = first_look_root(model.model, str(study.dataset), study.seed)
+    full = workspace_root_for(model.model, str(study.dataset), study.limit, study.seed)
+    small = StudySettings(**{**to_dict(study), "limit": FIRST_LOOK_ITEMS, "split_fractions": tuple(study.split_fractions)})
+    stages = tuple(stages or default_stages())
+    if in_process_models():
+        lm = get_lm(model)
+        from .study import run_study
+
+        def both(progress, should_stop):
+            s1 = run_study(first, model, small, progress=progress, should_stop=should_stop, stages=stages, lm=lm)
+            run_study(full, model, study, progress=progress, should_stop=should_stop, stages=stages, lm=lm)
+            return s1
+
+        job = StudyJob(first, model, small, stages, lm)
+        job.target = both
+        return STUDIES.start(first, job)
+    job = StudyProcessJob(first, model, small, stages)
+    job.spec["then"] = [{"workspace": str(full), "study": to_dict(study)}]
+    return STUDIES.start(first, job)
+
+
+def estimate_text(model: ModelSettings, n_items: int, stages=None) -> str:
+    """"about 3.2 min (measured on this machine …)" for a study of ``n_items``."""
+    from .estimate import estimate_study
+
+    return estimate_study(model, n_items, tuple(stages or default_stages()), base=workspaces_dir()).text()
+
+
 def start_study(root: Path, model: ModelSettings, study: StudySettings, lm=None, stages: tuple[str, ...] | None = None):
     """Run (or resume) the study in ``root`` in the background — its own process by default
     (``lm`` is then not used: the process loads the model), else a thread; refuses a second run."""

@@ -1,5 +1,4 @@
 """Workspace: model, dataset, settings, what is cached; run (or resume) the study."""
-from pathlib import Path
 
 import streamlit as st
 
@@ -19,14 +18,25 @@ with ui.guard("the workspace"):
     # ------------------------------------------------------------------ no study yet
     if not ws.exists and not ui.list_workspaces():
         st.subheader("No study yet")
+        dm, ds = ui.default_settings()
         st.markdown(
             "Run the **default study**: the embedded model **SmolLM2-135M-Instruct** answers **200** built-in "
             "*world-facts* questions (seed 0) and states its confidence; its hidden states are cached"
             + (" and probes are fitted on them. " if ui.probes_available() else ". ") +
-            "It takes a few minutes on a laptop CPU; progress shows here and you can stop and resume it."
+            f"A **first look** at its first {ui.FIRST_LOOK_ITEMS} items comes first "
+            f"({ui.estimate_text(dm, ui.FIRST_LOOK_ITEMS)}), so plots appear while the full study "
+            f"({ui.estimate_text(dm, ds.limit)}) continues in the background; every page updates as stages land. "
+            "You can stop and resume it."
         )
-        if not (job and job.running):
-            ui.run_button(ws, "Run the default study (200 items)", key="run-default")
+        if not (job and job.running) and st.button("Run the default study (first look, then 200 items)", type="primary",
+                                                   key="run-default"):
+            try:
+                ui.start_first_look(dm, ds)
+                ui.select_workspace(ui.first_look_root(dm.model, str(ds.dataset), ds.seed))
+            except Exception as e:
+                st.error(f"Could not start the study: {type(e).__name__}: {e}")
+            else:
+                st.rerun()
 
     # ------------------------------------------------------------------ what is cached
     if ws.exists:
@@ -133,8 +143,13 @@ with ui.guard("the workspace"):
         same = ws.exists and (m0.model, str(s0.dataset), s0.limit, s0.seed) == (model.model, str(study.dataset), study.limit, study.seed)
         target = ws if same or (not ws.exists and ws.root == ui.workspace_root_for(model.model, study.dataset, study.limit, study.seed)) \
             else ui.Workspace(ui.workspace_root_for(model.model, study.dataset, study.limit, study.seed))
+        try:
+            n_est = study.limit or dataset_info(study.dataset)["n_items"]
+        except (DataError, OSError, ValueError):
+            n_est = None
         st.caption(f"writes to **{target.root}**" + (" (exists: finished stages are reused, changed settings recompute what they affect)"
-                                                     if target.exists else " (new workspace)"))
+                                                     if target.exists else " (new workspace)")
+                   + (f" · estimated time for {n_est} items: {ui.estimate_text(model, n_est, stages)}" if n_est else ""))
         sel = tuple(s for s in ("answers", "activations", "probes") if s in stages) or ("answers",)
         running = ui.running_job()
         if running is not None and running.root != ws.root:
