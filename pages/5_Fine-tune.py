@@ -7,7 +7,8 @@ import streamlit as st
 from metacog import plots, ui
 from metacog.finetune import runner
 from metacog.finetune.plots import loss_curve
-from metacog.finetune.runs import ACTIVE, get_run, list_runs, pid_alive
+from metacog.finetune.backends.common import latest_checkpoint
+from metacog.finetune.runs import ACTIVE, RunError, delete_run, get_run, list_runs, pid_alive
 from metacog.finetune.settings import (BACKENDS, FORMATS, LOSS_ON, SCHEDULES, FinetuneSettings, SettingsError,
                                        make_plan)
 from metacog.finetune.targets import TargetError, build_targets
@@ -177,8 +178,13 @@ with ui.guard("fine-tuning"):
     if reg.empty:
         st.info("No runs in this workspace yet.")
         st.stop()
-    cols = ["run", "status", "phase", "targets", "format", "backend", "seed", "updates_run", "updates_planned", "epochs_run",
-            "last_loss", "val_loss", "train_seconds", "auroc_base", "auroc_ft", "message"]
+    cols = ["run", "status", "phase", "targets", "format", "backend", "seed", "rank", "alpha", "lr", "updates_run",
+            "updates_planned", "epochs_run", "last_loss", "val_loss", "train_seconds", "auroc_base", "auroc_ft", "tags", "note",
+            "message"]
+    sort_by = st.multiselect("sort runs by", ["targets", "seed", "rank", "alpha", "lr", "auroc_ft", "tags", "created"],
+                             key=f"ft-sort-{k}", help="hyperparameters and results; newest first otherwise")
+    if sort_by:
+        reg = reg.sort_values(sort_by, kind="mergesort", na_position="last").reset_index(drop=True)
     ui.show_table(reg[cols].round(4), key="ft-registry", filename=f"{k}-runs", height=min(400, 60 + 35 * len(reg)),
                   caption="runs/<run>/: settings.json, targets.jsonl, log.jsonl, checkpoints/, adapter/ (PEFT), eval.json")
     ids = reg["run"].tolist()
@@ -230,7 +236,10 @@ with ui.guard("fine-tuning"):
         _panel(run_id)
         c = st.columns(4)
         if status in ("interrupted", "failed", "cancelled") and not run.has_adapter():
-            if c[0].button("Resume from the last checkpoint", key=f"ft-resume-{run_id}"):
+            ck = latest_checkpoint(run.path)
+            label = (f"Resume from the last checkpoint (update {ck[0]})" if ck else
+                     "Start it (it stopped before its first checkpoint)")
+            if c[0].button(label, key=f"ft-resume-{run_id}"):
                 try:
                     runner.resume(ws, run_id, background=True, threads=int(threads), evaluate=bool(eval_after),
                                   eval_limit=int(eval_limit) or None)
@@ -260,6 +269,24 @@ with ui.guard("fine-tuning"):
         if st_err := run.status().get("error"):
             with st.expander("error details"):
                 st.code(st_err)
+        with st.expander("tags, note, delete"):
+            notes = run.notes()
+            tags = st.text_input("tags (comma-separated)", ", ".join(notes.get("tags", [])), key=f"ft-tags-{run_id}")
+            note = st.text_area("note", notes.get("note", ""), key=f"ft-note-{run_id}", height=80)
+            cc = st.columns(3)
+            if cc[0].button("Save", key=f"ft-annotate-{run_id}"):
+                run.annotate([t for t in tags.split(",")], note)
+                st.rerun()
+            sure = cc[1].checkbox("yes, delete this run", key=f"ft-del-sure-{run_id}")
+            if cc[2].button("Delete run", key=f"ft-del-{run_id}", disabled=not sure,
+                            help="removes runs/<run>/ (adapter, checkpoints, evaluation); cannot be undone"):
+                try:
+                    delete_run(ws, run_id)
+                except (RunError, WorkspaceError) as e:
+                    st.error(str(e))
+                else:
+                    st.session_state.pop(f"ft-run-{k}", None)
+                    st.rerun()
     with st.expander("settings.json"):
         st.json(run.settings())
     tail = run.file("runner.log")

@@ -9,7 +9,7 @@ import streamlit as st
 from metacog import metrics, ui
 from metacog.finetune import plots as fplots
 from metacog.finetune.evaluate import READOUTS, load_eval
-from metacog.finetune.runs import get_run, list_runs
+from metacog.finetune.runs import get_run, list_runs, run_label
 
 READOUT_NAMES = {
     "verbal_inline": "verbal inline (text)", "ev_inline": "E[v] inline", "argmax_inline": "argmax inline",
@@ -100,7 +100,7 @@ with ui.guard("the results"):
         f = ev["readouts"].get(readout, {}).get("ft", {})
         if f:
             ci = f.get("auroc_ci") or [None, None]
-            bars.append({"name": f"{s['finetune']['targets']} · {r[-24:]}", "auroc": f.get("auroc"), "lo": ci[0], "hi": ci[1]})
+            bars.append({"name": run_label(r, s['finetune']['targets']), "auroc": f.get("auroc"), "lo": ci[0], "hi": ci[1]})
     refs = {"probe (target)": ev0["headline"].get("auroc_probe"), "question-type prior": ev0["headline"].get("type_prior_auroc")}
     bars_df = pd.DataFrame(bars).astype({"auroc": float, "lo": float, "hi": float}, errors="ignore")
     fig = fplots.run_auroc_bars(bars_df.to_dict("records"), n=n0, model=model, references=refs,
@@ -128,7 +128,7 @@ with ui.guard("the results"):
         v = per[f"{readout}_ft"].to_numpy(float)
         y = per["correct_ft"].to_numpy(bool)
         ok = ~np.isnan(v)
-        nm = f"{s['finetune']['targets']} ({r[-15:]})"
+        nm = run_label(r, s['finetune']['targets'])
         if ok.any():
             curves[nm] = metrics.reliability_bins(v[ok] / 100, y[ok], bins)
             eces[nm] = metrics.ece(v[ok] / 100, y[ok], bins)
@@ -188,11 +188,16 @@ with ui.guard("the results"):
     elif rp.get("error"):
         st.info(f"Re-trained probes unavailable: {rp['error']}")
 
-    log = get_run(ws, one).read_log()
-    if len(log):
-        fig = fplots.loss_curve({one: log}, title=f"Loss, run {one}, {s['plan']['n_train']} training items, {model}",
-                                updates_per_epoch=s["plan"]["updates_per_epoch"])
-        ui.show_figure(fig, "res-loss", f"{k}-{one}-loss")
+    st.subheader("Loss curves")
+    overlay = st.multiselect("runs to overlay", picked, default=picked, key=f"res-loss-runs-{k}", format_func=label.get)
+    logs = {run_label(r, evs[r][2]["finetune"]["targets"]): get_run(ws, r).read_log() for r in overlay}
+    logs = {n: lg for n, lg in logs.items() if len(lg)}
+    if logs:
+        upe = {evs[r][2]["plan"]["updates_per_epoch"] for r in overlay}
+        fig = fplots.loss_curve(logs, title=f"Loss, {len(logs)} run(s), {model}",
+                                updates_per_epoch=upe.pop() if len(upe) == 1 else None)
+        ui.show_figure(fig, "res-loss", f"{k}-loss")
+        st.caption("x: optimizer updates actually run (each run's own plan); dashed: validation loss.")
 
     if per is not None:
         st.subheader("Per item")

@@ -146,16 +146,22 @@ def shift_scatter(before, after, correct_after, *, split: str, model: str, label
     b = np.asarray(before, dtype=float)
     a = np.asarray(after, dtype=float)
     y = np.asarray(correct_after).astype(bool)
-    rng = np.random.default_rng(0)
-    jit = lambda v: v + rng.uniform(-0.8, 0.8, v.shape)  # noqa: E731  (ties at 100 would hide each other)
+    idv = np.asarray(ids, dtype=object) if ids is not None else np.array([f"item {i}" for i in range(len(b))], dtype=object)
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=[0, 100], y=[0, 100], mode="lines", line=dict(color="#aaa", dash="dot"), name="unchanged",
                              hoverinfo="skip"))
     for ok, nm, color in ((True, "correct after", CORRECT_COLOR), (False, "incorrect after", WRONG_COLOR)):
         m = (y == ok) & ~np.isnan(a) & ~np.isnan(b)
-        fig.add_trace(go.Scatter(x=jit(b[m]), y=jit(a[m]), mode="markers", name=nm, marker=dict(color=color, size=6, opacity=0.7),
-                                 text=None if ids is None else np.asarray(ids)[m], meta={"role": "items", "label": nm},
-                                 hovertemplate="%{text}<br>before %{x:.0f} → after %{y:.0f}<extra></extra>"))
+        # identical (before, after) pairs are one marker sized by their count (saturated confidences tie a lot)
+        g = pd.DataFrame({"b": b[m], "a": a[m], "id": idv[m]}).groupby(["b", "a"], sort=False)["id"]
+        agg = g.agg(["count", lambda s: ", ".join(map(str, list(s)[:6])) + (" …" if len(s) > 6 else "")]).reset_index()
+        agg.columns = ["b", "a", "count", "ids"]
+        fig.add_trace(go.Scatter(x=agg["b"], y=agg["a"], mode="markers", name=nm,
+                                 marker=dict(color=color, size=6 + 5 * np.sqrt(agg["count"] - 1), opacity=0.7,
+                                             line=dict(color="white", width=1)),
+                                 customdata=np.stack([agg["count"], agg["ids"]], axis=1), meta={"role": "items", "label": nm},
+                                 hovertemplate="%{customdata[0]} item(s): %{customdata[1]}<br>before %{x:.0f} → after %{y:.0f}"
+                                               "<extra></extra>"))
     fig.update_xaxes(title_text=f"{label}, base model", range=[-2, 102])
     fig.update_yaxes(title_text=f"{label}, fine-tuned", range=[-2, 102])
     return _layout(fig, fig_title(f"Per-item {label}: before vs after", split=split, n=len(b), model=model), height=460)

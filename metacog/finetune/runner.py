@@ -134,7 +134,13 @@ def _reap_later(p: subprocess.Popen) -> None:
 
 def launch(ws: Workspace, s: FinetuneSettings, *, name: str | None = None, threads: int | None = None,
            evaluate: bool = False, eval_limit: int | None = None) -> Run:
-    """Create a run and train it in a background process (queued behind a running one)."""
+    """Create a run and train it in a background process (queued behind a running one).
+    Idempotent: while a run with exactly these settings is queued or running, that run is
+    returned and nothing new is created (a double click launches once)."""
+    reg = list_runs(ws)
+    same = reg[reg["status"].isin(ACTIVE) & (reg["key"] == s.key())]
+    if len(same):
+        return get_run(ws, same.iloc[0]["run"])
     run = create_run(ws, s, name=name, threads=threads)
     spawn(run, evaluate=evaluate, eval_limit=eval_limit, threads=threads)
     return run

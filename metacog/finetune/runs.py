@@ -51,6 +51,14 @@ def new_run_id(targets: str, fmt: str, seed: int, name: str | None = None) -> st
     return f"{stamp}-{base}"
 
 
+def run_label(run_id: str, targets: str | None = None) -> str:
+    """A legend label that keeps what tells runs apart: ``"probe · 20:57:27 probe-inline-s42"``
+    (the run id's time of day and name, without its date; never cut)."""
+    m = re.match(r"^(\d{8})-(\d{2})(\d{2})(\d{2})-(.*)$", run_id)
+    short = f"{m.group(2)}:{m.group(3)}:{m.group(4)} {m.group(5)}" if m else run_id
+    return f"{targets} · {short}" if targets else short
+
+
 class Run:
     def __init__(self, ws: Workspace, run_id: str):
         if not run_id or "/" in run_id or run_id.startswith("."):
@@ -70,6 +78,26 @@ class Run:
         return self.file("settings.json").exists()
 
     # ------------------------------------------------------------------ settings
+    def notes(self) -> dict:
+        """The user's ``tags`` (list of str) and ``note`` (str) for this run (``notes.json``)."""
+        d = read_json(self.file("notes.json"), {})
+        return d if isinstance(d, dict) else {}
+
+    def annotate(self, tags: list[str] | None = None, note: str | None = None) -> dict:
+        """Set this run's tags and/or note; returns the notes. Raises ``ValueError`` for
+        non-string tags or a note over 10,000 characters."""
+        d = self.notes()
+        if tags is not None:
+            if any(not isinstance(t, str) for t in tags):
+                raise ValueError("tags must be strings")
+            d["tags"] = sorted({t.strip() for t in tags if t.strip()})
+        if note is not None:
+            if len(note) > 10_000:
+                raise ValueError("a note is at most 10,000 characters")
+            d["note"] = note
+        atomic_write_json(self.file("notes.json"), d)
+        return d
+
     def settings(self) -> dict:
         d = read_json(self.file("settings.json"))
         if d is None:
@@ -251,12 +279,37 @@ def list_runs(ws: Workspace) -> pd.DataFrame:
                     "ceiling_ft": h.get("ceiling_ft"),
                     "created": s.get("created", ""),
                     "message": st.get("message", ""),
+                    "rank": ft.get("rank"), "alpha": ft.get("alpha"), "lr": ft.get("lr"),
+                    "tags": ", ".join(r.notes().get("tags", [])), "note": r.notes().get("note", ""),
+                    "key": _settings_key(ft),
                 }
             )
     cols = ["run", "status", "phase", "targets", "format", "backend", "probe", "seed", "n_train", "epochs_planned",
             "updates_planned", "updates_run", "epochs_run", "last_loss", "val_loss", "train_seconds", "evaluated",
-            "acc_base", "acc_ft", "auroc_base", "auroc_ft", "ece_base", "ece_ft", "ceiling_ft", "created", "message"]
+            "acc_base", "acc_ft", "auroc_base", "auroc_ft", "ece_base", "ece_ft", "ceiling_ft", "created", "message",
+            "rank", "alpha", "lr", "tags", "note", "key"]
     return pd.DataFrame(rows, columns=cols)
+
+
+def _settings_key(ft: dict) -> str:
+    from .settings import FinetuneSettings
+
+    try:
+        return FinetuneSettings.from_dict(ft).key()
+    except Exception:  # a run written by another version: never equal to a new launch
+        return ""
+
+
+def delete_run(ws: Workspace, run_id: str) -> None:
+    """Delete a run's directory (settings, targets, log, checkpoints, adapter, evaluation).
+    Raises :class:`RunError` for an unknown run or one whose process is still alive."""
+    run = get_run(ws, run_id)
+    st = run.live_status()
+    if st in ACTIVE:
+        raise RunError(f"run {run_id} is {st}: cancel it before deleting it")
+    from ..workspace import remove_tree
+
+    remove_tree(run.path)
 
 
 def active_run(ws: Workspace) -> Run | None:
