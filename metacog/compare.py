@@ -189,7 +189,7 @@ def seed_summary(per_run: pd.DataFrame, cols=("auroc", "ece", "brier", "accuracy
                 continue
             m, s = _mean_sd(g[c])
             row[f"{c}_mean"], row[f"{c}_sd"] = m, s
-            row[c] = "n/a" if m != m else (f"{m:.3f}" if s != s else f"{m:.3f} ± {s:.3f}")
+            row[c] = "n/a" if m != m else (f"{m:.3f} (1 seed: no sd)" if s != s else f"{m:.3f} ± {s:.3f}")
             row[f"{c} per seed"] = ", ".join(f"{sd}: {'n/a' if v is None or v != v else f'{v:.3f}'}" for sd, v in zip(g["seed"], g[c]))
         m, _ = _mean_sd(g["auroc_base"])
         row["auroc base"] = m

@@ -636,3 +636,14 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def run_job(ws: Workspace, spec: dict, progress, should_stop) -> dict:
+    """A seed sweep as an app job in its own process (:mod:`metacog.jobs`): ``spec`` holds
+    ``finetune`` (FinetuneSettings dict), ``seeds``, ``targets``, ``eval_limit``, ``threads``
+    and ``workers``; local executor. Returns the sweep record."""
+    base = FinetuneSettings.from_dict(spec.get("finetune") or {})
+    sw = SweepSettings(base=base, seeds=tuple(int(x) for x in spec["seeds"]), targets=tuple(spec.get("targets") or ()),
+                       eval_limit=spec.get("eval_limit"), threads=int(spec.get("threads") or 1))
+    return run_sweep(ws.root, sw, executor="local", workers=int(spec.get("workers") or 1), quiet=True,
+                     progress=progress, should_stop=should_stop)

@@ -233,6 +233,23 @@ def start_methods(ws: Workspace, methods: list[str], settings, threads: int = 1)
                                                                  "threads": threads}, label=label))
 
 
+def start_seed_sweep(ws: Workspace, spec: dict) -> Job:
+    """Launch a seed sweep (:func:`metacog.sweeps.run_job`) in the background: its own process
+    by default, else a thread. ``spec``: see ``run_job``. Settings are checked before launch."""
+    from .finetune.settings import FinetuneSettings
+    from .sweeps import SweepSettings, run_job
+
+    SweepSettings(base=FinetuneSettings.from_dict(spec.get("finetune") or {}), seeds=tuple(spec["seeds"]),
+                  targets=tuple(spec.get("targets") or ()), eval_limit=spec.get("eval_limit"),
+                  threads=int(spec.get("threads") or 1))  # raises on a bad setting, before any job starts
+    kind = job_kind("sweep", "a seed sweep")
+    label = f"seed sweep on {ws.root.name}"
+    if in_process_models():
+        return kind.start(ws.root, Job("sweep", str(ws.root), lambda progress, should_stop: run_job(
+            ws, spec, progress, should_stop), label=label))
+    return kind.start(ws.root, ProcessJob("sweep", ws.root, spec, label=label))
+
+
 def get_job(root: Path) -> StudyJob | None:
     return STUDIES.get(root)
 

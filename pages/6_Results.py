@@ -57,6 +57,9 @@ with ui.guard("the results"):
 
     # ------------------------------------------------------------------ headline
     st.subheader("Headline")
+    st.caption("**Design**: each fine-tuned run **answers every eval item again**; its confidence is scored against its "
+               "own correctness (the base row: the base model's answers). The Methods page scores a run's confidence on "
+               "the base model's answers instead, so the same run can show another AUROC there.")
     rows = []
     for r, (ev, per, s) in evs.items():
         h, st_ = ev["headline"], get_run(ws, r).status()

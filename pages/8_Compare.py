@@ -3,7 +3,6 @@ headline metrics with each seed's value, the shape of each run's confidence dist
 Wasserstein distances between seeds, reliability diagrams side by side, per-item agreement across
 seeds (linked to the item explorer), the cross-model table and AUROC by relative depth, and a
 self-contained HTML report."""
-import pandas as pd
 import streamlit as st
 
 from metacog import compare as C
@@ -18,8 +17,8 @@ READOUT_NAMES = {
 
 ws = ui.current_workspace()
 ui.header("Compare", ws, "Is a result a property of the method or of one seed? Pick runs (any mix of seeds, targets, controls): "
-          "every number is on the **eval split**. Launch replicates with `metacog sweep --workspace DIR --seeds 42,123,456` "
-          "(skips completed runs; local processes or Ray).")
+          "every number is on the **eval split**. Launch replicates below or with `metacog sweep --workspace DIR --seeds "
+          "42,123,456` (skips completed runs; local processes or Ray).")
 
 if not ui.require(ws, "answers"):
     st.stop()
@@ -48,6 +47,33 @@ with ui.guard("the comparison"):
                               "re-launching the sweep finishes only what is missing")
     else:
         rec = None
+    with st.expander("Launch a seed sweep", expanded=not sweeps):
+        from metacog.finetune.settings import FinetuneSettings
+
+        cc = st.columns(5)
+        seeds_txt = cc[0].text_input("seeds", "42,123,456", key=f"cmp-sw-seeds-{k}")
+        tg = cc[1].multiselect("targets", ["probe", "shuffled", "binary", "constant"], default=["probe", "shuffled"],
+                               key=f"cmp-sw-tg-{k}")
+        ep = cc[2].number_input("epochs", 1, 100, 3, key=f"cmp-sw-ep-{k}")
+        li = cc[3].number_input("training items (0 = all)", 0, 100000, 0, key=f"cmp-sw-li-{k}")
+        el = cc[4].number_input("eval limit (0 = all)", 0, 100000, 0, key=f"cmp-sw-el-{k}")
+        sw_kind = ui.job_kind("sweep", "a seed sweep")
+        sw_job = sw_kind.get(ws.root)
+        if st.button("Launch sweep", key=f"cmp-sw-go-{k}", type="primary", disabled=sw_kind.running() is not None,
+                     help="each (seed × target) run trains and is evaluated; runs already complete are skipped"):
+            try:
+                seeds = [int(x) for x in seeds_txt.replace(" ", "").split(",") if x]
+                spec = {"finetune": FinetuneSettings(epochs=int(ep), limit_items=int(li) or None).to_dict(), "seeds": seeds,
+                        "targets": tg, "eval_limit": int(el) or None, "threads": 1, "workers": 1}
+                ui.start_seed_sweep(ws, spec)
+            except ValueError as e:
+                st.error(f"Could not launch the sweep: {e}")
+            else:
+                st.rerun()
+        if sw_job is not None and sw_job.running:
+            ui.job_progress(sw_kind, sw_job, "sweep", "stop after the current run's checkpoint; a relaunch finishes what is missing")
+        elif sw_job is not None:
+            ui.job_outcome(sw_job, "Sweep finished.", "The sweep", "Launching it again finishes what is missing.")
     done = C.evaluated_runs(ws)
     if not done:
         st.info("No evaluated run yet. Run `metacog sweep --workspace "
@@ -73,6 +99,8 @@ with ui.guard("the comparison"):
 
     # ---------------------------------------------------------------- headline
     st.subheader("Across seeds: mean ± sd")
+    if len(picked) == 1:
+        st.caption("One run picked: there is no spread to show (sd needs two seeds). Launch a seed sweep above.")
     per = C.run_metrics(runs, readout)
     summ = C.seed_summary(per)
     cols = [c for c in summ.columns if not c.endswith(("_mean", "_sd"))]

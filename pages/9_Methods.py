@@ -43,7 +43,10 @@ def _probe_runs() -> list[str]:
 k = ws.root.name
 with ui.guard("the methods"):
     model = ui.model_name(ws)
-    with st.expander("Compute methods", expanded=not stored_methods(ws)):
+    _jobs = ui.job_kind("methods", "a methods run")
+    _job = _jobs.get(ws.root)
+    # stays open while a run computes (its progress and Stop are inside) and after one ended (its outcome)
+    with st.expander("Compute methods", expanded=not stored_methods(ws) or _job is not None):
         ms = all_methods()
         st.caption("Fresh results are reused; long methods save finished chunks, so a stopped run resumes. "
                    f"Headless: `metacog methods --workspace {ws.root} --methods all`.")
@@ -99,6 +102,10 @@ with ui.guard("the methods"):
     cols = ["method", "label", "calibration", "family", "n_eval", "n_missing", "auroc", "auroc_lo", "auroc_hi", "ece", "brier",
             "aurc", "ceiling_rate", "cost", "seconds", "forward_passes", "train_updates", "note"]
     st.subheader("Table")
+    st.caption("**Design**: every method here scores the **base model's answers** (its correctness on the eval split). "
+               "`probe_targeted` is the adapter's verbal confidence after the question + the *base* answer + `Confidence:`. "
+               "The Results page measures a fine-tuned run differently: the fine-tuned model **answers again** and its "
+               "confidence is scored against its own correctness, so the two AUROCs of one run can differ.")
     ui.show_table(view[cols].round(4), key=f"mt-table-{k}", filename=f"{k}-methods",
                   caption=f"eval split, n={n_eval}, {model}; AUROC CI = 95% stratified bootstrap; ECE = 10 equal-width bins; "
                           "ceiling rate = share of scores ≥ 0.95; seconds = compute time of the method on this workspace")
