@@ -69,7 +69,7 @@ def test_seed_summary_and_item_agreement_against_direct_computation():
     x = np.array([0.6 + s / 10000 for s in (42, 123, 456)])
     assert row["n seeds"] == 3 and row["auroc_mean"] == pytest.approx(x.mean()) and row["auroc_sd"] == pytest.approx(x.std(ddof=1))
     assert row["auroc"] == f"{x.mean():.3f} ± {x.std(ddof=1):.3f}" and "123: 0.612" in row["auroc per seed"]
-    assert summ[summ["targets"] == "shuffled"].iloc[0]["auroc"] == "0.604"  # one seed: no sd
+    assert summ[summ["targets"] == "shuffled"].iloc[0]["auroc"] == "0.604 (1 seed: no sd)"  # said, not implied
     ag = item_agreement(runs, "verbal_inline", stable_sd=5.0)
     V = np.stack([r.per_item["verbal_inline_ft"].to_numpy() for r in runs], 1)
     sd = V.std(1, ddof=1)
