@@ -77,7 +77,7 @@ def _study_section(rep: Report, ws: Workspace) -> None:
                   f"splits (disjoint by item id: {sp.get('disjoint')}); every metric below is on the eval split")
     rows = []
     for mode, v in (s.get("verbal") or {}).items():
-        rows.append({"readout": f"verbal {mode}", "AUROC": v.get("auroc"), "CI": str([round(x, 3) for x in v.get("auroc_ci") or []]),
+        rows.append({"readout": f"verbal {mode}", "AUROC": v.get("auroc"), "CI": str([None if x is None else round(x, 3) for x in v.get("auroc_ci") or []]),
                      "ECE": v.get("ece"), "Brier": v.get("brier"), "ceiling": v.get("ceiling_rate"), "parsed": v.get("parse_rate"),
                      "validity": (v.get("validity") or {}).get("verdict")})
     for mode, d in (s.get("distribution") or {}).items():
