@@ -341,7 +341,27 @@ def job_panel(ws: Workspace, where: str = "main") -> StudyJob | None:
         job_outcome(job, f"Study finished in {_fmt_secs(job.elapsed)}: {s.get('n_items', '?')} items"
                     + (f", accuracy {acc:.1%}" if isinstance(acc, float) else "") + f" (stages: {', '.join(job.stages)}).",
                     "The study", "Run study again resumes from it.")
+        if job.status == "done":
+            what_next(where)
     return job
+
+
+NEXT_PAGES = (
+    ("pages/2_Answers_and_confidence.py", "Answers & confidence: what the model says, and the exact 0–100 distribution"),
+    ("pages/3_Probes.py", "Probes: what its hidden states know, layer by layer"),
+    ("pages/10_Playground.py", "Playground: ask your own question"),
+    ("pages/5_Fine-tune.py", "Fine-tune: teach it to say what the probe knows"),
+)
+
+
+def what_next(where: str = "main") -> None:
+    """Links to the pages that show a finished study (and where to go from there)."""
+    st.markdown("**What next**")
+    for path, label in NEXT_PAGES:
+        try:
+            st.page_link(path, label=label)
+        except Exception:  # outside app.py's navigation (a page run alone): plain text
+            st.markdown(f"- {label}")
 
 
 @st.fragment(run_every=1.0)
@@ -419,6 +439,12 @@ def workspace_picker() -> Workspace:
     it has not been run, + any folder typed in). The choice lives in session state and in the
     ``?ws=`` query parameter (so links keep it)."""
     roots = [w.root for w in list_workspaces()]
+    from .jobs import JOBS_DIR
+
+    wsd = workspaces_dir()
+    if wsd.is_dir():  # a workspace whose study was just launched: listed before its workspace.json exists
+        roots += [p.resolve() for p in sorted(wsd.iterdir()) if p.is_dir() and not p.is_symlink()
+                  and (p / JOBS_DIR / "study.json").is_file() and p.resolve() not in roots]
     extra = [Path(p) for p in st.session_state.get("_extra_ws", [])]
     dflt = default_root()
     options = list(dict.fromkeys(roots + [r for r in extra if r not in roots]))

@@ -264,8 +264,8 @@ with ui.guard("fine-tuning"):
             if run.eval_result():
                 h = run.eval_result()["headline"]
                 st.success(f"Evaluated on {h['n_eval']} eval items: verbal AUROC {_num(h['auroc_base'])} → "
-                           f"{_num(h['auroc_ft'])}, accuracy {_num(h['accuracy_base'], '.1%')} → {_num(h['accuracy_ft'], '.1%')}. "
-                           "See the Results page.")
+                           f"{_num(h['auroc_ft'])}, accuracy {_num(h['accuracy_base'], '.1%')} → {_num(h['accuracy_ft'], '.1%')}.")
+                st.page_link("pages/6_Results.py", label="Open the Results page: before/after, calibration, per item")
         if st_err := run.status().get("error"):
             with st.expander("error details"):
                 st.code(st_err)

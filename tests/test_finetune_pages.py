@@ -110,7 +110,7 @@ def test_results_page(env):
     # the tiny model never writes a readable number, so the page falls back to the 0-100 distribution
     assert any("never wrote a readable number" in i.value for i in at.info)
     for want in ("AUROC of E[v] inline, base vs fine-tuned, eval split", "Reliability before/after (E[v] inline)",
-                 "E[v] inline before/after", "Per-item E[v] inline: before vs after", "Re-trained probes by layer", "Loss, run"):
+                 "E[v] inline before/after", "Per-item E[v] inline: before vs after", "Re-trained probes by layer", "Loss, 1 run(s)"):
         assert any(t.startswith(want) for t in titles), (want, titles)
     head = at.dataframe[0].value
     assert "AUROC" in head.columns and "→" in head["accuracy"].iloc[0]

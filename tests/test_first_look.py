@@ -62,6 +62,30 @@ def test_default_study_first_look_then_full(tmp_path, monkeypatch, tiny_lm):
         assert (first / "summary.json").exists() and (full / "summary.json").exists()
         assert (first / "summary.json").stat().st_mtime < (full / "summary.json").stat().st_mtime
         assert job.summary["n_items"] == 12
+        at.run()  # the finished study says where to go next, with links
+        assert not at.exception, [e.value for e in at.exception]
+        assert any("What next" in m.value for m in at.markdown)
+        links = at.get("page_link")
+        assert len(links) >= 3 and any("Playground" in str(getattr(x, "proto", x)) for x in links)
         ui.clear_job(first)
     finally:
         ui.set_model_loader(None)
+
+
+def test_just_launched_workspace_is_listed(tmp_path, monkeypatch):
+    """A workspace whose study was launched (job record written) but whose workspace.json does
+    not exist yet is in the picker, so the app does not fall back to the default."""
+    from streamlit.testing.v1 import AppTest
+
+    from metacog.jobs import JOBS_DIR
+    from metacog.workspace import atomic_write_json
+
+    cache = tmp_path / "cache"
+    w = cache / "workspaces" / "launched"
+    atomic_write_json(w / JOBS_DIR / "study.json", {"id": "x", "status": "starting"})
+    monkeypatch.setenv("METACOG_CACHE", str(cache))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.query_params["ws"] = "launched"
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert Path(at.session_state["ws_root"]).name == "launched"

@@ -74,3 +74,17 @@ def test_shift_scatter_sizes_tied_items():
     assert sorted(counts) == [1, 1, 1, 9] and sum(counts) == 12
     sizes = np.asarray(tr.marker.size)
     assert sizes[counts.index(9)] > sizes[counts.index(1)]
+
+
+def test_probes_ran_but_none_fitted_is_said_plainly(tmp_path, tiny_lm):
+    from metacog.finetune import FinetuneSettings, TargetError, build_targets
+    from metacog.settings import ModelSettings, StudySettings
+    from metacog.study import run_study
+    from metacog.workspace import Workspace
+
+    root = tmp_path / "w"
+    run_study(root, ModelSettings(threads=1), StudySettings(dataset="world-facts", limit=20, max_new_tokens=4,
+                                                            confidence_max_new_tokens=4, batch_size=8, probe_folds=3),
+              lm=tiny_lm)  # the tiny model answers nothing right: one class
+    with pytest.raises(TargetError, match=r"no probe could be fitted \(train split: 0 correct"):
+        build_targets(Workspace(root), FinetuneSettings())

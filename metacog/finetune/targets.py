@@ -49,6 +49,20 @@ def resolve_probe(ws: Workspace, layer: int | None = None, position: str | None 
     best one (``probes/best.json``, chosen by train-split CV)."""
     best = ws.read_json("probes/best.json")
     oof_path = ws.path("probes", "oof.npy")
+    if not best and oof_path.exists() and ws.path("probes", "metrics.parquet").exists():
+        why = ""
+        try:
+            from ..study import load_items
+
+            items = load_items(ws)
+            ans = ws.read_parquet("answers.parquet")
+            tr = ans[ans["row"].isin(items.loc[items["split"] == "train", "row"])]
+            why = f" (train split: {int(tr['correct'].sum())} correct, {int((~tr['correct'].astype(bool)).sum())} incorrect)"
+        except Exception:  # the message stays useful without the counts
+            pass
+        raise TargetError(
+            f"the probes stage ran in {ws.root}, but no probe could be fitted{why}: a probe needs both correct and "
+            "incorrect training items. Use more items (--limit) or another dataset, then rerun the study.")
     if best is None or not oof_path.exists():
         raise TargetError(
             f"no probes in {ws.root} (probes/best.json and probes/oof.npy): run `metacog probes --workspace {ws.root}` first"
