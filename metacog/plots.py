@@ -345,6 +345,8 @@ def lens_by_layer(lenses: Mapping[str, pd.DataFrame], *, item: str, model: str, 
                                  hovertemplate=f"{label}<br>layer %{{x}}<br>mass %{{y:.3g}}<extra></extra>"), row=2, col=1)
     fig.update_yaxes(title_text="points", range=[-2, 102], row=1, col=1)
     fig.update_yaxes(title_text="probability", type="log", row=2, col=1)
+    n_l = max((len(df) for df in lenses.values()), default=0)
+    fig.update_xaxes(dtick=1 if n_l <= 13 else 2)
     fig.update_xaxes(title_text="layer (hidden state h; 0 = embeddings)", row=2, col=1)
     title = fig_title(f"Logit lens at the confidence slot, item {item}", split=split or "all", n=1, model=model)
     return _layout(fig, title, height=560)

@@ -96,6 +96,9 @@ st.caption("n = 1 question. P(v) for every integer v as the next tokens after `C
 
 if probes is not None:
     st.subheader("Stored probes' p(correct) by layer")
+    if all(p.probes.empty for p in out.values()):
+        st.info("The probes stage ran, but no probe could be fitted (it needs both correct and incorrect training "
+                "items); run a larger study to see what the hidden states know.")
     for lab, p in out.items():
         if p.probes.empty:
             continue
@@ -118,5 +121,7 @@ if lens_on:
         "still run for the trie's tokens), and early layers are far from the unembedding basis (a tuned lens corrects "
         "this bias). At the last layer the lens equals the readout above. This is the reference study's routing-vs-text "
         "question: a softmax that carries the signal while the argmax text stays at the ceiling.")
-    ui.show_table(pd.concat([p.lens.drop(columns=["probs"]).assign(model=lab) for lab, p in out.items()]).round(4),
-                  key="pg-lens-table", filename="playground-lens")
+    lt = pd.concat([p.lens.drop(columns=["probs"]).assign(model=lab) for lab, p in out.items()])
+    ui.show_table(lt.round({"ev": 2, "p_argmax": 4}), key="pg-lens-table", filename="playground-lens",
+                  column_config={"mass": st.column_config.NumberColumn(format="%.3e"),
+                                 "unresolved": st.column_config.NumberColumn(format="%.3e")})

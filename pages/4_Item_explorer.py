@@ -55,10 +55,10 @@ with ui.guard("the item"):
         cur = ids.index(st.session_state["ie-item"]) if st.session_state.get("ie-item") in ids else 0
         st.session_state["ie-item"] = ids[(cur + k) % len(ids)]
 
-    nav = st.columns([8, 1, 1])
+    nav = st.columns([7, 1.2, 1.2])
     item_id = nav[0].selectbox(f"item ({len(ids)} match{'es' if len(ids) != 1 else ''})", ids, key="ie-item",
                                format_func=lambda i: f"{i} — {qmap.get(i, '')[:90]}")
-    nav[1].button("◀ previous", key="ie-prev", on_click=_step, args=(-1,), use_container_width=True, disabled=len(ids) < 2)
+    nav[1].button("◀ prev", key="ie-prev", on_click=_step, args=(-1,), use_container_width=True, disabled=len(ids) < 2)
     nav[2].button("next ▶", key="ie-next", on_click=_step, args=(1,), use_container_width=True, disabled=len(ids) < 2)
     if st.query_params.get("item") != item_id:
         st.query_params["item"] = item_id

@@ -261,3 +261,86 @@ def test_run_study_in_the_browser(served_app, browser, tmp_path):
     if dest:
         shutil.copy(tmp_path / "run.png", Path(dest) / "5_after_run.png")
     page.close()
+
+
+def test_lab_demo_from_a_fresh_cache(tmp_path, tiny_lm):
+    """The demo path on a fresh cache: launch the default study (a first look, then the full
+    study, in the job's own process), keep the page open, see the first plots while the full
+    study still runs, ask the Playground a question, and read the logit lens of one item."""
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    import json
+    import signal
+
+    from playwright.sync_api import sync_playwright
+
+    cache = tmp_path / "fresh-cache"
+    cache.mkdir()
+    proc, url = start_app(cache, tmp_path / "streamlit.log")
+    out = tmp_path / "demo"
+    out.mkdir()
+    rec_path = None
+    try:
+        with sync_playwright() as p:
+            b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            page = b.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            settle(page)
+            assert page.get_by_text("No study yet").count() >= 1
+            t0 = time.time()
+            page.get_by_role("button", name="Run the default study (first look, then 200 items)").click()
+            first = cache / "workspaces" / "default-world-facts-n24-s0"
+            rec_path = first / ".metacog-jobs" / "study.json"
+            # the page stays open on the first look while its study runs; its summary lands first
+            t1 = time.time()
+            while not (first / "summary.json").exists():
+                assert time.time() - t1 < 240, "the first look did not finish"
+                time.sleep(0.5)
+            first_plots_s = time.time() - t0
+            page.goto(f"{url}/Answers_and_confidence?ws={first.name}")
+            settle(page)
+            page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 1", timeout=60_000)
+            full_screenshot(page, out / "1_first_plots.png")
+            assert page.locator('[data-testid="stException"]').count() == 0
+            print(f"first plots {first_plots_s:.1f} s after the click (tiny model)")
+            # the Playground
+            page.goto(f"{url}/Playground?ws={first.name}")
+            settle(page)
+            page.get_by_label("your question").fill("What is the capital of Kenya?")
+            page.get_by_label("accepted answers, comma-separated (optional: grades the reply)").fill("Nairobi")
+            page.get_by_role("button", name="Ask", exact=True).click()
+            page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 2", timeout=120_000)
+            settle(page)
+            assert page.get_by_text("Logit lens at the confidence slot").count() >= 1
+            assert page.locator('[data-testid="stException"]').count() == 0
+            full_screenshot(page, out / "2_playground.png")
+            # the lens of one item in the Item explorer
+            item = json.loads((first / "summary.json").read_text()) and __import__("pandas").read_parquet(
+                first / "items.parquet")["id"].iloc[0]
+            page.goto(f"{url}/Item_explorer?ws={first.name}&item={item}")
+            settle(page)
+            page.get_by_role("button", name="Read the lens").click()
+            page.wait_for_function(
+                "[...document.querySelectorAll('.js-plotly-plot .gtitle')].some(e => e.textContent.includes('Logit lens'))",
+                timeout=120_000)
+            settle(page)
+            assert page.locator('[data-testid="stException"]').count() == 0
+            full_screenshot(page, out / "3_item_lens.png")
+            b.close()
+    finally:
+        if rec_path is not None and rec_path.exists():  # the full study's process outlives the server: end it
+            pid = (json.loads(rec_path.read_text()) or {}).get("pid")
+            if pid:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    dest = os.environ.get("METACOG_SCREENSHOTS")
+    if dest:
+        shutil.copytree(out, dest, dirs_exist_ok=True)
