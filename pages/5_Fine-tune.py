@@ -208,7 +208,10 @@ with ui.guard("fine-tuning"):
         st.progress(min(1.0, done / max(planned, 1)),
                     text=f"**{status}** ({st_.get('phase', '')}) — {done}/{planned} updates, "
                          f"{float(st_.get('epochs_run') or 0):.2f}/{s_['plan']['epochs_planned']} epochs{age}")
-        st.caption(st_.get("message", ""))
+        msg = st_.get("message", "")
+        if st_.get("phase") == "evaluating" and st_.get("eval_total"):
+            msg += f" — {st_.get('eval_message') or 'evaluating'}: {st_.get('eval_done')}/{st_.get('eval_total')} items"
+        st.caption(msg)
         log = run.read_log()
         if len(log):
             fig = loss_curve({run_id: log}, title=f"Loss, run {run_id} ({s_['finetune']['targets']}, {s_['finetune']['format']}), "
@@ -256,7 +259,10 @@ with ui.guard("fine-tuning"):
                 runner.spawn(run, evaluate_only=True, eval_limit=int(eval_limit) or None, threads=int(threads))
                 st.rerun()
             if eval_busy:
-                st.info(f"Evaluation {est}…")
+                st_now = run.status()
+                cnt = (f": {st_now.get('eval_message') or 'working'} {st_now.get('eval_done')}/{st_now.get('eval_total')} items"
+                       if st_now.get("eval_total") else "…")
+                st.info(f"Evaluation {est}{cnt}")
                 if c[1].button("Refresh", key=f"ft-refresh-{run_id}"):
                     st.rerun()
             elif est == "failed":

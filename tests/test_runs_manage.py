@@ -88,3 +88,15 @@ def test_probes_ran_but_none_fitted_is_said_plainly(tmp_path, tiny_lm):
               lm=tiny_lm)  # the tiny model answers nothing right: one class
     with pytest.raises(TargetError, match=r"no probe could be fitted \(train split: 0 correct"):
         build_targets(Workspace(root), FinetuneSettings())
+
+
+def test_evaluation_records_its_item_count(ws):
+    """While a run is evaluated, its status says how many items are done (the page shows it)."""
+    from metacog.finetune.runner import _eval_progress
+
+    run = runner.create_run(ws, FinetuneSettings(epochs=1, seed=21))
+    seen = []
+    cb = _eval_progress(run, lambda d, t, m="": seen.append((d, t)), every_s=0.0)
+    cb(3, 12, "answering")
+    st = get_run(ws, run.id).status()
+    assert (st["eval_done"], st["eval_total"], st["eval_message"]) == (3, 12, "answering") and seen == [(3, 12)]

@@ -353,8 +353,27 @@ def _done_msg(res: dict, plan) -> str:
             f"last loss {res['final_train_loss']:.4f}")
 
 
+def _eval_progress(run, progress=None, every_s: float = 1.0):
+    """A progress callback that also records the evaluation's item count in the run's status
+    (``eval_done``/``eval_total``/``eval_message``, at most once a second), so a page that
+    watches the run shows how far the evaluation is."""
+    last = {"t": 0.0, "msg": None}
+
+    def cb(done, total, msg=""):
+        now = time.monotonic()
+        if now - last["t"] >= every_s or msg != last["msg"] or (total and done >= total):
+            run.set_status(eval_done=int(done), eval_total=int(total), eval_message=msg)
+            last["t"], last["msg"] = now, msg
+        if progress:
+            progress(done, total, msg)
+
+    return cb
+
+
 def _evaluate_in_process(ws, run, lm, owned, limit, threads, stop_now, progress=None):
     from .evaluate import evaluate_run
+
+    progress = _eval_progress(run, progress)
 
     run.set_status(status="running", phase="evaluating", eval_status="running", message="evaluating on the eval split")
     try:
@@ -393,7 +412,7 @@ def evaluate(ws: Workspace, run_id: str, *, lm=None, owned: bool = False, limit:
                 from .evaluate import evaluate_run
 
                 ev = evaluate_run(ws, run_id, lm=lm, owned=owned, limit=limit, threads=threads, should_stop=stop_now,
-                                  progress=progress)
+                                  progress=_eval_progress(run, progress))
                 run.set_status(eval_status="done", eval_seconds=ev["seconds"]["total"], eval_error=None)
                 return ev
     except Stopped:
