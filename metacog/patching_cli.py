@@ -66,6 +66,13 @@ def _fmt(x, nd=2):
     return "  n/a" if x is None or (isinstance(x, float) and x != x) else f"{x:.{nd}f}"
 
 
+def _p(p) -> str:
+    """A p-value: 3 decimals, or 2 significant digits below 0.001 (a Monte Carlo p is never 0)."""
+    if p is None or (isinstance(p, float) and p != p):
+        return "n/a"
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.2g}"
+
+
 def _ci(ci) -> str:
     ci = ci or [None, None]
     return f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
@@ -94,7 +101,7 @@ def print_summary(s: dict) -> None:
         n = g["normalised"]
         lay = (s.get("layers") or {}).get(key, {})
         sig = [h for h, p in zip(lay.get("layer", []), lay.get("p_holm", [])) if p is not None and p < 0.05]
-        print(f"  {key:22s} rho {_fmt(n['rho'])} {_ci(n['ci'])} p {_fmt(n['p'], 3)} | n_pairs {n['n_pairs']} "
+        print(f"  {key:22s} rho {_fmt(n['rho'])} {_ci(n['ci'])} p {_p(n['p'])} | n_pairs {n['n_pairs']} "
               f"(unit {n.get('unit', 'pair')}), {n.get('n_layers')} layers | {corr}-corrected layers p<0.05: "
               f"{len(sig)}/{len(lay.get('layer', []))}{(' (' + ','.join(map(str, sig[:12])) + ('…' if len(sig) > 12 else '') + ')') if sig else ''}"
               f" | descriptive rho of layer means {_fmt(n.get('rho_of_means'))} | raw-shift rho {_fmt(g['shift']['rho'])}")
@@ -104,8 +111,8 @@ def print_summary(s: dict) -> None:
             warned = True
     for key, c in (s.get("contrasts") or {}).items():
         e, gr = c["normalised"]["effect"], c["normalised"]["gradient"]
-        print(f"  {key:22s} per-pair difference: effect {_fmt(e['diff'])} {_ci(e['ci'])} p {_fmt(e['p'], 3)}, "
-              f"rho {_fmt(gr['diff'])} {_ci(gr['ci'])} p {_fmt(gr['p'], 3)} | n_pairs {c['normalised']['n_pairs']} (unit pair)")
+        print(f"  {key:22s} per-pair difference: effect {_fmt(e['diff'])} {_ci(e['ci'])} p {_p(e['p'])}, "
+              f"rho {_fmt(gr['diff'])} {_ci(gr['ci'])} p {_p(gr['p'])} | n_pairs {c['normalised']['n_pairs']} (unit pair)")
     for k, v in (s.get("files") or {}).items():
         print(f"  {k}: {v}")
 

@@ -384,5 +384,5 @@ with ui.guard("the patching results"):
                              mime="application/json", key="pt-dl-json", on_click="ignore", icon=":material/download:")
     c[2].caption(f"Saved in `{d}` (results.parquet holds the 101 probabilities of every cell).")
     with st.expander("sweep settings"):
-        st.code(json.dumps({k: v for k, v in meta.items() if not k.startswith("_") and k not in ("layers", "gradients")}, indent=1,
+        st.code(json.dumps({k: v for k, v in meta.items() if not k.startswith("_") and k not in ("layers", "gradients", "contrasts")}, indent=1,
                            default=str)[:6000], language="json")
