@@ -26,7 +26,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from metacog import patching as P  # noqa: E402
-from metacog import prompts  # noqa: E402
 from metacog.confidence import expected_value, get_trie  # noqa: E402
 from metacog.models import load_model  # noqa: E402
 from metacog.settings import ModelSettings  # noqa: E402
@@ -36,8 +35,7 @@ TARGET = ("What is the atomic number of carbon?", "The atomic number of carbon i
 
 
 def side(lm, qa, label):
-    e = prompts.encode_inline(lm.tokenizer, lm.is_chat, *qa)
-    return P.Side(lm, list(e.ids), dict(e.positions), label, item_id=label)
+    return P.make_side(lm, *qa, label)
 
 
 def main() -> None:

@@ -25,10 +25,15 @@ the input of block 0, ``h >= 1`` the output of block ``h-1``. Components:
 Positions (target token indices; the source index is named the same way, or aligned):
 
 - ``confidence``, ``last_prompt``, ``last_answer``: the named positions of both sides;
-- ``random:K``: K target positions drawn per pair with a seed (never a special token, never
-  the confidence slot; for item → item never inside the token prefix the two sequences
-  share, where source and target states are identical and a patch is a no-op), mapped to
-  the source by a token alignment of the two sequences (identity for model → model);
+- ``random:K``: K target positions drawn per pair with a seed, by default from the **item's own
+  tokens** — its question (with any options) and its answer — never from the chat template,
+  a system prompt, the instruction or the ``Confidence:`` suffix, which carry nothing
+  item-specific (``random_from="template"`` or ``"all"`` draws from those instead, labelled);
+  never a special token, never the confidence slot; for item → item never inside the token
+  prefix the two sequences share, where source and target states are identical and a patch
+  is a no-op. Mapped to the source by a token alignment of the two sequences (identity for
+  model → model). Every row records the class of its target and source token
+  (``position_class``, ``source_position_class``: question | answer | template);
 - ``token:I``: the target's token I (same alignment).
 
 Readout per cell: P(0..100) (and ``other``, and the ``unresolved`` mass of the "." look-ahead
@@ -76,7 +81,9 @@ COMPONENTS = ("resid", "attn", "mlp")
 NAMED = ("confidence", "last_prompt", "last_answer")
 KINDS = ("confidence", "last_prompt", "last_answer", "random", "token")
 DEFAULT_MIN_DENOMINATOR = 1.0  # points on the 0–100 scale (the study: 0.01 on 0–1)
-PATCHING_VERSION = 1
+PATCHING_VERSION = 2  # 2: random positions drawn from the item's own tokens by default (random_from)
+POSITION_CLASSES = ("question", "answer", "template")
+RANDOM_FROM = {"item": ("question", "answer"), "template": ("template",), "all": POSITION_CLASSES}
 _EPS = 1e-12
 
 
@@ -97,8 +104,12 @@ class PatchSpec:
     seed: int = 0
     min_denominator: float = DEFAULT_MIN_DENOMINATOR
     check_answer: bool = True
+    random_from: str = "item"  # item (question + answer tokens) | template | all: where random:K draws
 
     def __post_init__(self):
+        if self.random_from not in RANDOM_FROM:
+            raise PatchError(f"random_from must be one of {', '.join(RANDOM_FROM)} (item: the question and answer tokens; "
+                             f"template: chat template, system prompt, instruction and Confidence: suffix), not {self.random_from!r}")
         object.__setattr__(self, "positions", parse_positions(self.positions))
         comps = tuple(dict.fromkeys(c.strip().lower() for c in (self.components.split(",") if isinstance(self.components, str) else self.components)))
         bad = [c for c in comps if c not in COMPONENTS]
@@ -208,6 +219,7 @@ class Side:
     row: int = -1
     correct: bool | None = None
     model_label: str = "base"
+    classes: tuple[str, ...] | None = None  # per token: question | answer | template (see token_classes)
 
     @property
     def T(self) -> int:
@@ -234,6 +246,8 @@ class PosPlan:
     kind: str  # one of KINDS
     target: int
     source: int
+    target_class: str = ""  # question | answer | template (POSITION_CLASSES); "" when the side has no classes
+    source_class: str = ""
 
 
 def special_ids(tok) -> set[int]:
@@ -257,14 +271,97 @@ def shared_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def random_pool(pair: Pair) -> list[int]:
-    """Target positions a random draw may pick: not a special token, not the confidence slot,
-    and (item → item) not in the shared token prefix, whose states are identical."""
+def _char_offsets(tok, text: str, ids: list[int], add_special: bool) -> list[tuple[int, int]]:
+    """(start, end) character span in ``text`` of each token of ``ids`` (the tokenisation of
+    ``text``): the fast tokenizer's offset mapping, else cumulative decoding."""
+    try:
+        enc = tok(text, add_special_tokens=add_special, return_offsets_mapping=True)
+        if list(enc["input_ids"]) == list(ids):
+            return [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+    except (NotImplementedError, TypeError, ValueError, KeyError):
+        pass
+    out, prev = [], 0
+    for i in range(len(ids)):
+        n = len(tok.decode(ids[: i + 1], skip_special_tokens=False, clean_up_tokenization_spaces=False))
+        out.append((prev, n))
+        prev = n
+    if prev != len(text):
+        raise PatchError("cannot map this tokenizer's tokens back to the prompt text, so the question's tokens cannot be told "
+                         "from the template's; use a fast tokenizer")
+    return out
+
+
+def item_char_spans(prompt: str, question: str, choices=None) -> list[tuple[int, int]]:
+    """Character spans of the item's own text in an answer prompt: the question, then each
+    option text (multiple choice), located inside the user turn (the last occurrence of the
+    formatted question, so a system prompt that happened to contain the words does not count)."""
+    spans = []
+    q0 = prompt.rfind(question) if question else -1
+    if q0 < 0:
+        raise PatchError(f"the question {question[:60]!r} is not in its prompt text (the prompt template changed?)")
+    spans.append((q0, q0 + len(question)))
+    at = q0 + len(question)
+    for c in list(choices) if choices is not None else []:
+        c = str(c)
+        j = prompt.find(c, at)
+        if c and j >= 0:
+            spans.append((j, j + len(c)))
+            at = j + len(c)
+    return spans
+
+
+def token_classes(tok, is_chat: bool, enc, question: str, choices=None, style: str = "plain") -> tuple[str, ...]:
+    """The class of every token of an inline sequence (:func:`metacog.prompts.encode_inline`):
+
+    - ``question``: a prompt token overlapping the question text or an option text;
+    - ``answer``: a token of the answer segment (the model's answer);
+    - ``template``: everything else — chat-template markup, a system prompt, the instruction,
+      ``Question:``/``Options:`` labels, and the ``"\nConfidence:"`` suffix.
+
+    Computed from the character offsets of the prompt's tokens (the same tokenisation as
+    ``enc``). Returns one class per token of ``enc.ids``."""
+    from . import prompts
+
+    text = prompts.answer_prompt_text(tok, is_chat, question, choices, style)
+    p0, p1 = enc.spans["prompt"]
+    offs = _char_offsets(tok, text, enc.ids[p0:p1], add_special=not is_chat)
+    spans = item_char_spans(text, question, choices)
+    out = ["template"] * len(enc.ids)
+    for i, (a, b) in enumerate(offs):
+        if b > a and any(a < e and b > s for s, e in spans):
+            out[p0 + i] = "question"
+    a0, a1 = enc.spans["answer"]
+    for i in range(a0, a1):
+        out[i] = "answer"
+    return tuple(out)
+
+
+def make_side(lm, question: str, answer: str, label: str, choices=None, style: str = "plain", **kw) -> Side:
+    """A :class:`Side` for one item in ``lm``: its inline sequence, named positions and token
+    classes (``kw``: item_id, row, correct, model_label)."""
+    from . import prompts
+
+    enc = prompts.encode_inline(lm.tokenizer, lm.is_chat, question, answer, choices, style)
+    kw.setdefault("item_id", label)
+    return Side(lm=lm, ids=list(enc.ids), positions=dict(enc.positions), label=label,
+                classes=token_classes(lm.tokenizer, lm.is_chat, enc, question, choices, style), **kw)
+
+
+def random_pool(pair: Pair, random_from: str = "item") -> list[int]:
+    """Target positions a random draw may pick: tokens of the classes ``RANDOM_FROM[random_from]``
+    (default ``item``: the question and answer tokens), not a special token, not the
+    confidence slot, and (item → item) not in the shared token prefix, whose states are identical."""
     tgt = pair.target
+    if random_from not in RANDOM_FROM:
+        raise PatchError(f"random_from must be one of {', '.join(RANDOM_FROM)}, not {random_from!r}")
+    if tgt.classes is None or len(tgt.classes) != tgt.T:
+        raise PatchError(f"the target side {tgt.label!r} has no token classes, so random positions cannot be restricted to the "
+                         "item's tokens: build sides with patching.make_side")
+    allowed = RANDOM_FROM[random_from]
     specials = special_ids(tgt.lm.tokenizer)
     slot = tgt.positions["confidence"]
     start = shared_prefix(pair.source.ids, tgt.ids) if pair.kind == "item" else 0
-    return [i for i in range(start, tgt.T) if i != slot and tgt.ids[i] not in specials]
+    return [i for i in range(start, tgt.T) if i != slot and tgt.ids[i] not in specials and tgt.classes[i] in allowed]
 
 
 def pair_seed(seed: int, pair: Pair) -> np.random.SeedSequence:
@@ -275,9 +372,9 @@ def pair_seed(seed: int, pair: Pair) -> np.random.SeedSequence:
     return np.random.SeedSequence([int(seed) & 0xFFFFFFFF, key & 0xFFFFFFFF, key >> 32])
 
 
-def draw_random_positions(pair: Pair, k: int, seed: int) -> list[int]:
+def draw_random_positions(pair: Pair, k: int, seed: int, random_from: str = "item") -> list[int]:
     """K target positions from :func:`random_pool`, reproducible from (seed, pair), sorted."""
-    pool = random_pool(pair)
+    pool = random_pool(pair, random_from)
     if not pool:
         return []
     rng = np.random.default_rng(pair_seed(seed, pair))
@@ -316,13 +413,16 @@ def resolve_positions(pair: Pair, spec: PatchSpec) -> list[PosPlan]:
             amap = align(src.ids, tgt.ids)
         return int(amap[i])
 
+    def plan(label: str, kind: str, t: int, s: int) -> PosPlan:
+        return PosPlan(label, kind, t, s, tgt.classes[t] if tgt.classes else "", src.classes[s] if src.classes else "")
+
     out: list[PosPlan] = []
     for p in spec.positions:
         if p in NAMED:
-            out.append(PosPlan(p, p, tgt.positions[p], src.positions[p]))
+            out.append(plan(p, p, tgt.positions[p], src.positions[p]))
         elif p.startswith("random:"):
-            for j, i in enumerate(draw_random_positions(pair, int(p.split(":")[1]), spec.seed), start=1):
-                out.append(PosPlan(f"random{j}", "random", i, to_src(i)))
+            for j, i in enumerate(draw_random_positions(pair, int(p.split(":")[1]), spec.seed, spec.random_from), start=1):
+                out.append(plan(f"random{j}", "random", i, to_src(i)))
         elif p.startswith("token:"):
             i = int(p.split(":")[1])
             if not 0 <= i < tgt.T:
@@ -330,7 +430,7 @@ def resolve_positions(pair: Pair, spec: PatchSpec) -> list[PosPlan]:
                     f"token {i} is outside the target sequence of pair {pair.index} ({tgt.label}: tokens 0..{tgt.T - 1}; "
                     f"the confidence slot is {tgt.positions['confidence']})"
                 )
-            out.append(PosPlan(f"token{i}", "token", i, to_src(i)))
+            out.append(plan(f"token{i}", "token", i, to_src(i)))
     return out
 
 
@@ -908,6 +1008,7 @@ def _rows(prep: Prepared, plan: PosPlan, spec: PatchSpec, variants: list[Variant
                 "component": v.component, "layer": v.h,
                 "position": plan.label, "position_kind": plan.kind,
                 "target_pos": plan.target, "source_pos": plan.source,
+                "position_class": plan.target_class, "source_position_class": plan.source_class,
                 "target_token": _tok(tgt.lm.tokenizer, tgt.ids[plan.target]),
                 "source_token": _tok(src.lm.tokenizer, src.ids[plan.source]),
                 "ev_source": ev_s, "ev_target": ev_t, "ev_patched": ev_p,
@@ -943,6 +1044,7 @@ def pair_record(prep: Prepared) -> dict:
         "other_source": float(prep.src_read.other[0]), "other_target": float(prep.tgt_read.other[0]),
         "target_len": t.T, "source_len": s.T,
         "positions": json.dumps({pl.label: [pl.target, pl.source] for pl in prep.plans}),
+        "position_classes": json.dumps({pl.label: [pl.target_class, pl.source_class] for pl in prep.plans}),
     }
 
 
@@ -1061,17 +1163,11 @@ def item_table(ws) -> pd.DataFrame:
     return results_table(ws)
 
 
-def _encode(lm, row, style: str):
-    from .activations import encode_item
-
-    ch = row["choices"] if row.get("kind") == "mc" else None
-    return encode_item(lm, row["question"], row["answer"], ch, style)[0]
-
-
 def _side(lm, row, style: str, label: str, model_label: str) -> Side:
-    enc = _encode(lm, row, style)
-    return Side(lm=lm, ids=list(enc.ids), positions=dict(enc.positions), label=label, item_id=str(row["id"]),
-                row=int(row["row"]), correct=None if pd.isna(row.get("correct")) else bool(row["correct"]), model_label=model_label)
+    """The inline sequence of a workspace item (the activation cache's, :func:`metacog.activations.encode_item`)."""
+    ch = row["choices"] if row.get("kind") == "mc" else None
+    return make_side(lm, row["question"], row["answer"], label, ch, style, item_id=str(row["id"]), row=int(row["row"]),
+                     correct=None if pd.isna(row.get("correct")) else bool(row["correct"]), model_label=model_label)
 
 
 def filter_items(df: pd.DataFrame, split: str = "all", correct: str = "any", score: str | None = None,

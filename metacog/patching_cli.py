@@ -24,7 +24,8 @@ def register(sub) -> None:
         help="activation patching: confidence slot vs random positions, every layer, exact 0-100 readout",
         description="Write a source's hidden state into a target's forward at (component, layer, position) and read the "
         "target's exact 0-100 distribution at the confidence slot. Writes patching/<sweep>/results.parquet, results.csv, "
-        "pairs.parquet and patching.json (layer gradients: Spearman rho of layer vs mean normalised shift, per position kind). "
+        "pairs.parquet and patching.json (layer gradients tested across pairs: mean per-pair Spearman rho of layer vs normalised shift, "
+        "sign-flip p, bootstrap CI over pairs; each position vs the random positions; Holm-corrected per-layer tests). "
         "A re-run of the same sweep resumes; Ctrl-C keeps the finished rows.",
     )
     p.add_argument("--workspace", required=True, help="workspace directory (answers needed; E[v]/probes to rank items)")
@@ -34,6 +35,9 @@ def register(sub) -> None:
     p.add_argument("--layers", default="all", help="all (outputs of every block, 1..L) | A-B | comma list | every:K; 0 = embeddings (default all)")
     p.add_argument("--positions", default="confidence,random:3",
                    help="comma list of confidence, last-prompt, last-answer, random:K, token:I (default confidence,random:3)")
+    p.add_argument("--random-from", default="item", choices=["item", "template", "all"],
+                   help="where random:K draws: item = the item's question and answer tokens (default; the control), template = "
+                        "chat template, system prompt, instruction and Confidence: suffix, all = both")
     p.add_argument("--components", default="resid", help="resid, attn, mlp (comma list; default resid)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random positions and of the item draw (default 0)")
     p.add_argument("--by", default="auto", choices=["auto", "probe", "ev", "verbal"],
@@ -62,20 +66,53 @@ def _fmt(x, nd=2):
     return "  n/a" if x is None or (isinstance(x, float) and x != x) else f"{x:.{nd}f}"
 
 
+def _p(p) -> str:
+    """A p-value: 3 decimals, or 2 significant digits below 0.001 (a Monte Carlo p is never 0)."""
+    if p is None or (isinstance(p, float) and p != p):
+        return "n/a"
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.2g}"
+
+
+def _ci(ci) -> str:
+    ci = ci or [None, None]
+    return f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+
 def print_summary(s: dict) -> None:
+    """The sweep's across-pairs inference: per component × position group the layer gradient
+    (mean per-pair ρ, its CI and p, n pairs, unit), each group vs the random positions, and
+    the layers whose Holm-corrected per-layer p is below 0.05 (docs/SCIENCE.md)."""
     print(f"sweep {s['sweep_id']}: {s.get('kind', '?')} {s.get('source')} → {s.get('target')} | {s.get('n_pairs')} pair(s), "
           f"{s.get('n_rows')} rows | {'complete' if s.get('complete') else 'INCOMPLETE (stopped)'} | {s.get('seconds')} s, "
           f"{s.get('threads')} thread(s)")
     print(f"normalised shift = (patched - target)/(source - target); pairs with |source - target| < {s.get('min_denominator')} "
           f"points: {s.get('n_small_denominator', 0)} (reported, left out of the normalised numbers)")
+    rp = s.get("random_positions")
+    if rp:
+        cls = ", ".join(f"{k} {v}" for k, v in sorted(rp.get("classes", {}).items()))
+        print(f"random positions drawn from: {rp.get('from')} tokens ({rp.get('n_draws')} draws: {cls})")
+    t = s.get("tests") or {}
+    corr = t.get("correction", "holm")
+    print(f"unit: {t.get('unit', 'pair')} | rho = mean over pairs of each pair's Spearman rho(layer, normalised shift); "
+          f"p: sign-flip test across pairs; CI: 95% bootstrap over pairs; per-layer p corrected by {corr}; "
+          f"rho of the layer means is descriptive only")
+    warned = False
     for key, g in (s.get("gradients") or {}).items():
         n = g["normalised"]
         lay = (s.get("layers") or {}).get(key, {})
-        means = lay.get("mean", [])
-        top = max((m for m in means if m is not None), default=None)
-        print(f"  {key:22s} rho {_fmt(n['rho'])} [{_fmt(n['ci'][0])}, {_fmt(n['ci'][1])}] (Fisher [{_fmt(n['ci_fisher'][0])}, "
-              f"{_fmt(n['ci_fisher'][1])}], p {_fmt(n['p'], 3)}) over {n['n_layers']} layers, {n['n_pairs']} pairs | "
-              f"max layer mean {_fmt(top)} | raw-shift rho {_fmt(g['shift']['rho'])}")
+        sig = [h for h, p in zip(lay.get("layer", []), lay.get("p_holm", [])) if p is not None and p < 0.05]
+        print(f"  {key:22s} rho {_fmt(n['rho'])} {_ci(n['ci'])} p {_p(n['p'])} | n_pairs {n['n_pairs']} "
+              f"(unit {n.get('unit', 'pair')}), {n.get('n_layers')} layers | {corr}-corrected layers p<0.05: "
+              f"{len(sig)}/{len(lay.get('layer', []))}{(' (' + ','.join(map(str, sig[:12])) + ('…' if len(sig) > 12 else '') + ')') if sig else ''}"
+              f" | descriptive rho of layer means {_fmt(n.get('rho_of_means'))} | raw-shift rho {_fmt(g['shift']['rho'])}")
+        if not warned and n.get("n_pairs") and n.get("min_p", 0) > 0.05:
+            print(f"  note: with {n['n_pairs']} pair(s) the smallest attainable p is {n['min_p']:.3g}: too few pairs to reject at 0.05 "
+                  f"(6 or more are needed)")
+            warned = True
+    for key, c in (s.get("contrasts") or {}).items():
+        e, gr = c["normalised"]["effect"], c["normalised"]["gradient"]
+        print(f"  {key:22s} per-pair difference: effect {_fmt(e['diff'])} {_ci(e['ci'])} p {_p(e['p'])}, "
+              f"rho {_fmt(gr['diff'])} {_ci(gr['ci'])} p {_p(gr['p'])} | n_pairs {c['normalised']['n_pairs']} (unit pair)")
     for k, v in (s.get("files") or {}).items():
         print(f"  {k}: {v}")
 
@@ -126,14 +163,14 @@ def cmd_patch(args) -> int:
     spec = P.PatchSpec(
         layers=None, positions=args.positions, components=args.components, seed=args.seed,
         min_denominator=P.DEFAULT_MIN_DENOMINATOR if args.min_denominator is None else args.min_denominator,
-        check_answer=not args.no_answer_check,
+        check_answer=not args.no_answer_check, random_from=args.random_from,
     )
     print(f"workspace: {ws.root}", file=sys.stderr)
     print(f"model: {model.model}  device: {model.device}  dtype: {model.dtype}  threads: {model.threads}", file=sys.stderr)
     lm = load_model(model)
     layers = P.parse_layers(args.layers, lm.n_layers)
     spec = P.PatchSpec(layers=layers, positions=spec.positions, components=spec.components, seed=spec.seed,
-                       min_denominator=spec.min_denominator, check_answer=spec.check_answer)
+                       min_denominator=spec.min_denominator, check_answer=spec.check_answer, random_from=spec.random_from)
     items = [x.strip() for x in args.items.split(",")] if args.items else None
     plan = P.plan_sweep(ws, lm, args.source, args.target, spec, n_pairs=args.pairs, by=args.by, split=args.split,
                         source_correct=args.source_correct, target_correct=args.target_correct, items=items)

@@ -2,7 +2,8 @@
 
 - :func:`shift_heatmap` -- mean shift per layer × position group (one component);
 - :func:`gradient_lines` -- the layer gradient: mean normalised shift by layer with bootstrap
-  CI bands, confidence slot vs random positions (and any other group), ρ [CI] in the legend;
+  CI bands, confidence slot vs random positions (and any other group); the across-pairs
+  gradient (mean per-pair ρ [CI over pairs], p, number of pairs) in the legend;
 - :func:`cell_distribution` -- one cell's exact 0-100 distribution: target before, patched
   after, and the source, with their expected values;
 - :func:`pair_shifts` -- per pair, the shift by layer at one position group (spaghetti).
@@ -61,7 +62,9 @@ def gradient_lines(stats: pd.DataFrame, gradients: Mapping[str, Mapping], *, com
                    value: str = "normalised", groups: Sequence[str] | None = None, split: str = "all",
                    what: str = "Layer gradient of the patching effect") -> go.Figure:
     """Mean ``value`` by layer per group with its bootstrap CI band; ``gradients[group]`` is a
-    :func:`metacog.patching_stats.layer_gradient` dict whose ρ and CI go into the legend."""
+    :func:`metacog.patching_stats.gradient` dict (the across-pairs test of
+    :func:`metacog.stats.layer_gradient`) whose mean per-pair ρ, CI over pairs, p and number
+    of pairs go into the legend."""
     d = stats[(stats["component"] == component) & (stats["value"] == value)]
     gs = list(groups) if groups is not None else list(dict.fromkeys(d["group"]))
     fig = go.Figure()
@@ -78,20 +81,18 @@ def gradient_lines(stats: pd.DataFrame, gradients: Mapping[str, Mapping], *, com
                                      fillcolor=_rgba(color, 0.15), line=dict(width=0), hoverinfo="skip", showlegend=False,
                                      legendgroup=g, meta={"role": "ci", "group": g}))
         gr = gradients.get(g) or {}
-        rho, ci = gr.get("rho"), gr.get("ci") or [None, None]
-        if ci[0] is None and gr.get("ci_fisher"):
-            ci, how = gr["ci_fisher"], "Fisher"
-        else:
-            how = "bootstrap"
+        rho, ci, p = gr.get("rho"), gr.get("ci") or [None, None], gr.get("p")
         lab = group_label(g)
         if rho is not None:
-            lab += f": ρ = {rho:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}] ({how})" if ci[0] is not None else "")
+            lab += (f": mean per-pair ρ = {rho:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci[0] is not None else "")
+                    + (f", p = {p:.3g}" if p is not None else "") + f", {gr.get('n_pairs', 0)} pairs")
         fig.add_trace(go.Scatter(x=x, y=s["mean"].astype(float).to_numpy(), mode="lines+markers", name=lab,
                                  line=dict(color=color, width=2.5 if g == "confidence" else 1.8), legendgroup=g,
                                  customdata=np.stack([s["n"].to_numpy(), lo, hi, s["median"].to_numpy(), s["share_pos"].to_numpy()], 1),
                                  hovertemplate="layer %{x}: mean %{y:.3f} [%{customdata[1]:.3f}, %{customdata[2]:.3f}]<br>"
                                                "median %{customdata[3]:.3f} · share > 0 %{customdata[4]:.2f} · n=%{customdata[0]}<extra></extra>",
-                                 meta={"role": "mean", "group": g, "rho": rho, "ci": list(ci)}))
+                                 meta={"role": "mean", "group": g, "rho": rho, "ci": list(ci), "p": p,
+                                       "n_pairs": gr.get("n_pairs")}))
     fig.add_hline(y=0, line=dict(color="#888", dash="dot", width=1))
     if value == "normalised":
         fig.add_hline(y=1, line=dict(color="#bbb", dash="dot", width=1))

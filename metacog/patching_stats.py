@@ -1,9 +1,11 @@
-"""Statistics of a patching sweep: per layer × position group, and the layer gradient.
+"""Statistics of a patching sweep: per layer × position group, the layer gradient, and the
+confidence-slot vs random-position contrast — all with the **pair** as the unit.
 
-The unit of every test is the **pair**: a pair contributes one value per (component, layer,
-position group) — for the random positions, the mean over its K draws (they share the pair's
-source and target, so they are not independent). Position groups are the named positions,
-``random``, and each picked ``tokenI``.
+A pair contributes one value per (component, layer, position group) — for the random
+positions, the mean over its K draws (they share the pair's source and target, so they are
+not independent). Position groups are the named positions, ``random``, and each picked
+``tokenI``. The tests themselves are :mod:`metacog.stats` (docs/SCIENCE.md, "Statistics of
+patching"); this module turns a sweep's tidy results table into their per-pair inputs.
 
 Per (component, group, layer), on the normalised shift (pairs whose |source − target| is
 below the threshold are counted in ``n_small`` and left out of these numbers, never
@@ -11,13 +13,19 @@ silently) and on the raw shift (all pairs):
 
 - ``mean``, ``median``, ``share_pos`` (share of pairs > 0), ``n``;
 - ``ci_lo``/``ci_hi``: percentile bootstrap CI of the mean over pairs (``n_boot`` resamples);
-- ``p_binom``: two-sided sign test (exact binomial, pairs equal to 0 dropped), H0 share = ½;
-- ``p_perm``: two-sided sign-flip permutation test of the mean (exact for n ≤ 16, else
-  Monte Carlo with ``n_perm`` flips, p = (k + 1)/(n_perm + 1)).
+- ``p_binom``: two-sided sign test (:func:`scipy.stats.binomtest`, pairs equal to 0 dropped);
+- ``p_perm``: two-sided sign-flip permutation test of the mean over pairs
+  (:func:`metacog.stats.sign_flip_test`);
+- ``p_holm``: ``p_perm`` Holm-adjusted over the layers of the (component, group, value)
+  family (:func:`metacog.stats.holm`) — the p to read when asking "which layers?".
 
-Layer gradient per (component, group): Spearman ρ between layer index and the per-layer
-mean, its two-sided p (t approximation, as scipy), a bootstrap CI over pairs (resample the
-pairs, recompute the per-layer means and ρ) and a Fisher-z CI (SE = √(1.06/(n−3)), n = layers).
+Layer gradient per (component, group): :func:`metacog.stats.layer_gradient` on the per-pair
+table — mean per-pair Spearman ρ(layer, effect), sign-flip p across pairs, bootstrap CI over
+pairs; ρ of the per-layer means only as the labelled descriptive ``rho_of_means``.
+
+Contrast per component: each named/picked group vs ``random``, within pair, then across
+pairs (:func:`metacog.stats.paired_contrast`): layer-averaged effect difference and ρ
+difference, each with its sign-flip p and bootstrap CI.
 """
 from __future__ import annotations
 
@@ -25,117 +33,23 @@ import math
 
 import numpy as np
 import pandas as pd
+from scipy import stats as _st
+
+from . import stats as S
 
 VALUES = ("normalised", "shift")
-
-
-# ----------------------------------------------------------------------------- primitives
-def rankdata(x) -> np.ndarray:
-    """Ranks 1..n, ties get their average rank."""
-    x = np.asarray(x, dtype=float)
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x), dtype=float)
-    xs = x[order]
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and xs[j + 1] == xs[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    return ranks
-
-
-def pearson(x, y) -> float:
-    x = np.asarray(x, dtype=float)
-    y = np.asarray(y, dtype=float)
-    xm, ym = x - x.mean(), y - y.mean()
-    den = math.sqrt(float((xm * xm).sum()) * float((ym * ym).sum()))
-    return float((xm * ym).sum() / den) if den > 0 else float("nan")
-
-
-def spearman(x, y) -> tuple[float, float]:
-    """(ρ, two-sided p) with p from t = ρ√((n−2)/(1−ρ²)) on n−2 df (scipy's default)."""
-    x = np.asarray(x, dtype=float)
-    y = np.asarray(y, dtype=float)
-    ok = ~(np.isnan(x) | np.isnan(y))
-    x, y = x[ok], y[ok]
-    n = len(x)
-    if n < 3:
-        return float("nan"), float("nan")
-    r = pearson(rankdata(x), rankdata(y))
-    if np.isnan(r):
-        return r, float("nan")
-    if abs(r) >= 1.0:
-        return float(np.sign(r)), 0.0
-    from scipy.stats import t as tdist
-
-    t = r * math.sqrt((n - 2) / (1.0 - r * r))
-    return r, float(2.0 * tdist.sf(abs(t), n - 2))
-
-
-def fisher_ci(r: float, n: int, level: float = 0.95) -> tuple[float, float]:
-    """CI of a Spearman ρ from Fisher's z with SE = √(1.06/(n−3)) (Fieller, Hartley, Pearson)."""
-    if n < 4 or np.isnan(r):
-        return float("nan"), float("nan")
-    from scipy.stats import norm
-
-    z = math.atanh(max(min(r, 1 - 1e-12), -1 + 1e-12))
-    se = math.sqrt(1.06 / (n - 3))
-    q = norm.ppf(0.5 + level / 2)
-    return math.tanh(z - q * se), math.tanh(z + q * se)
-
-
-def binom_two_sided(k: int, n: int, p: float = 0.5) -> float:
-    """Exact two-sided binomial p: the probability of outcomes no likelier than k (the
-    rule of scipy.stats.binomtest, with its 1e-7 relative tolerance)."""
-    if n == 0:
-        return 1.0
-    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * math.log(p) + (n - i) * math.log1p(-p)
-            for i in range(n + 1)]
-    pk = logs[k]
-    tot = sum(math.exp(lp) for lp in logs if lp <= pk + math.log1p(1e-7))
-    return float(min(1.0, tot))
+N_PERM = 9999  # Monte Carlo sign flips when a test has more than stats.EXACT_MAX pairs
+N_BOOT = 1000  # bootstrap resamples of patching.json and the Patching page (the same numbers on both)
 
 
 def sign_test(x) -> float:
+    """Two-sided exact sign test of share(x > 0) = ½ (:func:`scipy.stats.binomtest`); zeros
+    and NaN dropped; 1.0 when nothing is left."""
     x = np.asarray(x, dtype=float)
     x = x[~np.isnan(x) & (x != 0)]
-    return binom_two_sided(int((x > 0).sum()), len(x))
-
-
-def sign_flip_test(x, n_perm: int = 10000, seed: int = 0) -> float:
-    """Two-sided sign-flip permutation p for mean(x) ≠ 0 (exact enumeration for n ≤ 16)."""
-    x = np.asarray(x, dtype=float)
-    x = x[~np.isnan(x)]
-    n = len(x)
-    if n == 0:
-        return float("nan")
-    obs = abs(x.mean())
-    tol = 1e-12 * max(1.0, obs)
-    if n <= 16:
-        signs = ((np.arange(2**n)[:, None] >> np.arange(n)[None, :]) & 1) * 2 - 1
-        stats = np.abs((signs * x[None, :]).mean(axis=1))
-        return float((stats >= obs - tol).mean())
-    rng = np.random.default_rng(seed)
-    k = 0
-    for s in range(0, n_perm, 2000):
-        m = min(2000, n_perm - s)
-        signs = rng.choice(np.array([-1.0, 1.0]), size=(m, n))
-        k += int((np.abs((signs * x[None, :]).mean(axis=1)) >= obs - tol).sum())
-    return (k + 1) / (n_perm + 1)
-
-
-def bootstrap_mean_ci(x, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    x = np.asarray(x, dtype=float)
-    x = x[~np.isnan(x)]
-    if len(x) < 2:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(x), size=(n_boot, len(x)))
-    means = x[idx].mean(axis=1)
-    a = (1 - level) / 2
-    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+    if not len(x):
+        return 1.0
+    return float(_st.binomtest(int((x > 0).sum()), len(x), 0.5).pvalue)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -151,70 +65,61 @@ def per_pair(res: pd.DataFrame, value: str = "normalised") -> pd.DataFrame:
     return d.groupby(["pair", "component", "group", "layer"], as_index=False, sort=True)[value].mean()
 
 
-def layer_stats(res: pd.DataFrame, value: str = "normalised", n_boot: int = 2000, n_perm: int = 10000,
+def effects(res: pd.DataFrame, component: str, group: str, value: str = "normalised") -> pd.DataFrame:
+    """The per-pair table :mod:`metacog.stats` takes: ``pair``, ``layer``, ``effect`` (one row
+    per pair × layer; the mean of a pair's random draws; NaN where undefined)."""
+    pp = per_pair(res, value)
+    pp = pp[(pp["component"] == component) & (pp["group"] == group)]
+    return pd.DataFrame({"pair": pp["pair"].to_numpy(), "layer": pp["layer"].to_numpy(),
+                         "effect": pp[value].to_numpy(dtype=float)})
+
+
+def layer_stats(res: pd.DataFrame, value: str = "normalised", n_boot: int = 2000, n_perm: int = N_PERM,
                 seed: int = 0) -> pd.DataFrame:
-    """Per (component, group, layer): n, n_small, mean, median, share_pos, ci_lo, ci_hi, p_binom, p_perm."""
+    """Per (component, group, layer): n, n_small, mean, median, share_pos, ci_lo, ci_hi, p_binom,
+    p_perm, p_holm (p_perm Holm-adjusted over the layers of its component × group), answer_unchanged."""
     cols = ["component", "group", "layer", "value", "n", "n_small", "mean", "median", "share_pos", "ci_lo", "ci_hi",
-            "p_binom", "p_perm", "answer_unchanged"]
+            "p_binom", "p_perm", "p_holm", "answer_unchanged"]
     if not len(res):
         return pd.DataFrame(columns=cols)
     pp = per_pair(res, value)
     d = res.assign(group=position_group(res))
-    small = d.groupby(["component", "group", "layer"])["small_denominator"].apply(
-        lambda s: int(d.loc[s.index][s.to_numpy(bool)]["pair"].nunique()))
+    small = d[d["small_denominator"].astype(bool)].groupby(["component", "group", "layer"])["pair"].nunique()
     keep = d.groupby(["component", "group", "layer"])["answer_unchanged"].mean()
     rows = []
     for (comp, grp, layer), g in pp.groupby(["component", "group", "layer"], sort=True):
         x = g[value].to_numpy(dtype=float)
         x = x[~np.isnan(x)]
-        lo, hi = bootstrap_mean_ci(x, n_boot, seed)
+        lo, hi = S.bootstrap_ci(x, n_boot, seed)
         rows.append({
             "component": comp, "group": grp, "layer": int(layer), "value": value, "n": int(len(x)),
             "n_small": int(small.get((comp, grp, layer), 0)) if value == "normalised" else 0,
             "mean": float(x.mean()) if len(x) else np.nan, "median": float(np.median(x)) if len(x) else np.nan,
             "share_pos": float((x > 0).mean()) if len(x) else np.nan, "ci_lo": lo, "ci_hi": hi,
-            "p_binom": sign_test(x) if len(x) else np.nan, "p_perm": sign_flip_test(x, n_perm, seed) if len(x) else np.nan,
+            "p_binom": sign_test(x) if len(x) else np.nan, "p_perm": S.sign_flip_test(x, n_perm, seed) if len(x) else np.nan,
             "answer_unchanged": float(keep.get((comp, grp, layer), np.nan)),
         })
-    return pd.DataFrame(rows, columns=cols)
-
-
-def layer_gradient(res: pd.DataFrame, component: str = "resid", group: str = "confidence", value: str = "normalised",
-                   n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
-    """Spearman ρ of layer vs mean value over pairs, with a bootstrap-over-pairs CI and a Fisher CI."""
-    pp = per_pair(res, value)
-    pp = pp[(pp["component"] == component) & (pp["group"] == group)]
-    out = {"component": component, "group": group, "value": value, "rho": None, "p": None, "ci": [None, None],
-           "ci_fisher": [None, None], "n_layers": 0, "n_pairs": 0, "layers": [], "means": []}
-    if not len(pp):
-        return out
-    wide = pp.pivot_table(index="pair", columns="layer", values=value, aggfunc="mean")  # pairs × layers
-    layers = np.array(wide.columns, dtype=float)
-    M = wide.to_numpy(dtype=float)
-    means = np.nanmean(M, axis=0) if M.size else np.array([])
-    ok = ~np.isnan(means)
-    rho, p = spearman(layers[ok], means[ok])
-    n = int(ok.sum())
-    out.update(rho=_f(rho), p=_f(p), n_layers=n, n_pairs=int(np.isfinite(M).any(axis=1).sum()),
-               layers=[int(x) for x in layers], means=[_f(x) for x in means])
-    out["ci_fisher"] = [_f(x) for x in fisher_ci(rho, n, level)]
-    P = M.shape[0]
-    if P >= 2 and n >= 3:
-        rng = np.random.default_rng(seed)
-        rs = []
-        for _ in range(n_boot):
-            sub = M[rng.integers(0, P, size=P)]
-            with np.errstate(all="ignore"):
-                m = np.nanmean(sub, axis=0) if np.isfinite(sub).any() else np.full(M.shape[1], np.nan)
-            k = ~np.isnan(m)
-            if k.sum() >= 3:
-                r, _ = spearman(layers[k], m[k])
-                if not np.isnan(r):
-                    rs.append(r)
-        if rs:
-            a = (1 - level) / 2
-            out["ci"] = [float(np.quantile(rs, a)), float(np.quantile(rs, 1 - a))]
+    out = pd.DataFrame(rows, columns=cols)
+    for _, idx in out.groupby(["component", "group"]).groups.items():
+        out.loc[idx, "p_holm"] = S.holm(out.loc[idx, "p_perm"].to_numpy(dtype=float))
     return out
+
+
+def gradient(res: pd.DataFrame, component: str = "resid", group: str = "confidence", value: str = "normalised",
+             n_perm: int = N_PERM, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """:func:`metacog.stats.layer_gradient` of one component × position group of a sweep
+    (``value``: ``normalised`` or raw ``shift``), labelled with them."""
+    g = S.layer_gradient(effects(res, component, group, value), n_perm=n_perm, n_boot=n_boot, seed=seed, level=level)
+    return {"component": component, "group": group, "value": value, **g}
+
+
+def contrast(res: pd.DataFrame, component: str = "resid", group: str = "confidence", control: str = "random",
+             value: str = "normalised", n_perm: int = N_PERM, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """``group`` vs ``control`` (default the confidence slot vs the random positions) within
+    each pair, then across pairs: :func:`metacog.stats.paired_contrast`."""
+    c = S.paired_contrast(effects(res, component, group, value), effects(res, component, control, value),
+                          n_perm=n_perm, n_boot=n_boot, seed=seed, level=level, labels=(group, control))
+    return {"component": component, "value": value, **c}
 
 
 def _f(x):
@@ -231,13 +136,29 @@ def groups_of(res: pd.DataFrame) -> list[str]:
     return sorted(gs, key=lambda g: (order.get(g, 9), g))
 
 
-def summarize(res: pd.DataFrame, spec, n_layers: int | None = None, n_boot: int = 1000, seed: int | None = None) -> dict:
-    """The ``patching.json`` numbers: ρ and per-layer means (with CIs and tests) for every
-    component × position group, plus the pairs below the denominator threshold."""
+TESTS_DOC = {
+    "unit": S.UNIT,
+    "gradient": "rho = mean over pairs of Spearman rho(layer, effect) within each pair; p: " + S.SIGN_FLIP
+                + "; ci: " + S.BOOT + "; rho_of_means is descriptive only (no p-value)",
+    "null": "each pair's statistic is symmetric about 0 (no consistent direction across pairs)",
+    "contrast": "per pair: mean over shared layers of (group - random) and rho_group - rho_random; same test and CI",
+    "per_layer": "p_perm: sign-flip test over pairs at each layer; p_binom: exact sign test (scipy.stats.binomtest)",
+    "correction": S.CORRECTION, "correction_doc": S.CORRECTION_DOC,
+    "definition": "docs/SCIENCE.md, Statistics of patching",
+}
+
+
+def summarize(res: pd.DataFrame, spec, n_layers: int | None = None, n_boot: int = N_BOOT, seed: int | None = None,
+              n_perm: int = N_PERM) -> dict:
+    """The ``patching.json`` numbers: the across-pairs layer gradient and per-layer means (with
+    CIs, tests and the Holm correction) for every component × position group, each group's
+    contrast with the random positions, the classes the random positions were drawn from,
+    and the pairs below the denominator threshold."""
     seed = getattr(spec, "seed", 0) if seed is None else seed
     out: dict = {"n_rows": int(len(res)), "n_pairs": int(res["pair"].nunique()) if len(res) else 0,
                  "min_denominator": float(getattr(spec, "min_denominator", 1.0)), "n_layers_model": n_layers,
-                 "unit": "pair (random positions averaged within a pair)", "gradients": {}, "layers": {}}
+                 "unit": "pair (random positions averaged within a pair)", "tests": TESTS_DOC,
+                 "gradients": {}, "contrasts": {}, "layers": {}}
     if not len(res):
         return out
     small = res[res["small_denominator"]].drop_duplicates("pair")
@@ -246,15 +167,22 @@ def summarize(res: pd.DataFrame, spec, n_layers: int | None = None, n_boot: int 
     ]
     out["n_small_denominator"] = int(len(small))
     out["answer_unchanged_share"] = _f(res["answer_unchanged"].mean())
-    st = layer_stats(res, "normalised", n_boot=n_boot, seed=seed)
-    st_raw = layer_stats(res, "shift", n_boot=n_boot, seed=seed)
+    rnd = res[res["position_kind"] == "random"].drop_duplicates(["pair", "position"])
+    if len(rnd):
+        out["random_positions"] = {
+            "from": getattr(spec, "random_from", None), "n_draws": int(len(rnd)),
+            "classes": {str(k): int(v) for k, v in rnd["position_class"].value_counts().items()} if "position_class" in rnd else {},
+        }
+    st = layer_stats(res, "normalised", n_boot=n_boot, n_perm=n_perm, seed=seed)
+    st_raw = layer_stats(res, "shift", n_boot=n_boot, n_perm=n_perm, seed=seed)
+    kw = dict(n_perm=n_perm, n_boot=n_boot, seed=seed)
     for comp in pd.unique(res["component"]):
-        for grp in groups_of(res[res["component"] == comp]):
+        groups = groups_of(res[res["component"] == comp])
+        for grp in groups:
             key = f"{comp}/{grp}"
-            out["gradients"][key] = {
-                "normalised": layer_gradient(res, comp, grp, "normalised", n_boot=n_boot, seed=seed),
-                "shift": layer_gradient(res, comp, grp, "shift", n_boot=n_boot, seed=seed),
-            }
+            out["gradients"][key] = {v: gradient(res, comp, grp, v, **kw) for v in VALUES}
+            if grp != "random" and "random" in groups:
+                out["contrasts"][f"{key}-random"] = {v: contrast(res, comp, grp, "random", v, **kw) for v in VALUES}
             a = st[(st["component"] == comp) & (st["group"] == grp)]
             b = st_raw[(st_raw["component"] == comp) & (st_raw["group"] == grp)]
             out["layers"][key] = {
@@ -262,8 +190,8 @@ def summarize(res: pd.DataFrame, spec, n_layers: int | None = None, n_boot: int 
                 "mean": [_f(x) for x in a["mean"]], "median": [_f(x) for x in a["median"]],
                 "share_pos": [_f(x) for x in a["share_pos"]], "ci_lo": [_f(x) for x in a["ci_lo"]],
                 "ci_hi": [_f(x) for x in a["ci_hi"]], "p_binom": [_f(x) for x in a["p_binom"]],
-                "p_perm": [_f(x) for x in a["p_perm"]], "n": a["n"].astype(int).tolist(),
-                "n_small": a["n_small"].astype(int).tolist(),
+                "p_perm": [_f(x) for x in a["p_perm"]], "p_holm": [_f(x) for x in a["p_holm"]], "correction": S.CORRECTION,
+                "n": a["n"].astype(int).tolist(), "n_small": a["n_small"].astype(int).tolist(),
                 "shift_mean": [_f(x) for x in b["mean"]], "answer_unchanged": [_f(x) for x in a["answer_unchanged"]],
             }
     return out

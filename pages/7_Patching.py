@@ -1,6 +1,7 @@
 """Patching: write a source's hidden state into a target's forward at (layer, position) and read
 the target's exact 0-100 distribution at the confidence slot. Confidence slot vs random
-positions, every layer, with the layer gradient (Spearman ρ) of each."""
+positions, every layer, with the layer gradient of each tested across pairs (mean per-pair
+Spearman ρ, sign-flip p, bootstrap CI over pairs; metacog.stats) — the numbers of patching.json."""
 import json
 
 import numpy as np
@@ -10,6 +11,7 @@ import streamlit as st
 from metacog import patching as P
 from metacog import patching_plots as PP
 from metacog import patching_stats as PS
+from metacog import stats as MS
 from metacog import ui
 
 ws = ui.current_workspace()
@@ -18,7 +20,8 @@ ui.header(
     "Does the model's confidence live in the residual stream at the **confidence slot**? Write a source's state "
     "(another item, or the same item in a fine-tuned adapter) into the target's forward at one layer and position, and "
     "read the target's exact 0–100 distribution after `Confidence:`. The control: the same patch at **random positions** "
-    "(drawn with a seed; never special tokens, never the slot).",
+    "of the item's own question and answer tokens (drawn with a seed; never the chat template or system prompt, never "
+    "special tokens, never the slot).",
 )
 
 if not ui.require(ws, "activations", "patching reads the inline sequences and their E[v]"):
@@ -40,14 +43,25 @@ def _pairs(root: str, sid: str, stamp: tuple) -> pd.DataFrame:
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _stats(root: str, sid: str, stamp: tuple, value: str) -> pd.DataFrame:
-    return PS.layer_stats(_results(root, sid, stamp), value, n_boot=1000)
+def _stats(root: str, sid: str, stamp: tuple, value: str, seed: int) -> pd.DataFrame:
+    return PS.layer_stats(_results(root, sid, stamp), value, n_boot=PS.N_BOOT, seed=seed)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _gradients(root: str, sid: str, stamp: tuple, value: str, component: str) -> dict:
+def _gradients(root: str, sid: str, stamp: tuple, value: str, component: str, seed: int) -> dict:
+    """The across-pairs layer gradient of every position group (as in patching.json: same
+    resamples, same seed)."""
     res = _results(root, sid, stamp)
-    return {g: PS.layer_gradient(res, component, g, value, n_boot=500) for g in PS.groups_of(res[res["component"] == component])}
+    return {g: PS.gradient(res, component, g, value, n_boot=PS.N_BOOT, seed=seed) for g in PS.groups_of(res[res["component"] == component])}
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _contrasts(root: str, sid: str, stamp: tuple, value: str, component: str, seed: int) -> dict:
+    res = _results(root, sid, stamp)
+    gs = PS.groups_of(res[res["component"] == component])
+    if "random" not in gs:
+        return {}
+    return {g: PS.contrast(res, component, g, "random", value, n_boot=PS.N_BOOT, seed=seed) for g in gs if g != "random"}
 
 
 def _stamp(sid: str) -> tuple:
@@ -164,6 +178,11 @@ with ui.guard("the patching set-up"):
     min_den = float(c[3].number_input("min |source − target|", 0.0, 100.0, P.DEFAULT_MIN_DENOMINATOR, 0.5, key="pt-minden",
                                       help="points on the 0–100 scale; pairs below it get no normalised shift and are reported"))
 
+    rfrom = {"item": "the item's question and answer tokens (the control)", "template": "template tokens only (chat markup, system "
+             "prompt, instruction, Confidence: suffix)", "all": "all tokens (item and template)"}
+    random_from = st.selectbox("random positions from", list(rfrom), key="pt-rfrom", format_func=rfrom.get, disabled=not k_rand,
+                               help="the default draws only tokens that carry the item; template tokens are a separate, labelled "
+                                    "option (each drawn position's class is recorded in the results)")
     positions = list(named) + ([f"random:{k_rand}"] if k_rand else [])
     plan = None
     if src_ref and tgt_ref:
@@ -171,7 +190,7 @@ with ui.guard("the patching set-up"):
 
         def _plan(extra=()):
             spec = P.PatchSpec(layers=layers, positions=tuple(positions + list(extra)) or ("confidence",),
-                               components=tuple(comps or ["resid"]), seed=seed, min_denominator=min_den)
+                               components=tuple(comps or ["resid"]), seed=seed, min_denominator=min_den, random_from=random_from)
             return P.plan_sweep(ws, lm, src_ref, tgt_ref, spec, n_pairs=n_pairs, by=by if by in scores else "auto", split=split,
                                 source_correct=src_correct, target_correct=tgt_correct, pool=items)
 
@@ -204,7 +223,7 @@ with ui.guard("the patching set-up"):
             if plan is not None:
                 rp = [pl for pl in P.resolve_positions(first, plan.spec) if pl.kind == "random"]
                 st.caption(f"★ = the confidence slot (token {slot}); ·sp = special token. Random positions of pair 0 with this seed: "
-                           + (", ".join(f"{pl.target} ({_tok_label(toks[pl.target])})" for pl in rp) or "none")
+                           + (", ".join(f"{pl.target} ({_tok_label(toks[pl.target])}, {pl.target_class})" for pl in rp) or "none")
                            + f". {len(plan.pairs)} pair(s) × {len(plan.spec.components)} component(s) × {len(layers)} layers × "
                            f"{len(named) + k_rand + len(picked)} positions.")
 
@@ -248,8 +267,10 @@ with ui.guard("the patching results"):
     comp = c[0].selectbox("component", list(dict.fromkeys(res["component"])), key="pt-comp")
     value = c[1].radio("value", ["normalised", "shift"], horizontal=True, key="pt-value",
                        format_func={"normalised": "normalised shift", "shift": "raw shift (points)"}.get)
-    st_tab = _stats(str(ws.root), sid, stamp, value)
-    grads = _gradients(str(ws.root), sid, stamp, value, comp)
+    seed = int((meta.get("spec") or {}).get("seed", 0))
+    st_tab = _stats(str(ws.root), sid, stamp, value, seed)
+    grads = _gradients(str(ws.root), sid, stamp, value, comp, seed)
+    contrasts = _contrasts(str(ws.root), sid, stamp, value, comp, seed)
     n_small = int(res[res["small_denominator"]]["pair"].nunique())
     m = st.columns(5)
 
@@ -257,8 +278,9 @@ with ui.guard("the patching results"):
         r = grads.get(g, {}).get("rho")
         return "n/a" if r is None else f"{r:.2f}"
 
-    m[0].metric("ρ confidence slot", _rho("confidence"), help="Spearman ρ of layer vs mean shift over pairs")
-    m[1].metric("ρ random positions", _rho("random"))
+    m[0].metric("ρ confidence slot", _rho("confidence"),
+                help="mean over pairs of each pair's Spearman ρ(layer, shift); its CI and p are in the table below")
+    m[1].metric("ρ random positions", _rho("random"), help="the same statistic at the random positions (each pair: mean of its draws)")
     m[2].metric("pairs", n_pairs_done)
     m[3].metric("below the denominator threshold", n_small,
                 help=f"|E[source] − E[target]| < {meta.get('spec', {}).get('min_denominator', P.DEFAULT_MIN_DENOMINATOR)} points: "
@@ -268,17 +290,44 @@ with ui.guard("the patching results"):
         st.warning("Every pair's source and target readouts are closer than the threshold: there is no normalised shift. "
                    "Look at the raw shift, or choose pairs further apart (e.g. high → low).")
 
+    rnd = res[res["position_kind"] == "random"].drop_duplicates(["pair", "position"])
+    if len(rnd):
+        cls = rnd["position_class"].value_counts() if "position_class" in rnd else pd.Series(dtype=int)
+        st.caption(f"Random positions drawn from: **{(meta.get('spec') or {}).get('random_from', 'all (before random_from)')}** "
+                   f"tokens — {len(rnd)} draws" + (": " + ", ".join(f"{k} {v}" for k, v in cls.items()) if len(cls) else "") + ".")
+    st.markdown("**Across-pairs tests** (unit: pair)")
+    trows = []
+    for g, gr in grads.items():
+        trows.append({"test": f"layer gradient @ {PP.group_label(g)}", "statistic": "mean per-pair ρ", "value": gr["rho"],
+                      "CI lo": gr["ci"][0], "CI hi": gr["ci"][1], "p": gr["p"], "n_pairs": gr["n_pairs"], "unit": gr["unit"],
+                      "descriptive ρ of layer means": gr["rho_of_means"]})
+    for g, cn in contrasts.items():
+        for what, lab in (("effect", "mean shift difference"), ("gradient", "ρ difference")):
+            e = cn[what]
+            trows.append({"test": f"{PP.group_label(g)} − random positions", "statistic": f"per-pair {lab}", "value": e["diff"],
+                          "CI lo": e["ci"][0], "CI hi": e["ci"][1], "p": e["p"], "n_pairs": e["n"], "unit": cn["unit"],
+                          "descriptive ρ of layer means": None})
+    ui.show_table(pd.DataFrame(trows).round(4), key="pt-tests", filename=f"{ws.root.name}-{sid}-tests-{comp}-{value}",
+                  caption="ρ: Spearman ρ(layer, shift) within each pair, averaged over pairs; p: two-sided sign-flip permutation "
+                          "test across pairs (exact up to 12 pairs); CI: 95% percentile bootstrap over pairs. Contrasts: the "
+                          "difference within each pair, then the same test. Per-layer p values (table below) are Holm-corrected "
+                          f"over layers (`p_holm`). ρ of the layer means is descriptive only. Correction: {MS.CORRECTION}.")
+    g0 = next(iter(grads.values()), {})
+    if g0.get("n_pairs") and (g0.get("min_p") or 0) > 0.05:
+        st.warning(f"With {g0['n_pairs']} pair(s) the smallest p a sign-flip test can give is {g0['min_p']:.3g}: no "
+                   "across-pairs test can reach 0.05. Run 6 or more pairs (20 for a useful power).")
+
     # the title names the model; for model → model also the direction (which adapter into which model)
     fig_model = model if meta.get("kind") != "model" else f"{model}, {res['direction'].iloc[0]}"
     fig_split = str(meta.get("split") or "all")
     fig = PP.gradient_lines(st_tab, grads, component=comp, model=fig_model, n_pairs=n_pairs_done, value=value, split=fig_split)
     ui.show_figure(fig, "pt-gradient", f"{ws.root.name}-{sid}-gradient-{comp}-{value}")
     st.caption("Mean over pairs per layer (random positions: each pair's mean over its K draws); bands: 95% bootstrap CI over pairs. "
-               "ρ = Spearman of layer vs the mean; its CI resamples pairs (Fisher-z when there is one pair).")
+               "Legend: mean per-pair ρ [95% bootstrap CI over pairs], sign-flip p across pairs, number of pairs.")
     fig = PP.shift_heatmap(st_tab, component=comp, model=fig_model, n_pairs=n_pairs_done, value=value, split=fig_split,
                            what="Shift by layer and position")
     ui.show_figure(fig, "pt-heatmap", f"{ws.root.name}-{sid}-heatmap-{comp}-{value}")
-    with st.expander("per-layer statistics (mean, median, share > 0, CI, sign test, sign-flip permutation test)"):
+    with st.expander("per-layer statistics (mean, median, share > 0, CI, sign test, sign-flip permutation test, Holm-corrected p)"):
         ui.show_table(st_tab[st_tab["component"] == comp].round(4), key="pt-stats", filename=f"{ws.root.name}-{sid}-stats-{value}")
 
     # ------------------------------------------------------------------ one cell
@@ -335,5 +384,5 @@ with ui.guard("the patching results"):
                              mime="application/json", key="pt-dl-json", on_click="ignore", icon=":material/download:")
     c[2].caption(f"Saved in `{d}` (results.parquet holds the 101 probabilities of every cell).")
     with st.expander("sweep settings"):
-        st.code(json.dumps({k: v for k, v in meta.items() if not k.startswith("_") and k not in ("layers", "gradients")}, indent=1,
+        st.code(json.dumps({k: v for k, v in meta.items() if not k.startswith("_") and k not in ("layers", "gradients", "contrasts")}, indent=1,
                            default=str)[:6000], language="json")

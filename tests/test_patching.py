@@ -22,8 +22,7 @@ ALL_POS = ("confidence", "last_prompt", "last_answer", "random:3", "token:6")
 
 
 def _side(lm, q, a, label, model_label="base"):
-    e = prompts.encode_inline(lm.tokenizer, lm.is_chat, q, a)
-    return P.Side(lm, list(e.ids), dict(e.positions), label, item_id=label, model_label=model_label)
+    return P.make_side(lm, q, a, label, model_label=model_label)
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +165,95 @@ def test_random_positions_reproducible_never_slot_never_special(tiny_lm):
     assert any(i in specials for i in sides[0].ids)
 
 
+SYSTEM_TEMPLATE = (  # SmolLM2-style: a default system prompt when the conversation has none
+    "{% if messages[0]['role'] != 'system' %}{{'<|im_start|>system\nYou are a helpful AI assistant. Answer the trivia "
+    "question with the capital of the country.<|im_end|>\n'}}{% endif %}"
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+ITEMS = [("What is the capital of France?", "Paris"), ("What is the capital of Japan?", "Tokyo is the capital."),
+         ("Which country is Lima in?", "Peru, I think"), ("What is the atomic number of carbon?", "6"),
+         ("What is the chemical symbol for gold?", "Au")]
+
+
+def _item_ranges(lm, q, a):
+    """Independently of token_classes: the question's tokens are those of the prompt text up to
+    the question's end minus those up to its start (the tokenisation of a prefix ending at a
+    pre-tokenizer boundary; a space before the question belongs to its first word, "ĠWhat"),
+    and the answer's are the answer segment."""
+    tok = lm.tokenizer
+    e = prompts.encode_inline(tok, lm.is_chat, q, a)
+    text = prompts.answer_prompt_text(tok, lm.is_chat, q)
+    q0 = text.rfind(q)
+    add = not lm.is_chat
+
+    def n(t):
+        return len(tok(t, add_special_tokens=add)["input_ids"])
+
+    return e, (n(text[:q0].rstrip(" ")), n(text[: q0 + len(q)])), e.spans["answer"]
+
+
+@pytest.fixture(scope="module", params=["chat+system", "plain"])
+def lm_formats(request, tiny_lm, tiny_tok):
+    import dataclasses
+
+    if request.param == "plain":
+        return dataclasses.replace(tiny_lm, is_chat=False)
+    tok = copy.deepcopy(tiny_tok)
+    tok.chat_template = SYSTEM_TEMPLATE
+    return dataclasses.replace(tiny_lm, tokenizer=tok)
+
+
+def test_random_positions_come_from_the_items_own_tokens(lm_formats):
+    """Default (random_from="item"): every drawn position is a question or answer token (checked
+    against spans computed independently), never the system prompt, chat markup, the
+    Question:/Answer: scaffold or the Confidence: suffix; the pool is all of those item tokens
+    (minus the slot and special tokens); "template" draws only outside them; rows name the class."""
+    lm = lm_formats
+    sides = [_side(lm, q, a, f"i{k}") for k, (q, a) in enumerate(ITEMS)]
+    n_q = n_a = 0
+    for k, (q, a) in enumerate(ITEMS):
+        e, (q0, q1), (a0, a1) = _item_ranges(lm, q, a)
+        assert sides[k].ids == e.ids and q1 > q0 and a1 > a0
+        item = set(range(q0, q1)) | set(range(a0, a1))
+        pr = P.Pair(0, sides[k], sides[k], "model")
+        assert set(P.random_pool(pr)) == item  # all of the item's tokens, nothing else
+        tpl = set(P.random_pool(pr, "template"))
+        assert tpl and not (tpl & item) and e.positions["confidence"] not in tpl
+        assert set(P.random_pool(pr, "all")) == item | tpl
+        if lm.is_chat:  # the system prompt is there, and none of it is drawable by default
+            sys_end = e.ids.index(lm.tokenizer.convert_tokens_to_ids("<|im_end|>"))
+            assert sys_end > 10 and not (item & set(range(sys_end)))
+        for seed in range(20):
+            for j in range(len(sides)):
+                pair = P.Pair(0, sides[j], sides[k], "item" if j != k else "model")
+                for i in P.draw_random_positions(pair, 4, seed):
+                    assert i in item, (i, q)
+                    n_q += q0 <= i < q1
+                    n_a += a0 <= i < a1
+        spec = P.PatchSpec(positions=("confidence", "random:4"), seed=3)
+        plans = P.resolve_positions(P.Pair(0, sides[k], sides[k], "model"), spec)
+        for pl in plans:
+            want = "question" if q0 <= pl.target < q1 else "answer" if a0 <= pl.target < a1 else "template"
+            assert pl.target_class == want and pl.source_class == want  # model → model: same token
+        assert {pl.target_class for pl in plans if pl.kind == "random"} <= {"question", "answer"}
+        tp = P.resolve_positions(P.Pair(0, sides[k], sides[k], "model"), P.PatchSpec(positions=("random:4",), random_from="template"))
+        assert tp and all(pl.target_class == "template" and pl.target in tpl for pl in tp)
+    assert n_q > 0 and n_a > 0  # both kinds of item token get drawn
+
+
+def test_random_from_is_checked_and_sides_need_their_classes(tiny_lm):
+    with pytest.raises(P.PatchError, match="random_from"):
+        P.PatchSpec(random_from="system")
+    e = prompts.encode_inline(tiny_lm.tokenizer, tiny_lm.is_chat, "What is the capital of France?", "Paris")
+    bare = P.Side(tiny_lm, list(e.ids), dict(e.positions), "x")
+    with pytest.raises(P.PatchError, match="token classes"):
+        P.draw_random_positions(P.Pair(0, bare, bare, "model"), 3, 0)
+    mc = P.make_side(tiny_lm, "Which is a capital?", "Paris", "m", choices=["Paris", "Peru"])
+    toks = [tiny_lm.tokenizer.decode([t]) for t, c in zip(mc.ids, mc.classes) if c == "question"]
+    assert "Peru" in "".join(toks) and "Options" not in "".join(toks)  # option texts are the item's, labels are not
+
+
 def test_resolved_positions_name_the_right_tokens(tiny_lm, pair):
     spec = P.PatchSpec(positions=ALL_POS, seed=1)
     plans = {p.label: p for p in P.resolve_positions(pair, spec)}
@@ -289,7 +377,13 @@ def test_sweep_writes_table_csv_and_summary(tiny_ws):
     saved = json.loads((d / "patching.json").read_text())
     assert saved["complete"] and set(saved["gradients"]) == {"resid/confidence", "resid/random", "mlp/confidence", "mlp/random"}
     g = saved["gradients"]["resid/confidence"]["normalised"]
-    assert g["n_layers"] in (0, 3) and "ci_fisher" in g
+    assert g["n_layers"] in (0, 3) and g["unit"] == "pair" and g["n_pairs"] <= 3 and len(g["ci"]) == 2 and "rho_of_means" in g
+    assert set(saved["contrasts"]) == {"resid/confidence-random", "mlp/confidence-random"}
+    assert saved["tests"]["correction"] == "holm" and len(saved["layers"]["resid/confidence"]["p_holm"]) == 3
+    # random positions: the item's own tokens, each row naming its class, counted in the summary
+    rnd = res[res["position_kind"] == "random"]
+    assert set(rnd["position_class"]) <= {"question", "answer"} and (res.loc[res["position"] == "confidence", "position_class"] == "template").all()
+    assert saved["random_positions"]["from"] == "item" and sum(saved["random_positions"]["classes"].values()) == 3 * 2
     # small denominators are flagged and counted, never dropped
     small = res[res["small_denominator"]]
     assert small["normalised"].isna().all() and res.loc[~res["small_denominator"], "normalised"].notna().all()
@@ -471,6 +565,13 @@ def test_cli_patch(tiny_ws, capsys):
                "--layers", "1-3", "--positions", "confidence,last-prompt,random:2", "--seed", "1", "--quiet", "--threads", "1"])
     out = capsys.readouterr().out
     assert rc == 0 and "resid/confidence" in out and "rho" in out
+    s = json.loads((P.sweep_dir(ws, P.list_sweeps(ws)[0]["sweep_id"]) / "patching.json").read_text())
+    g = s["gradients"]["resid/confidence"]["normalised"]
+    line = next(x for x in out.splitlines() if x.strip().startswith("resid/confidence "))
+    fmt = lambda x: "  n/a" if x is None else f"{x:.2f}"  # noqa: E731
+    assert f"rho {fmt(g['rho'])} [{fmt(g['ci'][0])}, {fmt(g['ci'][1])}]" in line and f"n_pairs {g['n_pairs']} (unit pair)" in line
+    assert "holm" in out and "sign-flip" in out and "random positions drawn from: item" in out
+    assert "smallest attainable p" in out  # 2 pairs: no test can reach 0.05, and the CLI says so
     sid = P.list_sweeps(ws)[0]["sweep_id"]
     res = P.load_results(ws, sid)
     assert len(res) == 2 * 3 * 4 and set(res["position_kind"]) == {"confidence", "last_prompt", "random"}

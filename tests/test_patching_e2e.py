@@ -95,6 +95,17 @@ def test_real_adapter_into_base_and_the_page_shows_it(real_ws, real_lm, monkeypa
     assert s["complete"] and len(res) == 2 * 3 * 2
     assert (res["denom"].abs() > 0).all()  # the adapter moves the readout of the same sequence
     assert (res["target_pos"] == res["source_pos"]).all()
+    # random positions are the item's own tokens, never SmolLM2's default system prompt (the audit found half of the
+    # model → model draws there); the question tokens decode to the question itself
+    assert set(res.loc[res["position_kind"] == "random", "position_class"]) <= {"question", "answer"}
+    items = P.item_table(real_ws).set_index("id")
+    tok = real_lm.tokenizer
+    for pr in plan.pairs:
+        t = pr.target
+        sys_end = t.ids.index(tok.convert_tokens_to_ids("<|im_end|>"))
+        assert "system" in tok.decode(t.ids[:sys_end]) and all(c == "template" for c in t.classes[:sys_end])
+        q = tok.decode([i for i, c in zip(t.ids, t.classes) if c == "question"])
+        assert q.strip() == str(items.loc[t.item_id, "question"]).strip()
     # the shared base model was not modified by loading the adapter
     assert not any("lora" in n for n, _ in real_lm.model.named_modules())
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -89,6 +90,20 @@ def test_page_runs_a_sweep_and_shows_it(env):
     assert any(n.startswith("confidence slot") for n in names) and any(n.startswith("random positions") for n in names)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["pairs"] == "2"
+    # the across-pairs tests: the same numbers as patching.json (same resamples and seed)
+    saved = json.loads(P.sweep_dir(job.ws, job.sweep_id).joinpath("patching.json").read_text())
+    g = saved["gradients"]["resid/confidence"]["normalised"]
+    assert metrics["ρ confidence slot"] == ("n/a" if g["rho"] is None else f"{g['rho']:.2f}")
+    tests = next(df.value for df in at.dataframe if "n_pairs" in df.value.columns)
+    row = tests[tests["test"] == "layer gradient @ confidence slot"].iloc[0]
+    assert row["n_pairs"] == g["n_pairs"] and row["unit"] == "pair"
+    for col, want in (("p", g["p"]), ("CI lo", g["ci"][0]), ("CI hi", g["ci"][1])):
+        assert (pd.isna(row[col]) and want is None) or row[col] == pytest.approx(want, abs=1e-4)
+    c = saved["contrasts"]["resid/confidence-random"]["normalised"]["effect"]
+    crow = tests[tests["statistic"] == "per-pair mean shift difference"].iloc[0]
+    assert (pd.isna(crow["value"]) and c["diff"] is None) or crow["value"] == pytest.approx(c["diff"], abs=1e-4)
+    assert any("Holm" in (cap.value or "") or "holm" in (cap.value or "") for cap in at.caption)
+    assert any("Random positions drawn from: **item**" in cap.value for cap in at.caption)
     assert any(df.value.shape[0] == 2 for df in at.dataframe)  # the per-pair table
     assert P.sweep_dir(job.ws, job.sweep_id).joinpath("patching.json").exists()
 
