@@ -160,6 +160,7 @@ RUNNERS = {
     "study": "metacog.study:run_job",
     "methods": "metacog.methods.run:run_job",
     "sweep": "metacog.sweeps:run_job",
+    "patching": "metacog.patching:run_job",
 }
 #: more kinds from ``$METACOG_JOB_RUNNERS`` ("kind=package.module:function,…"), e.g. a lab's own jobs
 ENV_RUNNERS = "METACOG_JOB_RUNNERS"

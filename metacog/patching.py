@@ -1538,6 +1538,33 @@ def start_sweep_job(ws, plan: SweepPlan, method: str = "fast", max_batch: int = 
     return SWEEP_JOBS.start(ws.root, SweepJob(ws, plan, method, max_batch))
 
 
+def start_sweep_process(ws, plan_args: dict, method: str = "fast", max_batch: int = 32) -> Job:
+    """Start a sweep as its own process (:mod:`metacog.jobs`): ``plan_args`` are
+    :func:`plan_sweep`'s arguments (``source``, ``target``, ``spec`` as a dict, ``n_pairs``,
+    ``by``, ``split``, ``source_correct``, ``target_correct``, ``pool``); the process loads the
+    model, plans the same sweep (same id) and runs it. Refuses while another sweep runs."""
+    from .jobs import ProcessJob
+
+    spec = {**plan_args, "method": method, "max_batch": int(max_batch)}
+    return SWEEP_JOBS.start(ws.root, ProcessJob("patching", ws.root, spec, label="patching sweep"))
+
+
+def run_job(ws, spec: dict, progress, should_stop) -> dict:
+    """A patching sweep as an app job in its own process: plan (see :func:`start_sweep_process`), then run."""
+    from .models import loader_from_env
+    from .settings import ModelSettings, from_dict, to_dict
+
+    ms, _ = ws.settings()
+    progress(0, 0, "loading the model")
+    lm = loader_from_env()(from_dict(ModelSettings, {**to_dict(ms), "threads": int(spec.get("threads") or ms.threads)}))
+    pspec = PatchSpec(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in spec["spec"].items()})
+    plan = plan_sweep(ws, lm, spec["source"], spec["target"], pspec, n_pairs=int(spec.get("n_pairs") or 10),
+                      by=spec.get("by") or "auto", split=spec.get("split") or "all",
+                      source_correct=spec.get("source_correct") or "any", target_correct=spec.get("target_correct") or "any",
+                      pool=spec.get("pool"))
+    return run_sweep(ws, plan, progress, should_stop, spec.get("method") or "fast", int(spec.get("max_batch") or 32))
+
+
 def get_sweep_job(ws) -> SweepJob | None:
     return SWEEP_JOBS.get(ws.root)
 

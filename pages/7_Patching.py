@@ -2,6 +2,7 @@
 the target's exact 0-100 distribution at the confidence slot. Confidence slot vs random
 positions, every layer, with the layer gradient of each tested across pairs (mean per-pair
 Spearman ρ, sign-flip p, bootstrap CI over pairs; metacog.stats) — the numbers of patching.json."""
+import dataclasses
 import json
 
 import numpy as np
@@ -188,9 +189,15 @@ with ui.guard("the patching set-up"):
     if src_ref and tgt_ref:
         lm = P.private_model(ui.get_lm(model_s))
 
+        plan_args: dict = {}
+
         def _plan(extra=()):
             spec = P.PatchSpec(layers=layers, positions=tuple(positions + list(extra)) or ("confidence",),
                                components=tuple(comps or ["resid"]), seed=seed, min_denominator=min_den, random_from=random_from)
+            plan_args.clear()
+            plan_args.update(source=src_ref, target=tgt_ref, spec=dataclasses.asdict(spec), n_pairs=n_pairs,
+                             by=by if by in scores else "auto", split=split, source_correct=src_correct,
+                             target_correct=tgt_correct, pool=list(items) if items is not None else None)
             return P.plan_sweep(ws, lm, src_ref, tgt_ref, spec, n_pairs=n_pairs, by=by if by in scores else "auto", split=split,
                                 source_correct=src_correct, target_correct=tgt_correct, pool=items)
 
@@ -233,7 +240,10 @@ with ui.guard("the patching set-up"):
     if st.button("Run sweep", type="primary", key="pt-run-btn", disabled=busy or plan is None,
                  help="runs in the background with progress and Stop; a sweep already saved is shown, not recomputed"):
         try:
-            P.start_sweep_job(ws, plan)
+            if ui.in_process_models():
+                P.start_sweep_job(ws, plan)
+            else:  # its own process: the page's reruns do not slow it, and it outlives the tab
+                P.start_sweep_process(ws, plan_args)
             st.session_state["pt-sweep"] = P.sweep_id_for(plan)
             st.rerun()
         except Exception as e:
