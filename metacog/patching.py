@@ -1538,15 +1538,17 @@ def start_sweep_job(ws, plan: SweepPlan, method: str = "fast", max_batch: int = 
     return SWEEP_JOBS.start(ws.root, SweepJob(ws, plan, method, max_batch))
 
 
-def start_sweep_process(ws, plan_args: dict, method: str = "fast", max_batch: int = 32) -> Job:
+def start_sweep_process(ws, plan_args: dict, method: str = "fast", max_batch: int = 32, sweep_id: str = "") -> Job:
     """Start a sweep as its own process (:mod:`metacog.jobs`): ``plan_args`` are
     :func:`plan_sweep`'s arguments (``source``, ``target``, ``spec`` as a dict, ``n_pairs``,
     ``by``, ``split``, ``source_correct``, ``target_correct``, ``pool``); the process loads the
     model, plans the same sweep (same id) and runs it. Refuses while another sweep runs."""
     from .jobs import ProcessJob
 
-    spec = {**plan_args, "method": method, "max_batch": int(max_batch)}
-    return SWEEP_JOBS.start(ws.root, ProcessJob("patching", ws.root, spec, label="patching sweep"))
+    spec = {**plan_args, "method": method, "max_batch": int(max_batch), "sweep_id": sweep_id}
+    job = ProcessJob("patching", ws.root, spec, label=f"patching sweep {sweep_id}".strip())
+    job.sweep_id = sweep_id
+    return SWEEP_JOBS.start(ws.root, job)
 
 
 def run_job(ws, spec: dict, progress, should_stop) -> dict:

@@ -92,7 +92,8 @@ def job_panel():
         st.caption("Finished (pair, position) units are saved as they complete; the results below update when the sweep "
                    "ends or stops.")
     else:
-        ui.job_outcome(job, f"Sweep {job.sweep_id} finished in {int(job.elapsed)} s.", f"Sweep {job.sweep_id}",
+        sid = getattr(job, "sweep_id", None) or getattr(job, "spec", {}).get("sweep_id", "")
+        ui.job_outcome(job, f"Sweep {sid} finished in {int(job.elapsed)} s.", f"Sweep {sid}",
                        "its finished rows are shown; running the same sweep again resumes it.")
     return job
 
@@ -243,7 +244,7 @@ with ui.guard("the patching set-up"):
             if ui.in_process_models():
                 P.start_sweep_job(ws, plan)
             else:  # its own process: the page's reruns do not slow it, and it outlives the tab
-                P.start_sweep_process(ws, plan_args)
+                P.start_sweep_process(ws, plan_args, sweep_id=P.sweep_id_for(plan))
             st.session_state["pt-sweep"] = P.sweep_id_for(plan)
             st.rerun()
         except Exception as e:
