@@ -361,13 +361,18 @@ def type_prior(categories_train: Sequence, labels_train, categories_eval: Sequen
     return np.array([rate.get(c, overall) for c in ce], dtype=float)
 
 
-def within_type_auroc(scores, labels, categories, nan_policy: str = "raise") -> dict:
+def within_type_auroc(scores, labels, categories, nan_policy: str = "raise", n_boot: int = 0, alpha: float = 0.05,
+                      seed: int = 0) -> dict:
     """AUROC within question types: the mean of per-category AUROC over the categories that
     have both classes, weighted by each category's item count. It measures what a score knows
     beyond the question type (a type prior scores exactly 0.5 here).
 
     Returns ``dict(auroc, n_types_used, n_types, n_items_used, per_type)`` where ``per_type``
-    maps category -> (auroc, n). NaN auroc when no category has both classes.
+    maps category -> (auroc, n). NaN auroc when no category has both classes. With ``n_boot``
+    > 0 also ``auroc_ci``: percentile interval of a bootstrap stratified by category × class
+    (each used category's positives and negatives resampled separately with
+    :func:`bootstrap_counts` ``(n_pos, n_neg, n_boot, seed + j)`` for the j-th used category in
+    order of appearance; the weights stay the category counts).
     """
     s = np.asarray(scores, dtype=float).ravel()
     y = _labels(labels, s.size)
@@ -390,8 +395,23 @@ def within_type_auroc(scores, labels, categories, nan_policy: str = "raise") -> 
             num += a * m.sum()
             den += int(m.sum())
     used = sum(1 for a, _ in per.values() if not np.isnan(a))
-    return dict(auroc=float(num / den) if den else float("nan"), n_types_used=used,
-                n_types=len(per), n_items_used=den, per_type=per)
+    out = dict(auroc=float(num / den) if den else float("nan"), n_types_used=used,
+               n_types=len(per), n_items_used=den, per_type=per)
+    if n_boot > 0:
+        out["auroc_ci"] = (float("nan"), float("nan"))
+        if den:
+            acc = np.zeros(n_boot)
+            j = 0
+            for c in pd.unique(cat):
+                m = cat == c
+                if np.isnan(per[c][0]):
+                    continue
+                sc, yc = s[m], y[m]
+                cp, cn = bootstrap_counts(int(yc.sum()), int((~yc).sum()), n_boot, seed + j)
+                acc += _boot_aucs_sorted(sc[yc], sc[~yc], cp, cn) * m.sum()
+                j += 1
+            out["auroc_ci"] = _quantiles(acc / den, alpha)
+    return out
 
 
 # --------------------------------------------------------------------------- uncertainty

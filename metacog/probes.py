@@ -105,14 +105,21 @@ class ProbeResults:
 
 
 # ----------------------------------------------------------------------------- folds
-def stratified_folds(y_train: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """Fold id (0..folds-1) of each train row: ``StratifiedKFold(folds, shuffle=True, random_state=seed)``."""
-    from sklearn.model_selection import StratifiedKFold
+def stratified_folds(y_train: np.ndarray, folds: int, seed: int, groups=None) -> np.ndarray:
+    """Fold id (0..folds-1) of each train row: ``StratifiedKFold(folds, shuffle=True, random_state=seed)``;
+    when ``groups`` (one label per train row) has a group of more than one row,
+    ``StratifiedGroupKFold`` with the same arguments, so a fact asked two ways never sits on both
+    sides of a CV fold (which would inflate the CV AUROC the best probe is chosen by)."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     y_train = np.asarray(y_train, dtype=bool)
     out = np.empty(y_train.size, dtype=np.int8)
-    skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for f, (_, held) in enumerate(skf.split(np.zeros(y_train.size), y_train)):
+    if groups is not None and len(pd.unique(np.asarray(groups, dtype=object))) < y_train.size:
+        sgk = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        parts = sgk.split(np.zeros(y_train.size), y_train, groups=np.asarray(groups, dtype=object).astype(str))
+    else:
+        parts = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros(y_train.size), y_train)
+    for f, (_, held) in enumerate(parts):
         out[held] = f
     return out
 
@@ -311,6 +318,7 @@ def fit_probes(
     chunk: int | None = None,
     progress: Callable[[int, int, str], Any] | None = None,
     n_perm: int = 100,
+    groups: Sequence | None = None,
 ) -> ProbeResults:
     """Fit a standardised L2 logistic probe per (layer, position); see the module docstring.
 
@@ -326,7 +334,8 @@ def fit_probes(
     a time. ``rank``: preconditioner rank; ``chunk``: probes solved together (default ≤ 4, from a
     24 MB budget). ``tol``/``cv_tol``: Newton-decrement² stopping thresholds for the chosen C /
     for the C search. ``n_perm``: permutations of :func:`selection_null`, stored in
-    ``best["selection_null"]`` (0: none).
+    ``best["selection_null"]`` (0: none). ``groups``: one label per item (its fact; see
+    :func:`metacog.data.assign_splits`): CV folds keep each group whole (:func:`stratified_folds`).
     """
     t_start = time.perf_counter()
     src = _Source(X, positions)
@@ -366,7 +375,15 @@ def fit_probes(
     fold_of = np.full(n, -1, dtype=np.int8)
     probes = [(l, pi) for pi in range(P) for l in layers]
 
+    g_tr = None
+    if groups is not None:
+        groups = np.asarray(groups, dtype=object)
+        if groups.shape != (n,):
+            raise ValueError(f"groups must have shape ({n},), got {groups.shape}")
+        g_tr = groups[tr]
     n_min = int(min(y_tr.sum(), n_tr - y_tr.sum())) if n_tr else 0
+    if g_tr is not None:
+        n_min = min(n_min, len(pd.unique(g_tr)))
     k_folds = min(int(folds), n_min)
     if k_folds < int(folds):
         info["warnings"].append(f"train split has only {n_min} item(s) in its smaller class: "
@@ -383,7 +400,7 @@ def fit_probes(
         try:
             fit_rows, rows_cv = _fit_all(src, probes, y, tr, other, k_folds, Cs, order, seed, tol, cv_tol,
                                          max_newton, max_cg, rank, chunk, workers, oof, coef, intercept, fold_of,
-                                         info, progress)
+                                         info, progress, g_tr)
         finally:
             if threads is not None:
                 torch.set_num_threads(prev_threads)
@@ -453,11 +470,11 @@ def _py(v):
 
 
 def _fit_all(src, probes, y, tr, other, k_folds, Cs, order, seed, tol, cv_tol, max_newton, max_cg, rank,
-             chunk, workers, oof, coef, intercept, fold_of, info, progress):
+             chunk, workers, oof, coef, intercept, fold_of, info, progress, g_tr=None):
     n_tr = tr.size
     d = src.d
     y_tr = y[tr]
-    fid = stratified_folds(y_tr, k_folds, seed)
+    fid = stratified_folds(y_tr, k_folds, seed, groups=g_tr)
     fold_of[tr] = fid
     # problems: the k fold models, the full refit (index k), then -- for nested cross-fitting --
     # one model per pair of folds {f, g}, fitted without both: it is the inner-CV model of outer

@@ -371,3 +371,26 @@ def test_summarize_scores_has_every_ci_and_the_ece_null():
         lo, hi = s[f"{k}_ci"]
         assert lo <= hi and (lo <= s[k] <= hi or k == "ece")
     assert set(s["ece_null"]) >= {"mean", "p95"}
+
+
+def test_within_type_auroc_ci_is_the_stratified_bootstrap():
+    rng = np.random.default_rng(7)
+    cats = np.array(list("aabbbcc") * 10)
+    s = rng.random(cats.size)
+    y = rng.random(cats.size) < 0.5
+    y[cats == "c"] = True  # one category with one class: not used
+    r = M.within_type_auroc(s, y, cats, n_boot=200, seed=3)
+    reps = []
+    cps = {c: M.bootstrap_counts(int(y[cats == c].sum()), int((~y[cats == c]).sum()), 200, 3 + j)
+           for j, c in enumerate(["a", "b"])}
+    for b in range(200):
+        num = 0.0
+        for c in ("a", "b"):
+            m = cats == c
+            pos, neg = s[m][y[m]], s[m][~y[m]]
+            cp, cn = cps[c]
+            num += _brute_auroc(np.r_[np.repeat(pos, cp[b]), np.repeat(neg, cn[b])],
+                                np.r_[np.ones(cp[b].sum(), bool), np.zeros(cn[b].sum(), bool)]) * m.sum()
+        reps.append(num / r["n_items_used"])
+    assert r["auroc_ci"] == pytest.approx(tuple(np.quantile(reps, [0.025, 0.975])))
+    assert r["auroc_ci"][0] <= r["auroc"] <= r["auroc_ci"][1]

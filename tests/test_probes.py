@@ -352,3 +352,17 @@ def test_bad_inputs():
     yy = np.arange(10) % 2 == 0
     with pytest.raises(ValueError, match="non-finite"):
         fit(X, yy, ["train"] * 10, folds=2)
+
+
+def test_cv_folds_keep_a_fact_whole(small):
+    # two phrasings of one fact must not sit on both sides of a CV fold (it would inflate cv_auroc)
+    X, y, split = small
+    groups = np.array([f"fact-{i // 2}" for i in range(len(y))], dtype=object)
+    res = fit(X[:, :1, :1], y, split, n_boot=10, n_perm=0, groups=groups)
+    tr = split == "train"
+    folds = {}
+    for g, f in zip(groups[tr], res.fold[tr]):
+        folds.setdefault(g, set()).add(int(f))
+    assert all(len(v) == 1 for v in folds.values()) and set(res.fold[tr]) == set(range(5))
+    a = fit(X[:, :1, :1], y, split, n_boot=10, n_perm=0)  # without groups: plain stratified folds
+    np.testing.assert_array_equal(a.fold[tr], stratified_folds(y[tr], 5, 0))
