@@ -726,9 +726,11 @@ def selection_null(X, y, split, *, positions: Sequence | None = None, layers: Se
 
     ``X``, ``y``, ``split``, ``positions``, ``layers``, ``Cs``, ``folds``, ``seed`` as in
     :func:`fit_probes` (``fold``: the train rows' fold ids, default :func:`stratified_folds`).
-    Only train rows are read. Returns ``dict(statistic, observed, null (n_perm floats), mean, p95,
-    p, n_perm, n_cells, seed)``, or None when the train split cannot be cross-validated (fewer than
-    2 items in a class) or ``n_perm < 1``.
+    Only train rows are read. A fold whose held-out rows have one class (under a permutation) is
+    left out of that label vector's mean over folds. Returns ``dict(statistic, observed, null
+    (n_perm floats), mean, p95, p, n_perm, n_cells, seed)`` (``n_perm``: permutations with a
+    defined statistic), or None when the train split cannot be cross-validated (fewer than 2 items
+    in a class), ``n_perm < 1``, or no statistic is defined.
     """
     src = X if isinstance(X, _Source) else _Source(X, positions)
     y = np.asarray(y).astype(bool)
@@ -761,7 +763,8 @@ def selection_null(X, y, split, *, positions: Sequence | None = None, layers: Se
                 raise ValueError(f"non-finite activations at position {src.positions[pi]!r}")
             B = raw.shape[0]
             n_cells += B
-            auc = torch.zeros(B, len(Cs), n_perm + 1, dtype=torch.float64)
+            auc = np.zeros((B, len(Cs), n_perm + 1))
+            cnt = np.zeros(n_perm + 1)  # folds with both classes, per label vector
             for f in range(k):
                 XF, XH = raw[:, fit[f]], raw[:, held[f]]
                 mu = XF.mean(1, keepdim=True)
@@ -783,19 +786,26 @@ def selection_null(X, y, split, *, positions: Sequence | None = None, layers: Se
                 yh = Y[held[f]]  # [nH, P1]
                 n1 = yh.sum(0)
                 n0 = yh.shape[0] - n1
+                ok = (n1 > 0) & (n0 > 0)  # a fold with one class has no AUROC: left out of that mean
+                cnt += ok
                 for ci, lam in enumerate(lams):
                     pred = (A / (e + lam)[:, None, :]) @ BY  # [B, nH, P1]
                     R = rankdata(pred.numpy(), method="average", axis=1)
                     with np.errstate(invalid="ignore", divide="ignore"):
                         a = ((R * yh[None]).sum(1) - n1 * (n1 + 1) / 2.0) / (n1 * n0)
-                    auc[:, ci] += torch.from_numpy(a) / k
-            best = np.fmax(best, auc.amax(dim=(0, 1)).numpy())
+                    auc[:, ci] += np.where(ok, a, 0.0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                best = np.fmax(best, (auc / np.where(cnt > 0, cnt, np.nan)).max(axis=(0, 1)))
+    best[~np.isfinite(best)] = np.nan
     obs, null = float(best[0]), best[1:]
+    null = null[np.isfinite(null)]
+    if not np.isfinite(obs) or null.size == 0:
+        return None
     return dict(
         statistic="max over (layer, position, C) of the train-split CV AUROC of the one-step logistic probe",
         observed=obs, null=[round(float(v), 6) for v in null], mean=float(np.mean(null)),
-        p95=float(np.quantile(null, 0.95)), p=float((1 + np.sum(null >= obs - 1e-12)) / (1 + n_perm)),
-        n_perm=int(n_perm), n_cells=int(n_cells), folds=int(k), seed=int(seed),
+        p95=float(np.quantile(null, 0.95)), p=float((1 + np.sum(null >= obs - 1e-12)) / (1 + null.size)),
+        n_perm=int(null.size), n_cells=int(n_cells), folds=int(k), seed=int(seed),
     )
 
 

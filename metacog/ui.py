@@ -540,6 +540,20 @@ def summary(ws: Workspace) -> dict | None:
         return s
 
 
+def sample_warnings(ws: Workspace, summ: dict | None = None) -> list[str]:
+    """Show the summary's plain-language warnings (small or one-class eval split, split sizes
+    unlike the fractions asked for, best probe vs its selection null) as one warning box; a
+    summary written before warnings existed gets them from the eval items. Returns them."""
+    summ = summ if summ is not None else (summary(ws) or {})
+    w = summ.get("warnings")
+    if w is None and has(ws, "answers"):
+        df = results(ws)
+        w = metrics.sample_warnings(df.loc[df["split"] == "eval", "correct"].to_numpy(bool), "the eval split")
+    if w:
+        st.warning("**Read these numbers with care.**\n\n" + "\n".join(f"- {x[0].upper()}{x[1:]}" for x in w))
+    return list(w or [])
+
+
 @st.cache_data(show_spinner=False, max_entries=8)
 def _probe_metrics(root: str, stamp: tuple) -> pd.DataFrame:
     return Workspace(root).read_parquet("probes/metrics.parquet")
