@@ -366,3 +366,30 @@ def test_cv_folds_keep_a_fact_whole(small):
     assert all(len(v) == 1 for v in folds.values()) and set(res.fold[tr]) == set(range(5))
     a = fit(X[:, :1, :1], y, split, n_boot=10, n_perm=0)  # without groups: plain stratified folds
     np.testing.assert_array_equal(a.fold[tr], stratified_folds(y[tr], 5, 0))
+
+
+def test_selection_null_statistic_is_the_one_step_probe():
+    # T_obs = max over cells and C of the 5-fold CV AUROC of ridge (penalty 1/(C p(1-p))) on the
+    # train-standardised features; the dual and the primal (Woodbury) paths give the same numbers
+    from sklearn.linear_model import Ridge
+
+    X, y = make_synthetic(n=200, n_layers=3, n_positions=2, d=30, seed=2)
+    split = np.array(["train"] * 150 + ["eval"] * 50)
+    a = selection_null(X, y, split, n_perm=20, path="dual")
+    b = selection_null(X, y, split, n_perm=20, path="primal")
+    assert a["observed"] == pytest.approx(b["observed"], abs=1e-12)
+    np.testing.assert_allclose(a["null"], b["null"], atol=1e-6)
+    yt = y[:150]
+    fid = stratified_folds(yt, 5, 0)
+    p = yt.mean()
+    best = -1.0
+    for layer in range(3):
+        for pos in range(2):
+            x = X[:150, layer, pos].astype(np.float64)
+            sd = x.std(0)
+            x = (x - x.mean(0)) / np.where(sd > 0, sd, 1.0)
+            for C in DEFAULT_CS:
+                aucs = [roc_auc_score(yt[fid == f], Ridge(alpha=1 / (C * p * (1 - p))).fit(x[fid != f], yt[fid != f])
+                                      .predict(x[fid == f])) for f in range(5)]
+                best = max(best, float(np.mean(aucs)))
+    assert a["observed"] == pytest.approx(best, abs=1e-9)
