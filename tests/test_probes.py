@@ -377,8 +377,8 @@ def test_selection_null_statistic_is_the_one_step_probe():
     split = np.array(["train"] * 150 + ["eval"] * 50)
     a = selection_null(X, y, split, n_perm=20, path="dual")
     b = selection_null(X, y, split, n_perm=20, path="primal")
-    assert a["observed"] == pytest.approx(b["observed"], abs=1e-12)
-    np.testing.assert_allclose(a["null"], b["null"], atol=1e-6)
+    assert a["observed"] == pytest.approx(b["observed"], abs=1e-3)  # the primal path runs in float32
+    np.testing.assert_allclose(a["null"], b["null"], atol=1e-3)
     yt = y[:150]
     fid = stratified_folds(yt, 5, 0)
     p = yt.mean()
