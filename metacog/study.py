@@ -69,17 +69,23 @@ def load_items(ws: Workspace) -> pd.DataFrame:
     return items
 
 
-def probes_key(act_key: str, study: StudySettings) -> str:
+def probes_key(act_key: str, study: StudySettings, items: pd.DataFrame | None = None) -> str:
+    """Cache key of the probe stage: probe code version, activations, folds, seed, bins and -- given
+    ``items`` -- which items are in which split and group (a new split or grouping refits)."""
     from . import probes
 
-    return stable_hash("probes", getattr(probes, "PROBES_VERSION", 1), act_key, study.probe_folds, study.seed, study.ece_bins)
+    parts = ["probes", getattr(probes, "PROBES_VERSION", 1), act_key, study.probe_folds, study.seed, study.ece_bins]
+    if items is not None:
+        parts.append(stable_hash(items["split"].astype(str).tolist(),
+                                 items["group"].astype(str).tolist() if "group" in items.columns else None))
+    return stable_hash(*parts)
 
 
 def run_probes_stage(ws: Workspace, items: pd.DataFrame, answers: pd.DataFrame, act_key: str, study: StudySettings,
                      threads: int | None = None, progress: ProgressFn | None = None) -> pd.DataFrame:
     from . import probes
 
-    key = probes_key(act_key, study)
+    key = probes_key(act_key, study, items)
     if ws.stage_fresh("probes", key):
         return ws.read_parquet("probes/metrics.parquet")
     t0 = time.time()

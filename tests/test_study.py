@@ -150,6 +150,11 @@ def test_changed_setting_invalidates_downstream_only(tmp_path, tiny_lm, tiny_stu
     run_study(tmp_path, ModelSettings(threads=1), dataclasses.replace(tiny_study, probe_folds=4), lm=tiny_lm)
     assert ws.stage_record("answers")["key"] == a0  # answers kept
     assert ws.stage_record("probes")["key"] != p0  # probes refitted
+    p1 = ws.stage_record("probes")["key"]
+    run_study(tmp_path, ModelSettings(threads=1), dataclasses.replace(tiny_study, probe_folds=4, split_fractions=[0.5, 0.25, 0.25]),
+              lm=tiny_lm)
+    assert ws.stage_record("answers")["key"] == a0
+    assert ws.stage_record("probes")["key"] != p1  # another train split: the probes are refitted on it
 
 
 @pytest.mark.parametrize(
