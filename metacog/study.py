@@ -239,9 +239,10 @@ def summarize(ws: Workspace) -> dict:
             sn = best.get("selection_null")
             if sn and sn.get("p") is not None and sn["p"] > 0.05:
                 warnings.append(
-                    f"the best probe (layer {best['layer']} @ {best['position']}) does not beat chance selection: the best "
-                    f"of all layer x position probes on shuffled labels scores as high in {sn['p']:.0%} of "
-                    f"{sn['n_perm']} shuffles (p = {sn['p']:.2f}); its train CV AUROC may be the luck of picking the max.")
+                    f"the best probe (layer {best['layer']} @ {best['position']}) does not beat chance selection: with the "
+                    f"labels shuffled, the best of all layer x position probes scored at least as high in "
+                    f"{round(sn['p'] * (sn['n_perm'] + 1)) - 1} of {sn['n_perm']} shuffles (p = {sn['p']:.2f}); its train CV "
+                    "AUROC may be the luck of picking the maximum.")
         from .probes import SELECTION_NULL_DOC
 
         out["probes"] = {"entries": entries, "best": best, "n_train": int(len(tr)), "n_eval": int(len(ev)),
