@@ -693,16 +693,19 @@ LINK_COLUMN = {"open": st.column_config.LinkColumn("open", display_text="explore
 def definitions(*names: str) -> None:
     """An expander with the definitions used on a page (texts from metacog.metrics)."""
     texts = {
-        "ece": ("ECE bins", getattr(metrics, "ECE_BINS_DOC", "ECE with equal-width bins")),
+        "ece": ("ECE bins", getattr(metrics, "ECE_BINS_DOC", "ECE with equal-width bins") + " "
+                + getattr(metrics, "ECE_NULL_DOC", "")),
         "validity": ("Validity screen", getattr(metrics, "VALIDITY_DOC", "")),
-        "auroc": ("AUROC", "AUROC = P(score of a correct item > score of an incorrect one) + ½ P(tie) (Mann–Whitney U / n₊n₋); "
-                  "95% CI = percentile interval of a stratified bootstrap (1,000 resamples)."),
+        "auroc": ("AUROC", "AUROC = P(score of a correct item > score of an incorrect one) + ½ P(tie) (Mann–Whitney U / n₊n₋). "
+                  + getattr(metrics, "BOOTSTRAP_DOC", "95% CI = percentile interval of a stratified bootstrap (1,000 resamples).")),
         "readouts": ("Readouts", "verbal = the number the model writes (inline: after its answer; two-pass: asked in a second prompt "
                      "that shows question and answer). E[v] = expected value of the exact distribution over the 101 numbers 0–100 "
                      "(renormalised); argmax = its most probable number; other = probability mass on anything that is not an integer 0–100."),
         "probes": ("Probes", "One standardised logistic-regression probe per (layer, position) predicts correctness from the residual "
-                   "stream. p for train items is cross-fitted (out of fold); calibration/eval items get the probe fitted on train. "
-                   "Metrics are on the eval split; the best probe is chosen by train-split CV AUROC, never by eval."),
+                   "stream. p for train items is cross-fitted with nested CV (the model that predicts a fold has its C chosen "
+                   "without that fold); calibration/eval items get the probe fitted on train. Metrics are on the eval split; the "
+                   "best probe is chosen by train-split (nested) CV AUROC, never by eval. Selection null: the best of all probes "
+                   "is compared with the best of the same selection on shuffled labels (see docs/SCIENCE.md)."),
         "type_prior": ("Question-type prior", "Baseline that scores each item by its category's accuracy on the train split "
                        "(Laplace-smoothed): what a confidence gets for free by recognising the question type."),
     }
