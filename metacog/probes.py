@@ -447,7 +447,7 @@ def fit_probes(
                 torch.set_num_threads(max(1, int(threads)))
             try:
                 best["selection_null"] = selection_null(src, y, split, layers=layers, Cs=Cs, folds=k_folds, seed=seed,
-                                                        n_perm=n_perm, fold=fold_of)
+                                                        n_perm=n_perm, fold=fold_of, groups=groups)
             finally:
                 torch.set_num_threads(prev_threads)
             info["null_seconds"] = round(time.perf_counter() - t_null, 3)
@@ -707,7 +707,8 @@ def _fold_aurocs(Z: np.ndarray, heldout, y_tr) -> np.ndarray:
 # ----------------------------------------------------------------------------- selection null
 SELECTION_NULL_DOC = (
     "Permutation null of the best-probe selection: the train labels are shuffled n_perm times "
-    "(numpy default_rng(seed + 7919), the same permutations for every cell) and for the observed "
+    "(numpy default_rng(seed + 7919), the same permutations for every cell; with grouped facts whole "
+    "groups are permuted among groups of the same size) and for the observed "
     "and each shuffled label vector the statistic T = max over all probed (layer, position) cells "
     "and every C of the grid of the K-fold CV AUROC (train split, the probes' own folds) of the "
     "one-step logistic probe -- the first Newton step from w = 0 of the L2 logistic probe at C, i.e. "
@@ -721,12 +722,15 @@ SELECTION_NULL_DOC = (
 
 def selection_null(X, y, split, *, positions: Sequence | None = None, layers: Sequence[int] | None = None,
                    Cs: Sequence[float] = DEFAULT_CS, folds: int = 5, seed: int = 0, n_perm: int = 100,
-                   fold: np.ndarray | None = None, path: str = "auto") -> dict | None:
+                   fold: np.ndarray | None = None, path: str = "auto", groups: Sequence | None = None) -> dict | None:
     """Permutation null of the maximum CV AUROC over all probes (see :data:`SELECTION_NULL_DOC`).
 
     ``X``, ``y``, ``split``, ``positions``, ``layers``, ``Cs``, ``folds``, ``seed`` as in
     :func:`fit_probes` (``fold``: the train rows' fold ids, default :func:`stratified_folds`;
-    ``path``: "dual" / "primal" / "auto" = whichever is cheaper; both compute the same numbers).
+    ``path``: "dual" / "primal" / "auto" = whichever is cheaper; both compute the same numbers;
+    ``groups``: one label per item (or per train row): when a group has several train rows, whole
+    groups' label vectors are permuted among groups of the same size, which keeps the correlation
+    of a fact's items under the null).
     Only train rows are read. A fold whose held-out rows have one class (under a permutation) is
     left out of that label vector's mean over folds. Returns ``dict(statistic, observed, null
     (n_perm floats), mean, p95, p, n_perm, n_cells, seed)`` (``n_perm``: permutations with a
@@ -747,8 +751,22 @@ def selection_null(X, y, split, *, positions: Sequence | None = None, layers: Se
     rng = np.random.default_rng(seed + 7919)
     Y = np.empty((tr.size, n_perm + 1))
     Y[:, 0] = y_tr
+    blocks = None
+    if groups is not None:  # facts asked several ways: permute whole groups among groups of the same size
+        g_tr = np.asarray(groups, dtype=object)[tr] if len(groups) == y.size else np.asarray(groups, dtype=object)
+        codes, _ = pd.factorize(pd.Series(g_tr).astype(str))
+        members = [np.flatnonzero(codes == c) for c in range(codes.max() + 1)] if codes.size else []
+        if any(len(m) > 1 for m in members):
+            blocks = {}
+            for m in members:
+                blocks.setdefault(len(m), []).append(m)
     for j in range(n_perm):
-        Y[:, j + 1] = y_tr[rng.permutation(tr.size)]
+        if blocks is None:
+            Y[:, j + 1] = y_tr[rng.permutation(tr.size)]
+        else:
+            for size, ms in blocks.items():
+                src_rows = np.stack(ms)  # [n_groups of this size, size]
+                Y[src_rows, j + 1] = y_tr[src_rows[rng.permutation(len(ms))]]
     pbar = float(y_tr.mean())
     lams = [1.0 / (float(C) * pbar * (1.0 - pbar)) for C in Cs]
     held = [np.flatnonzero(fid == f) for f in range(k)]

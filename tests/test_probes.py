@@ -393,3 +393,32 @@ def test_selection_null_statistic_is_the_one_step_probe():
                                       .predict(x[fid == f])) for f in range(5)]
                 best = max(best, float(np.mean(aucs)))
     assert a["observed"] == pytest.approx(best, abs=1e-9)
+
+
+def test_selection_null_permutes_whole_facts():
+    # with groups, each shuffle moves a fact's labels as a block to another fact of the same size
+    rng = np.random.default_rng(3)
+    n = 120
+    X = rng.normal(size=(n, 2, 1, 8)).astype(np.float32)
+    groups = np.array([f"g{i // 2}" for i in range(n)], dtype=object)  # pairs: a question and its reverse
+    y = np.repeat(rng.random(n // 2) < 0.5, 2)  # both phrasings right or both wrong
+    split = np.array(["train"] * n)
+    r = selection_null(X, y, split, n_perm=30, groups=groups)
+    assert r["n_perm"] == 30 and 0 < r["p"] <= 1
+    import metacog.probes as P
+
+    seen = []
+    orig = P._one_step_preds
+
+    def spy(raw, fit, held, Yt, lams, path="auto"):
+        seen.append(Yt.numpy().copy())
+        return orig(raw, fit, held, Yt, lams, path)
+
+    P._one_step_preds = spy
+    try:
+        selection_null(X, y, split, n_perm=30, groups=groups)
+    finally:
+        P._one_step_preds = orig
+    Y = seen[0]
+    assert (Y[0::2] == Y[1::2]).all()  # every shuffled label vector keeps each pair together
+    assert (Y.sum(0) == y.sum()).all() and not (Y[:, 1:] == Y[:, :1]).all()
