@@ -502,13 +502,12 @@ def bootstrap_metrics_batch(conf01_2d, labels, n_bins: int = 10, n_boot: int = 1
         draws = np.random.default_rng(seed).integers(0, idx.size, size=(n_boot, idx.size))
         W[:, idx] = np.stack([np.bincount(d, minlength=idx.size) for d in draws])
     yf = y.astype(float)
-    Wy = W * yf[None]
     for j in range(K):
         c = S[:, j]
         if cp is not None:
             out["auroc_ci"][j] = _quantiles(_boot_aucs_sorted(c[y], c[~y], cp, cn), alpha)
         oh = _bin_onehot(c, int(n_bins))
-        ece_b = np.abs(Wy @ oh - W @ (oh * c[:, None])).sum(axis=1) / N
+        ece_b = np.abs(W @ (oh * (yf - c)[:, None])).sum(axis=1) / N  # Σ_bins |Σ correct − Σ conf| / N
         out["ece_ci"][j] = _quantiles(ece_b, alpha)
         out["brier_ci"][j] = _quantiles(W @ ((c - yf) ** 2) / N, alpha)
         out["aurc_ci"][j] = _quantiles(_weighted_aurc(c, 1.0 - yf, W), alpha)
