@@ -55,7 +55,8 @@ def main() -> None:
         info = res.info
         print(f"run {i + 1}: {times[-1]:.2f} s wall, {cpu:.2f} s CPU  (solver {info['fit_seconds']:.2f} s; Newton iterations "
               f"{info['newton_iterations']}, CG iterations {info['cg_iterations']}, by C stage {info['cg_by_stage']}, "
-              f"polish {info['cg_polish']}; not converged {info['not_converged']}; chunk {info['chunk']})")
+              f"polish {info['cg_polish']}; not converged {info['not_converged']}; chunk {info['chunk']}; "
+              f"nested {info.get('nested')}, selection null {info.get('null_seconds')} s)")
     print(f"fit_probes: best {min(times):.2f} s over {a.repeat} run(s) with {a.threads} thread(s); "
           f"load average after: {os.getloadavg()[0]:.2f}")
     m = res.metrics

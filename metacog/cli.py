@@ -117,35 +117,62 @@ def _fmt(x, nd=3):
     return "  n/a" if x is None or (isinstance(x, float) and x != x) else f"{x:.{nd}f}"
 
 
+def _ci(ci, nd=3):
+    ci = ci or [None, None]
+    return f"[{_fmt(ci[0], nd)}, {_fmt(ci[1], nd)}]"
+
+
+def _ece(b: dict) -> str:
+    """ECE [CI] (calibrated null: mean / p95) of one summary block."""
+    en = b.get("ece_null") or {}
+    null = f" (calibrated null {_fmt(en.get('mean'))}/{_fmt(en.get('p95'))})" if en else ""
+    return f"ECE {_fmt(b.get('ece'))} {_ci(b.get('ece_ci'))}{null}"
+
+
 def print_summary(s: dict, root=None) -> None:
+    """The summary in a few lines: every metric with its 95% CI, each ECE beside the mean / p95 ECE
+    of a perfectly calibrated predictor at that n ("calibrated null"), the best probe with its
+    selection null, and the summary's warnings (small samples) in plain words at the end."""
     out = []
     m = s.get("model", {})
     out.append(f"model {m.get('name', m.get('spec'))} | dataset {s['dataset']} | n={s['n_items']} | accuracy {_fmt(s['accuracy'])}")
     sp = s["splits"]
-    out.append(f"splits train={sp['train']} calibration={sp['calibration']} eval={sp['eval']} disjoint={sp['disjoint']}  (metrics below: eval split, n={s['n_eval']})")
+    out.append(f"splits train={sp['train']} calibration={sp['calibration']} eval={sp['eval']} disjoint={sp['disjoint']} "
+               f"group-disjoint={sp.get('group_disjoint', 'n/a')} groups={sp.get('n_groups', 'n/a')}  "
+               f"(metrics below: eval split, n={s['n_eval']}; [95% bootstrap CI])")
     for mode, v in s.get("verbal", {}).items():
         vs = v["validity"]
         out.append(
-            f"verbal {mode:9s} AUROC {_fmt(v['auroc'])} [{_fmt(v['auroc_ci'][0])}, {_fmt(v['auroc_ci'][1])}]  ECE {_fmt(v['ece'])}  "
-            f"Brier {_fmt(v['brier'])}  ceiling {_fmt(v['ceiling_rate'], 2)}  parsed {_fmt(v['parse_rate'], 2)}  -> {vs['verdict'].upper()}"
+            f"verbal {mode:9s} AUROC {_fmt(v['auroc'])} {_ci(v.get('auroc_ci'))}  {_ece(v)}  "
+            f"Brier {_fmt(v['brier'])} {_ci(v.get('brier_ci'))}  ceiling {_fmt(v['ceiling_rate'], 2)}  parsed {_fmt(v['parse_rate'], 2)}  -> {vs['verdict'].upper()}"
         )
     for mode, d in s.get("distribution", {}).items():
         out.append(
-            f"0-100 dist {mode:9s} E[v] AUROC {_fmt(d['ev']['auroc'])}  argmax AUROC {_fmt(d['argmax']['auroc'])}  "
-            f"E[v] ECE {_fmt(d['ev']['ece'])}  mass off 0-100 {_fmt(d['mean_other'], 2)}"
+            f"0-100 dist {mode:9s} E[v] AUROC {_fmt(d['ev']['auroc'])} {_ci(d['ev'].get('auroc_ci'))}  argmax AUROC {_fmt(d['argmax']['auroc'])} "
+            f"{_ci(d['argmax'].get('auroc_ci'))}  E[v] {_ece(d['ev'])}  mass off 0-100 {_fmt(d['mean_other'], 2)}"
         )
     if "probes" in s and s["probes"].get("best"):
         b = s["probes"]["best"]
+        ci = b.get("auroc_ci") or [b.get("auroc_lo"), b.get("auroc_hi")]
         out.append(
-            f"best probe  layer {b['layer']} @ {b['position']}: AUROC {_fmt(b.get('auroc'))} "
-            f"[{_fmt(b.get('auroc_lo'))}, {_fmt(b.get('auroc_hi'))}]  ECE {_fmt(b.get('ece'))}  (chosen by train-split CV {_fmt(b.get('cv_auroc'))})"
+            f"best probe  layer {b['layer']} @ {b['position']}: eval AUROC {_fmt(b.get('auroc'))} {_ci(ci)}  {_ece(b)}  "
+            f"(chosen by nested train-split CV AUROC {_fmt(b.get('cv_auroc'))})"
         )
+        sn = b.get("selection_null")
+        if sn:
+            out.append(
+                f"  selection null (best of all layer x position probes, {sn['n_perm']} label shuffles): mean {_fmt(sn['mean'])}, "
+                f"p95 {_fmt(sn['p95'])}; observed {_fmt(sn['observed'])}, p={sn['p']:.2f}"
+            )
     if "type_prior" in s:
         wt = s.get("within_type", {})
         out.append(
-            f"question-type prior AUROC {_fmt(s['type_prior']['auroc'])} | within-type AUROC: best probe {_fmt(wt.get('probe_best', {}).get('auroc'))}, "
+            f"question-type prior AUROC {_fmt(s['type_prior']['auroc'])} {_ci(s['type_prior'].get('auroc_ci'))} | within-type AUROC: "
+            f"best probe {_fmt(wt.get('probe_best', {}).get('auroc'))}, "
             f"verbal inline {_fmt(wt.get('verbal_inline', {}).get('auroc'))}, E[v] inline {_fmt(wt.get('ev_inline', {}).get('auroc'))}"
         )
+    for w in s.get("warnings") or []:
+        out.append(f"WARNING: {w}")
     if root:
         out.append(f"written: {Path(root) / 'summary.json'}")
     print("\n".join(out))

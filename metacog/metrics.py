@@ -34,7 +34,34 @@ __all__ = [
     "type_prior",
     "within_type_auroc",
     "summarize_scores",
+    "BOOTSTRAP_DOC",
+    "ECE_NULL_DOC",
+    "bootstrap_metrics",
+    "bootstrap_metrics_batch",
+    "ece_null",
+    "sample_warnings",
+    "SMALL_EVAL_N",
+    "SMALL_CLASS_N",
 ]
+
+BOOTSTRAP_DOC = (
+    "Every AUROC, ECE, Brier and AURC CI is a 95% percentile interval over 1000 seeded bootstrap "
+    "replicates of the items, stratified by correctness (correct and incorrect items resampled "
+    "separately with replacement, so each replicate keeps both class counts; draws = "
+    "bootstrap_counts(n_pos, n_neg, n_boot, seed)), all four metrics computed on the same "
+    "replicates (metrics.bootstrap_metrics). With one class only, that class is resampled and the "
+    "AUROC CI is undefined (NaN)."
+)
+
+ECE_NULL_DOC = (
+    "ECE of a perfectly calibrated predictor at the same confidences: y* ~ Bernoulli(conf) "
+    "independently per item, n_sim = 1000 seeded simulations, ECE with the same bins; reported as "
+    "the mean and the 95th percentile (metrics.ece_null). An observed ECE below that p95 is "
+    "indistinguishable from perfect calibration at this n."
+)
+
+SMALL_EVAL_N = 50  # below this many eval items, every eval metric is flagged as a small sample
+SMALL_CLASS_N = 10  # ... or below this many eval items in either class
 
 ECE_BINS_DOC = (
     "ECE uses n_bins equal-width bins on [0, 1] with edges e_i = i / n_bins (float64): bin i "
@@ -334,13 +361,18 @@ def type_prior(categories_train: Sequence, labels_train, categories_eval: Sequen
     return np.array([rate.get(c, overall) for c in ce], dtype=float)
 
 
-def within_type_auroc(scores, labels, categories, nan_policy: str = "raise") -> dict:
+def within_type_auroc(scores, labels, categories, nan_policy: str = "raise", n_boot: int = 0, alpha: float = 0.05,
+                      seed: int = 0) -> dict:
     """AUROC within question types: the mean of per-category AUROC over the categories that
     have both classes, weighted by each category's item count. It measures what a score knows
     beyond the question type (a type prior scores exactly 0.5 here).
 
     Returns ``dict(auroc, n_types_used, n_types, n_items_used, per_type)`` where ``per_type``
-    maps category -> (auroc, n). NaN auroc when no category has both classes.
+    maps category -> (auroc, n). NaN auroc when no category has both classes. With ``n_boot``
+    > 0 also ``auroc_ci``: percentile interval of a bootstrap stratified by category × class
+    (each used category's positives and negatives resampled separately with
+    :func:`bootstrap_counts` ``(n_pos, n_neg, n_boot, seed + j)`` for the j-th used category in
+    order of appearance; the weights stay the category counts).
     """
     s = np.asarray(scores, dtype=float).ravel()
     y = _labels(labels, s.size)
@@ -363,14 +395,176 @@ def within_type_auroc(scores, labels, categories, nan_policy: str = "raise") -> 
             num += a * m.sum()
             den += int(m.sum())
     used = sum(1 for a, _ in per.values() if not np.isnan(a))
-    return dict(auroc=float(num / den) if den else float("nan"), n_types_used=used,
-                n_types=len(per), n_items_used=den, per_type=per)
+    out = dict(auroc=float(num / den) if den else float("nan"), n_types_used=used,
+               n_types=len(per), n_items_used=den, per_type=per)
+    if n_boot > 0:
+        out["auroc_ci"] = (float("nan"), float("nan"))
+        if den:
+            acc = np.zeros(n_boot)
+            j = 0
+            for c in pd.unique(cat):
+                m = cat == c
+                if np.isnan(per[c][0]):
+                    continue
+                sc, yc = s[m], y[m]
+                cp, cn = bootstrap_counts(int(yc.sum()), int((~yc).sum()), n_boot, seed + j)
+                acc += _boot_aucs_sorted(sc[yc], sc[~yc], cp, cn) * m.sum()
+                j += 1
+            out["auroc_ci"] = _quantiles(acc / den, alpha)
+    return out
+
+
+# --------------------------------------------------------------------------- uncertainty
+def _bin_onehot(c: np.ndarray, n_bins: int) -> np.ndarray:
+    """[N, n_bins] 0/1 membership of each confidence in its ECE bin (ECE_BINS_DOC)."""
+    edges = np.arange(n_bins + 1, dtype=float) / n_bins
+    idx = np.clip(np.searchsorted(edges, c, side="right") - 1, 0, n_bins - 1)
+    oh = np.zeros((c.size, n_bins))
+    oh[np.arange(c.size), idx] = 1.0
+    return oh
+
+
+def _weighted_aurc(c: np.ndarray, err: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """AURC (ties="average") of every row of item multiplicities ``W [R, N]`` (a bootstrap
+    replicate repeats item i W[r, i] times; copies of an item are tied). Closed form per tie group
+    g of m items (e errors, r = e/m) after B items with E errors: the group's prefixes add
+    Σ_{j=1..m} (E + j r)/(B + j) = e + (E − r B)(H(B + m) − H(B)), H the harmonic number.
+    Multiplicities must be whole numbers."""
+    order = np.argsort(-c, kind="stable")
+    cs = c[order]
+    start = np.flatnonzero(np.r_[True, cs[1:] != cs[:-1]])
+    Wo = W[:, order]
+    if start.size == c.size:  # no ties among distinct items (the usual case)
+        m, e = Wo, Wo * err[order][None]
+    else:
+        m = np.add.reduceat(Wo, start, axis=1)
+        e = np.add.reduceat(Wo * err[order][None], start, axis=1)
+    mi = np.rint(m).astype(np.int64)
+    Bi = np.cumsum(mi, axis=1) - mi
+    Ec = np.cumsum(e, axis=1) - e
+    r = e / np.maximum(m, 1.0)  # m = 0 -> e = 0 -> r = 0
+    H = np.r_[0.0, np.cumsum(1.0 / np.arange(1, int(mi.sum(axis=1).max()) + 1))]  # harmonic numbers
+    dH = H[Bi + mi] - H[Bi]
+    return (e + (Ec - r * Bi) * dH).sum(axis=1) / mi.sum(axis=1)
+
+
+def bootstrap_metrics(conf01, labels, n_bins: int = 10, n_boot: int = 1000, alpha: float = 0.05,
+                      seed: int = 0) -> dict:
+    """Point values and percentile bootstrap CIs of AUROC, ECE, Brier and AURC (BOOTSTRAP_DOC).
+
+    ``conf01`` [N] in [0, 1] (no NaN), ``labels`` [N] correctness. Returns ``dict(auroc,
+    auroc_ci, ece, ece_ci, brier, brier_ci, aurc, aurc_ci)``; CIs are ``(lo, hi)`` tuples, NaN when
+    undefined (no items; AUROC with one class). ``auroc_ci`` equals :func:`auroc_ci` with the same
+    seed. This is :func:`bootstrap_metrics_batch` for one score.
+    """
+    c = np.asarray(conf01, dtype=float).ravel()
+    b = bootstrap_metrics_batch(c[:, None], labels, n_bins=n_bins, n_boot=n_boot, alpha=alpha, seed=seed)
+    out = {}
+    for k in ("auroc", "ece", "brier", "aurc"):
+        out[k] = float(b[k][0])
+        out[f"{k}_ci"] = (float(b[f"{k}_ci"][0, 0]), float(b[f"{k}_ci"][0, 1]))
+    return out
+
+
+def bootstrap_metrics_batch(conf01_2d, labels, n_bins: int = 10, n_boot: int = 1000, alpha: float = 0.05,
+                            seed: int = 0) -> dict:
+    """:func:`bootstrap_metrics` for many scores of the same items at once: ``conf01_2d`` is
+    ``[N, k]`` in [0, 1] (no NaN). The replicates (:func:`bootstrap_counts` ``(n_pos, n_neg,
+    n_boot, seed)``; one class only: that class resampled alone) are shared by every column and
+    metric; each metric is evaluated on every replicate in closed form, vectorised over
+    replicates. Returns arrays: ``auroc, ece, brier, aurc`` [k] and ``*_ci`` [k, 2].
+    """
+    S = np.asarray(conf01_2d, dtype=float)
+    if S.ndim != 2:
+        raise ValueError("conf01_2d must be [n_items, n_scores]")
+    N, K = S.shape
+    y = _labels(labels, N)
+    if np.isnan(S).any():
+        raise ValueError("confidences contain NaN; drop unparsed items first")
+    if S.size and (S.min() < 0.0 or S.max() > 1.0):
+        raise ValueError(f"confidences must lie in [0, 1] (got min {S.min()}, max {S.max()})")
+    if not 0 < alpha < 1:
+        raise ValueError("alpha must be in (0, 1)")
+    out = {k: np.array([f(S[:, j], y) for j in range(K)], dtype=float) for k, f in
+           (("auroc", auroc), ("ece", lambda c, y: ece(c, y, n_bins)), ("brier", brier), ("aurc", aurc))}
+    for k in ("auroc", "ece", "brier", "aurc"):
+        out[f"{k}_ci"] = np.full((K, 2), np.nan)
+    if N == 0 or n_boot < 1:
+        return out
+    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+    W = np.zeros((n_boot, N))
+    if pos.size and neg.size:
+        cp, cn = bootstrap_counts(pos.size, neg.size, n_boot, seed)
+        W[:, pos], W[:, neg] = cp, cn
+    else:  # one class: resample it alone
+        cp = cn = None
+        idx = pos if pos.size else neg
+        draws = np.random.default_rng(seed).integers(0, idx.size, size=(n_boot, idx.size))
+        W[:, idx] = np.stack([np.bincount(d, minlength=idx.size) for d in draws])
+    yf = y.astype(float)
+    for j in range(K):
+        c = S[:, j]
+        if cp is not None:
+            out["auroc_ci"][j] = _quantiles(_boot_aucs_sorted(c[y], c[~y], cp, cn), alpha)
+        oh = _bin_onehot(c, int(n_bins))
+        ece_b = np.abs(W @ (oh * (yf - c)[:, None])).sum(axis=1) / N  # Σ_bins |Σ correct − Σ conf| / N
+        out["ece_ci"][j] = _quantiles(ece_b, alpha)
+        out["brier_ci"][j] = _quantiles(W @ ((c - yf) ** 2) / N, alpha)
+        out["aurc_ci"][j] = _quantiles(_weighted_aurc(c, 1.0 - yf, W), alpha)
+    return out
+
+
+def _quantiles(a: np.ndarray, alpha: float) -> tuple[float, float]:
+    lo, hi = np.quantile(a, [alpha / 2, 1 - alpha / 2])
+    return (float(lo), float(hi))
+
+
+def ece_null(conf01, n_bins: int = 10, n_sim: int = 1000, seed: int = 0) -> dict:
+    """ECE of a perfectly calibrated predictor with these confidences (ECE_NULL_DOC).
+
+    Simulates ``y* ~ Bernoulli(conf)`` ``n_sim`` times (``default_rng(seed)``) and returns
+    ``dict(mean, p95, n_sim, n)``; NaNs for no items. Source of the idea: the ECE of a calibrated
+    model is biased upward at small n (e.g. Kumar et al. 2019, "Verified uncertainty calibration").
+    """
+    c = np.asarray(conf01, dtype=float).ravel()
+    _conf01(c, np.zeros(c.size, bool))
+    if c.size == 0 or n_sim < 1:
+        return dict(mean=float("nan"), p95=float("nan"), n_sim=int(n_sim), n=int(c.size))
+    rng = np.random.default_rng(seed)
+    ys = (rng.random((n_sim, c.size)) < c[None]).astype(float)
+    oh = _bin_onehot(c, int(n_bins))
+    e = np.abs(ys @ oh - (oh * c[:, None]).sum(0)[None]).sum(axis=1) / c.size
+    return dict(mean=float(e.mean()), p95=float(np.quantile(e, 0.95)), n_sim=int(n_sim), n=int(c.size))
+
+
+def sample_warnings(labels, what: str = "the eval split") -> list[str]:
+    """Plain-language warnings when ``labels`` (correctness of the items a metric is computed on)
+    are too few to trust: fewer than SMALL_EVAL_N items, fewer than SMALL_CLASS_N of either class,
+    or one class only (AUROC undefined). Empty list when the sample is adequate."""
+    y = _labels(labels)
+    n, n1 = int(y.size), int(y.sum())
+    n0 = n - n1
+    out = []
+    if n == 0:
+        return [f"{what} has no items: no metric can be computed."]
+    if n1 == 0 or n0 == 0:
+        out.append(f"{what} has only {'incorrect' if n1 == 0 else 'correct'} answers ({n} items): AUROC is "
+                   "undefined and calibration numbers say little; use more items or another split.")
+    elif min(n1, n0) < SMALL_CLASS_N:
+        out.append(f"{what} has only {min(n1, n0)} {'correct' if n1 < n0 else 'incorrect'} answer(s) "
+                   f"(fewer than {SMALL_CLASS_N}): AUROC and its CI rest on very few items; read them as rough.")
+    if n < SMALL_EVAL_N:
+        out.append(f"{what} has only {n} items (fewer than {SMALL_EVAL_N}): every metric is a small-sample "
+                   "estimate with wide CIs; compare ECE with its perfectly-calibrated null (ece_null).")
+    return out
 
 
 # --------------------------------------------------------------------------- convenience
 def summarize_scores(conf01, labels, n_bins: int = 10, n_boot: int = 1000, seed: int = 0,
-                     nan_policy: str = "raise") -> dict:
-    """``dict(auroc, auroc_ci, ece, brier, aurc, n, n_missing)`` of a [0, 1] confidence.
+                     nan_policy: str = "raise", n_sim: int = 1000) -> dict:
+    """``dict(auroc, auroc_ci, ece, ece_ci, ece_null, brier, brier_ci, aurc, aurc_ci, n,
+    n_missing)`` of a [0, 1] confidence: :func:`bootstrap_metrics` (the CIs) and :func:`ece_null`
+    (``n_sim`` simulations, seed ``seed``).
 
     ``nan_policy="omit"`` drops NaN confidences first (counted in n_missing)."""
     c = np.asarray(conf01, dtype=float).ravel()
@@ -380,12 +574,12 @@ def summarize_scores(conf01, labels, n_bins: int = 10, n_boot: int = 1000, seed:
         if nan_policy != "omit":
             raise ValueError("NaN confidences; pass nan_policy='omit' to drop them")
         c, y = c[~miss], y[~miss]
+    b = bootstrap_metrics(c, y, n_bins=n_bins, n_boot=n_boot, seed=seed)
     return dict(
-        auroc=auroc(c, y),
-        auroc_ci=auroc_ci(c, y, n_boot=n_boot, seed=seed),
-        ece=ece(c, y, n_bins),
-        brier=brier(c, y),
-        aurc=aurc(c, y),
+        auroc=b["auroc"], auroc_ci=b["auroc_ci"],
+        ece=b["ece"], ece_ci=b["ece_ci"], ece_null=ece_null(c, n_bins, n_sim=n_sim, seed=seed),
+        brier=b["brier"], brier_ci=b["brier_ci"],
+        aurc=b["aurc"], aurc_ci=b["aurc_ci"],
         n=int(c.size),
         n_missing=int(miss.sum()),
     )

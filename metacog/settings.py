@@ -105,12 +105,12 @@ def from_dict(cls, d: dict):
 def parse_split_fractions(text: str) -> tuple[float, float, float]:
     """Parse "train,calibration,eval" fractions (e.g. ``"0.6,0.2,0.2"``). Raises ``ValueError``
     with a message naming the setting (StudySettings checks their range and sum)."""
-    parts = [p.strip() for p in str(text).split(",")]
+    msg = (f"--splits must be three positive comma-separated fractions summing to 1 (train,calibration,eval), "
+           f"e.g. 0.6,0.2,0.2; not {text!r}")
     try:
-        vals = tuple(float(p) for p in parts)
+        vals = tuple(float(p.strip()) for p in str(text).split(","))
     except ValueError:
-        raise ValueError(f"splits must be three comma-separated numbers (train,calibration,eval, e.g. 0.6,0.2,0.2), "
-                         f"not {text!r}") from None
-    if len(vals) != 3:
-        raise ValueError(f"splits must be three numbers (train,calibration,eval), not {len(vals)}: {text!r}")
+        raise ValueError(msg) from None
+    if len(vals) != 3 or any(not x > 0 for x in vals) or abs(sum(vals) - 1.0) > 1e-6:
+        raise ValueError(msg)
     return vals

@@ -3,15 +3,22 @@
 ``summary.json`` holds:
 - ``model`` (describe() of the loaded model), ``dataset``, ``n_items``, ``accuracy`` (all items),
   ``accuracy_by_split``;
-- ``splits``: counts per split and ``disjoint: true`` (checked by code, not assumed);
+- ``splits``: counts per split, ``disjoint: true`` and ``group_disjoint: true`` (no fact in two
+  splits), ``n_groups`` (checked by code, not assumed);
 - ``verbal``: per elicitation mode (``inline``, ``two-pass``), on the **eval** split:
-  ``auroc, auroc_ci, ece, brier, aurc, ceiling_rate, validity{L,trin,r,verdict}, n, n_missing``;
+  ``auroc, ece, brier, aurc`` each with ``<metric>_ci`` (bootstrap, ``ci_rule``), ``ece_null``
+  (mean and p95 ECE of a perfectly calibrated predictor at these confidences, ``ece_null_rule``),
+  ``ceiling_rate, validity{L,trin,r,verdict}, n, n_missing``;
 - ``distribution``: per mode, the same metrics for the expected value of the exact 0–100
   distribution (``ev``) and for its argmax (``argmax``), plus ``mean_other`` mass;
-- ``probes``: ``entries`` (one per layer × position: auroc, auroc_ci, ece, brier, cv_auroc, C),
-  ``best`` (chosen by train-split CV, reported on eval);
-- ``type_prior``: the question-type baseline's eval AUROC; ``within_type``: within-type AUROC
-  of the best probe and of each verbal readout;
+- ``probes``: ``entries`` (one per layer × position: the same metrics with CIs and ece_null,
+  cv_auroc, C), ``best`` (chosen by nested train-split CV, reported on eval, with
+  ``selection_null``: the permutation null of choosing the best of all cells);
+- ``type_prior``: the question-type baseline's eval AUROC (with CI); ``within_type``: within-type
+  AUROC (with CI) of the best probe and of each verbal readout;
+- ``warnings``: plain sentences when the eval split is small (< 50 items or < 10 of a class), has
+  one class, the split sizes are unlike the fractions asked for, or the best probe does not beat
+  its selection null;
 - ``ece_rule``: the binning used (equal-width, edges, last bin closed).
 """
 from __future__ import annotations
@@ -25,7 +32,7 @@ import pandas as pd
 from . import metrics
 from .activations import activations_key, load_states, run_activations
 from .answers import answers_key, items_key, run_answers
-from .data import assign_splits, check_splits, load_dataset
+from .data import assign_splits, check_splits, load_dataset, split_fraction_warnings
 from .runtime import ProgressFn, StopFn
 from .settings import MODES, POSITIONS, ModelSettings, StudySettings, stable_hash
 from .workspace import LineageError, Workspace, WorkspaceBusy, WorkspaceError, atomic_save_npy
@@ -37,7 +44,9 @@ def prepare_items(study: StudySettings) -> pd.DataFrame:
     """Load the dataset, assign seeded splits (stratified by category), check disjointness."""
     items = load_dataset(study.dataset, limit=study.limit, seed=study.seed).reset_index(drop=True)
     strata = items["category"] if items["category"].astype(str).str.len().gt(0).any() else None
-    items["split"] = assign_splits(items["id"], seed=study.seed, fractions=study.split_fractions, strata=strata).to_numpy()
+    groups = items["group"] if "group" in items.columns else None  # one fact per group (readers/generator)
+    items["split"] = assign_splits(items["id"], seed=study.seed, fractions=study.split_fractions, strata=strata,
+                                   groups=groups).to_numpy()
     items["row"] = np.arange(len(items))
     check_splits(items)
     return items
@@ -116,10 +125,16 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def probes_key(act_key: str, study: StudySettings) -> str:
+def probes_key(act_key: str, study: StudySettings, items: pd.DataFrame | None = None) -> str:
+    """Cache key of the probe stage: probe code version, activations, folds, seed, bins and -- given
+    ``items`` -- which items are in which split and group (a new split or grouping refits)."""
     from . import probes
 
-    return stable_hash("probes", getattr(probes, "PROBES_VERSION", 1), act_key, study.probe_folds, study.seed, study.ece_bins)
+    parts = ["probes", getattr(probes, "PROBES_VERSION", 1), act_key, study.probe_folds, study.seed, study.ece_bins]
+    if items is not None:
+        parts.append(stable_hash(items["split"].astype(str).tolist(),
+                                 items["group"].astype(str).tolist() if "group" in items.columns else None))
+    return stable_hash(*parts)
 
 
 def save_probes(ws: Workspace, metrics_df: pd.DataFrame, oof: np.ndarray, best: dict, key: str, act_key: str,
@@ -143,7 +158,7 @@ def run_probes_stage(ws: Workspace, items: pd.DataFrame, answers: pd.DataFrame, 
                      threads: int | None = None, progress: ProgressFn | None = None) -> pd.DataFrame:
     from . import probes
 
-    key = probes_key(act_key, study)
+    key = probes_key(act_key, study, items)
     if ws.stage_fresh("probes", key) and (ws.lineage("probes/metrics.parquet") or {}).get("key") == key:
         return ws.read_parquet("probes/metrics.parquet")
     t0 = time.time()
@@ -154,6 +169,7 @@ def run_probes_stage(ws: Workspace, items: pd.DataFrame, answers: pd.DataFrame, 
     res = probes.fit_probes(
         {p: states[p] for p in POSITIONS}, y, items["split"].to_numpy(), folds=study.probe_folds, seed=study.seed,
         n_bins=study.ece_bins, threads=threads, progress=progress,
+        groups=items["group"].to_numpy() if "group" in items.columns else None,
     )
     save_probes(ws, res.metrics, res.oof, res.best, key, act_key, coef=res.coef, intercept=res.intercept)
     ws.mark_stage("probes", key, seconds=round(time.time() - t0, 2))
@@ -193,7 +209,7 @@ def run_study(
     if holder:
         raise WorkspaceBusy(f"workspace {ws.root} is busy: 'study' is already running ({holder}). Wait for it to finish or stop it.")
     items = prepare_items(study)          # dataset errors: before any write
-    check_launch_items(items)
+    check_launch_items(items, study.split_fractions)
     lm = lm or load_model(model)          # model errors: before any write
     check_disk(ws, lm, len(items), stages)
     with ws.lock(Workspace.WORKSPACE_LOCK):
@@ -247,15 +263,17 @@ def run_job(ws: Workspace, spec: dict, progress, should_stop) -> dict:
     return summary
 
 
-def check_launch_items(items: pd.DataFrame) -> None:
-    """Refuse, before any model work, item sets whose evaluation cannot mean anything: no eval
-    item or no probe-training item. Raises ``ValueError``."""
-    counts = items["split"].value_counts().to_dict()
-    for split in ("train", "eval"):
-        if counts.get(split, 0) == 0:
-            raise ValueError(
-                f"the {split} split has 0 of {len(items)} items (splits: {counts}); use more items (--limit) "
-                "or other --splits fractions")
+def check_launch_items(items: pd.DataFrame, fractions=None) -> list[str]:
+    """Refuse, before any model work, item sets whose evaluation cannot mean anything — no eval
+    item (:func:`metacog.data.check_eval_split`) or no probe-training item — and return the
+    split warnings (small eval split, a fraction worth less than one item). Raises ``ValueError``."""
+    from .data import check_eval_split
+
+    warnings = check_eval_split(items, fractions)
+    if int((items["split"] == "train").sum()) == 0:
+        raise ValueError(f"the train split has 0 of {len(items)} items (splits: {items['split'].value_counts().to_dict()}); "
+                         "use more items (--limit) or other --splits fractions")
+    return warnings
 
 
 def check_disk(ws: Workspace, lm, n_items: int, stages=("activations",), margin: float = 1.2) -> int:
@@ -283,6 +301,8 @@ def check_disk(ws: Workspace, lm, n_items: int, stages=("activations",), margin:
 # summary
 # ----------------------------------------------------------------------------------------
 def _score_block(conf01, y, bins: int, seed: int) -> dict:
+    """Every metric of one [0, 1] score on the eval items, each with its bootstrap CI
+    (``<metric>_ci``) and ``ece_null`` beside the ECE (metrics.summarize_scores)."""
     s = metrics.summarize_scores(conf01, y, n_bins=bins, seed=seed, nan_policy="omit")
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.items()}
 
@@ -314,12 +334,17 @@ def summarize(ws: Workspace) -> dict:
         "n_items": int(len(df)),
         "accuracy": float(df["correct"].mean()),
         "accuracy_by_split": {k: float(g["correct"].mean()) for k, g in df.groupby("split")},
-        "splits": check_splits(df[["id", "split"]]),
+        "splits": check_splits(df[[c for c in ("id", "split", "group") if c in df.columns]]),
         "eval_split": "eval",
         "n_eval": int(len(ev)),
         "ece_rule": metrics.ECE_BINS_DOC if hasattr(metrics, "ECE_BINS_DOC") else f"{bins} equal-width bins",
         "ece_bins": bins,
+        "ci_rule": metrics.BOOTSTRAP_DOC,
+        "ece_null_rule": metrics.ECE_NULL_DOC,
     }
+    # plain-language warnings: small or one-class eval split, split sizes unlike the fractions asked for
+    warnings = split_fraction_warnings(out["splits"], study.split_fractions)
+    warnings += metrics.sample_warnings(y, "the eval split")
     out["verbal"] = {}
     out["distribution"] = {}
     for mode in MODES:
@@ -337,42 +362,62 @@ def summarize(ws: Workspace) -> dict:
                 b["ceiling_rate"] = float(np.nanmean(c >= 95)) if len(c) else float("nan")
                 b["validity"] = metrics.validity_screen(c, y)
                 d[read] = b
-            d["auroc"] = d["ev"]["auroc"]
+            d["auroc"], d["auroc_ci"] = d["ev"]["auroc"], d["ev"]["auroc_ci"]  # shortcut: E[v]'s
             d["mean_other"] = float(ev[f"other_{k}"].mean())
             out["distribution"][mode] = d
     # question-type prior and within-type AUROC
     cats_ok = df["category"].astype(str).str.len().gt(0).any()
     if cats_ok:
         prior = metrics.type_prior(tr["category"], tr["correct"], ev["category"])
-        out["type_prior"] = {"auroc": metrics.auroc(prior, y), "n_eval": int(len(ev)), "n_types": int(df["category"].nunique())}
+        out["type_prior"] = {"auroc": metrics.auroc(prior, y), "auroc_ci": list(metrics.auroc_ci(prior, y, seed=seed)),
+                             "n_eval": int(len(ev)), "n_types": int(df["category"].nunique())}
         wt = {}
         for mode in MODES:
             k = MODE_KEYS[mode]
-            wt[f"verbal_{k}"] = _within(ev[f"verbal_{k}"], y, ev["category"])
+            wt[f"verbal_{k}"] = _within(ev[f"verbal_{k}"], y, ev["category"], seed)
             if f"ev_{k}" in ev:
-                wt[f"ev_{k}"] = _within(ev[f"ev_{k}"], y, ev["category"])
+                wt[f"ev_{k}"] = _within(ev[f"ev_{k}"], y, ev["category"], seed)
         if "probe_p" in ev:
-            wt["probe_best"] = _within(ev["probe_p"], y, ev["category"])
+            wt["probe_best"] = _within(ev["probe_p"], y, ev["category"], seed)
         out["within_type"] = wt
     # probes
     if ws.path("probes", "metrics.parquet").exists():
         pm = ws.read_parquet("probes/metrics.parquet")
-        entries = []
-        for r in pm.itertuples(index=False):
-            entries.append(
-                {
-                    "layer": int(r.layer), "position": r.position, "auroc": _f(r.auroc),
-                    "auroc_ci": [_f(r.auroc_lo), _f(r.auroc_hi)], "ece": _f(r.ece), "brier": _f(r.brier),
-                    "cv_auroc": _f(r.cv_auroc), "C": _f(r.C),
-                }
-            )
-        out["probes"] = {"entries": entries, "best": ws.read_json("probes/best.json"), "n_train": int(len(tr)), "n_eval": int(len(ev))}
+        entries = [_probe_entry(r) for r in pm.to_dict("records")]
+        best = ws.read_json("probes/best.json")
+        if best:
+            best = {**best, **{k: v for k, v in _probe_entry(best).items() if k not in ("layer", "position")}}
+            sn = best.get("selection_null")
+            if sn and sn.get("p") is not None and sn["p"] > 0.05:
+                warnings.append(
+                    f"the best probe (layer {best['layer']} @ {best['position']}) does not beat chance selection: with the "
+                    f"labels shuffled, the best of all layer x position probes scored at least as high in "
+                    f"{round(sn['p'] * (sn['n_perm'] + 1)) - 1} of {sn['n_perm']} shuffles (p = {sn['p']:.2f}); its train CV "
+                    "AUROC may be the luck of picking the maximum.")
+        from .probes import SELECTION_NULL_DOC
+
+        out["probes"] = {"entries": entries, "best": best, "n_train": int(len(tr)), "n_eval": int(len(ev)),
+                         "selection_null_rule": SELECTION_NULL_DOC}
+    out["warnings"] = warnings
     return out
 
 
-def _within(scores, y, cats) -> dict:
-    r = metrics.within_type_auroc(np.asarray(scores, dtype=float), y, np.asarray(cats), nan_policy="omit")
-    return {"auroc": r["auroc"], "n_types_used": r["n_types_used"], "n_items_used": r["n_items_used"]}
+def _probe_entry(r: dict) -> dict:
+    """One probe's summary.json entry from a metrics.parquet row (or best.json): every eval metric
+    with ``<metric>_ci`` beside it, and ``ece_null`` beside the ECE (absent columns -> None)."""
+    e = {"layer": int(r["layer"]), "position": r["position"], "cv_auroc": _f(r.get("cv_auroc")), "C": _f(r.get("C"))}
+    for k in ("auroc", "ece", "brier", "aurc"):
+        e[k] = _f(r.get(k))
+        e[f"{k}_ci"] = [_f(r.get(f"{k}_lo")), _f(r.get(f"{k}_hi"))]
+    e["ece_null"] = {"mean": _f(r.get("ece_null_mean")), "p95": _f(r.get("ece_null_p95"))}
+    return e
+
+
+def _within(scores, y, cats, seed: int = 0) -> dict:
+    r = metrics.within_type_auroc(np.asarray(scores, dtype=float), y, np.asarray(cats), nan_policy="omit",
+                                  n_boot=1000, seed=seed)
+    return {"auroc": r["auroc"], "auroc_ci": list(r["auroc_ci"]), "n_types_used": r["n_types_used"],
+            "n_items_used": r["n_items_used"]}
 
 
 def _f(x) -> float | None:

@@ -689,6 +689,20 @@ def summary(ws: Workspace) -> dict | None:
         return s
 
 
+def sample_warnings(ws: Workspace, summ: dict | None = None) -> list[str]:
+    """Show the summary's plain-language warnings (small or one-class eval split, split sizes
+    unlike the fractions asked for, best probe vs its selection null) as one warning box; a
+    summary written before warnings existed gets them from the eval items. Returns them."""
+    summ = summ if summ is not None else (summary(ws) or {})
+    w = summ.get("warnings")
+    if w is None and has(ws, "answers"):
+        df = results(ws)
+        w = metrics.sample_warnings(df.loc[df["split"] == "eval", "correct"].to_numpy(bool), "the eval split")
+    if w:
+        st.warning("**Read these numbers with care.**\n\n" + "\n".join(f"- {x[0].upper()}{x[1:]}" for x in w))
+    return list(w or [])
+
+
 @st.cache_data(show_spinner=False, max_entries=8)
 def _probe_metrics(root: str, stamp: tuple) -> pd.DataFrame:
     return Workspace(root).read_parquet("probes/metrics.parquet")
@@ -828,16 +842,19 @@ LINK_COLUMN = {"open": st.column_config.LinkColumn("open", display_text="explore
 def definitions(*names: str) -> None:
     """An expander with the definitions used on a page (texts from metacog.metrics)."""
     texts = {
-        "ece": ("ECE bins", getattr(metrics, "ECE_BINS_DOC", "ECE with equal-width bins")),
+        "ece": ("ECE bins", getattr(metrics, "ECE_BINS_DOC", "ECE with equal-width bins") + " "
+                + getattr(metrics, "ECE_NULL_DOC", "")),
         "validity": ("Validity screen", getattr(metrics, "VALIDITY_DOC", "")),
-        "auroc": ("AUROC", "AUROC = P(score of a correct item > score of an incorrect one) + ½ P(tie) (Mann–Whitney U / n₊n₋); "
-                  "95% CI = percentile interval of a stratified bootstrap (1,000 resamples)."),
+        "auroc": ("AUROC", "AUROC = P(score of a correct item > score of an incorrect one) + ½ P(tie) (Mann–Whitney U / n₊n₋). "
+                  + getattr(metrics, "BOOTSTRAP_DOC", "95% CI = percentile interval of a stratified bootstrap (1,000 resamples).")),
         "readouts": ("Readouts", "verbal = the number the model writes (inline: after its answer; two-pass: asked in a second prompt "
                      "that shows question and answer). E[v] = expected value of the exact distribution over the 101 numbers 0–100 "
                      "(renormalised); argmax = its most probable number; other = probability mass on anything that is not an integer 0–100."),
         "probes": ("Probes", "One standardised logistic-regression probe per (layer, position) predicts correctness from the residual "
-                   "stream. p for train items is cross-fitted (out of fold); calibration/eval items get the probe fitted on train. "
-                   "Metrics are on the eval split; the best probe is chosen by train-split CV AUROC, never by eval."),
+                   "stream. p for train items is cross-fitted with nested CV (the model that predicts a fold has its C chosen "
+                   "without that fold); calibration/eval items get the probe fitted on train. Metrics are on the eval split; the "
+                   "best probe is chosen by train-split (nested) CV AUROC, never by eval. Selection null: the best of all probes "
+                   "is compared with the best of the same selection on shuffled labels (see docs/SCIENCE.md)."),
         "type_prior": ("Question-type prior", "Baseline that scores each item by its category's accuracy on the train split "
                        "(Laplace-smoothed): what a confidence gets for free by recognising the question type."),
     }

@@ -1,6 +1,7 @@
 """Probes: AUROC by layer per position (with CIs), against verbal confidence and the question-type
 prior; reliability diagram of any probe; per-item predictions."""
 import numpy as np
+import plotly.graph_objects as go
 import streamlit as st
 
 from metacog import metrics, plots, ui
@@ -22,18 +23,32 @@ with ui.guard("the probes"):
     best = ws.read_json("probes/best.json") or {}
     positions = ui.probe_positions(ws, oof)
     n_eval = int(pm["n_eval"].iloc[0]) if "n_eval" in pm and len(pm) else int((df["split"] == "eval").sum())
+    ui.sample_warnings(ws, summ)
+    sn = best.get("selection_null") or {}
+
+    def _num(x, nd=3):
+        return "n/a" if x is None or x != x else f"{x:.{nd}f}"
 
     if best:
-        c = st.columns([3, 2, 2, 2])
-        c[0].metric("best probe", f"L{best.get('layer')} @ {best.get('position')}", help="layer @ position, chosen by train-split CV AUROC")
+        c = st.columns([3, 2, 2, 2, 2])
+        c[0].metric("best probe", f"L{best.get('layer')} @ {best.get('position')}",
+                    help="layer @ position with the highest nested train-split CV AUROC; its numbers here are on the eval split")
         row = pm[(pm["layer"] == int(best["layer"])) & (pm["position"] == best["position"])]
         if len(row):
             r = row.iloc[0]
-            c[1].metric("AUROC (eval)", f"{r['auroc']:.3f}", help=f"95% CI [{r['auroc_lo']:.3f}, {r['auroc_hi']:.3f}]")
-            c[2].metric("ECE (eval)", f"{r['ece']:.3f}")
+            c[1].metric("AUROC (eval)", _num(r["auroc"]), help=f"95% bootstrap CI [{_num(r['auroc_lo'])}, {_num(r['auroc_hi'])}]")
+            ece_help = f"95% bootstrap CI [{_num(r.get('ece_lo'))}, {_num(r.get('ece_hi'))}]"
+            if "ece_null_p95" in r:
+                ece_help += (f"; a perfectly calibrated predictor at this n has ECE {_num(r['ece_null_mean'])} on average "
+                             f"(95th percentile {_num(r['ece_null_p95'])})")
+            c[2].metric("ECE (eval)", _num(r["ece"]), help=ece_help)
+        if sn:
+            c[3].metric("selection null p", f"{sn['p']:.2f}",
+                        help=f"best of all layer × position probes under {sn['n_perm']} label shuffles: mean {sn['mean']:.3f}, "
+                             f"95th percentile {sn['p95']:.3f}; observed {sn['observed']:.3f}")
         v = summ.get("verbal", {}).get("inline", {})
         if v.get("auroc") is not None and v["auroc"] == v["auroc"]:
-            c[3].metric("verbal AUROC inline (eval)", f"{v['auroc']:.3f}")
+            c[4].metric("verbal AUROC inline (eval)", f"{v['auroc']:.3f}")
 
     # ------------------------------------------------------------------ by layer
     st.subheader("By layer")
@@ -53,7 +68,24 @@ with ui.guard("the probes"):
             refs["question-type prior"] = tp
     fig = plots.probe_metric_by_layer(pm, split="eval" if metric != "cv_auroc" else "train", n=n_eval if metric != "cv_auroc" else int(pm["n_train"].iloc[0]),
                                       model=model, metric=metric, references=refs, best=best, positions=shown, bands=bands)
+    if metric == "cv_auroc" and sn:
+        # the selection null: how high the best of all cells gets on shuffled labels (mean to p95 band)
+        x0, x1 = int(pm["layer"].min()), int(pm["layer"].max())
+        fig.add_trace(go.Scatter(x=[x0, x1, x1, x0], y=[sn["p95"], sn["p95"], sn["mean"], sn["mean"]], fill="toself",
+                                 fillcolor="rgba(120,120,120,0.18)", line=dict(width=0), hoverinfo="skip",
+                                 name=f"selection null: best of {sn['n_cells']} on shuffled labels (mean–p95)",
+                                 meta={"role": "selection_null", "mean": sn["mean"], "p95": sn["p95"]}))
+        fig.add_trace(go.Scatter(x=[x0, x1], y=[sn["p95"]] * 2, mode="lines", line=dict(color="#555", dash="dash"),
+                                 name=f"selection null p95 ({sn['p95']:.3f})", meta={"role": "selection_null_p95", "value": sn["p95"]}))
     ui.show_figure(fig, "probe-by-layer", f"{ws.root.name}-probe-{metric}-by-layer")
+    if sn:
+        st.caption(
+            f"**Selection null.** The best probe is the best of {sn['n_cells']} layer × position cells, so its train CV AUROC "
+            f"is optimistic. With the labels shuffled {sn['n_perm']} times and the same selection redone over every cell and C, "
+            f"the best reaches {sn['mean']:.3f} on average and {sn['p95']:.3f} at the 95th percentile; on the real labels it "
+            f"reaches {sn['observed']:.3f} (p = {sn['p']:.2f}; the statistic is the one-step probe's CV AUROC, see "
+            "docs/SCIENCE.md). Shown as a grey band in the *CV AUROC (train)* view. The eval AUROC of the chosen probe is "
+            "not affected by this selection.")
     if metric == "auroc":
         st.caption("Shaded bands: 95% bootstrap CIs. Dashed lines: the model's verbal confidence and the question-type prior "
                    "(category accuracy on train) on the same eval items; dotted: chance.")

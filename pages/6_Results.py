@@ -28,6 +28,12 @@ def _f(x, nd=3):
     return None if x is None or (isinstance(x, float) and x != x) else round(float(x), nd)
 
 
+def _ci(ci, nd=3):
+    """'[lo, hi]' of a 95% bootstrap CI, or '—' when absent (an evaluation written before CIs)."""
+    lo, hi = (ci or [None, None])[:2]
+    return "—" if _f(lo) is None or _f(hi) is None else f"[{lo:.{nd}f}, {hi:.{nd}f}]"
+
+
 def _arrow(a, b, nd=3, pct=False):
     if a is None or b is None:
         return "—"
@@ -54,6 +60,8 @@ with ui.guard("the results"):
     for r in picked:
         ev, per = load_eval(get_run(ws, r))
         evs[r] = (ev, per, get_run(ws, r).settings())
+
+    ui.sample_warnings(ws)
 
     # ------------------------------------------------------------------ headline
     st.subheader("Headline")
@@ -165,12 +173,16 @@ with ui.guard("the results"):
             trows.append({"readout": READOUT_NAMES.get(r, r), "model": "base" if side == "base" else "fine-tuned",
                           "n": b.get("n"), "parsed": _f(b.get("parse_rate"), 3), "AUROC": _f(b.get("auroc")),
                           "CI lo": _f((b.get("auroc_ci") or [None, None])[0]), "CI hi": _f((b.get("auroc_ci") or [None, None])[1]),
-                          "AUROC unchanged": _f(blk["unchanged"][f"auroc_{side}"]), "ECE": _f(b.get("ece")), "Brier": _f(b.get("brier")),
+                          "AUROC unchanged": _f(blk["unchanged"][f"auroc_{side}"]), "ECE": _f(b.get("ece")),
+                          "ECE CI": _ci(b.get("ece_ci")), "ECE if calibrated (p95)": _f((b.get("ece_null") or {}).get("p95")),
+                          "Brier": _f(b.get("brier")), "Brier CI": _ci(b.get("brier_ci")),
                           "ceiling": _f(b.get("ceiling_rate")), "validity": (b.get("validity") or {}).get("verdict"),
                           "within-type AUROC": _f(blk.get("within_type", {}).get(side)),
                           "recovery": _f(blk["recovery"] if side == "ft" else blk["recovery_base"], 2)})
     ui.show_table(pd.DataFrame(trows), key="res-readouts", filename=f"{k}-{one}-readouts",
-                  caption=f"eval split, n={h['n_eval']}, unchanged-correctness items: {ev['readouts'].get(prim, {}).get('unchanged', {}).get('n')}")
+                  caption=f"eval split, n={h['n_eval']}, unchanged-correctness items: {ev['readouts'].get(prim, {}).get('unchanged', {}).get('n')}; "
+                          "CIs: 95% bootstrap over items; 'ECE if calibrated (p95)': the 95th percentile ECE of a perfectly "
+                          "calibrated predictor at these confidences and n -- an ECE below it is indistinguishable from perfect")
     if per is not None and f"{readout}_base" in per:
         fig = fplots.shift_scatter(per[f"{readout}_base"], per[f"{readout}_ft"], per["correct_ft"], split="eval", model=model,
                                    label=READOUT_NAMES[readout], ids=per["id"])

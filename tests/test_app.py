@@ -336,3 +336,25 @@ def test_ws_query_param_wins_over_the_session(env):
     _no_exception(at)
     assert at.markdown[0].value == "current: tiny-rich"
     assert Path(at.selectbox(key="_ws_select").value).name == "tiny-rich"
+
+
+@pytest.mark.skipif(not HAVE_PROBES, reason="metacog/probes.py is not in this build yet")
+def test_probes_page_shows_the_selection_null_and_small_sample_warning(env):
+    from metacog.workspace import Workspace
+
+    at = _open("probes", "tiny-rich")
+    s = json.loads((env / "workspaces" / "tiny-rich" / "summary.json").read_text())
+    sn = s["probes"]["best"]["selection_null"]
+    warn = " ".join(w.value for w in at.warning)
+    assert s["warnings"] and "Read these numbers with care" in warn
+    assert f"only {s['n_eval']} items" in warn  # 24 items: a handful on eval, said in words
+    assert any(m.label == "selection null p" and m.value == f"{sn['p']:.2f}" for m in at.metric)
+    at.radio(key="pr-metric").set_value("cv_auroc").run()
+    _no_exception(at)
+    spec = _fig(at, 0)
+    band = [tr for tr in spec["data"] if tr.get("meta", {}).get("role") == "selection_null"]
+    assert len(band) == 1 and band[0]["meta"]["p95"] == pytest.approx(sn["p95"])
+    assert band[0]["meta"]["mean"] == pytest.approx(sn["mean"])
+    line = [tr for tr in spec["data"] if tr.get("meta", {}).get("role") == "selection_null_p95"]
+    assert line and line[0]["y"][0] == pytest.approx(sn["p95"])
+    assert Workspace(env / "workspaces" / "tiny-rich").read_json("probes/best.json")["selection_null"]["p"] == sn["p"]

@@ -114,6 +114,10 @@ def test_results_page(env):
         assert any(t.startswith(want) for t in titles), (want, titles)
     head = at.dataframe[0].value
     assert "AUROC" in head.columns and "→" in head["accuracy"].iloc[0]
+    # a tiny eval split is said in words, and the readout table has the ECE's CI and calibrated null
+    assert any("Read these numbers with care" in w.value and "eval split has only" in w.value for w in at.warning)
+    ro = next(d.value for d in at.dataframe if "ECE CI" in d.value.columns)
+    assert "ECE if calibrated (p95)" in ro.columns and ro["ECE CI"].str.startswith("[").any()
     items = [d.value for d in at.dataframe if "open" in d.value.columns]
     assert items and items[0]["open"].iloc[0].startswith("Item_explorer?item=")
     at.selectbox(key="res-ro-ft").set_value("argmax_two_pass").run()

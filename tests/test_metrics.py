@@ -296,3 +296,101 @@ def test_summarize_scores():
         M.summarize_scores(c2, y)
     s2 = M.summarize_scores(c2, y, nan_policy="omit", n_boot=50)
     assert s2["n"] == 195 and s2["n_missing"] == 5
+
+
+def _brute_boot(c, y, n_boot, seed, n_bins=10):
+    """Every metric recomputed by the public functions on explicitly resampled arrays (same draws)."""
+    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+    cp, cn = M.bootstrap_counts(pos.size, neg.size, n_boot, seed)
+    out = {k: [] for k in ("auroc", "ece", "brier", "aurc")}
+    for r in range(n_boot):
+        idx = np.r_[np.repeat(pos, cp[r]), np.repeat(neg, cn[r])]
+        cc, yy = c[idx], y[idx]
+        out["auroc"].append(M.auroc(cc, yy))
+        out["ece"].append(M.ece(cc, yy, n_bins))
+        out["brier"].append(M.brier(cc, yy))
+        out["aurc"].append(M.aurc(cc, yy))
+    return {k: tuple(np.quantile(v, [0.025, 0.975])) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("rounded", [False, True])
+def test_bootstrap_metrics_equal_brute_force_replicates(rounded):
+    rng = np.random.default_rng(3)
+    c = rng.random(40)
+    if rounded:  # many ties: AURC's tie rule and ECE bin edges matter
+        c = np.round(c, 1)
+    y = rng.random(40) < c
+    b = M.bootstrap_metrics(c, y, n_boot=150, seed=4)
+    ref = _brute_boot(c, y, 150, 4)
+    for k in ("auroc", "ece", "brier", "aurc"):
+        assert b[k] == pytest.approx(getattr(M, k)(c, y))
+        assert b[f"{k}_ci"] == pytest.approx(ref[k], abs=1e-12), k
+    assert b["auroc_ci"] == pytest.approx(M.auroc_ci(c, y, n_boot=150, seed=4))
+    batch = M.bootstrap_metrics_batch(np.stack([c, c[::-1]], 1), y, n_boot=150, seed=4)
+    assert tuple(batch["ece_ci"][0]) == pytest.approx(b["ece_ci"])
+    assert tuple(batch["aurc_ci"][1]) == pytest.approx(_brute_boot(c[::-1], y, 150, 4)["aurc"], abs=1e-12)
+
+
+def test_bootstrap_metrics_one_class_and_empty():
+    c = np.array([0.2, 0.9, 0.6, 0.7])
+    b = M.bootstrap_metrics(c, np.ones(4, bool), n_boot=50)
+    assert np.isnan(b["auroc"]) and all(np.isnan(b["auroc_ci"]))
+    assert b["brier_ci"][0] <= b["brier"] <= b["brier_ci"][1] and np.isfinite(b["ece_ci"]).all()
+    e = M.bootstrap_metrics(np.zeros(0), np.zeros(0, bool))
+    assert np.isnan(e["ece"]) and all(np.isnan(e["ece_ci"]))
+
+
+def test_ece_null_is_a_calibrated_simulation():
+    rng = np.random.default_rng(0)
+    c = rng.random(24)
+    r = M.ece_null(c, n_sim=300, seed=5)
+    sims = np.random.default_rng(5).random((300, 24)) < c
+    ref = [M.ece(c, s) for s in sims]
+    assert r["mean"] == pytest.approx(np.mean(ref)) and r["p95"] == pytest.approx(np.quantile(ref, 0.95))
+    # the issue's example: at n = 24 a perfectly calibrated score has ECE ~0.19 on average
+    assert 0.14 < r["mean"] < 0.25 and r["p95"] > r["mean"]
+    big = M.ece_null(rng.random(2000), n_sim=200)
+    assert big["mean"] < 0.05  # shrinks with n
+
+
+def test_sample_warnings():
+    assert M.sample_warnings(np.r_[np.ones(40), np.zeros(40)].astype(bool)) == []
+    w = M.sample_warnings(np.r_[np.ones(30), np.zeros(5)].astype(bool))
+    assert len(w) == 2 and "only 5 incorrect" in w[0] and "only 35 items" in w[1]
+    w = M.sample_warnings(np.ones(60, bool))
+    assert len(w) == 1 and "only correct answers" in w[0] and "AUROC is undefined" in w[0]
+    assert "no items" in M.sample_warnings(np.zeros(0, bool))[0]
+
+
+def test_summarize_scores_has_every_ci_and_the_ece_null():
+    rng = np.random.default_rng(2)
+    c = rng.random(80)
+    y = rng.random(80) < c
+    s = M.summarize_scores(c, y, n_boot=100)
+    for k in ("auroc", "ece", "brier", "aurc"):
+        lo, hi = s[f"{k}_ci"]
+        assert lo <= hi and (lo <= s[k] <= hi or k == "ece")
+    assert set(s["ece_null"]) >= {"mean", "p95"}
+
+
+def test_within_type_auroc_ci_is_the_stratified_bootstrap():
+    rng = np.random.default_rng(7)
+    cats = np.array(list("aabbbcc") * 10)
+    s = rng.random(cats.size)
+    y = rng.random(cats.size) < 0.5
+    y[cats == "c"] = True  # one category with one class: not used
+    r = M.within_type_auroc(s, y, cats, n_boot=200, seed=3)
+    reps = []
+    cps = {c: M.bootstrap_counts(int(y[cats == c].sum()), int((~y[cats == c]).sum()), 200, 3 + j)
+           for j, c in enumerate(["a", "b"])}
+    for b in range(200):
+        num = 0.0
+        for c in ("a", "b"):
+            m = cats == c
+            pos, neg = s[m][y[m]], s[m][~y[m]]
+            cp, cn = cps[c]
+            num += _brute_auroc(np.r_[np.repeat(pos, cp[b]), np.repeat(neg, cn[b])],
+                                np.r_[np.ones(cp[b].sum(), bool), np.zeros(cn[b].sum(), bool)]) * m.sum()
+        reps.append(num / r["n_items_used"])
+    assert r["auroc_ci"] == pytest.approx(tuple(np.quantile(reps, [0.025, 0.975])))
+    assert r["auroc_ci"][0] <= r["auroc"] <= r["auroc_ci"][1]

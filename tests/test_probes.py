@@ -7,7 +7,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from metacog.probes import DEFAULT_CS, fit_probes, make_synthetic, stratified_folds
+from metacog.probes import DEFAULT_CS, fit_probes, make_synthetic, selection_null, stratified_folds
 
 
 def fit(*args, **kw):
@@ -187,7 +187,12 @@ def test_outputs_contract(small):
     assert res.oof.shape == (n, L, P) and res.oof.dtype == np.float32
     assert np.isnan(res.oof[:7]).all() and np.isfinite(res.oof[7:]).all()
     assert list(res.metrics.columns) == ["layer", "position", "C", "cv_auroc", "auroc", "auroc_lo", "auroc_hi",
-                                         "ece", "brier", "n_train", "n_eval"]
+                                         "ece", "ece_lo", "ece_hi", "ece_null_mean", "ece_null_p95", "brier",
+                                         "brier_lo", "brier_hi", "aurc", "aurc_lo", "aurc_hi", "n_train", "n_eval"]
+    for k in ("auroc", "ece", "brier", "aurc"):
+        assert ((res.metrics[f"{k}_lo"] <= res.metrics[k] + 1e-12) | (k == "ece")).all()  # ECE's bootstrap is biased up
+        assert (res.metrics[f"{k}_lo"] <= res.metrics[f"{k}_hi"]).all()
+    assert res.best["reported_on"] == "eval" and "train" in res.best["selected_by"]
     assert len(res.metrics) == L * P
     assert (res.metrics["n_train"] == (split == "train").sum()).all()
     assert (res.metrics["n_eval"] == (split == "eval").sum()).all()
@@ -205,6 +210,99 @@ def test_outputs_contract(small):
     assert row["auroc"] == pytest.approx(M.auroc(s, y[ev]))
     assert row["ece"] == pytest.approx(M.ece(s, y[ev]))
     assert row["brier"] == pytest.approx(M.brier(s, y[ev]))
+    assert row["aurc"] == pytest.approx(M.aurc(s, y[ev]))
+    b = M.bootstrap_metrics(s.astype(np.float64), y[ev], n_boot=100)
+    assert (row["ece_lo"], row["ece_hi"]) == pytest.approx(b["ece_ci"])
+    assert (row["auroc_lo"], row["auroc_hi"]) == pytest.approx(M.auroc_ci(s.astype(np.float64), y[ev], n_boot=100))
+    assert row["ece_null_p95"] == pytest.approx(M.ece_null(s.astype(np.float64))["p95"])
+
+
+def _nested_reference(x, y, fold, Cs):
+    """sklearn: for each outer fold f, C_f = argmax over Cs of the mean AUROC over inner folds g != f
+    of a model fitted without folds f and g (StandardScaler on its fit rows); p on fold f from a
+    model fitted without fold f at C_f. Returns (p [n], C_f per fold)."""
+    x = x.astype(np.float64)
+    k = fold.max() + 1
+
+    def model(rows, C):
+        sc = StandardScaler().fit(x[rows])
+        return sc, LogisticRegression(C=C, tol=1e-12, max_iter=100000).fit(sc.transform(x[rows]), y[rows])
+
+    p = np.full(len(y), np.nan)
+    cf = []
+    for f in range(k):
+        scores = []
+        for C in Cs:
+            aucs = []
+            for g in range(k):
+                if g == f:
+                    continue
+                sc, m = model((fold != f) & (fold != g), C)
+                aucs.append(roc_auc_score(y[fold == g], m.decision_function(sc.transform(x[fold == g]))))
+            scores.append(np.mean(aucs))
+        C_f = Cs[int(np.argmax(scores))]
+        cf.append(C_f)
+        sc, m = model(fold != f, C_f)
+        p[fold == f] = m.predict_proba(sc.transform(x[fold == f]))[:, 1]
+    return p, cf
+
+
+def test_nested_cross_fitting_matches_sklearn():
+    # the train rows' out-of-fold p (fine-tuning targets) come from a C chosen without them
+    X, y = make_synthetic(n=160, n_layers=2, n_positions=1, d=12, seed=4)
+    split = np.array(["train"] * 160)
+    res = fit(X, y, split, n_boot=10, n_perm=0)
+    assert res.info["nested"] and res.info["inner_problems"] == 10
+    p, cf = _nested_reference(X[:, 1, 0], y, res.fold, DEFAULT_CS)
+    np.testing.assert_allclose(res.oof[:, 1, 0], p, atol=2e-3)
+    row = res.metrics[res.metrics.layer == 1].iloc[0]
+    aucs = [roc_auc_score(y[res.fold == f], p[res.fold == f]) for f in range(5)]
+    assert row["cv_auroc"] == pytest.approx(np.mean(aucs), abs=2e-3)
+
+
+def test_nested_cv_auroc_is_not_optimistic_under_noise():
+    # pure noise, many Cs: the plain CV AUROC at the chosen C is the max of 4 noisy numbers (biased
+    # up); the nested one is an honest estimate of the whole procedure (mean ~0.5)
+    rng = np.random.default_rng(0)
+    n, L, d = 120, 12, 30
+    X = rng.normal(size=(n, L, 1, d)).astype(np.float32)
+    y = rng.random(n) < 0.5
+    split = np.array(["train"] * n)
+    res = fit(X, y, split, n_boot=10, n_perm=0, Cs=(1e-3, 1e-2, 1e-1, 1.0, 10.0))
+    plain = res.cv.groupby("layer")["cv_auroc"].max().to_numpy()
+    nested = res.metrics["cv_auroc"].to_numpy()
+    assert plain.mean() > nested.mean() + 0.005  # without nesting the noise looks better than it is
+    assert abs(nested.mean() - 0.5) < 0.05
+
+
+def test_selection_null_p_value_is_calibrated_and_has_power():
+    # noise labels: p is (super-)uniform; planted signal: p small, observed above the null's p95
+    rng = np.random.default_rng(1)
+    n, L, P, d = 90, 4, 2, 20
+    X = rng.normal(size=(n, L, P, d)).astype(np.float32)
+    split = np.array(["train"] * 60 + ["eval"] * 30)
+    ps = []
+    for s in range(12):
+        y = np.random.default_rng(100 + s).random(n) < 0.5
+        r = selection_null(X, y, split, n_perm=40, seed=s)
+        assert r["n_perm"] == 40 and r["n_cells"] == L * P and len(r["null"]) == 40
+        assert r["mean"] > 0.55  # the best of 8 cells x 4 Cs under the null is well above 0.5
+        ps.append(r["p"])
+    assert np.mean(np.array(ps) <= 0.05) <= 2 / 12 and np.median(ps) > 0.2
+    y = X[:, 2, 1, :4].sum(1) + 0.3 * rng.normal(size=n) > 0  # one cell carries the label
+    r = selection_null(X, y, split, n_perm=40, seed=0)
+    assert r["p"] == pytest.approx(1 / 41) and r["observed"] > r["p95"]
+
+
+def test_fit_probes_reports_the_selection_null(small):
+    X, y, split = small
+    res = fit(X, y, split, n_boot=20, n_perm=30)
+    sn = res.best["selection_null"]
+    assert set(sn) >= {"mean", "p95", "p", "n_perm", "observed"}
+    assert sn["n_perm"] == 30 and 0 < sn["p"] <= 1
+    ref = selection_null(X, y, split, n_perm=30, fold=res.fold)
+    assert sn == ref
+    json.dumps(res.best)
 
 
 def test_threads_argument_is_restored(small):
@@ -254,3 +352,73 @@ def test_bad_inputs():
     yy = np.arange(10) % 2 == 0
     with pytest.raises(ValueError, match="non-finite"):
         fit(X, yy, ["train"] * 10, folds=2)
+
+
+def test_cv_folds_keep_a_fact_whole(small):
+    # two phrasings of one fact must not sit on both sides of a CV fold (it would inflate cv_auroc)
+    X, y, split = small
+    groups = np.array([f"fact-{i // 2}" for i in range(len(y))], dtype=object)
+    res = fit(X[:, :1, :1], y, split, n_boot=10, n_perm=0, groups=groups)
+    tr = split == "train"
+    folds = {}
+    for g, f in zip(groups[tr], res.fold[tr]):
+        folds.setdefault(g, set()).add(int(f))
+    assert all(len(v) == 1 for v in folds.values()) and set(res.fold[tr]) == set(range(5))
+    a = fit(X[:, :1, :1], y, split, n_boot=10, n_perm=0)  # without groups: plain stratified folds
+    np.testing.assert_array_equal(a.fold[tr], stratified_folds(y[tr], 5, 0))
+
+
+def test_selection_null_statistic_is_the_one_step_probe():
+    # T_obs = max over cells and C of the 5-fold CV AUROC of ridge (penalty 1/(C p(1-p))) on the
+    # train-standardised features; the dual and the primal (Woodbury) paths give the same numbers
+    from sklearn.linear_model import Ridge
+
+    X, y = make_synthetic(n=200, n_layers=3, n_positions=2, d=30, seed=2)
+    split = np.array(["train"] * 150 + ["eval"] * 50)
+    a = selection_null(X, y, split, n_perm=20, path="dual")
+    b = selection_null(X, y, split, n_perm=20, path="primal")
+    assert a["observed"] == pytest.approx(b["observed"], abs=1e-3)  # the primal path runs in float32
+    np.testing.assert_allclose(a["null"], b["null"], atol=1e-3)
+    yt = y[:150]
+    fid = stratified_folds(yt, 5, 0)
+    p = yt.mean()
+    best = -1.0
+    for layer in range(3):
+        for pos in range(2):
+            x = X[:150, layer, pos].astype(np.float64)
+            sd = x.std(0)
+            x = (x - x.mean(0)) / np.where(sd > 0, sd, 1.0)
+            for C in DEFAULT_CS:
+                aucs = [roc_auc_score(yt[fid == f], Ridge(alpha=1 / (C * p * (1 - p))).fit(x[fid != f], yt[fid != f])
+                                      .predict(x[fid == f])) for f in range(5)]
+                best = max(best, float(np.mean(aucs)))
+    assert a["observed"] == pytest.approx(best, abs=1e-9)
+
+
+def test_selection_null_permutes_whole_facts():
+    # with groups, each shuffle moves a fact's labels as a block to another fact of the same size
+    rng = np.random.default_rng(3)
+    n = 120
+    X = rng.normal(size=(n, 2, 1, 8)).astype(np.float32)
+    groups = np.array([f"g{i // 2}" for i in range(n)], dtype=object)  # pairs: a question and its reverse
+    y = np.repeat(rng.random(n // 2) < 0.5, 2)  # both phrasings right or both wrong
+    split = np.array(["train"] * n)
+    r = selection_null(X, y, split, n_perm=30, groups=groups)
+    assert r["n_perm"] == 30 and 0 < r["p"] <= 1
+    import metacog.probes as P
+
+    seen = []
+    orig = P._one_step_preds
+
+    def spy(raw, fit, held, Yt, lams, path="auto"):
+        seen.append(Yt.numpy().copy())
+        return orig(raw, fit, held, Yt, lams, path)
+
+    P._one_step_preds = spy
+    try:
+        selection_null(X, y, split, n_perm=30, groups=groups)
+    finally:
+        P._one_step_preds = orig
+    Y = seen[0]
+    assert (Y[0::2] == Y[1::2]).all()  # every shuffled label vector keeps each pair together
+    assert (Y.sum(0) == y.sum()).all() and not (Y[:, 1:] == Y[:, :1]).all()

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import collections
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from metacog.data import SPLITS, assign_splits, check_splits, load_dataset
+from metacog.data import SPLITS, assign_splits, check_eval_split, check_splits, load_dataset
 
 
 def ids(n):
@@ -19,7 +20,7 @@ def test_labels_fractions_and_disjoint():
     c = collections.Counter(s)
     assert c == {"train": 600, "calibration": 200, "eval": 200}
     out = check_splits(pd.DataFrame({"id": ids(1000), "split": s}))
-    assert out == {"train": 600, "calibration": 200, "eval": 200, "disjoint": True}
+    assert out == {"train": 600, "calibration": 200, "eval": 200, "disjoint": True, "group_disjoint": True, "n_groups": 1000}
 
 
 def test_deterministic_and_order_independent():
@@ -108,4 +109,78 @@ def test_check_splits_catches_duplicates_and_labels():
 
 def test_check_splits_counts_missing_split_as_zero():
     assert check_splits(pd.DataFrame({"id": ["a", "b"], "split": ["train", "train"]})) == {
-        "train": 2, "calibration": 0, "eval": 0, "disjoint": True}
+        "train": 2, "calibration": 0, "eval": 0, "disjoint": True, "group_disjoint": True, "n_groups": 2}
+
+
+# ----------------------------------------------------------------------------- groups (facts)
+def grouped(n_groups, seed=0):
+    """Synthetic items: groups of 1-4 items (a fact asked several ways), two categories."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for g in range(n_groups):
+        for j in range(int(rng.integers(1, 5))):
+            rows.append({"id": f"q{g}-{j}", "group": f"fact-{g}", "category": "ab"[g % 2]})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_groups_land_whole_in_one_split(seed):
+    df = grouped(60, seed)
+    df["split"] = assign_splits(df["id"], seed=seed, strata=df["category"], groups=df["group"]).to_numpy()
+    assert (df.groupby("group")["split"].nunique() == 1).all()
+    rep = check_splits(df)
+    assert rep["group_disjoint"] is True and rep["n_groups"] == 60
+    share = df["split"].value_counts(normalize=True)
+    assert abs(share["train"] - 0.6) < 0.08 and abs(share["eval"] - 0.2) < 0.08
+    for cat, sub in df.groupby("category"):  # stratified at the group level
+        assert abs((sub["split"] == "eval").mean() - 0.2) < 0.12, cat
+    # order-independent
+    sh = df.sample(frac=1.0, random_state=1)
+    s2 = assign_splits(sh["id"], seed=seed, strata=sh["category"], groups=sh["group"])
+    assert (s2.sort_index() == df["split"]).all()
+
+
+def test_reverse_question_pair_shares_a_split():
+    # "chemical symbol for neptunium?" and "which element has the symbol Np?" are one fact
+    for seed in range(20):
+        ids_ = ["np-forward", "np-reverse"] + [f"other-{i}" for i in range(8)]
+        groups = ["neptunium", "neptunium"] + [None] * 8
+        s = assign_splits(ids_, seed=seed, groups=groups)
+        assert s[0] == s[1], seed
+        assert set(s) == set(SPLITS)
+    df = pd.DataFrame({"id": ["np-forward", "np-reverse", "x"], "group": ["neptunium", "neptunium", ""],
+                       "split": ["train", "eval", "calibration"]})
+    with pytest.raises(ValueError, match="group.*neptunium.*eval.*train"):
+        check_splits(df)
+
+
+def test_without_groups_each_item_is_its_own_group():
+    df = grouped(30)
+    a = assign_splits(df["id"], seed=2, strata=df["category"])
+    b = assign_splits(df["id"], seed=2, strata=df["category"], groups=[None] * len(df))
+    c = assign_splits(df["id"], seed=2, strata=df["category"], groups=df["id"])  # group = id: same rule
+    assert (a == b).all() and (a == c).all()
+    assert check_splits(df.assign(split=a.to_numpy()).drop(columns="group"))["n_groups"] == len(df)
+    with pytest.raises(ValueError, match="groups"):
+        assign_splits(df["id"], seed=0, groups=["g"])
+
+
+def test_few_groups_still_fill_every_split():
+    df = grouped(3, seed=5)
+    s = assign_splits(df["id"], seed=0, groups=df["group"])
+    assert set(s) == set(SPLITS)
+    assert (df.assign(split=s.to_numpy()).groupby("group")["split"].nunique() == 1).all()
+
+
+def test_check_eval_split():
+    items = pd.DataFrame({"id": ids(40), "split": assign_splits(ids(40), seed=0, fractions=(0.98, 0.01, 0.01)).to_numpy()})
+    w = check_eval_split(items, fractions=(0.98, 0.01, 0.01))
+    assert any("eval fraction 0.01 of 40 items asks for 0.40" in x for x in w)
+    assert any("only 1 items" in x for x in w)
+    with pytest.raises(ValueError, match="eval split is empty"):
+        check_eval_split(pd.DataFrame({"id": ids(3), "split": ["train", "train", "calibration"]}))
+    graded = pd.DataFrame({"id": ids(4), "split": ["train", "eval", "eval", "eval"], "correct": [True, True, True, True]})
+    with pytest.raises(ValueError, match="only correct answers"):
+        check_eval_split(graded)
+    big = pd.DataFrame({"id": ids(200), "split": ["eval"] * 100 + ["train"] * 100, "correct": [True, False] * 100})
+    assert check_eval_split(big, fractions=(0.5, 0.25, 0.25)) == []

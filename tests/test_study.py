@@ -73,6 +73,51 @@ def test_summary_has_every_promised_field(tiny_summary):
     assert on_disk["n_items"] == 40
 
 
+def _walk(o, path=""):
+    if isinstance(o, dict):
+        for k, v in o.items():
+            yield path + "/" + k, k, v, o
+            yield from _walk(v, path + "/" + k)
+    elif isinstance(o, list):
+        for i, v in enumerate(o):
+            yield from _walk(v, f"{path}[{i}]")
+
+
+def test_every_metric_has_its_ci_and_every_ece_its_null(tiny_summary):
+    d, s = tiny_summary
+    n = 0
+    for path, k, v, parent in _walk(s):
+        if k in ("auroc", "ece", "brier", "aurc") and (v is None or isinstance(v, float)):
+            assert f"{k}_ci" in parent, path
+            ci = parent[f"{k}_ci"]
+            assert isinstance(ci, list) and len(ci) == 2, path
+            if v is not None and v == v and ci[0] is not None and ci[0] == ci[0] and k != "ece":
+                assert ci[0] - 1e-9 <= v <= ci[1] + 1e-9, path
+            if k == "ece":
+                assert {"mean", "p95"} <= set(parent["ece_null"]), path
+            n += 1
+    # every probe entry (4 metrics) + verbal and E[v]/argmax blocks (2 modes x 3 x 4) + type prior + within-type
+    assert n >= 4 * len(s["probes"]["entries"]) + 24 + 1 + len(s["within_type"]), n
+    assert s["splits"]["group_disjoint"] is True and s["splits"]["n_groups"] == 40
+    # 40 items -> 8 eval items: the summary says so in words
+    assert isinstance(s["warnings"], list) and any("only 8 items" in w for w in s["warnings"]), s["warnings"]
+    sn = s["probes"]["best"]["selection_null"]
+    assert {"mean", "p95", "p", "n_perm"} <= set(sn) and sn["n_perm"] >= 50
+    assert s["probes"]["best"]["reported_on"] == "eval"
+
+
+def test_print_summary_shows_warnings_cis_and_the_selection_null(tiny_summary, capsys):
+    from metacog.cli import print_summary
+
+    d, s = tiny_summary
+    print_summary(s, d)
+    out = capsys.readouterr().out
+    assert "WARNING" in out and "only 8 items" in out
+    assert "group-disjoint=True" in out
+    assert "selection null" in out and f"p={s['probes']['best']['selection_null']['p']:.2f}" in out
+    assert "ECE" in out and "calibrated null" in out
+
+
 def test_eval_metrics_use_eval_items_only(tiny_summary):
     d, s = tiny_summary
     df = results_table(Workspace(d))
@@ -105,6 +150,11 @@ def test_changed_setting_invalidates_downstream_only(tmp_path, tiny_lm, tiny_stu
     run_study(tmp_path, ModelSettings(threads=1), dataclasses.replace(tiny_study, probe_folds=4), lm=tiny_lm)
     assert ws.stage_record("answers")["key"] == a0  # answers kept
     assert ws.stage_record("probes")["key"] != p0  # probes refitted
+    p1 = ws.stage_record("probes")["key"]
+    run_study(tmp_path, ModelSettings(threads=1), dataclasses.replace(tiny_study, probe_folds=4, split_fractions=[0.5, 0.25, 0.25]),
+              lm=tiny_lm)
+    assert ws.stage_record("answers")["key"] == a0
+    assert ws.stage_record("probes")["key"] != p1  # another train split: the probes are refitted on it
 
 
 @pytest.mark.parametrize(
@@ -114,6 +164,7 @@ def test_changed_setting_invalidates_downstream_only(tmp_path, tiny_lm, tiny_stu
         (["study", "--dataset", "/no/such/file.jsonl", "--limit", "20"], "file.jsonl"),
         (["study", "--limit", "0"], "limit"),
         (["study", "--splits", "0.5,0.5"], "split"),
+        (["study", "--splits", "0.5,0.6,-0.1"], "positive"),
         (["summary", "--workspace", "/no/such/ws"], "not a metacog workspace"),
     ],
 )

@@ -2,7 +2,7 @@
 
     from metacog.data import load_dataset, assign_splits, check_splits
     df = load_dataset("world-facts", limit=200, seed=0)
-    df["split"] = assign_splits(df["id"], seed=0, strata=df["category"])
+    df["split"] = assign_splits(df["id"], seed=0, strata=df["category"], groups=df.get("group"))
     check_splits(df)
 
 ``metacog.data.generate`` rebuilds the built-in files; its fact packages are dev-only
@@ -18,7 +18,7 @@ from .readers import (
     load_dataset,
     resolve_spec,
 )
-from .splits import SPLITS, assign_splits, check_splits
+from .splits import SPLITS, assign_splits, check_eval_split, check_splits, group_keys, split_fraction_warnings
 
 __all__ = [
     "BUILTIN",
@@ -27,7 +27,10 @@ __all__ = [
     "SPLITS",
     "DataError",
     "assign_splits",
+    "check_eval_split",
     "check_splits",
+    "group_keys",
+    "split_fraction_warnings",
     "dataset_info",
     "list_builtin",
     "load_dataset",

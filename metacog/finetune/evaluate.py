@@ -130,7 +130,7 @@ def retrained_probes(states_base: dict, y_base, states_ft: dict, y_ft, folds: in
         n = y.size
         pos = [p for p in POSITIONS if p in states]
         r = fit_probes({p: states[p] for p in pos}, y, np.array(["train"] * n), positions=pos, layers=layers,
-                       folds=folds, seed=seed, n_boot=0, threads=threads)
+                       folds=folds, seed=seed, n_boot=0, n_perm=0, threads=threads)
         res[name] = (r, y, pos)
     rb, yb, pos = res["base"]
     rf, yf, _ = res["ft"]
