@@ -894,6 +894,11 @@ def header(title: str, ws: Workspace, help_text: str | None = None) -> None:
     st.caption(" · ".join(bits))
     if help_text:
         st.markdown(help_text)
+    if ws.exists and has(ws, "answers"):  # every page says when its numbers rest on a small sample
+        try:
+            sample_warnings(ws)
+        except Exception:  # a page's own guard reports a broken workspace; the header stays drawable
+            pass
 
 
 def save_upload(name: str, data: bytes) -> Path:

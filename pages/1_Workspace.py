@@ -42,14 +42,30 @@ with ui.guard("the workspace"):
     if ws.exists:
         m, s = ws.settings()
         summ = ui.summary(ws) if ui.has(ws, "answers") else None
-        c = st.columns(4)
-        c[0].metric("items", summ["n_items"] if summ else (s.limit or "all"))
+        c = st.columns(5)
+        n_eval = (summ or {}).get("n_eval")
+        c[0].metric("items", summ["n_items"] if summ else (s.limit or "all"),
+                    help=f"eval split: {n_eval} items" if n_eval is not None else None)
         c[1].metric("accuracy (all items)", f"{summ['accuracy']:.1%}" if summ else "—")
+
+        def _auc(d: dict, what: str):
+            a, ci = d.get("auroc"), d.get("auroc_ci") or [None, None]
+            if a is None or a != a:
+                return "—", None
+            ci_txt = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if None not in ci[:2] else ""
+            return f"{a:.3f}", f"{what}; eval split, n={n_eval}; 95% bootstrap CI{ci_txt}"
+
         v = (summ or {}).get("verbal", {}).get("inline", {})
-        c[2].metric("verbal AUROC inline (eval)", "—" if v.get("auroc") is None or v["auroc"] != v["auroc"] else f"{v['auroc']:.3f}")
+        val, hlp = _auc(v, "verbal inline confidence")
+        c[2].metric(f"verbal AUROC inline (eval, n={n_eval})", val, help=hlp)
         b = (summ or {}).get("probes", {}).get("best") or {}
-        c[3].metric("best probe AUROC (eval)", "—" if b.get("auroc") is None else f"{b['auroc']:.3f}",
-                    help=f"layer {b.get('layer')} @ {b.get('position')}, chosen by train-split CV" if b else "no probes yet")
+        val, hlp = _auc({"auroc": b.get("auroc"), "auroc_ci": b.get("auroc_ci") or [b.get("auroc_lo"), b.get("auroc_hi")]},
+                        f"layer {b.get('layer')} @ {b.get('position')}, chosen by nested train-split CV" if b else "no probes yet")
+        c[3].metric(f"best probe AUROC (eval, n={n_eval})", val, help=hlp)
+        tp = (summ or {}).get("type_prior") or {}
+        val, hlp = _auc(tp, "question-type prior: per-category train accuracy; a probe must beat it to show more than "
+                        "question type")
+        c[4].metric(f"question-type prior AUROC (n={n_eval})", val, help=hlp)
         st.subheader("Stages")
         ui.show_table(ui.artifact_status(ws), key="stages", filename=f"{ws.root.name}-stages",
                       caption=f"files under {ws.root}")

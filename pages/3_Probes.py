@@ -23,7 +23,6 @@ with ui.guard("the probes"):
     best = ws.read_json("probes/best.json") or {}
     positions = ui.probe_positions(ws, oof)
     n_eval = int(pm["n_eval"].iloc[0]) if "n_eval" in pm and len(pm) else int((df["split"] == "eval").sum())
-    ui.sample_warnings(ws, summ)
     sn = best.get("selection_null") or {}
 
     def _num(x, nd=3):

@@ -61,7 +61,6 @@ with ui.guard("the results"):
         ev, per = load_eval(get_run(ws, r))
         evs[r] = (ev, per, get_run(ws, r).settings())
 
-    ui.sample_warnings(ws)
 
     # ------------------------------------------------------------------ headline
     st.subheader("Headline")

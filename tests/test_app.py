@@ -358,3 +358,15 @@ def test_probes_page_shows_the_selection_null_and_small_sample_warning(env):
     line = [tr for tr in spec["data"] if tr.get("meta", {}).get("role") == "selection_null_p95"]
     assert line and line[0]["y"][0] == pytest.approx(sn["p95"])
     assert Workspace(env / "workspaces" / "tiny-rich").read_json("probes/best.json")["selection_null"]["p"] == sn["p"]
+
+
+@pytest.mark.parametrize("page", ["workspace", "answers", "probes", "items"])
+def test_every_page_says_when_the_sample_is_small(env, page):
+    """The tiny workspace's eval split has a handful of items: every page says so in words, and
+    the Workspace page's headline numbers carry their n."""
+    at = _open(page, "tiny-rich")
+    assert any("Read these numbers with care" in w.value for w in at.warning), [w.value for w in at.warning]
+    if page == "workspace":
+        labels = [m.label for m in at.metric]
+        assert any("AUROC" in lab and "n=" in lab for lab in labels), labels
+        assert any("question-type prior" in lab for lab in labels), labels
