@@ -200,20 +200,11 @@ def build_trie(tok) -> ValueTrie:
 # batched forward helpers
 # ----------------------------------------------------------------------------------------
 def body_and_head(model):
-    """(decoder body returning hidden states, function hidden -> logits)."""
-    m = model.get_base_model() if hasattr(model, "get_base_model") else model
-    body = m.get_decoder() if hasattr(m, "get_decoder") else m.model
-    head = m.get_output_embeddings()
-    cfg = m.config.get_text_config() if hasattr(m.config, "get_text_config") else m.config
-    cap = getattr(cfg, "final_logit_softcapping", None)
+    """(decoder body returning hidden states, function hidden -> logits); see
+    :func:`metacog.arch.body_and_head` (the family's final-logit soft-capping included)."""
+    from .arch import body_and_head as _bh
 
-    def to_logits(h: torch.Tensor) -> torch.Tensor:
-        z = head(h).float()
-        if cap:
-            z = torch.tanh(z / cap) * cap
-        return z
-
-    return body, to_logits
+    return _bh(model)
 
 
 def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -299,11 +290,23 @@ def read_values(
     if not values:
         nanp = np.full((B, 101), np.nan)
         return Readout(probs=nanp, other=np.full(B, np.nan), states=states)
-    hid, tout, anc = _value_tree(body, trie, out, att, lens, use_cache=True)
-    tcache = tout.past_key_values
+    if tree_ok(model, T, trie):
+        hid, tout, anc = _value_tree(body, trie, out, att, lens, use_cache=True)
+        tcache = tout.past_key_values
 
-    def dot_hidden(rows: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
-        return _dot_hidden(body, trie, tcache, att, lens, anc, rows, vals, dev)
+        def dot_hidden(rows: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+            return _dot_hidden(body, trie, tcache, att, lens, anc, rows, vals, dev)
+    else:  # ALiBi, or a sliding window the tree would overrun: plain 2D-masked continuations
+        pcache = out.past_key_values
+        N = trie.n_value_nodes
+        allr = torch.arange(B, device=dev).repeat_interleave(N)
+        nodes = list(range(N)) * B
+        tail = _plain_hidden(body, pcache, att, lens, allr, [node_path(trie, j) for j in nodes]).view(B, N, -1)
+        hid = torch.cat([out.last_hidden_state[:, -1:, :], tail], dim=1)
+
+        def dot_hidden(rows: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+            term = trie.terminal[vals.cpu()].tolist()
+            return _plain_hidden(body, pcache, att, lens, rows, [node_path(trie, j) + [trie.dot_id] for j in term])
 
     r = score_trie(hid, to_logits, trie, dot_tol, dot_hidden=dot_hidden, chunk_rows=chunk)
     r.states = states
@@ -412,6 +415,54 @@ def _value_tree(body, trie: ValueTrie, out, att: torch.Tensor, lens: torch.Tenso
                 past_key_values=out.past_key_values, use_cache=use_cache)
     hid = torch.cat([out.last_hidden_state[:, -1:, :], tout.last_hidden_state], dim=1)
     return hid, tout, anc
+
+
+def tree_ok(model, T: int, trie: ValueTrie) -> bool:
+    """Whether the tree-masked forwards over a ``T``-token prefix are exact for ``model``
+    (:func:`metacog.arch.tree_mask_ok` with the keys they span: prefix, every trie node, and
+    up to 101 "." look-aheads). Where they are not, :func:`read_values` scores the same
+    values with plain 2D-masked continuations of the prefix's cache."""
+    from .arch import tree_mask_ok
+
+    return tree_mask_ok(model, T + trie.n_nodes + 101)
+
+
+def node_path(trie: ValueTrie, j: int) -> list[int]:
+    """Token ids from the root to trie node ``j`` (its ancestors by depth, then itself)."""
+    anc = trie.ancestors[j].nonzero().flatten().tolist()
+    return [int(trie.token[i]) for i in sorted(anc, key=lambda i: int(trie.depth[i]))]
+
+
+def _plain_hidden(body, cache, att: torch.Tensor, lens: torch.Tensor, rows: torch.Tensor, paths: list[list[int]],
+                  chunk: int = 512) -> torch.Tensor:
+    """Final hidden states ``[K, d]`` at the last token of prefix ``rows[k]`` continued by
+    ``paths[k]``, each continuation an ordinary forward over (a copy of) the prefix's KV cache
+    with a 2D padding mask — what generation does, so it is exact for every attention
+    variant (ALiBi, sliding windows). Continuations are grouped by length, ``chunk`` at a time."""
+    import copy
+
+    dev = att.device
+    K = len(paths)
+    out = None
+    rows = rows.to(dev)
+    by_len: dict[int, list[int]] = {}
+    for k, pth in enumerate(paths):
+        by_len.setdefault(len(pth), []).append(k)
+    for n, ks_all in by_len.items():
+        for s in range(0, len(ks_all), chunk):
+            ks = ks_all[s : s + chunk]
+            r = rows[ks]
+            c = copy.deepcopy(cache)
+            c.batch_select_indices(r)
+            ids = torch.tensor([paths[k] for k in ks], dtype=torch.long, device=dev)
+            a = torch.cat([att[r], torch.ones((len(ks), n), dtype=att.dtype, device=dev)], dim=1)
+            pos = lens[r].unsqueeze(-1) + torch.arange(n, device=dev).unsqueeze(0)
+            h = body(input_ids=ids, attention_mask=a, position_ids=pos, past_key_values=c, use_cache=True).last_hidden_state[:, -1]
+            if out is None:
+                out = torch.empty((K, h.shape[-1]), dtype=h.dtype, device=dev)
+            out[torch.tensor(ks, device=dev)] = h
+            del c
+    return out
 
 
 def hid_dtype(model) -> torch.dtype:

@@ -28,7 +28,9 @@ def _eos_ids(tok, model) -> set[int]:
             ids.add(src)
         elif isinstance(src, (list, tuple)):
             ids.update(int(x) for x in src)
-    for t in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|endoftext|>"):
+    from .arch import stop_token_strings
+
+    for t in stop_token_strings(model):
         i = tok.convert_tokens_to_ids(t) if t in getattr(tok, "get_vocab", lambda: {})() else None
         if isinstance(i, int) and i >= 0:
             ids.add(i)

@@ -293,13 +293,20 @@ def load_model(settings: ModelSettings | None = None, cache: Path | None = None)
         source, name, digest = resolve_source(settings.model, cache)
         device = resolve_device(settings.device)
         dtype = resolve_dtype(settings.dtype, device)
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        from . import arch
 
         try:
             tok = AutoTokenizer.from_pretrained(str(source), trust_remote_code=settings.trust_remote_code)
+            config = AutoConfig.from_pretrained(str(source), trust_remote_code=settings.trust_remote_code)
+            arch.check_supported(config)
             model = AutoModelForCausalLM.from_pretrained(
-                str(source), dtype=dtype, trust_remote_code=settings.trust_remote_code, attn_implementation="sdpa"
+                str(source), dtype=dtype, trust_remote_code=settings.trust_remote_code,
+                attn_implementation=arch.attn_implementation(config),
             )
+        except arch.ArchError as e:
+            raise ModelError(f"{settings.model} cannot be used: {e}") from e
         except ValueError as e:
             if "trust_remote_code" in str(e):
                 raise ModelError(
@@ -338,17 +345,13 @@ def wrap(model, tok, spec="custom", name="custom", source="", weights_hash="", t
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
-    """The list of decoder blocks, for architectures laid out as HF decoder-only models."""
-    for path in ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
-        obj = model
-        try:
-            for part in path.split("."):
-                obj = getattr(obj, part)
-        except AttributeError:
-            continue
-        if isinstance(obj, torch.nn.ModuleList):
-            return obj
-    raise ModelError(f"cannot find the decoder layers of {type(model).__name__}")
+    """The list of decoder blocks (see :func:`metacog.arch.decoder_layers`). Raises ModelError."""
+    from . import arch
+
+    try:
+        return arch.decoder_layers(model)
+    except arch.ArchError as e:
+        raise ModelError(str(e)) from e
 
 
 def clear_loaded() -> None:
