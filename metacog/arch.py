@@ -198,6 +198,14 @@ def block_sublayer(model, block, component: str):
     return sublayer(block, component, family(model))
 
 
+def as_btd(h: torch.Tensor, batch: int | None) -> torch.Tensor:
+    """A sub-layer output as ``[batch, tokens, d]``: 3D outputs as they are; 2D outputs (OPT
+    runs its MLP on the flattened ``[batch * tokens, d]``) viewed back with ``batch`` rows."""
+    if h.dim() == 2 and batch:
+        return h.view(batch, -1, h.shape[-1])
+    return h
+
+
 def body_and_head(model):
     """(decoder body returning ``last_hidden_state``, function hidden ``[..., d]`` -> float
     logits ``[..., V]`` with the family's final-logit soft-capping)."""
@@ -310,6 +318,112 @@ def resolve_targets(model, modules) -> tuple[str, ...]:
     """``modules`` with ``auto`` replaced by :func:`lora_targets`."""
     mods = tuple(modules)
     return lora_targets(model) if mods == (AUTO,) else mods
+
+
+# --------------------------------------------------------------------------------------
+# placement: sharded (accelerate) and quantized (bitsandbytes) loading
+# --------------------------------------------------------------------------------------
+def parse_max_memory(text: str) -> dict:
+    """``"0=70GiB,1=70GiB,cpu=200GiB"`` → ``{0: "70GiB", 1: "70GiB", "cpu": "200GiB"}`` (the
+    ``max_memory`` of ``from_pretrained``: GPU indices, ``cpu``, ``mps`` or ``disk``).
+    Raises ValueError naming the bad part."""
+    out: dict = {}
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "=" not in part:
+            raise ValueError(f"max_memory parts are DEVICE=SIZE (e.g. 0=20GiB,cpu=64GiB), not {part!r}")
+        dev, size = (x.strip() for x in part.split("=", 1))
+        import re
+
+        if not re.fullmatch(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", size):
+            raise ValueError(f"max_memory size {size!r} for {dev!r}: a number and a unit such as 500MiB or 20GiB")
+        if dev.isdigit():
+            out[int(dev)] = size
+        elif dev in ("cpu", "mps", "disk"):
+            out[dev] = size
+        else:
+            raise ValueError(f"max_memory device {dev!r}: a GPU index (0, 1, ...), cpu, mps or disk")
+    if not out:
+        raise ValueError("max_memory is empty")
+    return out
+
+
+def load_options(settings, device: torch.device, dtype: torch.dtype) -> dict:
+    """Extra ``from_pretrained`` arguments for ``settings`` (a ModelSettings): ``{}`` for the
+    plain load (the caller moves the model to ``device``); with ``device_map="auto"`` the
+    layers are spread by accelerate over GPUs, then CPU, then disk (``max_memory`` caps each,
+    ``offload_dir`` holds what fits nowhere); with ``quantize`` 8bit/4bit a bitsandbytes
+    config (NF4 with ``dtype`` compute for 4-bit, the QLoRA setting). Quantization needs CUDA
+    and bitsandbytes: refused with :class:`ArchError` otherwise."""
+    kw: dict = {}
+    q = getattr(settings, "quantize", None)
+    if q:
+        if not torch.cuda.is_available() or device.type != "cuda":
+            raise ArchError(f"{q} quantization (bitsandbytes) needs a CUDA GPU; this run has device {device}. "
+                            "Load unquantized (a smaller dtype: --dtype bfloat16) or shard with --device-map auto")
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ArchError(f"{q} quantization needs the bitsandbytes package: pip install bitsandbytes")
+        from transformers import BitsAndBytesConfig
+
+        kw["quantization_config"] = (BitsAndBytesConfig(load_in_8bit=True) if q == "8bit" else BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True))
+        kw["device_map"] = "auto" if getattr(settings, "device_map", None) == "auto" else {"": device.index or 0}
+    if getattr(settings, "device_map", None) == "auto":
+        kw["device_map"] = "auto"
+        if settings.max_memory:
+            kw["max_memory"] = parse_max_memory(settings.max_memory)
+        if settings.offload_dir:
+            kw["offload_folder"] = str(settings.offload_dir)
+    return kw
+
+
+def kv_bytes_per_token(model) -> int:
+    """Bytes of keys + values one token adds to the KV cache over all layers:
+    ``2 × layers × kv_heads × head_dim × element size`` (the cache's dtype = the model's)."""
+    cfg = text_config(model)
+    L = int(cfg.num_hidden_layers)
+    heads = int(getattr(cfg, "num_attention_heads", 1) or 1)
+    kvh = int(getattr(cfg, "num_key_value_heads", None) or heads)
+    hd = int(getattr(cfg, "head_dim", None) or int(cfg.hidden_size) // heads)
+    el = next(base_model(model).parameters()).element_size() if isinstance(model, torch.nn.Module) else 2
+    return 2 * L * kvh * hd * max(int(el), 2)
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Free bytes where ``device``'s tensors live: CUDA ``mem_get_info``; CPU (and Apple's
+    unified memory) ``MemAvailable`` of /proc/meminfo or the page count; None if unknown."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import os
+
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def input_device(model) -> torch.device:
+    """Where a model's inputs go: the input embedding's device (the first shard), which for a
+    model on one device is its only device."""
+    m = base_model(model)
+    try:
+        dev = m.get_input_embeddings().weight.device
+    except Exception:
+        dev = next(m.parameters()).device
+    if dev.type == "meta":  # offloaded to disk by accelerate: it runs on the main device
+        hooked = getattr(getattr(m.get_input_embeddings(), "_hf_hook", None), "execution_device", None)
+        dev = torch.device(hooked if hooked is not None else "cpu")
+    return dev
 
 
 # --------------------------------------------------------------------------------------

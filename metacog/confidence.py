@@ -27,6 +27,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from .arch import input_device
 from .prompts import VALUE_FMT
 
 VALUES = np.arange(101)
@@ -267,7 +268,7 @@ def read_values(
 
     model, tok = lm.model, lm.tokenizer
     trie = get_trie(tok)
-    dev = next(model.parameters()).device
+    dev = input_device(model)
     body, to_logits = body_and_head(model)
     ids, att, pos = left_pad(prefixes, tok.pad_token_id, dev)
     B, T = ids.shape
@@ -433,18 +434,26 @@ def node_path(trie: ValueTrie, j: int) -> list[int]:
     return [int(trie.token[i]) for i in sorted(anc, key=lambda i: int(trie.depth[i]))]
 
 
+PLAIN_CACHE_BYTES = 1 << 30  # budget of the prefix-cache copies one plain continuation batch holds
+
+
 def _plain_hidden(body, cache, att: torch.Tensor, lens: torch.Tensor, rows: torch.Tensor, paths: list[list[int]],
-                  chunk: int = 512) -> torch.Tensor:
+                  chunk: int | None = None) -> torch.Tensor:
     """Final hidden states ``[K, d]`` at the last token of prefix ``rows[k]`` continued by
     ``paths[k]``, each continuation an ordinary forward over (a copy of) the prefix's KV cache
     with a 2D padding mask — what generation does, so it is exact for every attention
-    variant (ALiBi, sliding windows). Continuations are grouped by length, ``chunk`` at a time."""
+    variant (ALiBi, sliding windows). Continuations are grouped by length, ``chunk`` at a time
+    (default: as many as fit :data:`PLAIN_CACHE_BYTES` of copied cache)."""
     import copy
 
     dev = att.device
     K = len(paths)
     out = None
     rows = rows.to(dev)
+    if chunk is None:
+        per_row = sum(t[:1].numel() * t.element_size() for lay in getattr(cache, "layers", []) for t in (lay.keys, lay.values)
+                      if isinstance(t, torch.Tensor))
+        chunk = max(1, min(512, PLAIN_CACHE_BYTES // max(per_row, 1)))
     by_len: dict[int, list[int]] = {}
     for k, pth in enumerate(paths):
         by_len.setdefault(len(pth), []).append(k)
@@ -504,7 +513,7 @@ def read_values_naive(lm, prefix: list[int], values=None) -> np.ndarray:
     look-ahead, no cache, no tree mask. For tests and benchmarks only."""
     model, tok = lm.model, lm.tokenizer
     trie = get_trie(tok)
-    dev = next(model.parameters()).device
+    dev = input_device(model)
     digit = trie.digit_mask.to(dev)
     dotdigit = trie.dotdigit_mask.to(dev)
 
@@ -555,7 +564,7 @@ def read_labels(lm, prefixes: list[list[int]], labels, batch_size: int = 16, sha
     ``share_prefix``: the tokens every prompt of a batch starts with (the chat template's system
     turn, the query's opening words) are run once and their KV cache is shared by the batch."""
     model, tok = lm.model, lm.tokenizer
-    dev = next(model.parameters()).device
+    dev = input_device(model)
     body, to_logits = body_and_head(model)
     lids = label_ids(tok, labels, lm.is_chat)
     L = len(lids)
@@ -625,7 +634,7 @@ def value_logprobs(model, tok, prefixes: list[list[int]]) -> torch.Tensor:
     the end of the number (no look-ahead; ``read_values(dot_tol=1.0)`` computes exactly this,
     and the difference from the exact readout is at most Σ_v P(v) · P("." | v))."""
     trie = get_trie(tok)
-    dev = next(model.parameters()).device
+    dev = input_device(model)
     body, to_logits = body_and_head(model)
     ids, att, pos = left_pad(prefixes, tok.pad_token_id, dev)
     B = ids.shape[0]

@@ -18,6 +18,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from .arch import input_device
 from .confidence import left_pad
 
 
@@ -57,7 +58,7 @@ def greedy_batch(lm, prompts: list[list[int]], max_new_tokens: int, stop: Callab
     Rows that have finished are dropped from the KV cache (once a quarter of the live rows
     are done), so a batch costs the sum of its rows' lengths, not rows × the longest."""
     model, tok = lm.model, lm.tokenizer
-    dev = next(model.parameters()).device
+    dev = input_device(model)
     ids, att, pos = left_pad(prompts, tok.pad_token_id, dev)
     B = ids.shape[0]
     eos_set = _eos_ids(tok, model)

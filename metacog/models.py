@@ -285,7 +285,8 @@ _LOADED: dict[tuple, LoadedModel] = {}
 def load_model(settings: ModelSettings | None = None, cache: Path | None = None) -> LoadedModel:
     """Load (or return the already loaded) model for these settings."""
     settings = settings or ModelSettings()
-    key = (settings.model, settings.device, settings.dtype, settings.trust_remote_code, str(cache))
+    key = (settings.model, settings.device, settings.dtype, settings.trust_remote_code, str(cache), settings.device_map,
+           settings.max_memory, settings.offload_dir, settings.quantize)
     torch.set_num_threads(settings.threads)
     with _LOCK:
         if key in _LOADED:
@@ -301,9 +302,10 @@ def load_model(settings: ModelSettings | None = None, cache: Path | None = None)
             tok = AutoTokenizer.from_pretrained(str(source), trust_remote_code=settings.trust_remote_code)
             config = AutoConfig.from_pretrained(str(source), trust_remote_code=settings.trust_remote_code)
             arch.check_supported(config)
+            placed = arch.load_options(settings, device, dtype)  # device_map / max_memory / quantization
             model = AutoModelForCausalLM.from_pretrained(
                 str(source), dtype=dtype, trust_remote_code=settings.trust_remote_code,
-                attn_implementation=arch.attn_implementation(config),
+                attn_implementation=arch.attn_implementation(config), **placed,
             )
         except arch.ArchError as e:
             raise ModelError(f"{settings.model} cannot be used: {e}") from e
@@ -315,7 +317,7 @@ def load_model(settings: ModelSettings | None = None, cache: Path | None = None)
             raise ModelError(f"could not load {settings.model}: {e}") from e
         except OSError as e:
             raise ModelError(f"could not load {settings.model}: {e}") from e
-        model.to(device).eval()
+        (model if placed else model.to(device)).eval()
         lm = wrap(model, tok, spec=settings.model, name=name, source=str(source), weights_hash=digest, threads=settings.threads)
         _LOADED[key] = lm
         return lm
@@ -338,10 +340,16 @@ def wrap(model, tok, spec="custom", name="custom", source="", weights_hash="", t
         is_chat=bool(getattr(tok, "chat_template", None)),
         n_layers=int(cfg.num_hidden_layers),
         d_model=int(cfg.hidden_size),
-        device=p.device,
+        device=_input_device(model),
         dtype=p.dtype,
         threads=threads or torch.get_num_threads(),
     )
+
+
+def _input_device(model) -> torch.device:
+    from .arch import input_device
+
+    return input_device(model)
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:

@@ -490,7 +490,7 @@ def trace(side: Side, tree: bool = True, window: tuple[int, int] | None = None) 
     layers = _layers(model)
     L = len(layers)
     body, to_logits = body_and_head(model)
-    dev = next(model.parameters()).device
+    dev = arch.input_device(model)
     owner = _Owner()
     res: list[list[torch.Tensor]] = [[] for _ in range(L + 1)]
     att_o: list[list[torch.Tensor]] = [[] for _ in range(L)]
@@ -512,11 +512,11 @@ def trace(side: Side, tree: bool = True, window: tuple[int, int] | None = None) 
 
         def post_attn(module, args, output, i=i):
             if owner and phase["seq"]:
-                att_o[i].append(block_output(output)[0].detach())
+                att_o[i].append(arch.as_btd(block_output(output), 1)[0].detach())
 
         def post_mlp(module, args, output, i=i):
             if owner and phase["seq"]:
-                mlp_o[i].append(block_output(output)[0].detach())
+                mlp_o[i].append(arch.as_btd(block_output(output), 1)[0].detach())
 
         handles.append(layer.register_forward_hook(post))
         if _sublayer(layer, "attn", model) is not None:
@@ -594,16 +594,17 @@ class _PrefixKV:
 
 
 @contextlib.contextmanager
-def _row_patch(module, rows: list[int], vecs: torch.Tensor, qi: int, owner, pre: bool = False) -> Iterator[None]:
+def _row_patch(module, rows: list[int], vecs: torch.Tensor, qi: int, owner, pre: bool = False, batch: int | None = None) -> Iterator[None]:
     """While active, rows ``rows`` of ``module``'s output (input with ``pre``) get ``vecs``
     at query index ``qi`` (only the first call in this thread)."""
     state = {"done": False}
     idx = torch.tensor(rows)
 
     def apply(h):
-        h = h.clone()
+        shape = h.shape
+        h = arch.as_btd(h.clone(), batch)  # sub-layers that see flattened tokens (OPT's fc2): [B*Q, d] -> [B, Q, d]
         h[idx, qi] = vecs.to(h.dtype)
-        return h
+        return h.reshape(shape)
 
     def first_in_owner() -> bool:
         if not owner or state["done"]:
@@ -665,7 +666,7 @@ def _run_skip(lm, tr: Trace, p: int, variants: list[Variant], owner) -> torch.Te
                 if rows:
                     vecs = torch.stack([variants[j].vec for r, j in patches if variants[j].component == comp])
                     mod = _sublayer(layers[blk], comp, lm.model)
-                    stack.enter_context(_row_patch(mod, rows, vecs, 0, owner))
+                    stack.enter_context(_row_patch(mod, rows, vecs, 0, owner, batch=hidden.shape[0]))
             extra = {} if pe is None else {"position_embeddings": pe}
             hidden = block_output(layers[blk](hidden, attention_mask=mask, position_ids=pos, past_key_values=kv,
                                               use_cache=True, **extra))
@@ -694,7 +695,7 @@ def _run_full(lm, tr: Trace, ids: list[int], p: int, variants: list[Variant], ow
     with contextlib.ExitStack() as stack:
         for (comp, h), rows in groups.items():
             mod, pre = _hook_point(layers, comp, h, lm.model)
-            stack.enter_context(_row_patch(mod, rows, torch.stack([variants[j].vec for j in rows]), 0, owner, pre=pre))
+            stack.enter_context(_row_patch(mod, rows, torch.stack([variants[j].vec for j in rows]), 0, owner, pre=pre, batch=B))
         out = body(input_ids=q, attention_mask=mask, position_ids=pos.expand(B, -1), past_key_values=cache, use_cache=True)
     return out.last_hidden_state
 
@@ -756,18 +757,21 @@ def patch_position_fast(target: Side, tr: Trace, p: int, variants: list[Variant]
 # the reference: one patched forward per cell
 # =======================================================================================
 @contextlib.contextmanager
-def patch_hook(model, component: str, h: int, pos: int, vec: torch.Tensor, first_call_only: bool = True) -> Iterator[None]:
+def patch_hook(model, component: str, h: int, pos: int, vec: torch.Tensor, first_call_only: bool = True,
+               batch: int = 1) -> Iterator[None]:
     """While active, the (component, h) state at token ``pos`` of every row becomes ``vec``
-    (only in the first forward when ``first_call_only``: the prefix pass of read_values)."""
+    (only in the first forward when ``first_call_only``: the prefix pass of read_values).
+    ``batch``: rows of the patched forward, for sub-layers whose output is flattened over tokens."""
     layers = _layers(model)
     mod, pre = _hook_point(layers, component, h, model)
     owner = _Owner()
     state = {"n": 0}
 
     def apply(x):
-        x = x.clone()
+        shape = x.shape
+        x = arch.as_btd(x.clone(), batch)  # flattened sub-layer outputs (OPT's fc2)
         x[:, pos] = vec.to(x.dtype)
-        return x
+        return x.reshape(shape)
 
     def active() -> bool:
         if not owner or (first_call_only and state["n"]):
@@ -784,7 +788,7 @@ def reference_greedy(target: Side) -> dict:
     """Unpatched greedy next token at every answer-window position (full-model forward)."""
     lm = target.lm
     a0, a1 = _answer_window(target)
-    dev = next(lm.model.parameters()).device
+    dev = arch.input_device(lm.model)
     body, to_logits = body_and_head(lm.model)
     ids, att, pos = left_pad([target.ids], lm.tokenizer.pad_token_id, dev)
     hs = body(input_ids=ids, attention_mask=att, position_ids=pos).last_hidden_state[0, a0 : a1 + 1]
@@ -826,7 +830,7 @@ def patch_cell_reference(target: Side, component: str, h: int, p: int, vec: torc
         if grabbed:
             am = to_logits(grabbed[0]).argmax(-1).tolist()
         else:  # no final norm to hook: one more patched forward of the full model
-            dev = next(lm.model.parameters()).device
+            dev = arch.input_device(lm.model)
             with patch_hook(lm.model, component, h, p, vec):
                 am = lm.model(input_ids=torch.tensor([target.ids], device=dev)).logits[0, a0 : a1 + 1].argmax(-1).tolist()
         flips = sum(am[q - a0] != greedy[q] for q in range(max(a0, p), a1 + 1))

@@ -47,7 +47,7 @@ def config(name: str, tok):
     if name == "phi3":
         return _llama_like(T.Phi3Config, tok, pad_token_id=tok.pad_token_id)
     if name == "gpt2":
-        c.update(n_embd=D, n_layer=L, n_head=H, n_positions=512)
+        c.update(n_embd=D, n_layer=L, n_head=H, n_positions=512, initializer_range=0.1)
         return T.GPT2Config(**c)
     if name == "gpt_neox":
         c.update(hidden_size=D, intermediate_size=2 * D, num_hidden_layers=L, num_attention_heads=H, max_position_embeddings=512,
@@ -55,10 +55,10 @@ def config(name: str, tok):
         return T.GPTNeoXConfig(**c)
     if name == "opt":
         c.update(hidden_size=D, ffn_dim=2 * D, num_hidden_layers=L, num_attention_heads=H, max_position_embeddings=512,
-                 word_embed_proj_dim=D)
+                 word_embed_proj_dim=D, init_std=0.1)
         return T.OPTConfig(**c)
     if name == "bloom":
-        c.update(hidden_size=D, n_layer=L, n_head=H)
+        c.update(hidden_size=D, n_layer=L, n_head=H, initializer_range=0.3)  # else every answer is punctuation
         return T.BloomConfig(**c)
     raise KeyError(name)
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...arch import input_device
 from ...safestate import load_state, save_state
 from ...confidence import body_and_head, left_pad
 from ..settings import ALL_LINEAR, FinetuneSettings, Plan, SettingsError, lr_factor
@@ -100,7 +101,7 @@ def batch_tensors(examples: list[Example], pad_id: int, dev):
 
 def loss_sum(model, examples: list[Example], pad_id: int) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over the loss tokens of a batch, and their number."""
-    dev = next(model.parameters()).device
+    dev = input_device(model)
     body, to_logits = body_and_head(model)
     ids, att, pos, lab = batch_tensors(examples, pad_id, dev)
     h = body(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=False).last_hidden_state
