@@ -639,9 +639,16 @@ def value_logprobs(model, tok, prefixes: list[list[int]]) -> torch.Tensor:
     ids, att, pos = left_pad(prefixes, tok.pad_token_id, dev)
     B = ids.shape[0]
     lens = att.sum(-1)
-    out = body(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True)
     N = trie.n_value_nodes
-    hid, _, anc = _value_tree(body, trie, out, att, lens, use_cache=False)
+    if tree_ok(model, ids.shape[1], trie):
+        out = body(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True)
+        hid, _, anc = _value_tree(body, trie, out, att, lens, use_cache=False)
+    else:  # ALiBi / short sliding window: every node as a plain sequence (differentiable, no cache copies)
+        anc = trie.ancestors[:N, :N].to(dev)
+        seqs = [list(p) for p in prefixes] + [list(p) + node_path(trie, j) for p in prefixes for j in range(N)]
+        last = torch.cat([body(input_ids=i, attention_mask=a, position_ids=q, use_cache=False).last_hidden_state[:, -1]
+                          for i, a, q in (left_pad(seqs[s : s + 64], tok.pad_token_id, dev) for s in range(0, len(seqs), 64))])
+        hid = torch.cat([last[:B].unsqueeze(1), last[B:].view(B, N, -1)], dim=1)
     lsm = torch.log_softmax(to_logits(hid), dim=-1)  # [B, N+1, V]
     parent_row = (trie.parent[:N] + 1).to(dev)
     edge = lsm[:, parent_row, :].gather(-1, trie.token[:N].to(dev).view(1, -1, 1).expand(B, -1, 1)).squeeze(-1)  # [B,N]

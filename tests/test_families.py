@@ -304,3 +304,23 @@ def test_gemma3_270m_study(tmp_path):
 
     s = run_study(tmp_path / "ws", ModelSettings(model="gemma3-270m", threads=1), StudySettings(limit=10, batch_size=10, probe_folds=2))
     assert s["n_items"] == 10 and s["model"]
+
+
+@pytest.mark.parametrize("name", ["bloom", "mistral"])
+def test_differentiable_value_logprobs_without_the_tree_mask(name):
+    """The Brier-tuning objective's distribution on the families that leave the tree path:
+    equal to the readout without look-ahead, with gradients."""
+    from families import build
+
+    from metacog.confidence import value_logprobs
+    from metacog.models import wrap
+
+    lm = wrap(build(name, make_tokenizer()), make_tokenizer())
+    tok = lm.tokenizer
+    pre = [tok.encode("Question: What is the capital of Peru? Answer: Lima. Confidence (0-100): "), tok.encode("Confidence: ")]
+    assert not tree_ok(lm.model, len(pre[0]), get_trie(tok))
+    ref = read_values(lm, pre, dot_tol=1.0).probs
+    lp = value_logprobs(lm.model, tok, pre)
+    np.testing.assert_allclose(lp.exp().detach().numpy(), ref, rtol=2e-3, atol=1e-12)
+    lp.logsumexp(-1).sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in lm.model.parameters())
