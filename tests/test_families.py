@@ -324,3 +324,13 @@ def test_differentiable_value_logprobs_without_the_tree_mask(name):
     np.testing.assert_allclose(lp.exp().detach().numpy(), ref, rtol=2e-3, atol=1e-12)
     lp.logsumexp(-1).sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in lm.model.parameters())
+
+
+def test_every_training_command_takes_target_modules():
+    from metacog.cli import build_parser
+
+    p = build_parser()
+    for argv in (["finetune", "--workspace", "w"], ["sweep", "--workspace", "w"], ["methods", "--workspace", "w"]):
+        a = p.parse_args(argv + ["--target-modules", "all-linear"])
+        assert a.target_modules == "all-linear", argv
+        assert p.parse_args(argv).target_modules == "auto", argv  # the architecture's default
