@@ -334,3 +334,16 @@ def test_every_training_command_takes_target_modules():
         a = p.parse_args(argv + ["--target-modules", "all-linear"])
         assert a.target_modules == "all-linear", argv
         assert p.parse_args(argv).target_modules == "auto", argv  # the architecture's default
+
+
+def test_mlx_lora_keys_auto_follow_the_same_defaults(tmp_path):
+    from metacog.finetune.backends import mlx_backend
+
+    ok, why = mlx_backend.available()
+    if not ok:
+        pytest.skip(f"mlx cannot be used here: {why}")
+    from finetune_helpers import load_tiny, save_tiny_model
+
+    lm = load_tiny(save_tiny_model(tmp_path / "tiny-llama"))
+    model, _ = mlx_backend.load_base(lm)
+    assert mlx_backend.lora_keys(model, ("auto",)) == ["self_attn.q_proj", "self_attn.v_proj"]
