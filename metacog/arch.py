@@ -26,10 +26,13 @@ Public functions (all take a model, a PEFT wrapper of one, or a config where not
   ``all-linear``); :func:`linear_dims` — (in, out) features of a Linear or GPT-2 ``Conv1D``
 - :func:`stop_token_strings` — chat end-of-turn tokens that stop generation
 - :func:`lens_hook_name` — TransformerLens' residual hook of hidden-state index ``h``
+- :func:`load_options`, :func:`parse_max_memory` — sharded (accelerate) / quantized
+  (bitsandbytes, CUDA only) loading; :func:`input_device`, :func:`kv_bytes_per_token`,
+  :func:`free_memory` — where inputs go and what a batch costs
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -63,7 +66,6 @@ class Family:
     lora: tuple[str, ...] | None = None
     stop_tokens: tuple[str, ...] = ()
     refuse: str | None = None
-    notes: str = field(default="", compare=False)
 
 
 GENERIC = Family()
@@ -193,11 +195,6 @@ def sublayer(block, component: str, fam: Family | None = None):
     return None
 
 
-def block_sublayer(model, block, component: str):
-    """:func:`sublayer` with ``model``'s family."""
-    return sublayer(block, component, family(model))
-
-
 def as_btd(h: torch.Tensor, batch: int | None) -> torch.Tensor:
     """A sub-layer output as ``[batch, tokens, d]``: 3D outputs as they are; 2D outputs (OPT
     runs its MLP on the flattened ``[batch * tokens, d]``) viewed back with ``batch`` rows."""
@@ -282,10 +279,6 @@ def linear_dims(m) -> tuple[int, int] | None:
     if isinstance(base, torch.nn.Module) and base is not m:
         return linear_dims(base)
     return None
-
-
-def is_linear(m) -> bool:
-    return linear_dims(m) is not None and not hasattr(m, "base_layer")
 
 
 def default_lora_targets(mtype: str, available) -> tuple[str, ...]:
