@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .arch import input_device
 from . import prompts
 from .confidence import left_pad, parse_confidence, parse_inline
 from .generation import generate
@@ -80,7 +81,7 @@ def _stop_two_pass(text: str) -> bool:
 def option_logliks(lm, prompt_ids: list[list[int]], options: list[list[str]], batch_size: int = 32) -> list[list[float]]:
     """Summed log-probability of each option's tokens after its prompt."""
     tok, model = lm.tokenizer, lm.model
-    dev = next(model.parameters()).device
+    dev = input_device(model)
     seqs, owner, spans = [], [], []
     for i, (p, opts) in enumerate(zip(prompt_ids, options)):
         for j, o in enumerate(opts):

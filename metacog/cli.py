@@ -32,6 +32,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"], help="where to run the model (default: auto = cuda, then mps, then cpu)")
     g.add_argument("--dtype", default=None, choices=["auto", "bfloat16", "float16", "float32"], help="weights/activations dtype (default: auto = bfloat16 on CPUs that support it and on CUDA)")
     g.add_argument("--threads", type=int, default=None, help=f"torch CPU threads (default: {default_threads()}, the cores this process may use; use 1 when the cores are shared)")
+    g.add_argument("--device-map", default=None, choices=["auto"], help="spread a large model's layers over GPUs, CPU and disk (accelerate)")
+    g.add_argument("--max-memory", default=None, help="with --device-map auto: per-device caps, e.g. 0=70GiB,1=70GiB,cpu=200GiB")
+    g.add_argument("--offload-dir", default=None, help="with --device-map auto: folder for layers that fit on no device")
+    g.add_argument("--quantize", default=None, choices=["8bit", "4bit"], help="load quantized with bitsandbytes (CUDA only)")
     g.add_argument("--trust-remote-code", action="store_true", default=None, help="allow a model's own Python code from its repository (off by default)")
 
 
@@ -52,7 +56,7 @@ def _settings_from(args, ws):
 
     m0, s0 = (ws.settings() if ws.exists else (ModelSettings(), StudySettings()))
     md = to_dict(m0)
-    for k in ("model", "device", "dtype", "threads", "trust_remote_code"):
+    for k in ("model", "device", "dtype", "threads", "trust_remote_code", "device_map", "max_memory", "offload_dir", "quantize"):
         v = getattr(args, k, None)
         if v is not None:
             md[k] = v

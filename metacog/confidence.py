@@ -27,6 +27,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from .arch import input_device
 from .prompts import VALUE_FMT
 
 VALUES = np.arange(101)
@@ -200,20 +201,11 @@ def build_trie(tok) -> ValueTrie:
 # batched forward helpers
 # ----------------------------------------------------------------------------------------
 def body_and_head(model):
-    """(decoder body returning hidden states, function hidden -> logits)."""
-    m = model.get_base_model() if hasattr(model, "get_base_model") else model
-    body = m.get_decoder() if hasattr(m, "get_decoder") else m.model
-    head = m.get_output_embeddings()
-    cfg = m.config.get_text_config() if hasattr(m.config, "get_text_config") else m.config
-    cap = getattr(cfg, "final_logit_softcapping", None)
+    """(decoder body returning hidden states, function hidden -> logits); see
+    :func:`metacog.arch.body_and_head` (the family's final-logit soft-capping included)."""
+    from .arch import body_and_head as _bh
 
-    def to_logits(h: torch.Tensor) -> torch.Tensor:
-        z = head(h).float()
-        if cap:
-            z = torch.tanh(z / cap) * cap
-        return z
-
-    return body, to_logits
+    return _bh(model)
 
 
 def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -276,7 +268,7 @@ def read_values(
 
     model, tok = lm.model, lm.tokenizer
     trie = get_trie(tok)
-    dev = next(model.parameters()).device
+    dev = input_device(model)
     body, to_logits = body_and_head(model)
     ids, att, pos = left_pad(prefixes, tok.pad_token_id, dev)
     B, T = ids.shape
@@ -299,11 +291,23 @@ def read_values(
     if not values:
         nanp = np.full((B, 101), np.nan)
         return Readout(probs=nanp, other=np.full(B, np.nan), states=states)
-    hid, tout, anc = _value_tree(body, trie, out, att, lens, use_cache=True)
-    tcache = tout.past_key_values
+    if tree_ok(model, T, trie):
+        hid, tout, anc = _value_tree(body, trie, out, att, lens, use_cache=True)
+        tcache = tout.past_key_values
 
-    def dot_hidden(rows: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
-        return _dot_hidden(body, trie, tcache, att, lens, anc, rows, vals, dev)
+        def dot_hidden(rows: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+            return _dot_hidden(body, trie, tcache, att, lens, anc, rows, vals, dev)
+    else:  # ALiBi, or a sliding window the tree would overrun: plain 2D-masked continuations
+        pcache = out.past_key_values
+        N = trie.n_value_nodes
+        allr = torch.arange(B, device=dev).repeat_interleave(N)
+        nodes = list(range(N)) * B
+        tail = _plain_hidden(body, pcache, att, lens, allr, [node_path(trie, j) for j in nodes]).view(B, N, -1)
+        hid = torch.cat([out.last_hidden_state[:, -1:, :], tail], dim=1)
+
+        def dot_hidden(rows: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+            term = trie.terminal[vals.cpu()].tolist()
+            return _plain_hidden(body, pcache, att, lens, rows, [node_path(trie, j) + [trie.dot_id] for j in term])
 
     r = score_trie(hid, to_logits, trie, dot_tol, dot_hidden=dot_hidden, chunk_rows=chunk)
     r.states = states
@@ -414,6 +418,62 @@ def _value_tree(body, trie: ValueTrie, out, att: torch.Tensor, lens: torch.Tenso
     return hid, tout, anc
 
 
+def tree_ok(model, T: int, trie: ValueTrie) -> bool:
+    """Whether the tree-masked forwards over a ``T``-token prefix are exact for ``model``
+    (:func:`metacog.arch.tree_mask_ok` with the keys they span: prefix, every trie node, and
+    up to 101 "." look-aheads). Where they are not, :func:`read_values` scores the same
+    values with plain 2D-masked continuations of the prefix's cache."""
+    from .arch import tree_mask_ok
+
+    return tree_mask_ok(model, T + trie.n_nodes + 101)
+
+
+def node_path(trie: ValueTrie, j: int) -> list[int]:
+    """Token ids from the root to trie node ``j`` (its ancestors by depth, then itself)."""
+    anc = trie.ancestors[j].nonzero().flatten().tolist()
+    return [int(trie.token[i]) for i in sorted(anc, key=lambda i: int(trie.depth[i]))]
+
+
+PLAIN_CACHE_BYTES = 1 << 30  # budget of the prefix-cache copies one plain continuation batch holds
+
+
+def _plain_hidden(body, cache, att: torch.Tensor, lens: torch.Tensor, rows: torch.Tensor, paths: list[list[int]],
+                  chunk: int | None = None) -> torch.Tensor:
+    """Final hidden states ``[K, d]`` at the last token of prefix ``rows[k]`` continued by
+    ``paths[k]``, each continuation an ordinary forward over (a copy of) the prefix's KV cache
+    with a 2D padding mask — what generation does, so it is exact for every attention
+    variant (ALiBi, sliding windows). Continuations are grouped by length, ``chunk`` at a time
+    (default: as many as fit :data:`PLAIN_CACHE_BYTES` of copied cache)."""
+    import copy
+
+    dev = att.device
+    K = len(paths)
+    out = None
+    rows = rows.to(dev)
+    if chunk is None:
+        per_row = sum(t[:1].numel() * t.element_size() for lay in getattr(cache, "layers", []) for t in (lay.keys, lay.values)
+                      if isinstance(t, torch.Tensor))
+        chunk = max(1, min(512, PLAIN_CACHE_BYTES // max(per_row, 1)))
+    by_len: dict[int, list[int]] = {}
+    for k, pth in enumerate(paths):
+        by_len.setdefault(len(pth), []).append(k)
+    for n, ks_all in by_len.items():
+        for s in range(0, len(ks_all), chunk):
+            ks = ks_all[s : s + chunk]
+            r = rows[ks]
+            c = copy.deepcopy(cache)
+            c.batch_select_indices(r)
+            ids = torch.tensor([paths[k] for k in ks], dtype=torch.long, device=dev)
+            a = torch.cat([att[r], torch.ones((len(ks), n), dtype=att.dtype, device=dev)], dim=1)
+            pos = lens[r].unsqueeze(-1) + torch.arange(n, device=dev).unsqueeze(0)
+            h = body(input_ids=ids, attention_mask=a, position_ids=pos, past_key_values=c, use_cache=True).last_hidden_state[:, -1]
+            if out is None:
+                out = torch.empty((K, h.shape[-1]), dtype=h.dtype, device=dev)
+            out[torch.tensor(ks, device=dev)] = h
+            del c
+    return out
+
+
 def hid_dtype(model) -> torch.dtype:
     return next(model.parameters()).dtype
 
@@ -453,7 +513,7 @@ def read_values_naive(lm, prefix: list[int], values=None) -> np.ndarray:
     look-ahead, no cache, no tree mask. For tests and benchmarks only."""
     model, tok = lm.model, lm.tokenizer
     trie = get_trie(tok)
-    dev = next(model.parameters()).device
+    dev = input_device(model)
     digit = trie.digit_mask.to(dev)
     dotdigit = trie.dotdigit_mask.to(dev)
 
@@ -504,7 +564,7 @@ def read_labels(lm, prefixes: list[list[int]], labels, batch_size: int = 16, sha
     ``share_prefix``: the tokens every prompt of a batch starts with (the chat template's system
     turn, the query's opening words) are run once and their KV cache is shared by the batch."""
     model, tok = lm.model, lm.tokenizer
-    dev = next(model.parameters()).device
+    dev = input_device(model)
     body, to_logits = body_and_head(model)
     lids = label_ids(tok, labels, lm.is_chat)
     L = len(lids)
@@ -574,14 +634,21 @@ def value_logprobs(model, tok, prefixes: list[list[int]]) -> torch.Tensor:
     the end of the number (no look-ahead; ``read_values(dot_tol=1.0)`` computes exactly this,
     and the difference from the exact readout is at most Σ_v P(v) · P("." | v))."""
     trie = get_trie(tok)
-    dev = next(model.parameters()).device
+    dev = input_device(model)
     body, to_logits = body_and_head(model)
     ids, att, pos = left_pad(prefixes, tok.pad_token_id, dev)
     B = ids.shape[0]
     lens = att.sum(-1)
-    out = body(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True)
     N = trie.n_value_nodes
-    hid, _, anc = _value_tree(body, trie, out, att, lens, use_cache=False)
+    if tree_ok(model, ids.shape[1], trie):
+        out = body(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True)
+        hid, _, anc = _value_tree(body, trie, out, att, lens, use_cache=False)
+    else:  # ALiBi / short sliding window: every node as a plain sequence (differentiable, no cache copies)
+        anc = trie.ancestors[:N, :N].to(dev)
+        seqs = [list(p) for p in prefixes] + [list(p) + node_path(trie, j) for p in prefixes for j in range(N)]
+        last = torch.cat([body(input_ids=i, attention_mask=a, position_ids=q, use_cache=False).last_hidden_state[:, -1]
+                          for i, a, q in (left_pad(seqs[s : s + 64], tok.pad_token_id, dev) for s in range(0, len(seqs), 64))])
+        hid = torch.cat([last[:B].unsqueeze(1), last[B:].view(B, N, -1)], dim=1)
     lsm = torch.log_softmax(to_logits(hid), dim=-1)  # [B, N+1, V]
     parent_row = (trie.parent[:N] + 1).to(dev)
     edge = lsm[:, parent_row, :].gather(-1, trie.token[:N].to(dev).view(1, -1, 1).expand(B, -1, 1)).squeeze(-1)  # [B,N]

@@ -18,6 +18,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from .arch import input_device
 from .confidence import left_pad
 
 
@@ -28,7 +29,9 @@ def _eos_ids(tok, model) -> set[int]:
             ids.add(src)
         elif isinstance(src, (list, tuple)):
             ids.update(int(x) for x in src)
-    for t in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|endoftext|>"):
+    from .arch import stop_token_strings
+
+    for t in stop_token_strings(model):
         i = tok.convert_tokens_to_ids(t) if t in getattr(tok, "get_vocab", lambda: {})() else None
         if isinstance(i, int) and i >= 0:
             ids.add(i)
@@ -55,7 +58,7 @@ def greedy_batch(lm, prompts: list[list[int]], max_new_tokens: int, stop: Callab
     Rows that have finished are dropped from the KV cache (once a quarter of the live rows
     are done), so a batch costs the sum of its rows' lengths, not rows × the longest."""
     model, tok = lm.model, lm.tokenizer
-    dev = next(model.parameters()).device
+    dev = input_device(model)
     ids, att, pos = left_pad(prompts, tok.pad_token_id, dev)
     B = ids.shape[0]
     eos_set = _eos_ids(tok, model)

@@ -13,7 +13,10 @@ import torch
 
 
 def hook_name(h: int) -> str:
-    return "blocks.0.hook_resid_pre" if h == 0 else f"blocks.{h - 1}.hook_resid_post"
+    """TransformerLens' residual hook of hidden-state index ``h`` (:func:`metacog.arch.lens_hook_name`)."""
+    from .arch import lens_hook_name
+
+    return lens_hook_name(h)
 
 
 def boot_bridge(lm):

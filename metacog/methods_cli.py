@@ -24,6 +24,8 @@ def register(sub) -> None:
     p.add_argument("--tune-updates", type=int, default=d.tune_updates, help=f"LoRA updates of the training methods (default {d.tune_updates})")
     p.add_argument("--tune-lr", type=float, default=d.tune_lr, help=f"their learning rate (default {d.tune_lr})")
     p.add_argument("--tune-rank", type=int, default=d.tune_rank, help=f"their LoRA rank (default {d.tune_rank})")
+    p.add_argument("--target-modules", default=d.tune_target_modules,
+                   help="LoRA target modules of the training methods: auto (the architecture's default), all-linear, or a,b")
     p.add_argument("--probe-run", default=None, help="probe-targeted method: a finished probe-targeted run of this workspace "
                    "to score (default: train a short one with the --tune-* budget)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"rows per forward (default {d.batch_size})")
@@ -48,7 +50,7 @@ def cmd_methods(a) -> int:
             print(f"{m.name:20s} {m.family:10s} {m.cost}")
         return 0
     s = MethodSettings(eval_limit=a.eval_limit, calibration_limit=a.calibration_limit, k_samples=a.k, temperature=a.temperature,
-                       n_comparisons=a.comparisons, tune_updates=a.tune_updates, tune_lr=a.tune_lr, tune_rank=a.tune_rank, probe_run=a.probe_run,
+                       n_comparisons=a.comparisons, tune_updates=a.tune_updates, tune_lr=a.tune_lr, tune_rank=a.tune_rank, tune_target_modules=a.target_modules, probe_run=a.probe_run,
                        batch_size=a.batch_size, seed=a.seed)
     if not 1 <= a.threads <= 256:
         raise ValueError("--threads must be 1..256")

@@ -285,7 +285,8 @@ _LOADED: dict[tuple, LoadedModel] = {}
 def load_model(settings: ModelSettings | None = None, cache: Path | None = None) -> LoadedModel:
     """Load (or return the already loaded) model for these settings."""
     settings = settings or ModelSettings()
-    key = (settings.model, settings.device, settings.dtype, settings.trust_remote_code, str(cache))
+    key = (settings.model, settings.device, settings.dtype, settings.trust_remote_code, str(cache), settings.device_map,
+           settings.max_memory, settings.offload_dir, settings.quantize)
     torch.set_num_threads(settings.threads)
     with _LOCK:
         if key in _LOADED:
@@ -293,13 +294,21 @@ def load_model(settings: ModelSettings | None = None, cache: Path | None = None)
         source, name, digest = resolve_source(settings.model, cache)
         device = resolve_device(settings.device)
         dtype = resolve_dtype(settings.dtype, device)
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        from . import arch
 
         try:
             tok = AutoTokenizer.from_pretrained(str(source), trust_remote_code=settings.trust_remote_code)
+            config = AutoConfig.from_pretrained(str(source), trust_remote_code=settings.trust_remote_code)
+            arch.check_supported(config)
+            placed = arch.load_options(settings, device, dtype)  # device_map / max_memory / quantization
             model = AutoModelForCausalLM.from_pretrained(
-                str(source), dtype=dtype, trust_remote_code=settings.trust_remote_code, attn_implementation="sdpa"
+                str(source), dtype=dtype, trust_remote_code=settings.trust_remote_code,
+                attn_implementation=arch.attn_implementation(config), **placed,
             )
+        except arch.ArchError as e:
+            raise ModelError(f"{settings.model} cannot be used: {e}") from e
         except ValueError as e:
             if "trust_remote_code" in str(e):
                 raise ModelError(
@@ -308,7 +317,7 @@ def load_model(settings: ModelSettings | None = None, cache: Path | None = None)
             raise ModelError(f"could not load {settings.model}: {e}") from e
         except OSError as e:
             raise ModelError(f"could not load {settings.model}: {e}") from e
-        model.to(device).eval()
+        (model if placed else model.to(device)).eval()
         lm = wrap(model, tok, spec=settings.model, name=name, source=str(source), weights_hash=digest, threads=settings.threads)
         _LOADED[key] = lm
         return lm
@@ -331,24 +340,26 @@ def wrap(model, tok, spec="custom", name="custom", source="", weights_hash="", t
         is_chat=bool(getattr(tok, "chat_template", None)),
         n_layers=int(cfg.num_hidden_layers),
         d_model=int(cfg.hidden_size),
-        device=p.device,
+        device=_input_device(model),
         dtype=p.dtype,
         threads=threads or torch.get_num_threads(),
     )
 
 
+def _input_device(model) -> torch.device:
+    from .arch import input_device
+
+    return input_device(model)
+
+
 def decoder_layers(model) -> torch.nn.ModuleList:
-    """The list of decoder blocks, for architectures laid out as HF decoder-only models."""
-    for path in ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
-        obj = model
-        try:
-            for part in path.split("."):
-                obj = getattr(obj, part)
-        except AttributeError:
-            continue
-        if isinstance(obj, torch.nn.ModuleList):
-            return obj
-    raise ModelError(f"cannot find the decoder layers of {type(model).__name__}")
+    """The list of decoder blocks (see :func:`metacog.arch.decoder_layers`). Raises ModelError."""
+    from . import arch
+
+    try:
+        return arch.decoder_layers(model)
+    except arch.ArchError as e:
+        raise ModelError(str(e)) from e
 
 
 def clear_loaded() -> None:

@@ -71,6 +71,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import arch
 from . import confidence as conf
 from .confidence import Readout, body_and_head, expected_value, get_trie, left_pad, read_values, score_trie
 from .hooks import block_output, edit_hook
@@ -472,38 +473,63 @@ class _Owner:
         return threading.get_ident() == self.ident
 
 
-_SUBLAYER_NAMES = {"attn": ("self_attn", "attn", "attention", "self_attention"), "mlp": ("mlp", "feed_forward", "ffn")}
-
-
-def _sublayer(block, component: str):
-    for name in _SUBLAYER_NAMES[component]:
-        m = getattr(block, name, None)
-        if isinstance(m, torch.nn.Module):
-            return m
-    return None
+def _sublayer(block, component: str, model):
+    """The module of ``block`` whose output is the ``component`` contribution (the family's
+    declaration in :mod:`metacog.arch`: OPT's mlp is ``fc2``, Bloom's the dense projections)."""
+    return arch.sublayer(block, component, arch.family(model))
 
 
 def available_components(lm) -> tuple[str, ...]:
     """``resid`` always; ``attn`` / ``mlp`` where the decoder blocks expose those sub-layers."""
     blk = _layers(lm.model)[0]
-    return ("resid",) + tuple(c for c in ("attn", "mlp") if _sublayer(blk, c) is not None)
+    return ("resid",) + tuple(c for c in ("attn", "mlp") if _sublayer(blk, c, lm.model) is not None)
+
+
+_SKIP_OK: dict[int, tuple] = {}  # id(model) -> (model weakref, verdict)
 
 
 def supports_skip(lm) -> bool:
-    """Whether the fast path may start a variant at its own block (Llama-family blocks:
-    rotary embeddings from the body, one full-attention layer type). Others use the
-    model's own forward over every block (same results, less saving)."""
-    base = _base(lm.model)
-    cfg = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    """Whether the fast path may start a variant at its own block, decided once per model by a
+    self-test (:func:`skip_selftest`): run the blocks by hand from a traced pass's inputs and
+    keep block skipping only where that reproduces the model's own forward. Elsewhere the
+    fast path runs the model's own forward over every block (same results, less saving)."""
+    import weakref
+
+    model = lm.model
+    hit = _SKIP_OK.get(id(model))
+    if hit is not None and hit[0]() is model:
+        return hit[1]
+    ok = skip_selftest(lm)
+    _SKIP_OK[id(model)] = (weakref.ref(model), ok)
+    return ok
+
+
+@torch.no_grad()
+def skip_selftest(lm, text: str = "Question: what is 6 times 7? Answer: 42. Confidence:") -> bool:
+    """True when :func:`_run_skip` (blocks run by hand from the traced inputs, rotary
+    embeddings from the body, the final norm) gives the same final states as
+    :func:`_run_full` (the model's own forward) for a no-op patch at every block of a short
+    sequence: relative max difference ≤ 1e-4 (float32) or 3e-2 (half precision). Any error
+    (a block that takes other arguments, per-layer rotary tables, ...) means False."""
+    ids = [int(i) for i in lm.tokenizer.encode(text)][:24]
+    if len(ids) < 4 or not conf.tree_ok(lm.model, len(ids), get_trie(lm.tokenizer)):
+        return False
     body = body_and_head(lm.model)[0]
-    types = set(getattr(cfg, "layer_types", None) or ["full_attention"])
-    return (
-        getattr(cfg, "model_type", "") in ("llama", "mistral", "qwen2", "qwen3")
-        and types == {"full_attention"}
-        and hasattr(body, "rotary_emb")
-        and hasattr(body, "norm")
-        and not getattr(cfg, "sliding_window", None)
-    )
+    if arch.final_norm(lm.model, body) is None:
+        return False
+    try:
+        side = Side(lm=lm, ids=ids, positions={}, label="selftest")
+        tr = trace(side, tree=True)
+        p = len(ids) // 2
+        vs = [Variant("resid", h, tr.resid[h, p]) for h in range(lm.n_layers)]
+        owner = _Owner()
+        a = _run_skip(lm, tr, p, vs, owner).float()
+        b = _run_full(lm, tr, ids, p, vs, owner).float()
+    except Exception:
+        return False
+    tol = 1e-4 if next(lm.model.parameters()).dtype == torch.float32 else 3e-2
+    scale = float(b.abs().max()) or 1.0
+    return bool(a.shape == b.shape and torch.isfinite(a).all() and float((a - b).abs().max()) <= tol * scale)
 
 
 # =======================================================================================
@@ -564,7 +590,7 @@ def trace(side: Side, tree: bool = True, window: tuple[int, int] | None = None) 
     layers = _layers(model)
     L = len(layers)
     body, to_logits = body_and_head(model)
-    dev = next(model.parameters()).device
+    dev = arch.input_device(model)
     owner = _Owner()
     res: list[list[torch.Tensor]] = [[] for _ in range(L + 1)]
     att_o: list[list[torch.Tensor]] = [[] for _ in range(L)]
@@ -586,17 +612,17 @@ def trace(side: Side, tree: bool = True, window: tuple[int, int] | None = None) 
 
         def post_attn(module, args, output, i=i):
             if owner and phase["seq"]:
-                att_o[i].append(block_output(output)[0].detach())
+                att_o[i].append(arch.as_btd(block_output(output), 1)[0].detach())
 
         def post_mlp(module, args, output, i=i):
             if owner and phase["seq"]:
-                mlp_o[i].append(block_output(output)[0].detach())
+                mlp_o[i].append(arch.as_btd(block_output(output), 1)[0].detach())
 
         handles.append(layer.register_forward_hook(post))
-        if _sublayer(layer, "attn") is not None:
-            handles.append(_sublayer(layer, "attn").register_forward_hook(post_attn))
-        if _sublayer(layer, "mlp") is not None:
-            handles.append(_sublayer(layer, "mlp").register_forward_hook(post_mlp))
+        if _sublayer(layer, "attn", model) is not None:
+            handles.append(_sublayer(layer, "attn", model).register_forward_hook(post_attn))
+        if _sublayer(layer, "mlp", model) is not None:
+            handles.append(_sublayer(layer, "mlp", model).register_forward_hook(post_mlp))
     try:
         ids, att, pos = left_pad([side.ids], lm.tokenizer.pad_token_id, dev)
         T = ids.shape[1]
@@ -668,16 +694,17 @@ class _PrefixKV:
 
 
 @contextlib.contextmanager
-def _row_patch(module, rows: list[int], vecs: torch.Tensor, qi: int, owner, pre: bool = False) -> Iterator[None]:
+def _row_patch(module, rows: list[int], vecs: torch.Tensor, qi: int, owner, pre: bool = False, batch: int | None = None) -> Iterator[None]:
     """While active, rows ``rows`` of ``module``'s output (input with ``pre``) get ``vecs``
     at query index ``qi`` (only the first call in this thread)."""
     state = {"done": False}
     idx = torch.tensor(rows)
 
     def apply(h):
-        h = h.clone()
+        shape = h.shape
+        h = arch.as_btd(h.clone(), batch)  # sub-layers that see flattened tokens (OPT's fc2): [B*Q, d] -> [B, Q, d]
         h[idx, qi] = vecs.to(h.dtype)
-        return h
+        return h.reshape(shape)
 
     def first_in_owner() -> bool:
         if not owner or state["done"]:
@@ -689,11 +716,11 @@ def _row_patch(module, rows: list[int], vecs: torch.Tensor, qi: int, owner, pre:
         yield
 
 
-def _hook_point(layers, component: str, h: int):
+def _hook_point(layers, component: str, h: int, model):
     """(module, pre?) where the patch of (component, h) is written."""
     if component == "resid":
         return (layers[0], True) if h == 0 else (layers[h - 1], False)
-    return _sublayer(layers[h - 1], component), False
+    return _sublayer(layers[h - 1], component, model), False
 
 
 @torch.no_grad()
@@ -730,7 +757,7 @@ def _run_skip(lm, tr: Trace, p: int, variants: list[Variant], owner) -> torch.Te
             hidden = inp if hidden is None else torch.cat([hidden, inp], dim=0)
         if blk == L:
             break
-        if pe is None:
+        if pe is None and hasattr(body, "rotary_emb"):
             pe = body.rotary_emb(hidden, position_ids=pos)
         stack = contextlib.ExitStack()
         with stack:
@@ -738,11 +765,12 @@ def _run_skip(lm, tr: Trace, p: int, variants: list[Variant], owner) -> torch.Te
                 rows = [r for r, j in patches if variants[j].component == comp]
                 if rows:
                     vecs = torch.stack([variants[j].vec for r, j in patches if variants[j].component == comp])
-                    mod = _sublayer(layers[blk], comp)
-                    stack.enter_context(_row_patch(mod, rows, vecs, 0, owner))
+                    mod = _sublayer(layers[blk], comp, lm.model)
+                    stack.enter_context(_row_patch(mod, rows, vecs, 0, owner, batch=hidden.shape[0]))
+            extra = {} if pe is None else {"position_embeddings": pe}
             hidden = block_output(layers[blk](hidden, attention_mask=mask, position_ids=pos, past_key_values=kv,
-                                       use_cache=True, position_embeddings=pe))
-    return body.norm(hidden)
+                                              use_cache=True, **extra))
+    return arch.final_norm(lm.model, body)(hidden)
 
 
 @torch.no_grad()
@@ -766,8 +794,8 @@ def _run_full(lm, tr: Trace, ids: list[int], p: int, variants: list[Variant], ow
         groups.setdefault((v.component, v.h), []).append(j)
     with contextlib.ExitStack() as stack:
         for (comp, h), rows in groups.items():
-            mod, pre = _hook_point(layers, comp, h)
-            stack.enter_context(_row_patch(mod, rows, torch.stack([variants[j].vec for j in rows]), 0, owner, pre=pre))
+            mod, pre = _hook_point(layers, comp, h, lm.model)
+            stack.enter_context(_row_patch(mod, rows, torch.stack([variants[j].vec for j in rows]), 0, owner, pre=pre, batch=B))
         out = body(input_ids=q, attention_mask=mask, position_ids=pos.expand(B, -1), past_key_values=cache, use_cache=True)
     return out.last_hidden_state
 
@@ -829,18 +857,21 @@ def patch_position_fast(target: Side, tr: Trace, p: int, variants: list[Variant]
 # the reference: one patched forward per cell
 # =======================================================================================
 @contextlib.contextmanager
-def patch_hook(model, component: str, h: int, pos: int, vec: torch.Tensor, first_call_only: bool = True) -> Iterator[None]:
+def patch_hook(model, component: str, h: int, pos: int, vec: torch.Tensor, first_call_only: bool = True,
+               batch: int = 1) -> Iterator[None]:
     """While active, the (component, h) state at token ``pos`` of every row becomes ``vec``
-    (only in the first forward when ``first_call_only``: the prefix pass of read_values)."""
+    (only in the first forward when ``first_call_only``: the prefix pass of read_values).
+    ``batch``: rows of the patched forward, for sub-layers whose output is flattened over tokens."""
     layers = _layers(model)
-    mod, pre = _hook_point(layers, component, h)
+    mod, pre = _hook_point(layers, component, h, model)
     owner = _Owner()
     state = {"n": 0}
 
     def apply(x):
-        x = x.clone()
+        shape = x.shape
+        x = arch.as_btd(x.clone(), batch)  # flattened sub-layer outputs (OPT's fc2)
         x[:, pos] = vec.to(x.dtype)
-        return x
+        return x.reshape(shape)
 
     def active() -> bool:
         if not owner or (first_call_only and state["n"]):
@@ -857,7 +888,7 @@ def reference_greedy(target: Side) -> dict:
     """Unpatched greedy next token at every answer-window position (full-model forward)."""
     lm = target.lm
     a0, a1 = _answer_window(target)
-    dev = next(lm.model.parameters()).device
+    dev = arch.input_device(lm.model)
     body, to_logits = body_and_head(lm.model)
     ids, att, pos = left_pad([target.ids], lm.tokenizer.pad_token_id, dev)
     hs = body(input_ids=ids, attention_mask=att, position_ids=pos).last_hidden_state[0, a0 : a1 + 1]
@@ -876,14 +907,15 @@ def patch_cell_reference(target: Side, component: str, h: int, p: int, vec: torc
     want = check_answer and p <= a1
     grabbed: list[torch.Tensor] = []
     handle = None
-    if want and hasattr(body, "norm"):
+    norm = arch.final_norm(lm.model, body) if want else None
+    if norm is not None:
         owner = _Owner()
 
         def grab(m, args, output):
             if owner and not grabbed:
                 grabbed.append(block_output(output)[0, a0 : a1 + 1].detach())
 
-        handle = body.norm.register_forward_hook(grab)
+        handle = norm.register_forward_hook(grab)
     try:
         with patch_hook(lm.model, component, h, p, vec):
             r = read_values(lm, [target.ids], dot_tol=dot_tol())
@@ -898,7 +930,7 @@ def patch_cell_reference(target: Side, component: str, h: int, p: int, vec: torc
         if grabbed:
             am = to_logits(grabbed[0]).argmax(-1).tolist()
         else:  # no final norm to hook: one more patched forward of the full model
-            dev = next(lm.model.parameters()).device
+            dev = arch.input_device(lm.model)
             with patch_hook(lm.model, component, h, p, vec):
                 am = lm.model(input_ids=torch.tensor([target.ids], device=dev)).logits[0, a0 : a1 + 1].argmax(-1).tolist()
         flips = sum(am[q - a0] != greedy[q] for q in range(max(a0, p), a1 + 1))
@@ -930,7 +962,10 @@ def prepare_pair(pair: Pair, spec: PatchSpec, method: str = "fast") -> Prepared:
     src_read = _read(pair.source)
     tgt_read = _read(pair.target)
     src_tr = trace(pair.source, tree=False)
-    tgt_tr = trace(pair.target, tree=True, window=_answer_window(pair.target)) if method == "fast" else None
+    fast = method == "fast" and conf.tree_ok(pair.target.lm.model, pair.target.T, get_trie(pair.target.lm.tokenizer))
+    # (where the tree-masked pass is not exact — ALiBi, a sliding window shorter than the
+    # sequence + trie — the fast method falls back to the reference, cell by cell)
+    tgt_tr = trace(pair.target, tree=True, window=_answer_window(pair.target)) if fast else None
     return Prepared(pair, plans, src_read, tgt_read, src_tr, tgt_tr)
 
 
@@ -965,6 +1000,8 @@ def patch_position(prep: Prepared, plan: PosPlan, spec: PatchSpec, method: str =
         else:
             todo.append(j)
     if todo:
+        if method == "fast" and tgt_tr is None:  # see prepare_pair: no exact tree pass for this model
+            method = "reference"
         if method == "fast":
             res = patch_position_fast(tgt, tgt_tr, plan.target, [variants[j] for j in todo], spec.check_answer, max_batch)
         elif method == "reference":

@@ -35,6 +35,11 @@ class ModelSettings:
     dtype: str = "auto"  # auto | bfloat16 | float16 | float32
     threads: int = field(default_factory=default_threads)
     trust_remote_code: bool = False
+    # large models (see metacog.arch.load_options): layers spread over devices by accelerate
+    device_map: str | None = None  # None: the whole model on `device` | "auto": GPUs, then CPU, then disk
+    max_memory: str | None = None  # with device_map auto: per-device caps, e.g. "0=70GiB,1=70GiB,cpu=200GiB"
+    offload_dir: str | None = None  # with device_map auto: folder for layers that fit nowhere (disk offload)
+    quantize: str | None = None  # None | "8bit" | "4bit" (bitsandbytes; CUDA only)
 
     def __post_init__(self):
         if self.device not in ("auto", "cpu", "cuda", "mps"):
@@ -43,6 +48,16 @@ class ModelSettings:
             raise ValueError(f"dtype must be auto, bfloat16, float16 or float32, not {self.dtype!r}")
         if not isinstance(self.threads, int) or not 1 <= self.threads <= 256:
             raise ValueError(f"threads must be an integer from 1 to 256, not {self.threads!r}")
+        if self.device_map not in (None, "auto"):
+            raise ValueError(f"device_map must be auto or unset, not {self.device_map!r}")
+        if self.quantize not in (None, "8bit", "4bit"):
+            raise ValueError(f"quantize must be 8bit, 4bit or unset, not {self.quantize!r}")
+        if (self.max_memory or self.offload_dir) and self.device_map != "auto":
+            raise ValueError("max_memory and offload_dir apply with device_map auto")
+        if self.max_memory:
+            from .arch import parse_max_memory
+
+            parse_max_memory(self.max_memory)
 
 
 @dataclass(frozen=True)

@@ -211,7 +211,7 @@ def run_study(
     items = prepare_items(study)          # dataset errors: before any write
     check_launch_items(items, study.split_fractions)
     lm = lm or load_model(model)          # model errors: before any write
-    check_disk(ws, lm, len(items), stages)
+    check_disk(ws, lm, len(items), stages, batch_size=study.batch_size, n_tokens=_longest_prompt(lm, items, study))
     with ws.lock(Workspace.WORKSPACE_LOCK):
         ws.init(model, study)
         t0 = time.time()
@@ -276,11 +276,49 @@ def check_launch_items(items: pd.DataFrame, fractions=None) -> list[str]:
     return warnings
 
 
-def check_disk(ws: Workspace, lm, n_items: int, stages=("activations",), margin: float = 1.2) -> int:
+def _longest_prompt(lm, items: pd.DataFrame, study: StudySettings) -> int:
+    """Tokens of the longest question (by characters) with a generous template allowance
+    (128 tokens) and the answer cap: the sequence length the memory estimate plans for."""
+    q = max((str(x) for x in items.get("question", pd.Series([""]))), key=len, default="")
+    return len(lm.tokenizer.encode(q)) + 128 + int(study.max_new_tokens)
+
+
+def check_memory(lm, batch_size: int, n_tokens: int, margin: float = 1.5) -> int:
+    """Estimate the peak bytes one readout batch adds on the model's device (beyond the weights,
+    which are loaded already): the KV cache of ``batch_size`` prefixes of ``n_tokens`` plus
+    the value trie and its look-aheads (:func:`metacog.arch.kv_bytes_per_token` per token),
+    the hidden states of that forward (float32 ``[batch, tokens, d_model]`` × 4 live copies)
+    and the captured residual states. Refuse, with the numbers, when the device has less free
+    memory (``--batch-size`` lowers it). Returns the estimate; 0 when the free memory is unknown."""
+    from . import arch
+    from .confidence import get_trie
+
+    tokens = int(n_tokens) + get_trie(lm.tokenizer).n_nodes + 101
+    kv = arch.kv_bytes_per_token(lm.model) * tokens * int(batch_size)
+    act = 4 * 4 * int(batch_size) * tokens * lm.d_model + 4 * int(batch_size) * lm.n_hidden * lm.d_model * len(POSITIONS)
+    need = int((kv + act) * margin)
+    free = arch.free_memory(lm.device)
+    if free is None:
+        return 0
+    if need > free:
+        raise WorkspaceError(
+            f"not enough memory on {lm.device} for a readout batch: about {need / 2**30:.2f} GiB "
+            f"({batch_size} prompts × ~{tokens} tokens: KV cache {kv / 2**30:.2f} GiB, hidden states {act / 2**30:.2f} GiB) "
+            f"and {free / 2**30:.2f} GiB is free; use a smaller --batch-size")
+    return need
+
+
+def check_disk(ws: Workspace, lm, n_items: int, stages=("activations",), margin: float = 1.2, batch_size: int | None = None,
+               n_tokens: int | None = None) -> int:
     """Estimate the bytes the hidden-state cache needs (float16 ``[n_items, n_layers + 1,
     d_model]`` per named position, plus the two 0–100 distributions) and refuse, with the
-    numbers, when the workspace's file system has less free space. Returns the estimate."""
+    numbers, when the workspace's file system has less free space. Returns the estimate.
+    With ``batch_size`` and ``n_tokens`` (the longest prompt), the memory of one readout
+    batch is checked first (:func:`check_memory`)."""
     import shutil
+
+    if batch_size and n_tokens:
+        check_memory(lm, batch_size, n_tokens)
 
     if "activations" not in stages and "probes" not in stages:
         return 0

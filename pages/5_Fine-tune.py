@@ -99,7 +99,7 @@ with ui.guard("fine-tuning"):
         rank = c[0].number_input("rank", 1, 1024, d.rank, key=f"ft-r-{k}")
         alpha = c[1].number_input("alpha", min_value=0.0, value=float(d.alpha), key=f"ft-a-{k}", help="scale = alpha / rank")
         dropout = c[2].number_input("dropout", 0.0, 0.99, d.dropout, key=f"ft-do-{k}")
-        mods = c[3].text_input("target modules", ",".join(d.target_modules), key=f"ft-mods-{k}", help="comma-separated, or all-linear")
+        mods = c[3].text_input("target modules", ",".join(d.target_modules), key=f"ft-mods-{k}", help="comma-separated, all-linear, or auto (the architecture's default)")
         c = st.columns(4)
         sched = c[0].selectbox("schedule", SCHEDULES, key=f"ft-sch-{k}")
         warm = c[1].number_input("warm-up (fraction)", 0.0, 0.9, d.warmup_fraction, key=f"ft-wu-{k}")

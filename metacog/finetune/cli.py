@@ -38,7 +38,7 @@ def register(sub) -> None:
     g.add_argument("--rank", type=int, default=d.rank)
     g.add_argument("--alpha", type=float, default=d.alpha, help=f"LoRA alpha (scale = alpha/rank; default {d.alpha})")
     g.add_argument("--dropout", type=float, default=d.dropout)
-    g.add_argument("--target-modules", default=",".join(d.target_modules), help="comma-separated module names, or all-linear")
+    g.add_argument("--target-modules", default=",".join(d.target_modules), help="comma-separated module names, all-linear, or auto (the architecture's default)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--lr", type=float, default=d.lr)
     g.add_argument("--schedule", choices=SCHEDULES, default=d.schedule)

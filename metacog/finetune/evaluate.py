@@ -59,6 +59,8 @@ def check_adapter(adapter_dir: Path, base_hash: str | None, lm=None) -> dict:
     if lm is not None:
         from safetensors import safe_open
 
+        from ..arch import linear_dims
+
         mods = dict(lm.model.named_modules())
         with safe_open(str(d / "adapter_model.safetensors"), "pt") as f:
             for k in f.keys():
@@ -71,10 +73,11 @@ def check_adapter(adapter_dir: Path, base_hash: str | None, lm=None) -> dict:
                         break
                 m = mods.get(path)
                 shape = tuple(f.get_slice(k).get_shape())
-                if m is None or not hasattr(m, "in_features"):
+                dims = linear_dims(m) if m is not None else None
+                if dims is None:
                     raise RunError(f"the adapter in {d} does not fit this model: it adapts '{path}', which this model "
                                    f"({lm.name}) does not have (an adapter from another base model?)")
-                want = m.in_features if ".lora_A." in k else m.out_features
+                want = dims[0] if ".lora_A." in k else dims[1]  # Linear or GPT-2 Conv1D
                 have = shape[1] if ".lora_A." in k else shape[0]
                 if want != have:
                     raise RunError(f"the adapter in {d} does not fit this model: '{path}' has {want} features, the adapter "

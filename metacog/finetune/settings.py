@@ -29,6 +29,7 @@ LOSS_ON = ("assistant", "confidence")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 ALL_LINEAR = "all-linear"
+AUTO = "auto"  # LoRA targets: the architecture's default (metacog.arch.lora_targets)
 
 
 class SettingsError(ValueError):
@@ -57,7 +58,8 @@ class FinetuneSettings:
     rank: int = 16
     alpha: float = 32.0  # scale = alpha / rank (the reference's scale 2.0 at rank 16)
     dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")  # or ("all-linear",)
+    target_modules: tuple[str, ...] = ("auto",)  # auto: the architecture's default (metacog.arch.lora_targets:
+    #                                              peft's per-architecture map, else all-linear); or names, or all-linear
     # optimisation
     lr: float = 2e-4
     schedule: str = "cosine"
@@ -163,7 +165,9 @@ def _validate(s: FinetuneSettings) -> None:
     if not isinstance(s.dropout, (int, float)) or not 0.0 <= s.dropout < 1.0:
         _err(f"LoRA dropout must be in [0, 1), not {s.dropout!r}")
     if not s.target_modules or any(not isinstance(m, str) or not m for m in s.target_modules):
-        _err("target_modules must name at least one module (e.g. q_proj,v_proj or all-linear)")
+        _err("target_modules must name at least one module (e.g. q_proj,v_proj or all-linear or auto)")
+    if AUTO in s.target_modules and len(s.target_modules) > 1:
+        _err("target_modules 'auto' (the architecture's default) stands alone")
     if not isinstance(s.lr, (int, float)) or not s.lr > 0 or math.isnan(s.lr):
         _err(f"learning rate must be > 0, not {s.lr!r}")
     if s.lr >= 1.0:

@@ -14,7 +14,7 @@ from ..finetune.backends.peft_backend import load_adapter_model, unload_adapter
 from .registry import Method, MethodResult, register
 from .tuning import run_for, run_info, settings_for
 
-SETTINGS = ("tune_updates", "tune_rank", "tune_lr", "tune_batch_size", "seed", "brier_format", "batch_size")
+SETTINGS = ("tune_updates", "tune_rank", "tune_target_modules", "tune_lr", "tune_batch_size", "seed", "brier_format", "batch_size")
 
 
 def readout_ev(ctx, lm, fmt: str, name: str, key: str) -> pd.DataFrame:

@@ -11,7 +11,7 @@ from .p_true import score_query
 from .registry import Method, MethodResult, register
 from .tuning import run_for, run_info, settings_for
 
-SETTINGS = ("tune_updates", "tune_rank", "tune_lr", "tune_batch_size", "seed", "batch_size")
+SETTINGS = ("tune_updates", "tune_rank", "tune_target_modules", "tune_lr", "tune_batch_size", "seed", "batch_size")
 
 
 def compute(ctx) -> MethodResult:

@@ -21,7 +21,7 @@ from ..workspace import WorkspaceError
 from .registry import Method, MethodResult, register
 from .tuning import run_for, run_info, settings_for
 
-SETTINGS = ("tune_updates", "tune_rank", "tune_lr", "tune_batch_size", "seed", "batch_size", "probe_run")
+SETTINGS = ("tune_updates", "tune_rank", "tune_target_modules", "tune_lr", "tune_batch_size", "seed", "batch_size", "probe_run")
 
 
 def _given_run(ctx):

@@ -29,6 +29,7 @@ class MethodSettings:
     tune_rank: int = 8
     tune_lr: float = 1e-4
     tune_batch_size: int = 4
+    tune_target_modules: str = "auto"  # LoRA targets: auto (the architecture's default), all-linear, or names a,b
     probe_run: str | None = None  # probe-targeted: use this finished run of the workspace (None = train a short one)
     brier_format: str = "inline"  # where Brier tuning reads the 0-100 distribution: inline | two-pass
     # post-hoc calibration and metrics

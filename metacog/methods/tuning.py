@@ -9,7 +9,7 @@ from ..finetune.runs import Run, list_runs
 
 def settings_for(ctx, **kw) -> FinetuneSettings:
     s = ctx.settings
-    base = dict(targets="binary", binary_balance=False, rank=s.tune_rank, alpha=2.0 * s.tune_rank, lr=s.tune_lr,
+    base = dict(targets="binary", binary_balance=False, target_modules=s.tune_target_modules, rank=s.tune_rank, alpha=2.0 * s.tune_rank, lr=s.tune_lr,
                 batch_size=s.tune_batch_size, grad_accum=1, epochs=None, max_updates=s.tune_updates, seed=42 + s.seed,
                 val_fraction=0.1, checkpoint_every=10, schedule="cosine", dtype="float32")
     base.update(kw)

@@ -80,6 +80,11 @@ def lora_keys(model, modules) -> list[str]:
 
     keys = set()
     layer = model.layers[0]
+    if list(modules) == ["auto"]:  # the architecture's default, as for the PEFT backend
+        from ...arch import default_lora_targets
+
+        names = {n.rsplit(".", 1)[-1] for n, m in layer.named_modules() if isinstance(m, (nn.Linear, nn.QuantizedLinear))}
+        modules = default_lora_targets(str(getattr(model, "model_type", "")), names)
     for name, m in layer.named_modules():
         if isinstance(m, (nn.Linear, nn.QuantizedLinear)):
             if list(modules) == [ALL_LINEAR] or name.rsplit(".", 1)[-1] in modules:

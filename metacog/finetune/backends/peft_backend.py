@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...arch import input_device
 from ...safestate import load_state, save_state
 from ...confidence import body_and_head, left_pad
 from ..settings import ALL_LINEAR, FinetuneSettings, Plan, SettingsError, lr_factor
@@ -35,17 +36,27 @@ NAME = "peft"
 
 # ------------------------------------------------------------------------------ model
 def linear_module_names(model) -> list[str]:
+    """Last names of the model's linear layers (``torch.nn.Linear`` and GPT-2's ``Conv1D``)."""
+    from ...arch import linear_dims
+
     names = set()
     for n, m in model.named_modules():
-        if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head"):
+        if linear_dims(m) is not None and not hasattr(m, "base_layer") and not n.endswith("lm_head"):
             names.add(n.rsplit(".", 1)[-1])
     return sorted(names)
+
+
+def resolved_targets(model, modules) -> list[str]:
+    """``modules`` with ``auto`` replaced by the architecture's default (:func:`metacog.arch.lora_targets`)."""
+    from ...arch import resolve_targets
+
+    return list(resolve_targets(model, modules))
 
 
 def check_target_modules(model, modules, rank: int) -> None:
     """Clear messages for target modules the model does not have and for absurd ranks."""
     avail = linear_module_names(model)
-    mods = list(modules)
+    mods = resolved_targets(model, modules)
     if mods != [ALL_LINEAR]:
         missing = [m for m in mods if m not in avail]
         if missing:
@@ -56,10 +67,11 @@ def check_target_modules(model, modules, rank: int) -> None:
         raise SettingsError(f"LoRA rank {rank} exceeds the model width {cfg.hidden_size}")
 
 
-def lora_config(s: FinetuneSettings):
+def lora_config(s: FinetuneSettings, model=None):
     from peft import LoraConfig
 
-    mods = ALL_LINEAR if list(s.target_modules) == [ALL_LINEAR] else list(s.target_modules)
+    mods = resolved_targets(model, s.target_modules) if model is not None else list(s.target_modules)
+    mods = ALL_LINEAR if mods == [ALL_LINEAR] else mods
     return LoraConfig(r=s.rank, lora_alpha=float(s.alpha), lora_dropout=float(s.dropout), target_modules=mods,
                       bias="none", task_type="CAUSAL_LM")
 
@@ -69,7 +81,7 @@ def wrap_lora(model, s: FinetuneSettings):
 
     check_target_modules(model, s.target_modules, s.rank)
     torch.manual_seed(s.seed)  # LoRA A init
-    pm = get_peft_model(model, lora_config(s))
+    pm = get_peft_model(model, lora_config(s, model))
     return pm
 
 
@@ -89,7 +101,7 @@ def batch_tensors(examples: list[Example], pad_id: int, dev):
 
 def loss_sum(model, examples: list[Example], pad_id: int) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over the loss tokens of a batch, and their number."""
-    dev = next(model.parameters()).device
+    dev = input_device(model)
     body, to_logits = body_and_head(model)
     ids, att, pos, lab = batch_tensors(examples, pad_id, dev)
     h = body(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=False).last_hidden_state
