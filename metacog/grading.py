@@ -239,7 +239,7 @@ def _number(s: str) -> float | None:
 # ----------------------------------------------------------------------------- guards
 _NEG = frozenset("not no never neither nor isn wasn aren weren doesn didn don cannot except without".split())
 _NEG2 = {("rather", "than"), ("instead", "of"), ("other", "than"), ("can", "t"), ("won", "t")}
-_NEG_STOP = frozenset("but however yet rather instead".split())  # "not London but Paris": scope ends
+_NEG_STOP = frozenset("but however yet".split())  # "not London but Paris": scope ends
 _NEG_OF_CERTAINTY = frozenset("sure certain 100 entirely completely quite totally positive confident".split())
 
 

@@ -86,8 +86,8 @@ _EXPR = re.compile(
         rf"|\b{_MONTH}\.?\s+\d{{4}}(?!\d))",
         rf"(?P<ordinal>{_B}\d+(?:st|nd|rd|th)\b)",
         rf"(?P<range>\bbetween\s+{_NUM}{_PCT}?\s+and\s+{_NUM}{_PCT}?"
-        rf"|{_B}{_NUM}{_PCT}?\s*(?:-|–|—|\bto\b|\bor\b)\s*{_NUM}(?![\w.]){_PCT}?)",
-        rf"(?P<scale>{_B}(?P<s1>{_NUM})\s*(?:/|\bout\s+of\b)\s*(?P<s2>{_NUM})(?![\d.]))",
+        rf"|{_B}{_NUM}{_PCT}?\s*(?:-|–|—|\bto\b|\bor\b)\s*{_NUM}(?!\w|\.\d){_PCT}?)",
+        rf"(?P<scale>{_B}(?P<s1>{_NUM})\s*(?:/|\bout\s+of\b)\s*(?P<s2>{_NUM})(?!\d|\.\d))",
         rf"(?P<percent>{_B}(?P<p>{_NUM}){_PCT})",
         rf"(?P<number>{_B}(?P<n>[-−]?(?:\d{{1,3}}(?:,\d{{3}})+|{_NUM}))(?![\w]))",
     ]),
