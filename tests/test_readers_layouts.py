@@ -12,6 +12,7 @@ import pytest
 
 from metacog.data import COLUMNS, DataError, DataWarning, load_dataset
 from metacog.grading import grade_mc
+from metacog.verbal import RULES
 
 
 def _write(tmp_path, name: str, records: list[dict], fmt: str):
@@ -222,3 +223,46 @@ def test_arc_digit_labels_20_item_study_grades_by_record_labels(tmp_path):
     picks = [0] * 20  # a model that always picks the first option
     correct = [grade_mc([0.0 if j == p else -1.0 for j in range(4)], ai)[1] for p, ai in zip(picks, df["answer_index"])]
     assert np.mean(correct) == pytest.approx(np.mean(np.array(truth) == 0))
+
+
+def _arc20(tmp_path):
+    rng = np.random.default_rng(0)
+    recs, truth = [], []
+    for i in range(20):
+        k = int(rng.integers(0, 4))
+        opts = [["carbon dioxide", "oxygen", "helium", "neon"], ["Paris", "Lima", "Oslo", "Rome"]][i % 2]
+        recs.append({"id": f"arc-{i}", "question": f"Question {i}: which one?",
+                     "choices": {"text": opts, "label": ["1", "2", "3", "4"]}, "answerKey": str(k + 1)})
+        truth.append(k)
+    return _write(tmp_path, "arc20", recs, "jsonl"), truth
+
+
+def test_study_on_arc_digit_labels_grades_by_the_records_labels(tmp_path, tiny_lm):
+    """`metacog study`'s answers stage (tiny model) on a 20-item ARC file with digit labels:
+    an item is correct iff the chosen option is the one its own label list names."""
+    from metacog.settings import ModelSettings, StudySettings
+    from metacog.study import run_study
+    from metacog.workspace import Workspace
+
+    path, truth = _arc20(tmp_path)
+    study = StudySettings(dataset=str(path), max_new_tokens=4, confidence_max_new_tokens=4, batch_size=8)
+    run_study(tmp_path / "ws", ModelSettings(threads=1), study, lm=tiny_lm, stages=("answers",))
+    ws = Workspace(tmp_path / "ws")
+    ans = ws.read_parquet("answers.parquet").set_index("id")
+    want = {f"arc-{i}": k for i, k in enumerate(truth)}
+    got = {i: (int(r.chosen_index), bool(r.correct)) for i, r in ans.iterrows()}
+    assert len(got) == 20
+    assert all(correct == (chosen == want[i]) for i, (chosen, correct) in got.items())
+    assert ans["verbal_inline_rule"].isin(RULES).all() and ans["verbal_two_pass_rule"].isin(RULES).all()
+    assert (ans["grade_guard"] == "").all()
+
+
+def test_cli_refuses_placeholder_gold_file(tmp_path, capsys, monkeypatch):
+    from metacog.cli import main as cli_main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    recs = [{"question": f"Q{i}?", "question_id": f"t{i}", "answer": PLACEHOLDER_TQA} for i in range(5)]
+    p = _write(tmp_path, "triviaqa-test", recs, "jsonl")
+    rc = cli_main(["study", "--dataset", str(p), "--workspace", str(tmp_path / "ws"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "triviaqa-test.jsonl" in err and "line 1" in err and "gold" in err and "Traceback" not in err
