@@ -61,6 +61,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -107,15 +108,12 @@ _DECIMAL = re.compile(r"(?<=\d)\.(?=\d)")
 _ARTICLE = re.compile(r"^(?:a|an|the) (?=\S)")
 
 
+@lru_cache(maxsize=1)
 def _stop_words() -> frozenset:
-    try:
-        from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-    except ImportError:  # pragma: no cover - sklearn is a dependency
-        return frozenset()
+    """scikit-learn's English stop-word list (imported on first use: sklearn is slow to import)."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
     return frozenset(ENGLISH_STOP_WORDS)
-
-
-_STOP = _stop_words()
 
 
 def normalize(text: str) -> str:
@@ -268,7 +266,7 @@ def _capitalised(t: _Tok) -> bool:
 def _name_word(t: _Tok) -> bool:
     """A capitalised word that continues a name (not a stop word, title or classifier)."""
     w = t.norm
-    return (_capitalised(t) and not t.norm.isdigit() and w not in _STOP and w not in NAME_CLASSIFIERS
+    return (_capitalised(t) and not t.norm.isdigit() and w not in _stop_words() and w not in NAME_CLASSIFIERS
             and w not in _HEDGE_WORDS)
 
 
@@ -298,7 +296,7 @@ def _hedge(toks: list[_Tok], i: int, j: int, alias_seqs: list[list[str]]) -> boo
         return any(_find(ws, a) for a in alias_seqs)
 
     def content(item):
-        return any(toks[k].norm not in _STOP and toks[k].norm not in _HEDGE_WORDS for k in item)
+        return any(toks[k].norm not in _stop_words() and toks[k].norm not in _HEDGE_WORDS for k in item)
 
     for clause in sorted({t.clause for k, t in enumerate(toks) if is_marker(k)}):
         items, cur = [], []
