@@ -44,8 +44,9 @@ Rules, exactly:
       longer capitalised name: the word right after it, or right before it, in the same
       clause is capitalised and is not a stop word (scikit-learn's English list), a title or
       a place classifier (``NAME_CLASSIFIERS``: City, Mount, Lake, King, ...); a word before
-      it also counts only when it is not a compass/region modifier (``REGION_MODIFIERS``:
-      "Eastern Europe" is in Europe), not a demonym-like adjective (-an, -ese, -ish, -i, -ic:
+      it also counts only when it is not a compass/region modifier of a continent
+      (``REGION_MODIFIERS``: "Eastern Europe" is in Europe; "West Virginia" is not Virginia),
+      not a demonym-like adjective (-an, -ese, -ish, -i, -ic:
       "Australian Dollar") and the alias is not a one-word unit noun (``UNIT_NOUNS``: "Belize
       Dollar" is a dollar): "New York" for "York", "Paris Hilton" for "Paris", "Equatorial
       Guinea" and "Guinea-Bissau" for "Guinea".
@@ -100,7 +101,8 @@ boliviano sol bolivar gourde florin guilder hryvnia denar zloty forint koruna ku
 """.split())
 _HEDGE_WORDS = frozenset("""
 maybe perhaps probably possibly definitely certainly surely likely clearly obviously actually yes answer answers
-capital currency country continent city state element symbol i'm im it's its sure final
+capital currency country continent city state element symbol i'm im it's its sure final think guess believe
+say said
 """.split())
 
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
@@ -278,7 +280,8 @@ def _longer_name(toks: list[_Tok], i: int, j: int) -> bool:
             and _name_word(toks[j]):
         return True
     if i > 0 and toks[i - 1].clause == toks[i].clause and toks[i].sep_before.strip() in ("", "-", ".") \
-            and _name_word(toks[i - 1]) and toks[i - 1].norm not in REGION_MODIFIERS \
+            and _name_word(toks[i - 1]) \
+            and not (toks[i - 1].norm in REGION_MODIFIERS and " ".join(t.norm for t in toks[i:j]) in CONTINENT_ADJECTIVES) \
             and not re.search(r"(?:an|ese|ish|i|ic)$", toks[i - 1].norm) \
             and not (j - i == 1 and toks[i].norm in UNIT_NOUNS):
         return True
@@ -312,6 +315,14 @@ def _hedge(toks: list[_Tok], i: int, j: int, alias_seqs: list[list[str]]) -> boo
         if cur:
             items.append(cur)
         c = clause - 1  # "A, B or C": short comma-separated items before the clause with "or"
+        first = min(k for k, t in enumerate(toks) if t.clause == clause)
+        if toks[first].norm in ("or", "either") and re.search(r"[(\[]", toks[first].sep_before):
+            continue  # "(or so I think)": an aside, not an alternative
+        if toks[first].norm in ("or", "either") and c >= 0:  # "Paris? Or maybe Lyon": the item before it
+            prev = [k for k, t in enumerate(toks) if t.clause == c]
+            if len(prev) <= 6:
+                items.insert(0, prev)
+                c -= 1
         while c >= 0:
             prev = [k for k, t in enumerate(toks) if t.clause == c]
             nxt = prev[-1] + 1 if prev else len(toks)

@@ -79,7 +79,8 @@ _B = r"(?<![\w.])"  # a number starts here: not inside a word or another number
 _EXPR = re.compile(
     "|".join([
         rf"(?P<date>{_B}\d{{4}}[-/.]\d{{1,2}}(?:[-/.]\d{{1,2}})?(?!\d)"
-        rf"|{_B}\d{{1,2}}[-/.]\d{{1,2}}[-/.]\d{{2,4}}(?!\d)"
+        rf"|{_B}\d{{1,2}}(?P<dsep>[-/.])\d{{1,2}}(?P=dsep)\d{{2,4}}(?!\d)"
+        rf"|{_B}\d{{1,2}}[-/]\d{{4}}(?!\d)"
         rf"|{_B}\d{{1,2}}:\d{{2}}(?::\d{{2}})?(?!\d)"
         rf"|\b{_MONTH}\.?\s+\d{{1,2}}(?:st|nd|rd|th)?(?!\d)(?:,?\s+\d{{4}})?"
         rf"|{_B}\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTH}\b(?:,?\s+\d{{4}})?"
@@ -137,6 +138,8 @@ def expressions(text: str) -> list[_Expr]:
     out = []
     for m in _EXPR.finditer(text or ""):
         kind = m.lastgroup
+        if kind == "dsep":
+            kind = "date"
         if kind in ("s1", "s2"):
             kind = "scale"
         elif kind == "p":
@@ -240,7 +243,8 @@ _NU = rf"(?:{_NUM}(?:{_PCT}|\s*(?:/|\bout\s+of\b)\s*{_NUM}))"
 _CONF_WORD = r"(?:confiden\w*|sure|certain(?:ty)?)"
 _LEAD = re.compile(
     rf"^\s*(?:[*_]+\s*)?(?:"
-    rf"(?:my\s+)?confiden\w*(?:\s+level)?(?:\s+score)?\s*(?:\([^)\n]*\))?\s*(?:[*_]+\s*)?(?:is\s+|of\s+)?[:=\-–—]?\s*(?:[*_]+\s*)?{_N}"
+    rf"(?:my\s+)?confiden\w*(?:\s+level)?(?:\s+score)?\s*(?:\([^)\n]*\))?\s*(?:[*_]+\s*)?(?:is\s+|of\s+)?[:=\-–—]?\s*(?:[*_]+\s*)?"
+    rf"(?:(?:about|around|approximately|roughly)\s+|[~≈]\s*)?{_N}\s*\+?"
     rf"\s*(?:[*_]+\s*)?[:,.;\-–—]?"
     rf"|(?:i(?:'m|’m|\s+am)\s+)?(?:about\s+)?{_N}\s*"
     rf"{_CONF_WORD}(?:\s+(?:that\s+)?(?:it\s+is|it's|it’s|the\s+answer\s+is))?\s*(?:[*_]+\s*)?[:,.;\-–—]?"
@@ -257,9 +261,10 @@ _TAIL = [
     re.compile(rf"[\s,;:.(\[\-–—]*(?:(?:i am|i'm|i’m|with|at|about|approximately|roughly|~)\s+)*"
                rf"(?:{_NUM}{_PCT}|{_NUM}\s*(?:/|\bout\s+of\b)\s*{_NUM}|{_NUM})\s*{_CONF_WORD}\s*[)\].!]*\s*$", re.I),
     # ", 90%", " - 9/10" (a separator before the number)
-    re.compile(rf"\s*[,;(\[\-–—]\s*(?:(?:i am|i'm|i’m|with|at|about|approximately|roughly|~)\s+)*"
+    re.compile(rf"\s*[,;|(\[\-–—]\s*(?:(?:i am|i'm|i’m|with|at|about|approximately|roughly|~)\s+)*"
                rf"(?:{_NUM}{_PCT}|{_NUM}\s*(?:/|\bout\s+of\b)\s*{_NUM})\s*[)\].!]*\s*$", re.I),
 ]
+_CONF_ONLY = re.compile(r"[\W_]*|\s*[(\[][^()\[\]\n]*(?:confiden|sure|certain|guess)[^()\[\]\n]*[)\]]\s*[.!]?\s*", re.I)
 _TAIL_NUMBER = re.compile(rf"\s*[,;\-–—]\s*{_NUM}\s*[.!]?\s*$")
 
 
@@ -273,6 +278,9 @@ def _split_line(line: str, conf_label: bool) -> tuple[str, list[str]]:
     ):
         pieces.append(line[: m.end()])
         line = line[m.end():]
+        if _CONF_ONLY.fullmatch(line):  # "Confidence: 75% (fairly sure)": nothing but a comment follows
+            pieces.append(line)
+            line = ""
     changed = True
     while changed:
         changed = False
