@@ -5,7 +5,8 @@
     df["split"] = assign_splits(df["id"], seed=0, strata=df["category"])
     check_splits(df)
 
-``metacog.data.generate`` rebuilds the built-in files; its fact packages are dev-only
+Item columns: ``readers.COLUMNS`` (``group``: the fact/entity an item asks about, from an optional
+``group`` field, else the item's id). ``metacog.data.generate`` rebuilds the built-in files; its fact packages are dev-only
 (``requirements-dev-data.txt``) and are never imported here.
 """
 from .readers import (

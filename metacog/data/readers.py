@@ -15,7 +15,8 @@ Layouts (field names case-insensitive; ``LAYOUTS`` lists them for error messages
 - short answer: ``question`` with ``answers`` (a list; in CSV a JSON list or a ``|``- or
   ``;``-separated string; or SQuAD-style ``{"text": [...]}``), ``answer`` (a string, or
   TriviaQA-style ``{"value", "aliases", "normalized_aliases"}`` as the Hugging Face
-  ``trivia_qa`` export has it), ``correct_answer`` or ``aliases``;
+  ``trivia_qa`` export has it), ``correct_answer``, ``aliases``, or TruthfulQA generation's
+  ``best_answer`` / ``correct_answers`` (CSV: ``Best Answer`` / ``Correct Answers``, ``;``-separated);
 - multiple choice: ``choices`` (or ``options``) as a list (MMLU: with an integer ``answer``,
   0-based), as ``{"text": [...], "label": [...]}`` (ARC, OpenBookQA: with ``answerKey``), as a
   list of ``{"text", "label"}`` or a ``question: {"stem", "choices"}`` object (the original
@@ -81,7 +82,7 @@ LAYOUTS = (
     "ARC/OpenBookQA: question (or question_stem) + choices.text/choices.label + answerKey",
     "MMLU: question + choices (list) + answer (0-based integer)",
     "SciQ: question + correct_answer + distractor1..3",
-    "TruthfulQA MC1: question + mc1_targets (choices + labels)",
+    "TruthfulQA MC1: question + mc1_targets (choices + labels); TruthfulQA generation: question + best_answer/correct_answers",
     "generic MC: question + choices/options or A..E columns + answer_index/answer",
 )
 _PLACEHOLDER = re.compile(r"^\s*[<\[]\s*(?:unk|unknown|none|null|nan|na|n/a|missing|blank|pad|mask|empty)\s*[>\]]\s*$", re.I)
@@ -327,7 +328,7 @@ def _parquet_records(path: Path) -> list[tuple[str, dict]]:
 
 _QUESTION_KEYS = ("question", "question_stem", "query", "prompt")
 _ANSWER_KEYS = ("answers", "answer", "correct_answer", "aliases", "choices", "options", "answer_index", "a",
-                "mc1_targets", "answerkey")
+                "mc1_targets", "answerkey", "best_answer", "best answer", "correct_answers", "correct answers")
 
 
 def _csv_records(path: Path, text: str, delimiter: str) -> list[tuple[str, dict]]:
@@ -459,11 +460,12 @@ def _short_answers(path: Path, where: str, rec: dict) -> list[str] | None:
             answers += v
         elif not _missing(v):
             answers.append(v)
-    if "aliases" in rec:
-        present = True
-        v = rec["aliases"]
-        if not _missing(v):
-            answers += _as_list(path, where, "aliases", v)
+    for key in ("aliases", "best_answer", "best answer", "correct_answers", "correct answers"):  # TruthfulQA generation
+        if key in rec:
+            present = True
+            v = rec[key]
+            if not _missing(v):
+                answers += _as_list(path, where, key, v)
     if not present:
         return None
     if any(isinstance(a, (dict, list)) for a in answers):
