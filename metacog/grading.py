@@ -394,7 +394,7 @@ def grade_short_detail(answer: str, aliases: Iterable[str]) -> Grade:
         return Grade(False)
     if isinstance(aliases, str):  # one alias, not an iterable of characters
         aliases = [aliases]
-    aliases = [a for a in aliases if a is not None and normalize(a)]
+    aliases = [str(a) for a in aliases if a is not None and normalize(a)]
     if not aliases:
         return Grade(False)
     toks = _tokens(answer)

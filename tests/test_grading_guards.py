@@ -107,6 +107,11 @@ def test_normalize_transliterates():
     assert normalize("ẞ") == "ss" and normalize("Þór") == "thor"
 
 
+def test_non_string_aliases():
+    assert grade_short("It has 7 days", [7]) and not grade_short("It has -7 days", [7.0])
+    assert grade_short("", ["x"]) is False and grade_short("x", None) is False
+
+
 def test_guard_names():
     assert GUARDS == ("number", "negation", "hedge", "longer_name", "symbol")
 
