@@ -43,10 +43,12 @@ Rules, exactly:
     - ``longer_name`` -- the matched alias is capitalised in the answer and is only part of a
       longer capitalised name: the word right after it, or right before it, in the same
       clause is capitalised and is not a stop word (scikit-learn's English list), a title or
-      a place classifier (``NAME_CLASSIFIERS``: City, Mount, Lake, King, ...); a word before
-      it also counts only when it is not a compass/region modifier of a continent
-      (``REGION_MODIFIERS``: "Eastern Europe" is in Europe; "West Virginia" is not Virginia),
-      not a demonym-like adjective (-an, -ese, -ish, -i, -ic:
+      a place classifier (``NAME_CLASSIFIERS``: City, Mount, Lake, King, ...); a hyphenated
+      name pair before a region noun (``REGION_NOUNS``: "the Texas-Mexico border") does not
+      count; a word before it also counts only when it is not a region adjective
+      (``REGION_ADJECTIVES``: "Eastern Pennsylvania", "Central Asia"), not a bare compass word
+      before a continent or before a region noun (``COMPASS_WORDS``: "West Africa", "the South
+      Florida region"; "West Virginia" is not Virginia), not a demonym-like adjective (-an, -ese, -ish, -i, -ic:
       "Australian Dollar") and the alias is not a one-word unit noun (``UNIT_NOUNS``: "Belize
       Dollar" is a dollar): "New York" for "York", "Paris Hilton" for "Paris", "Equatorial
       Guinea" and "Guinea-Bissau" for "Guinea".
@@ -88,10 +90,12 @@ mount mt mountain mountains lake river sea ocean bay gulf desert valley peninsul
 saint st san santa sir dame lord lady king queen prince princess emperor empress pope president general captain
 dr mr mrs ms miss prof professor
 """.split())
-REGION_MODIFIERS = frozenset("""
-north south east west northern southern eastern western central northeast northwest southeast southwest
-northeastern northwestern southeastern southwestern middle upper lower greater inner outer
+REGION_ADJECTIVES = frozenset("""
+northern southern eastern western central northeastern northwestern southeastern southwestern mid middle upper
+lower greater inner outer
 """.split())
+COMPASS_WORDS = frozenset("north south east west northeast northwest southeast southwest".split())
+REGION_NOUNS = frozenset("region regions area areas part parts coast side portion corner border borders interior".split())
 UNIT_NOUNS = frozenset("""
 dollar dollars peso pesos franc francs pound pounds dinar dinars rupee rupees shilling shillings krona krone kronor
 euro euros rial riyal real reais rand won yen yuan renminbi lira ruble rouble dirham lev leu kwacha cedi naira
@@ -189,7 +193,7 @@ class _Tok:
     sep_before: str  # the raw text between the previous token and this one
 
 
-_TOKEN = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?|[^\W_]+", re.UNICODE)
+_TOKEN = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?(?![^\W_])|[^\W_]+", re.UNICODE)  # "12CT" is one word
 _CLAUSE_END = re.compile(r"[;:!?()\[\]{}\"“”—–]|,")
 _FULL_STOP = re.compile(r"\.(?=\s+[^a-z\d]|\s*$)")
 
@@ -276,14 +280,25 @@ def _longer_name(toks: list[_Tok], i: int, j: int) -> bool:
     """The match toks[i:j] is capitalised and only part of a longer capitalised name."""
     if not (_capitalised(toks[i]) or _capitalised(toks[j - 1])):
         return False
+    def region_noun_after(k):  # toks[k] (if any) is "region", "border", ... in the clause of toks[k - 1]
+        return k < len(toks) and toks[k].clause == toks[k - 1].clause and toks[k].norm in REGION_NOUNS
+
     if j < len(toks) and toks[j].clause == toks[j - 1].clause and toks[j].sep_before.strip() in ("", "-") \
             and _name_word(toks[j]):
-        return True
-    if i > 0 and toks[i - 1].clause == toks[i].clause and toks[i].sep_before.strip() in ("", "-", ".") \
-            and _name_word(toks[i - 1]) \
-            and not (toks[i - 1].norm in REGION_MODIFIERS and " ".join(t.norm for t in toks[i:j]) in CONTINENT_ADJECTIVES) \
-            and not re.search(r"(?:an|ese|ish|i|ic)$", toks[i - 1].norm) \
-            and not (j - i == 1 and toks[i].norm in UNIT_NOUNS):
+        k = j  # "Texas-Mexico border": a hyphenated pair of names before a region noun is no longer name
+        while k < len(toks) and toks[k].clause == toks[j].clause and toks[k].sep_before.strip() == "-" and _name_word(toks[k]):
+            k += 1
+        if not (k > j and region_noun_after(k)):
+            return True
+    if i > 0 and toks[i - 1].clause == toks[i].clause and toks[i].sep_before.strip() in ("", "-", "."):
+        prev = toks[i - 1]
+        if not _name_word(prev) or prev.norm in REGION_ADJECTIVES:  # "Eastern Pennsylvania" is in Pennsylvania
+            return False
+        if prev.norm in COMPASS_WORDS and (" ".join(t.norm for t in toks[i:j]) in CONTINENT_ADJECTIVES
+                                           or region_noun_after(j)):
+            return False  # "West Africa", "the South Florida region"; but "West Virginia" is not Virginia
+        if re.search(r"(?:an|ese|ish|i|ic)$", prev.norm) or (j - i == 1 and toks[i].norm in UNIT_NOUNS):
+            return False
         return True
     return False
 
