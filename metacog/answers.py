@@ -23,7 +23,8 @@ from .arch import input_device
 from . import prompts
 from .confidence import left_pad, parse_confidence, parse_inline
 from .generation import generate
-from .grading import grade_mc, grade_short
+from .grading import grade_mc, grade_short, grade_short_detail
+from .verbal import parse_inline_verbal, parse_verbal
 from .runtime import ProgressFn, StopFn, check_stop
 from .settings import StudySettings, stable_hash
 from .workspace import Workspace, remove_tree
@@ -59,8 +60,9 @@ def answers_key(lm, items: pd.DataFrame, study: StudySettings) -> str:
 
 
 def _number_complete(text: str) -> bool:
+    """The reply does not end inside a number or a scale ("9/", "8 out of")."""
     t = text.rstrip()
-    return bool(t) and not (t[-1].isdigit() or t[-1] == ".")
+    return bool(t) and not (t[-1].isdigit() or t[-1] in "./-" or t.lower().endswith((" out", " out of")))
 
 
 def _stop_inline(text: str) -> bool:
@@ -179,25 +181,45 @@ def _answer_chunk(lm, chunk: pd.DataFrame, study: StudySettings, tick=None, shou
     return pd.DataFrame.from_records(recs)
 
 
+REPARSED = ["verbal_inline", "verbal_inline_rule", "verbal_two_pass", "verbal_two_pass_rule", "correct", "grade_guard"]
+
+
 def reparse(items: pd.DataFrame, ans: pd.DataFrame) -> pd.DataFrame:
     """Re-derive verbal confidences and grades from the stored texts with the current
     parser and grader (cheap; generation is what the stage key caches). The answer string
-    itself is kept as generated, since the later sequences were built on it."""
+    itself is kept as generated, since the later sequences were built on it.
+
+    Also records, per row, the parse rule that read each verbal confidence
+    (``verbal_inline_rule``, ``verbal_two_pass_rule``: one of :data:`metacog.verbal.RULES`)
+    and the grader guard that refused a short answer's alias match (``grade_guard``: one of
+    :data:`metacog.grading.GUARDS`, "" when none fired or the item is multiple choice)."""
     ans = ans.copy()
     it = items.set_index("row").loc[ans["row"]]
-    v_in = []
+    v_in, r_in = [], []
     for text, src in zip(ans["answer_text"], ans.get("verbal_inline_source", ["forced"] * len(ans))):
         if src == "forced" and FORCED_MARK in text:
-            v_in.append(_nan(parse_confidence(FORCED_MARK.strip() + text.rsplit(FORCED_MARK, 1)[1])))
+            p = parse_verbal(FORCED_MARK.strip() + text.rsplit(FORCED_MARK, 1)[1])
         else:
-            v_in.append(_nan(parse_inline(text)[1]))
+            p = parse_inline_verbal(text)[1]
+        v_in.append(_nan(p.value))
+        r_in.append(p.rule)
     ans["verbal_inline"] = v_in
-    ans["verbal_two_pass"] = [_nan(parse_confidence(t)) for t in ans["text_two_pass"]]
+    ans["verbal_inline_rule"] = r_in
+    two = [parse_verbal(t) for t in ans["text_two_pass"]]
+    ans["verbal_two_pass"] = [_nan(p.value) for p in two]
+    ans["verbal_two_pass_rule"] = [p.rule for p in two]
     is_mc = it["kind"].eq("mc").to_numpy()
-    ans["correct"] = [
-        bool(ci == int(ai)) if mc else grade_short(a, list(al))
-        for a, al, ci, ai, mc in zip(ans["answer"], it["answers"], ans["chosen_index"], it["answer_index"], is_mc)
-    ]
+    correct, guard = [], []
+    for a, al, ci, ai, mc in zip(ans["answer"], it["answers"], ans["chosen_index"], it["answer_index"], is_mc):
+        if mc:
+            correct.append(bool(ci == int(ai)))
+            guard.append("")
+        else:
+            g = grade_short_detail(a, list(al))
+            correct.append(bool(g.correct))
+            guard.append(g.guard or "")
+    ans["correct"] = correct
+    ans["grade_guard"] = guard
     return ans
 
 
@@ -221,8 +243,8 @@ def run_answers(
             and (ws.lineage("answers.parquet") or {}).get("key") == key:
         old = ws.read_parquet("answers.parquet")
         new = reparse(items, old)
-        cols = ["verbal_inline", "verbal_two_pass", "correct"]
-        if not new[cols].equals(old[cols]) or ws.lineage("answers.parquet") != lineage:
+        if any(c not in old.columns for c in REPARSED) or not new[REPARSED].equals(old[REPARSED]) \
+                or ws.lineage("answers.parquet") != lineage:
             ws.write_parquet("answers.parquet", new, lineage=lineage)
         return new
     t0 = time.time()

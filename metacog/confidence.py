@@ -1,10 +1,8 @@
 """Verbal confidence: parse it from text, and read the exact distribution over 0–100.
 
-Parsing (SCIENCE.md): the answer is the first non-empty line minus a leading ``Answer:``
-and any trailing confidence clause; the confidence is the first number after the word
-"confidence", else the first ``NN%``, else (outside the answer line) a trailing number.
-Values in [0, 1] written with a decimal point are fractions (``0.9999`` → 99.99). Only
-values in 0–100 are kept.
+Parsing (SCIENCE.md, "Parsing verbal confidence"): :mod:`metacog.verbal` is the one parser;
+``parse_confidence``, ``parse_inline``, ``parse_answer`` (and ``parse_verbal`` /
+``parse_inline_verbal``, which also return the rule that fired) are re-exported here.
 
 The exact 0–100 readout: for every integer v, the continuation ``" {v}"`` is tokenised on
 its own (SmolLM2 writes " 73" as "Ġ","7","3"). Then
@@ -33,70 +31,17 @@ from .prompts import VALUE_FMT
 VALUES = np.arange(101)
 
 # ----------------------------------------------------------------------------------------
-# parsing
+# parsing: the one verbal-confidence parser lives in metacog.verbal (re-exported here)
 # ----------------------------------------------------------------------------------------
-_NUM = r"(\d{1,3}(?:\.\d+)?|\.\d+)"
-_CONF_KEY = re.compile(r"confiden\w*[^0-9\n]{0,40}?" + _NUM, re.I)
-_PCT = re.compile(_NUM + r"\s*%")
-_TRAIL = re.compile(_NUM + r"\s*%?\s*[.!]?\s*$")
-_CLAUSE = re.compile(r"[\s,;.(\[-]*(?:(?:my|i am|i'm)\s+)?confiden\w*.*$", re.I)
-_ANSWER_LEAD = re.compile(r"^\s*(?:\*\*)?(?:final\s+)?answer\s*(?:\*\*)?\s*[:\-]\s*", re.I)
-
-
-def _value(s: str) -> float | None:
-    try:
-        x = float(s)
-    except ValueError:
-        return None
-    if "." in s and 0.0 <= x <= 1.0:
-        x *= 100.0
-    return x if 0.0 <= x <= 100.0 else None
-
-
-def parse_confidence(text: str, allow_trailing: bool = True) -> float | None:
-    """The verbal confidence in ``text`` as a number 0–100, or None."""
-    if not text:
-        return None
-    for rx in (_CONF_KEY, _PCT):
-        for m in rx.finditer(text):
-            v = _value(m.group(1))
-            if v is not None:
-                return v
-    if allow_trailing:
-        m = _TRAIL.search(text.strip())
-        if m:
-            return _value(m.group(1))
-    return None
-
-
-def parse_answer(text: str) -> str:
-    """First non-empty line, minus a leading "Answer:" and a trailing confidence clause."""
-    for line in (text or "").splitlines():
-        line = _ANSWER_LEAD.sub("", line).strip()
-        line = _CLAUSE.sub("", line).strip()
-        if line:
-            return line
-    return ""
-
-
-def parse_inline(text: str) -> tuple[str, float | None]:
-    """(answer, confidence) from an inline reply "answer … Confidence: NN%".
-
-    The trailing-number rule is applied only after the answer line, so an answer like
-    "Carbon has atomic number 6" is not read as 6% confidence.
-    """
-    text = text or ""
-    answer = parse_answer(text)
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    first = lines[0] if lines else ""
-    clause = _CLAUSE.search(_ANSWER_LEAD.sub("", first))
-    rest = "\n".join(lines[1:])
-    conf = None
-    if clause:
-        conf = parse_confidence(clause.group(0), allow_trailing=False)
-    if conf is None and rest:
-        conf = parse_confidence(rest, allow_trailing=True)
-    return answer, conf
+from .verbal import (  # noqa: E402,F401
+    RULES as VERBAL_RULES,
+    VerbalParse,
+    parse_answer,
+    parse_confidence,
+    parse_inline,
+    parse_inline_verbal,
+    parse_verbal,
+)
 
 
 # ----------------------------------------------------------------------------------------

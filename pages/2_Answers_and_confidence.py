@@ -1,8 +1,11 @@
 """Answers & confidence: accuracy, verbal-confidence saturation, verbal vs the exact 0-100
 distribution (E[v], argmax), validity screen, per-item table."""
+import pandas as pd
 import streamlit as st
 
 from metacog import plots, ui
+from metacog.grading import GUARDS
+from metacog.verbal import RULES, UNPARSABLE
 
 ws = ui.current_workspace()
 ui.header("Answers & confidence", ws, "Does the number the model *says* track whether it is right? "
@@ -72,9 +75,39 @@ with ui.guard("answers and confidence"):
                   caption=f"{split} split, n={n}, {model}")
     ui.definitions("readouts", "validity", "ece", "auroc", "type_prior")
 
+    # ------------------------------------------------------------------ parse rules and grader guards
+    st.subheader("How the replies were read")
+    if "verbal_inline_rule" in d:
+        rules = pd.DataFrame({mode: d[f"verbal_{k}_rule"].value_counts().reindex(list(RULES), fill_value=0)
+                              for mode, k in ui.MODE_KEYS.items()})
+        rules.index.name = "parse rule"
+        rules.insert(0, "reads", ["value" if r not in UNPARSABLE else "unparsable (NaN)" for r in rules.index])
+        unp = {mode: int(d[f"verbal_{k}"].isna().sum()) for mode, k in ui.MODE_KEYS.items()}
+        c = st.columns(3)
+        for i, (mode, u) in enumerate(unp.items()):
+            c[i].metric(f"verbal {mode}: unparsable", f"{u}", help="replies with no readable 0–100 confidence "
+                        "(dates, ranges, ordinals, out of range or no number); dropped from the metrics and counted as n_missing")
+        short = d[d["kind"].ne("mc")] if "kind" in d else d
+        guards = short["grade_guard"].replace("", "(none)").value_counts().reindex(["(none)", *GUARDS], fill_value=0) \
+            if "grade_guard" in short else pd.Series(dtype=int)
+        c[2].metric("short answers refused by a grader guard", f"{int(guards.drop('(none)', errors='ignore').sum())}",
+                    help="an alias matched, but a guard (number, negation, hedge, longer name, symbol) refused it")
+        left, right = st.columns(2)
+        with left:
+            ui.show_table(rules.reset_index(), key="parse-rules", filename=f"{ws.root.name}-parse-rules-{split}",
+                          caption=f"replies per parse rule ({split} split, n={n}); rules in order under Definitions")
+        with right:
+            ui.show_table(guards.rename("short answers").rename_axis("grader guard").reset_index(), key="grade-guards",
+                          filename=f"{ws.root.name}-grader-guards-{split}",
+                          caption="short answers per guard that refused their alias match; '(none)': graded by the base rule")
+    else:
+        st.info("This workspace's answers predate the parse-rule and grader-guard columns; they are added the next time "
+                "the answers stage runs (it re-reads the stored replies, no generation).")
+
     # ------------------------------------------------------------------ items
     st.subheader("Items")
-    cols = [c for c in ["id", "split", "category", "difficulty", "question", "answer", "correct", "verbal_inline", "verbal_two_pass",
+    cols = [c for c in ["id", "split", "category", "difficulty", "question", "answer", "correct", "grade_guard", "verbal_inline",
+                        "verbal_inline_rule", "verbal_two_pass", "verbal_two_pass_rule",
                         "ev_inline", "argmax_inline", "ev_two_pass", "argmax_two_pass", "other_inline", "probe_p"] if c in d]
     ui.show_table(ui.with_links(d[cols], ws), key="items", filename=f"{ws.root.name}-answers-{split}",
                   column_config=ui.LINK_COLUMN, height=360, caption=f"{n} items; 'explore' opens one in the item explorer")

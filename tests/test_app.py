@@ -180,6 +180,12 @@ def test_answers_page(env, ws):
     assert titles[0].startswith("Verbal confidence, eval split, n=") and "tiny-llama" in titles[0]
     spec = _fig(at, 0)
     assert spec["data"] and spec["data"][0]["type"] == "bar"
+    # parse-rule and grader-guard counts (issue 11)
+    labels = {m.label for m in at.metric}
+    assert {"verbal inline: unparsable", "verbal two-pass: unparsable", "short answers refused by a grader guard"} <= labels
+    rules = next(df.value for df in at.dataframe if "parse rule" in df.value.columns)
+    n = int(titles[0].split("n=")[1].split()[0].strip(",;)"))
+    assert rules[["inline", "two-pass"]].sum().tolist() == [n, n]  # every eval-split reply counted once per mode
     # switching the split redraws with that split's n
     at.radio(key="ans-split").set_value("all").run()
     _no_exception(at)

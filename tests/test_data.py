@@ -344,8 +344,9 @@ def test_error_not_found_and_extension_and_empty(tmp_path):
     ("noq.jsonl", jsonl({"question": "Q?", "answer": "a"}, {"question": "Q2?", "answer": "b"}, {"answer": "c"}), 3,
      "without a question"),
     ("noq.jsonl", jsonl({"question": "Q?", "answer": "a"}, {"question": "  ", "answer": "b"}), 2, "without a question"),
-    ("noans.jsonl", jsonl({"question": "Q?", "answer": "a"}, {"question": "Q2?", "answers": []}), 2, "without any answer"),
-    ("noans.csv", "question,answer\nQ?,a\nQ2?,\n", 3, "without any answer"),
+    # no item has gold: refused at the first (one that lacks it among good ones is dropped: test_gold_*)
+    ("noans.jsonl", jsonl({"question": "Q?", "answers": []}, {"question": "Q2?", "answers": []}), 1, "without any answer"),
+    ("noans.csv", "question,answer\nQ?,\nQ2?,\n", 2, "without any answer"),
     ("dup.jsonl", jsonl({"id": "x", "question": "Q?", "answer": "a"}, {"id": "y", "question": "Q1?", "answer": "a"},
                         {"id": "x", "question": "Q2?", "answer": "b"}), 3, "line 1"),
     ("dupq.jsonl", jsonl({"question": "Q?", "answer": "a"}, {"question": "Q?", "answer": "b"}), 2, "line 1"),

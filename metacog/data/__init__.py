@@ -5,14 +5,17 @@
     df["split"] = assign_splits(df["id"], seed=0, strata=df["category"], groups=df.get("group"))
     check_splits(df)
 
-``metacog.data.generate`` rebuilds the built-in files; its fact packages are dev-only
+Item columns: ``readers.COLUMNS`` (``group``: the fact/entity an item asks about, from an optional
+``group`` field, else the item's id). ``metacog.data.generate`` rebuilds the built-in files; its fact packages are dev-only
 (``requirements-dev-data.txt``) and are never imported here.
 """
 from .readers import (
     BUILTIN,
     COLUMNS,
     MAX_FILE_BYTES,
+    LAYOUTS,
     DataError,
+    DataWarning,
     dataset_info,
     list_builtin,
     load_dataset,
@@ -26,6 +29,8 @@ __all__ = [
     "MAX_FILE_BYTES",
     "SPLITS",
     "DataError",
+    "DataWarning",
+    "LAYOUTS",
     "assign_splits",
     "check_eval_split",
     "check_splits",

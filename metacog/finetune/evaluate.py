@@ -57,32 +57,105 @@ def check_adapter(adapter_dir: Path, base_hash: str | None, lm=None) -> dict:
             f"this workspace's model has weights {base_hash}. Evaluate it in a workspace of its own base model."
         )
     if lm is not None:
-        from safetensors import safe_open
-
-        from ..arch import linear_dims
-
-        mods = dict(lm.model.named_modules())
-        with safe_open(str(d / "adapter_model.safetensors"), "pt") as f:
-            for k in f.keys():
-                if ".lora_A." not in k and ".lora_B." not in k:
-                    continue
-                path = k.split(".lora_")[0]
-                for pre in ("base_model.model.", "base_model."):
-                    if path.startswith(pre):
-                        path = path[len(pre):]
-                        break
-                m = mods.get(path)
-                shape = tuple(f.get_slice(k).get_shape())
-                dims = linear_dims(m) if m is not None else None
-                if dims is None:
-                    raise RunError(f"the adapter in {d} does not fit this model: it adapts '{path}', which this model "
-                                   f"({lm.name}) does not have (an adapter from another base model?)")
-                want = dims[0] if ".lora_A." in k else dims[1]  # Linear or GPT-2 Conv1D
-                have = shape[1] if ".lora_A." in k else shape[0]
-                if want != have:
-                    raise RunError(f"the adapter in {d} does not fit this model: '{path}' has {want} features, the adapter "
-                                   f"expects {have} (an adapter from another base model?)")
+        check_adapter_shapes(d, lm)
     return meta
+
+
+_ADAPTER_PREFIXES = ("base_model.model.", "base_model.")
+_WRAPPER_PARTS = (".base_layer", ".modules_to_save", ".original_module", ".default")
+
+
+def _adapter_key_path(key: str) -> str:
+    """A saved adapter tensor's name as the base model's parameter/module name."""
+    for pre in _ADAPTER_PREFIXES:
+        if key.startswith(pre):
+            key = key[len(pre):]
+            break
+    for part in _WRAPPER_PARTS:
+        key = key.replace(part + ".", ".")
+        if key.endswith(part):
+            key = key[: -len(part)]
+    return key
+
+
+def check_adapter_shapes(adapter_dir: Path, lm) -> None:
+    """Refuse, in one line, an adapter whose saved tensors do not fit ``lm``'s model.
+
+    Reads every tensor kind peft saves: ``lora_A``/``lora_B`` (checked against the adapted
+    module's in/out features), ``lora_embedding_A``/``lora_embedding_B`` (against the
+    embedding's rows/width), ``lora_magnitude_vector`` (DoRA; out features), and full weights
+    (``modules_to_save``, the embedding/output layers ``save_embedding_layers`` writes) against
+    the parameter of the same name. A mismatch in the vocabulary dimension says so ("made for
+    a vocabulary of N tokens, this model has M"). Raises :class:`RunError`.
+    """
+    from safetensors import safe_open
+
+    from ..arch import linear_dims
+
+    d = Path(adapter_dir)
+    model = lm.model
+    mods = dict(model.named_modules())
+    params = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    vocab = int(emb.weight.shape[0]) if emb is not None else None
+    name = getattr(lm, "name", "this model")
+
+    def refuse(path: str, what: str, want, have, dim_is_vocab: bool) -> None:
+        if dim_is_vocab and vocab is not None:
+            raise RunError(f"the adapter in {d} was made for a vocabulary of {have} tokens, this model ({name}) has "
+                           f"{want}: '{path}' {what} (a model whose vocabulary was resized, e.g. tokens added before "
+                           "fine-tuning? load it with that tokenizer and model)")
+        raise RunError(f"the adapter in {d} does not fit this model ({name}): '{path}' {what} "
+                       "(an adapter from another base model?)")
+
+    with safe_open(str(d / "adapter_model.safetensors"), "pt") as f:
+        for k in f.keys():
+            shape = tuple(f.get_slice(k).get_shape())
+            if ".lora_" in k:
+                mpath = _adapter_key_path(k.split(".lora_")[0])
+                kind = k.split(".lora_", 1)[1].split(".")[0]
+                m = mods.get(mpath)
+                if m is None:
+                    raise RunError(f"the adapter in {d} does not fit this model: it adapts '{mpath}', which this model "
+                                   f"({name}) does not have (an adapter from another base model?)")
+                if kind in ("embedding_A", "embedding_B"):
+                    w = getattr(m, "weight", None)
+                    if w is None or w.dim() != 2:
+                        raise RunError(f"the adapter in {d} does not fit this model: it adapts '{mpath}' as an embedding, "
+                                       f"which it is not in this model ({name})")
+                    rows, width = int(w.shape[0]), int(w.shape[1])
+                    if kind == "embedding_A" and shape[-1] != rows:
+                        refuse(mpath, f"has {rows} rows here, the adapter's lora_embedding_A expects {shape[-1]}",
+                               rows, shape[-1], rows == vocab)
+                    if kind == "embedding_B" and shape[0] != width:
+                        refuse(mpath, f"is {width} wide here, the adapter's lora_embedding_B expects {shape[0]}",
+                               width, shape[0], False)
+                    continue
+                feats = linear_dims(m)  # nn.Linear, GPT-2 Conv1D, or a PEFT layer around one
+                if feats is None:
+                    raise RunError(f"the adapter in {d} does not fit this model: it adapts '{mpath}', which is not a "
+                                   f"linear layer in this model ({name})")
+                fin, fout = feats
+                if kind == "A" and shape[-1] != fin:
+                    refuse(mpath, f"has {fin} input features here, the adapter's lora_A expects {shape[-1]}",
+                           fin, shape[-1], fin == vocab)
+                if kind == "B" and shape[0] != fout:
+                    refuse(mpath, f"has {fout} output features here, the adapter's lora_B expects {shape[0]}",
+                           fout, shape[0], fout == vocab)
+                if kind == "magnitude_vector" and shape[0] != fout:
+                    refuse(mpath, f"has {fout} output features here, the adapter's magnitude vector has {shape[0]}",
+                           fout, shape[0], fout == vocab)
+                continue
+            ppath = _adapter_key_path(k)
+            want = params.get(ppath)
+            if want is None:
+                raise RunError(f"the adapter in {d} does not fit this model: it saves '{ppath}', which this model "
+                               f"({name}) does not have (an adapter from another base model?)")
+            if want != shape:
+                diff = [i for i, (a, b) in enumerate(zip(want, shape)) if a != b]
+                on_vocab = len(want) == len(shape) and len(diff) == 1 and want[diff[0]] == vocab
+                refuse(ppath, f"is {list(want)} here, the adapter saves {list(shape)}",
+                       want[diff[0]] if on_vocab else want, shape[diff[0]] if on_vocab else shape, on_vocab)
 
 
 # ------------------------------------------------------------------------------ blocks
