@@ -193,7 +193,7 @@ CURRENCY_FIX = {  # code -> accepted answers (first = canonical); None = no ques
     "OM": ["Rial", "Riyal"],
     "IR": ["Rial", "Riyal"],
     "YE": ["Rial", "Riyal"],
-    "PA": ["Balboa", "Dollar"],
+    "PA": ["Balboa", "US dollar", "U.S. dollar", "United States dollar"],
     "GB": ["Pound", "Pound sterling", "Sterling"],
     "BR": ["Real", "Reais"],
     "RO": ["Leu", "Lei"],
@@ -205,6 +205,25 @@ CURRENCY_FIX = {  # code -> accepted answers (first = canonical); None = no ques
     "UZ": ["Som", "Sum"],
 }
 CFA = {"XOF", "XAF"}
+# currencies that several countries use: their own name (a bare "Dollar" would also grade
+# "the Canadian dollar" correct for Ecuador)
+CURRENCY_BY_CODE = {
+    "USD": ["US dollar", "U.S. dollar", "United States dollar", "American dollar", "USD"],
+    "AUD": ["Australian dollar"],
+    "CHF": ["Swiss franc"],
+    "XCD": ["East Caribbean dollar"],
+    "XOF": ["CFA franc", "West African CFA franc"],
+    "XAF": ["CFA franc", "Central African CFA franc"],
+}
+# the adjective in a currency's English name, where it is not the first DEMONYMS entry
+CURRENCY_ADJ = {
+    "CD": "Congolese", "DO": "Dominican", "GN": "Guinean", "NZ": "New Zealand", "RO": "Romanian", "RS": "Serbian",
+    "RU": "Russian", "SB": "Solomon Islands", "SD": "Sudanese", "SE": "Swedish", "SO": "Somali", "TR": "Turkish",
+    "PH": "Philippine", "TT": "Trinidad and Tobago", "AR": "Argentine", "BY": "Belarusian",
+}
+# continents: the adjective is as much an answer as the noun ("a European country")
+CONTINENT_ADJ = {"Africa": "African", "Asia": "Asian", "Europe": "European", "North America": "North American",
+                 "South America": "South American", "Oceania": "Oceanian"}
 
 # ----------------------------------------------------------------------------- elements / US
 # Symbols that are English words (or pieces of contractions: "it's" -> "it s") once normalised:
@@ -356,48 +375,75 @@ def country_answers(c, lenient=True, admin1=None):
     return variants(ans)
 
 
-def currency_answers(c):
+def currency_answers(c, generic=frozenset()):
+    """Accepted answers for a country's currency, or None (no question).
+
+    A bare name that several currencies share ("Dollar", "Franc", "Peso": ``generic``) is
+    not accepted on its own: alias containment would grade "the US dollar" correct for
+    Canada. It is qualified with the currency's own adjective ("Canadian dollar"), and a
+    currency used by several countries gets its own name ("US dollar", "CFA franc")."""
     if c["code"] in CURRENCY_FIX:
         fix = CURRENCY_FIX[c["code"]]
-        return None if fix is None else variants(fix)
-    if c["currency_code"] == "USD":
-        return variants(["US dollar", "Dollar"])
-    if c["currency_code"] == "AUD":
-        return variants(["Australian dollar", "Dollar"])
-    if c["currency_code"] == "CHF":
-        return variants(["Swiss franc", "Franc"])
-    if c["currency_code"] in CFA:
-        return variants(["CFA franc", "Franc"])
-    return variants([c["currency"]])
+        if fix is None:
+            return None
+        base = list(fix)
+    elif c["currency_code"] in CURRENCY_BY_CODE:
+        return variants(CURRENCY_BY_CODE[c["currency_code"]])
+    else:
+        base = [c["currency"]]
+    adj = CURRENCY_ADJ.get(c["code"]) or (c["demonyms"][0] if c["demonyms"] else None)
+    out = []
+    for a in base:
+        if norm(fold(a)) in generic:
+            if adj is None:
+                raise ValueError(f"{c['code']}: the currency {a!r} is shared; give CURRENCY_ADJ an adjective")
+            out.append(f"{adj} {a.lower()}")
+        else:
+            out.append(a)
+    return variants(out)
+
+
+def generic_currency_names(countries) -> frozenset:
+    """Normalised currency names that more than one currency (ISO code) is called."""
+    by = collections.defaultdict(set)
+    for code, c in countries.items():
+        fix = CURRENCY_FIX.get(code, [c["currency"]])
+        for a in fix or []:
+            by[norm(fold(a))].add(c["currency_code"])
+    return frozenset(k for k, v in by.items() if len(v) > 1)
 
 
 def build_facts(countries, cities, elements, states):
     """Every eligible fact, per category: dicts with slug, question, answers, difficulty, group."""
     facts = collections.defaultdict(list)
 
-    def add(cat, key, question, answers, difficulty, group="", pool_key=None, region=""):
-        # group: sampling cap unit ("multi" = several accepted answers: no MC item);
-        # region: MC distractors are drawn from the same region when it has enough of them
+    def add(cat, key, question, answers, difficulty, cap="", pool_key=None, region="", entity=""):
+        # cap: sampling cap unit ("multi" = several accepted answers: no MC item);
+        # region: MC distractors are drawn from the same region when it has enough of them;
+        # entity: the item's ``group`` (ENTITY_GROUPS), shared by every question about it
         facts[cat].append(dict(slug=slug(key), question=question, answers=answers, difficulty=difficulty,
-                               group=group, pool_key=pool_key or answers[0], region=region))
+                               cap=cap, pool_key=pool_key or answers[0], region=region, entity=entity))
 
+    generic = generic_currency_names(countries)
     for code, c in countries.items():
         tier = country_tier(c["pop"])
+        ent = f"country:{code}"
         key = c["answers"][0]  # ids read wf-capital-of-country-netherlands, not ...-the-netherlands
         if c["capital"]:
             caps = variants(c["capital"])
             add("capital-of-country", key, f"What is the capital of {c['qname']}?", caps, tier,
-                region=c["continent"])
+                region=c["continent"], entity=ent)
             if code not in NOT_AN_ANSWER:
                 add("country-of-capital", caps[0], f"{caps[0]} is the capital of which country?",
-                    country_answers(c), tier, pool_key=c["answers"][0], region=c["continent"])
+                    country_answers(c), tier, pool_key=c["answers"][0], region=c["continent"], entity=ent)
         if code not in NO_CONTINENT_QUESTION:
             conts = TRANSCONTINENTAL.get(code, [CONTINENT_NAMES[c["continent"]]])
-            add("continent-of-country", key, f"On which continent is {c['qname']}?", conts, tier,
-                "multi" if len(conts) > 1 else "")
-        cur = currency_answers(c)
+            answers = variants(conts + [CONTINENT_ADJ[x] for x in conts])
+            add("continent-of-country", key, f"On which continent is {c['qname']}?", answers, tier,
+                "multi" if len(conts) > 1 else "", entity=ent)
+        cur = currency_answers(c, generic)
         if cur:
-            add("currency-of-country", key, f"What is the currency of {c['qname']}?", cur, tier)
+            add("currency-of-country", key, f"What is the currency of {c['qname']}?", cur, tier, entity=ent)
 
     # cities -> country (sovereign, not an excluded answer); national capitals are asked
     # about in their own templates, so not again as cities
@@ -415,19 +461,21 @@ def build_facts(countries, cities, elements, states):
         name = display_name(city["name"])
         add("country-of-city", name, f"In which country is the city of {name}?",
             country_answers(c, admin1=city["admin1code"]), _tier(city["population"], 1_000_000, 300_000),
-            code, pool_key=c["answers"][0], region=c["continent"])
+            code, pool_key=c["answers"][0], region=c["continent"], entity=f"city:{code}:{slug(name)}")
 
     for el in elements:
         name = el["name"]
         names = variants([n.capitalize() for n in [name] + ELEMENT_SPELLINGS.get(name, [])])
+        ent = f"element:{el['symbol']}"
         tier = "easy" if el["z"] <= 20 or el["symbol"] in COMMON_ELEMENTS else ("medium" if el["z"] <= 56 else "hard")
         if el["symbol"] not in WORDLIKE_SYMBOLS:
-            add("element-symbol", name, f"What is the chemical symbol for {name}?", [el["symbol"]], tier)
-        add("element-of-symbol", el["symbol"], f"Which chemical element has the symbol {el['symbol']}?", names, tier)
+            add("element-symbol", name, f"What is the chemical symbol for {name}?", [el["symbol"]], tier, entity=ent)
+        add("element-of-symbol", el["symbol"], f"Which chemical element has the symbol {el['symbol']}?", names, tier,
+            entity=ent)
         num = [str(el["z"])] + ([NUMBER_WORDS[el["z"]]] if el["z"] < len(NUMBER_WORDS) else [])
-        add("atomic-number", name, f"What is the atomic number of {name}?", num, tier)
+        add("atomic-number", name, f"What is the atomic number of {name}?", num, tier, entity=ent)
         add("element-of-atomic-number", str(el["z"]), f"Which chemical element has the atomic number {el['z']}?",
-            names, tier)
+            names, tier, entity=ent)
 
     # US: state "size" = summed population of its GeoNames cities (a prominence proxy)
     us_cities = [c for c in cities if c["countrycode"] == "US"]
@@ -439,11 +487,15 @@ def build_facts(countries, cities, elements, states):
     by_abbr = {s["abbr"]: s for s in states}
     for s in states:
         tier = state_tier[s["abbr"]]
-        add("us-state-capital", s["name"], f"What is the capital of the US state of {s['name']}?", variants([s["capital"]]), tier)
-        add("us-state-of-capital", s["capital"], f"{s['capital']} is the capital of which US state?", [s["name"]], tier)
+        ent = f"us-state:{s['abbr']}"
+        add("us-state-capital", s["name"], f"What is the capital of the US state of {s['name']}?", variants([s["capital"]]),
+            tier, entity=ent)
+        add("us-state-of-capital", s["capital"], f"{s['capital']} is the capital of which US state?", [s["name"]], tier,
+            entity=ent)
         if s["abbr"] not in WORDLIKE_STATE_CODES:
             add("us-state-abbreviation", s["name"],
-                f"What is the two-letter postal abbreviation for the US state of {s['name']}?", [s["abbr"]], tier)
+                f"What is the two-letter postal abbreviation for the US state of {s['name']}?", [s["abbr"]], tier,
+                entity=ent)
     state_capitals = {norm(fold(s["capital"])) for s in states}
     big = [c for c in dominant(us_cities) if c["population"] >= 50_000]
     for city in drop_districts(big, cities):
@@ -454,7 +506,8 @@ def build_facts(countries, cities, elements, states):
             continue
         name = display_name(city["name"])
         add("us-state-of-city", name, f"In which US state is the city of {name}?", [st["name"]],
-            _tier(city["population"], 300_000, 100_000), st["abbr"], pool_key=st["name"])
+            _tier(city["population"], 300_000, 100_000), st["abbr"], pool_key=st["name"],
+            entity=f"us-city:{st['abbr']}:{slug(name)}")
 
     # global filters: answer in question, duplicate slugs
     for cat in list(facts):
@@ -509,9 +562,9 @@ def _pick(rng, facts, n, cap=None):
         return facts
     out, per = [], collections.Counter()
     for f in facts:
-        if cap is not None and per[f["group"]] >= cap:
+        if cap is not None and per[f["cap"]] >= cap:
             continue
-        per[f["group"]] += 1
+        per[f["cap"]] += 1
         out.append(f)
         if len(out) == n:
             break
@@ -532,7 +585,7 @@ def select_short(facts, seed):
                 chosen += _pick(rng, pool, n, cap)
         for f in sorted(chosen, key=lambda f: f["slug"]):
             items.append({"id": f"wf-{cat}-{f['slug']}", "question": f["question"], "answers": f["answers"],
-                          "category": cat, "difficulty": f["difficulty"]})
+                          "category": cat, "difficulty": f["difficulty"], "group": f["entity"]})
     return items
 
 
@@ -550,7 +603,7 @@ def select_mc(facts, seed):
     chosen_all = []
     for cat, n in MC_PLAN.items():
         rng = random.Random(f"{seed}:mc:{cat}")
-        pool = [f for f in facts[cat] if f["group"] != "multi"]
+        pool = [f for f in facts[cat] if f["cap"] != "multi"]
         by_tier = collections.defaultdict(list)
         for f in pool:
             by_tier[f["difficulty"]].append(f)
@@ -589,11 +642,29 @@ def select_mc(facts, seed):
                     continue
                 cands.append(label)
         cands = [c for c in cands if norm(fold(c)) not in bad]
-        distractors = drng.sample(sorted(set(cands)), 3)
+        distractors = length_balanced(sorted(set(cands)), correct, drng)
         choices = distractors[:pos] + [correct] + distractors[pos:]
         items.append({"id": f"wfmc-{cat}-{f['slug']}", "question": f["question"], "choices": choices,
-                      "answer_index": pos, "category": cat, "difficulty": f["difficulty"]})
+                      "answer_index": pos, "category": cat, "difficulty": f["difficulty"], "group": f["entity"]})
     return items
+
+
+def length_balanced(cands: list[str], correct: str, rng: random.Random, k: int = 3, window: int = 8) -> list[str]:
+    """``k`` distractors drawn so that option length says nothing about which is correct.
+
+    The candidates and the correct answer are sorted by length in characters (ties in a
+    random order); a window of ``window`` consecutive ones is placed so that the correct
+    answer's position in it is uniform, and the ``k`` distractors are drawn uniformly from the
+    rest of the window. The correct option is then exchangeable with the distractors as far
+    as length goes: it is the unique shortest (or longest) of the options as often as any
+    one distractor is (up to the ends of the length range), and the options are alike in
+    length. (Summed log-likelihood scoring favours short options: the previous uniform
+    draw made the correct option the unique shortest in 44% of items.)"""
+    order = sorted(list(dict.fromkeys(cands)) + [correct], key=lambda c: (len(c), rng.random()))
+    p, w = order.index(correct), min(window, len(order))
+    start = rng.randint(max(0, p - w + 1), min(p, len(order) - w))
+    pool = [c for c in order[start : start + w] if c != correct]
+    return rng.sample(pool, k)
 
 
 # ----------------------------------------------------------------------------- output
