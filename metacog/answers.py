@@ -368,7 +368,8 @@ def run_answers(
         chunk = items.iloc[idx]
         tick = (lambda f, base=finished, size=len(chunk): progress(base + int(f * size), n, "answering")) if progress else None
         df = _answer_chunk(lm, chunk, study, tick=tick, should_stop=should_stop)
-        ws.write_parquet(str((parts / f"part-{int(chunk['row'].min()):07d}.parquet").relative_to(ws.root)), df)
+        name = f"part-{int(chunk['row'].min()):07d}-{len(chunk):04d}.parquet"  # unique per chunk of the partition
+        ws.write_parquet(str((parts / name).relative_to(ws.root)), df)
         frames.append(df)
         finished += len(chunk)
         if progress:
