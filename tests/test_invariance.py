@@ -162,3 +162,14 @@ def test_answers_resume_redoes_at_most_one_chunk(tmp_path, tiny_lm, monkeypatch)
     assert sum(answered) == 40
     cols = ["row", "answer_text", "text_two_pass", "verbal_inline", "verbal_two_pass", "correct"]
     pd.testing.assert_frame_equal(resumed[cols], clean[cols])
+
+def test_manifest_records_the_ev_noise_floor(tmp_path, tiny_lm):
+    from metacog.activations import ev_noise_floor
+
+    items = tiny_items(4)
+    st = StudySettings(max_new_tokens=4, confidence_max_new_tokens=4, batch_size=4)
+    ws = Workspace(tmp_path)
+    ans = run_answers(ws, tiny_lm, items, st)
+    man = run_activations(ws, tiny_lm, items, ans, answers_key(tiny_lm, items, st), 4)
+    assert man["model_dtype"] == "float32" and man["ev_noise_floor"] == ev_noise_floor("float32") == 0.001
+    assert ev_noise_floor("torch.bfloat16") > 1 and ev_noise_floor("float16") is None
