@@ -20,7 +20,15 @@ Rules every item obeys (checked again by tests/test_data.py):
   Equatorial Guinea, Republic of the Congo in Democratic Republic of the Congo, Sudan,
   Dominica) are not asked for;
 - nationality words are lenient aliases only where they name one country and are not a
-  language spoken in several (so "Kenyan" but not "French").
+  language spoken in several (so "Kenyan" but not "French");
+- a currency name that several currencies share ("Dollar", "Franc", "Peso"...) is accepted
+  only qualified ("Canadian dollar"; ``currency_answers``), and a continent also accepts its
+  adjective ("European");
+- every item has a ``group``: the entity it asks about (``country:FR``, ``element:Np``,
+  ``us-state:TX``, ``city:FR:lyon``, ``us-city:CA:modesto``), shared by its reverse and
+  sibling questions, so splits by group keep them on one side;
+- multiple-choice distractors are drawn so that option length says nothing about which
+  option is correct (``length_balanced``; measured in tests/test_builtin_sets.py).
 """
 from __future__ import annotations
 
