@@ -626,8 +626,14 @@ def select_mc(facts, seed):
     rng = random.Random(f"{seed}:mc:positions")
     positions = [i % 4 for i in range(len(chosen_all))]
     rng.shuffle(positions)
+    # the correct option's position in length order, spread evenly within each category
+    ranks = []
+    for cat in MC_PLAN:
+        rr = [i % 4 for i in range(sum(1 for c, _ in chosen_all if c == cat))]
+        random.Random(f"{seed}:mc:{cat}:length-ranks").shuffle(rr)
+        ranks += rr
     items = []
-    for (cat, f), pos in zip(chosen_all, positions):
+    for (cat, f), pos, rank in zip(chosen_all, positions, ranks):
         drng = random.Random(f"{seed}:mc:{cat}:{f['slug']}")
         correct = f["pool_key"]
         bad = {norm(fold(a)) for a in f["answers"] + [correct]}
@@ -650,29 +656,36 @@ def select_mc(facts, seed):
                     continue
                 cands.append(label)
         cands = [c for c in cands if norm(fold(c)) not in bad]
-        distractors = length_balanced(sorted(set(cands)), correct, drng)
+        distractors = length_balanced(sorted(set(cands)), correct, rank, drng)
         choices = distractors[:pos] + [correct] + distractors[pos:]
         items.append({"id": f"wfmc-{cat}-{f['slug']}", "question": f["question"], "choices": choices,
                       "answer_index": pos, "category": cat, "difficulty": f["difficulty"], "group": f["entity"]})
     return items
 
 
-def length_balanced(cands: list[str], correct: str, rng: random.Random, k: int = 3, window: int = 8) -> list[str]:
-    """``k`` distractors drawn so that option length says nothing about which is correct.
+def length_balanced(cands: list[str], correct: str, rank: int, rng: random.Random, k: int = 3, near: int = 6) -> list[str]:
+    """``k`` distractors such that the correct option has position ``rank`` (0 = first) when
+    the options are sorted by length in characters, ties in a random order.
 
-    The candidates and the correct answer are sorted by length in characters (ties in a
-    random order); a window of ``window`` consecutive ones is placed so that the correct
-    answer's position in it is uniform, and the ``k`` distractors are drawn uniformly from the
-    rest of the window. The correct option is then exchangeable with the distractors as far
-    as length goes: it is the unique shortest (or longest) of the options as often as any
-    one distractor is (up to the ends of the length range), and the options are alike in
-    length. (Summed log-likelihood scoring favours short options: the previous uniform
-    draw made the correct option the unique shortest in 44% of items.)"""
+    The candidates and the correct answer are sorted by (length, random tie-break); ``rank``
+    distractors are drawn from the ``near`` candidates just before the correct answer in that
+    order and ``k - rank`` from the ``near`` just after it (so the options are alike in
+    length). Where one side has too few candidates, the nearest feasible rank is used. With
+    ``rank`` spread evenly over the items (``select_mc``), the correct option is the shortest,
+    second, third or longest equally often, and ties are broken the same way for it as for a
+    distractor, so option length says nothing about which is correct. (The uniform draw
+    before this made the correct option the unique shortest in 19.4% of items, vs 14.8% for a
+    distractor.)"""
     order = sorted(list(dict.fromkeys(cands)) + [correct], key=lambda c: (len(c), rng.random()))
-    p, w = order.index(correct), min(window, len(order))
-    start = rng.randint(max(0, p - w + 1), min(p, len(order) - w))
-    pool = [c for c in order[start : start + w] if c != correct]
-    return rng.sample(pool, k)
+    p = order.index(correct)
+    before, after = order[:p][::-1], order[p + 1 :]  # nearest first
+    fits = [r for r in range(k + 1) if len(before) >= r and len(after) >= k - r]
+    if not fits:
+        raise ValueError(f"fewer than {k} distractor candidates for {correct!r}")
+    r = min(fits, key=lambda x: (abs(x - rank), x))
+    out = rng.sample(before[: max(near, r)], r) + rng.sample(after[: max(near, k - r)], k - r)
+    rng.shuffle(out)
+    return out
 
 
 # ----------------------------------------------------------------------------- output
