@@ -28,10 +28,9 @@ import torch
 
 from . import prompts
 from .confidence import left_pad, parse_confidence, parse_inline
-from .generation import generate
+from .generation import batches_by_length, generate
 from .grading import grade_mc, grade_short
 from .runtime import ProgressFn, StopFn, check_stop
-from .generation import batches_by_length
 from .settings import MC_SCORINGS, StudySettings, stable_hash
 from .workspace import Workspace
 
