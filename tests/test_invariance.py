@@ -173,3 +173,18 @@ def test_manifest_records_the_ev_noise_floor(tmp_path, tiny_lm):
     man = run_activations(ws, tiny_lm, items, ans, answers_key(tiny_lm, items, st), 4)
     assert man["model_dtype"] == "float32" and man["ev_noise_floor"] == ev_noise_floor("float32") == 0.001
     assert ev_noise_floor("torch.bfloat16") > 1 and ev_noise_floor("float16") is None
+
+
+def test_cli_flags_reach_the_settings(tmp_path):
+    import argparse
+
+    from metacog import cli
+
+    p = argparse.ArgumentParser()
+    cli._add_model_args(p)
+    cli._add_study_args(p)
+    args = p.parse_args(["--max-prompt-tokens", "2048", "--mc-scoring", "pmi"])
+    _, study = cli._settings_from(args, Workspace(tmp_path / "new"))
+    assert study.max_prompt_tokens == 2048 and study.mc_scoring == "pmi"
+    _, default = cli._settings_from(p.parse_args([]), Workspace(tmp_path / "new2"))
+    assert default.max_prompt_tokens == 1024 and default.mc_scoring == "per_char"
