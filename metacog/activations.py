@@ -29,6 +29,15 @@ from .settings import POSITIONS, stable_hash
 from .workspace import Workspace, WorkspaceError, atomic_save_npy, atomic_write_json, open_memmap
 
 ACTIVATIONS_VERSION = 1
+# Largest |ΔE[v]| (points of 100) that batch composition alone produced for the same item,
+# by model dtype (bench/bench_invariance.py; docs/SCIENCE.md "Batch invariance"), rounded up.
+# Pages show it beside effects on E[v]; None = not measured for that dtype.
+EV_NOISE_FLOOR = {"float32": 0.001, "bfloat16": 2.4, "float16": None}
+
+
+def ev_noise_floor(dtype) -> float | None:
+    """The measured E[v] noise floor (points) for a torch dtype or its name, or None."""
+    return EV_NOISE_FLOOR.get(str(dtype).replace("torch.", ""))
 MODE_KEYS = {"inline": "inline", "two-pass": "two_pass"}
 
 
@@ -81,8 +90,9 @@ def run_activations(
     fresh = man.get("key") != key
     atomic_write_json(
         d / "manifest.json",
-        {"key": key, "answers": answers_key, "positions": list(POSITIONS), "n_layers": H, "n_decoder_layers": lm.n_layers, "d_model": D,
-         "n_items": n, "dtype": "float16", "complete": False, "model": lm.name, "weights_hash": lm.weights_hash},
+        {"key": key, "answers": answers_key, "positions": list(POSITIONS), "n_layers": H, "n_decoder_layers": lm.n_layers,
+         "d_model": D, "n_items": n, "dtype": "float16", "complete": False, "model": lm.name, "weights_hash": lm.weights_hash,
+         "model_dtype": str(lm.dtype).replace("torch.", ""), "ev_noise_floor": ev_noise_floor(lm.dtype)},
     )
     mms = {p: _open(d / f"{p}.npy", (n, H, D), np.float16, fresh) for p in POSITIONS}
     vals = {m: _open(d / f"values_{k}.npy", (n, 102), np.float64, fresh) for m, k in MODE_KEYS.items()}

@@ -2,14 +2,21 @@
 
 - short-answer items: greedy generation on the answer prompt; the reply gives the answer
   (first line) and the *inline* verbal confidence;
-- multiple-choice items: the option with the highest summed log-likelihood is the answer
-  (letters are useless on small models); the inline verbal confidence is the greedy
+- multiple-choice items: every option's log-likelihood after the prompt and after a neutral
+  prompt is stored, and the option with the best score under ``StudySettings.mc_scoring``
+  (``mc_option_scores``; summed, per token, per character or PMI, docs/SCIENCE.md) is the
+  answer (letters are useless on small models); the inline verbal confidence is the greedy
   continuation after that option;
 - *two-pass*: a second prompt shows the question and the model's answer and asks for its
   confidence; the greedy reply is parsed.
 
-Work is done in chunks saved atomically under ``answers_parts/<key>/``, so a killed run
-resumes where it stopped; the finished table is ``answers.parquet``.
+Items are taken in order of prompt length (so a long item pads only its neighbours in
+length) in chunks of at most ``ANSWER_CHUNK`` items, each saved atomically under
+``answers_parts/<key>/`` once done, so a killed run redoes at most one chunk; the chunks
+are a fixed partition of the length order, so a resumed run batches every item exactly as
+a clean run does. The finished table is ``answers.parquet``. A prompt longer than
+``StudySettings.max_prompt_tokens`` is refused before any model work
+(``check_prompt_lengths``).
 """
 from __future__ import annotations
 
@@ -22,14 +29,16 @@ import torch
 from .arch import input_device
 from . import prompts
 from .confidence import left_pad, parse_confidence, parse_inline
-from .generation import generate
+from .generation import batches_by_length, generate
 from .grading import grade_mc, grade_short, grade_short_detail
 from .verbal import parse_inline_verbal, parse_verbal
 from .runtime import ProgressFn, StopFn, check_stop
-from .settings import StudySettings, stable_hash
+from .settings import MC_SCORINGS, StudySettings, stable_hash
 from .workspace import Workspace, remove_tree
 
-ANSWERS_VERSION = 2  # bump when prompts or parsing change
+ANSWERS_VERSION = 3  # bump when prompts or parsing change (3: per-option MC scores, length-ordered chunks)
+ANSWER_CHUNK = 16  # items per saved chunk (at most this many are redone after a kill)
+NEUTRAL_QUESTION = "Answer:"  # the question of the neutral prompt PMI divides by (lm-eval-harness' context)
 INLINE_VERBAL_TOKENS = 8  # " 100%" and a little slack after the forced "Confidence:"
 FORCED_MARK = prompts.INLINE_CONF_PREFIX  # "\nConfidence:" joins the reply and the forced continuation in answer_text
 
@@ -56,7 +65,91 @@ def answers_key(lm, items: pd.DataFrame, study: StudySettings) -> str:
         study.max_new_tokens,
         study.confidence_max_new_tokens,
         study.prompt_style,
+        study.mc_scoring,
     )
+
+
+class PromptTooLong(ValueError):
+    """An item's answer prompt is longer than ``max_prompt_tokens`` (message names it)."""
+
+
+def check_prompt_lengths(ids: list, prompt_lens: list[int], max_prompt_tokens: int) -> None:
+    """Refuse, before any model work, items whose answer prompt has more than
+    ``max_prompt_tokens`` tokens: one message naming the longest offenders (id and length),
+    how many there are, and how to raise the cap (``--max-prompt-tokens``). Every prompt of a
+    batch is padded to its longest, so one such item costs its whole batch that length."""
+    over = sorted(((n, str(i)) for i, n in zip(ids, prompt_lens) if n > max_prompt_tokens), reverse=True)
+    if not over:
+        return
+    shown = ", ".join(f"{i!r} ({n:,} tokens)" for n, i in over[:3])
+    more = f" and {len(over) - 3} more" if len(over) > 3 else ""
+    raise PromptTooLong(
+        f"{len(over)} item(s) have an answer prompt over the {max_prompt_tokens:,}-token cap: {shown}{more}; "
+        f"shorten or drop them, or raise the cap with --max-prompt-tokens N (setting max_prompt_tokens)"
+    )
+
+
+def mc_option_scores(loglik, n_tokens, n_chars, loglik_neutral, scoring: str) -> np.ndarray:
+    """Score of each option of one item under ``scoring`` (higher = chosen).
+
+    Inputs are per-option arrays of equal length: ``loglik`` the summed log-probability
+    (natural log) of the option's tokens after the item's prompt, ``n_tokens`` and
+    ``n_chars`` the option's length in tokens and characters, ``loglik_neutral`` the summed
+    log-probability of the same tokens after the neutral prompt (the item's template with the
+    question replaced by ``NEUTRAL_QUESTION``). Scorings (docs/SCIENCE.md):
+
+    - ``sum``: ``loglik`` (favours short options: each token costs probability);
+    - ``per_token``: ``loglik / n_tokens``;
+    - ``per_char``: ``loglik / n_chars`` (lm-eval-harness ``acc_norm``);
+    - ``pmi``: ``loglik - loglik_neutral`` (Holtzman et al. 2021, "surface form
+      competition"; lm-eval-harness ``acc_mutual_info``).
+
+    An option with no tokens or characters scores -inf. Raises ValueError for an unknown
+    scoring or arrays of different lengths."""
+    ll = np.asarray(loglik, dtype=float)
+    nt, nc = np.asarray(n_tokens, dtype=float), np.asarray(n_chars, dtype=float)
+    ln = np.asarray(loglik_neutral, dtype=float)
+    if not (ll.shape == nt.shape == nc.shape == ln.shape) or ll.ndim != 1:
+        raise ValueError(f"option arrays differ in shape: {ll.shape}, {nt.shape}, {nc.shape}, {ln.shape}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if scoring == "sum":
+            out = ll.copy()
+        elif scoring == "per_token":
+            out = np.where(nt > 0, ll / nt, -np.inf)
+        elif scoring == "per_char":
+            out = np.where(nc > 0, ll / nc, -np.inf)
+        elif scoring == "pmi":
+            out = ll - ln
+        else:
+            raise ValueError(f"unknown mc_scoring {scoring!r}; one of {', '.join(MC_SCORINGS)}")
+    return np.where(nt > 0, out, -np.inf)
+
+
+def mc_accuracy_by_scoring(answers: pd.DataFrame, items: pd.DataFrame, split: str | None = None) -> dict:
+    """Multiple-choice accuracy under every scoring in ``MC_SCORINGS``, from the per-option
+    columns that ``run_answers`` stores (``option_loglik``, ``option_tokens``,
+    ``option_chars``, ``option_loglik_neutral``). Joins on ``row``; ``split`` restricts to
+    one split. Returns ``{"n": items scored, "<scoring>": accuracy or None}`` (None: no
+    multiple-choice item, or answers from before these columns existed). Ties go to the
+    lowest option index (``grading.grade_mc``)."""
+    out: dict = {"n": 0, **{sc: None for sc in MC_SCORINGS}}
+    need = ("option_loglik", "option_tokens", "option_chars", "option_loglik_neutral")
+    if "kind" not in items or not all(c in answers for c in need):
+        return out
+    it = items.set_index("row")
+    a = answers[answers["row"].isin(it.index[it["kind"].eq("mc")])]
+    if split is not None:
+        a = a[it.loc[a["row"], "split"].to_numpy() == split]
+    if a.empty:
+        return out
+    truth = it.loc[a["row"], "answer_index"].astype(int).to_numpy()
+    out["n"] = int(len(a))
+    for sc in MC_SCORINGS:
+        hits = [grade_mc(mc_option_scores(ll, nt, nc, ln, sc), t)[1]
+                for ll, nt, nc, ln, t in zip(a["option_loglik"], a["option_tokens"], a["option_chars"],
+                                             a["option_loglik_neutral"], truth)]
+        out[sc] = float(np.mean(hits))
+    return out
 
 
 def _number_complete(text: str) -> bool:
@@ -80,8 +173,11 @@ def _stop_two_pass(text: str) -> bool:
 
 
 @torch.no_grad()
-def option_logliks(lm, prompt_ids: list[list[int]], options: list[list[str]], batch_size: int = 32) -> list[list[float]]:
-    """Summed log-probability of each option's tokens after its prompt."""
+def option_token_logliks(lm, prompt_ids: list[list[int]], options: list[list[str]], batch_size: int = 32
+                         ) -> tuple[list[list[float]], list[list[int]]]:
+    """Summed log-probability (natural log) of each option's tokens after its prompt, and the
+    option's token count: two lists shaped like ``options``. Sequences run in batches of
+    similar length (``batches_by_length``); an option with no tokens scores -inf."""
     tok, model = lm.tokenizer, lm.model
     dev = input_device(model)
     seqs, owner, spans = [], [], []
@@ -92,18 +188,38 @@ def option_logliks(lm, prompt_ids: list[list[int]], options: list[list[str]], ba
             owner.append((i, j))
             spans.append(len(ids))
     out = [[0.0] * len(o) for o in options]
-    for s in range(0, len(seqs), batch_size):
-        batch = seqs[s : s + batch_size]
-        ids, att, pos = left_pad(batch, tok.pad_token_id, dev)
+    ntok = [[0] * len(o) for o in options]
+    for idx in batches_by_length(seqs, batch_size):
+        ids, att, pos = left_pad([seqs[k] for k in idx], tok.pad_token_id, dev)
         logits = model(input_ids=ids, attention_mask=att, position_ids=pos).logits.float()
         lsm = torch.log_softmax(logits[:, :-1], -1)
         tgt = ids[:, 1:]
         lp = lsm.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)  # [B, T-1]
-        for k in range(len(batch)):
-            n = spans[s + k]
-            i, j = owner[s + k]
-            out[i][j] = float(lp[k, -n:].sum()) if n else float("-inf")
-    return out
+        for b, k in enumerate(idx):
+            n = spans[k]
+            i, j = owner[k]
+            out[i][j] = float(lp[b, -n:].sum()) if n else float("-inf")
+            ntok[i][j] = n
+    return out, ntok
+
+
+def option_logliks(lm, prompt_ids: list[list[int]], options: list[list[str]], batch_size: int = 32) -> list[list[float]]:
+    """Summed log-probability of each option's tokens after its prompt."""
+    return option_token_logliks(lm, prompt_ids, options, batch_size)[0]
+
+
+def option_scores(lm, questions: list[str], options: list[list[str]], style: str, batch_size: int = 32) -> list[dict]:
+    """Per item, the per-option numbers every scoring needs (``mc_option_scores``):
+    ``option_loglik`` after the item's answer prompt, ``option_loglik_neutral`` after the
+    neutral prompt (same template and option list, question ``NEUTRAL_QUESTION``),
+    ``option_tokens`` and ``option_chars``."""
+    tok, chat = lm.tokenizer, lm.is_chat
+    p_item = [prompts.encode_answer_prompt(tok, chat, q, c, style).ids for q, c in zip(questions, options)]
+    p_neutral = [prompts.encode_answer_prompt(tok, chat, NEUTRAL_QUESTION, c, style).ids for c in options]
+    ll, nt = option_token_logliks(lm, p_item + p_neutral, list(options) + list(options), batch_size)
+    n = len(options)
+    return [{"option_loglik": ll[i], "option_loglik_neutral": ll[n + i], "option_tokens": nt[i],
+             "option_chars": [len(str(o)) for o in options[i]]} for i in range(n)]
 
 
 def _answer_chunk(lm, chunk: pd.DataFrame, study: StudySettings, tick=None, should_stop=None) -> pd.DataFrame:
@@ -131,7 +247,7 @@ def _answer_chunk(lm, chunk: pd.DataFrame, study: StudySettings, tick=None, shou
     answer = [""] * n
     v_inline: list[float | None] = [None] * n
     source = ["forced"] * n
-    logliks: list[list[float] | None] = [None] * n
+    mcs: list[dict | None] = [None] * n
     short = [i for i in range(n) if not is_mc[i]]
     if short:
         stop = _stop_first_line if style == "plain" else _stop_inline
@@ -143,10 +259,12 @@ def _answer_chunk(lm, chunk: pd.DataFrame, study: StudySettings, tick=None, shou
                 source[i] = "free"
     mc = [i for i in range(n) if is_mc[i]]
     if mc:
-        ll = option_logliks(lm, [prompt_ids[i] for i in mc], [list(choices[i]) for i in mc], study.batch_size)
-        for i, l in zip(mc, ll):
-            logliks[i] = l
-            answer[i] = raw[i] = str(choices[i][int(np.argmax(l))])
+        sc = option_scores(lm, [questions[i] for i in mc], [list(choices[i]) for i in mc], style, study.batch_size)
+        for i, d in zip(mc, sc):
+            mcs[i] = d
+            pick, _ = grade_mc(mc_option_scores(d["option_loglik"], d["option_tokens"], d["option_chars"],
+                                                d["option_loglik_neutral"], study.mc_scoring), 0)
+            answer[i] = raw[i] = str(choices[i][pick])
     # inline verbal confidence where the reply stated none: same assistant turn, the answer
     # then "\nConfidence:" (the readout's prefix), and the model's greedy continuation
     need = [i for i in range(n) if v_inline[i] is None]
@@ -160,8 +278,11 @@ def _answer_chunk(lm, chunk: pd.DataFrame, study: StudySettings, tick=None, shou
     t2 = gen(two, study.confidence_max_new_tokens, _stop_two_pass, 2, len(two))
     recs = []
     for k, (_, it) in enumerate(chunk.iterrows()):
+        d = mcs[k] or {}
         if is_mc[k]:
-            chosen, correct = grade_mc(logliks[k], int(it["answer_index"]))
+            chosen, correct = grade_mc(mc_option_scores(d["option_loglik"], d["option_tokens"], d["option_chars"],
+                                                        d["option_loglik_neutral"], study.mc_scoring),
+                                       int(it["answer_index"]))
         else:
             chosen, correct = -1, grade_short(answer[k], list(it["answers"]))
         recs.append(
@@ -176,6 +297,11 @@ def _answer_chunk(lm, chunk: pd.DataFrame, study: StudySettings, tick=None, shou
                 "verbal_inline_source": source[k],
                 "text_two_pass": t2[k],
                 "verbal_two_pass": _nan(parse_confidence(t2[k])),
+                # per-option numbers of every MC scoring (empty for short-answer items)
+                "option_loglik": [float(x) for x in d.get("option_loglik", [])],
+                "option_loglik_neutral": [float(x) for x in d.get("option_loglik_neutral", [])],
+                "option_tokens": [int(x) for x in d.get("option_tokens", [])],
+                "option_chars": [int(x) for x in d.get("option_chars", [])],
             }
         )
     return pd.DataFrame.from_records(recs)
@@ -248,22 +374,32 @@ def run_answers(
             ws.write_parquet("answers.parquet", new, lineage=lineage)
         return new
     t0 = time.time()
+    tok = lm.tokenizer
+    is_mc = items["kind"].eq("mc").to_numpy()
+    plen = [len(prompts.encode_answer_prompt(tok, lm.is_chat, q, c if mc else None, study.prompt_style).ids)
+            for q, c, mc in zip(items["question"], items["choices"], is_mc)]
+    check_prompt_lengths(items["id"].tolist(), plen, study.max_prompt_tokens)
     parts = ws.path("answers_parts", key)
     parts.mkdir(parents=True, exist_ok=True)
-    chunk_size = chunk_size or max(study.batch_size * 2, 32)
+    chunk_size = chunk_size or min(study.batch_size, ANSWER_CHUNK)
     n = len(items)
     frames = [pd.read_parquet(f) for f in sorted(parts.glob("part-*.parquet"))]
     done_rows = set().union(*(set(f["row"].tolist()) for f in frames)) if frames else set()
-    todo = items[~items["row"].isin(done_rows)]
-    finished = n - len(todo)
+    # a fixed partition of the items in prompt-length order: a long item pads only items of
+    # about its length, and a resumed run batches every item as a clean run does
+    order = sorted(range(n), key=lambda i: (plen[i], int(items["row"].iloc[i])))
+    chunks = [order[s : s + chunk_size] for s in range(0, n, chunk_size)]
+    todo = [c for c in chunks if not all(int(items["row"].iloc[i]) in done_rows for i in c)]
+    finished = n - sum(len(c) for c in todo)
     if progress:
         progress(finished, n, "answering")
-    for s in range(0, len(todo), chunk_size):
+    for idx in todo:
         check_stop(should_stop)
-        chunk = todo.iloc[s : s + chunk_size]
+        chunk = items.iloc[idx]
         tick = (lambda f, base=finished, size=len(chunk): progress(base + int(f * size), n, "answering")) if progress else None
         df = _answer_chunk(lm, chunk, study, tick=tick, should_stop=should_stop)
-        ws.write_parquet(str((parts / f"part-{int(chunk['row'].iloc[0]):07d}.parquet").relative_to(ws.root)), df)
+        name = f"part-{int(chunk['row'].min()):07d}-{len(chunk):04d}.parquet"  # unique per chunk of the partition
+        ws.write_parquet(str((parts / name).relative_to(ws.root)), df)
         frames.append(df)
         finished += len(chunk)
         if progress:
@@ -274,7 +410,11 @@ def run_answers(
     ans.insert(2, "split", meta["split"].to_numpy())
     ans.insert(3, "category", meta["category"].to_numpy())
     ws.write_parquet("answers.parquet", ans, lineage=lineage)
-    ws.mark_stage("answers", key, seconds=round(time.time() - t0, 1), n=int(len(ans)))
+    extra = {}
+    if is_mc.any():
+        extra["mc_scoring"] = study.mc_scoring
+        extra["mc_accuracy_by_scoring"] = mc_accuracy_by_scoring(ans, items)
+    ws.mark_stage("answers", key, seconds=round(time.time() - t0, 1), n=int(len(ans)), **extra)
     remove_tree(ws.path("answers_parts"))
     return ans
 

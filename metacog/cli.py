@@ -30,7 +30,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None, help="'default' (SmolLM2-135M-Instruct, embedded), 'gemma3-270m', a .gguf file, a local HF model directory, or a hub id (needs a network or the local HF cache)")
     g.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"], help="where to run the model (default: auto = cuda, then mps, then cpu)")
-    g.add_argument("--dtype", default=None, choices=["auto", "bfloat16", "float16", "float32"], help="weights/activations dtype (default: auto = bfloat16 on CPUs that support it and on CUDA)")
+    g.add_argument("--dtype", default=None, choices=["auto", "bfloat16", "float16", "float32"], help="weights/activations dtype (default: auto = float32 on CPU, for batch-invariant results; bfloat16 on CUDA)")
     g.add_argument("--threads", type=int, default=None, help=f"torch CPU threads (default: {default_threads()}, the cores this process may use; use 1 when the cores are shared)")
     g.add_argument("--device-map", default=None, choices=["auto"], help="spread a large model's layers over GPUs, CPU and disk (accelerate)")
     g.add_argument("--max-memory", default=None, help="with --device-map auto: per-device caps, e.g. 0=70GiB,1=70GiB,cpu=200GiB")
@@ -49,6 +49,10 @@ def _add_study_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-new-tokens", type=int, default=None, help="answer generation length cap (default 32)")
     g.add_argument("--folds", type=int, default=None, help="cross-fitting folds for the probes (default 5)")
     g.add_argument("--ece-bins", type=int, default=None, help="equal-width ECE bins (default 10)")
+    g.add_argument("--mc-scoring", default=None, choices=["per_char", "sum", "per_token", "pmi"],
+                   help="how a multiple-choice option is scored (default per_char; docs/SCIENCE.md)")
+    g.add_argument("--max-prompt-tokens", type=int, default=None,
+                   help="refuse items whose answer prompt is longer than this, before any model work (default 1024)")
 
 
 def _settings_from(args, ws):
@@ -62,7 +66,8 @@ def _settings_from(args, ws):
             md[k] = v
     sd = to_dict(s0)
     mapping = {"dataset": "dataset", "limit": "limit", "seed": "seed", "batch_size": "batch_size",
-               "max_new_tokens": "max_new_tokens", "folds": "probe_folds", "ece_bins": "ece_bins"}
+               "max_new_tokens": "max_new_tokens", "folds": "probe_folds", "ece_bins": "ece_bins",
+               "mc_scoring": "mc_scoring", "max_prompt_tokens": "max_prompt_tokens"}
     for a, k in mapping.items():
         v = getattr(args, a, None)
         if v is not None:

@@ -102,11 +102,27 @@ def greedy_batch(lm, prompts: list[list[int]], max_new_tokens: int, stop: Callab
     return texts
 
 
-def batches_by_length(seqs: list[list[int]], batch_size: int) -> Iterable[list[int]]:
-    """Index batches of similar length (longest first, so memory peaks early)."""
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
-    for s in range(0, len(order), batch_size):
-        yield order[s : s + batch_size]
+MAX_BATCH_TOKENS = 8192  # padded tokens per batch (rows x longest row); one longer row runs alone
+
+
+def batches_by_length(seqs: list[list[int]], batch_size: int, max_tokens: int = MAX_BATCH_TOKENS) -> Iterable[list[int]]:
+    """Index batches of similar length, longest first (so memory peaks early).
+
+    A batch holds at most ``batch_size`` rows and, since every row is padded to the batch's
+    longest, at most ``max_tokens`` padded tokens (rows x longest); a row longer than that
+    runs alone. So one long item does not pad dozens of short ones to its length: sorting
+    alone would put the longest item with the next-longest ``batch_size - 1`` (short) ones.
+    Ties in length keep the input order, so the batches are a function of the lengths."""
+    order = sorted(range(len(seqs)), key=lambda i: (-len(seqs[i]), i))
+    batch: list[int] = []
+    for i in order:
+        longest = len(seqs[batch[0]]) if batch else len(seqs[i])
+        if batch and (len(batch) >= batch_size or (len(batch) + 1) * longest > max_tokens):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
 
 
 def generate(lm, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 32, stop=None, progress=None,

@@ -101,13 +101,21 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """The torch dtype for a ``ModelSettings.dtype`` on ``device``.
+
+    ``auto`` is float32 on a CPU, even one with bfloat16 instructions: in bfloat16 an item's
+    greedy answer and 0-100 readout depend on which other items share its batch (measured
+    with bench/bench_invariance.py: 3 of 24 answers differed and E[v] moved by up to 2.4
+    points between two runs), while in float32 they agree within the noise floor stated in
+    docs/SCIENCE.md "Batch invariance". On CUDA ``auto`` is bfloat16 (float16 without bf16
+    support) and on MPS float16, for memory; pass ``float32`` there for batch invariance."""
     if dtype != "auto":
         return getattr(torch, dtype)
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "mps":
         return torch.float16
-    return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+    return torch.float32
 
 
 # --------------------------------------------------------------------------------------

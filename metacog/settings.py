@@ -16,6 +16,11 @@ from typing import Any
 POSITIONS = ("last_prompt", "last_answer", "confidence", "confidence_2p")
 MODES = ("inline", "two-pass")
 PROMPT_STYLES = ("plain", "reference")
+# How a multiple-choice option is scored (docs/SCIENCE.md "Multiple-choice scoring"):
+# sum = summed log-likelihood, per_token / per_char = that divided by the option's tokens /
+# characters (lm-eval-harness acc_norm is per_char), pmi = log P(option | question) -
+# log P(option | neutral prompt).
+MC_SCORINGS = ("per_char", "sum", "per_token", "pmi")
 
 
 def default_threads() -> int:
@@ -74,6 +79,8 @@ class StudySettings:
     batch_size: int = 32
     probe_folds: int = 5
     ece_bins: int = 10
+    mc_scoring: str = "per_char"  # one of MC_SCORINGS: which option is the model's answer
+    max_prompt_tokens: int = 1024  # an answer prompt longer than this is refused before any model work
 
     def __post_init__(self):
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
@@ -96,6 +103,10 @@ class StudySettings:
             raise ValueError(f"probe_folds must be 2..20, not {self.probe_folds}")
         if not 2 <= self.ece_bins <= 100:
             raise ValueError(f"ece_bins must be 2..100, not {self.ece_bins}")
+        if self.mc_scoring not in MC_SCORINGS:
+            raise ValueError(f"mc_scoring must be one of {', '.join(MC_SCORINGS)}, not {self.mc_scoring!r}")
+        if not isinstance(self.max_prompt_tokens, int) or not 16 <= self.max_prompt_tokens <= 131072:
+            raise ValueError(f"max_prompt_tokens must be an integer from 16 to 131072, not {self.max_prompt_tokens!r}")
 
 
 def to_dict(obj: Any) -> dict:
@@ -110,10 +121,18 @@ def stable_hash(*parts: Any, n: int = 12) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:n]
 
 
+# Settings written before a field existed meant its old behaviour, not today's default:
+# a workspace from before mc_scoring scored options by their summed log-likelihood.
+LEGACY_DEFAULTS = {"StudySettings": {"mc_scoring": "sum"}}
+
+
 def from_dict(cls, d: dict):
-    """Build a settings dataclass from a dict, ignoring unknown keys (forward compatible)."""
+    """Build a settings dataclass from a dict, ignoring unknown keys (forward compatible);
+    a key the dict lacks takes its ``LEGACY_DEFAULTS`` value where it has one (backward
+    compatible: an old workspace keeps the rule it was run with), else the field default."""
     names = {f.name for f in dataclasses.fields(cls)}
-    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
+    kw = {k: v for k, v in LEGACY_DEFAULTS.get(cls.__name__, {}).items() if k not in d}
+    kw.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names})
     return cls(**kw)
 
 

@@ -123,7 +123,7 @@ with ui.guard("the workspace"):
                                  help="auto = cuda, then mps, then cpu")
         dtype = cc[1].selectbox("dtype", ["auto", "bfloat16", "float16", "float32"],
                                 index=["auto", "bfloat16", "float16", "float32"].index(m0.dtype), key=f"dtype-{k}",
-                                help="auto = bfloat16 on CPUs that support it and on CUDA")
+                                help="auto = float32 on CPU (batch-invariant results), bfloat16 on CUDA")
         threads = cc[2].number_input("threads", min_value=1, max_value=256, value=int(m0.threads), key=f"thr-{k}",
                                      help=f"torch CPU threads (default {default_threads()}); use 1 when the cores are shared")
         with st.expander("advanced"):
@@ -144,7 +144,8 @@ with ui.guard("the workspace"):
         model = ModelSettings(model=model_spec or "default", device=device, dtype=dtype, threads=int(threads))
         study = StudySettings(dataset=dataset or "world-facts", limit=int(limit) or None, seed=int(seed), batch_size=int(batch),
                               max_new_tokens=int(mnt), confidence_max_new_tokens=int(cmnt), probe_folds=int(folds),
-                              ece_bins=int(bins), split_fractions=parse_split_fractions(fr))
+                              ece_bins=int(bins), split_fractions=parse_split_fractions(fr),
+                              mc_scoring=s0.mc_scoring, max_prompt_tokens=s0.max_prompt_tokens)
     except ValueError as e:
         err = str(e)
     if not model_spec:

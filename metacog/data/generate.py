@@ -20,7 +20,15 @@ Rules every item obeys (checked again by tests/test_data.py):
   Equatorial Guinea, Republic of the Congo in Democratic Republic of the Congo, Sudan,
   Dominica) are not asked for;
 - nationality words are lenient aliases only where they name one country and are not a
-  language spoken in several (so "Kenyan" but not "French").
+  language spoken in several (so "Kenyan" but not "French");
+- a currency name that several currencies share ("Dollar", "Franc", "Peso"...) is accepted
+  only qualified ("Canadian dollar"; ``currency_answers``), and a continent also accepts its
+  adjective ("European");
+- every item has a ``group``: the entity it asks about (``country:FR``, ``element:Np``,
+  ``us-state:TX``, ``city:FR:lyon``, ``us-city:CA:modesto``), shared by its reverse and
+  sibling questions, so splits by group keep them on one side;
+- multiple-choice distractors are drawn so that option length says nothing about which
+  option is correct (``length_balanced``; measured in tests/test_builtin_sets.py).
 """
 from __future__ import annotations
 
@@ -193,7 +201,7 @@ CURRENCY_FIX = {  # code -> accepted answers (first = canonical); None = no ques
     "OM": ["Rial", "Riyal"],
     "IR": ["Rial", "Riyal"],
     "YE": ["Rial", "Riyal"],
-    "PA": ["Balboa", "Dollar"],
+    "PA": ["Balboa", "US dollar", "U.S. dollar", "United States dollar"],
     "GB": ["Pound", "Pound sterling", "Sterling"],
     "BR": ["Real", "Reais"],
     "RO": ["Leu", "Lei"],
@@ -205,6 +213,25 @@ CURRENCY_FIX = {  # code -> accepted answers (first = canonical); None = no ques
     "UZ": ["Som", "Sum"],
 }
 CFA = {"XOF", "XAF"}
+# currencies that several countries use: their own name (a bare "Dollar" would also grade
+# "the Canadian dollar" correct for Ecuador)
+CURRENCY_BY_CODE = {
+    "USD": ["US dollar", "U.S. dollar", "United States dollar", "American dollar", "USD"],
+    "AUD": ["Australian dollar"],
+    "CHF": ["Swiss franc"],
+    "XCD": ["East Caribbean dollar"],
+    "XOF": ["CFA franc", "West African CFA franc"],
+    "XAF": ["CFA franc", "Central African CFA franc"],
+}
+# the adjective in a currency's English name, where it is not the first DEMONYMS entry
+CURRENCY_ADJ = {
+    "CD": "Congolese", "DO": "Dominican", "GN": "Guinean", "NZ": "New Zealand", "RO": "Romanian", "RS": "Serbian",
+    "RU": "Russian", "SB": "Solomon Islands", "SD": "Sudanese", "SE": "Swedish", "SO": "Somali", "TR": "Turkish",
+    "PH": "Philippine", "TT": "Trinidad and Tobago", "AR": "Argentine", "BY": "Belarusian",
+}
+# continents: the adjective is as much an answer as the noun ("a European country")
+CONTINENT_ADJ = {"Africa": "African", "Asia": "Asian", "Europe": "European", "North America": "North American",
+                 "South America": "South American", "Oceania": "Oceanian"}
 
 # ----------------------------------------------------------------------------- elements / US
 # Symbols that are English words (or pieces of contractions: "it's" -> "it s") once normalised:
@@ -356,48 +383,75 @@ def country_answers(c, lenient=True, admin1=None):
     return variants(ans)
 
 
-def currency_answers(c):
+def currency_answers(c, generic=frozenset()):
+    """Accepted answers for a country's currency, or None (no question).
+
+    A bare name that several currencies share ("Dollar", "Franc", "Peso": ``generic``) is
+    not accepted on its own: alias containment would grade "the US dollar" correct for
+    Canada. It is qualified with the currency's own adjective ("Canadian dollar"), and a
+    currency used by several countries gets its own name ("US dollar", "CFA franc")."""
     if c["code"] in CURRENCY_FIX:
         fix = CURRENCY_FIX[c["code"]]
-        return None if fix is None else variants(fix)
-    if c["currency_code"] == "USD":
-        return variants(["US dollar", "Dollar"])
-    if c["currency_code"] == "AUD":
-        return variants(["Australian dollar", "Dollar"])
-    if c["currency_code"] == "CHF":
-        return variants(["Swiss franc", "Franc"])
-    if c["currency_code"] in CFA:
-        return variants(["CFA franc", "Franc"])
-    return variants([c["currency"]])
+        if fix is None:
+            return None
+        base = list(fix)
+    elif c["currency_code"] in CURRENCY_BY_CODE:
+        return variants(CURRENCY_BY_CODE[c["currency_code"]])
+    else:
+        base = [c["currency"]]
+    adj = CURRENCY_ADJ.get(c["code"]) or (c["demonyms"][0] if c["demonyms"] else None)
+    out = []
+    for a in base:
+        if norm(fold(a)) in generic:
+            if adj is None:
+                raise ValueError(f"{c['code']}: the currency {a!r} is shared; give CURRENCY_ADJ an adjective")
+            out.append(f"{adj} {a.lower()}")
+        else:
+            out.append(a)
+    return variants(out)
+
+
+def generic_currency_names(countries) -> frozenset:
+    """Normalised currency names that more than one currency (ISO code) is called."""
+    by = collections.defaultdict(set)
+    for code, c in countries.items():
+        fix = CURRENCY_FIX.get(code, [c["currency"]])
+        for a in fix or []:
+            by[norm(fold(a))].add(c["currency_code"])
+    return frozenset(k for k, v in by.items() if len(v) > 1)
 
 
 def build_facts(countries, cities, elements, states):
     """Every eligible fact, per category: dicts with slug, question, answers, difficulty, group."""
     facts = collections.defaultdict(list)
 
-    def add(cat, key, question, answers, difficulty, group="", pool_key=None, region=""):
-        # group: sampling cap unit ("multi" = several accepted answers: no MC item);
-        # region: MC distractors are drawn from the same region when it has enough of them
+    def add(cat, key, question, answers, difficulty, cap="", pool_key=None, region="", entity=""):
+        # cap: sampling cap unit ("multi" = several accepted answers: no MC item);
+        # region: MC distractors are drawn from the same region when it has enough of them;
+        # entity: the item's ``group`` (ENTITY_GROUPS), shared by every question about it
         facts[cat].append(dict(slug=slug(key), question=question, answers=answers, difficulty=difficulty,
-                               group=group, pool_key=pool_key or answers[0], region=region))
+                               cap=cap, pool_key=pool_key or answers[0], region=region, entity=entity))
 
+    generic = generic_currency_names(countries)
     for code, c in countries.items():
         tier = country_tier(c["pop"])
+        ent = f"country:{code}"
         key = c["answers"][0]  # ids read wf-capital-of-country-netherlands, not ...-the-netherlands
         if c["capital"]:
             caps = variants(c["capital"])
             add("capital-of-country", key, f"What is the capital of {c['qname']}?", caps, tier,
-                region=c["continent"])
+                region=c["continent"], entity=ent)
             if code not in NOT_AN_ANSWER:
                 add("country-of-capital", caps[0], f"{caps[0]} is the capital of which country?",
-                    country_answers(c), tier, pool_key=c["answers"][0], region=c["continent"])
+                    country_answers(c), tier, pool_key=c["answers"][0], region=c["continent"], entity=ent)
         if code not in NO_CONTINENT_QUESTION:
             conts = TRANSCONTINENTAL.get(code, [CONTINENT_NAMES[c["continent"]]])
-            add("continent-of-country", key, f"On which continent is {c['qname']}?", conts, tier,
-                "multi" if len(conts) > 1 else "")
-        cur = currency_answers(c)
+            answers = variants(conts + [CONTINENT_ADJ[x] for x in conts])
+            add("continent-of-country", key, f"On which continent is {c['qname']}?", answers, tier,
+                "multi" if len(conts) > 1 else "", entity=ent)
+        cur = currency_answers(c, generic)
         if cur:
-            add("currency-of-country", key, f"What is the currency of {c['qname']}?", cur, tier)
+            add("currency-of-country", key, f"What is the currency of {c['qname']}?", cur, tier, entity=ent)
 
     # cities -> country (sovereign, not an excluded answer); national capitals are asked
     # about in their own templates, so not again as cities
@@ -415,19 +469,21 @@ def build_facts(countries, cities, elements, states):
         name = display_name(city["name"])
         add("country-of-city", name, f"In which country is the city of {name}?",
             country_answers(c, admin1=city["admin1code"]), _tier(city["population"], 1_000_000, 300_000),
-            code, pool_key=c["answers"][0], region=c["continent"])
+            code, pool_key=c["answers"][0], region=c["continent"], entity=f"city:{code}:{slug(name)}")
 
     for el in elements:
         name = el["name"]
         names = variants([n.capitalize() for n in [name] + ELEMENT_SPELLINGS.get(name, [])])
+        ent = f"element:{el['symbol']}"
         tier = "easy" if el["z"] <= 20 or el["symbol"] in COMMON_ELEMENTS else ("medium" if el["z"] <= 56 else "hard")
         if el["symbol"] not in WORDLIKE_SYMBOLS:
-            add("element-symbol", name, f"What is the chemical symbol for {name}?", [el["symbol"]], tier)
-        add("element-of-symbol", el["symbol"], f"Which chemical element has the symbol {el['symbol']}?", names, tier)
+            add("element-symbol", name, f"What is the chemical symbol for {name}?", [el["symbol"]], tier, entity=ent)
+        add("element-of-symbol", el["symbol"], f"Which chemical element has the symbol {el['symbol']}?", names, tier,
+            entity=ent)
         num = [str(el["z"])] + ([NUMBER_WORDS[el["z"]]] if el["z"] < len(NUMBER_WORDS) else [])
-        add("atomic-number", name, f"What is the atomic number of {name}?", num, tier)
+        add("atomic-number", name, f"What is the atomic number of {name}?", num, tier, entity=ent)
         add("element-of-atomic-number", str(el["z"]), f"Which chemical element has the atomic number {el['z']}?",
-            names, tier)
+            names, tier, entity=ent)
 
     # US: state "size" = summed population of its GeoNames cities (a prominence proxy)
     us_cities = [c for c in cities if c["countrycode"] == "US"]
@@ -439,11 +495,15 @@ def build_facts(countries, cities, elements, states):
     by_abbr = {s["abbr"]: s for s in states}
     for s in states:
         tier = state_tier[s["abbr"]]
-        add("us-state-capital", s["name"], f"What is the capital of the US state of {s['name']}?", variants([s["capital"]]), tier)
-        add("us-state-of-capital", s["capital"], f"{s['capital']} is the capital of which US state?", [s["name"]], tier)
+        ent = f"us-state:{s['abbr']}"
+        add("us-state-capital", s["name"], f"What is the capital of the US state of {s['name']}?", variants([s["capital"]]),
+            tier, entity=ent)
+        add("us-state-of-capital", s["capital"], f"{s['capital']} is the capital of which US state?", [s["name"]], tier,
+            entity=ent)
         if s["abbr"] not in WORDLIKE_STATE_CODES:
             add("us-state-abbreviation", s["name"],
-                f"What is the two-letter postal abbreviation for the US state of {s['name']}?", [s["abbr"]], tier)
+                f"What is the two-letter postal abbreviation for the US state of {s['name']}?", [s["abbr"]], tier,
+                entity=ent)
     state_capitals = {norm(fold(s["capital"])) for s in states}
     big = [c for c in dominant(us_cities) if c["population"] >= 50_000]
     for city in drop_districts(big, cities):
@@ -454,7 +514,8 @@ def build_facts(countries, cities, elements, states):
             continue
         name = display_name(city["name"])
         add("us-state-of-city", name, f"In which US state is the city of {name}?", [st["name"]],
-            _tier(city["population"], 300_000, 100_000), st["abbr"], pool_key=st["name"])
+            _tier(city["population"], 300_000, 100_000), st["abbr"], pool_key=st["name"],
+            entity=f"us-city:{st['abbr']}:{slug(name)}")
 
     # global filters: answer in question, duplicate slugs
     for cat in list(facts):
@@ -509,9 +570,9 @@ def _pick(rng, facts, n, cap=None):
         return facts
     out, per = [], collections.Counter()
     for f in facts:
-        if cap is not None and per[f["group"]] >= cap:
+        if cap is not None and per[f["cap"]] >= cap:
             continue
-        per[f["group"]] += 1
+        per[f["cap"]] += 1
         out.append(f)
         if len(out) == n:
             break
@@ -532,7 +593,7 @@ def select_short(facts, seed):
                 chosen += _pick(rng, pool, n, cap)
         for f in sorted(chosen, key=lambda f: f["slug"]):
             items.append({"id": f"wf-{cat}-{f['slug']}", "question": f["question"], "answers": f["answers"],
-                          "category": cat, "difficulty": f["difficulty"]})
+                          "category": cat, "difficulty": f["difficulty"], "group": f["entity"]})
     return items
 
 
@@ -550,7 +611,7 @@ def select_mc(facts, seed):
     chosen_all = []
     for cat, n in MC_PLAN.items():
         rng = random.Random(f"{seed}:mc:{cat}")
-        pool = [f for f in facts[cat] if f["group"] != "multi"]
+        pool = [f for f in facts[cat] if f["cap"] != "multi"]
         by_tier = collections.defaultdict(list)
         for f in pool:
             by_tier[f["difficulty"]].append(f)
@@ -565,8 +626,14 @@ def select_mc(facts, seed):
     rng = random.Random(f"{seed}:mc:positions")
     positions = [i % 4 for i in range(len(chosen_all))]
     rng.shuffle(positions)
+    # the correct option's position in length order, spread evenly within each category
+    ranks = []
+    for cat in MC_PLAN:
+        rr = [i % 4 for i in range(sum(1 for c, _ in chosen_all if c == cat))]
+        random.Random(f"{seed}:mc:{cat}:length-ranks").shuffle(rr)
+        ranks += rr
     items = []
-    for (cat, f), pos in zip(chosen_all, positions):
+    for (cat, f), pos, rank in zip(chosen_all, positions, ranks):
         drng = random.Random(f"{seed}:mc:{cat}:{f['slug']}")
         correct = f["pool_key"]
         bad = {norm(fold(a)) for a in f["answers"] + [correct]}
@@ -589,11 +656,36 @@ def select_mc(facts, seed):
                     continue
                 cands.append(label)
         cands = [c for c in cands if norm(fold(c)) not in bad]
-        distractors = drng.sample(sorted(set(cands)), 3)
+        distractors = length_balanced(sorted(set(cands)), correct, rank, drng)
         choices = distractors[:pos] + [correct] + distractors[pos:]
         items.append({"id": f"wfmc-{cat}-{f['slug']}", "question": f["question"], "choices": choices,
-                      "answer_index": pos, "category": cat, "difficulty": f["difficulty"]})
+                      "answer_index": pos, "category": cat, "difficulty": f["difficulty"], "group": f["entity"]})
     return items
+
+
+def length_balanced(cands: list[str], correct: str, rank: int, rng: random.Random, k: int = 3, near: int = 6) -> list[str]:
+    """``k`` distractors such that the correct option has position ``rank`` (0 = first) when
+    the options are sorted by length in characters, ties in a random order.
+
+    The candidates and the correct answer are sorted by (length, random tie-break); ``rank``
+    distractors are drawn from the ``near`` candidates just before the correct answer in that
+    order and ``k - rank`` from the ``near`` just after it (so the options are alike in
+    length). Where one side has too few candidates, the nearest feasible rank is used. With
+    ``rank`` spread evenly over the items (``select_mc``), the correct option is the shortest,
+    second, third or longest equally often, and ties are broken the same way for it as for a
+    distractor, so option length says nothing about which is correct. (The uniform draw
+    before this made the correct option the unique shortest in 19.4% of items, vs 14.8% for a
+    distractor.)"""
+    order = sorted(list(dict.fromkeys(cands)) + [correct], key=lambda c: (len(c), rng.random()))
+    p = order.index(correct)
+    before, after = order[:p][::-1], order[p + 1 :]  # nearest first
+    fits = [r for r in range(k + 1) if len(before) >= r and len(after) >= k - r]
+    if not fits:
+        raise ValueError(f"fewer than {k} distractor candidates for {correct!r}")
+    r = min(fits, key=lambda x: (abs(x - rank), x))
+    out = rng.sample(before[: max(near, r)], r) + rng.sample(after[: max(near, k - r)], k - r)
+    rng.shuffle(out)
+    return out
 
 
 # ----------------------------------------------------------------------------- output
