@@ -54,7 +54,7 @@ def test_stratified():
 
 def test_stratified_builtin():
     wf = load_dataset("world-facts")
-    s = assign_splits(wf["id"], seed=0, strata=wf["category"])
+    s = assign_splits(wf["id"], seed=0, strata=wf["category"], groups=wf["group"])  # as the study does: by fact
     df = wf.assign(split=s)
     check_splits(df)
     for cat, sub in df.groupby("category"):
