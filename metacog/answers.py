@@ -89,6 +89,17 @@ def check_prompt_lengths(ids: list, prompt_lens: list[int], max_prompt_tokens: i
     )
 
 
+def check_items_prompt_lengths(lm, items: pd.DataFrame, study: StudySettings) -> list[int]:
+    """:func:`check_prompt_lengths` for ``items`` with ``lm``'s tokenizer and the study's prompt
+    style (tokenisation only, no forward); returns the prompt lengths. Raises :class:`PromptTooLong`."""
+    tok = lm.tokenizer
+    is_mc = items["kind"].eq("mc").to_numpy()
+    plen = [len(prompts.encode_answer_prompt(tok, lm.is_chat, q, c if mc else None, study.prompt_style).ids)
+            for q, c, mc in zip(items["question"], items["choices"], is_mc)]
+    check_prompt_lengths(items["id"].tolist(), plen, study.max_prompt_tokens)
+    return plen
+
+
 def mc_option_scores(loglik, n_tokens, n_chars, loglik_neutral, scoring: str) -> np.ndarray:
     """Score of each option of one item under ``scoring`` (higher = chosen).
 
@@ -374,11 +385,8 @@ def run_answers(
             ws.write_parquet("answers.parquet", new, lineage=lineage)
         return new
     t0 = time.time()
-    tok = lm.tokenizer
     is_mc = items["kind"].eq("mc").to_numpy()
-    plen = [len(prompts.encode_answer_prompt(tok, lm.is_chat, q, c if mc else None, study.prompt_style).ids)
-            for q, c, mc in zip(items["question"], items["choices"], is_mc)]
-    check_prompt_lengths(items["id"].tolist(), plen, study.max_prompt_tokens)
+    plen = check_items_prompt_lengths(lm, items, study)
     parts = ws.path("answers_parts", key)
     parts.mkdir(parents=True, exist_ok=True)
     chunk_size = chunk_size or min(study.batch_size, ANSWER_CHUNK)

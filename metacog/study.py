@@ -31,7 +31,7 @@ import pandas as pd
 
 from . import metrics
 from .activations import activations_key, load_states, run_activations
-from .answers import answers_key, items_key, run_answers
+from .answers import answers_key, check_items_prompt_lengths, items_key, run_answers
 from .data import assign_splits, check_splits, load_dataset, split_fraction_warnings
 from .runtime import ProgressFn, StopFn
 from .settings import MODES, POSITIONS, ModelSettings, StudySettings, stable_hash
@@ -211,6 +211,7 @@ def run_study(
     items = prepare_items(study)          # dataset errors: before any write
     check_launch_items(items, study.split_fractions)
     lm = lm or load_model(model)          # model errors: before any write
+    check_items_prompt_lengths(lm, items, study)  # an over-long item: before any write
     check_disk(ws, lm, len(items), stages, batch_size=study.batch_size, n_tokens=_longest_prompt(lm, items, study))
     with ws.lock(Workspace.WORKSPACE_LOCK):
         ws.init(model, study)

@@ -689,6 +689,18 @@ def summary(ws: Workspace) -> dict | None:
         return s
 
 
+def noise_floor_caption(ws: Workspace) -> None:
+    """One caption with the run's measured E[v] noise floor (points; what batch composition alone
+    can move an item's E[v] at this dtype, ``activations/manifest.json``), to read effects against."""
+    man = ws.read_json("activations/manifest.json") or {}
+    nf, dt = man.get("ev_noise_floor"), man.get("model_dtype")
+    if nf is not None:
+        st.caption(f"Numeric noise floor of this study ({dt}): batch composition alone moves an item's E[v] by at most "
+                   f"{nf:g} points (docs/SCIENCE.md, *Batch invariance*); smaller effects are not distinguishable from it.")
+    elif dt:
+        st.caption(f"Numeric noise floor of this study ({dt}): not measured for this dtype (docs/SCIENCE.md, *Batch invariance*).")
+
+
 def sample_warnings(ws: Workspace, summ: dict | None = None) -> list[str]:
     """Show the summary's plain-language warnings (small or one-class eval split, split sizes
     unlike the fractions asked for, best probe vs its selection null) as one warning box; a

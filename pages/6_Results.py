@@ -64,6 +64,7 @@ with ui.guard("the results"):
 
     # ------------------------------------------------------------------ headline
     st.subheader("Headline")
+    ui.noise_floor_caption(ws)
     st.caption("**Design**: each fine-tuned run **answers every eval item again**; its confidence is scored against its "
                "own correctness (the base row: the base model's answers). The Methods page scores a run's confidence on "
                "the base model's answers instead, so the same run can show another AUROC there.")

@@ -255,6 +255,7 @@ with ui.guard("the patching set-up"):
 # ====================================================================== results
 with ui.guard("the patching results"):
     st.subheader("Results")
+    ui.noise_floor_caption(ws)
     sweeps = P.list_sweeps(ws)
     if not sweeps:
         st.info("No sweep in this workspace yet: set one up above, or run `metacog patch --workspace ...`.")

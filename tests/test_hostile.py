@@ -411,3 +411,14 @@ def test_finetune_settings_checked_before_any_work(tmp_path, ref_ws, capsys):
         assert cli(["finetune", "--workspace", str(ws), "--epochs", "1", *extra]) == 2
         _one_line_error(capsys, needle)
         assert _tree_digest(ws) == before  # no run directory was created
+
+
+def test_over_long_item_refused_before_any_write(tmp_path, tiny_dir, capsys):
+    """One 10,000-character question: refused in one line naming it, before the workspace exists."""
+    data = _dataset(tmp_path / "d.jsonl", 20)
+    with open(data, "a") as f:
+        f.write(json.dumps({"id": "the-long-one", "question": "Why? " * 2000, "answers": ["x"], "category": "c"}) + "\n")
+    ws = tmp_path / "w"
+    assert cli(_study_args(ws, tiny_dir, data, None, "--max-prompt-tokens", "256")) == 2
+    _one_line_error(capsys, "the-long-one", "--max-prompt-tokens")
+    assert not ws.exists()
