@@ -544,7 +544,7 @@ def _assemble(ws: Workspace, p: dict, it: pd.DataFrame, an: pd.DataFrame) -> pd.
     """One row per item × direction × layer × α (α = 0 rows are the item's unsteered readout,
     repeated for every direction and layer), with the shifts against it."""
     d = f"{DIR}/{p['id']}"
-    parts = [pd.read_parquet(f) for f in sorted(ws.path(d, "chunks").glob("*.parquet"))]
+    parts = [ws.read_parquet(f"{d}/chunks/{f.name}") for f in sorted(ws.path(d, "chunks").glob("*.parquet"))]
     raw = pd.concat(parts, ignore_index=True)
     base = raw[raw["direction"] == "none"].set_index("row")
     steer = raw[raw["direction"] != "none"]
@@ -671,7 +671,7 @@ def list_sweeps(ws: Workspace) -> list[dict]:
 def load_results(ws: Workspace, sid: str) -> tuple[pd.DataFrame | None, dict | None]:
     """(results.parquet, steering.json) of sweep ``sid`` (None where not written yet)."""
     p = ws.path(DIR, sid, "results.parquet")
-    return (pd.read_parquet(p) if p.exists() else None), ws.read_json(f"{DIR}/{sid}/steering.json")
+    return (ws.read_parquet(f"{DIR}/{sid}/results.parquet") if p.exists() else None), ws.read_json(f"{DIR}/{sid}/steering.json")
 
 
 def run_job(ws: Workspace, spec: dict, progress, should_stop) -> dict:
