@@ -594,7 +594,9 @@ def summarize(res: pd.DataFrame, spec: SteerSpec | dict, value: str = "ev", n_pe
       (:func:`metacog.stats.one_sample`), Holm over the layers × α grid of that direction
       (``p_holm``);
     - slopes: per (direction ≠ random, layer) the per-item OLS slope of the shift on α (points
-      per σ) minus random's, same test, Holm over that direction's layers.
+      per σ) minus random's, same test, Holm over that direction's layers; and, since the random
+      direction's sign is arbitrary, the magnitude contrast |slope| − |slope_random| per item
+      (``abs_diff``, ``abs_p``, ``abs_ci``, ``abs_p_holm``): does the direction move E[v] *more*?
     """
     sp = asdict(spec) if isinstance(spec, SteerSpec) else dict(spec)
     col = f"d_{value}"
@@ -638,12 +640,15 @@ def summarize(res: pd.DataFrame, spec: SteerSpec | dict, value: str = "ev", n_pe
                 s = stats.one_sample(sd - sr, n_perm, n_boot, seed)
                 so = stats.one_sample(sd, n_perm, n_boot, seed)
                 sro = stats.one_sample(sr, n_perm, n_boot, seed)
+                sa = stats.one_sample(np.abs(sd) - np.abs(sr), n_perm, n_boot, seed)
                 lay.append({"direction": k, "layer": int(h), "slope_diff": s["mean"], "p": s["p"], "ci": s["ci"], "n": s["n"],
                             "slope": so["mean"], "slope_ci": so["ci"], "slope_random": sro["mean"],
-                            "slope_random_ci": sro["ci"], "min_p": s["min_p"]})
-            ph = stats.holm([g["p"] if g["p"] is not None else np.nan for g in lay])
-            for g, q in zip(lay, ph):
-                g["p_holm"] = None if not np.isfinite(q) else float(q)
+                            "slope_random_ci": sro["ci"], "min_p": s["min_p"],
+                            "abs_diff": sa["mean"], "abs_p": sa["p"], "abs_ci": sa["ci"]})
+            for key, out in (("p", "p_holm"), ("abs_p", "abs_p_holm")):
+                ph = stats.holm([g[key] if g[key] is not None else np.nan for g in lay])
+                for g, q in zip(lay, ph):
+                    g[out] = None if not np.isfinite(q) else float(q)
             slopes += lay
     return {"value": value, "unit": "item", "cells": cells, "contrasts": contrasts, "slopes": slopes,
             "test": "sign-flip permutation test of the mean across items (scipy.stats.permutation_test, two-sided)",
@@ -655,6 +660,17 @@ def summarize(res: pd.DataFrame, spec: SteerSpec | dict, value: str = "ev", n_pe
 
 
 # ====================================================================================== reading
+def resummarize(ws: Workspace, sid: str) -> dict:
+    """Recompute ``steering.json``'s statistics from ``results.parquet`` (no model needed)."""
+    res, old = load_results(ws, sid)
+    if res is None or old is None:
+        raise WorkspaceError(f"steering sweep {sid} has no results yet")
+    new = {**old, **summarize(res, old["spec"])}
+    with ws.writer("steer"):
+        ws.write_json(f"{DIR}/{sid}/steering.json", new)
+    return new
+
+
 def list_sweeps(ws: Workspace) -> list[dict]:
     """Saved sweeps, newest first: ``{id, created, spec, complete}``."""
     d = ws.path(DIR)

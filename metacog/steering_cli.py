@@ -60,7 +60,8 @@ def print_summary(s: dict) -> None:
     for r in s.get("slopes", []):
         print(f"  {r['direction']:17s} h={r['layer']:3d} slope {_f(r['slope'])} {[_f(x) for x in r['slope_ci']]} | random "
               f"{_f(r['slope_random'])} | diff {_f(r['slope_diff'])} {[_f(x) for x in r['ci']]} p {_p(r['p'])} "
-              f"p_holm {_p(r['p_holm'])} (n {r['n']})")
+              f"p_holm {_p(r['p_holm'])} | |slope|-|random| {_f(r.get('abs_diff'))} "
+              f"{[_f(x) for x in r.get('abs_ci') or [None, None]]} p_holm {_p(r.get('abs_p_holm'))} (n {r['n']})")
     sig = [c for c in s.get("contrasts", []) if c.get("p_holm") is not None and c["p_holm"] < 0.05]
     print(f"  cells with Holm p < 0.05 (direction - random, per item): {len(sig)}/{len(s.get('contrasts', []))}")
     if s.get("n_items", 0) < 6:

@@ -207,6 +207,7 @@ def test_statistics_reject_a_planted_effect_and_keep_size_on_a_null():
     assert all(c["p_holm"] < 0.05 for c in s["contrasts"] if abs(c["alpha"]) >= 2)
     assert all(sl["p_holm"] < 0.05 and sl["ci"][0] > 0.5 for sl in s["slopes"])
     assert all(abs(sl["slope"] - 1.0) < 0.3 and abs(sl["slope_random"]) < 0.3 for sl in s["slopes"])
+    assert all(sl["abs_p_holm"] < 0.05 and sl["abs_diff"] > 0.5 for sl in s["slopes"])
     cell = next(c for c in s["cells"] if c["direction"] == "probe" and c["layer"] == 1 and c["alpha"] == 4.0)
     assert cell["correct"]["n"] + cell["incorrect"]["n"] == cell["n"] == 30
     assert cell["ci"][0] < cell["mean"] < cell["ci"][1]
