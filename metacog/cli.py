@@ -232,9 +232,9 @@ def _extend(sub) -> None:
     """Each later stage registers its own subcommands (fine-tuning, patching, sweeps, methods).
     Registered explicitly: a broken import is an error, never a silently missing subcommand."""
     from .finetune import cli as finetune_cli
-    from . import methods_cli, patching_cli, sweeps_cli
+    from . import methods_cli, patching_cli, steering_cli, sweeps_cli
 
-    for m in (finetune_cli, patching_cli, sweeps_cli, methods_cli):
+    for m in (finetune_cli, patching_cli, sweeps_cli, methods_cli, steering_cli):
         m.register(sub)
 
 

@@ -161,6 +161,7 @@ RUNNERS = {
     "methods": "metacog.methods.run:run_job",
     "sweep": "metacog.sweeps:run_job",
     "patching": "metacog.patching:run_job",
+    "steer": "metacog.steering:run_job",
 }
 #: more kinds from ``$METACOG_JOB_RUNNERS`` ("kind=package.module:function,…"), e.g. a lab's own jobs
 ENV_RUNNERS = "METACOG_JOB_RUNNERS"

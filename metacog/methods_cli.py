@@ -28,6 +28,8 @@ def register(sub) -> None:
                    help="LoRA target modules of the training methods: auto (the architecture's default), all-linear, or a,b")
     p.add_argument("--probe-run", default=None, help="probe-targeted method: a finished probe-targeted run of this workspace "
                    "to score (default: train a short one with the --tune-* budget)")
+    p.add_argument("--steer-gain", type=float, default=d.steer_gain, help=f"probe_steering: shift = gain * 2(p - 0.5) sigma (default {d.steer_gain})")
+    p.add_argument("--steer-layer", type=int, default=None, help="probe_steering: hidden-state index written (default probe layer + ceil(L/6))")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"rows per forward (default {d.batch_size})")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of samples, matchups and training (default 0)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -50,8 +52,9 @@ def cmd_methods(a) -> int:
             print(f"{m.name:20s} {m.family:10s} {m.cost}")
         return 0
     s = MethodSettings(eval_limit=a.eval_limit, calibration_limit=a.calibration_limit, k_samples=a.k, temperature=a.temperature,
-                       n_comparisons=a.comparisons, tune_updates=a.tune_updates, tune_lr=a.tune_lr, tune_rank=a.tune_rank, tune_target_modules=a.target_modules, probe_run=a.probe_run,
-                       batch_size=a.batch_size, seed=a.seed)
+                       n_comparisons=a.comparisons, tune_updates=a.tune_updates, tune_lr=a.tune_lr, tune_rank=a.tune_rank,
+                       tune_target_modules=a.target_modules, probe_run=a.probe_run, batch_size=a.batch_size, seed=a.seed,
+                       steer_gain=a.steer_gain, steer_layer=a.steer_layer)
     if not 1 <= a.threads <= 256:
         raise ValueError("--threads must be 1..256")
     torch.set_num_threads(a.threads)

@@ -250,6 +250,23 @@ def start_seed_sweep(ws: Workspace, spec: dict) -> Job:
     return kind.start(ws.root, ProcessJob("sweep", ws.root, spec, label=label))
 
 
+def start_steering(ws: Workspace, steer: dict, threads: int = 1) -> Job:
+    """Launch a steering sweep (:func:`metacog.steering.run_job`) in the background: its own
+    process by default, else a thread with the app's loaded model. ``steer``: a SteerSpec dict
+    (checked before launch)."""
+    from .steering import SteerSpec, run_steering
+
+    spec = SteerSpec(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in steer.items()})  # raises on a bad setting
+    kind = job_kind("steer", "a steering sweep")
+    label = f"steering on {ws.root.name}"
+    if in_process_models():
+        m_, _ = ws.settings()
+        lm = get_lm(m_)
+        return kind.start(ws.root, Job("steer", str(ws.root), lambda progress, should_stop: run_steering(
+            ws, lm, spec, progress, should_stop), label=label))
+    return kind.start(ws.root, ProcessJob("steer", ws.root, {"steer": dict(steer), "threads": threads}, label=label))
+
+
 def get_job(root: Path) -> StudyJob | None:
     return STUDIES.get(root)
 

@@ -5,8 +5,8 @@ here). ``run_methods(ws, "all", MethodSettings())`` computes them (fresh ones ar
 long ones resume); ``methods_table(ws)`` gives one row per method and post-hoc calibrated
 variant on the eval split. See docs/METHODS.md.
 """
-from . import (brier_tuning, calibration_tuning, p_true, probe, probe_targeted, relative,  # noqa: F401 (register)
-               self_consistency, verbal)
+from . import (brier_tuning, calibration_tuning, p_true, probe, probe_steering, probe_targeted,  # noqa: F401 (register)
+               relative, self_consistency, verbal)
 from .calibrate import KINDS as POSTHOC_KINDS
 from .calibrate import posthoc
 from .registry import Method, MethodResult, all_methods, get, names, register, resolve

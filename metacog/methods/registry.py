@@ -23,7 +23,7 @@ class MethodResult:
 class Method:
     name: str
     label: str
-    family: str  # baseline | prompting | sampling | probe | training | relative
+    family: str  # baseline | prompting | sampling | probe | training | relative | steering
     cost: str  # what it costs, in words (forward passes per item, training)
     compute: Callable[..., MethodResult]
     settings: tuple[str, ...] = ()  # MethodSettings fields its result depends on

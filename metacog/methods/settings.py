@@ -1,6 +1,7 @@
 """Settings of the methods comparison (one frozen dataclass; every field is recorded)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..settings import to_dict
@@ -32,6 +33,9 @@ class MethodSettings:
     tune_target_modules: str = "auto"  # LoRA targets: auto (the architecture's default), all-linear, or names a,b
     probe_run: str | None = None  # probe-targeted: use this finished run of the workspace (None = train a short one)
     brier_format: str = "inline"  # where Brier tuning reads the 0-100 distribution: inline | two-pass
+    # probe-conditioned steering: shift = steer_gain * 2(p - 0.5) * sigma along the probe direction at steer_layer
+    steer_gain: float = 4.0
+    steer_layer: int | None = None  # hidden-state index written (None = probe layer + ceil(L/6))
     # post-hoc calibration and metrics
     ece_bins: int = 10
     n_boot: int = 1000
@@ -64,6 +68,10 @@ class MethodSettings:
             bad(f"probe_run must be a run id of the workspace, not {self.probe_run!r}")
         if self.brier_format not in ("inline", "two-pass"):
             bad(f"brier_format must be inline or two-pass, not {self.brier_format!r}")
+        if not (isinstance(self.steer_gain, (int, float)) and math.isfinite(self.steer_gain)):
+            bad(f"steer_gain must be a finite number, not {self.steer_gain!r}")
+        if self.steer_layer is not None and (not isinstance(self.steer_layer, int) or self.steer_layer < 0):
+            bad(f"steer_layer must be a hidden-state index >= 0 (or None), not {self.steer_layer!r}")
         if not isinstance(self.ece_bins, int) or self.ece_bins < 1:
             bad(f"ece_bins must be a positive integer, not {self.ece_bins!r}")
 
