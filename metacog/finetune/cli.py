@@ -13,7 +13,7 @@ import json
 import sys
 
 from ..settings import POSITIONS
-from .settings import BACKENDS, DTYPES, FORMATS, LOSS_ON, SCHEDULES, TARGET_KINDS, FinetuneSettings, SettingsError
+from .settings import BACKENDS, DTYPES, FORMATS, LOSS_ON, SCHEDULES, TARGET_KINDS, TASKS, FinetuneSettings, SettingsError
 
 
 def register(sub) -> None:
@@ -25,6 +25,11 @@ def register(sub) -> None:
     p.add_argument("--resume", metavar="RUN", default=None, help="continue RUN from its newest checkpoint (other settings are the run's own)")
     g = p.add_argument_group("targets")
     g.add_argument("--targets", choices=TARGET_KINDS, default=d.targets, help="probe (default), or a control: binary, shuffled, constant; or file")
+    g.add_argument("--task", choices=TASKS, default=d.task,
+                   help="single: one question's confidence (default); pairwise: 'which of these two are you more likely to have "
+                        "gotten right?' -> 1/2, the item with the higher target p wins; multitask: both, mixed by --pairwise-fraction")
+    g.add_argument("--pairwise-fraction", type=float, default=None,
+                   help="multitask: share of the training examples that are pairwise (default 0.5); one example per training item in every task")
     g.add_argument("--targets-file", default=None, help="JSONL/CSV with id,target (integer 0-100) for --targets file")
     g.add_argument("--format", choices=FORMATS, default=d.format, help="inline: own answer then 'Confidence: NN%%'; two-pass: confidence only")
     g.add_argument("--probe-layer", type=int, default=None, help="hidden-state index of the target probe (default: best by train-split CV)")
@@ -98,7 +103,7 @@ def _settings(a) -> FinetuneSettings:
     if epochs is None and a.max_updates is None:
         epochs = FinetuneSettings().epochs
     return FinetuneSettings(
-        targets=a.targets, format=a.format, probe_layer=a.probe_layer, probe_position=a.probe_position,
+        targets=a.targets, task=a.task, pairwise_fraction=a.pairwise_fraction, format=a.format, probe_layer=a.probe_layer, probe_position=a.probe_position,
         targets_file=a.targets_file, constant_value=a.constant, binary_balance=not a.no_balance, limit_items=a.limit_items,
         val_fraction=a.val_fraction, backend=a.backend, rank=a.rank, alpha=a.alpha, dropout=a.dropout,
         target_modules=a.target_modules, lr=a.lr, schedule=a.schedule, warmup_fraction=a.warmup, batch_size=a.batch_size,
@@ -156,16 +161,17 @@ def cmd_finetune(a) -> int:
         return _report(ws, run.id)
     s = _settings(a)
     if a.dry_run:
+        from .runner import example_counts
         from .settings import make_plan
-        from .targets import build_targets
+        from .targets import build_task
 
-        df, info = build_targets(ws, s)
-        plan = make_plan(s, int((df["role"] == "train").sum()), int((df["role"] == "val").sum()))
+        df, pairs, info = build_task(ws, s)
+        plan = make_plan(s, *example_counts(df, pairs))
         print(json.dumps({"settings": s.to_dict(), "targets": info, "plan": plan.to_dict()}, indent=2, default=str))
         return 0
     run = runner.create_run(ws, s, name=a.name, threads=a.threads)
     pl = run.settings()["plan"]
-    print(f"run {run.id}: {pl['n_train']} train + {pl['n_val']} val items, {pl['updates_per_epoch']} updates/epoch, "
+    print(f"run {run.id}: task {s.task}, {pl['n_train']} train + {pl['n_val']} val examples, {pl['updates_per_epoch']} updates/epoch, "
           f"{pl['updates_planned']} updates planned ({pl['epochs_planned']} epochs)", file=sys.stderr)
     if a.background:
         pid = runner.spawn(run, evaluate=a.evaluate, eval_limit=a.eval_limit, threads=a.threads)
