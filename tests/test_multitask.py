@@ -37,15 +37,20 @@ def lm(tiny_dir):
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory, lm):
-    w = build_workspace(tmp_path_factory.mktemp("ws") / "tiny", lm, n=60)
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("mt-cache")
+
+
+@pytest.fixture(scope="module")
+def ws(cache, lm):
+    w = build_workspace(cache / "workspaces" / "tiny", lm, n=60)
     write_fake_probes(w, seed=5)  # known out-of-fold p (floats: no ties)
     return w
 
 
 @pytest.fixture(scope="module")
-def ood_ws(tmp_path_factory, lm):
-    return build_workspace(tmp_path_factory.mktemp("ood") / "tiny-ood", lm, n=40, seed=1)
+def ood_ws(cache, lm):
+    return build_workspace(cache / "workspaces" / "tiny-ood", lm, n=40, seed=1)
 
 
 def _train_ids(ws):
@@ -255,7 +260,10 @@ def test_ece_ci_brackets_a_miscalibrated_ece():
 
 
 # ------------------------------------------------------------------------------ end to end
-def test_pairwise_run_evaluation_and_transfer_table(ws, ood_ws, lm):
+@pytest.fixture(scope="module")
+def trained(ws, ood_ws, lm):
+    """Three tiny runs (pairwise, multitask, shuffled multitask), each evaluated on 10 eval
+    items; the multitask run also out-of-domain. Returns {row label: run id}."""
     runs = {}
     for name, kw in (("pairwise", dict(task="pairwise")), ("multitask", dict(task="multitask")),
                      ("shuffled", dict(task="multitask", targets="shuffled"))):
@@ -267,19 +275,26 @@ def test_pairwise_run_evaluation_and_transfer_table(ws, ood_ws, lm):
         pw = ev["pairwise"]
         assert pw["base"]["n_pairs"] > 0 and pw["ft"]["n"] == 10 and "bt_auroc" in pw["ft"]
         assert pw["ft"]["max_appearances"] <= transfer.PAIR_ROUNDS
-    # no eval item was trained on
+    transfer.evaluate_ood(ws, runs["multitask"], ood_ws, lm=lm, limit=10)
+    return runs
+
+
+def test_no_eval_item_in_training(ws, trained):
+    from metacog.finetune.runs import get_run
+
     _, non_train = _train_ids(ws)
-    for rid in runs.values():
-        r = __import__("metacog.finetune.runs", fromlist=["get_run"]).get_run(ws, rid)
+    for rid in trained.values():
+        r = get_run(ws, rid)
         pairs = read_pairs(r.file("pairs.jsonl"))
         ev_ids = set(pd.read_parquet(r.file("per_item.parquet"))["id"])
-        trained = set(pairs["id_first"]) | set(pairs["id_second"]) | set(read_targets(r.file("targets.jsonl"))["id"])
-        assert not trained & ev_ids and not trained & non_train
-    # out-of-domain: another workspace of the same base model
-    transfer.evaluate_ood(ws, runs["multitask"], ood_ws, lm=lm, limit=10)
+        seen = set(pairs["id_first"]) | set(pairs["id_second"]) | set(read_targets(r.file("targets.jsonl"))["id"])
+        assert seen and not seen & ev_ids and not seen & non_train
+
+
+def test_transfer_table_rows_columns_and_cis(ws, trained):
     df = transfer.transfer_table(ws)
     rows = list(dict.fromkeys(df["row"]))
-    assert rows == ["none", "pairwise", "multitask", "shuffled"]
+    assert rows[0] == "none" and sorted(rows[1:]) == ["multitask", "pairwise", "shuffled"]
     assert set(df["metric"]) == set(transfer.METRICS)
     assert set(df["domain"]) == {"in-domain", "out-of-domain"}
     ood = df[df["domain"] == "out-of-domain"]
@@ -308,3 +323,27 @@ def test_cli_task_dry_run(ws, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["settings"]["task"] == "multitask" and out["targets"]["pairwise"]["fraction_requested"] == 0.25
     assert out["plan"]["n_train"] == out["targets"]["n_train"]
+
+
+def test_report_and_results_page_show_the_transfer_table(ws, trained, cache, tmp_path, monkeypatch):
+    from metacog.report import write_report
+
+    transfer.save_table(ws, transfer.transfer_table(ws))
+    out, rep = write_report(tmp_path / "r.html", ws)
+    html = out.read_text()
+    assert "Transfer: single-question and pairwise training" in html and "BT AUROC" in html and "multitask" in html
+
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("METACOG_CACHE", str(cache))
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120)
+    at.query_params["ws"] = "tiny"
+    at.run()
+    at.switch_page("pages/6_Results.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Transfer: single-question vs pairwise" in [h.value for h in at.subheader]
+    t = [d.value for d in at.dataframe if "training" in d.value.columns]
+    assert t and t[0]["training"].iloc[0] == "none"

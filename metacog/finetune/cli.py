@@ -87,6 +87,22 @@ def register(sub) -> None:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("transfer", help="the transfer table: single-question and pairwise ability of each run, in- and out-of-domain",
+                       description="Rows = training task (none = base, single, pairwise, multitask, shuffled), columns = single-question "
+                                   "AUROC / ECE and pairwise accuracy / Bradley-Terry AUROC with CIs, on the eval split (in-domain) "
+                                   "and on the eval split of other workspaces of the same base model (out-of-domain). Evaluates "
+                                   "what is missing (runs without an evaluation or without its pairwise part; --ood evaluations), "
+                                   "then writes <workspace>/transfer/table.{parquet,md}.")
+    p.add_argument("--workspace", required=True)
+    p.add_argument("--runs", nargs="*", default=None, help="run ids (default: every finished run, oldest first)")
+    p.add_argument("--ood", nargs="*", default=[], metavar="WORKSPACE",
+                   help="out-of-domain workspaces (a world-facts-mc study, a study of your own file); same base model")
+    p.add_argument("--limit", type=int, default=None, help="first N eval items of each workspace")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-evaluate", action="store_true", help="only build the table from evaluations that exist")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_transfer)
+
     p = sub.add_parser("runs", help="list the fine-tuning runs of a workspace")
     p.add_argument("--workspace", required=True)
     p.add_argument("--json", action="store_true")
@@ -253,6 +269,46 @@ def cmd_evaluate(a) -> int:
     else:
         print_eval(ev)
         print(f"written: {run.file('eval.json')}")
+    return 0
+
+
+def cmd_transfer(a) -> int:
+    from ..workspace import Workspace
+    from . import runner, transfer
+    from .runs import get_run, list_runs
+
+    ws = Workspace(a.workspace)
+    oods = [Workspace(o) for o in a.ood]
+    for o in oods:
+        if not o.exists:
+            raise ValueError(f"{o.root} is not a metacog workspace (run `metacog study` on it first)")
+    reg = list_runs(ws)
+    runs = a.runs if a.runs is not None else [r for r in reg.loc[reg["status"] == "done", "run"]][::-1]
+    if not runs:
+        print("no finished runs: train some first (metacog finetune --task single|pairwise|multitask)")
+        return 1
+    if not a.no_evaluate:
+        lm = None
+        bar = _Bar(a.quiet)
+        try:
+            for rid in runs:
+                run = get_run(ws, rid)
+                ev = run.eval_result() or {}
+                if not (ev.get("pairwise") or {}).get("ft"):
+                    lm = lm or runner._load_lm(run, a.threads)
+                    print(f"evaluating {rid} on the eval split of {ws.root.name}", file=sys.stderr)
+                    runner.evaluate(ws, rid, lm=lm, limit=a.limit, threads=a.threads, progress=bar)
+                for o in oods:
+                    if not (transfer.ood_dir(run, o) / "eval.json").exists():
+                        lm = lm or runner._load_lm(run, a.threads)
+                        print(f"evaluating {rid} on the eval split of {o.root} (out-of-domain)", file=sys.stderr)
+                        transfer.evaluate_ood(ws, rid, o, lm=lm, limit=a.limit, threads=a.threads, progress=bar)
+        finally:
+            bar.close()
+    df = transfer.transfer_table(ws, runs)
+    path = transfer.save_table(ws, df)
+    print(transfer.to_markdown(df))
+    print(f"written: {path} (and table.md)")
     return 0
 
 
