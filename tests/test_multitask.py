@@ -347,3 +347,31 @@ def test_report_and_results_page_show_the_transfer_table(ws, trained, cache, tmp
     assert "Transfer: single-question vs pairwise" in [h.value for h in at.subheader]
     t = [d.value for d in at.dataframe if "training" in d.value.columns]
     assert t and t[0]["training"].iloc[0] == "none"
+
+
+def test_cli_transfer_builds_the_table_without_a_model(ws, trained, capsys):
+    from metacog.cli import main
+
+    rc = main(["transfer", "--workspace", str(ws.root), "--runs", *trained.values(), "--no-evaluate"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert out.startswith("| training |") and "single AUROC" in out and "out-of-domain" in out
+    assert ws.path("transfer", "table.md").exists() and ws.path("transfer", "table.parquet").exists()
+
+
+def test_finetune_page_offers_the_task(ws, cache, monkeypatch):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("METACOG_CACHE", str(cache))
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120)
+    at.query_params["ws"] = "tiny"
+    at.run()
+    at.switch_page("pages/5_Fine-tune.py")
+    at.run()
+    k = ws.root.name
+    at.selectbox(key=f"ft-task-{k}").set_value("pairwise").run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    at.selectbox(key=f"ft-kind-{k}").set_value("constant").run()  # every pair would tie: refused on the page
+    assert any("tie every pair" in e.value for e in at.error)
