@@ -338,7 +338,7 @@ def wide(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     w = w[list(dict.fromkeys(d["col"]))]
     meta = d.drop_duplicates("key").set_index("key")[["updates", "epochs"]]
     w.insert(0, "epochs", meta["epochs"])
-    w.insert(0, "updates", meta["updates"])
+    w.insert(0, "updates", pd.to_numeric(meta["updates"], errors="coerce").astype("Int64"))
     w.index.name = "training"
     return w
 
