@@ -166,6 +166,26 @@ def comparison_section(rep: Report, runs: list, readout: str | None = None, stab
     return readout
 
 
+def transfer_section(rep: Report, ws: Workspace) -> None:
+    """The transfer table (single-question vs pairwise training, in- and out-of-domain), when
+    ``metacog transfer`` has written one; rebuilt from the same runs' evaluations (no model)."""
+    from .finetune import transfer as T
+
+    saved = T.load_table(ws)
+    if saved is None or saved.empty:
+        return
+    try:
+        df = T.transfer_table(ws, [r for r in dict.fromkeys(saved["run"].dropna())])
+    except (OSError, ValueError, KeyError, WorkspaceError):
+        df = saved
+    rep.h("Transfer: single-question and pairwise training")
+    w = T.wide(df).reset_index()
+    rep.table(w, "rows = training task (none = the base model); cells = value [95% CI] on items never trained on. "
+                 "single AUROC / ECE: the run's verbal readout, item bootstrap (AUROC stratified by class); pairwise accuracy: "
+                 "correct/incorrect pairs, each item in at most 2 pairs, bootstrap over pairs; BT AUROC: Bradley–Terry scores "
+                 "from about 4 comparisons per item, stratified item bootstrap. See docs/FINETUNE.md (Tasks and transfer).")
+
+
 def models_section(rep: Report, roots: list) -> None:
     if len(roots) < 1:
         return
@@ -191,6 +211,7 @@ def build_report(ws: Workspace | str, runs: list[str] | None = None, models: lis
     _sweeps_section(rep, ws)
     ids = runs if runs is not None else C.evaluated_runs(ws)
     comparison_section(rep, [C.load_run(ws, r) for r in ids], readout)
+    transfer_section(rep, ws)
     if models:
         models_section(rep, [str(ws.root)] + [str(Workspace(m).root) for m in models if Workspace(m).root != ws.root])
     return rep

@@ -9,7 +9,7 @@ from metacog.finetune import runner
 from metacog.finetune.plots import loss_curve
 from metacog.finetune.backends.common import latest_checkpoint
 from metacog.finetune.runs import ACTIVE, RunError, delete_run, get_run, list_runs, pid_alive
-from metacog.finetune.settings import (BACKENDS, FORMATS, LOSS_ON, SCHEDULES, FinetuneSettings, SettingsError,
+from metacog.finetune.settings import (BACKENDS, FORMATS, LOSS_ON, SCHEDULES, TASKS, FinetuneSettings, SettingsError,
                                        make_plan)
 from metacog.finetune.targets import TargetError, build_targets
 from metacog.settings import POSITIONS
@@ -83,6 +83,13 @@ with ui.guard("fine-tuning"):
                               default=[], key=f"ft-controls-{k}",
                               help="queued behind the main run in the same workspace (runs never interleave)")
 
+    c = st.columns([2, 2, 4])
+    task = c[0].selectbox("task", TASKS, key=f"ft-task-{k}",
+                          help="single: one question's confidence; pairwise: 'which of these two are you more likely to have "
+                               "gotten right?' (the item with the higher target p wins, position balanced); multitask: both")
+    pair_f = c[1].number_input("pairwise fraction", 0.05, 0.95, 0.5, step=0.05, key=f"ft-pf-{k}", disabled=task != "multitask",
+                               help="multitask: share of the training examples that are pairwise (one example per item)")
+
     # ------------------------------------------------------------------ settings
     st.subheader("Training")
     d = FinetuneSettings()
@@ -121,7 +128,8 @@ with ui.guard("fine-tuning"):
     s, df, info, plan = None, None, None, None
     try:
         s = FinetuneSettings(
-            targets=kind, format=fmt, probe_layer=int(layer), probe_position=pos, epochs=int(epochs),
+            targets=kind, task=task, pairwise_fraction=float(pair_f) if task == "multitask" else None,
+            format=fmt, probe_layer=int(layer), probe_position=pos, epochs=int(epochs),
             max_updates=int(max_upd) or None, lr=float(lr), seed=int(seed), batch_size=int(bs), grad_accum=int(ga),
             rank=int(rank), alpha=float(alpha), dropout=float(dropout), target_modules=mods, schedule=sched,
             warmup_fraction=float(warm), loss_on=loss_on, backend=backend, val_fraction=float(valf),

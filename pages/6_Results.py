@@ -224,4 +224,13 @@ with ui.guard("the results"):
             t = t.reindex(t[f"{readout}_shift"].abs().sort_values(ascending=False, na_position="last").index)
         ui.show_table(ui.with_links(t, ws), key="res-items", filename=f"{k}-{one}-per-item", column_config=ui.LINK_COLUMN,
                       height=380, caption="'explore' opens the item (base model's answer and distributions) in the item explorer")
+    if any((evs[r][0] or {}).get("pairwise") for r in picked):  # the transfer table (metacog/finetune/transfer.py)
+        from metacog.finetune import transfer
+
+        st.subheader("Transfer: single-question vs pairwise")
+        tt = transfer.wide(transfer.transfer_table(ws, picked)).reset_index()
+        ui.show_table(tt, key="res-transfer", filename=f"{k}-transfer",
+                      caption="rows = training task (none = base); value [95% CI] on items never trained on: single AUROC/ECE "
+                              "(item bootstrap), pairwise accuracy on correct/incorrect pairs (pair bootstrap, each item in ≤ 2 "
+                              f"pairs), Bradley–Terry AUROC. Out-of-domain columns: `metacog transfer --workspace {ws.root} --ood W2`.")
     ui.definitions("auroc", "ece", "validity", "readouts", "type_prior")

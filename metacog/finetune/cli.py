@@ -13,7 +13,7 @@ import json
 import sys
 
 from ..settings import POSITIONS
-from .settings import BACKENDS, DTYPES, FORMATS, LOSS_ON, SCHEDULES, TARGET_KINDS, FinetuneSettings, SettingsError
+from .settings import BACKENDS, DTYPES, FORMATS, LOSS_ON, SCHEDULES, TARGET_KINDS, TASKS, FinetuneSettings, SettingsError
 
 
 def register(sub) -> None:
@@ -25,6 +25,11 @@ def register(sub) -> None:
     p.add_argument("--resume", metavar="RUN", default=None, help="continue RUN from its newest checkpoint (other settings are the run's own)")
     g = p.add_argument_group("targets")
     g.add_argument("--targets", choices=TARGET_KINDS, default=d.targets, help="probe (default), or a control: binary, shuffled, constant; or file")
+    g.add_argument("--task", choices=TASKS, default=d.task,
+                   help="single: one question's confidence (default); pairwise: 'which of these two are you more likely to have "
+                        "gotten right?' -> 1/2, the item with the higher target p wins; multitask: both, mixed by --pairwise-fraction")
+    g.add_argument("--pairwise-fraction", type=float, default=None,
+                   help="multitask: share of the training examples that are pairwise (default 0.5); one example per training item in every task")
     g.add_argument("--targets-file", default=None, help="JSONL/CSV with id,target (integer 0-100) for --targets file")
     g.add_argument("--format", choices=FORMATS, default=d.format, help="inline: own answer then 'Confidence: NN%%'; two-pass: confidence only")
     g.add_argument("--probe-layer", type=int, default=None, help="hidden-state index of the target probe (default: best by train-split CV)")
@@ -82,6 +87,22 @@ def register(sub) -> None:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("transfer", help="the transfer table: single-question and pairwise ability of each run, in- and out-of-domain",
+                       description="Rows = training task (none = base, single, pairwise, multitask, shuffled), columns = single-question "
+                                   "AUROC / ECE and pairwise accuracy / Bradley-Terry AUROC with CIs, on the eval split (in-domain) "
+                                   "and on the eval split of other workspaces of the same base model (out-of-domain). Evaluates "
+                                   "what is missing (runs without an evaluation or without its pairwise part; --ood evaluations), "
+                                   "then writes <workspace>/transfer/table.{parquet,md}.")
+    p.add_argument("--workspace", required=True)
+    p.add_argument("--runs", nargs="*", default=None, help="run ids (default: every finished run, oldest first)")
+    p.add_argument("--ood", nargs="*", default=[], metavar="WORKSPACE",
+                   help="out-of-domain workspaces (a world-facts-mc study, a study of your own file); same base model")
+    p.add_argument("--limit", type=int, default=None, help="first N eval items of each workspace")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-evaluate", action="store_true", help="only build the table from evaluations that exist")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_transfer)
+
     p = sub.add_parser("runs", help="list the fine-tuning runs of a workspace")
     p.add_argument("--workspace", required=True)
     p.add_argument("--json", action="store_true")
@@ -98,7 +119,7 @@ def _settings(a) -> FinetuneSettings:
     if epochs is None and a.max_updates is None:
         epochs = FinetuneSettings().epochs
     return FinetuneSettings(
-        targets=a.targets, format=a.format, probe_layer=a.probe_layer, probe_position=a.probe_position,
+        targets=a.targets, task=a.task, pairwise_fraction=a.pairwise_fraction, format=a.format, probe_layer=a.probe_layer, probe_position=a.probe_position,
         targets_file=a.targets_file, constant_value=a.constant, binary_balance=not a.no_balance, limit_items=a.limit_items,
         val_fraction=a.val_fraction, backend=a.backend, rank=a.rank, alpha=a.alpha, dropout=a.dropout,
         target_modules=a.target_modules, lr=a.lr, schedule=a.schedule, warmup_fraction=a.warmup, batch_size=a.batch_size,
@@ -156,16 +177,17 @@ def cmd_finetune(a) -> int:
         return _report(ws, run.id)
     s = _settings(a)
     if a.dry_run:
+        from .runner import example_counts
         from .settings import make_plan
-        from .targets import build_targets
+        from .targets import build_task
 
-        df, info = build_targets(ws, s)
-        plan = make_plan(s, int((df["role"] == "train").sum()), int((df["role"] == "val").sum()))
+        df, pairs, info = build_task(ws, s)
+        plan = make_plan(s, *example_counts(df, pairs))
         print(json.dumps({"settings": s.to_dict(), "targets": info, "plan": plan.to_dict()}, indent=2, default=str))
         return 0
     run = runner.create_run(ws, s, name=a.name, threads=a.threads)
     pl = run.settings()["plan"]
-    print(f"run {run.id}: {pl['n_train']} train + {pl['n_val']} val items, {pl['updates_per_epoch']} updates/epoch, "
+    print(f"run {run.id}: task {s.task}, {pl['n_train']} train + {pl['n_val']} val examples, {pl['updates_per_epoch']} updates/epoch, "
           f"{pl['updates_planned']} updates planned ({pl['epochs_planned']} epochs)", file=sys.stderr)
     if a.background:
         pid = runner.spawn(run, evaluate=a.evaluate, eval_limit=a.eval_limit, threads=a.threads)
@@ -247,6 +269,46 @@ def cmd_evaluate(a) -> int:
     else:
         print_eval(ev)
         print(f"written: {run.file('eval.json')}")
+    return 0
+
+
+def cmd_transfer(a) -> int:
+    from ..workspace import Workspace
+    from . import runner, transfer
+    from .runs import get_run, list_runs
+
+    ws = Workspace(a.workspace)
+    oods = [Workspace(o) for o in a.ood]
+    for o in oods:
+        if not o.exists:
+            raise ValueError(f"{o.root} is not a metacog workspace (run `metacog study` on it first)")
+    reg = list_runs(ws)
+    runs = a.runs if a.runs is not None else [r for r in reg.loc[reg["status"] == "done", "run"]][::-1]
+    if not runs:
+        print("no finished runs: train some first (metacog finetune --task single|pairwise|multitask)")
+        return 1
+    if not a.no_evaluate:
+        lm = None
+        bar = _Bar(a.quiet)
+        try:
+            for rid in runs:
+                run = get_run(ws, rid)
+                ev = run.eval_result() or {}
+                if not (ev.get("pairwise") or {}).get("ft"):
+                    lm = lm or runner._load_lm(run, a.threads)
+                    print(f"evaluating {rid} on the eval split of {ws.root.name}", file=sys.stderr)
+                    runner.evaluate(ws, rid, lm=lm, limit=a.limit, threads=a.threads, progress=bar)
+                for o in oods:
+                    if not (transfer.ood_dir(run, o) / "eval.json").exists():
+                        lm = lm or runner._load_lm(run, a.threads)
+                        print(f"evaluating {rid} on the eval split of {o.root} (out-of-domain)", file=sys.stderr)
+                        transfer.evaluate_ood(ws, rid, o, lm=lm, limit=a.limit, threads=a.threads, progress=bar)
+        finally:
+            bar.close()
+    df = transfer.transfer_table(ws, runs)
+    path = transfer.save_table(ws, df)
+    print(transfer.to_markdown(df))
+    print(f"written: {path} (and table.md)")
     return 0
 
 

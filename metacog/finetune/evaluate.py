@@ -255,8 +255,11 @@ def _ws_model_hash(ws: Workspace) -> str | None:
 def evaluate_adapter(ws: Workspace, adapter_dir: Path, out_dir: Path, *, lm=None, owned: bool = False,
                      limit: int | None = None, threads: int | None = None, probes: bool = True,
                      primary_format: str = "inline", target_probe: dict | None = None, progress=None,
-                     should_stop=None, run_id: str | None = None) -> dict:
-    """Evaluate ``adapter_dir`` on ``ws``'s eval split; write ``out_dir``/eval.json + per_item.parquet."""
+                     should_stop=None, run_id: str | None = None, pairwise: bool = True) -> dict:
+    """Evaluate ``adapter_dir`` on ``ws``'s eval split; write ``out_dir``/eval.json + per_item.parquet.
+
+    ``pairwise``: also measure the pairwise ability of the fine-tuned and the base model on these
+    items (``eval.json["pairwise"]``, :func:`metacog.finetune.transfer.pairwise_block`)."""
     from ..activations import load_states, run_activations
     from ..answers import answers_key, run_answers
     from ..models import load_model
@@ -297,9 +300,21 @@ def evaluate_adapter(ws: Workspace, adapter_dir: Path, out_dir: Path, *, lm=None
         akey = answers_key(ft, items, study)
         run_activations(sub, ft, items, ans_ft, akey, study.batch_size, progress, should_stop, style=study.prompt_style)
         gen_seconds = time.time() - t_ans
+        pw_ft = None
+        if pairwise:
+            from .transfer import pairwise_block
+
+            a = ans_ft.sort_values("row")
+            pw_ft = pairwise_block(ft, items["question"].tolist(), a["answer"].tolist(), a["correct"].to_numpy(bool),
+                                   seed=study.seed, batch_size=study.batch_size)
     finally:
         if owned:
             unload_adapter(ft)  # the base model is left as it was
+    pw = None
+    if pairwise:
+        from .transfer import base_pairwise
+
+        pw = {"ft": pw_ft, "base": base_pairwise(ws, lm, items, study.seed, study.batch_size)}
 
     # ---- one per-item table: base (main workspace) and fine-tuned (sub-workspace)
     base_all = results_table(ws)
@@ -407,7 +422,7 @@ def evaluate_adapter(ws: Workspace, adapter_dir: Path, out_dir: Path, *, lm=None
         "primary_format": primary_format, "headline": headline,
         "accuracy": {"base": acc0, "ft": acc1, "change": acc1 - acc0, "right_to_wrong": int((y0 & ~y1).sum()),
                      "wrong_to_right": int((~y0 & y1).sum()), "unchanged": int(same.sum())},
-        "readouts": readouts, "probe": probe, "type_prior": tp, "retrained_probes": rp, "reliability": reliability,
+        "readouts": readouts, "pairwise": pw, "probe": probe, "type_prior": tp, "retrained_probes": rp, "reliability": reliability,
         "ece_rule": getattr(metrics, "ECE_BINS_DOC", f"{bins} equal-width bins"), "ece_bins": bins,
         "seconds": {"generation_and_states": round(gen_seconds, 1), "total": round(time.time() - t0, 1)},
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),

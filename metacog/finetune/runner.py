@@ -33,7 +33,7 @@ from ..settings import ModelSettings, from_dict, to_dict
 from ..workspace import Workspace, WorkspaceBusy, WorkspaceError, atomic_write_json, open_append, remove_tree
 from .runs import ACTIVE, Run, RunError, get_run, list_runs, new_run_id, pid_alive, this_process
 from .settings import FinetuneSettings, SettingsError, make_plan
-from .targets import TargetError, build_targets, encode_all, read_targets, write_targets
+from .targets import TargetError, build_task, encode_task, read_pairs, read_targets, write_pairs, write_targets
 
 LOCK_NAME = "finetune"
 HEARTBEAT_S = 5.0
@@ -49,18 +49,20 @@ def create_run(ws: Workspace, s: FinetuneSettings, name: str | None = None, thre
     model_s, study = ws.settings()
     if threads is not None and (not isinstance(threads, int) or not 1 <= threads <= 256):
         raise SettingsError(f"threads must be an integer from 1 to 256, not {threads!r}")
-    df, info = build_targets(ws, s)
-    n_train = int((df["role"] == "train").sum())
-    n_val = int((df["role"] == "val").sum())
+    df, pairs, info = build_task(ws, s)
+    n_train, n_val = example_counts(df, pairs)
     plan = make_plan(s, n_train, n_val)
-    run_id = new_run_id(s.targets, s.format, s.seed, name)
+    what = s.targets if s.task == "single" else f"{s.task}-{s.targets}"
+    run_id = new_run_id(what, s.format, s.seed, name)
     k = 1
     while ws.path("runs", run_id).exists():
         k += 1
-        run_id = f"{new_run_id(s.targets, s.format, s.seed, name)}-{k}"
+        run_id = f"{new_run_id(what, s.format, s.seed, name)}-{k}"
     run = Run(ws, run_id)
     run.path.mkdir(parents=True, exist_ok=False)
     write_targets(run.file("targets.jsonl"), df)
+    if len(pairs):
+        write_pairs(run.file("pairs.jsonl"), pairs)
     ms = to_dict(model_s)
     if s.dtype != "auto":
         ms["dtype"] = s.dtype
@@ -85,6 +87,13 @@ def create_run(ws: Workspace, s: FinetuneSettings, name: str | None = None, thre
     run.set_status(status="queued", phase="created", updates_run=0, updates_planned=plan.updates_planned, epochs_run=0.0,
                    message="created")
     return run
+
+
+def example_counts(df, pairs) -> tuple[int, int]:
+    """(training, validation) examples of a task: single-question rows marked ``single`` plus pairs."""
+    single = df[df["single"].astype(bool)] if "single" in df.columns else df
+    n = [int((single["role"] == r).sum()) + (int((pairs["role"] == r).sum()) if len(pairs) else 0) for r in ("train", "val")]
+    return n[0], n[1]
 
 
 # ------------------------------------------------------------------------------ launch / spawn
@@ -285,10 +294,9 @@ def execute(ws: Workspace, run_id: str, *, lm=None, owned: bool = False, threads
                 df = read_targets(run.file("targets.jsonl"))
                 _, study = ws.settings()
                 style = settings.get("study", {}).get("prompt_style", study.prompt_style)
-                tr_df = df[df["role"] == "train"].sort_values("row")
-                va_df = df[df["role"] == "val"].sort_values("row")
-                train_ex, drop_t = encode_all(lm.tokenizer, lm.is_chat, tr_df, s.format, s.loss_on, style, s.max_length, s.objective)
-                val_ex, drop_v = encode_all(lm.tokenizer, lm.is_chat, va_df, s.format, s.loss_on, style, s.max_length, s.objective)
+                pairs = read_pairs(run.file("pairs.jsonl"))
+                train_ex, val_ex, dropped = encode_task(lm.tokenizer, lm.is_chat, df, pairs, s, style)
+                drop_t, drop_v = dropped["train"], dropped["val"]
                 plan = make_plan(s, len(train_ex), len(val_ex))
                 if plan.to_dict() != settings.get("plan"):
                     run.update_settings(plan=plan.to_dict(), dropped_too_long={"train": drop_t, "val": drop_v})

@@ -257,6 +257,7 @@ def list_runs(ws: Workspace) -> pd.DataFrame:
                     "status": r.live_status(),
                     "phase": st.get("phase", ""),
                     "targets": ft.get("targets"),
+                    "task": ft.get("task", "single"),
                     "format": ft.get("format"),
                     "backend": ft.get("backend"),
                     "probe": f"L{probe['layer']} @ {probe['position']}" if probe else "",
@@ -284,7 +285,7 @@ def list_runs(ws: Workspace) -> pd.DataFrame:
                     "key": _settings_key(ft),
                 }
             )
-    cols = ["run", "status", "phase", "targets", "format", "backend", "probe", "seed", "n_train", "epochs_planned",
+    cols = ["run", "status", "phase", "targets", "task", "format", "backend", "probe", "seed", "n_train", "epochs_planned",
             "updates_planned", "updates_run", "epochs_run", "last_loss", "val_loss", "train_seconds", "evaluated",
             "acc_base", "acc_ft", "auroc_base", "auroc_ft", "ece_base", "ece_ft", "ceiling_ft", "created", "message",
             "rank", "alpha", "lr", "tags", "note", "key"]

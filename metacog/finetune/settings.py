@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from ..settings import POSITIONS, from_dict, stable_hash, to_dict
 
 TARGET_KINDS = ("probe", "binary", "shuffled", "constant", "file")
+TASKS = ("single", "pairwise", "multitask")  # what the examples ask: one question's confidence, a pair, or a mix
 FORMATS = ("inline", "two-pass", "uncertainty-query")
 OBJECTIVES = ("ce", "brier")
 UQ_LABELS = ("Yes", "No")  # calibration-tuning's reply to "Is the proposed answer correct?"
@@ -46,6 +47,10 @@ class FinetuneSettings:
     #                          | uncertainty-query ("Is the proposed answer correct?" -> Yes/No; calibration-tuning)
     objective: str = "ce"  # ce: cross-entropy on the target text | brier: Brier score of the exact 0-100
     #                        distribution at the confidence slot vs correctness (ConfTuner; no target text)
+    task: str = "single"  # single: one question's confidence | pairwise: "which of these two are you more likely to
+    #                        have gotten right?" -> 1/2 (the item with the higher target p wins) | multitask: a mix
+    pairwise_fraction: float | None = None  # multitask: share of the training examples that are pairwise (None = 0.5);
+    #                                         every task has one example per training item (matched length)
     probe_layer: int | None = None  # hidden-state index; None = the best probe (train-split CV)
     probe_position: str | None = None  # one of POSITIONS; None = the best probe's
     targets_file: str | None = None  # for targets="file": JSONL/CSV with id, target (integer 0-100)
@@ -94,7 +99,10 @@ class FinetuneSettings:
         return float(self.alpha) / float(self.rank)
 
     def key(self) -> str:
-        return stable_hash("finetune", self)
+        d = to_dict(self)
+        if d["task"] == "single" and d["pairwise_fraction"] is None:  # keys of single-task runs are those of before tasks existed
+            del d["task"], d["pairwise_fraction"]
+        return stable_hash("finetune", d)
 
     def to_dict(self) -> dict:
         return to_dict(self)
@@ -102,6 +110,16 @@ class FinetuneSettings:
     @classmethod
     def from_dict(cls, d: dict) -> "FinetuneSettings":
         return from_dict(cls, d)
+
+    @property
+    def pair_share(self) -> float:
+        """Share of the training examples that are pairwise: 0 (single), 1 (pairwise), or
+        ``pairwise_fraction`` (multitask; default 0.5)."""
+        if self.task == "single":
+            return 0.0
+        if self.task == "pairwise":
+            return 1.0
+        return 0.5 if self.pairwise_fraction is None else float(self.pairwise_fraction)
 
     def replace(self, **kw) -> "FinetuneSettings":
         d = to_dict(self)
@@ -129,6 +147,20 @@ def _validate(s: FinetuneSettings) -> None:
         _err(f"targets must be one of {', '.join(TARGET_KINDS)}, not {s.targets!r}")
     if s.format not in FORMATS:
         _err(f"format must be one of {', '.join(FORMATS)}, not {s.format!r}")
+    if s.task not in TASKS:
+        _err(f"task must be one of {', '.join(TASKS)}, not {s.task!r}")
+    if s.pairwise_fraction is not None:
+        if s.task != "multitask":
+            _err("pairwise_fraction mixes single and pairwise examples: use task multitask")
+        if not isinstance(s.pairwise_fraction, (int, float)) or not 0.0 < s.pairwise_fraction < 1.0:
+            _err(f"pairwise_fraction must be strictly between 0 and 1, not {s.pairwise_fraction!r}")
+    if s.task != "single":
+        if s.targets == "constant":
+            _err(f"task {s.task} compares items' targets; constant targets tie every pair: use probe, shuffled, binary or file")
+        if s.objective != "ce":
+            _err(f"task {s.task} trains the reply 1/2 by cross-entropy: use objective ce")
+        if s.format == "uncertainty-query":
+            _err(f"task {s.task}: the single-question part needs format inline or two-pass")
     if s.objective not in OBJECTIVES:
         _err(f"objective must be one of {', '.join(OBJECTIVES)}, not {s.objective!r}")
     if s.format == "uncertainty-query" and s.targets != "binary":
