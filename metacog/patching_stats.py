@@ -29,7 +29,6 @@ difference, each with its sign-flip p and bootstrap CI.
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pandas as pd
@@ -122,12 +121,7 @@ def contrast(res: pd.DataFrame, component: str = "resid", group: str = "confiden
     return {"component": component, "value": value, **c}
 
 
-def _f(x):
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(x) else x
+_f = S._f  # one JSON-friendly float (None for NaN/None), defined in metacog.stats
 
 
 def groups_of(res: pd.DataFrame) -> list[str]:
