@@ -263,7 +263,7 @@ def test_run_study_in_the_browser(served_app, browser, tmp_path):
     page.close()
 
 
-def test_lab_demo_from_a_fresh_cache(tmp_path, tiny_lm):
+def test_lab_demo_from_a_fresh_cache(tmp_path, tiny_lm, browser):
     """The demo path on a fresh cache: launch the default study (a first look, then the full
     study, in the job's own process), keep the page open, see the first plots while the full
     study still runs, ask the Playground a question, and read the logit lens of one item."""
@@ -273,8 +273,6 @@ def test_lab_demo_from_a_fresh_cache(tmp_path, tiny_lm):
     import json
     import signal
 
-    from playwright.sync_api import sync_playwright
-
     cache = tmp_path / "fresh-cache"
     cache.mkdir()
     proc, url = start_app(cache, tmp_path / "streamlit.log")
@@ -282,9 +280,8 @@ def test_lab_demo_from_a_fresh_cache(tmp_path, tiny_lm):
     out.mkdir()
     rec_path = None
     try:
-        with sync_playwright() as p:
-            b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-            page = b.new_page(viewport={"width": 1400, "height": 1000})
+        if True:  # the module's browser (one Playwright per process)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(url)
             settle(page)
             assert page.get_by_text("No study yet").count() >= 1
@@ -327,7 +324,7 @@ def test_lab_demo_from_a_fresh_cache(tmp_path, tiny_lm):
             settle(page)
             assert page.locator('[data-testid="stException"]').count() == 0
             full_screenshot(page, out / "3_item_lens.png")
-            b.close()
+            page.close()
     finally:
         if rec_path is not None and rec_path.exists():  # the full study's process outlives the server: end it
             pid = (json.loads(rec_path.read_text()) or {}).get("pid")
