@@ -381,7 +381,7 @@ def what_next(where: str = "main") -> None:
             st.markdown(f"- {label}")
 
 
-@st.fragment(run_every=1.0)
+@st.fragment(run_every=2.0)
 def _live_progress(kind: str, job_id: str, where: str, stop_help: str = "") -> None:
     job = _KINDS[kind].find(job_id)
     if job is None:

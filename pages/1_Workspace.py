@@ -183,4 +183,4 @@ with ui.guard("the workspace"):
             else:
                 st.rerun()
         if running is not None and running.root == ws.root:
-            ui.job_panel(ws, where="workspace-run")  # progress + Stop next to the button, too
+            st.caption("Running: progress and Stop are at the top of this page.")  # one live panel: each redraws every 2 s
