@@ -121,7 +121,7 @@ def contrast(res: pd.DataFrame, component: str = "resid", group: str = "confiden
     return {"component": component, "value": value, **c}
 
 
-_f = S._f  # one JSON-friendly float (None for NaN/None), defined in metacog.stats
+_f = S.json_float  # one JSON-friendly float (None for NaN/None), defined in metacog.stats
 
 
 def groups_of(res: pd.DataFrame) -> list[str]:

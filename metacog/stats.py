@@ -47,8 +47,8 @@ __all__ = ["layer_gradient", "paired_contrast", "one_sample", "sign_flip_test", 
            "UNIT", "CORRECTION", "EXACT_MAX"]
 
 
-def _f(x):
-    """A JSON-friendly float: None for NaN/None."""
+def json_float(x) -> float | None:
+    """A JSON-friendly float: None for NaN/None or a non-number (summary.json, patching.json)."""
     try:
         x = float(x)
     except (TypeError, ValueError):
@@ -111,9 +111,9 @@ def one_sample(x, n_perm: int = 9999, n_boot: int = 2000, seed: int = 0, level: 
     n = len(x)
     lo, hi = bootstrap_ci(x, n_boot, seed, level)
     return {
-        "mean": _f(x.mean()) if n else None, "p": _f(sign_flip_test(x, n_perm, seed)) if n else None,
-        "ci": [_f(lo), _f(hi)], "n": int(n), "exact": bool(n <= EXACT_MAX), "min_p": min_p(n),
-        "share_pos": _f((x > 0).mean()) if n else None,
+        "mean": json_float(x.mean()) if n else None, "p": json_float(sign_flip_test(x, n_perm, seed)) if n else None,
+        "ci": [json_float(lo), json_float(hi)], "n": int(n), "exact": bool(n <= EXACT_MAX), "min_p": min_p(n),
+        "share_pos": json_float((x > 0).mean()) if n else None,
     }
 
 
@@ -227,7 +227,7 @@ def layer_gradient(per_pair: pd.DataFrame, n_perm: int = 9999, n_boot: int = 200
     ok = np.isfinite(mv)
     rom = None
     if ok.sum() >= 3 and np.ptp(mv[ok]) > 0:
-        rom = _f(_st.spearmanr(layers[ok], mv[ok]).statistic)
+        rom = json_float(_st.spearmanr(layers[ok], mv[ok]).statistic)
     return {
         "rho": s["mean"], "p": s["p"], "ci": s["ci"], "n_pairs": s["n"], "unit": UNIT,
         "statistic": "mean over pairs of Spearman rho(layer, effect) within each pair",
@@ -235,10 +235,10 @@ def layer_gradient(per_pair: pd.DataFrame, n_perm: int = 9999, n_boot: int = 200
         "null": "each pair's rho is symmetric about 0 (no consistent layer trend across pairs)",
         "ci_method": f"{BOOT}, {int(n_boot)} resamples", "level": level, "exact": s["exact"], "min_p": s["min_p"],
         "share_pos": s["share_pos"], "n_pairs_undefined": int(np.isnan(rhos).sum()),
-        "n_layers": int(ok.sum()), "per_pair": {str(k): _f(v) for k, v in zip(pairs, rhos)},
+        "n_layers": int(ok.sum()), "per_pair": {str(k): json_float(v) for k, v in zip(pairs, rhos)},
         "rho_of_means": rom, "descriptive": True,
         "rho_of_means_note": "Spearman rho of the per-layer means: descriptive only, no p-value (layers are not independent samples)",
-        "layers": [int(x) for x in layers], "means": [_f(x) for x in mv],
+        "layers": [int(x) for x in layers], "means": [json_float(x) for x in mv],
     }
 
 

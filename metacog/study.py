@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
+from .stats import json_float as _f
 from .activations import activations_key, load_states, run_activations
 from .answers import answers_key, check_items_prompt_lengths, items_key, run_answers
 from .data import assign_splits, check_splits, load_dataset, split_fraction_warnings
@@ -459,12 +460,6 @@ def _within(scores, y, cats, seed: int = 0) -> dict:
             "n_items_used": r["n_items_used"]}
 
 
-def _f(x) -> float | None:
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return None
-    return None if np.isnan(x) else x
 
 
 def open_workspace(path: str | Path) -> Workspace:
