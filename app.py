@@ -2,14 +2,14 @@
 
 Entry point only: page navigation (every ``pages/<n>_<Name>.py``, in number order, the first
 is the home page) and the workspace picker in the sidebar. Each page reads the chosen
-workspace's artifacts through ``metacog.ui`` and draws ``metacog.plots`` figures.
+workspace's artifacts through ``metacog.app.ui`` and draws ``metacog.viz.plots`` figures.
 """
 import re
 from pathlib import Path
 
 import streamlit as st
 
-from metacog import ui
+from metacog.app import ui
 
 st.set_page_config(page_title="metacog", page_icon="🧭", layout="wide")
 

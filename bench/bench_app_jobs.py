@@ -45,8 +45,8 @@ def main() -> int:
 
     from test_browser import settle, start_app  # the browser test's server and page helpers
 
-    from metacog.settings import ModelSettings, StudySettings
-    from metacog.workspace import Workspace, read_json
+    from metacog.core.settings import ModelSettings, StudySettings
+    from metacog.core.workspace import Workspace, read_json
 
     print(f"cpu: {cpu()}; threads {a.threads}; dtype {a.dtype}; {a.limit} items")
     tmp = Path(tempfile.mkdtemp(prefix="metacog-bench-app-"))

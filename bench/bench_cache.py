@@ -18,12 +18,12 @@ import time
 import numpy as np
 import torch
 
-from metacog import prompts
-from metacog.confidence import body_and_head, left_pad, read_values
+from metacog.data import prompts
+from metacog.readout.values import body_and_head, left_pad, read_values
 from metacog.data import load_dataset
-from metacog.generation import batches_by_length
-from metacog.models import load_model
-from metacog.settings import POSITIONS, ModelSettings
+from metacog.model.generation import batches_by_length
+from metacog.model.loading import load_model
+from metacog.core.settings import POSITIONS, ModelSettings
 
 
 def main():

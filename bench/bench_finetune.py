@@ -26,8 +26,8 @@ def _peak_gb() -> float:
 
 def main():
     from metacog.finetune import FinetuneSettings, create_run, execute, run_evaluation
-    from metacog.study import load_items
-    from metacog.workspace import Workspace
+    from metacog.stages.study import load_items
+    from metacog.core.workspace import Workspace
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--workspace", required=True)

@@ -30,10 +30,10 @@ import pandas as pd
 
 
 def run_one(limit: int, batch_size: int, dtype: str, threads: int, dataset: str, seed: int):
-    from metacog.activations import load_states
-    from metacog.settings import ModelSettings, StudySettings
-    from metacog.study import load_items, run_study
-    from metacog.workspace import Workspace
+    from metacog.stages.activations import load_states
+    from metacog.core.settings import ModelSettings, StudySettings
+    from metacog.stages.study import load_items, run_study
+    from metacog.core.workspace import Workspace
 
     d = tempfile.mkdtemp(prefix=f"metacog-inv-{limit}-")
     t = time.time()

@@ -28,7 +28,7 @@ import torch
 
 def main():
     from metacog.methods import MethodSettings, meta, names, run_methods
-    from metacog.workspace import Workspace
+    from metacog.core.workspace import Workspace
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--workspace", required=True)
@@ -54,8 +54,8 @@ def main():
     ws = Workspace(tmp)
     s = MethodSettings(eval_limit=a.items, calibration_limit=a.items, k_samples=a.k, n_comparisons=a.comparisons,
                        tune_updates=a.tune_updates)
-    from metacog.models import load_model
-    from metacog.settings import ModelSettings, from_dict, to_dict
+    from metacog.model.loading import load_model
+    from metacog.core.settings import ModelSettings, from_dict, to_dict
 
     t0 = time.time()
     ms, _ = ws.settings()

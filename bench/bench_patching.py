@@ -26,9 +26,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from metacog import patching as P  # noqa: E402
-from metacog.confidence import expected_value, get_trie  # noqa: E402
-from metacog.models import load_model  # noqa: E402
-from metacog.settings import ModelSettings  # noqa: E402
+from metacog.readout.values import expected_value, get_trie  # noqa: E402
+from metacog.model.loading import load_model  # noqa: E402
+from metacog.core.settings import ModelSettings  # noqa: E402
 
 SOURCE = ("What is the capital of France?", "The capital of France is Paris.")
 TARGET = ("What is the atomic number of carbon?", "The atomic number of carbon is 6.")

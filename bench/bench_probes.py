@@ -1,4 +1,4 @@
-"""Benchmark of metacog.probes.fit_probes on activation-sized synthetic data.
+"""Benchmark of metacog.stages.probes.fit_probes on activation-sized synthetic data.
 
 Default problem: 1,500 items (60/20/20 train/calibration/eval), 31 layers x 4 positions,
 d = 576, 5-fold CV over C in (1e-3, 1e-2, 1e-1, 1) = 124 probes. Goal: < 5 s on 2 cores.
@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from metacog.probes import fit_probes, make_synthetic  # noqa: E402
+from metacog.stages.probes import fit_probes, make_synthetic  # noqa: E402
 
 
 def main() -> None:

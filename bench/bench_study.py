@@ -14,9 +14,9 @@ import time
 
 import torch
 
-from metacog.settings import ModelSettings, StudySettings
-from metacog.study import run_study
-from metacog.workspace import Workspace
+from metacog.core.settings import ModelSettings, StudySettings
+from metacog.stages.study import run_study
+from metacog.core.workspace import Workspace
 
 
 def main():
@@ -49,9 +49,9 @@ def _accounting(ws: Workspace, s: dict, total: float, threads: int) -> None:
     import numpy as np
     import pandas as pd
 
-    from metacog.confidence import get_trie
+    from metacog.readout.values import get_trie
     from metacog.data import load_dataset
-    from metacog.models import load_model
+    from metacog.model.loading import load_model
 
     ti = pd.read_parquet(ws.path("activations", "token_index.parquet"))
     ans = ws.read_parquet("answers.parquet")

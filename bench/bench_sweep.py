@@ -106,7 +106,7 @@ def main() -> int:
     metrics = {"sweep": {e["seed"]: headline(sweep_ws, e["run"]) for e in rec["runs"]}}
     if "singles_seconds" in out:
         from metacog.finetune.runs import list_runs
-        from metacog.workspace import Workspace
+        from metacog.core.workspace import Workspace
 
         reg = list_runs(Workspace(singles_ws))
         reg = reg[reg["evaluated"]].sort_values("created")

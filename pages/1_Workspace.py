@@ -2,10 +2,10 @@
 
 import streamlit as st
 
-from metacog import ui
+from metacog.app import ui
 from metacog.data import DataError, dataset_info, list_builtin
-from metacog.settings import ModelSettings, StudySettings, default_threads, parse_split_fractions, to_dict
-from metacog.workspace import WorkspaceError
+from metacog.core.settings import ModelSettings, StudySettings, default_threads, parse_split_fractions, to_dict
+from metacog.core.workspace import WorkspaceError
 
 ws = ui.current_workspace()
 ui.header("Workspace", ws, "One workspace is one study: a model × a dataset × settings. Stages run in order "

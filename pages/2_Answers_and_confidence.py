@@ -3,9 +3,11 @@ distribution (E[v], argmax), validity screen, per-item table."""
 import pandas as pd
 import streamlit as st
 
-from metacog import plots, ui
-from metacog.grading import GUARDS
-from metacog.verbal import RULES, UNPARSABLE
+from metacog.viz import plots
+
+from metacog.app import ui
+from metacog.data.grading import GUARDS
+from metacog.readout.verbal import RULES, UNPARSABLE
 
 ws = ui.current_workspace()
 ui.header("Answers & confidence", ws, "Does the number the model *says* track whether it is right? "

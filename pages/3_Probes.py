@@ -4,7 +4,11 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from metacog import metrics, plots, ui
+from metacog.stats import metrics
+
+from metacog.viz import plots
+
+from metacog.app import ui
 
 ws = ui.current_workspace()
 ui.header("Probes", ws, "What do the hidden states know about correctness? One logistic probe per layer × position, "

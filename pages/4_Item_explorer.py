@@ -1,10 +1,12 @@
 """Item explorer: one item's question, answer, grade, verbal confidence, exact 0-100 distribution
-and probe p(correct) per layer. Link here with ``?item=<id>`` (see ``metacog.ui.item_url``)."""
+and probe p(correct) per layer. Link here with ``?item=<id>`` (see ``metacog.app.ui.item_url``)."""
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from metacog import plots, ui
+from metacog.viz import plots
+
+from metacog.app import ui
 
 ws = ui.current_workspace()
 ui.header("Item explorer", ws)
@@ -125,7 +127,7 @@ with ui.guard("the item"):
 
     # ------------------------------------------------------------------ logit lens (base vs adapters)
     st.subheader("Logit lens at the confidence slot")
-    from metacog.playground import adapters, item_prefix, lens_readout
+    from metacog.stages.playground import adapters, item_prefix, lens_readout
 
     runs = adapters(ws)
     pick = st.multiselect("models", ["base"] + list(runs), default=["base"], key="ie-lens-models",
@@ -155,6 +157,6 @@ with ui.guard("the item"):
                    "goes through the final norm and the LM head, and the exact readout rule is applied. The adapter reads "
                    "the base model's answer text for this item, so the two differ only in the weights. It does not show "
                    "what a model cut at layer h would write, and early layers are biased (no tuned lens). At the last "
-                   "layer it equals the readout above (the '.' look-ahead aside). See metacog/playground.py.")
+                   "layer it equals the readout above (the '.' look-ahead aside). See metacog/stages/playground.py.")
     else:
         st.caption("Press **Read the lens** to see at which depth the model's confidence value appears.")

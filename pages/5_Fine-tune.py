@@ -4,7 +4,9 @@ import time
 
 import streamlit as st
 
-from metacog import plots, ui
+from metacog.viz import plots
+
+from metacog.app import ui
 from metacog.finetune import runner
 from metacog.finetune.plots import loss_curve
 from metacog.finetune.backends.common import latest_checkpoint
@@ -12,8 +14,8 @@ from metacog.finetune.runs import ACTIVE, RunError, delete_run, get_run, list_ru
 from metacog.finetune.settings import (BACKENDS, FORMATS, LOSS_ON, SCHEDULES, TASKS, FinetuneSettings, SettingsError,
                                        make_plan)
 from metacog.finetune.targets import TargetError, build_targets
-from metacog.settings import POSITIONS
-from metacog.workspace import WorkspaceError
+from metacog.core.settings import POSITIONS
+from metacog.core.workspace import WorkspaceError
 
 KIND_HELP = {
     "probe": "probe — the chosen probe's out-of-fold p(correct) × 100",
@@ -138,7 +140,7 @@ with ui.guard("fine-tuning"):
         )
         import json
 
-        from metacog.settings import to_dict
+        from metacog.core.settings import to_dict
 
         df, info = _preview(str(ws.root), json.dumps(to_dict(s), sort_keys=True),
                             ui.stamp(ws, "answers.parquet", "probes/oof.npy", "probes/best.json", "items.parquet"))

@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from metacog import metrics, ui
+from metacog.stats import metrics
+
+from metacog.app import ui
 from metacog.finetune import plots as fplots
 from metacog.finetune.evaluate import READOUTS, load_eval
 from metacog.finetune.runs import get_run, list_runs, run_label

@@ -10,10 +10,10 @@ import pandas as pd
 import streamlit as st
 
 from metacog import patching as P
-from metacog import patching_plots as PP
-from metacog import patching_stats as PS
+from metacog.patching import plots as PP
+from metacog.patching import stats as PS
 from metacog import stats as MS
-from metacog import ui
+from metacog.app import ui
 
 ws = ui.current_workspace()
 ui.header(
@@ -31,14 +31,14 @@ if not ui.require(ws, "activations", "patching reads the inline sequences and th
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _results(root: str, sid: str, stamp: tuple) -> pd.DataFrame:
-    from metacog.workspace import Workspace
+    from metacog.core.workspace import Workspace
 
     return P.load_results(Workspace(root), sid)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _pairs(root: str, sid: str, stamp: tuple) -> pd.DataFrame:
-    from metacog.workspace import Workspace
+    from metacog.core.workspace import Workspace
 
     return P.load_pairs(Workspace(root), sid)
 

@@ -6,8 +6,8 @@ self-contained HTML report."""
 import streamlit as st
 
 from metacog import compare as C
-from metacog import compare_plots as CP
-from metacog import ui
+from metacog.compare import plots as CP
+from metacog.app import ui
 from metacog.sweeps import list_sweeps, sweep_table
 
 READOUT_NAMES = {
@@ -171,7 +171,7 @@ with ui.guard("the comparison"):
     # ---------------------------------------------------------------- report
     st.subheader("Report")
     if st.button("Build HTML report", key=f"cmp-report-{k}", icon=":material/description:"):
-        from metacog.report import build_report, render
+        from metacog.compare.report import build_report, render
 
         with st.spinner("building the report"):
             rep = build_report(ws, runs=picked, models=roots[1:] or None, readout=readout)

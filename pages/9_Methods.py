@@ -5,7 +5,7 @@ ceiling rate and cost; reliability diagrams side by side; risk–coverage curves
 import pandas as pd
 import streamlit as st
 
-from metacog import ui
+from metacog.app import ui
 from metacog.methods import POSTHOC_KINDS, MethodSettings, all_methods, eval_scores, methods_table, stored_methods
 from metacog.methods import plots as mplots
 
@@ -19,7 +19,7 @@ if not ui.require(ws, "answers"):
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _table(root: str, stamp: tuple, n_boot: int) -> pd.DataFrame:
-    from metacog.workspace import Workspace
+    from metacog.core.workspace import Workspace
 
     return methods_table(Workspace(root), n_boot=n_boot)
 

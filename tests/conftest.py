@@ -80,7 +80,7 @@ def tiny_tok():
 
 @pytest.fixture(scope="session")
 def tiny_lm(tiny_tok):
-    from metacog.models import wrap
+    from metacog.model.loading import wrap
 
     torch.set_num_threads(1)
     return wrap(make_tiny_llama(tiny_tok), tiny_tok, spec="tiny", name="tiny-llama", weights_hash="tiny0")
@@ -112,8 +112,8 @@ def tiny_items(n: int = 24, mc: int = 0):
 @pytest.fixture(scope="session")
 def real_lm():
     """The embedded default model (SmolLM2-135M-Instruct), float32 for exact comparisons."""
-    from metacog.models import load_model
-    from metacog.settings import ModelSettings
+    from metacog.model.loading import load_model
+    from metacog.core.settings import ModelSettings
 
     return load_model(ModelSettings(dtype="float32"))
 
@@ -138,7 +138,7 @@ def copy_workspace(src, dst):
     """A private copy of a workspace directory (its artifacts are small for test-sized studies)."""
     import shutil
 
-    from metacog.workspace import Workspace
+    from metacog.core.workspace import Workspace
 
     shutil.copytree(src, dst)
     return Workspace(dst)

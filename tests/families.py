@@ -71,7 +71,7 @@ def build(name: str, tok, seed: int = 0):
     """A random model of family ``name`` (float32, eval mode, the loader's attention choice)."""
     from transformers import AutoModelForCausalLM
 
-    from metacog import arch
+    from metacog.model import arch
 
     cfg = config(name, tok)
     cfg._attn_implementation = arch.attn_implementation(cfg)

@@ -25,8 +25,8 @@ def save_tiny_model(d: Path) -> Path:
 
 
 def load_tiny(d: Path):
-    from metacog.models import load_model
-    from metacog.settings import ModelSettings
+    from metacog.model.loading import load_model
+    from metacog.core.settings import ModelSettings
 
     torch.set_num_threads(1)
     return load_model(ModelSettings(model=str(d), dtype="float32", device="cpu", threads=1))
@@ -34,12 +34,12 @@ def load_tiny(d: Path):
 
 def build_workspace(root: Path, lm, n: int = 60, seed: int = 0):
     """A complete workspace (items, answers, activations, probes, model.json) on ``lm``."""
-    from metacog.activations import activations_key, run_activations
-    from metacog.answers import answers_key, run_answers
-    from metacog.grading import normalize
-    from metacog.settings import ModelSettings, StudySettings
-    from metacog.study import run_probes_stage
-    from metacog.workspace import Workspace
+    from metacog.stages.activations import activations_key, run_activations
+    from metacog.stages.answers import answers_key, run_answers
+    from metacog.data.grading import normalize
+    from metacog.core.settings import ModelSettings, StudySettings
+    from metacog.stages.study import run_probes_stage
+    from metacog.core.workspace import Workspace
 
     study = StudySettings(dataset="tiny", limit=None, seed=seed, max_new_tokens=6, confidence_max_new_tokens=4, batch_size=16,
                           probe_folds=3)
@@ -66,8 +66,8 @@ def build_workspace(root: Path, lm, n: int = 60, seed: int = 0):
 
 def write_fake_probes(ws, p_fn=None, seed: int = 0):
     """Overwrite probes/oof.npy with known values (for exact target checks)."""
-    from metacog.settings import POSITIONS
-    from metacog.study import load_items
+    from metacog.core.settings import POSITIONS
+    from metacog.stages.study import load_items
 
     items = load_items(ws)
     n = len(items)
@@ -77,7 +77,7 @@ def write_fake_probes(ws, p_fn=None, seed: int = 0):
     oof = rng.random((n, L, len(POSITIONS))).astype(np.float32)
     if p_fn is not None:
         oof = p_fn(oof)
-    from metacog.study import save_probes
+    from metacog.stages.study import save_probes
 
     lin = ws.lineage("probes/metrics.parquet")
     save_probes(ws, ws.read_parquet("probes/metrics.parquet"), oof, {"layer": 1, "position": "last_answer", "cv_auroc": 0.7},

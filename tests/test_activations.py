@@ -4,14 +4,14 @@ import pandas as pd
 import pytest
 import torch
 
-from metacog import prompts
-from metacog.activations import load_states, run_activations
-from metacog.answers import answers_key, run_answers
-from metacog.confidence import read_values
-from metacog.hooks import capture_residual
-from metacog.runtime import Stopped
-from metacog.settings import POSITIONS, StudySettings
-from metacog.workspace import Workspace
+from metacog.data import prompts
+from metacog.stages.activations import load_states, run_activations
+from metacog.stages.answers import answers_key, run_answers
+from metacog.readout.values import read_values
+from metacog.model.hooks import capture_residual
+from metacog.core.runtime import Stopped
+from metacog.core.settings import POSITIONS, StudySettings
+from metacog.core.workspace import Workspace
 
 from conftest import tiny_items
 

@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from metacog import prompts
-from metacog.answers import option_logliks, reparse, run_answers
-from metacog.runtime import Stopped
-from metacog.settings import StudySettings
-from metacog.workspace import Workspace
+from metacog.data import prompts
+from metacog.stages.answers import option_logliks, reparse, run_answers
+from metacog.core.runtime import Stopped
+from metacog.core.settings import StudySettings
+from metacog.core.workspace import Workspace
 
 from conftest import tiny_items
 

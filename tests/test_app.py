@@ -4,11 +4,11 @@ random model (no download): every page renders without an exception and shows it
 and its artifacts appear; missing or half-done workspaces show a message, not a traceback.
 
 Workspaces (built once per session under a tmp METACOG_CACHE):
-- ``tiny``: answers + activations (+ probes when ``metacog.probes`` exists) from the real
+- ``tiny``: answers + activations (+ probes when ``metacog.stages.probes`` exists) from the real
   pipeline (``run_study`` with the tiny model); its gibberish answers are all wrong and no
   confidence parses, so pages meet degenerate data (one class: AUROC undefined, no best probe);
 - ``tiny-rich``: a copy whose grades and verbal confidences are replaced by seeded random ones
-  (both classes, saturated confidences), with probes: fitted by ``metacog.probes`` when the
+  (both classes, saturated confidences), with probes: fitted by ``metacog.stages.probes`` when the
   module exists, otherwise written synthetically in the artifact contract's format;
 - ``half``: answers only.
 """
@@ -31,16 +31,16 @@ PAGES = {
     "probes": "pages/3_Probes.py",
     "items": "pages/4_Item_explorer.py",
 }
-HAVE_PROBES = importlib.util.find_spec("metacog.probes") is not None
+HAVE_PROBES = importlib.util.find_spec("metacog.stages.probes") is not None
 TINY_STUDY = dict(dataset="world-facts", limit=24, max_new_tokens=6, confidence_max_new_tokens=4, batch_size=8)
 
 
 # ----------------------------------------------------------------------------- workspaces
 def build_workspaces(cache: Path, lm) -> dict[str, Path]:
     """Build the test workspaces under ``cache/workspaces`` (see module docstring)."""
-    from metacog.settings import ModelSettings, StudySettings
-    from metacog.study import run_study, summarize
-    from metacog.workspace import Workspace
+    from metacog.core.settings import ModelSettings, StudySettings
+    from metacog.stages.study import run_study, summarize
+    from metacog.core.workspace import Workspace
 
     wsd = cache / "workspaces"
     wsd.mkdir(parents=True, exist_ok=True)
@@ -71,18 +71,18 @@ def build_workspaces(cache: Path, lm) -> dict[str, Path]:
 
 
 def _add_probes(ws, ans: pd.DataFrame) -> None:
-    from metacog.settings import POSITIONS
+    from metacog.core.settings import POSITIONS
 
     man = ws.read_json("activations/manifest.json")
     n, H = man["n_items"], man["n_layers"]
     if HAVE_PROBES:
-        from metacog.study import load_items, run_probes_stage
+        from metacog.stages.study import load_items, run_probes_stage
 
         items = load_items(ws)
         _, study = ws.settings()
         run_probes_stage(ws, items, ans, man["key"], study, threads=1)
         return
-    # synthetic probes in the artifact contract's format (until metacog/probes.py exists)
+    # synthetic probes in the artifact contract's format (until metacog/stages/probes.py exists)
     rng = np.random.default_rng(1)
     y = ans.sort_values("row")["correct"].to_numpy()
     oof = np.clip(0.5 + (y[:, None, None] - 0.5) * rng.uniform(0, 0.8, (n, H, len(POSITIONS))) + rng.normal(0, 0.15, (n, H, len(POSITIONS))), 0, 1)
@@ -90,7 +90,7 @@ def _add_probes(ws, ans: pd.DataFrame) -> None:
     np.save(ws.path("probes", "oof.npy"), oof.astype(np.float32))
     items = ws.read_parquet("items.parquet")
     ev = items["split"].to_numpy() == "eval"
-    from metacog import metrics
+    from metacog.stats import metrics
 
     rows = []
     for j, p in enumerate(POSITIONS):
@@ -116,7 +116,7 @@ def app_cache(tmp_path_factory, tiny_lm):
 
 @pytest.fixture
 def env(app_cache, monkeypatch, tiny_lm):
-    from metacog import ui
+    from metacog.app import ui
 
     monkeypatch.setenv("METACOG_CACHE", str(app_cache))
     ui.set_model_loader(lambda settings: tiny_lm)
@@ -208,7 +208,7 @@ def test_probes_page(env):
     assert [tr["name"] for tr in curves] == ["confidence"]
 
 
-@pytest.mark.skipif(not HAVE_PROBES, reason="metacog/probes.py is not in this build yet")
+@pytest.mark.skipif(not HAVE_PROBES, reason="metacog/stages/probes.py is not in this build yet")
 def test_probes_page_single_class(env):
     at = _open("probes", "tiny")
     assert any(t.startswith("Probe AUROC by layer, eval split") for t in _titles(at))
@@ -221,7 +221,7 @@ def test_probes_page_without_probes_says_run_first(env):
 
 
 def test_item_explorer_query_param(env):
-    from metacog.workspace import Workspace
+    from metacog.core.workspace import Workspace
 
     items = Workspace(env / "workspaces" / "tiny-rich").read_parquet("items.parquet")
     item = items["id"].iloc[5]
@@ -289,8 +289,8 @@ def test_missing_workspace_offers_default_study(app_cache, monkeypatch, tmp_path
 
 
 def test_run_study_button_runs_a_stage(env):
-    from metacog import ui
-    from metacog.workspace import Workspace
+    from metacog.app import ui
+    from metacog.core.workspace import Workspace
 
     target = env / "workspaces" / "run-here"
     Workspace(target).init(*_tiny_settings())  # an existing, empty workspace with tiny settings
@@ -314,7 +314,7 @@ def test_run_study_button_runs_a_stage(env):
 
 
 def _tiny_settings():
-    from metacog.settings import ModelSettings, StudySettings
+    from metacog.core.settings import ModelSettings, StudySettings
 
     return ModelSettings(threads=1), StudySettings(**TINY_STUDY)
 
@@ -322,7 +322,7 @@ def _tiny_settings():
 def _picker_script():
     import streamlit as st
 
-    from metacog import ui
+    from metacog.app import ui
 
     st.markdown("current: " + ui.workspace_picker().root.name)
 
@@ -344,9 +344,9 @@ def test_ws_query_param_wins_over_the_session(env):
     assert Path(at.selectbox(key="_ws_select").value).name == "tiny-rich"
 
 
-@pytest.mark.skipif(not HAVE_PROBES, reason="metacog/probes.py is not in this build yet")
+@pytest.mark.skipif(not HAVE_PROBES, reason="metacog/stages/probes.py is not in this build yet")
 def test_probes_page_shows_the_selection_null_and_small_sample_warning(env):
-    from metacog.workspace import Workspace
+    from metacog.core.workspace import Workspace
 
     at = _open("probes", "tiny-rich")
     s = json.loads((env / "workspaces" / "tiny-rich" / "summary.json").read_text())

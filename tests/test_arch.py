@@ -11,12 +11,12 @@ import torch
 from conftest import make_tokenizer
 from families import save
 
-from metacog import arch
+from metacog.model import arch
 from metacog import patching as P
-from metacog import prompts
-from metacog.confidence import read_values
-from metacog.models import ModelError, clear_loaded, load_model
-from metacog.settings import ModelSettings
+from metacog.data import prompts
+from metacog.readout.values import read_values
+from metacog.model.loading import ModelError, clear_loaded, load_model
+from metacog.core.settings import ModelSettings
 
 torch.set_num_threads(1)
 
@@ -92,8 +92,8 @@ def test_max_memory_needs_device_map():
 
 
 def test_kv_bytes_and_memory_refusal(whole_and_split, monkeypatch):
-    from metacog.study import check_memory
-    from metacog.workspace import WorkspaceError
+    from metacog.stages.study import check_memory
+    from metacog.core.workspace import WorkspaceError
 
     whole, _ = whole_and_split
     cfg = whole.model.config  # 2 layers, 2 KV heads of 16 dims, float32

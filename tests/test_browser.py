@@ -73,7 +73,7 @@ from conftest import make_tiny_llama, make_tokenizer
 
 def load(settings):
     import torch
-    from metacog.models import wrap
+    from metacog.model.loading import wrap
 
     torch.set_num_threads(1)
     tok = make_tokenizer()
@@ -83,7 +83,7 @@ def load(settings):
 
 def start_app(cache: Path, log: Path, tiny_loader: bool = True) -> tuple[subprocess.Popen, str]:
     """``streamlit run app.py`` on a free port; with ``tiny_loader`` the app's model loader is the
-    tiny random model (``$METACOG_MODEL_LOADER``, see metacog.ui)."""
+    tiny random model (``$METACOG_MODEL_LOADER``, see metacog.app.ui)."""
     port = _free_port()
     env = {**os.environ, "METACOG_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "OMP_NUM_THREADS": "1"}
@@ -159,7 +159,7 @@ def served_app(tmp_path_factory, tiny_lm):
     cache = tmp_path_factory.mktemp("browser-cache")
     mod = _test_app_module()
     mod.build_workspaces(cache, tiny_lm)
-    from metacog.workspace import Workspace
+    from metacog.core.workspace import Workspace
 
     Workspace(cache / "workspaces" / "run-here").init(*mod._tiny_settings())
     log = cache / "streamlit.log"

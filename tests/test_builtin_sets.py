@@ -8,7 +8,7 @@ import json
 import pytest
 
 from metacog.data import generate as gen
-from metacog.grading import grade_short
+from metacog.data.grading import grade_short
 
 BUILTIN = gen.BUILTIN_DIR
 

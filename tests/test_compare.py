@@ -97,7 +97,7 @@ def cache(tmp_path_factory):
         run_evaluation(ws, run.id, lm=lm)
     rec = run_sweep(ws.root, SweepSettings(base=base, seeds=SEEDS), quiet=True)
     assert [e["action"] for e in rec["runs"]] == ["skip", "skip"]
-    from metacog.study import summarize
+    from metacog.stages.study import summarize
 
     ws.write_json("summary.json", summarize(ws))
     shutil.copytree(ws.root, cache / "workspaces" / "cmp-other", ignore=shutil.ignore_patterns("runs", "sweeps"))
@@ -123,7 +123,7 @@ def _figure_in(doc: str, title: str) -> bool:
 
 def test_report_is_self_contained_and_has_every_figure(cache, tmp_path, capsys):
     from metacog.cli import main
-    from metacog.report import write_report
+    from metacog.compare.report import write_report
 
     ws = cache / "workspaces" / "cmp"
     out, rep = write_report(tmp_path / "r.html", ws, models=[str(cache / "workspaces" / "cmp-other")])
@@ -192,7 +192,7 @@ def test_report_renders_offline_in_a_browser(cache, tmp_path):
         pytest.skip(f"needs Chromium at {chromium} and the playwright package (CI installs both)")
     from playwright.sync_api import sync_playwright
 
-    from metacog.report import write_report
+    from metacog.compare.report import write_report
 
     out, rep = write_report(tmp_path / "r.html", cache / "workspaces" / "cmp")
     asked = []

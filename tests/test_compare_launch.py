@@ -14,7 +14,7 @@ def test_compare_page_launches_a_seed_sweep(tmp_path, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
     from metacog import compare as C
-    from metacog import ui
+    from metacog.app import ui
 
     torch.set_num_threads(1)
     lm = load_tiny(save_tiny_model(tmp_path / "tiny"))

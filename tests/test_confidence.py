@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from metacog import prompts
-from metacog.confidence import (
+from metacog.data import prompts
+from metacog.readout.values import (
     build_trie,
     expected_value,
     parse_answer,
@@ -215,7 +215,7 @@ def test_lazy_dot_lookahead_is_bounded(tiny_lm):
 def test_readout_is_the_same_under_eager_attention(tiny_tok):
     """The tree mask must mean the same to every attention implementation."""
     from conftest import make_tiny_llama
-    from metacog.models import wrap
+    from metacog.model.loading import wrap
 
     sdpa = wrap(make_tiny_llama(tiny_tok), tiny_tok)
     eager_model = make_tiny_llama(tiny_tok)

@@ -56,14 +56,14 @@ def test_world_facts_items_valid(wf):
 
 
 def test_world_facts_answers_not_in_question_per_project_grader(wf):
-    grading = pytest.importorskip("metacog.grading")
+    grading = pytest.importorskip("metacog.data.grading")
     if not hasattr(grading, "normalize"):
-        pytest.skip("metacog.grading.normalize not there yet")
+        pytest.skip("metacog.data.grading.normalize not there yet")
     for row in wf.itertuples():
         q = f" {grading.normalize(row.question)} "
         for a in row.answers:
             na = grading.normalize(a)
-            assert not (na and f" {na} " in q), f"{row.id}: {a!r} in question under metacog.grading"
+            assert not (na and f" {na} " in q), f"{row.id}: {a!r} in question under metacog.data.grading"
 
 
 def test_world_facts_pitfalls(wf):

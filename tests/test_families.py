@@ -15,10 +15,10 @@ import torch
 from conftest import make_tokenizer
 from families import FAMILY_NAMES, SMALL_WINDOW, save
 
-from metacog import arch
+from metacog.model import arch
 from metacog import patching as P
-from metacog import prompts
-from metacog.confidence import get_trie, read_values, read_values_naive, tree_ok
+from metacog.data import prompts
+from metacog.readout.values import get_trie, read_values, read_values_naive, tree_ok
 
 torch.set_num_threads(1)
 
@@ -44,12 +44,12 @@ def _workspace(root, lm):
     classes exist in every split and the probes fit."""
     from conftest import tiny_items
 
-    from metacog.activations import activations_key, run_activations
-    from metacog.answers import answers_key, run_answers
-    from metacog.grading import normalize
-    from metacog.settings import ModelSettings, StudySettings
-    from metacog.study import run_probes_stage
-    from metacog.workspace import Workspace
+    from metacog.stages.activations import activations_key, run_activations
+    from metacog.stages.answers import answers_key, run_answers
+    from metacog.data.grading import normalize
+    from metacog.core.settings import ModelSettings, StudySettings
+    from metacog.stages.study import run_probes_stage
+    from metacog.core.workspace import Workspace
 
     study = StudySettings(dataset="tiny", limit=None, seed=0, max_new_tokens=6, confidence_max_new_tokens=4, batch_size=16,
                           probe_folds=3)
@@ -196,8 +196,8 @@ def test_generic_fallback_finds_the_decoder_list_by_its_length():
 def test_encoder_decoder_models_are_refused_at_load(tmp_path):
     from transformers import T5Config, T5ForConditionalGeneration
 
-    from metacog.models import ModelError, load_model
-    from metacog.settings import ModelSettings
+    from metacog.model.loading import ModelError, load_model
+    from metacog.core.settings import ModelSettings
 
     tok = make_tokenizer()
     T5ForConditionalGeneration(T5Config(vocab_size=len(tok), d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8)).save_pretrained(tmp_path)
@@ -228,8 +228,8 @@ def test_tree_mask_would_be_wrong_for_alibi(monkeypatch):
     """Why Bloom takes the plain path: forced through the tree mask, its readout is wrong."""
     from families import build
 
-    from metacog import confidence as conf
-    from metacog.models import wrap
+    from metacog.readout import values as conf
+    from metacog.model.loading import wrap
 
     lm = wrap(build("bloom", make_tokenizer()), make_tokenizer())
     p = lm.tokenizer.encode("Confidence: ")
@@ -263,8 +263,8 @@ def test_gemma3_270m_long_prompt_past_its_sliding_window_is_exact():
     """Gemma 3's local layers see 512 tokens: a prompt longer than that leaves the tree path,
     and the plain path still equals the one-forward-per-value reference."""
     _gemma3_or_skip()
-    from metacog.models import load_model
-    from metacog.settings import ModelSettings
+    from metacog.model.loading import load_model
+    from metacog.core.settings import ModelSettings
 
     lm = load_model(ModelSettings(model="gemma3-270m", threads=1, dtype="float32"))
     assert arch.sliding_window(lm.model) == 512
@@ -299,8 +299,8 @@ def test_gemma3_270m_long_prompt_past_its_sliding_window_is_exact():
 def test_gemma3_270m_study(tmp_path):
     """`metacog study --model gemma3-270m` end to end on a few items (CI installs the model)."""
     _gemma3_or_skip()
-    from metacog.settings import ModelSettings, StudySettings
-    from metacog.study import run_study
+    from metacog.core.settings import ModelSettings, StudySettings
+    from metacog.stages.study import run_study
 
     s = run_study(tmp_path / "ws", ModelSettings(model="gemma3-270m", threads=1), StudySettings(limit=10, batch_size=10, probe_folds=2))
     assert s["n_items"] == 10 and s["model"]
@@ -312,8 +312,8 @@ def test_differentiable_value_logprobs_without_the_tree_mask(name):
     equal to the readout without look-ahead, with gradients."""
     from families import build
 
-    from metacog.confidence import value_logprobs
-    from metacog.models import wrap
+    from metacog.readout.values import value_logprobs
+    from metacog.model.loading import wrap
 
     lm = wrap(build(name, make_tokenizer()), make_tokenizer())
     tok = lm.tokenizer

@@ -117,8 +117,8 @@ def test_lr_schedules():
 
 # ------------------------------------------------------------------------------ targets
 def test_probe_targets_are_out_of_fold_train_only(ws):
-    from metacog.settings import POSITIONS
-    from metacog.study import load_items
+    from metacog.core.settings import POSITIONS
+    from metacog.stages.study import load_items
 
     items = load_items(ws)
     oof = np.load(ws.path("probes", "oof.npy"))
@@ -138,8 +138,8 @@ def test_probe_targets_are_out_of_fold_train_only(ws):
 def test_targets_never_use_eval_rows_even_when_oof_has_them(tmp_path, ws):
     import shutil
 
-    from metacog.study import load_items
-    from metacog.workspace import Workspace
+    from metacog.stages.study import load_items
+    from metacog.core.workspace import Workspace
 
     w2 = Workspace(tmp_path / "copy")
     shutil.copytree(ws.root, w2.root, ignore=shutil.ignore_patterns("runs", ".lock-*"))
@@ -174,7 +174,7 @@ def test_control_targets(ws):
 
 
 def test_target_file_checks(ws, tmp_path):
-    from metacog.study import load_items
+    from metacog.stages.study import load_items
 
     items = load_items(ws)
     tr = items[items["split"] == "train"]["id"].tolist()
@@ -216,16 +216,16 @@ def test_an_eval_item_in_a_run_target_file_fails(ws):
 
 
 def load_tiny_cached(ws):
-    from metacog.models import load_model
-    from metacog.settings import ModelSettings
+    from metacog.model.loading import load_model
+    from metacog.core.settings import ModelSettings
 
     m, _ = ws.settings()
     return load_model(ModelSettings(model=m.model, dtype="float32", device="cpu", threads=1))
 
 
 def test_target_tokens_are_the_readout_tokens(lm):
-    from metacog import prompts
-    from metacog.confidence import get_trie
+    from metacog.data import prompts
+    from metacog.readout.values import get_trie
 
     tok = lm.tokenizer
     trie = get_trie(tok)
@@ -444,7 +444,7 @@ def test_a_failed_write_leaves_the_previous_artifact(tmp_path):
 
 
 def test_workspace_without_probes_says_what_to_do(tmp_path):
-    from metacog.workspace import Workspace
+    from metacog.core.workspace import Workspace
 
     with pytest.raises(Exception, match="metacog study"):
         create_run(Workspace(tmp_path / "nothing"), FinetuneSettings())
@@ -460,7 +460,7 @@ def test_too_many_updates_refused_before_any_work(ws):
 # ------------------------------------------------------------------------------ evaluation
 def test_evaluate_on_the_eval_split(ws, lm):
     from metacog.finetune import run_evaluation as evaluate
-    from metacog.study import load_items
+    from metacog.stages.study import load_items
 
     s = FinetuneSettings(epochs=1, **FAST)
     run = create_run(ws, s)

@@ -39,7 +39,7 @@ def test_probe_targeted_run_and_evaluation(ws, real_lm):
 
     from metacog.finetune import FinetuneSettings, create_run, execute, run_evaluation
     from metacog.finetune.targets import read_targets
-    from metacog.study import load_items
+    from metacog.stages.study import load_items
 
     s = FinetuneSettings(epochs=None, max_updates=4, batch_size=4, grad_accum=1, val_fraction=0.1)
     run = create_run(ws, s)
@@ -73,10 +73,10 @@ def test_trained_value_moves_the_exact_readout(ws, real_lm):
                          lr=3e-3, loss_on="confidence", val_fraction=0.0)
     run = create_run(ws, s)
     execute(ws, run.id, lm=real_lm)
-    from metacog import prompts
-    from metacog.confidence import read_values
+    from metacog.data import prompts
+    from metacog.readout.values import read_values
     from metacog.finetune.backends.peft_backend import load_adapter_model
-    from metacog.study import results_table
+    from metacog.stages.study import results_table
 
     df = results_table(ws)
     ev = df[df["split"] == "eval"]

@@ -82,7 +82,7 @@ def test_finetune_page_refuses_absurd_settings(env):
 
 def test_launch_from_the_page(env):
     from metacog.finetune.runs import list_runs
-    from metacog.workspace import Workspace
+    from metacog.core.workspace import Workspace
 
     ws = Workspace(env / "workspaces" / "ft")
     before = set(list_runs(ws)["run"])

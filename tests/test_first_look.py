@@ -1,6 +1,6 @@
 """Plots within a minute: the default study starts with a first look (a small study) and goes
 on with the full one in the same job; the time estimate before a launch uses this machine's
-measured stages (metacog.estimate), and says when it is only a prior."""
+measured stages (metacog.stages.estimate), and says when it is only a prior."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,9 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_estimate_prior_then_measured(tmp_path):
-    from metacog.estimate import PRIOR_S_PER_ITEM, estimate_study
-    from metacog.settings import ModelSettings, StudySettings
-    from metacog.workspace import Workspace
+    from metacog.stages.estimate import PRIOR_S_PER_ITEM, estimate_study
+    from metacog.core.settings import ModelSettings, StudySettings
+    from metacog.core.workspace import Workspace
 
     m = ModelSettings(threads=2, dtype="float32")
     e = estimate_study(m, 100, base=tmp_path)
@@ -40,7 +40,7 @@ def test_default_study_first_look_then_full(tmp_path, monkeypatch, tiny_lm):
     first (its summary exists while the full study runs), then the full study."""
     from streamlit.testing.v1 import AppTest
 
-    from metacog import ui
+    from metacog.app import ui
 
     monkeypatch.setenv("METACOG_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(ui, "DEFAULT_STUDY", dict(model="default", dataset="world-facts", limit=40, seed=0))
@@ -77,8 +77,8 @@ def test_just_launched_workspace_is_listed(tmp_path, monkeypatch):
     not exist yet is in the picker, so the app does not fall back to the default."""
     from streamlit.testing.v1 import AppTest
 
-    from metacog.jobs import JOBS_DIR
-    from metacog.workspace import atomic_write_json
+    from metacog.core.jobs import JOBS_DIR
+    from metacog.core.workspace import atomic_write_json
 
     cache = tmp_path / "cache"
     w = cache / "workspaces" / "launched"

@@ -1,8 +1,8 @@
 """Batched greedy generation equals one-row-at-a-time greedy decoding."""
 import torch
 
-from metacog import prompts
-from metacog.generation import generate, greedy_batch
+from metacog.data import prompts
+from metacog.model.generation import generate, greedy_batch
 
 
 def _reference(lm, ids, n):

@@ -1,6 +1,6 @@
 import pytest
 
-from metacog.grading import grade_mc, grade_short, normalize
+from metacog.data.grading import grade_mc, grade_short, normalize
 
 
 @pytest.mark.parametrize(

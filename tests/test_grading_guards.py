@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from metacog.data import load_dataset
-from metacog.grading import GUARDS, grade_short, grade_short_detail, normalize
+from metacog.data.grading import GUARDS, grade_short, grade_short_detail, normalize
 
 
 @pytest.mark.parametrize("answer, aliases, ok, guard", [

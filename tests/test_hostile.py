@@ -20,7 +20,7 @@ import torch
 from finetune_helpers import load_tiny, save_tiny_model
 
 from metacog.cli import main as cli
-from metacog.workspace import LineageError, Workspace, WorkspaceError
+from metacog.core.workspace import LineageError, Workspace, WorkspaceError
 
 CAPS = [("France", "Paris"), ("Japan", "Tokyo"), ("Germany", "Berlin"), ("Kenya", "Nairobi"), ("Peru", "Lima"),
         ("Italy", "Rome"), ("Spain", "Madrid"), ("Chile", "Santiago")]
@@ -90,7 +90,7 @@ class _Boom:
 
 
 def test_planted_pickle_is_refused_and_runs_nothing(tmp_path):
-    from metacog.safestate import UnsafeStateError, load_state, save_state
+    from metacog.core.safestate import UnsafeStateError, load_state, save_state
 
     ck = tmp_path / "step-000004"
     ck.mkdir()
@@ -186,7 +186,7 @@ def test_memmap_symlink_with_stale_manifest_does_not_overwrite_victim(tmp_path, 
 
 
 def test_guard_write_refuses_links_in_the_chain(tmp_path):
-    from metacog.workspace import atomic_write_json, guard_write
+    from metacog.core.workspace import atomic_write_json, guard_write
 
     ws = Workspace(tmp_path / "w")
     ws.root.mkdir()
@@ -242,7 +242,7 @@ def test_mismatched_artifacts_are_refused_not_joined(tmp_path, tiny_dir, data, r
     _one_line_error(capsys, "answers.parquet", "other items")
     assert (mix / "summary.json").read_bytes() == before
     from metacog.finetune import FinetuneSettings, build_targets
-    from metacog.study import results_table
+    from metacog.stages.study import results_table
 
     with pytest.raises(LineageError):
         results_table(Workspace(mix))
@@ -257,7 +257,7 @@ def test_mismatched_artifacts_are_refused_not_joined(tmp_path, tiny_dir, data, r
 
 
 def test_concurrent_writers_share_one_workspace_lock(tmp_path, ref_ws):
-    from metacog.workspace import WorkspaceBusy
+    from metacog.core.workspace import WorkspaceBusy
 
     ws = Workspace(tmp_path / "w")
     shutil.copytree(ref_ws, ws.root)
@@ -394,7 +394,7 @@ def test_streamlit_serves_localhost_by_default():
 
 
 def test_upload_with_a_very_long_name(tmp_path, monkeypatch):
-    from metacog import ui
+    from metacog.app import ui
 
     monkeypatch.setenv("METACOG_CACHE", str(tmp_path))
     p = ui.save_upload("x" * 400 + ".jsonl", b'{"question": "q", "answer": "a"}\n')

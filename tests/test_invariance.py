@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from metacog import answers as answers_mod
-from metacog.activations import load_states, run_activations
-from metacog.answers import ANSWER_CHUNK, PromptTooLong, answers_key, check_prompt_lengths, run_answers
-from metacog.generation import batches_by_length
-from metacog.runtime import Stopped
-from metacog.settings import StudySettings
-from metacog.workspace import Workspace
+from metacog.stages import answers as answers_mod
+from metacog.stages.activations import load_states, run_activations
+from metacog.stages.answers import ANSWER_CHUNK, PromptTooLong, answers_key, check_prompt_lengths, run_answers
+from metacog.model.generation import batches_by_length
+from metacog.core.runtime import Stopped
+from metacog.core.settings import StudySettings
+from metacog.core.workspace import Workspace
 
 from conftest import tiny_items
 
@@ -124,7 +124,7 @@ def test_check_prompt_lengths_names_the_longest_and_counts_the_rest():
 
 
 def test_max_prompt_tokens_setting_is_validated_and_old_settings_load():
-    from metacog.settings import from_dict
+    from metacog.core.settings import from_dict
 
     with pytest.raises(ValueError, match="max_prompt_tokens"):
         StudySettings(max_prompt_tokens=0)
@@ -164,7 +164,7 @@ def test_answers_resume_redoes_at_most_one_chunk(tmp_path, tiny_lm, monkeypatch)
     pd.testing.assert_frame_equal(resumed[cols], clean[cols])
 
 def test_manifest_records_the_ev_noise_floor(tmp_path, tiny_lm):
-    from metacog.activations import ev_noise_floor
+    from metacog.stages.activations import ev_noise_floor
 
     items = tiny_items(4)
     st = StudySettings(max_new_tokens=4, confidence_max_new_tokens=4, batch_size=4)

@@ -1,4 +1,4 @@
-"""Background jobs (metacog.jobs): progress, cooperative stop, errors kept with their
+"""Background jobs (metacog.core.jobs): progress, cooperative stop, errors kept with their
 traceback, one running job per kind."""
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from metacog.jobs import Job, JobKind
-from metacog.runtime import Stopped, check_stop
-from metacog.workspace import WorkspaceError
+from metacog.core.jobs import Job, JobKind
+from metacog.core.runtime import Stopped, check_stop
+from metacog.core.workspace import WorkspaceError
 
 
 def _loop(gate: threading.Event, n: int = 1000):

@@ -1,4 +1,4 @@
-"""App jobs in their own process (metacog.jobs.ProcessJob): the work runs in another PID, its
+"""App jobs in their own process (metacog.core.jobs.ProcessJob): the work runs in another PID, its
 progress, result, Stop, errors (with the work's own traceback) and a killed process reach the
 app; a job started before a server restart is re-attached; the real study runs this way."""
 from __future__ import annotations
@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from metacog.jobs import JobKind, ProcessJob, attach, record_path
-from metacog.workspace import read_json
+from metacog.core.jobs import JobKind, ProcessJob, attach, record_path
+from metacog.core.workspace import read_json
 
 RUNNER = textwrap.dedent('''
     import os, time
-    from metacog.runtime import check_stop
+    from metacog.core.runtime import check_stop
 
     def count(ws, spec, progress, should_stop):
         n = int(spec["n"])
@@ -108,8 +108,8 @@ def test_app_study_runs_in_its_own_process(tmp_path, monkeypatch):
 
     from finetune_helpers import save_tiny_model
 
-    from metacog import ui
-    from metacog.settings import ModelSettings, StudySettings
+    from metacog.app import ui
+    from metacog.core.settings import ModelSettings, StudySettings
 
     model_dir = save_tiny_model(tmp_path / "tiny")
     data = tmp_path / "d.jsonl"

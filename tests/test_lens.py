@@ -5,10 +5,10 @@ import torch
 
 pytest.importorskip("transformer_lens")
 
-from metacog import prompts
-from metacog.confidence import read_values
-from metacog.lens import boot_bridge, hook_name, lens_states
-from metacog.models import wrap
+from metacog.data import prompts
+from metacog.readout.values import read_values
+from metacog.model.lens import boot_bridge, hook_name, lens_states
+from metacog.model.loading import wrap
 
 from conftest import make_tiny_llama
 

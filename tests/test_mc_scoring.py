@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-from metacog import prompts
-from metacog.answers import (NEUTRAL_QUESTION, mc_accuracy_by_scoring, mc_option_scores, option_scores,
+from metacog.data import prompts
+from metacog.stages.answers import (NEUTRAL_QUESTION, mc_accuracy_by_scoring, mc_option_scores, option_scores,
                              run_answers)
-from metacog.settings import MC_SCORINGS, StudySettings
-from metacog.workspace import Workspace
+from metacog.core.settings import MC_SCORINGS, StudySettings
+from metacog.core.workspace import Workspace
 
 from conftest import tiny_items
 

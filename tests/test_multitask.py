@@ -54,7 +54,7 @@ def ood_ws(cache, lm):
 
 
 def _train_ids(ws):
-    from metacog.study import load_items
+    from metacog.stages.study import load_items
 
     it = load_items(ws)
     return set(it.loc[it["split"] == "train", "id"]), set(it.loc[it["split"] != "train", "id"])
@@ -78,7 +78,7 @@ def test_task_settings_are_checked(kw, msg):
 
 def test_single_task_keys_are_unchanged():
     """Adding the task fields must not change the key of an existing single-task run."""
-    from metacog.settings import stable_hash, to_dict
+    from metacog.core.settings import stable_hash, to_dict
 
     s = FinetuneSettings()
     d = to_dict(s)
@@ -128,7 +128,7 @@ def test_pairwise_targets_from_train_oof_p(ws):
     assert (pairs["split_first"] == "train").all() and (pairs["split_second"] == "train").all()
     # the target is the item with the higher out-of-fold p of the chosen probe
     oof = np.load(ws.path("probes", "oof.npy"))
-    from metacog.settings import POSITIONS
+    from metacog.core.settings import POSITIONS
 
     pr = info["probe"]
     pp = oof[:, pr["layer"], list(POSITIONS).index(pr["position"])].astype(float)
@@ -188,8 +188,8 @@ def test_plan_counts_updates_and_epochs(ws):
 
 
 def test_pair_example_trains_only_the_reply(ws, lm):
-    from metacog import prompts
-    from metacog.confidence import label_ids
+    from metacog.data import prompts
+    from metacog.readout.values import label_ids
 
     _, pairs, _ = build_task(ws, FinetuneSettings(task="pairwise", **FAST))
     for rec in pairs.head(6).to_dict("records"):
@@ -246,7 +246,7 @@ def test_ece_ci_brackets_a_miscalibrated_ece():
     """A clearly overconfident predictor: the item bootstrap CI brackets its ECE (~0.25); a
     bigger sample gives a narrower interval. (For a well-calibrated predictor the binned ECE is
     biased upward, so its percentile interval may sit above the point estimate.)"""
-    from metacog import metrics
+    from metacog.stats import metrics
 
     widths = []
     for n in (80, 640):
@@ -326,7 +326,7 @@ def test_cli_task_dry_run(ws, capsys):
 
 
 def test_report_and_results_page_show_the_transfer_table(ws, trained, cache, tmp_path, monkeypatch):
-    from metacog.report import write_report
+    from metacog.compare.report import write_report
 
     transfer.save_table(ws, transfer.transfer_table(ws))
     out, rep = write_report(tmp_path / "r.html", ws)

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from metacog import patching as P
-from metacog import prompts
-from metacog.confidence import read_values
+from metacog.data import prompts
+from metacog.readout.values import read_values
 
 torch.set_num_threads(1)
 
@@ -340,9 +340,9 @@ def tiny_ws(tmp_path_factory):
     the CLI can load it by path."""
     from conftest import make_tiny_llama, make_tokenizer
 
-    from metacog.models import load_model
-    from metacog.settings import ModelSettings, StudySettings
-    from metacog.study import run_study
+    from metacog.model.loading import load_model
+    from metacog.core.settings import ModelSettings, StudySettings
+    from metacog.stages.study import run_study
 
     root = tmp_path_factory.mktemp("patch-ws")
     mdir = root / "model"
@@ -353,7 +353,7 @@ def tiny_ws(tmp_path_factory):
     lm = load_model(ms)
     study = StudySettings(dataset="world-facts", limit=12, max_new_tokens=6, confidence_max_new_tokens=4, batch_size=8)
     run_study(root / "ws", ms, study, lm=lm, stages=("answers", "activations"))
-    from metacog.workspace import Workspace
+    from metacog.core.workspace import Workspace
 
     return Workspace(root / "ws"), lm
 
@@ -395,7 +395,7 @@ def test_sweep_writes_table_csv_and_summary(tiny_ws):
 
 
 def test_stopped_sweep_keeps_finished_rows_and_resumes(tiny_ws):
-    from metacog.runtime import Stopped
+    from metacog.core.runtime import Stopped
 
     ws, lm = tiny_ws
     spec = P.PatchSpec(layers=(1, 3), positions=("confidence", "last_answer", "random:1"), seed=5)
@@ -489,8 +489,8 @@ def test_bad_input_is_refused_before_any_work(tiny_ws, tiny_runs, monkeypatch):
 
 
 def test_workspace_without_answers_is_refused(tiny_ws, tmp_path):
-    from metacog.settings import ModelSettings, StudySettings
-    from metacog.workspace import Workspace
+    from metacog.core.settings import ModelSettings, StudySettings
+    from metacog.core.workspace import Workspace
 
     _, lm = tiny_ws
     empty = Workspace(tmp_path / "empty").init(ModelSettings(model="tiny"), StudySettings())

@@ -20,9 +20,9 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def real_ws(tmp_path_factory, real_lm):
-    from metacog.settings import ModelSettings, StudySettings
-    from metacog.study import run_study
-    from metacog.workspace import Workspace
+    from metacog.core.settings import ModelSettings, StudySettings
+    from metacog.stages.study import run_study
+    from metacog.core.workspace import Workspace
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("pt-real") / "workspaces" / "ws"  # a cache layout, so the app can open it
@@ -84,7 +84,7 @@ def _adapter_run(real_ws) -> str:
 
 
 def test_real_adapter_into_base_and_the_page_shows_it(real_ws, real_lm, monkeypatch):
-    from metacog import ui
+    from metacog.app import ui
 
     run_id = _adapter_run(real_ws)
     spec = P.PatchSpec(layers=(4, 15, 26), positions=("confidence", "random:1"), seed=0)

@@ -22,8 +22,8 @@ PAGE = "pages/7_Patching.py"
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory, tiny_lm):
-    from metacog.settings import ModelSettings, StudySettings
-    from metacog.study import run_study
+    from metacog.core.settings import ModelSettings, StudySettings
+    from metacog.stages.study import run_study
 
     c = tmp_path_factory.mktemp("pt-cache")
     study = StudySettings(dataset="world-facts", limit=12, max_new_tokens=6, confidence_max_new_tokens=4, batch_size=8)
@@ -33,7 +33,7 @@ def cache(tmp_path_factory, tiny_lm):
 
 @pytest.fixture
 def env(cache, monkeypatch, tiny_lm):
-    from metacog import ui
+    from metacog.app import ui
 
     monkeypatch.setenv("METACOG_CACHE", str(cache))
     ui.set_model_loader(lambda settings: tiny_lm)
@@ -54,7 +54,7 @@ def _open(ws="pt"):
 
 
 def _wait(cache):
-    from metacog.workspace import Workspace
+    from metacog.core.workspace import Workspace
 
     job = P.get_sweep_job(Workspace(cache / "workspaces" / "pt"))
     assert job is not None
@@ -125,7 +125,7 @@ def test_token_click_adds_a_position(env):
 
 
 def test_model_to_model_from_a_run(env, tiny_lm):
-    from metacog.workspace import Workspace
+    from metacog.core.workspace import Workspace
     from test_patching import _make_adapter
 
     ws = Workspace(env / "workspaces" / "pt")
@@ -147,8 +147,8 @@ def test_model_to_model_from_a_run(env, tiny_lm):
 
 
 def test_workspace_without_activations_says_so(env, tmp_path):
-    from metacog.settings import ModelSettings, StudySettings
-    from metacog.workspace import Workspace
+    from metacog.core.settings import ModelSettings, StudySettings
+    from metacog.core.workspace import Workspace
 
     Workspace(env / "workspaces" / "empty").init(ModelSettings(threads=1), StudySettings(dataset="world-facts", limit=12))
     at = _open("empty")

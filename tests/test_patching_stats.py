@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from metacog import patching_stats as S
+from metacog.patching import stats as S
 
 
 def test_sign_test_is_scipy_binomtest_without_zeros_and_nans():

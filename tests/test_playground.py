@@ -1,4 +1,4 @@
-"""The Playground backend and page, and the logit lens of the exact readout (metacog.playground).
+"""The Playground backend and page, and the logit lens of the exact readout (metacog.stages.playground).
 
 The lens is checked against the readout itself: at the last layer it equals read_values with the
 same look-ahead rule, on a tiny random model; the page answers a typed question and an item, with
@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_lens_last_layer_equals_the_readout(tiny_lm):
-    from metacog.confidence import read_values
-    from metacog.playground import item_prefix, lens_readout
+    from metacog.readout.values import read_values
+    from metacog.stages.playground import item_prefix, lens_readout
 
     for q, a in (("What is the capital of France?", "Paris"), ("What is the capital of Peru?", "Lima")):
         pre = item_prefix(tiny_lm, q, a)
@@ -36,11 +36,11 @@ def test_play_matches_the_answers_stage(tmp_path, tiny_lm):
     """An item answered in the playground gets the answer, grade, verbal confidences and
     readout the study stages give it (same prompts, parser, grader; an item's numbers do not
     depend on its batch)."""
-    from metacog.activations import run_activations
-    from metacog.answers import answers_key, run_answers
-    from metacog.playground import play
-    from metacog.settings import StudySettings
-    from metacog.workspace import Workspace
+    from metacog.stages.activations import run_activations
+    from metacog.stages.answers import answers_key, run_answers
+    from metacog.stages.playground import play
+    from metacog.core.settings import StudySettings
+    from metacog.core.workspace import Workspace
 
     study = StudySettings(max_new_tokens=6, confidence_max_new_tokens=4, batch_size=1)
     items = tiny_items(3)
@@ -58,7 +58,7 @@ def test_play_matches_the_answers_stage(tmp_path, tiny_lm):
 
 
 def test_play_refuses_an_empty_question(tiny_lm):
-    from metacog.playground import play
+    from metacog.stages.playground import play
 
     with pytest.raises(ValueError, match="question"):
         play(tiny_lm, "   ")
@@ -67,9 +67,9 @@ def test_play_refuses_an_empty_question(tiny_lm):
 def test_playground_page(tmp_path, monkeypatch, tiny_lm):
     from streamlit.testing.v1 import AppTest
 
-    from metacog import ui
-    from metacog.settings import ModelSettings, StudySettings
-    from metacog.study import run_study
+    from metacog.app import ui
+    from metacog.core.settings import ModelSettings, StudySettings
+    from metacog.stages.study import run_study
 
     cache = tmp_path / "cache"
     root = cache / "workspaces" / "pg"
@@ -77,7 +77,7 @@ def test_playground_page(tmp_path, monkeypatch, tiny_lm):
                                                             confidence_max_new_tokens=4, batch_size=8, probe_folds=3),
               lm=tiny_lm)
     # the tiny model answers nothing right, so no probe is fitted: store seeded random probe weights
-    from metacog.workspace import atomic_save_npy
+    from metacog.core.workspace import atomic_save_npy
 
     H, d = tiny_lm.n_layers + 1, tiny_lm.d_model
     rng = np.random.default_rng(0)
@@ -111,9 +111,9 @@ def test_playground_page(tmp_path, monkeypatch, tiny_lm):
 def test_item_explorer_search_navigation_and_lens(tmp_path, monkeypatch, tiny_lm):
     from streamlit.testing.v1 import AppTest
 
-    from metacog import ui
-    from metacog.settings import ModelSettings, StudySettings
-    from metacog.study import run_study
+    from metacog.app import ui
+    from metacog.core.settings import ModelSettings, StudySettings
+    from metacog.stages.study import run_study
 
     cache = tmp_path / "cache"
     root = cache / "workspaces" / "ie"

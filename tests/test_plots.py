@@ -1,4 +1,4 @@
-"""metacog.plots: every builder returns a Figure titled with n, split and model, and the numbers
+"""metacog.viz.plots: every builder returns a Figure titled with n, split and model, and the numbers
 in its traces are the inputs (counts, AUROC values, probabilities)."""
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from metacog import metrics, plots
+from metacog.stats import metrics
+
+from metacog.viz import plots
 
 MODEL = "TinyModel-1"
 

@@ -7,7 +7,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from metacog.probes import DEFAULT_CS, fit_probes, make_synthetic, selection_null, stratified_folds
+from metacog.stages.probes import DEFAULT_CS, fit_probes, make_synthetic, selection_null, stratified_folds
 
 
 def fit(*args, **kw):
@@ -203,7 +203,7 @@ def test_outputs_contract(small):
     json.dumps(res.best)  # JSON-able
     assert res.info["not_converged"] == 0
     ev = split == "eval"
-    from metacog import metrics as M
+    from metacog.stats import metrics as M
 
     row = res.metrics.iloc[i]
     s = res.oof[ev, int(row["layer"]), int(row["position"])]
@@ -405,7 +405,7 @@ def test_selection_null_permutes_whole_facts():
     split = np.array(["train"] * n)
     r = selection_null(X, y, split, n_perm=30, groups=groups)
     assert r["n_perm"] == 30 and 0 < r["p"] <= 1
-    import metacog.probes as P
+    import metacog.stages.probes as P
 
     seen = []
     orig = P._one_step_preds

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from metacog.data import COLUMNS, DataError, DataWarning, load_dataset
-from metacog.grading import grade_mc
-from metacog.verbal import RULES
+from metacog.data.grading import grade_mc
+from metacog.readout.verbal import RULES
 
 
 def _write(tmp_path, name: str, records: list[dict], fmt: str):
@@ -254,9 +254,9 @@ def _arc20(tmp_path):
 def test_study_on_arc_digit_labels_grades_by_the_records_labels(tmp_path, tiny_lm):
     """`metacog study`'s answers stage (tiny model) on a 20-item ARC file with digit labels:
     an item is correct iff the chosen option is the one its own label list names."""
-    from metacog.settings import ModelSettings, StudySettings
-    from metacog.study import run_study
-    from metacog.workspace import Workspace
+    from metacog.core.settings import ModelSettings, StudySettings
+    from metacog.stages.study import run_study
+    from metacog.core.workspace import Workspace
 
     path, truth = _arc20(tmp_path)
     study = StudySettings(dataset=str(path), max_new_tokens=4, confidence_max_new_tokens=4, batch_size=8)

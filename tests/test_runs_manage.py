@@ -79,9 +79,9 @@ def test_shift_scatter_sizes_tied_items():
 
 def test_probes_ran_but_none_fitted_is_said_plainly(tmp_path, tiny_lm):
     from metacog.finetune import FinetuneSettings, TargetError, build_targets
-    from metacog.settings import ModelSettings, StudySettings
-    from metacog.study import run_study
-    from metacog.workspace import Workspace
+    from metacog.core.settings import ModelSettings, StudySettings
+    from metacog.stages.study import run_study
+    from metacog.core.workspace import Workspace
 
     root = tmp_path / "w"
     run_study(root, ModelSettings(threads=1), StudySettings(dataset="world-facts", limit=20, max_new_tokens=4,

@@ -66,9 +66,9 @@ def test_direction_rules_on_synthetic_states():
 
 def test_compute_directions_on_workspace(tiny_ws):
     from metacog import steering as S
-    from metacog.activations import load_states
-    from metacog.answers import reparse
-    from metacog.study import load_items
+    from metacog.stages.activations import load_states
+    from metacog.stages.answers import reparse
+    from metacog.stages.study import load_items
 
     ws, lm = tiny_ws
     items = load_items(ws)
@@ -101,9 +101,9 @@ def test_compute_directions_on_workspace(tiny_ws):
 # ------------------------------------------------------------------------------ the hook
 def _states(lm, ids, h):
     """Residual stream at hidden index h (all positions) of one left-padded batch."""
-    from metacog.confidence import left_pad
-    from metacog.hooks import block_output
-    from metacog.models import decoder_layers
+    from metacog.readout.values import left_pad
+    from metacog.model.hooks import block_output
+    from metacog.model.loading import decoder_layers
 
     out = []
     handle = decoder_layers(lm.model)[h - 1].register_forward_hook(lambda m, a, o: out.append(block_output(o).detach().clone()))
@@ -118,7 +118,7 @@ def _states(lm, ids, h):
 
 @pytest.mark.parametrize("where", ["slot", "from-answer"])
 def test_hook_touches_only_the_intended_positions(tiny_lm, where):
-    from metacog import prompts
+    from metacog.data import prompts
     from metacog.steering import masks_for, steer_hook
 
     tok = tiny_lm.tokenizer
@@ -152,8 +152,8 @@ def test_hook_touches_only_the_intended_positions(tiny_lm, where):
 
 
 def test_alpha_zero_reproduces_the_unsteered_readout_exactly(tiny_lm):
-    from metacog import prompts
-    from metacog.confidence import read_values
+    from metacog.data import prompts
+    from metacog.readout.values import read_values
     from metacog.steering import steered_readout
 
     tok = tiny_lm.tokenizer
@@ -172,7 +172,7 @@ def test_alpha_zero_reproduces_the_unsteered_readout_exactly(tiny_lm):
 def test_from_answer_also_steers_the_scored_continuation(tiny_lm):
     """from-answer adds the vector to the trie tokens the readout scores (they come after the
     answer); slot does not — so the two differ even with the same prefix edit."""
-    from metacog import prompts
+    from metacog.data import prompts
     from metacog.steering import steered_readout
 
     tok = tiny_lm.tokenizer
@@ -249,7 +249,7 @@ def test_sweep_artifacts_resume_and_rows(tiny_ws, monkeypatch):
 
 def test_sweep_stops_and_resumes(tiny_ws):
     from metacog import steering as S
-    from metacog.runtime import Stopped
+    from metacog.core.runtime import Stopped
 
     ws, lm = tiny_ws
     spec = S.SteerSpec(layers=(2,), alphas=(3.0,), directions=("mean-diff",), where="from-answer", split="all", limit=6,
@@ -273,9 +273,9 @@ def test_sweep_stops_and_resumes(tiny_ws):
 
 # ------------------------------------------------------------------------------ the method
 def test_probe_conditioned_steering_reads_the_probe_and_gain_zero_is_ev_inline(tiny_ws):
-    from metacog import prompts
-    from metacog.activations import load_states
-    from metacog.confidence import read_values
+    from metacog.data import prompts
+    from metacog.stages.activations import load_states
+    from metacog.readout.values import read_values
     from metacog.methods import MethodSettings, load_scores, methods_table, run_methods
     from metacog.methods.probe_steering import read_probe
     from metacog.steering import probe_conditioned
@@ -332,7 +332,7 @@ def test_steering_page(tiny_ws, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
     from metacog import steering as S
-    from metacog import ui
+    from metacog.app import ui
 
     ws, lm = tiny_ws
     spec = S.SteerSpec(layers=(1, 2), alphas=(2.0,), directions=("probe",), split="all", limit=6, verbal=False)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from metacog.cli import main as cli_main
-from metacog.settings import ModelSettings, StudySettings
-from metacog.study import results_table, run_study
-from metacog.workspace import Workspace
+from metacog.core.settings import ModelSettings, StudySettings
+from metacog.stages.study import results_table, run_study
+from metacog.core.workspace import Workspace
 
 TINY = dict(limit=40, max_new_tokens=6, confidence_max_new_tokens=4, batch_size=8, probe_folds=3)
 
@@ -19,7 +19,7 @@ def half_right_dataset(tmp_path_factory, tiny_lm):
     """A dataset on which the (deterministic) tiny model is right about half the time: run it
     once, then accept a word of its own answer as the alias for every other item."""
     from metacog.data import load_dataset
-    from metacog.grading import normalize
+    from metacog.data.grading import normalize
 
     d = tmp_path_factory.mktemp("data")
     items = load_dataset("world-facts", limit=40, seed=0)
@@ -122,7 +122,7 @@ def test_eval_metrics_use_eval_items_only(tiny_summary):
     d, s = tiny_summary
     df = results_table(Workspace(d))
     assert s["n_eval"] == int((df["split"] == "eval").sum())
-    from metacog import metrics
+    from metacog.stats import metrics
 
     ev = df[df["split"] == "eval"]
     a = metrics.auroc(ev["ev_inline"].to_numpy() / 100, ev["correct"].to_numpy())

@@ -32,7 +32,7 @@ def tiny_ws(tmp_path_factory):
 
 @pytest.fixture
 def ws(tiny_ws, tmp_path):
-    from metacog.workspace import Workspace
+    from metacog.core.workspace import Workspace
 
     dst = tmp_path / "ws"
     shutil.copytree(tiny_ws, dst, ignore=shutil.ignore_patterns("runs", "sweeps", ".lock-*"))
@@ -94,7 +94,7 @@ def test_expand_and_settings_hash(tmp_path):
 
 # ------------------------------------------------------------------------------ run, skip
 def test_sweep_runs_evaluates_records_and_skips_completed(ws):
-    from metacog.study import load_items
+    from metacog.stages.study import load_items
     from metacog.sweeps import list_sweeps, run_sweep
 
     s = _sweep()
@@ -221,7 +221,7 @@ def test_unreachable_ray_address_fails_within_seconds(ws):
 def test_local_and_ray_executors_give_identical_artifacts(ws, tmp_path):
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'metacog[ray]')")
     from metacog.sweeps import run_sweep
-    from metacog.workspace import Workspace
+    from metacog.core.workspace import Workspace
 
     ws2 = Workspace(tmp_path / "ws-ray")
     shutil.copytree(ws.root, ws2.root)

@@ -15,8 +15,8 @@ pytestmark = pytest.mark.e2e
 def test_real_sweep_and_report(tmp_path, real_study):
     from metacog.compare import item_agreement, load_run, run_metrics, seed_summary
     from metacog.finetune import FinetuneSettings
-    from metacog.report import write_report
-    from metacog.study import load_items
+    from metacog.compare.report import write_report
+    from metacog.stages.study import load_items
     from metacog.sweeps import SweepSettings, run_sweep
 
     torch.set_num_threads(1)

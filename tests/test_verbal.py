@@ -1,4 +1,4 @@
-"""The verbal-confidence parser (metacog.verbal, re-exported by metacog.confidence): every
+"""The verbal-confidence parser (metacog.readout.verbal, re-exported by metacog.readout.values): every
 case of issue 11 and more of each class, with the rule that fired."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from metacog import confidence
-from metacog.verbal import RULES, UNPARSABLE, parse_answer, parse_confidence, parse_inline, parse_inline_verbal, parse_verbal
+from metacog.readout import values as confidence
+from metacog.readout.verbal import RULES, UNPARSABLE, parse_answer, parse_confidence, parse_inline, parse_inline_verbal, parse_verbal
 
 
 def test_public_names_kept():

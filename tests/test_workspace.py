@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from metacog.settings import ModelSettings, StudySettings, stable_hash
-from metacog.workspace import Workspace, WorkspaceBusy, atomic_write_json
+from metacog.core.settings import ModelSettings, StudySettings, stable_hash
+from metacog.core.workspace import Workspace, WorkspaceBusy, atomic_write_json
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
@@ -56,7 +56,7 @@ def test_is_locked_reports_holder(tmp_path):
 
 
 def test_cache_dir_follows_env(monkeypatch, tmp_path):
-    from metacog.workspace import cache_dir
+    from metacog.core.workspace import cache_dir
 
     monkeypatch.setenv("METACOG_CACHE", str(tmp_path))
     assert cache_dir() == tmp_path.resolve()

@@ -9,7 +9,7 @@ Item columns: ``readers.COLUMNS`` (``group``: the fact/entity an item asks about
 ``group`` field, else the item's id). ``metacog.data.generate`` rebuilds the built-in files; its fact packages are dev-only
 (``requirements-dev-data.txt``) and are never imported here.
 """
-from .readers import (
+from metacog.data.readers import (
     BUILTIN,
     COLUMNS,
     MAX_FILE_BYTES,
@@ -21,7 +21,7 @@ from .readers import (
     load_dataset,
     resolve_spec,
 )
-from .splits import SPLITS, assign_splits, check_eval_split, check_splits, group_keys, split_fraction_warnings
+from metacog.data.splits import SPLITS, assign_splits, check_eval_split, check_splits, group_keys, split_fraction_warnings
 
 __all__ = [
     "BUILTIN",

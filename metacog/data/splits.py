@@ -164,7 +164,7 @@ def check_eval_split(items: pd.DataFrame, fractions=None) -> list[str]:
     ``metrics.SMALL_EVAL_N`` eval items; with ``correct``, fewer than ``metrics.SMALL_CLASS_N`` of
     a class; ``fractions`` that asked for under one item in a split.
     """
-    from ..metrics import SMALL_EVAL_N, sample_warnings
+    from metacog.stats.metrics import SMALL_EVAL_N, sample_warnings
 
     if "split" not in items.columns:
         raise ValueError("check_eval_split needs a 'split' column (assign_splits first)")

@@ -7,11 +7,11 @@
 
 See docs/FINETUNE.md.
 """
-from .runner import cancel, create_run, execute, launch, resume
-from .runner import evaluate as run_evaluation  # (metacog.finetune.evaluate is the module)
-from .runs import Run, RunError, get_run, list_runs
-from .settings import FinetuneSettings, Plan, SettingsError, make_plan, updates_per_epoch
-from .targets import TargetError, build_targets
+from metacog.finetune.runner import cancel, create_run, execute, launch, resume
+from metacog.finetune.runner import evaluate as run_evaluation  # (metacog.finetune.evaluate is the module)
+from metacog.finetune.runs import Run, RunError, get_run, list_runs
+from metacog.finetune.settings import FinetuneSettings, Plan, SettingsError, make_plan, updates_per_epoch
+from metacog.finetune.targets import TargetError, build_targets
 
 __all__ = [
     "FinetuneSettings", "Plan", "Run", "RunError", "SettingsError", "TargetError", "build_targets", "cancel",

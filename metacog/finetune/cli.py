@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import sys
 
-from ..settings import POSITIONS
-from .settings import BACKENDS, DTYPES, FORMATS, LOSS_ON, SCHEDULES, TARGET_KINDS, TASKS, FinetuneSettings, SettingsError
+from metacog.core.settings import POSITIONS
+from metacog.finetune.settings import BACKENDS, DTYPES, FORMATS, LOSS_ON, SCHEDULES, TARGET_KINDS, TASKS, FinetuneSettings, SettingsError
 
 
 def register(sub) -> None:
@@ -153,11 +153,11 @@ class _Bar:
 
 
 def cmd_finetune(a) -> int:
-    from ..workspace import Workspace
-    from . import runner
-    from .runs import get_run
+    from metacog.core.workspace import Workspace
+    from metacog.finetune import runner
+    from metacog.finetune.runs import get_run
 
-    from .evaluate import check_eval_limit
+    from metacog.finetune.evaluate import check_eval_limit
 
     ws = Workspace(a.workspace)
     check_eval_limit(a.eval_limit)  # every setting is checked before any work
@@ -177,9 +177,9 @@ def cmd_finetune(a) -> int:
         return _report(ws, run.id)
     s = _settings(a)
     if a.dry_run:
-        from .runner import example_counts
-        from .settings import make_plan
-        from .targets import build_task
+        from metacog.finetune.runner import example_counts
+        from metacog.finetune.settings import make_plan
+        from metacog.finetune.targets import build_task
 
         df, pairs, info = build_task(ws, s)
         plan = make_plan(s, *example_counts(df, pairs))
@@ -203,7 +203,7 @@ def cmd_finetune(a) -> int:
 
 
 def _report(ws, run_id) -> int:
-    from .runs import get_run
+    from metacog.finetune.runs import get_run
 
     run = get_run(ws, run_id)
     st = run.status()
@@ -238,9 +238,9 @@ def print_eval(ev: dict) -> None:
 
 
 def cmd_evaluate(a) -> int:
-    from ..workspace import Workspace
-    from . import runner
-    from .runs import get_run
+    from metacog.core.workspace import Workspace
+    from metacog.finetune import runner
+    from metacog.finetune.runs import get_run
 
     ws = Workspace(a.workspace)
     if a.adapter:
@@ -273,9 +273,9 @@ def cmd_evaluate(a) -> int:
 
 
 def cmd_transfer(a) -> int:
-    from ..workspace import Workspace
-    from . import runner, transfer
-    from .runs import get_run, list_runs
+    from metacog.core.workspace import Workspace
+    from metacog.finetune import runner, transfer
+    from metacog.finetune.runs import get_run, list_runs
 
     ws = Workspace(a.workspace)
     oods = [Workspace(o) for o in a.ood]
@@ -313,8 +313,8 @@ def cmd_transfer(a) -> int:
 
 
 def cmd_runs(a) -> int:
-    from ..workspace import Workspace
-    from .runs import list_runs
+    from metacog.core.workspace import Workspace
+    from metacog.finetune.runs import list_runs
 
     df = list_runs(Workspace(a.workspace))
     if a.json:
@@ -333,8 +333,8 @@ def cmd_runs(a) -> int:
 
 
 def cmd_cancel(a) -> int:
-    from ..workspace import Workspace
-    from . import runner
+    from metacog.core.workspace import Workspace
+    from metacog.finetune import runner
 
     print(runner.cancel(Workspace(a.workspace), a.run))
     return 0

@@ -1,7 +1,7 @@
 """Evaluate a fine-tuned adapter against its base model, always on the **eval split**.
 
 The fine-tuned model re-answers the eval items through the very same stages as the study
-(:func:`metacog.answers.run_answers`, :func:`metacog.activations.run_activations`) run on a
+(:func:`metacog.stages.answers.run_answers`, :func:`metacog.stages.activations.run_activations`) run on a
 *sub-workspace* ``runs/<run>/eval/`` whose items are the eval split (renumbered; ``base_row``
 keeps the main workspace's row). The base model's results for the same items come from the
 main workspace (same model, same prompts, same settings), so base and fine-tuned are
@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import metrics
-from ..settings import MODES, POSITIONS, ModelSettings, stable_hash, to_dict
-from ..workspace import Workspace, WorkspaceError, atomic_write_json, atomic_write_parquet
-from .runs import Run, RunError, get_run
+from metacog.stats import metrics
+from metacog.core.settings import MODES, POSITIONS, ModelSettings, stable_hash, to_dict
+from metacog.core.workspace import Workspace, WorkspaceError, atomic_write_json, atomic_write_parquet
+from metacog.finetune.runs import Run, RunError, get_run
 
 EVAL_VERSION = 1
 MODE_KEYS = {"inline": "inline", "two-pass": "two_pass"}
@@ -44,7 +44,7 @@ READOUTS = [f"{r}_{MODE_KEYS[m]}" for m in MODES for r in READS]
 def check_adapter(adapter_dir: Path, base_hash: str | None, lm=None) -> dict:
     """Refuse, with a clear message, an adapter that is not a PEFT adapter or was trained on
     another base model (recorded weights hash, or module shapes that do not fit)."""
-    from .backends.common import read_adapter_meta
+    from metacog.finetune.backends.common import read_adapter_meta
 
     d = Path(adapter_dir)
     if not (d / "adapter_config.json").exists() or not (d / "adapter_model.safetensors").exists():
@@ -90,7 +90,7 @@ def check_adapter_shapes(adapter_dir: Path, lm) -> None:
     """
     from safetensors import safe_open
 
-    from ..arch import linear_dims
+    from metacog.model.arch import linear_dims
 
     d = Path(adapter_dir)
     model = lm.model
@@ -196,8 +196,8 @@ def retrained_probes(states_base: dict, y_base, states_ft: dict, y_ft, folds: in
                      threads: int | None = None, layers=None) -> pd.DataFrame:
     """Per (layer, position): AUROC of probes cross-fitted on the eval items' states, base
     (base labels) vs fine-tuned (fine-tuned labels). Same procedure as the study's probes
-    (metacog.probes.fit_probes, all rows as its 'train' split, pooled out-of-fold p)."""
-    from ..probes import fit_probes
+    (metacog.stages.probes.fit_probes, all rows as its 'train' split, pooled out-of-fold p)."""
+    from metacog.stages.probes import fit_probes
 
     rows = []
     res = {}
@@ -233,7 +233,7 @@ def check_eval_limit(limit: int | None) -> None:
 
 def eval_items(ws: Workspace, limit: int | None = None) -> pd.DataFrame:
     """The eval split (first ``limit`` by row), renumbered for a sub-workspace."""
-    from ..study import load_items
+    from metacog.stages.study import load_items
 
     items = load_items(ws)
     ev = items[items["split"] == "eval"].sort_values("row")
@@ -260,11 +260,11 @@ def evaluate_adapter(ws: Workspace, adapter_dir: Path, out_dir: Path, *, lm=None
 
     ``pairwise``: also measure the pairwise ability of the fine-tuned and the base model on these
     items (``eval.json["pairwise"]``, :func:`metacog.finetune.transfer.pairwise_block`)."""
-    from ..activations import load_states, run_activations
-    from ..answers import answers_key, run_answers
-    from ..models import load_model
-    from ..study import results_table
-    from .backends.peft_backend import load_adapter_model, unload_adapter
+    from metacog.stages.activations import load_states, run_activations
+    from metacog.stages.answers import answers_key, run_answers
+    from metacog.model.loading import load_model
+    from metacog.stages.study import results_table
+    from metacog.finetune.backends.peft_backend import load_adapter_model, unload_adapter
 
     t0 = time.time()
     out_dir = Path(out_dir)
@@ -302,7 +302,7 @@ def evaluate_adapter(ws: Workspace, adapter_dir: Path, out_dir: Path, *, lm=None
         gen_seconds = time.time() - t_ans
         pw_ft = None
         if pairwise:
-            from .transfer import pairwise_block
+            from metacog.finetune.transfer import pairwise_block
 
             a = ans_ft.sort_values("row")
             pw_ft = pairwise_block(ft, items["question"].tolist(), a["answer"].tolist(), a["correct"].to_numpy(bool),
@@ -312,7 +312,7 @@ def evaluate_adapter(ws: Workspace, adapter_dir: Path, out_dir: Path, *, lm=None
             unload_adapter(ft)  # the base model is left as it was
     pw = None
     if pairwise:
-        from .transfer import base_pairwise
+        from metacog.finetune.transfer import base_pairwise
 
         pw = {"ft": pw_ft, "base": base_pairwise(ws, lm, items, study.seed, study.batch_size)}
 
@@ -386,7 +386,7 @@ def evaluate_adapter(ws: Workspace, adapter_dir: Path, out_dir: Path, *, lm=None
             atomic_write_parquet(out_dir / "retrained_probes.parquet", rp_df)
             ib = int(np.nanargmax(rp_df["auroc_base"].to_numpy())) if rp_df["auroc_base"].notna().any() else None
             jf = int(np.nanargmax(rp_df["auroc_ft"].to_numpy())) if rp_df["auroc_ft"].notna().any() else None
-            rp = {"procedure": f"metacog.probes.fit_probes, {study.probe_folds}-fold cross-fitted on the eval items, pooled out-of-fold AUROC",
+            rp = {"procedure": f"metacog.stages.probes.fit_probes, {study.probe_folds}-fold cross-fitted on the eval items, pooled out-of-fold AUROC",
                   "n": n, "best_base": rp_df.iloc[ib].to_dict() if ib is not None else None,
                   "best_ft": rp_df.iloc[jf].to_dict() if jf is not None else None,
                   "mean_delta": float(rp_df["delta"].mean())}

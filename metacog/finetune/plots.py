@@ -1,6 +1,6 @@
 """Plotly figure builders for fine-tuning runs: pure functions (data in, ``go.Figure`` out).
 
-Same conventions as :mod:`metacog.plots` (titles ``"<what>, <split> split, n=<n>, <model>"``,
+Same conventions as :mod:`metacog.viz.plots` (titles ``"<what>, <split> split, n=<n>, <model>"``,
 labelled axes, numbers carried in the traces with a ``meta`` role so tests can read them):
 
 - :func:`loss_curve` -- training loss per optimizer update (+ validation loss), one run or several;
@@ -8,7 +8,7 @@ labelled axes, numbers carried in the traces with a ``meta`` role so tests can r
 - :func:`histograms_before_after` -- 0-100 confidence histograms, base vs fine-tuned, stacked by correctness;
 - :func:`retrained_probes_by_layer` -- probe AUROC by layer on base vs fine-tuned hidden states;
 - :func:`shift_scatter` -- per-item confidence before vs after;
-- :func:`run_auroc_bars` -- AUROC with CIs of the base model and each run (uses :func:`metacog.plots.auroc_bars`).
+- :func:`run_auroc_bars` -- AUROC with CIs of the base model and each run (uses :func:`metacog.viz.plots.auroc_bars`).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..plots import CORRECT_COLOR, PALETTE, WRONG_COLOR, _layout, auroc_bars, fig_title, histogram_counts
+from metacog.viz.plots import CORRECT_COLOR, PALETTE, WRONG_COLOR, _layout, auroc_bars, fig_title, histogram_counts
 
 BASE_COLOR = "#7f7f7f"
 
@@ -56,7 +56,7 @@ def loss_curve(logs: Mapping[str, pd.DataFrame], *, title: str = "Training loss"
 
 def reliability_overlay(bins: Mapping[str, pd.DataFrame], *, split: str, n: int, model: str, label: str = "",
                         eces: Mapping[str, float] | None = None) -> go.Figure:
-    """``bins``: curve label (e.g. "base", "fine-tuned") -> :func:`metacog.metrics.reliability_bins`
+    """``bins``: curve label (e.g. "base", "fine-tuned") -> :func:`metacog.stats.metrics.reliability_bins`
     table; accuracy vs mean confidence per non-empty bin, marker size ~ items; diagonal = calibrated."""
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.72, 0.28], vertical_spacing=0.06)
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#888", dash="dot"), name="perfect calibration",

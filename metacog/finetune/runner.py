@@ -28,12 +28,12 @@ import time
 import traceback
 from pathlib import Path
 
-from ..runtime import Stopped
-from ..settings import ModelSettings, from_dict, to_dict
-from ..workspace import Workspace, WorkspaceBusy, WorkspaceError, atomic_write_json, open_append, remove_tree
-from .runs import ACTIVE, Run, RunError, get_run, list_runs, new_run_id, pid_alive, this_process
-from .settings import FinetuneSettings, SettingsError, make_plan
-from .targets import TargetError, build_task, encode_task, read_pairs, read_targets, write_pairs, write_targets
+from metacog.core.runtime import Stopped
+from metacog.core.settings import ModelSettings, from_dict, to_dict
+from metacog.core.workspace import Workspace, WorkspaceBusy, WorkspaceError, atomic_write_json, open_append, remove_tree
+from metacog.finetune.runs import ACTIVE, Run, RunError, get_run, list_runs, new_run_id, pid_alive, this_process
+from metacog.finetune.settings import FinetuneSettings, SettingsError, make_plan
+from metacog.finetune.targets import TargetError, build_task, encode_task, read_pairs, read_targets, write_pairs, write_targets
 
 LOCK_NAME = "finetune"
 HEARTBEAT_S = 5.0
@@ -70,7 +70,7 @@ def create_run(ws: Workspace, s: FinetuneSettings, name: str | None = None, thre
         ms["device"] = s.device
     if threads:
         ms["threads"] = int(threads)
-    from .. import __version__
+    from metacog import __version__
 
     atomic_write_json(run.file("settings.json"), {
         "run": run_id,
@@ -123,7 +123,7 @@ def spawn(run: Run, *, evaluate: bool = False, evaluate_only: bool = False, eval
                              env=_env(), cwd=str(run.ws.root))
     finally:
         log.close()
-    from .runs import _proc_start
+    from metacog.finetune.runs import _proc_start
 
     key = "eval_" if evaluate_only else ""
     upd = {f"{key}pid": p.pid, f"{key}pid_start": _proc_start(p.pid), f"{key}launched": time.time()}
@@ -241,7 +241,7 @@ class _Heartbeat:
 
 
 def _load_lm(run: Run, threads: int | None):
-    from ..models import load_model
+    from metacog.model.loading import load_model
 
     ms = from_dict(ModelSettings, run.settings()["model"])
     if threads:
@@ -257,7 +257,7 @@ def execute(ws: Workspace, run_id: str, *, lm=None, owned: bool = False, threads
     ``lm``: an already loaded base model (tests); else it is loaded from the run's model
     settings and owned by this process (no copy). ``progress(update, planned, msg)``.
     """
-    from .backends import Hooks, get_backend
+    from metacog.finetune.backends import Hooks, get_backend
 
     run = get_run(ws, run_id)
     s = run.finetune_settings()
@@ -379,7 +379,7 @@ def _eval_progress(run, progress=None, every_s: float = 1.0):
 
 
 def _evaluate_in_process(ws, run, lm, owned, limit, threads, stop_now, progress=None):
-    from .evaluate import evaluate_run
+    from metacog.finetune.evaluate import evaluate_run
 
     progress = _eval_progress(run, progress)
 
@@ -417,7 +417,7 @@ def evaluate(ws: Workspace, run_id: str, *, lm=None, owned: bool = False, limit:
                     lm = _load_lm(run, threads)
                     owned = True
                 run.set_status(eval_status="running", eval_started=time.time())
-                from .evaluate import evaluate_run
+                from metacog.finetune.evaluate import evaluate_run
 
                 ev = evaluate_run(ws, run_id, lm=lm, owned=owned, limit=limit, threads=threads, should_stop=stop_now,
                                   progress=_eval_progress(run, progress))
@@ -436,7 +436,7 @@ def evaluate_external(ws: Workspace, adapter_dir, *, fmt: str = "inline", limit:
                       threads: int | None = None, progress=None) -> tuple[dict, Path]:
     """Evaluate a PEFT adapter that is not a run of this workspace (checked against the
     workspace's base model before anything is loaded); output in ``adapter_evals/<name>/``."""
-    from .evaluate import check_adapter, evaluate_adapter
+    from metacog.finetune.evaluate import check_adapter, evaluate_adapter
 
     adapter_dir = Path(adapter_dir).expanduser().resolve()
     check_adapter(adapter_dir, (ws.read_json("model.json") or {}).get("weights_hash"))

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..workspace import Workspace, WorkspaceError, atomic_write_json, atomic_write_text, open_append, read_json
+from metacog.core.workspace import Workspace, WorkspaceError, atomic_write_json, atomic_write_text, open_append, read_json
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 ACTIVE = ("queued", "running")
@@ -105,7 +105,7 @@ class Run:
         return d
 
     def finetune_settings(self):
-        from .settings import FinetuneSettings
+        from metacog.finetune.settings import FinetuneSettings
 
         return FinetuneSettings.from_dict(self.settings()["finetune"])
 
@@ -152,7 +152,7 @@ class Run:
 
     def truncate_log(self, max_update: int) -> None:
         """Keep the log lines of updates <= ``max_update`` (resume from a checkpoint)."""
-        from ..workspace import atomic_write_text
+        from metacog.core.workspace import atomic_write_text
 
         p = self.file("log.jsonl")
         if not p.exists():
@@ -293,7 +293,7 @@ def list_runs(ws: Workspace) -> pd.DataFrame:
 
 
 def _settings_key(ft: dict) -> str:
-    from .settings import FinetuneSettings
+    from metacog.finetune.settings import FinetuneSettings
 
     try:
         return FinetuneSettings.from_dict(ft).key()
@@ -308,7 +308,7 @@ def delete_run(ws: Workspace, run_id: str) -> None:
     st = run.live_status()
     if st in ACTIVE:
         raise RunError(f"run {run_id} is {st}: cancel it before deleting it")
-    from ..workspace import remove_tree
+    from metacog.core.workspace import remove_tree
 
     remove_tree(run.path)
 

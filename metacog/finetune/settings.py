@@ -17,7 +17,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from ..settings import POSITIONS, from_dict, stable_hash, to_dict
+from metacog.core.settings import POSITIONS, from_dict, stable_hash, to_dict
 
 TARGET_KINDS = ("probe", "binary", "shuffled", "constant", "file")
 TASKS = ("single", "pairwise", "multitask")  # what the examples ask: one question's confidence, a pair, or a mix
@@ -30,7 +30,7 @@ LOSS_ON = ("assistant", "confidence")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 ALL_LINEAR = "all-linear"
-AUTO = "auto"  # LoRA targets: the architecture's default (metacog.arch.lora_targets)
+AUTO = "auto"  # LoRA targets: the architecture's default (metacog.model.arch.lora_targets)
 
 
 class SettingsError(ValueError):
@@ -63,7 +63,7 @@ class FinetuneSettings:
     rank: int = 16
     alpha: float = 32.0  # scale = alpha / rank (the reference's scale 2.0 at rank 16)
     dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("auto",)  # auto: the architecture's default (metacog.arch.lora_targets:
+    target_modules: tuple[str, ...] = ("auto",)  # auto: the architecture's default (metacog.model.arch.lora_targets:
     #                                              peft's per-architecture map, else all-linear); or names, or all-linear
     # optimisation
     lr: float = 2e-4

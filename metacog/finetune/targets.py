@@ -15,7 +15,7 @@ Kinds (controls use identical settings otherwise):
 
 The assistant text is ``"{own greedy answer}\\nConfidence: {t}%"`` (inline) or
 ``"Confidence: {t}%"`` (two-pass, after the two-pass prompt). Token ids are built from the
-same segments as :mod:`metacog.prompts` (``encode_inline`` / ``encode_two_pass``), and the
+same segments as :mod:`metacog.data.prompts` (``encode_inline`` / ``encode_two_pass``), and the
 value is tokenised exactly as the 0–100 readout scores it (the trie's ``value_ids``, i.e.
 ``" {t}"`` on its own), then ``"%"``, then the chat template's end-of-turn marker. So the
 tokens trained on are the very tokens whose probability the readout measures.
@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import prompts
-from ..settings import POSITIONS
-from ..workspace import Workspace, WorkspaceError
-from .settings import FinetuneSettings, SettingsError
+from metacog.data import prompts
+from metacog.core.settings import POSITIONS
+from metacog.core.workspace import Workspace, WorkspaceError
+from metacog.finetune.settings import FinetuneSettings, SettingsError
 
 TRAIN_SPLIT = "train"
 TARGET_COLUMNS = ["row", "id", "split", "role", "category", "kind", "question", "choices", "answer", "correct",
@@ -55,7 +55,7 @@ def resolve_probe(ws: Workspace, layer: int | None = None, position: str | None 
     if not best and oof_path.exists() and ws.path("probes", "metrics.parquet").exists():
         why = ""
         try:
-            from ..study import load_items
+            from metacog.stages.study import load_items
 
             items = load_items(ws)
             ans = ws.read_parquet("answers.parquet")
@@ -105,7 +105,7 @@ def to_target(p) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ building
 def _base_table(ws: Workspace) -> pd.DataFrame:
-    from ..study import load_items
+    from metacog.stages.study import load_items
 
     items = load_items(ws)
     try:
@@ -262,7 +262,7 @@ def build_targets(ws: Workspace, s: FinetuneSettings) -> tuple[pd.DataFrame, dic
 def assistant_text(answer: str, target: int, fmt: str) -> str:
     """The assistant turn trained on, as text (documentation: the ids come from segments)."""
     if fmt == "uncertainty-query":
-        from .settings import UQ_LABELS
+        from metacog.finetune.settings import UQ_LABELS
 
         return UQ_LABELS[0] if int(target) >= 50 else UQ_LABELS[1]
     val = prompts.target_text(int(target))
@@ -273,7 +273,7 @@ def assistant_text(answer: str, target: int, fmt: str) -> str:
 
 # ------------------------------------------------------------------------------ files
 def write_targets(path: Path, df: pd.DataFrame) -> None:
-    from ..workspace import atomic_write_text
+    from metacog.core.workspace import atomic_write_text
 
     assert_train_only(df)
     lines = []
@@ -345,18 +345,18 @@ def encode_example(tok, is_chat: bool, rec: dict, fmt: str, loss_on: str, style:
     """Token ids and labels of one target row (see the module docstring).
 
     ``format="uncertainty-query"`` (calibration-tuning): the prompt of
-    :func:`metacog.prompts.encode_uncertainty_query` about the model's own answer, then the reply
+    :func:`metacog.data.prompts.encode_uncertainty_query` about the model's own answer, then the reply
     label "Yes" (target 100) or "No" (target 0), then the end of turn; the label tokens are the
-    ones :func:`metacog.confidence.read_labels` scores. ``objective="brier"``: the prompt up to
+    ones :func:`metacog.readout.values.read_labels` scores. ``objective="brier"``: the prompt up to
     the confidence slot only (no target text, every label -100); the loss reads the 0-100
     distribution there and compares it with ``target / 100`` (correctness)."""
-    from ..confidence import get_trie, label_ids
+    from metacog.readout.values import get_trie, label_ids
 
     target = int(rec["target"])
     if not 0 <= target <= 100:
         raise TargetError(f"target {target} for {rec.get('id')} is outside 0..100")
     if fmt == "uncertainty-query":
-        from .settings import UQ_LABELS
+        from metacog.finetune.settings import UQ_LABELS
 
         enc = prompts.encode_uncertainty_query(tok, is_chat, rec["question"], str(rec["answer"] or ""), UQ_LABELS)
         lab = label_ids(tok, UQ_LABELS, is_chat)[0 if target >= 50 else 1]
@@ -419,7 +419,7 @@ def pair_items(p, n_pairs: int, seed: int, max_rounds: int = 64) -> tuple[np.nda
     Returns ``[m, 2]`` indices into ``p`` in display order (first, second), and a description
     (requested, made, ties skipped, permutations used, max appearances per item, winner-first count).
     """
-    from ..methods.ranking import schedule
+    from metacog.methods.ranking import schedule
 
     p = np.asarray(p, dtype=float)
     n = p.size
@@ -463,7 +463,7 @@ def pair_table(items: pd.DataFrame, pairs: np.ndarray, role: str) -> pd.DataFram
     pa, pb = a["pair_p"].to_numpy(float), b["pair_p"].to_numpy(float)
     if np.any(pa == pb):
         raise TargetError("a pairwise target with tied p (cannot happen; ties are skipped)")
-    from .. import prompts as _p
+    from metacog.data import prompts as _p
 
     winner = np.where(pa > pb, 1, 2)
     return pd.DataFrame({
@@ -539,7 +539,7 @@ def write_pairs(path: Path, pairs: pd.DataFrame) -> None:
 
 
 def _write_jsonl(path: Path, df: pd.DataFrame) -> None:
-    from ..workspace import atomic_write_text
+    from metacog.core.workspace import atomic_write_text
 
     recs = json.loads(df.to_json(orient="records", force_ascii=False))
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
@@ -563,12 +563,12 @@ def read_pairs(path: Path) -> pd.DataFrame:
 
 
 def encode_pair(tok, is_chat: bool, rec: dict, loss_on: str) -> Example:
-    """One pairwise example: the relative-confidence prompt of :func:`metacog.prompts.encode_pairwise`
+    """One pairwise example: the relative-confidence prompt of :func:`metacog.data.prompts.encode_pairwise`
     (the one ``metacog methods``' relative method reads) with the two items' own answers, then
-    the reply label ("1"/"2", as :func:`metacog.confidence.read_labels` scores it) of the item
+    the reply label ("1"/"2", as :func:`metacog.readout.values.read_labels` scores it) of the item
     with the higher p, then the end of turn (``loss_on="assistant"``). ``target`` = 100 when
     the first item wins, else 0."""
-    from ..confidence import label_ids
+    from metacog.readout.values import label_ids
 
     w = int(rec["winner"])
     enc = prompts.encode_pairwise(tok, is_chat, rec["question_first"], str(rec["answer_first"] or ""),

@@ -6,9 +6,9 @@ both teach both? Every number here is measured on items never trained on: the wo
 eval split (in-domain) and the eval split of another workspace of the same base model
 (out-of-domain, e.g. a world-facts-mc study or a study of a user's file).
 
-Pairwise readout: the relative-confidence prompt of :func:`metacog.prompts.encode_pairwise`
+Pairwise readout: the relative-confidence prompt of :func:`metacog.data.prompts.encode_pairwise`
 (the one ``metacog methods``' relative method reads) with each item's own answer *of the model
-evaluated*, and P("1") from :func:`metacog.confidence.read_labels` (soft, normalised over "1"/"2").
+evaluated*, and P("1") from :func:`metacog.readout.values.read_labels` (soft, normalised over "1"/"2").
 
 * **Pairwise accuracy**: on pairs of one correct and one incorrect eval item (correctness of
   the model evaluated), the share where the model prefers the correct one (P(correct item) >
@@ -24,7 +24,7 @@ evaluated*, and P("1") from :func:`metacog.confidence.read_labels` (soft, normal
   items (:func:`metacog.methods.ranking.schedule`, each item in about ``matches``), fitted by
   :func:`metacog.methods.ranking.bradley_terry` (order effect β absorbed, prior 0.1 as in the
   methods' default); score σ(θ); AUROC against correctness with the stratified item bootstrap
-  CI (:func:`metacog.metrics.auroc_ci`).
+  CI (:func:`metacog.stats.metrics.auroc_ci`).
 * **Single-question**: AUROC (stratified item bootstrap CI) and ECE (10 equal-width bins,
   percentile bootstrap over items: :func:`ece_ci`) of the run's own verbal readout.
 """
@@ -37,9 +37,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import metrics, prompts
-from ..stats import bootstrap_ci
-from ..workspace import Workspace
+from metacog.stats import metrics
+
+from metacog.data import prompts
+from metacog.stats import bootstrap_ci
+from metacog.core.workspace import Workspace
 
 PAIR_ROUNDS = 2  # each item in at most this many accuracy pairs
 BT_MATCHES = 4  # Bradley-Terry comparisons per item (about)
@@ -84,7 +86,7 @@ def correct_incorrect_pairs(y, rounds: int = PAIR_ROUNDS, seed: int = 0) -> np.n
 def read_pairwise(lm, questions, answers, pairs, batch_size: int = 16) -> np.ndarray:
     """P("1") of ``lm`` for each pair (display order), from the relative-confidence prompt
     with the items' answers (the methods' relative readout). Shape ``[len(pairs)]``."""
-    from ..confidence import read_labels
+    from metacog.readout.values import read_labels
 
     if len(pairs) == 0:
         return np.zeros(0)
@@ -117,7 +119,7 @@ def bt_auroc(p_first, pairs, y, prior: float = BT_PRIOR, n_boot: int = N_BOOT, s
     """Bradley–Terry scores σ(θ) from the comparisons (:func:`metacog.methods.ranking.bradley_terry`,
     order effect included) and their AUROC against ``y`` with the stratified item bootstrap CI.
     Returns (summary dict, scores ``[len(y)]``)."""
-    from ..methods import ranking
+    from metacog.methods import ranking
 
     y = np.asarray(y, dtype=bool)
     th, beta = ranking.bradley_terry(y.size, np.asarray(pairs, int), np.asarray(p_first, float), prior=prior,
@@ -131,7 +133,7 @@ def bt_auroc(p_first, pairs, y, prior: float = BT_PRIOR, n_boot: int = N_BOOT, s
 
 
 def ece_ci(conf01, labels, n_bins: int = 10, n_boot: int = N_BOOT, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of :func:`metacog.metrics.ece` over items (pairs (conf, y)
+    """Percentile bootstrap CI of :func:`metacog.stats.metrics.ece` over items (pairs (conf, y)
     resampled together; :func:`scipy.stats.bootstrap`, ``paired=True``). NaN conf dropped;
     (nan, nan) with fewer than 2 items. Binned ECE is biased upward at small n (STATISTICS.md),
     so for a well-calibrated readout the interval can lie above the point estimate."""
@@ -153,7 +155,7 @@ def pairwise_block(lm, questions, answers, correct, seed: int = 0, rounds: int =
                    matches: int = BT_MATCHES, batch_size: int = 16) -> dict:
     """The pairwise ability of ``lm`` on items (its own answers and their correctness):
     pairwise accuracy on correct/incorrect pairs and the Bradley–Terry AUROC (module docstring)."""
-    from ..methods import ranking
+    from metacog.methods import ranking
 
     y = np.asarray(correct, dtype=bool)
     n = y.size
@@ -175,7 +177,7 @@ def pairwise_block(lm, questions, answers, correct, seed: int = 0, rounds: int =
 def base_pairwise(ws: Workspace, lm, items: pd.DataFrame, seed: int, batch_size: int = 16) -> dict:
     """The base model's pairwise block on eval ``items`` (``base_row`` = the workspace's rows),
     with the workspace's own answers; cached in ``transfer/base_pairwise-<key>.json``."""
-    from ..settings import stable_hash
+    from metacog.core.settings import stable_hash
 
     ans = ws.read_parquet("answers.parquet").set_index("row").loc[items["base_row"].to_numpy()]
     key = stable_hash("base-pairwise", PAIRWISE_VERSION, items["id"].tolist(), ans["answer"].astype(str).tolist(),
@@ -200,8 +202,8 @@ def evaluate_ood(ws: Workspace, run_id: str, ood_ws: Workspace, *, lm=None, limi
     """Evaluate run ``run_id`` of ``ws`` on the eval split of another workspace ``ood_ws``
     (same base model: refused otherwise); output in ``runs/<run>/ood/<ood workspace name>/``
     (eval.json with the pairwise block, per_item.parquet). Nothing of ``ood_ws`` was trained on."""
-    from .evaluate import evaluate_adapter
-    from .runs import RunError, get_run
+    from metacog.finetune.evaluate import evaluate_adapter
+    from metacog.finetune.runs import RunError, get_run
 
     run = get_run(ws, run_id)
     if not run.has_adapter():
@@ -270,7 +272,7 @@ def transfer_table(ws: Workspace, runs: list[str] | None = None) -> pd.DataFrame
     (:func:`evaluate_ood`); metrics :data:`METRICS` (CIs: module docstring). ``runs``: run ids
     (default: every run with an evaluation, oldest first). Metrics a run's evaluation lacks
     (an evaluation made before pairwise evaluation existed) are NaN."""
-    from .runs import get_run, list_runs
+    from metacog.finetune.runs import get_run, list_runs
 
     if runs is None:
         reg = list_runs(ws)
@@ -358,7 +360,7 @@ def to_markdown(df: pd.DataFrame, digits: int = 3) -> str:
 def save_table(ws: Workspace, df: pd.DataFrame) -> Path:
     """Write ``transfer/table.parquet`` (long form) and ``transfer/table.md`` through the workspace."""
     ws.write_parquet(f"{BASE_DIR}/table.parquet", df)
-    from ..workspace import atomic_write_text
+    from metacog.core.workspace import atomic_write_text
 
     atomic_write_text(ws.path(BASE_DIR, "table.md"), to_markdown(df) + "\n")
     ws.write_json(f"{BASE_DIR}/table.json", {"built": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": sorted(set(df["row"])),

@@ -5,15 +5,15 @@ here). ``run_methods(ws, "all", MethodSettings())`` computes them (fresh ones ar
 long ones resume); ``methods_table(ws)`` gives one row per method and post-hoc calibrated
 variant on the eval split. See docs/METHODS.md.
 """
-from . import (brier_tuning, calibration_tuning, p_true, probe, probe_steering, probe_targeted,  # noqa: F401 (register)
+from metacog.methods import (brier_tuning, calibration_tuning, p_true, probe, probe_steering, probe_targeted,  # noqa: F401 (register)
                relative, self_consistency, verbal)
-from .calibrate import KINDS as POSTHOC_KINDS
-from .calibrate import posthoc
-from .registry import Method, MethodResult, all_methods, get, names, register, resolve
-from .run import make_context, run_methods
-from .settings import MethodSettings, MethodSettingsError
-from .store import load_scores, meta, stored_methods
-from .table import eval_scores, methods_table
+from metacog.methods.calibrate import KINDS as POSTHOC_KINDS
+from metacog.methods.calibrate import posthoc
+from metacog.methods.registry import Method, MethodResult, all_methods, get, names, register, resolve
+from metacog.methods.run import make_context, run_methods
+from metacog.methods.settings import MethodSettings, MethodSettingsError
+from metacog.methods.store import load_scores, meta, stored_methods
+from metacog.methods.table import eval_scores, methods_table
 
 __all__ = ["Method", "MethodResult", "MethodSettings", "MethodSettingsError", "POSTHOC_KINDS", "all_methods", "eval_scores",
            "get", "load_scores", "make_context", "meta", "methods_table", "names", "posthoc", "register", "resolve",

@@ -1,18 +1,18 @@
 """Brier-loss tuning (ConfTuner): a LoRA run whose objective is the Brier
 score of the model's exact 0–100 distribution at the confidence slot against correctness,
 Σ_v q(v) (v/100 − y)² (fine-tuning ``objective="brier"``, targets ``binary`` unbalanced; no
-target text). Confidence = E[v]/100 of the adapter's exact readout (:func:`metacog.confidence.read_values`)
+target text). Confidence = E[v]/100 of the adapter's exact readout (:func:`metacog.readout.values.read_values`)
 at the same slot (inline by default: question, own answer, "\\nConfidence:")."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from .. import prompts
-from ..confidence import read_values
-from ..finetune.backends.peft_backend import load_adapter_model, unload_adapter
-from .registry import Method, MethodResult, register
-from .tuning import run_for, run_info, settings_for
+from metacog.data import prompts
+from metacog.readout.values import read_values
+from metacog.finetune.backends.peft_backend import load_adapter_model, unload_adapter
+from metacog.methods.registry import Method, MethodResult, register
+from metacog.methods.tuning import run_for, run_info, settings_for
 
 SETTINGS = ("tune_updates", "tune_rank", "tune_target_modules", "tune_lr", "tune_batch_size", "seed", "brier_format", "batch_size")
 
@@ -44,7 +44,7 @@ def readout_ev(ctx, lm, fmt: str, name: str, key: str) -> pd.DataFrame:
 
 
 def compute(ctx) -> MethodResult:
-    from .store import method_key
+    from metacog.methods.store import method_key
 
     fs = settings_for(ctx, format=ctx.settings.brier_format, objective="brier", loss_on="confidence")
     run = run_for(ctx, fs, "brier-tuning")

@@ -2,20 +2,20 @@
 train split to answer the uncertainty query "Is the proposed answer correct?" about its own
 answer with "Yes" (correct) or "No" (incorrect) — fine-tuning format ``uncertainty-query``,
 targets ``binary`` (unbalanced: the train split's own base rate). Confidence = p("Yes") of the
-adapter on the same query, normalised over Yes/No (:func:`metacog.confidence.read_labels`)."""
+adapter on the same query, normalised over Yes/No (:func:`metacog.readout.values.read_labels`)."""
 from __future__ import annotations
 
-from ..finetune.backends.peft_backend import load_adapter_model, unload_adapter
-from ..finetune.settings import UQ_LABELS
-from .p_true import score_query
-from .registry import Method, MethodResult, register
-from .tuning import run_for, run_info, settings_for
+from metacog.finetune.backends.peft_backend import load_adapter_model, unload_adapter
+from metacog.finetune.settings import UQ_LABELS
+from metacog.methods.p_true import score_query
+from metacog.methods.registry import Method, MethodResult, register
+from metacog.methods.tuning import run_for, run_info, settings_for
 
 SETTINGS = ("tune_updates", "tune_rank", "tune_target_modules", "tune_lr", "tune_batch_size", "seed", "batch_size")
 
 
 def compute(ctx) -> MethodResult:
-    from .store import method_key
+    from metacog.methods.store import method_key
 
     fs = settings_for(ctx, format="uncertainty-query", loss_on="assistant")
     run = run_for(ctx, fs, "calibration-tuning")

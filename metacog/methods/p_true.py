@@ -1,14 +1,14 @@
 """P(True): ask whether the proposed answer (the model's own) is correct and read the
 probability of the reply "True" against "False", exactly for multi-token labels
-(:func:`metacog.confidence.read_labels`: product of conditional token probabilities of each
+(:func:`metacog.readout.values.read_labels`: product of conditional token probabilities of each
 label's full token sequence, normalised over the two labels)."""
 from __future__ import annotations
 
 import pandas as pd
 
-from .. import prompts
-from ..confidence import read_labels
-from .registry import Method, MethodResult, register
+from metacog.data import prompts
+from metacog.readout.values import read_labels
+from metacog.methods.registry import Method, MethodResult, register
 
 LABELS = ("True", "False")
 
@@ -28,7 +28,7 @@ def score_query(ctx, lm, labels, name: str, key: str) -> pd.DataFrame:
 
 
 def compute(ctx) -> MethodResult:
-    from .store import method_key
+    from metacog.methods.store import method_key
 
     lm = ctx.lm()
     df = score_query(ctx, lm, LABELS, "p_true", method_key(ctx, METHOD))
@@ -37,7 +37,7 @@ def compute(ctx) -> MethodResult:
 
 
 def _ids(lm, labels):
-    from ..confidence import label_ids
+    from metacog.readout.values import label_ids
 
     return label_ids(lm.tokenizer, labels, lm.is_chat)
 

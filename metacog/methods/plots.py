@@ -1,5 +1,5 @@
 """Figures of the methods comparison (pure: data in, plotly figure out; titles per
-:func:`metacog.plots.fig_title`): AUROC bars with CIs, reliability diagrams side by side,
+:func:`metacog.viz.plots.fig_title`): AUROC bars with CIs, reliability diagrams side by side,
 risk–coverage curves."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .. import metrics
-from ..plots import PALETTE, _layout, auroc_bars, fig_title
+from metacog.stats import metrics
+from metacog.viz.plots import PALETTE, _layout, auroc_bars, fig_title
 
 
 def method_auroc_bars(table: pd.DataFrame, *, n: int, model: str) -> go.Figure:
@@ -22,7 +22,7 @@ def method_auroc_bars(table: pd.DataFrame, *, n: int, model: str) -> go.Figure:
 
 def reliability_grid(frames: Mapping[str, pd.DataFrame], *, n: int, model: str, n_bins: int = 10, cols: int = 3) -> go.Figure:
     """One reliability panel per method (accuracy vs mean confidence per equal-width bin, the
-    bins of :func:`metacog.metrics.reliability_bins`), diagonal = perfect calibration."""
+    bins of :func:`metacog.stats.metrics.reliability_bins`), diagonal = perfect calibration."""
     names = list(frames)
     cols = max(1, min(cols, len(names)))
     rows = max(1, math.ceil(len(names) / cols))
@@ -53,7 +53,7 @@ def reliability_grid(frames: Mapping[str, pd.DataFrame], *, n: int, model: str, 
 
 def risk_coverage_curves(frames: Mapping[str, pd.DataFrame], *, n: int, model: str) -> go.Figure:
     """Selective prediction: risk (error rate among the answered) vs coverage, answering the
-    most confident first (ties averaged, :func:`metacog.metrics.risk_coverage`); AURC in the legend."""
+    most confident first (ties averaged, :func:`metacog.stats.metrics.risk_coverage`); AURC in the legend."""
     fig = go.Figure()
     base = None
     for i, (nm, d) in enumerate(frames.items()):

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..settings import POSITIONS
-from ..workspace import WorkspaceError
-from .registry import Method, MethodResult, register
+from metacog.core.settings import POSITIONS
+from metacog.core.workspace import WorkspaceError
+from metacog.methods.registry import Method, MethodResult, register
 
 
 def compute(ctx) -> MethodResult:

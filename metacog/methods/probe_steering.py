@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import prompts
-from ..settings import POSITIONS
-from ..workspace import WorkspaceError
-from .registry import Method, MethodResult, register
+from metacog.data import prompts
+from metacog.core.settings import POSITIONS
+from metacog.core.workspace import WorkspaceError
+from metacog.methods.registry import Method, MethodResult, register
 
 SETTINGS = ("steer_gain", "steer_layer", "batch_size")
 
@@ -28,7 +28,7 @@ SETTINGS = ("steer_gain", "steer_layer", "batch_size")
 def read_probe(ws) -> dict:
     """The probe steering reads: the best probe by train CV (``probes/metrics.parquet``
     ``cv_auroc``) among the inline positions, with its coefficient and intercept."""
-    from ..steering import INLINE_POSITIONS, load_probe
+    from metacog.steering import INLINE_POSITIONS, load_probe
 
     try:
         met = ws.read_parquet("probes/metrics.parquet")
@@ -55,9 +55,9 @@ def write_layer(read_layer: int, n_hidden: int, given: int | None) -> int:
 
 
 def compute(ctx) -> MethodResult:
-    from ..confidence import read_values
-    from ..steering import compute_directions, probe_conditioned
-    from .store import method_key
+    from metacog.readout.values import read_values
+    from metacog.steering import compute_directions, probe_conditioned
+    from metacog.methods.store import method_key
 
     pr = read_probe(ctx.ws)
     hw = write_layer(pr["layer"], pr["n_hidden"], ctx.settings.steer_layer)

@@ -13,13 +13,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import prompts
-from ..confidence import parse_confidence
-from ..finetune.backends.peft_backend import load_adapter_model, unload_adapter
-from ..finetune.runs import get_run
-from ..workspace import WorkspaceError
-from .registry import Method, MethodResult, register
-from .tuning import run_for, run_info, settings_for
+from metacog.data import prompts
+from metacog.readout.values import parse_confidence
+from metacog.finetune.backends.peft_backend import load_adapter_model, unload_adapter
+from metacog.finetune.runs import get_run
+from metacog.core.workspace import WorkspaceError
+from metacog.methods.registry import Method, MethodResult, register
+from metacog.methods.tuning import run_for, run_info, settings_for
 
 SETTINGS = ("tune_updates", "tune_rank", "tune_target_modules", "tune_lr", "tune_batch_size", "seed", "batch_size", "probe_run")
 
@@ -37,8 +37,8 @@ def _given_run(ctx):
 
 def verbal_scores(ctx, lm, name: str, key: str) -> pd.DataFrame:
     """Greedy verbal confidence of ``lm`` after question + answer + "\\nConfidence:" for the pool."""
-    from ..answers import FORCED_MARK, INLINE_VERBAL_TOKENS, _stop_two_pass
-    from ..generation import generate
+    from metacog.stages.answers import FORCED_MARK, INLINE_VERBAL_TOKENS, _stop_two_pass
+    from metacog.model.generation import generate
 
     pool, tok, style = ctx.pool, lm.tokenizer, ctx.study.prompt_style
     enc = []
@@ -58,7 +58,7 @@ def verbal_scores(ctx, lm, name: str, key: str) -> pd.DataFrame:
 
 
 def compute(ctx) -> MethodResult:
-    from .store import method_key
+    from metacog.methods.store import method_key
 
     if ctx.settings.probe_run:
         run, fs = _given_run(ctx), None

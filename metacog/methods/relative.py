@@ -1,8 +1,8 @@
 """Relative confidence: the model is shown two of its answered questions and asked which
-answer it is more likely to have gotten right ("1" or "2"; :func:`metacog.prompts.encode_pairwise`).
+answer it is more likely to have gotten right ("1" or "2"; :func:`metacog.data.prompts.encode_pairwise`).
 A seeded schedule of ``n_comparisons`` matchups among the pool items
 (:func:`metacog.methods.ranking.schedule`); the outcome of a matchup is the soft
-P("1") from :func:`metacog.confidence.read_labels`. Scores: Bradley-Terry (σ(θ)) and Elo
+P("1") from :func:`metacog.readout.values.read_labels`. Scores: Bradley-Terry (σ(θ)) and Elo
 (σ(rating)), both from the same comparisons (computed once, cached in
 ``methods/relative/comparisons.parquet``)."""
 from __future__ import annotations
@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import prompts
-from ..confidence import read_labels
-from ..settings import stable_hash
-from . import ranking
-from .registry import Method, MethodResult, register
+from metacog.data import prompts
+from metacog.readout.values import read_labels
+from metacog.core.settings import stable_hash
+from metacog.methods import ranking
+from metacog.methods.registry import Method, MethodResult, register
 
 COMPARISONS = "methods/relative/comparisons.parquet"
 COMPARISONS_META = "methods/relative/comparisons.json"  # key, seconds spent computing them (this run or the resumed ones)
@@ -49,7 +49,7 @@ def comparisons(ctx) -> pd.DataFrame:
     df["key"] = key
     ctx.ws.write_parquet(COMPARISONS, df)
     ctx.ws.write_json(COMPARISONS_META, {"key": key, "seconds": round(time.time() - t0, 2), "n": int(len(df))})
-    from ..workspace import remove_tree
+    from metacog.core.workspace import remove_tree
 
     for d in ctx.ws.path("methods", "relative").glob("parts-*"):
         remove_tree(d)

@@ -6,16 +6,16 @@ import traceback
 
 import pandas as pd
 
-from ..runtime import Stopped
-from ..workspace import Workspace, WorkspaceError
-from . import registry, store
-from .settings import MethodSettings
+from metacog.core.runtime import Stopped
+from metacog.core.workspace import Workspace, WorkspaceError
+from metacog.methods import registry, store
+from metacog.methods.settings import MethodSettings
 
 
 def make_context(ws: Workspace, settings: MethodSettings, lm=None, loader=None, progress=None, should_stop=None,
                  threads: int = 1) -> store.Context:
-    from ..answers import reparse
-    from ..study import load_items
+    from metacog.stages.answers import reparse
+    from metacog.stages.study import load_items
 
     if not ws.exists:
         raise WorkspaceError(f"{ws.root} is not a metacog workspace: run `metacog study --workspace {ws.root}` first")
@@ -32,8 +32,8 @@ def make_context(ws: Workspace, settings: MethodSettings, lm=None, loader=None, 
     _, study = ws.settings()
     if loader is None and lm is None:
         def loader():
-            from ..models import loader_from_env
-            from ..settings import ModelSettings, from_dict, to_dict
+            from metacog.model.loading import loader_from_env
+            from metacog.core.settings import ModelSettings, from_dict, to_dict
 
             ms, _ = ws.settings()
             return loader_from_env()(from_dict(ModelSettings, {**to_dict(ms), "threads": int(threads)}))
@@ -78,9 +78,9 @@ def run_methods(ws: Workspace, methods="all", settings: MethodSettings | None = 
 
 
 def run_job(ws: Workspace, spec: dict, progress, should_stop) -> dict:
-    """The methods table as an app job in its own process (:mod:`metacog.jobs`): ``spec`` holds
+    """The methods table as an app job in its own process (:mod:`metacog.core.jobs`): ``spec`` holds
     ``methods`` (names), ``settings`` (a MethodSettings dict) and ``threads``."""
-    from ..settings import from_dict
+    from metacog.core.settings import from_dict
 
     s = from_dict(MethodSettings, spec.get("settings") or {})
     return run_methods(ws, list(spec.get("methods") or ["all"]), s, progress=progress, should_stop=should_stop,

@@ -1,7 +1,7 @@
 """Self-consistency: k answers sampled at temperature T (seeded, one seed per item and
 sample), scored by how many agree with the model's greedy answer.
 
-Agreement uses the one grader (:func:`metacog.grading.grade_short`) both ways: a sample
+Agreement uses the one grader (:func:`metacog.data.grading.grade_short`) both ways: a sample
 agrees with the greedy answer when either one, used as the alias, is found in the other
 (so "Paris" and "The capital is Paris." agree). Score = agreeing samples / k. Multiple-choice
 items have no free answer to sample: their score is the probability of the chosen option
@@ -12,11 +12,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import prompts
-from ..confidence import parse_answer
-from ..grading import grade_short
-from ..settings import stable_hash
-from .registry import Method, MethodResult, register
+from metacog.data import prompts
+from metacog.readout.values import parse_answer
+from metacog.data.grading import grade_short
+from metacog.core.settings import stable_hash
+from metacog.methods.registry import Method, MethodResult, register
 
 
 def agrees(sample: str, greedy: str) -> bool:
@@ -29,9 +29,9 @@ def sample_seed(seed: int, item_id: str, j: int) -> int:
 
 
 def compute(ctx) -> MethodResult:
-    from ..answers import _stop_first_line, _stop_inline, option_logliks
-    from ..generation import generate
-    from .store import method_key
+    from metacog.stages.answers import _stop_first_line, _stop_inline, option_logliks
+    from metacog.model.generation import generate
+    from metacog.methods.store import method_key
 
     lm = ctx.lm()
     s = ctx.settings

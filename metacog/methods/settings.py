@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..settings import to_dict
+from metacog.core.settings import to_dict
 
 
 class MethodSettingsError(ValueError):

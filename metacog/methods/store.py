@@ -1,6 +1,6 @@
 """Where method results live, and the context a method computes in.
 
-Layout (all writes atomic, through :mod:`metacog.workspace`)::
+Layout (all writes atomic, through :mod:`metacog.core.workspace`)::
 
     <workspace>/methods/<name>/scores.parquet   row, id, split, score (+ method-specific columns)
     <workspace>/methods/<name>/meta.json        key, seconds, cost, info (forward passes, run id, ...)
@@ -21,11 +21,11 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from ..runtime import check_stop
-from ..settings import StudySettings, stable_hash
-from ..workspace import Workspace, WorkspaceError, remove_tree
-from .registry import Method, MethodResult
-from .settings import MethodSettings
+from metacog.core.runtime import check_stop
+from metacog.core.settings import StudySettings, stable_hash
+from metacog.core.workspace import Workspace, WorkspaceError, remove_tree
+from metacog.methods.registry import Method, MethodResult
+from metacog.methods.settings import MethodSettings
 
 POOL_SPLITS = ("calibration", "eval")
 DIR = "methods"

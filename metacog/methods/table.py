@@ -1,5 +1,5 @@
 """The one table: every stored method (and its post-hoc calibrated variants) on the eval
-split, with the metrics of :mod:`metacog.metrics` and each method's cost.
+split, with the metrics of :mod:`metacog.stats.metrics` and each method's cost.
 
 Columns: method, base, calibration (none | platt | isotonic | temperature), family, n_eval,
 n_missing, auroc, auroc_lo, auroc_hi, ece, brier, aurc, ceiling_rate (share of scores ≥ 0.95),
@@ -10,18 +10,18 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import metrics
-from ..workspace import Workspace
-from . import registry, store
-from .calibrate import KINDS, posthoc
+from metacog.stats import metrics
+from metacog.core.workspace import Workspace
+from metacog.methods import registry, store
+from metacog.methods.calibrate import KINDS, posthoc
 
 EVAL = "eval"
 
 
 def scored_frame(ws: Workspace, name: str) -> pd.DataFrame | None:
     """A stored method's scores joined with correctness (from the re-parsed answers)."""
-    from ..answers import reparse
-    from ..study import load_items
+    from metacog.stages.answers import reparse
+    from metacog.stages.study import load_items
 
     sc = store.load_scores(ws, name)
     if sc is None:

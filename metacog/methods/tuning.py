@@ -3,8 +3,8 @@
 registry). A finished run with the same settings is reused, so the method resumes."""
 from __future__ import annotations
 
-from ..finetune import FinetuneSettings, create_run, execute
-from ..finetune.runs import Run, list_runs
+from metacog.finetune import FinetuneSettings, create_run, execute
+from metacog.finetune.runs import Run, list_runs
 
 
 def settings_for(ctx, **kw) -> FinetuneSettings:
@@ -30,7 +30,7 @@ def run_for(ctx, fs: FinetuneSettings, name: str) -> Run:
             if run.has_adapter() and run.live_status() == "done":
                 return run
             if run.live_status() in ("interrupted", "failed", "cancelled"):
-                from ..finetune.runner import resume
+                from metacog.finetune.runner import resume
 
                 resume(ctx.ws, run.id, background=False, lm=ctx.lm(), threads=ctx.threads,
                        progress=lambda u, t, m: ctx.tick(u, t, f"{name}: training (LoRA updates)"))

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..workspace import WorkspaceError
-from .registry import Method, MethodResult, register
+from metacog.core.workspace import WorkspaceError
+from metacog.methods.registry import Method, MethodResult, register
 
 
 def _from(column: str, source: str):

@@ -12,7 +12,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..settings import BACKENDS, SettingsError
+from metacog.finetune.settings import BACKENDS, SettingsError
 
 
 @dataclass

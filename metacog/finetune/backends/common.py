@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..settings import Plan
-from ...workspace import WorkspaceError, atomic_write_text, guard_write, json_safe, remove_tree
+from metacog.finetune.settings import Plan
+from metacog.core.workspace import WorkspaceError, atomic_write_text, guard_write, json_safe, remove_tree
 
 CKPT_RE = re.compile(r"^step-(\d{6})$")
 
@@ -61,7 +61,7 @@ def after_update(update: int, plan: Plan, s, validate, save, hooks) -> bool:
 
 def stop_cancelled(update: int, plan: Plan, run_path: Path, save, hooks) -> None:
     """A cancelled run: checkpoint the last finished update (if not already) and raise Stopped."""
-    from ...runtime import Stopped
+    from metacog.core.runtime import Stopped
 
     ck = latest_checkpoint(run_path)
     if update > 0 and (ck is None or ck[0] != update):

@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..settings import ALL_LINEAR, FinetuneSettings, Plan, SettingsError, lr_factor
-from ..targets import Example
-from ...workspace import atomic_save_npy, atomic_write_text, json_safe
-from . import Hooks
-from .common import (after_update, begin_dir, commit_dir, latest_checkpoint, prune_checkpoints, stop_cancelled,
+from metacog.finetune.settings import ALL_LINEAR, FinetuneSettings, Plan, SettingsError, lr_factor
+from metacog.finetune.targets import Example
+from metacog.core.workspace import atomic_save_npy, atomic_write_text, json_safe
+from metacog.finetune.backends import Hooks
+from metacog.finetune.backends.common import (after_update, begin_dir, commit_dir, latest_checkpoint, prune_checkpoints, stop_cancelled,
                      update_batches, write_adapter_meta)
 
 NAME = "mlx"
@@ -81,7 +81,7 @@ def lora_keys(model, modules) -> list[str]:
     keys = set()
     layer = model.layers[0]
     if list(modules) == ["auto"]:  # the architecture's default, as for the PEFT backend
-        from ...arch import default_lora_targets
+        from metacog.model.arch import default_lora_targets
 
         names = {n.rsplit(".", 1)[-1] for n, m in layer.named_modules() if isinstance(m, (nn.Linear, nn.QuantizedLinear))}
         modules = default_lora_targets(str(getattr(model, "model_type", "")), names)

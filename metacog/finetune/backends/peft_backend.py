@@ -22,13 +22,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...arch import input_device
-from ...safestate import load_state, save_state
-from ...confidence import body_and_head, left_pad
-from ..settings import ALL_LINEAR, FinetuneSettings, Plan, SettingsError, lr_factor
-from ..targets import Example
-from . import Hooks
-from .common import (after_update, begin_dir, commit_dir, latest_checkpoint, prune_checkpoints, stop_cancelled,
+from metacog.model.arch import input_device
+from metacog.core.safestate import load_state, save_state
+from metacog.readout.values import body_and_head, left_pad
+from metacog.finetune.settings import ALL_LINEAR, FinetuneSettings, Plan, SettingsError, lr_factor
+from metacog.finetune.targets import Example
+from metacog.finetune.backends import Hooks
+from metacog.finetune.backends.common import (after_update, begin_dir, commit_dir, latest_checkpoint, prune_checkpoints, stop_cancelled,
                      update_batches, write_adapter_meta)
 
 NAME = "peft"
@@ -37,7 +37,7 @@ NAME = "peft"
 # ------------------------------------------------------------------------------ model
 def linear_module_names(model) -> list[str]:
     """Last names of the model's linear layers (``torch.nn.Linear`` and GPT-2's ``Conv1D``)."""
-    from ...arch import linear_dims
+    from metacog.model.arch import linear_dims
 
     names = set()
     for n, m in model.named_modules():
@@ -47,8 +47,8 @@ def linear_module_names(model) -> list[str]:
 
 
 def resolved_targets(model, modules) -> list[str]:
-    """``modules`` with ``auto`` replaced by the architecture's default (:func:`metacog.arch.lora_targets`)."""
-    from ...arch import resolve_targets
+    """``modules`` with ``auto`` replaced by the architecture's default (:func:`metacog.model.arch.lora_targets`)."""
+    from metacog.model.arch import resolve_targets
 
     return list(resolve_targets(model, modules))
 
@@ -115,8 +115,8 @@ def brier_sum(model, examples: list[Example], tok) -> tuple[torch.Tensor, int]:
     """ConfTuner's objective: Σ over examples of the Brier score of the exact 0–100
     distribution q at the confidence slot (renormalised over 0–100) against correctness
     y = target / 100: Σ_v q(v) (v/100 − y)², and the number of examples. Differentiable
-    through :func:`metacog.confidence.value_logprobs`; needs no target text."""
-    from ...confidence import value_logprobs
+    through :func:`metacog.readout.values.value_logprobs`; needs no target text."""
+    from metacog.readout.values import value_logprobs
 
     lp = value_logprobs(model, tok, [e.input_ids for e in examples])  # [B, 101]
     q = torch.softmax(lp, dim=-1)  # renormalised over 0..100
@@ -348,7 +348,7 @@ def load_adapter_model(lm, adapter_dir: Path, copy_model: bool = True):
 
     from peft import PeftModel
 
-    from ...models import file_hash
+    from metacog.model.loading import file_hash
 
     model = copy.deepcopy(lm.model) if copy_model else lm.model
     pm = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)

@@ -1,0 +1,144 @@
+"""Batched generation with per-row stopping, on any causal LM: greedy by default, or seeded
+sampling at a temperature.
+
+Rows are sorted by length (less padding), left-padded with explicit position ids, and each
+row stops on EOS or when ``stop(text)`` says so; the batch ends when every
+row has stopped. A row's output is the same as it would be alone (greedy is deterministic,
+and padding is masked).
+
+Sampling (``temperature > 0``): each row has its own ``torch.Generator`` seeded with its
+entry of ``seeds``; at every step the row draws one uniform number u from it and takes the
+first token whose cumulative probability (softmax of logits / T, vocabulary order) exceeds u
+(inverse-CDF sampling). So a row's sample depends only on its prompt, its seed and T, not on
+which other rows share its batch.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+
+from metacog.model.arch import input_device
+from metacog.readout.values import left_pad
+
+
+def _eos_ids(tok, model) -> set[int]:
+    ids = set()
+    for src in (getattr(tok, "eos_token_id", None), getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        if isinstance(src, int):
+            ids.add(src)
+        elif isinstance(src, (list, tuple)):
+            ids.update(int(x) for x in src)
+    from metacog.model.arch import stop_token_strings
+
+    for t in stop_token_strings(model):
+        i = tok.convert_tokens_to_ids(t) if t in getattr(tok, "get_vocab", lambda: {})() else None
+        if isinstance(i, int) and i >= 0:
+            ids.add(i)
+    return ids
+
+
+def _pick(logits: torch.Tensor, temperature: float, gens: list | None) -> torch.Tensor:
+    """Next token per row: arg-max, or inverse-CDF sampling with each row's own generator."""
+    if not temperature or temperature <= 0 or gens is None:
+        return logits.argmax(-1)
+    p = torch.softmax(logits.float() / float(temperature), dim=-1)
+    cdf = p.cumsum(-1)
+    u = torch.stack([torch.rand((), generator=g) for g in gens]).to(cdf.device) * cdf[:, -1]
+    nxt = torch.searchsorted(cdf, u.unsqueeze(-1)).squeeze(-1)
+    return nxt.clamp(max=logits.shape[-1] - 1)
+
+
+@torch.no_grad()
+def greedy_batch(lm, prompts: list[list[int]], max_new_tokens: int, stop: Callable[[str], bool] | None = None,
+                 temperature: float = 0.0, seeds: list[int] | None = None) -> list[str]:
+    """Greedy (or, with ``temperature > 0`` and ``seeds``, sampled) continuation of each
+    prompt (one batch), decoded without special tokens.
+
+    Rows that have finished are dropped from the KV cache (once a quarter of the live rows
+    are done), so a batch costs the sum of its rows' lengths, not rows × the longest."""
+    model, tok = lm.model, lm.tokenizer
+    dev = input_device(model)
+    ids, att, pos = left_pad(prompts, tok.pad_token_id, dev)
+    B = ids.shape[0]
+    eos_set = _eos_ids(tok, model)
+    eos = torch.tensor(sorted(eos_set), device=dev)
+    gen: list[list[int]] = [[] for _ in range(B)]
+    alive = torch.arange(B, device=dev)  # original row of each live cache row
+    done = torch.zeros(B, dtype=torch.bool, device=dev)  # per live row
+    past = None
+    gens = None
+    if temperature and temperature > 0:
+        if seeds is None or len(seeds) != B:
+            raise ValueError("sampling needs one seed per prompt")
+        gens = [torch.Generator().manual_seed(int(sd)) for sd in seeds]
+    cur_ids, cur_pos, cur_att = ids, pos, att
+    for _ in range(max_new_tokens):
+        out = model(input_ids=cur_ids, attention_mask=cur_att, position_ids=cur_pos, past_key_values=past, use_cache=True, logits_to_keep=1)
+        past = out.past_key_values
+        nxt = _pick(out.logits[:, -1, :], temperature, None if gens is None else [gens[int(r)] for r in alive])
+        for j, (r, t) in enumerate(zip(alive.tolist(), nxt.tolist())):
+            if not done[j]:
+                gen[r].append(t)
+        done |= torch.isin(nxt, eos)
+        if stop is not None:
+            for j in (~done).nonzero().flatten().tolist():
+                if stop(tok.decode(gen[int(alive[j])], skip_special_tokens=True)):
+                    done[j] = True
+        if bool(done.all()):
+            break
+        cur_ids = nxt.unsqueeze(-1)
+        cur_pos = cur_pos[:, -1:] + 1
+        cur_att = torch.cat([cur_att, torch.ones((cur_att.shape[0], 1), dtype=cur_att.dtype, device=dev)], dim=1)
+        if int(done.sum()) * 4 >= len(done) and hasattr(past, "batch_select_indices"):
+            keep = (~done).nonzero().flatten()
+            past.batch_select_indices(keep)
+            alive, done = alive[keep], done[keep]
+            cur_ids, cur_pos, cur_att = cur_ids[keep], cur_pos[keep], cur_att[keep]
+    texts = []
+    for row in gen:
+        cut = next((i for i, t in enumerate(row) if t in eos_set), len(row))
+        texts.append(tok.decode(row[:cut], skip_special_tokens=True))
+    return texts
+
+
+MAX_BATCH_TOKENS = 8192  # padded tokens per batch (rows x longest row); one longer row runs alone
+
+
+def batches_by_length(seqs: list[list[int]], batch_size: int, max_tokens: int = MAX_BATCH_TOKENS) -> Iterable[list[int]]:
+    """Index batches of similar length, longest first (so memory peaks early).
+
+    A batch holds at most ``batch_size`` rows and, since every row is padded to the batch's
+    longest, at most ``max_tokens`` padded tokens (rows x longest); a row longer than that
+    runs alone. So one long item does not pad dozens of short ones to its length: sorting
+    alone would put the longest item with the next-longest ``batch_size - 1`` (short) ones.
+    Ties in length keep the input order, so the batches are a function of the lengths."""
+    order = sorted(range(len(seqs)), key=lambda i: (-len(seqs[i]), i))
+    batch: list[int] = []
+    for i in order:
+        longest = len(seqs[batch[0]]) if batch else len(seqs[i])
+        if batch and (len(batch) >= batch_size or (len(batch) + 1) * longest > max_tokens):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
+def generate(lm, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 32, stop=None, progress=None,
+             should_stop=None, temperature: float = 0.0, seeds: list[int] | None = None) -> list[str]:
+    """Greedy continuations for many prompts, in the input order (or seeded samples: one seed
+    per prompt, ``temperature > 0``). ``progress(k)`` is called with the number of rows just
+    finished; ``should_stop()`` is checked before each batch."""
+    from metacog.core.runtime import check_stop
+
+    out: list[str | None] = [None] * len(prompts)
+    for idx in batches_by_length(prompts, batch_size):
+        check_stop(should_stop)
+        texts = greedy_batch(lm, [prompts[i] for i in idx], max_new_tokens, stop, temperature=temperature,
+                             seeds=None if seeds is None else [seeds[i] for i in idx])
+        for i, t in zip(idx, texts):
+            out[i] = t
+        if progress:
+            progress(len(idx))
+    return out  # type: ignore[return-value]

@@ -1,0 +1,606 @@
+"""Verbal confidence: parse it from text, and read the exact distribution over 0–100.
+
+Parsing (SCIENCE.md, "Parsing verbal confidence"): :mod:`metacog.readout.verbal` is the one parser;
+``parse_confidence``, ``parse_inline``, ``parse_answer`` (and ``parse_verbal`` /
+``parse_inline_verbal``, which also return the rule that fired) are re-exported here.
+
+The exact 0–100 readout: for every integer v, the continuation ``" {v}"`` is tokenised on
+its own (SmolLM2 writes " 73" as "Ġ","7","3"). Then
+
+    P(v) = Π_i P(t_i | prefix, t_<i) · P(the number ends | prefix, v)
+
+and the number ends unless the next token begins with a digit, or begins with "." followed
+by a digit, or is a lone "." followed by a digit (so "0.9999" is not the value 0, "73."
+ending a sentence is 73). All 101 token paths (plus their "." look-ahead) form a trie that
+is scored in one forward over the shared prefix's KV cache with a tree attention mask.
+``other = 1 − Σ_v P(v)`` is the mass on anything that is not an integer 0–100.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from metacog.model.arch import input_device
+from metacog.data.prompts import VALUE_FMT
+
+VALUES = np.arange(101)
+
+# ----------------------------------------------------------------------------------------
+# parsing: the one verbal-confidence parser lives in metacog.readout.verbal (re-exported here)
+# ----------------------------------------------------------------------------------------
+from metacog.readout.verbal import (  # noqa: E402,F401
+    RULES as VERBAL_RULES,
+    VerbalParse,
+    parse_answer,
+    parse_confidence,
+    parse_inline,
+    parse_inline_verbal,
+    parse_verbal,
+)
+
+
+# ----------------------------------------------------------------------------------------
+# the value trie for one tokenizer
+# ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ValueTrie:
+    token: torch.Tensor  # [N] token id of each node
+    parent: torch.Tensor  # [N] parent node (-1 = the prefix's last position)
+    depth: torch.Tensor  # [N] 1-based depth
+    ancestors: torch.Tensor  # [N, N] bool, node j is ancestor-or-self of node i
+    terminal: torch.Tensor  # [101] node index of the last token of each value
+    dot_node: torch.Tensor  # [101] node index of "<value>." (or -1 if no lone "." token)
+    digit_mask: torch.Tensor  # [V] float: tokens that start with a digit
+    dotdigit_mask: torch.Tensor  # [V] float: tokens "." + digit...
+    dot_id: int  # id of the lone "." token, or -1
+    value_ids: tuple  # per value, its token ids
+    n_value_nodes: int  # nodes [0, n_value_nodes) spell the values; the rest are "." look-aheads
+
+    @property
+    def n_nodes(self) -> int:
+        return int(self.token.shape[0])
+
+
+def _raw_tokens(tok) -> list[str]:
+    n = len(tok)
+    raw = tok.convert_ids_to_tokens(list(range(n)))
+    return [r if isinstance(r, str) else "" for r in raw]
+
+
+def _starts_digit(raw: str) -> bool:
+    if raw[:1].isascii() and raw[:1].isdigit():
+        return True
+    return bool(re.match(r"^<0x3[0-9]>$", raw))  # sentencepiece byte fallback
+
+
+@lru_cache(maxsize=8)
+def _trie_cached(tok_key: int, tok) -> ValueTrie:
+    return build_trie(tok)
+
+
+def get_trie(tok) -> ValueTrie:
+    return _trie_cached(id(tok), tok)
+
+
+def build_trie(tok) -> ValueTrie:
+    value_ids = tuple(tuple(tok(VALUE_FMT.format(v=v), add_special_tokens=False)["input_ids"]) for v in VALUES)
+    nodes: dict[tuple, int] = {}
+    token, parent, depth = [], [], []
+
+    def add(path: tuple) -> int:
+        if path in nodes:
+            return nodes[path]
+        p = add(path[:-1]) if len(path) > 1 else -1
+        nodes[path] = len(token)
+        token.append(path[-1])
+        parent.append(p)
+        depth.append(len(path))
+        return nodes[path]
+
+    terminal = [add(ids) for ids in value_ids]
+    raw = _raw_tokens(tok)
+    V = max(len(raw), getattr(tok, "vocab_size", 0) or 0)
+    digit = torch.zeros(V)
+    dotdigit = torch.zeros(V)
+    dot_id = -1
+    for i, r in enumerate(raw):
+        if _starts_digit(r):
+            digit[i] = 1.0
+        elif r.startswith(".") and len(r) > 1 and r[1].isascii() and r[1].isdigit():
+            dotdigit[i] = 1.0
+        elif r == ".":
+            dot_id = i
+    n_value_nodes = len(token)
+    dot_node = [-1] * len(VALUES)
+    if dot_id >= 0:
+        for v, ids in enumerate(value_ids):
+            dot_node[v] = add(ids + (dot_id,))
+    n = len(token)
+    par = torch.tensor(parent)
+    anc = torch.eye(n, dtype=torch.bool)
+    order = sorted(range(n), key=lambda i: depth[i])
+    for i in order:  # parents come first
+        if parent[i] >= 0:
+            anc[i] |= anc[parent[i]]
+    return ValueTrie(
+        token=torch.tensor(token),
+        parent=par,
+        depth=torch.tensor(depth),
+        ancestors=anc,
+        terminal=torch.tensor(terminal),
+        dot_node=torch.tensor(dot_node),
+        digit_mask=digit,
+        dotdigit_mask=dotdigit,
+        dot_id=dot_id,
+        value_ids=value_ids,
+        n_value_nodes=n_value_nodes,
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# batched forward helpers
+# ----------------------------------------------------------------------------------------
+def body_and_head(model):
+    """(decoder body returning hidden states, function hidden -> logits); see
+    :func:`metacog.model.arch.body_and_head` (the family's final-logit soft-capping included)."""
+    from metacog.model.arch import body_and_head as _bh
+
+    return _bh(model)
+
+
+def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """input_ids, attention_mask, position_ids for a left-padded batch (positions count
+    real tokens only, so a padded row computes exactly what it would alone)."""
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    att = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, T - len(s) :] = torch.tensor(s, dtype=torch.long)
+        att[i, T - len(s) :] = 1
+    pos = (att.cumsum(-1) - 1).clamp(min=0)
+    return ids.to(device), att.to(device), pos.to(device)
+
+
+@dataclass
+class Readout:
+    probs: np.ndarray  # [B, 101] P(value), not renormalised
+    other: np.ndarray  # [B] 1 - sum(probs)
+    states: torch.Tensor | None  # [B, P, n_layers+1, d] residual stream at requested positions
+    unresolved: np.ndarray | None = None  # [B] bound on mass whose "." look-ahead was skipped (≤ dot_tol each)
+
+    @property
+    def expected(self) -> np.ndarray:
+        return expected_value(self.probs)
+
+    @property
+    def argmax(self) -> np.ndarray:
+        return self.probs.argmax(axis=1).astype(float)
+
+
+def expected_value(probs: np.ndarray) -> np.ndarray:
+    """E[v] of the distribution renormalised over 0–100 (NaN where it has no mass)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    tot = probs.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(tot > 0, (probs * VALUES).sum(axis=-1) / tot, np.nan)
+
+
+DOT_TOL = 1e-9  # a value's "." look-ahead is scored when P(path) · P("." | value) exceeds this
+
+
+@torch.no_grad()
+def read_values(
+    lm,
+    prefixes: list[list[int]],
+    capture: list[list[int]] | None = None,
+    chunk: int = 128,
+    values: bool = True,
+    dot_tol: float = DOT_TOL,
+) -> Readout:
+    """Exact P(value) for 0..100 after each prefix (one batch), and optionally the residual
+    stream at the token indices ``capture[b]`` of each prefix, from the same forward.
+    With ``values=False`` only the states are read (no trie forward; probs are NaN).
+
+    The "." look-ahead of value v is scored only where P(path to v) · P("." | v) > dot_tol
+    (a second, small tree forward); elsewhere "." counts as the end of the number, an error
+    of at most that product, summed into ``Readout.unresolved``. ``dot_tol=0`` scores all."""
+    from metacog.model.hooks import capture_residual
+
+    model, tok = lm.model, lm.tokenizer
+    trie = get_trie(tok)
+    dev = input_device(model)
+    body, to_logits = body_and_head(model)
+    ids, att, pos = left_pad(prefixes, tok.pad_token_id, dev)
+    B, T = ids.shape
+    lens = att.sum(-1)
+    states = None
+    grabbed: list[torch.Tensor] = []
+    ctx = None
+    if capture is not None:
+        pad = (T - lens).cpu()
+        idx = torch.tensor(capture, dtype=torch.long) + pad.unsqueeze(-1)  # shift for left padding
+        ctx = capture_residual(model, idx, grabbed)
+        ctx.__enter__()
+    try:
+        out = body(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=values)
+    finally:
+        if ctx is not None:
+            ctx.__exit__(None, None, None)
+    if capture is not None:
+        states = grabbed[0]
+    if not values:
+        nanp = np.full((B, 101), np.nan)
+        return Readout(probs=nanp, other=np.full(B, np.nan), states=states)
+    if tree_ok(model, T, trie):
+        hid, tout, anc = _value_tree(body, trie, out, att, lens, use_cache=True)
+        tcache = tout.past_key_values
+
+        def dot_hidden(rows: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+            return _dot_hidden(body, trie, tcache, att, lens, anc, rows, vals, dev)
+    else:  # ALiBi, or a sliding window the tree would overrun: plain 2D-masked continuations
+        pcache = out.past_key_values
+        N = trie.n_value_nodes
+        allr = torch.arange(B, device=dev).repeat_interleave(N)
+        nodes = list(range(N)) * B
+        tail = _plain_hidden(body, pcache, att, lens, allr, [node_path(trie, j) for j in nodes]).view(B, N, -1)
+        hid = torch.cat([out.last_hidden_state[:, -1:, :], tail], dim=1)
+
+        def dot_hidden(rows: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+            term = trie.terminal[vals.cpu()].tolist()
+            return _plain_hidden(body, pcache, att, lens, rows, [node_path(trie, j) + [trie.dot_id] for j in term])
+
+    r = score_trie(hid, to_logits, trie, dot_tol, dot_hidden=dot_hidden, chunk_rows=chunk)
+    r.states = states
+    return r
+
+
+def _row_stats(rows: torch.Tensor, to_logits, trie: ValueTrie, utok: torch.Tensor, chunk_rows: int = 128):
+    """For final hidden rows ``[R, d]``: (digit mass, ".digit" mass, P("."), log P(utok)) per
+    row, from one logsumexp over the vocabulary per row (no softmax tensor is kept)."""
+    dev = rows.device
+    R = rows.shape[0]
+    digit_idx = trie.digit_mask.nonzero().squeeze(-1).to(dev)
+    dotdig_idx = trie.dotdigit_mask.nonzero().squeeze(-1).to(dev)
+    digit = torch.zeros(R, device=dev)
+    dotdig = torch.zeros(R, device=dev)
+    dotp = torch.zeros(R, device=dev)
+    sel = torch.empty(R, len(utok), device=dev)
+    for s in range(0, R, chunk_rows):
+        z = to_logits(rows[s : s + chunk_rows])  # [c, V] float
+        lse = torch.logsumexp(z, dim=-1, keepdim=True)
+        V, n = z.shape[-1], len(z)
+        di = digit_idx[digit_idx < V]
+        if di.numel():
+            digit[s : s + n] = torch.exp(z[:, di] - lse).sum(-1)
+        dd = dotdig_idx[dotdig_idx < V]
+        if dd.numel():
+            dotdig[s : s + n] = torch.exp(z[:, dd] - lse).sum(-1)
+        if 0 <= trie.dot_id < V:
+            dotp[s : s + n] = torch.exp(z[:, trie.dot_id] - lse[:, 0])
+        if len(utok):
+            sel[s : s + n] = z[:, utok] - lse
+    return digit, dotdig, dotp, sel
+
+
+@torch.no_grad()
+def score_trie(hid: torch.Tensor, to_logits, trie: ValueTrie, dot_tol: float = DOT_TOL, dot_hidden=None,
+               chunk_rows: int = 128) -> Readout:
+    """The readout rule, from final (normed) hidden states — the one implementation that
+    :func:`read_values` and :mod:`metacog.patching` (its batched patched forwards) share.
+
+    ``hid`` is ``[B, 1 + R, d]``: row 0 the position the number follows (the confidence
+    slot), row ``1 + j`` trie node ``j``. Either every node is there (``R = trie.n_nodes``:
+    values, then the "." look-aheads, from one tree forward), or only the value nodes
+    (``R = trie.n_value_nodes``) and ``dot_hidden(rows, vals)`` returns the final states
+    ``[K, d]`` of the look-aheads that are needed, for the (row, value) pairs given in
+    ``need.nonzero()`` order. A look-ahead counts where P(path) · P("." | value) > ``dot_tol``;
+    elsewhere "." ends the number and that product is summed into ``unresolved``."""
+    B, R, d = hid.shape
+    dev = hid.device
+    Nv = trie.n_value_nodes
+    full = R == trie.n_nodes + 1
+    if R not in (trie.n_nodes + 1, Nv + 1):
+        raise ValueError(f"score_trie needs 1 + {Nv} or 1 + {trie.n_nodes} rows per prefix, got {R}")
+    utok = torch.unique(trie.token[:Nv]).to(dev)
+    col = torch.zeros(int(trie.token.max()) + 1, dtype=torch.long)
+    col[utok.cpu()] = torch.arange(len(utok))
+    digit, dotdig, dotp, sel = _row_stats(hid[:, : Nv + 1].reshape(B * (Nv + 1), d), to_logits, trie, utok, chunk_rows)
+    digit, dotdig, dotp = (x.view(B, Nv + 1) for x in (digit, dotdig, dotp))
+    sel = sel.view(B, Nv + 1, len(utok))
+    parent_row = (trie.parent[:Nv] + 1).to(dev)  # row of each node's parent: root 0, node k -> k+1
+    edge = sel[:, parent_row, col[trie.token[:Nv]].to(dev)]  # [B, Nv] log P(node token | parent path)
+    anc = trie.ancestors[:Nv, :Nv].to(dev)
+    path = edge.double() @ anc.double().T  # [B, Nv] log P(path to node)
+    term_row = trie.terminal.to(dev) + 1
+    digit_t = digit[:, term_row].double()
+    dotdig_t = dotdig[:, term_row].double()
+    pdot_t = dotp[:, term_row].double()
+    path_p = path[:, trie.terminal.to(dev)].exp()  # [B,101] P(value's tokens)
+    after = torch.zeros_like(pdot_t)
+    unresolved = torch.zeros(B, dtype=torch.float64, device=dev)
+    if trie.dot_id >= 0:
+        weight = path_p * pdot_t
+        need = weight > dot_tol
+        unresolved = torch.where(need, torch.zeros_like(weight), weight).sum(1)
+        if bool(need.any()):
+            bs, vs = need.nonzero(as_tuple=True)
+            if full:
+                rows = hid[bs, trie.dot_node.to(dev)[vs] + 1]  # [K, d]
+            elif dot_hidden is not None:
+                rows = dot_hidden(bs, vs)
+            else:
+                raise ValueError("score_trie: the look-ahead rows are neither in hid nor given by dot_hidden")
+            after[bs, vs] = _row_stats(rows, to_logits, trie, utok[:0], chunk_rows)[0].double()
+    p_end = (1.0 - digit_t - dotdig_t - pdot_t * after).clamp(min=0.0, max=1.0)
+    probs = np.clip((path_p * p_end).cpu().numpy(), 0.0, 1.0).astype(np.float64)
+    other = np.clip(1.0 - probs.sum(axis=1), 0.0, 1.0)
+    return Readout(probs=probs, other=other, states=None, unresolved=unresolved.cpu().numpy())
+
+
+def _value_tree(body, trie: ValueTrie, out, att: torch.Tensor, lens: torch.Tensor, use_cache: bool):
+    """One forward of the trie's value nodes over a prefix forward ``out`` (its KV cache and
+    last hidden state): every node attends to the prefix's real tokens and to its own ancestors
+    (tree attention), at the positions it would have in the sequence. Returns the final hidden
+    states ``[B, 1 + N, d]`` (row 0 = the prefix's last position, row ``1 + j`` = node ``j``),
+    the tree forward's output, and the ancestor matrix ``[N, N]``."""
+    dev = att.device
+    B, T = att.shape
+    N = trie.n_value_nodes
+    anc = trie.ancestors[:N, :N].to(dev)
+    tids = trie.token[:N].to(dev).unsqueeze(0).expand(B, N)
+    tpos = lens.unsqueeze(-1) - 1 + trie.depth[:N].to(dev).unsqueeze(0)
+    mask = torch.zeros((B, 1, N, T + N), dtype=torch.bool, device=dev)
+    mask[:, 0, :, :T] = att.bool().unsqueeze(1)
+    mask[:, 0, :, T:] = anc.unsqueeze(0)
+    tout = body(input_ids=tids, attention_mask=_additive(mask, hid_dtype(body)), position_ids=tpos,
+                past_key_values=out.past_key_values, use_cache=use_cache)
+    hid = torch.cat([out.last_hidden_state[:, -1:, :], tout.last_hidden_state], dim=1)
+    return hid, tout, anc
+
+
+def tree_ok(model, T: int, trie: ValueTrie) -> bool:
+    """Whether the tree-masked forwards over a ``T``-token prefix are exact for ``model``
+    (:func:`metacog.model.arch.tree_mask_ok` with the keys they span: prefix, every trie node, and
+    up to 101 "." look-aheads). Where they are not, :func:`read_values` scores the same
+    values with plain 2D-masked continuations of the prefix's cache."""
+    from metacog.model.arch import tree_mask_ok
+
+    return tree_mask_ok(model, T + trie.n_nodes + 101)
+
+
+def node_path(trie: ValueTrie, j: int) -> list[int]:
+    """Token ids from the root to trie node ``j`` (its ancestors by depth, then itself)."""
+    anc = trie.ancestors[j].nonzero().flatten().tolist()
+    return [int(trie.token[i]) for i in sorted(anc, key=lambda i: int(trie.depth[i]))]
+
+
+PLAIN_CACHE_BYTES = 1 << 30  # budget of the prefix-cache copies one plain continuation batch holds
+
+
+def _plain_hidden(body, cache, att: torch.Tensor, lens: torch.Tensor, rows: torch.Tensor, paths: list[list[int]],
+                  chunk: int | None = None) -> torch.Tensor:
+    """Final hidden states ``[K, d]`` at the last token of prefix ``rows[k]`` continued by
+    ``paths[k]``, each continuation an ordinary forward over (a copy of) the prefix's KV cache
+    with a 2D padding mask — what generation does, so it is exact for every attention
+    variant (ALiBi, sliding windows). Continuations are grouped by length, ``chunk`` at a time
+    (default: as many as fit :data:`PLAIN_CACHE_BYTES` of copied cache)."""
+    import copy
+
+    dev = att.device
+    K = len(paths)
+    out = None
+    rows = rows.to(dev)
+    if chunk is None:
+        per_row = sum(t[:1].numel() * t.element_size() for lay in getattr(cache, "layers", []) for t in (lay.keys, lay.values)
+                      if isinstance(t, torch.Tensor))
+        chunk = max(1, min(512, PLAIN_CACHE_BYTES // max(per_row, 1)))
+    by_len: dict[int, list[int]] = {}
+    for k, pth in enumerate(paths):
+        by_len.setdefault(len(pth), []).append(k)
+    for n, ks_all in by_len.items():
+        for s in range(0, len(ks_all), chunk):
+            ks = ks_all[s : s + chunk]
+            r = rows[ks]
+            c = copy.deepcopy(cache)
+            c.batch_select_indices(r)
+            ids = torch.tensor([paths[k] for k in ks], dtype=torch.long, device=dev)
+            a = torch.cat([att[r], torch.ones((len(ks), n), dtype=att.dtype, device=dev)], dim=1)
+            pos = lens[r].unsqueeze(-1) + torch.arange(n, device=dev).unsqueeze(0)
+            h = body(input_ids=ids, attention_mask=a, position_ids=pos, past_key_values=c, use_cache=True).last_hidden_state[:, -1]
+            if out is None:
+                out = torch.empty((K, h.shape[-1]), dtype=h.dtype, device=dev)
+            out[torch.tensor(ks, device=dev)] = h
+            del c
+    return out
+
+
+def hid_dtype(model) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean 4D mask (True = may attend) as the additive float mask that every attention
+    implementation accepts (eager adds it to the scores; SDPA takes it as-is)."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+
+
+def _dot_hidden(body, trie, cache, att, lens, anc, rows, vals, dev) -> torch.Tensor:
+    """Final hidden states ``[K, d]`` of "." after value ``vals[k]`` in prefix ``rows[k]``
+    (one small tree forward of "." tokens over the value-trie cache), for :func:`score_trie`."""
+    B, T = att.shape
+    N = anc.shape[0]
+    counts = torch.bincount(rows, minlength=B)
+    K = int(counts.max())
+    slot = torch.zeros_like(rows)
+    for b in range(B):  # slot index of each pair within its row
+        m = rows == b
+        slot[m] = torch.arange(int(m.sum()), device=dev)
+    term = trie.terminal.to(dev)[vals]  # the value node each "." follows
+    ids = torch.full((B, K), trie.dot_id, dtype=torch.long, device=dev)
+    pos = torch.zeros((B, K), dtype=torch.long, device=dev)
+    pos[rows, slot] = lens[rows] - 1 + trie.depth.to(dev)[term] + 1
+    mask = torch.zeros((B, 1, K, T + N + K), dtype=torch.bool, device=dev)
+    mask[:, 0, :, :T] = att.bool().unsqueeze(1)
+    mask[rows, 0, slot, T : T + N] = anc[term]
+    mask[:, 0, torch.arange(K), T + N + torch.arange(K)] = True  # each "." sees itself (padding slots too)
+    out = body(input_ids=ids, attention_mask=_additive(mask, hid_dtype(body)), position_ids=pos, past_key_values=cache, use_cache=False)
+    return out.last_hidden_state[rows, slot]
+
+
+@torch.no_grad()
+def read_values_naive(lm, prefix: list[int], values=None) -> np.ndarray:
+    """Reference implementation (slow, independent): one full forward per value and per
+    look-ahead, no cache, no tree mask. For tests and benchmarks only."""
+    model, tok = lm.model, lm.tokenizer
+    trie = get_trie(tok)
+    dev = input_device(model)
+    digit = trie.digit_mask.to(dev)
+    dotdigit = trie.dotdigit_mask.to(dev)
+
+    def dist(seq):
+        z = model(input_ids=torch.tensor([seq], device=dev)).logits[0, -1].float()
+        return torch.softmax(z, -1)[: digit.shape[0]]
+
+    out = np.full(101, np.nan)
+    for v, ids in enumerate(trie.value_ids):
+        if values is not None and v not in values:
+            continue
+        lp = 0.0
+        seq = list(prefix)
+        for t in ids:
+            lp += math.log(max(float(dist(seq)[t]), 1e-300))
+            seq.append(t)
+        p = dist(seq)
+        end = 1.0 - float(p @ digit) - float(p @ dotdigit)
+        if trie.dot_id >= 0:
+            pd = float(p[trie.dot_id])
+            end -= pd * float(dist(seq + [trie.dot_id]) @ digit)
+        out[v] = math.exp(lp) * max(end, 0.0)
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# reply labels (P(True), calibration-tuning, pairwise comparisons)
+# ----------------------------------------------------------------------------------------
+def label_ids(tok, labels, is_chat: bool) -> list[list[int]]:
+    """Token ids of each reply label as it follows its prompt (``prompts.label_text``)."""
+    from metacog.data.prompts import label_text
+
+    out = [list(tok(label_text(l, is_chat), add_special_tokens=False)["input_ids"]) for l in labels]
+    if any(not ids for ids in out):
+        raise ValueError(f"a reply label tokenises to nothing: {labels!r}")
+    return out
+
+
+@torch.no_grad()
+def read_labels(lm, prefixes: list[list[int]], labels, batch_size: int = 16, share_prefix: bool = True) -> np.ndarray:
+    """P(each label's full token sequence | prefix), normalised over the label set: [B, L].
+
+    The rule (exact for multi-token labels): for label l with tokens t_1..t_m,
+    P(l) = Π_i P(t_i | prefix, t_<i), and the reported probability is P(l) / Σ_l' P(l').
+    Labels that are all single tokens need one forward per prefix; otherwise every
+    (prefix, label) sequence is scored by one forward. No end-of-word term is applied
+    (the labels are whole replies; "Yes" and "Yesterday" are not both in any label set).
+    ``share_prefix``: the tokens every prompt of a batch starts with (the chat template's system
+    turn, the query's opening words) are run once and their KV cache is shared by the batch."""
+    model, tok = lm.model, lm.tokenizer
+    dev = input_device(model)
+    body, to_logits = body_and_head(model)
+    lids = label_ids(tok, labels, lm.is_chat)
+    L = len(lids)
+    logp = np.zeros((len(prefixes), L))
+    if all(len(x) == 1 for x in lids):
+        first = torch.tensor([x[0] for x in lids], device=dev)
+        for s in range(0, len(prefixes), batch_size):
+            h = _last_hidden(body, prefixes[s : s + batch_size], tok.pad_token_id, dev, share_prefix)
+            lsm = torch.log_softmax(to_logits(h), -1)
+            logp[s : s + len(h)] = lsm[:, first].double().cpu().numpy()
+    else:
+        seqs = [(b, j, list(p) + lids[j]) for b, p in enumerate(prefixes) for j in range(L)]
+        for s in range(0, len(seqs), batch_size):
+            chunk = seqs[s : s + batch_size]
+            ids, att, pos = left_pad([c[2] for c in chunk], tok.pad_token_id, dev)
+            h = body(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=False).last_hidden_state
+            for k, (b, j, _) in enumerate(chunk):
+                m = len(lids[j])
+                z = torch.log_softmax(to_logits(h[k, -m - 1 : -1]), -1)  # predictions of the label's tokens
+                logp[b, j] = float(z.gather(-1, torch.tensor(lids[j], device=dev).view(-1, 1)).sum())
+    logp -= logp.max(axis=1, keepdims=True)
+    p = np.exp(logp)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def _common_prefix(seqs: list[list[int]]) -> int:
+    n = min(len(x) for x in seqs)
+    k = 0
+    while k < n and all(x[k] == seqs[0][k] for x in seqs):
+        k += 1
+    return k
+
+
+def _last_hidden(body, seqs: list[list[int]], pad_id: int, dev, share_prefix: bool = True) -> torch.Tensor:
+    """Final hidden state at the last token of each sequence ([B, d]). With ``share_prefix`` and
+    a common prefix of at least 8 tokens, the prefix runs once (batch 1), its cache is repeated
+    for the batch, and the right-padded remainders follow (causal: padding after a row's last
+    token cannot change it)."""
+    P = _common_prefix(seqs) if share_prefix and len(seqs) > 1 else 0
+    P = min(P, min(len(x) for x in seqs) - 1)  # every row keeps at least its last token
+    if P < 8:
+        ids, att, pos = left_pad(seqs, pad_id, dev)
+        return body(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=False).last_hidden_state[:, -1]
+    B = len(seqs)
+    pre = torch.tensor([seqs[0][:P]], device=dev)
+    cache = body(input_ids=pre, use_cache=True).past_key_values
+    cache.batch_repeat_interleave(B)
+    rest = [x[P:] for x in seqs]
+    T = max(len(r) for r in rest)
+    ids = torch.full((B, T), pad_id, dtype=torch.long, device=dev)
+    att = torch.zeros((B, P + T), dtype=torch.long, device=dev)
+    att[:, :P] = 1
+    for b, r in enumerate(rest):
+        ids[b, : len(r)] = torch.tensor(r, device=dev)
+        att[b, P : P + len(r)] = 1
+    pos = (P + torch.arange(T, device=dev)).unsqueeze(0).expand(B, T)
+    h = body(input_ids=ids, attention_mask=att, position_ids=pos, past_key_values=cache, use_cache=True).last_hidden_state
+    last = torch.tensor([len(r) - 1 for r in rest], device=dev)
+    return h[torch.arange(B, device=dev), last]
+
+
+def value_logprobs(model, tok, prefixes: list[list[int]]) -> torch.Tensor:
+    """Differentiable log P(v) for v = 0..100 after each prefix: ``[B, 101]`` (float32, with
+    gradients), for training objectives on the 0–100 distribution (Brier-loss tuning).
+
+    The same trie and rule as :func:`read_values`, except that a "." after a value counts as
+    the end of the number (no look-ahead; ``read_values(dot_tol=1.0)`` computes exactly this,
+    and the difference from the exact readout is at most Σ_v P(v) · P("." | v))."""
+    trie = get_trie(tok)
+    dev = input_device(model)
+    body, to_logits = body_and_head(model)
+    ids, att, pos = left_pad(prefixes, tok.pad_token_id, dev)
+    B = ids.shape[0]
+    lens = att.sum(-1)
+    N = trie.n_value_nodes
+    if tree_ok(model, ids.shape[1], trie):
+        out = body(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True)
+        hid, _, anc = _value_tree(body, trie, out, att, lens, use_cache=False)
+    else:  # ALiBi / short sliding window: every node as a plain sequence (differentiable, no cache copies)
+        anc = trie.ancestors[:N, :N].to(dev)
+        seqs = [list(p) for p in prefixes] + [list(p) + node_path(trie, j) for p in prefixes for j in range(N)]
+        last = torch.cat([body(input_ids=i, attention_mask=a, position_ids=q, use_cache=False).last_hidden_state[:, -1]
+                          for i, a, q in (left_pad(seqs[s : s + 64], tok.pad_token_id, dev) for s in range(0, len(seqs), 64))])
+        hid = torch.cat([last[:B].unsqueeze(1), last[B:].view(B, N, -1)], dim=1)
+    lsm = torch.log_softmax(to_logits(hid), dim=-1)  # [B, N+1, V]
+    parent_row = (trie.parent[:N] + 1).to(dev)
+    edge = lsm[:, parent_row, :].gather(-1, trie.token[:N].to(dev).view(1, -1, 1).expand(B, -1, 1)).squeeze(-1)  # [B,N]
+    path = edge @ anc.float().T  # log P(path to node)
+    term = trie.terminal.to(dev)
+    p_term = lsm[:, term + 1, :].exp()  # next-token distribution after each value
+    V = min(p_term.shape[-1], trie.digit_mask.shape[0])
+    cont = p_term[..., :V] @ (trie.digit_mask[:V] + trie.dotdigit_mask[:V]).to(dev)  # the number goes on
+    p_end = (1.0 - cont).clamp(min=1e-12)
+    return path[:, term] + torch.log(p_end)

@@ -1,0 +1,176 @@
+"""The activation stage: hidden-state cache + exact 0–100 readout, from one forward.
+
+For every item two sequences are run through the model's own forward (its causal mask,
+left padding with explicit positions):
+
+- inline:   answer prompt + the model's answer + "\\nConfidence:"
+  → residual stream at ``last_prompt``, ``last_answer``, ``confidence``; P(0..100) inline;
+- two-pass: two-pass prompt (question + answer) + "Confidence:"
+  → residual stream at ``confidence_2p``; P(0..100) two-pass.
+
+Storage (``activations/``): one float16 memmap ``<position>.npy`` of shape
+``[n_items, n_layers + 1, d_model]`` per position (2 bytes × (layers+1) × d_model per item
+and position), ``values_<mode>.npy`` float64 ``[n_items, 102]`` (101 probabilities + other),
+``done.npy`` (rows finished), ``manifest.json``. Rows are written batch by batch and
+marked done only after the data is flushed, so a killed run resumes with the rows it lacks.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+
+from metacog.data import prompts
+from metacog.readout.values import expected_value, read_values
+from metacog.model.generation import batches_by_length
+from metacog.core.runtime import ProgressFn, StopFn, check_stop
+from metacog.core.settings import POSITIONS, stable_hash
+from metacog.core.workspace import Workspace, WorkspaceError, atomic_save_npy, atomic_write_json, open_memmap
+
+ACTIVATIONS_VERSION = 1
+# Largest |ΔE[v]| (points of 100) that batch composition alone produced for the same item,
+# by model dtype (bench/bench_invariance.py; docs/SCIENCE.md "Batch invariance"), rounded up.
+# Pages show it beside effects on E[v]; None = not measured for that dtype.
+EV_NOISE_FLOOR = {"float32": 0.001, "bfloat16": 2.4, "float16": None}
+
+
+def ev_noise_floor(dtype) -> float | None:
+    """The measured E[v] noise floor (points) for a torch dtype or its name, or None."""
+    return EV_NOISE_FLOOR.get(str(dtype).replace("torch.", ""))
+MODE_KEYS = {"inline": "inline", "two-pass": "two_pass"}
+
+
+def activations_key(answers_key: str) -> str:
+    return stable_hash("activations", ACTIVATIONS_VERSION, answers_key, list(POSITIONS))
+
+
+def encode_item(lm, question: str, answer: str, choices=None, style: str = "plain") -> tuple[prompts.Encoded, prompts.Encoded]:
+    tok, chat = lm.tokenizer, lm.is_chat
+    return (
+        prompts.encode_inline(tok, chat, question, answer, choices, style),
+        prompts.encode_two_pass(tok, chat, question, answer),
+    )
+
+
+def _open(path, shape, dtype, fresh: bool):
+    if fresh or not path.exists():
+        return open_memmap(path, "w+", dtype=dtype, shape=shape)
+    mm = open_memmap(path, "r+")
+    if mm.shape != shape or mm.dtype != np.dtype(dtype):
+        return open_memmap(path, "w+", dtype=dtype, shape=shape)
+    return mm
+
+
+def run_activations(
+    ws: Workspace,
+    lm,
+    items: pd.DataFrame,
+    answers: pd.DataFrame,
+    answers_key: str,
+    batch_size: int = 32,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    style: str = "plain",
+) -> dict:
+    """Fill the cache for every item (resuming); return the manifest."""
+    key = activations_key(answers_key)
+    d = ws.path("activations")
+    man = ws.read_json("activations/manifest.json", {})
+    if ws.stage_fresh("activations", key) and man.get("key") == key:
+        if man.get("answers") != answers_key:  # written before manifests recorded their answers key
+            man["answers"] = answers_key
+            atomic_write_json(d / "manifest.json", man)
+        if (ws.lineage("readout.parquet") or {}).get("answers") != answers_key:
+            _write_readout(ws, items, {m: load_distributions(ws, m) for m in MODE_KEYS}, key, answers_key)
+        return man
+    d.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    n, H, D = len(items), lm.n_hidden, lm.d_model
+    fresh = man.get("key") != key
+    atomic_write_json(
+        d / "manifest.json",
+        {"key": key, "answers": answers_key, "positions": list(POSITIONS), "n_layers": H, "n_decoder_layers": lm.n_layers,
+         "d_model": D, "n_items": n, "dtype": "float16", "complete": False, "model": lm.name, "weights_hash": lm.weights_hash,
+         "model_dtype": str(lm.dtype).replace("torch.", ""), "ev_noise_floor": ev_noise_floor(lm.dtype)},
+    )
+    mms = {p: _open(d / f"{p}.npy", (n, H, D), np.float16, fresh) for p in POSITIONS}
+    vals = {m: _open(d / f"values_{k}.npy", (n, 102), np.float64, fresh) for m, k in MODE_KEYS.items()}
+    done_path = d / "done.npy"
+    done = np.zeros(n, dtype=bool) if fresh or not done_path.exists() else np.load(done_path, allow_pickle=False)
+    if done.shape != (n,):
+        done = np.zeros(n, dtype=bool)
+
+    ans = answers.set_index("row").loc[items["row"]]
+    encs = [
+        encode_item(lm, q, a, c if k == "mc" else None, style)
+        for q, a, c, k in zip(items["question"], ans["answer"], items["choices"], items["kind"])
+    ]
+    tok_index = pd.DataFrame(
+        {
+            "row": items["row"].to_numpy(),
+            **{p: [e.positions[p] for e in (x[0] for x in encs)] for p in ("last_prompt", "last_answer", "confidence")},
+            "confidence_2p": [e[1].positions["confidence_2p"] for e in encs],
+            "len_inline": [len(e[0]) for e in encs],
+            "len_two_pass": [len(e[1]) for e in encs],
+        }
+    )
+    todo = [i for i in range(n) if not done[i]]
+    finished = n - len(todo)
+    if progress:
+        progress(finished, n, "caching hidden states + 0–100 readout")
+    for idx in batches_by_length([encs[i][0].ids for i in todo], batch_size):
+        check_stop(should_stop)
+        rows = [todo[j] for j in idx]
+        inl = read_values(lm, [encs[r][0].ids for r in rows], capture=[[encs[r][0].positions[p] for p in POSITIONS[:3]] for r in rows])
+        two = read_values(lm, [encs[r][1].ids for r in rows], capture=[[encs[r][1].positions["confidence_2p"]] for r in rows])
+        st = np.concatenate([inl.states.float().cpu().numpy(), two.states.float().cpu().numpy()], axis=1)  # [B,P,H,D]
+        for k, p in enumerate(POSITIONS):
+            mms[p][rows] = st[:, k].astype(np.float16)
+        vals["inline"][rows] = np.concatenate([inl.probs, inl.other[:, None]], axis=1)
+        vals["two-pass"][rows] = np.concatenate([two.probs, two.other[:, None]], axis=1)
+        for m in list(mms.values()) + list(vals.values()):
+            m.flush()
+        done[rows] = True
+        atomic_save_npy(done_path, done)
+        finished += len(rows)
+        if progress:
+            progress(finished, n, "caching hidden states + 0–100 readout")
+
+    ws.write_parquet("activations/token_index.parquet", tok_index)
+    man = ws.read_json("activations/manifest.json")
+    man.update(complete=True, seconds=round(time.time() - t0, 1))
+    atomic_write_json(d / "manifest.json", man)
+    _write_readout(ws, items, vals, key, answers_key)
+    ws.mark_stage("activations", key, seconds=round(time.time() - t0, 1), n=n)
+    return man
+
+
+def _write_readout(ws: Workspace, items: pd.DataFrame, vals: dict, key: str, answers_key: str) -> pd.DataFrame:
+    out = {"row": items["row"].to_numpy()}
+    for mode, k in MODE_KEYS.items():
+        v = np.asarray(vals[mode])
+        probs = v[:, :101]
+        out[f"ev_{k}"] = expected_value(probs)
+        out[f"argmax_{k}"] = probs.argmax(axis=1).astype(float)
+        out[f"other_{k}"] = v[:, 101]
+    df = pd.DataFrame(out)
+    ws.write_parquet("readout.parquet", df, lineage={"key": key, "answers": answers_key})
+    return df
+
+
+def load_states(ws: Workspace, position: str | None = None):
+    """Memory-mapped cached states: one position → ``[n, H, D]``; None → dict of all."""
+    man = ws.read_json("activations/manifest.json")
+    if not man or not man.get("complete"):
+        raise WorkspaceError(f"no complete activation cache in {ws.root}: run `metacog activations --workspace {ws.root}`")
+    if position is not None:
+        if position not in man["positions"]:
+            raise WorkspaceError(f"position {position!r} is not cached; cached: {', '.join(man['positions'])}")
+        return np.load(ws.path("activations", f"{position}.npy"), mmap_mode="r")
+    return {p: np.load(ws.path("activations", f"{p}.npy"), mmap_mode="r") for p in man["positions"]}
+
+
+def load_distributions(ws: Workspace, mode: str = "inline") -> np.ndarray:
+    """``[n, 102]``: P(0..100) and, last, the mass on anything else."""
+    return np.load(ws.path("activations", f"values_{MODE_KEYS[mode]}.npy"), mmap_mode="r")
