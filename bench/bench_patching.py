@@ -107,13 +107,13 @@ def main() -> None:
 
     # ---------------------------------------------------------------- where the fast path's time goes
     pl0 = prep.plans[0]
-    vs = P._variants(prep, pl0, spec)
-    own = P._Owner()
+    vs = P.variants_for(prep, pl0, spec)
+    own = P.ThreadOwner()
     t = time.perf_counter()
-    final = P._run_skip(lm, prep.tgt_trace, pl0.target, vs, own)
+    final = P.run_skip(lm, prep.tgt_trace, pl0.target, vs, own)
     t_blocks = time.perf_counter() - t
     t = time.perf_counter()
-    P._cells_from_final(lm, final, pair.target.T - pl0.target, pl0.target, P._answer_window(pair.target), prep.tgt_trace.greedy, True)
+    P.cells_from_final(lm, final, pair.target.T - pl0.target, pl0.target, P.answer_window(pair.target), prep.tgt_trace.greedy, True)
     t_head = time.perf_counter() - t
     t = time.perf_counter()
     P.patch_position_fast(pair.target, prep.tgt_trace, pl0.target, vs, True, a.batch, skip=False)
@@ -129,7 +129,7 @@ def main() -> None:
     T = pair.target.T
     N = get_trie(lm.tokenizer).n_nodes
     head = lm.tokenizer.vocab_size * lm.d_model
-    cfg = P._base(lm.model).config
+    cfg = P.base_model(lm.model).config
     block = 2 * lm.d_model * lm.d_model + 2 * lm.d_model * (cfg.num_key_value_heads * (lm.d_model // cfg.num_attention_heads)) \
         + 3 * lm.d_model * cfg.intermediate_size
     ref_units = sum((T + N) * L * block + (N + 1) * head for _ in range(cells))

@@ -55,7 +55,7 @@ def test_self_pair_has_zero_shift_in_the_engine(tiny_lm):
     assert (df["shift"] == 0).all() and df["answer_unchanged"].all() and df["small_denominator"].all()
     prep = P.prepare_pair(pr, spec)
     for plan in prep.plans:
-        cells = P.patch_position_fast(t, prep.tgt_trace, plan.target, P._variants(prep, plan, spec))
+        cells = P.patch_position_fast(t, prep.tgt_trace, plan.target, P.variants_for(prep, plan, spec))
         for c in cells:
             np.testing.assert_allclose(c.probs, prep.tgt_read.probs[0], rtol=0, atol=1e-9)
 
@@ -79,7 +79,7 @@ def test_trace_readout_equals_read_values(tiny_lm):
     """score_trie over the trace's own forward = confidence.read_values (the shared rule)."""
     for q, a in [("What is the capital of Peru?", "Lima"), ("Q?", "0.99"), ("What is the chemical symbol for gold?", "Au")]:
         t = _side(tiny_lm, q, a, "x")
-        tr = P.trace(t, tree=True, window=P._answer_window(t))
+        tr = P.trace(t, tree=True, window=P.answer_window(t))
         r = read_values(tiny_lm, [t.ids])
         np.testing.assert_allclose(tr.readout.probs, r.probs, rtol=1e-6, atol=1e-9)
         np.testing.assert_allclose(tr.readout.expected, r.expected, rtol=0, atol=1e-5)
@@ -112,7 +112,7 @@ def test_layer_started_path_equals_full_forward_path(tiny_lm, pair):
     prep = P.prepare_pair(pair, spec)
     assert P.supports_skip(tiny_lm)
     for plan in prep.plans:
-        vs = P._variants(prep, plan, spec)
+        vs = P.variants_for(prep, plan, spec)
         a = P.patch_position_fast(pair.target, prep.tgt_trace, plan.target, vs, skip=True)
         b = P.patch_position_fast(pair.target, prep.tgt_trace, plan.target, vs, skip=False)
         for x, y in zip(a, b):
@@ -281,7 +281,7 @@ def _make_adapter(lm, path, seed=0, meta=None, model=None, targets=("q_proj", "v
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
-    base = copy.deepcopy(model if model is not None else P._base(lm.model))
+    base = copy.deepcopy(model if model is not None else P.base_model(lm.model))
     pm = get_peft_model(base, LoraConfig(r=4, lora_alpha=16, target_modules=list(targets), init_lora_weights=False))
     with torch.no_grad():
         for n, p in pm.named_parameters():
@@ -318,7 +318,7 @@ def test_model_to_model_with_a_peft_adapter(tiny_lm, tmp_path):
         assert (last[last.position != "confidence"]["shift"].abs() < 1e-5).all()
         assert (last["shift"].abs() < 1e-3).all()
         at_slot = last[last.position == "confidence"].iloc[0]
-        assert abs(at_slot["other_patched"] - P._read(tgt).other[0]) > 1e-6
+        assert abs(at_slot["other_patched"] - P.read_side(tgt).other[0]) > 1e-6
 
 
 def test_adapter_from_another_base_model_is_refused(tiny_lm, tiny_tok, tmp_path):
@@ -452,8 +452,10 @@ def test_model_to_model_sweep_from_a_run(tiny_ws, tiny_runs):
 def test_bad_input_is_refused_before_any_work(tiny_ws, tiny_runs, monkeypatch):
     ws, lm = tiny_ws
     called = []
-    monkeypatch.setattr(P, "trace", lambda *a, **k: called.append(1))
-    monkeypatch.setattr(P, "read_values", lambda *a, **k: called.append(1))
+    monkeypatch.setattr("metacog.patching.cells.trace", lambda *a, **k: called.append(1))
+    monkeypatch.setattr("metacog.patching.fast.trace", lambda *a, **k: called.append(1))
+    monkeypatch.setattr("metacog.patching.cells.read_values", lambda *a, **k: called.append(1))
+    monkeypatch.setattr("metacog.patching.reference.read_values", lambda *a, **k: called.append(1))
     spec = P.PatchSpec(positions=("confidence", "token:999"))
     with pytest.raises(P.PatchError, match="outside the target sequence"):
         P.plan_sweep(ws, lm, "high", "low", spec, n_pairs=2, by="ev")
@@ -476,7 +478,7 @@ def test_bad_input_is_refused_before_any_work(tiny_ws, tiny_runs, monkeypatch):
     with pytest.raises(P.PatchError, match="not in this workspace's answers: nope"):
         P.plan_sweep(ws, lm, "high", "low", P.PatchSpec(), n_pairs=2, by="ev", pool=["nope"])
     with pytest.raises(P.PatchError, match="no adapter 'no-such-run'.*runs in this workspace"):
-        P._adapter_dir(ws, "no-such-run")
+        P.adapter_dir(ws, "no-such-run")
     with pytest.raises(P.PatchError, match="both be models"):
         P.plan_sweep(ws, lm, "base", "low", P.PatchSpec(), n_pairs=2)
     with pytest.raises(P.PatchError, match="probes"):
@@ -513,13 +515,13 @@ def test_interrupted_sweep_keeps_finished_rows(tiny_ws, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(P, "patch_position", flaky)
+    monkeypatch.setattr("metacog.patching.run.patch_position", flaky)
     with pytest.raises(KeyboardInterrupt):
         P.run_sweep(ws, plan)
     kept = P.load_results(ws, plan.sweep_id)
     summ = ws.read_json(f"patching/{plan.sweep_id}/patching.json")
     assert len(kept) == 3 * 2 and not summ["complete"] and summ["n_units_done"] == 3
-    monkeypatch.setattr(P, "patch_position", real)
+    monkeypatch.setattr("metacog.patching.run.patch_position", real)
     assert P.run_sweep(ws, plan)["complete"] and len(P.load_results(ws, plan.sweep_id)) == 2 * 3 * 2
 
 
@@ -543,7 +545,7 @@ def test_cli_sweep_killed_with_sigterm_keeps_finished_rows(tiny_ws, monkeypatch,
             os.kill(os.getpid(), signal.SIGTERM)  # delivered to this (main) thread: the handler stops the sweep
         return real(*a, **k)
 
-    monkeypatch.setattr(P, "patch_position", killed)
+    monkeypatch.setattr("metacog.patching.run.patch_position", killed)
     before = signal.getsignal(signal.SIGTERM)
     assert main(argv) == 130
     assert signal.getsignal(signal.SIGTERM) is before  # the CLI put the old handler back
@@ -552,7 +554,7 @@ def test_cli_sweep_killed_with_sigterm_keeps_finished_rows(tiny_ws, monkeypatch,
     summ = ws.read_json(f"patching/{sid}/patching.json")
     kept = P.load_results(ws, sid)
     assert not summ["complete"] and 0 < len(kept) < 2 * 2 * 2 and summ["n_rows"] == len(kept)
-    monkeypatch.setattr(P, "patch_position", real)
+    monkeypatch.setattr("metacog.patching.run.patch_position", real)
     assert main(argv) == 0
     assert len(P.load_results(ws, sid)) == 2 * 2 * 2
 

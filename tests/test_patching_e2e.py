@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from metacog import patching as P
+from metacog.readout.values import expected_value
 
 pytestmark = pytest.mark.e2e
 
@@ -54,7 +55,7 @@ def test_item_to_item_sweep_on_the_embedded_model(real_ws, real_lm):
             ref = P.patch_cell_reference(plan.pairs[0].target, "resid", h, plan_pos.target, v)
             row = res[(res.pair == 0) & (res.position == plan_pos.label) & (res.layer == h)].iloc[0]
             np.testing.assert_allclose(np.asarray(row["probs"], dtype=float), ref.probs, rtol=1e-3, atol=2e-5)
-            assert abs(row["ev_patched"] - float(P.expected_value(ref.probs[None])[0])) < 1e-2  # float32 rounding, renormalised
+            assert abs(row["ev_patched"] - float(expected_value(ref.probs[None])[0])) < 1e-2  # float32 rounding, renormalised
             assert bool(row["answer_unchanged"]) == ref.answer_unchanged
 
 
