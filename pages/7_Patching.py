@@ -66,7 +66,7 @@ def _contrasts(root: str, sid: str, stamp: tuple, value: str, component: str, se
 
 
 def _stamp(sid: str) -> tuple:
-    d = P.sweep_dir(ws, sid)
+    d = P.grid_dir(ws, sid)
     files = [d / "results.parquet", d / "pairs.parquet"] + (sorted((d / "parts").glob("*.parquet")) if (d / "parts").exists() else [])
     return tuple((f.name, f.stat().st_mtime) for f in files if f.exists())
 
@@ -84,15 +84,15 @@ def _runs_with_adapters() -> list[str]:
 
 # ====================================================================== the running sweep
 def job_panel():
-    job = P.get_sweep_job(ws)
+    job = P.get_grid_job(ws)
     if job is None:
         return None
     if job.running:
-        ui.job_progress(P.SWEEP_JOBS, job, "patching", "stop after the current (pair, position); finished rows are kept")
+        ui.job_progress(P.GRID_JOBS, job, "patching", "stop after the current (pair, position); finished rows are kept")
         st.caption("Finished (pair, position) units are saved as they complete; the results below update when the sweep "
                    "ends or stops.")
     else:
-        sid = getattr(job, "sweep_id", None) or getattr(job, "spec", {}).get("sweep_id", "")
+        sid = getattr(job, "grid_id", None) or getattr(job, "spec", {}).get("grid_id", "")
         ui.job_outcome(job, f"Sweep {sid} finished in {int(job.elapsed)} s.", f"Sweep {sid}",
                        "its finished rows are shown; running the same sweep again resumes it.")
     return job
@@ -199,7 +199,7 @@ with ui.guard("the patching set-up"):
             plan_args.update(source=src_ref, target=tgt_ref, spec=dataclasses.asdict(spec), n_pairs=n_pairs,
                              by=by if by in scores else "auto", split=split, source_correct=src_correct,
                              target_correct=tgt_correct, pool=list(items) if items is not None else None)
-            return P.plan_sweep(ws, lm, src_ref, tgt_ref, spec, n_pairs=n_pairs, by=by if by in scores else "auto", split=split,
+            return P.plan_grid(ws, lm, src_ref, tgt_ref, spec, n_pairs=n_pairs, by=by if by in scores else "auto", split=split,
                                 source_correct=src_correct, target_correct=tgt_correct, pool=items)
 
         try:
@@ -235,17 +235,17 @@ with ui.guard("the patching set-up"):
                            + f". {len(plan.pairs)} pair(s) × {len(plan.spec.components)} component(s) × {len(layers)} layers × "
                            f"{len(named) + k_rand + len(picked)} positions.")
 
-    busy = P.running_sweep_job() is not None or ui.running_job() is not None
+    busy = P.running_grid_job() is not None or ui.running_job() is not None
     if ui.running_job() is not None:
         st.info("A study is running in this app; start the sweep when it has finished (they share the CPU).")
     if st.button("Run sweep", type="primary", key="pt-run-btn", disabled=busy or plan is None,
                  help="runs in the background with progress and Stop; a sweep already saved is shown, not recomputed"):
         try:
             if ui.in_process_models():
-                P.start_sweep_job(ws, plan)
+                P.start_grid_job(ws, plan)
             else:  # its own process: the page's reruns do not slow it, and it outlives the tab
-                P.start_sweep_process(ws, plan_args, sweep_id=P.sweep_id_for(plan))
-            st.session_state["pt-sweep"] = P.sweep_id_for(plan)
+                P.start_grid_process(ws, plan_args, grid_id=P.grid_id_for(plan))
+            st.session_state["pt-sweep"] = P.grid_id_for(plan)
             st.rerun()
         except Exception as e:
             st.error(f"Could not start the sweep: {e}")
@@ -256,18 +256,18 @@ with ui.guard("the patching set-up"):
 with ui.guard("the patching results"):
     st.subheader("Results")
     ui.noise_floor_caption(ws)
-    sweeps = P.list_sweeps(ws)
+    sweeps = P.list_grids(ws)
     if not sweeps:
         st.info("No sweep in this workspace yet: set one up above, or run `metacog patch --workspace ...`.")
         st.stop()
-    ids = [s["sweep_id"] for s in sweeps]
+    ids = [s["grid_id"] for s in sweeps]
     want = st.session_state.get("pt-sweep")
     if want in ids and st.session_state.get("pt-show") != want and (job is None or not job.running):
         st.session_state["pt-show"] = want
-    desc = {s["sweep_id"]: f"{s['sweep_id']} · {s.get('kind', '?')} {s.get('source')} → {s.get('target')} · "
+    desc = {s["grid_id"]: f"{s['grid_id']} · {s.get('kind', '?')} {s.get('source')} → {s.get('target')} · "
                             f"{s.get('n_pairs', '?')} pairs · {'complete' if s.get('complete') else 'incomplete'}" for s in sweeps}
     sid = st.selectbox("sweep", ids, key="pt-show", format_func=desc.get)
-    meta = next(s for s in sweeps if s["sweep_id"] == sid)
+    meta = next(s for s in sweeps if s["grid_id"] == sid)
     stamp = _stamp(sid)
     res = _results(str(ws.root), sid, stamp)
     if res.empty:
@@ -387,7 +387,7 @@ with ui.guard("the patching results"):
         ui.show_figure(PP.pair_shifts(res, component=comp, group=grp, model=fig_model, value=value, split=fig_split), "pt-pairlines",
                        f"{ws.root.name}-{sid}-pairs-{comp}-{grp}")
     c = st.columns([1, 1, 3])
-    d = P.sweep_dir(ws, sid)
+    d = P.grid_dir(ws, sid)
     if (d / "results.csv").exists():
         c[0].download_button("Full table (CSV)", data=lambda: (d / "results.csv").read_bytes(), file_name=f"{ws.root.name}-{sid}-results.csv",
                              mime="text/csv", key="pt-dl-csv", on_click="ignore", icon=":material/download:")

@@ -149,21 +149,21 @@ def test_patching_sweep_as_a_process_job_matches_in_process(tmp_path, monkeypatc
     spec = P.PatchSpec(layers=(1, 2), positions=("confidence", "random:1"), seed=3)
     args = dict(source="high", target="low", spec=dataclasses.asdict(spec), n_pairs=2, by="ev", split="all",
                 source_correct="any", target_correct="any", pool=None)
-    plan = P.plan_sweep(ws, lm, "high", "low", spec, n_pairs=2, by="ev", split="all")
-    job = P.start_sweep_process(ws, args)
+    plan = P.plan_grid(ws, lm, "high", "low", spec, n_pairs=2, by="ev", split="all")
+    job = P.start_grid_process(ws, args)
     job.join(300)
     assert job.status == "done", (job.error, job.tb)
     assert job.pid != os.getpid()
-    sid = P.sweep_id_for(plan)
+    sid = P.grid_id_for(plan)
     got = P.load_results(ws, sid)
     assert len(got) > 0
     # the same plan in this process: identical rows (the sweep is resumable, so clear it first)
     import shutil
 
-    shutil.rmtree(P.sweep_dir(ws, sid))
-    P.run_sweep(ws, plan)
+    shutil.rmtree(P.grid_dir(ws, sid))
+    P.run_grid(ws, plan)
     again = P.load_results(ws, sid)
     cols = [c for c in got.columns if c not in ("seconds",) and got[c].dtype != object]
     pd.testing.assert_frame_equal(got[cols].reset_index(drop=True), again[cols].reset_index(drop=True), check_exact=False,
                                   rtol=1e-6, atol=1e-7)
-    P.SWEEP_JOBS.clear(ws.root)
+    P.GRID_JOBS.clear(ws.root)

@@ -361,15 +361,15 @@ def tiny_ws(tmp_path_factory):
 def test_sweep_writes_table_csv_and_summary(tiny_ws):
     ws, lm = tiny_ws
     spec = P.PatchSpec(layers=None, positions=("confidence", "random:2"), components=("resid", "mlp"))
-    plan = P.plan_sweep(ws, lm, "high", "low", spec, n_pairs=3, by="ev")
+    plan = P.plan_grid(ws, lm, "high", "low", spec, n_pairs=3, by="ev")
     assert len(plan.pairs) == 3 and plan.pairs[0].kind == "item"
     ev = P.item_table(ws).set_index("id")["ev_inline"]
     for pr in plan.pairs:  # high into low
         assert ev[pr.source.item_id] >= ev[pr.target.item_id]
     ids = [pr.source.item_id for pr in plan.pairs] + [pr.target.item_id for pr in plan.pairs]
     assert len(set(ids)) == len(ids)
-    s = P.run_sweep(ws, plan)
-    d = P.sweep_dir(ws, plan.sweep_id)
+    s = P.run_grid(ws, plan)
+    d = P.grid_dir(ws, plan.grid_id)
     res = pd.read_parquet(d / "results.parquet")
     csv = pd.read_csv(d / "results.csv")
     assert len(res) == len(csv) == 3 * 3 * 3 * 2 == s["n_rows"]  # pairs × layers × positions × components
@@ -388,10 +388,10 @@ def test_sweep_writes_table_csv_and_summary(tiny_ws):
     small = res[res["small_denominator"]]
     assert small["normalised"].isna().all() and res.loc[~res["small_denominator"], "normalised"].notna().all()
     assert saved["n_small_denominator"] == small["pair"].nunique()
-    assert len(P.load_pairs(ws, plan.sweep_id)) == 3
-    assert P.list_sweeps(ws)[0]["sweep_id"] == plan.sweep_id
+    assert len(P.load_pairs(ws, plan.grid_id)) == 3
+    assert P.list_grids(ws)[0]["grid_id"] == plan.grid_id
     # the same sweep again is not recomputed
-    assert P.run_sweep(ws, plan)["seconds"] == s["seconds"]
+    assert P.run_grid(ws, plan)["seconds"] == s["seconds"]
 
 
 def test_stopped_sweep_keeps_finished_rows_and_resumes(tiny_ws):
@@ -399,7 +399,7 @@ def test_stopped_sweep_keeps_finished_rows_and_resumes(tiny_ws):
 
     ws, lm = tiny_ws
     spec = P.PatchSpec(layers=(1, 3), positions=("confidence", "last_answer", "random:1"), seed=5)
-    plan = P.plan_sweep(ws, lm, "high", "low", spec, n_pairs=2, by="ev")
+    plan = P.plan_grid(ws, lm, "high", "low", spec, n_pairs=2, by="ev")
     calls = {"n": 0}
 
     def stop():
@@ -407,21 +407,61 @@ def test_stopped_sweep_keeps_finished_rows_and_resumes(tiny_ws):
         return calls["n"] > 3  # stops after a few units
 
     with pytest.raises(Stopped):
-        P.run_sweep(ws, plan, should_stop=stop)
-    part = P.load_results(ws, plan.sweep_id)
-    summ = ws.read_json(f"patching/{plan.sweep_id}/patching.json")
+        P.run_grid(ws, plan, should_stop=stop)
+    part = P.load_results(ws, plan.grid_id)
+    summ = ws.read_json(f"patching/{plan.grid_id}/patching.json")
     assert 0 < len(part) < 2 * 3 * 2 and not summ["complete"] and summ["n_rows"] == len(part)
-    full = P.run_sweep(ws, plan)
-    res = P.load_results(ws, plan.sweep_id)
+    full = P.run_grid(ws, plan)
+    res = P.load_results(ws, plan.grid_id)
     assert full["complete"] and len(res) == 2 * 3 * 2
     keys = ["pair", "position", "layer", "component"]
     m = part.merge(res, on=keys, suffixes=("_a", "_b"))
     assert len(m) == len(part) and np.array_equal(m["ev_patched_a"], m["ev_patched_b"])  # kept rows are the final ones
     # and equal an uninterrupted run
-    other = P.plan_sweep(ws, lm, "high", "low", P.PatchSpec(layers=(1, 3), positions=("confidence", "last_answer", "random:1"), seed=5),
+    other = P.plan_grid(ws, lm, "high", "low", P.PatchSpec(layers=(1, 3), positions=("confidence", "last_answer", "random:1"), seed=5),
                          n_pairs=2, by="ev")
     pd.testing.assert_frame_equal(P.patch_pair(other.pairs[0], other.spec).sort_values(["position", "layer"]).reset_index(drop=True)[["ev_patched"]],
                                   res[res.pair == 0].sort_values(["position", "layer"]).reset_index(drop=True)[["ev_patched"]])
+
+
+def test_grids_written_under_the_old_sweep_names_still_load_and_resume(tiny_ws):
+    """A grid saved before "sweep" became "grid" (same patching/<id>/ directory; ``sweep_id``
+    in its JSON, a ``sweep`` column in its tables): listed, loaded and resumed under the new
+    names, and a finished one is not recomputed; the old function names warn and still work."""
+    from metacog.core.runtime import Stopped
+
+    ws, lm = tiny_ws
+    spec = P.PatchSpec(layers=(1, 2), positions=("confidence", "random:1"), seed=23)
+    plan = P.plan_grid(ws, lm, "high", "low", spec, n_pairs=2, by="ev")
+    calls = {"n": 0}
+    with pytest.raises(Stopped):
+        P.run_grid(ws, plan, should_stop=lambda: (calls.__setitem__("n", calls["n"] + 1) or calls["n"] > 2))
+    d = P.grid_dir(ws, plan.grid_id)
+
+    def to_old_layout():
+        for f in ("spec.json", "patching.json"):
+            if (d / f).exists():
+                j = json.loads((d / f).read_text())
+                j["sweep_id"] = j.pop("grid_id")
+                (d / f).write_text(json.dumps(j))
+        for f in list((d / "parts").glob("*.parquet")) + [d / "results.parquet"]:
+            if f.exists():
+                pd.read_parquet(f).rename(columns={"grid": "sweep"}).to_parquet(f)
+
+    to_old_layout()
+    old = P.load_results(ws, plan.grid_id)
+    assert len(old) and "grid" in old.columns and "sweep" not in old.columns and (old["grid"] == plan.grid_id).all()
+    meta = next(m for m in P.list_grids(ws) if m["grid_id"] == plan.grid_id)
+    assert "sweep_id" not in meta and not meta["complete"]
+    full = P.run_grid(ws, plan)  # resumes from the old parts
+    res = P.load_results(ws, plan.grid_id)
+    assert full["complete"] and full["grid_id"] == plan.grid_id and len(res) == 2 * 2 * 2
+    assert "sweep" not in res.columns and (res["grid"] == plan.grid_id).all()
+    to_old_layout()  # a finished grid in the old layout: returned as saved, under the new key
+    again = P.run_grid(ws, plan)
+    assert again["seconds"] == full["seconds"] and again["grid_id"] == plan.grid_id and "sweep_id" not in again
+    with pytest.warns(DeprecationWarning, match="use grid_dir"):
+        assert P.sweep_dir(ws, plan.grid_id) == d
 
 
 @pytest.fixture(scope="module")
@@ -440,13 +480,13 @@ def tiny_runs(tiny_ws):
 def test_model_to_model_sweep_from_a_run(tiny_ws, tiny_runs):
     ws, lm = tiny_ws
     spec = P.PatchSpec(layers=(1, 2, 3), positions=("confidence", "random:1"))
-    plan = P.plan_sweep(ws, lm, "r1", "base", spec, n_pairs=2, split="all")
+    plan = P.plan_grid(ws, lm, "r1", "base", spec, n_pairs=2, split="all")
     assert [p.kind for p in plan.pairs] == ["model", "model"]
     assert plan.pairs[0].source.ids == plan.pairs[0].target.ids
-    s = P.run_sweep(ws, plan)
+    s = P.run_grid(ws, plan)
     assert s["n_rows"] == 2 * 3 * 2 and s["kind"] == "model"
-    rev = P.plan_sweep(ws, lm, "base", "r1", spec, n_pairs=2, split="all")
-    assert rev.sweep_id != plan.sweep_id and rev.pairs[0].direction == "base→run:r1"
+    rev = P.plan_grid(ws, lm, "base", "r1", spec, n_pairs=2, split="all")
+    assert rev.grid_id != plan.grid_id and rev.pairs[0].direction == "base→run:r1"
 
 
 def test_bad_input_is_refused_before_any_work(tiny_ws, tiny_runs, monkeypatch):
@@ -458,31 +498,31 @@ def test_bad_input_is_refused_before_any_work(tiny_ws, tiny_runs, monkeypatch):
     monkeypatch.setattr("metacog.patching.reference.read_values", lambda *a, **k: called.append(1))
     spec = P.PatchSpec(positions=("confidence", "token:999"))
     with pytest.raises(P.PatchError, match="outside the target sequence"):
-        P.plan_sweep(ws, lm, "high", "low", spec, n_pairs=2, by="ev")
+        P.plan_grid(ws, lm, "high", "low", spec, n_pairs=2, by="ev")
     with pytest.raises(P.PatchError, match="outside this model"):
         P.parse_layers("0-40", lm.n_layers)
     with pytest.raises(P.PatchError, match="outside this model"):
-        P.plan_sweep(ws, lm, "high", "low", P.PatchSpec(layers=(2, 9)), n_pairs=2, by="ev")
+        P.plan_grid(ws, lm, "high", "low", P.PatchSpec(layers=(2, 9)), n_pairs=2, by="ev")
     with pytest.raises(P.PatchError, match="neither an item"):
-        P.plan_sweep(ws, lm, "no-such-item", "low", P.PatchSpec(), n_pairs=2, by="ev")
+        P.plan_grid(ws, lm, "no-such-item", "low", P.PatchSpec(), n_pairs=2, by="ev")
     with pytest.raises(P.PatchError, match="not in this workspace"):
-        P.plan_sweep(ws, lm, "r1", "base", P.PatchSpec(), items=["nope"])
+        P.plan_grid(ws, lm, "r1", "base", P.PatchSpec(), items=["nope"])
     with pytest.raises(P.PatchError, match="weights"):
-        P.plan_sweep(ws, lm, "r-other", "base", P.PatchSpec(), n_pairs=2)
+        P.plan_grid(ws, lm, "r-other", "base", P.PatchSpec(), n_pairs=2)
     with pytest.raises(P.PatchError, match="does not fit|another base model|does not have"):
-        P.plan_sweep(ws, lm, "base", "r-shape", P.PatchSpec(), n_pairs=2)
+        P.plan_grid(ws, lm, "base", "r-shape", P.PatchSpec(), n_pairs=2)
     with pytest.raises(P.PatchError, match="outside the target sequence"):
         P.PatchSpec(positions=("confidence", "token:-1"))
     with pytest.raises(P.PatchError, match="outside this model"):
-        P.plan_sweep(ws, lm, "r1", "base", P.PatchSpec(layers=(-1, 1)), n_pairs=2)
+        P.plan_grid(ws, lm, "r1", "base", P.PatchSpec(layers=(-1, 1)), n_pairs=2)
     with pytest.raises(P.PatchError, match="not in this workspace's answers: nope"):
-        P.plan_sweep(ws, lm, "high", "low", P.PatchSpec(), n_pairs=2, by="ev", pool=["nope"])
+        P.plan_grid(ws, lm, "high", "low", P.PatchSpec(), n_pairs=2, by="ev", pool=["nope"])
     with pytest.raises(P.PatchError, match="no adapter 'no-such-run'.*runs in this workspace"):
         P.adapter_dir(ws, "no-such-run")
     with pytest.raises(P.PatchError, match="both be models"):
-        P.plan_sweep(ws, lm, "base", "low", P.PatchSpec(), n_pairs=2)
+        P.plan_grid(ws, lm, "base", "low", P.PatchSpec(), n_pairs=2)
     with pytest.raises(P.PatchError, match="probes"):
-        P.plan_sweep(ws, lm, "high", "low", P.PatchSpec(), n_pairs=2, by="probe")
+        P.plan_grid(ws, lm, "high", "low", P.PatchSpec(), n_pairs=2, by="probe")
     with pytest.raises(P.PatchError):
         P.PatchSpec(positions=("confidence", "middle"))
     with pytest.raises(P.PatchError):
@@ -497,7 +537,7 @@ def test_workspace_without_answers_is_refused(tiny_ws, tmp_path):
     _, lm = tiny_ws
     empty = Workspace(tmp_path / "empty").init(ModelSettings(model="tiny"), StudySettings())
     with pytest.raises(P.PatchError, match="no answers yet"):
-        P.plan_sweep(empty, lm, "high", "low", P.PatchSpec(), n_pairs=2)
+        P.plan_grid(empty, lm, "high", "low", P.PatchSpec(), n_pairs=2)
 
 
 def test_interrupted_sweep_keeps_finished_rows(tiny_ws, monkeypatch):
@@ -505,7 +545,7 @@ def test_interrupted_sweep_keeps_finished_rows(tiny_ws, monkeypatch):
     summarised as incomplete, the interrupt propagates, and a re-run completes the rest."""
     ws, lm = tiny_ws
     spec = P.PatchSpec(layers=(1, 2), positions=("confidence", "random:2"), seed=11)
-    plan = P.plan_sweep(ws, lm, "high", "low", spec, n_pairs=2, by="ev")
+    plan = P.plan_grid(ws, lm, "high", "low", spec, n_pairs=2, by="ev")
     real = P.patch_position
     n = {"k": 0}
 
@@ -517,12 +557,12 @@ def test_interrupted_sweep_keeps_finished_rows(tiny_ws, monkeypatch):
 
     monkeypatch.setattr("metacog.patching.run.patch_position", flaky)
     with pytest.raises(KeyboardInterrupt):
-        P.run_sweep(ws, plan)
-    kept = P.load_results(ws, plan.sweep_id)
-    summ = ws.read_json(f"patching/{plan.sweep_id}/patching.json")
+        P.run_grid(ws, plan)
+    kept = P.load_results(ws, plan.grid_id)
+    summ = ws.read_json(f"patching/{plan.grid_id}/patching.json")
     assert len(kept) == 3 * 2 and not summ["complete"] and summ["n_units_done"] == 3
     monkeypatch.setattr("metacog.patching.run.patch_position", real)
-    assert P.run_sweep(ws, plan)["complete"] and len(P.load_results(ws, plan.sweep_id)) == 2 * 3 * 2
+    assert P.run_grid(ws, plan)["complete"] and len(P.load_results(ws, plan.grid_id)) == 2 * 3 * 2
 
 
 def test_cli_sweep_killed_with_sigterm_keeps_finished_rows(tiny_ws, monkeypatch, capsys):
@@ -550,7 +590,7 @@ def test_cli_sweep_killed_with_sigterm_keeps_finished_rows(tiny_ws, monkeypatch,
     assert main(argv) == 130
     assert signal.getsignal(signal.SIGTERM) is before  # the CLI put the old handler back
     assert "stopped" in capsys.readouterr().err
-    sid = P.list_sweeps(ws)[0]["sweep_id"]
+    sid = P.list_grids(ws)[0]["grid_id"]
     summ = ws.read_json(f"patching/{sid}/patching.json")
     kept = P.load_results(ws, sid)
     assert not summ["complete"] and 0 < len(kept) < 2 * 2 * 2 and summ["n_rows"] == len(kept)
@@ -567,14 +607,14 @@ def test_cli_patch(tiny_ws, capsys):
                "--layers", "1-3", "--positions", "confidence,last-prompt,random:2", "--seed", "1", "--quiet", "--threads", "1"])
     out = capsys.readouterr().out
     assert rc == 0 and "resid/confidence" in out and "rho" in out
-    s = json.loads((P.sweep_dir(ws, P.list_sweeps(ws)[0]["sweep_id"]) / "patching.json").read_text())
+    s = json.loads((P.grid_dir(ws, P.list_grids(ws)[0]["grid_id"]) / "patching.json").read_text())
     g = s["gradients"]["resid/confidence"]["normalised"]
     line = next(x for x in out.splitlines() if x.strip().startswith("resid/confidence "))
     fmt = lambda x: "  n/a" if x is None else f"{x:.2f}"  # noqa: E731
     assert f"rho {fmt(g['rho'])} [{fmt(g['ci'][0])}, {fmt(g['ci'][1])}]" in line and f"n_pairs {g['n_pairs']} (unit pair)" in line
     assert "holm" in out and "sign-flip" in out and "random positions drawn from: item" in out
     assert "smallest attainable p" in out  # 2 pairs: no test can reach 0.05, and the CLI says so
-    sid = P.list_sweeps(ws)[0]["sweep_id"]
+    sid = P.list_grids(ws)[0]["grid_id"]
     res = P.load_results(ws, sid)
     assert len(res) == 2 * 3 * 4 and set(res["position_kind"]) == {"confidence", "last_prompt", "random"}
     assert main(["patch", "--workspace", str(ws.root), "--list"]) == 0

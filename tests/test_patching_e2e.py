@@ -34,9 +34,9 @@ def real_ws(tmp_path_factory, real_lm):
 
 def test_item_to_item_sweep_on_the_embedded_model(real_ws, real_lm):
     spec = P.PatchSpec(layers=tuple(range(2, real_lm.n_layers + 1, 7)), positions=("confidence", "random:1"), seed=0)
-    plan = P.plan_sweep(real_ws, real_lm, "high", "low", spec, n_pairs=2, by="ev")
-    s = P.run_sweep(real_ws, plan)
-    res = P.load_results(real_ws, plan.sweep_id)
+    plan = P.plan_grid(real_ws, real_lm, "high", "low", spec, n_pairs=2, by="ev")
+    s = P.run_grid(real_ws, plan)
+    res = P.load_results(real_ws, plan.grid_id)
     assert s["complete"] and len(res) == 2 * len(spec.layers) * 2
     tok = real_lm.tokenizer
     for pr in plan.pairs:
@@ -89,10 +89,10 @@ def test_real_adapter_into_base_and_the_page_shows_it(real_ws, real_lm, monkeypa
 
     run_id = _adapter_run(real_ws)
     spec = P.PatchSpec(layers=(4, 15, 26), positions=("confidence", "random:1"), seed=0)
-    plan = P.plan_sweep(real_ws, real_lm, run_id, "base", spec, n_pairs=2, split="all")
+    plan = P.plan_grid(real_ws, real_lm, run_id, "base", spec, n_pairs=2, split="all")
     assert plan.pairs[0].kind == "model" and plan.pairs[0].direction == f"run:{run_id}→base"
-    s = P.run_sweep(real_ws, plan)
-    res = P.load_results(real_ws, plan.sweep_id)
+    s = P.run_grid(real_ws, plan)
+    res = P.load_results(real_ws, plan.grid_id)
     assert s["complete"] and len(res) == 2 * 3 * 2
     assert (res["denom"].abs() > 0).all()  # the adapter moves the readout of the same sequence
     assert (res["target_pos"] == res["source_pos"]).all()
@@ -121,7 +121,7 @@ def test_real_adapter_into_base_and_the_page_shows_it(real_ws, real_lm, monkeypa
         at.switch_page("pages/7_Patching.py")
         at.run()
         assert not at.exception, at.exception
-        next(sb for sb in at.selectbox if sb.key == "pt-show").set_value(plan.sweep_id)
+        next(sb for sb in at.selectbox if sb.key == "pt-show").set_value(plan.grid_id)
         at.run()
         assert not at.exception, at.exception
         metrics = {m.label: m.value for m in at.metric}

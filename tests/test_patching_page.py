@@ -56,7 +56,7 @@ def _open(ws="pt"):
 def _wait(cache):
     from metacog.core.workspace import Workspace
 
-    job = P.get_sweep_job(Workspace(cache / "workspaces" / "pt"))
+    job = P.get_grid_job(Workspace(cache / "workspaces" / "pt"))
     assert job is not None
     job.thread.join(300)
     assert job.status == "done", (job.status, job.error, job.tb)
@@ -91,7 +91,7 @@ def test_page_runs_a_sweep_and_shows_it(env):
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["pairs"] == "2"
     # the across-pairs tests: the same numbers as patching.json (same resamples and seed)
-    saved = json.loads(P.sweep_dir(job.ws, job.sweep_id).joinpath("patching.json").read_text())
+    saved = json.loads(P.grid_dir(job.ws, job.grid_id).joinpath("patching.json").read_text())
     g = saved["gradients"]["resid/confidence"]["normalised"]
     assert metrics["ρ confidence slot"] == ("n/a" if g["rho"] is None else f"{g['rho']:.2f}")
     tests = next(df.value for df in at.dataframe if "n_pairs" in df.value.columns)
@@ -105,7 +105,7 @@ def test_page_runs_a_sweep_and_shows_it(env):
     assert any("Holm" in (cap.value or "") or "holm" in (cap.value or "") for cap in at.caption)
     assert any("Random positions drawn from: **item**" in cap.value for cap in at.caption)
     assert any(df.value.shape[0] == 2 for df in at.dataframe)  # the per-pair table
-    assert P.sweep_dir(job.ws, job.sweep_id).joinpath("patching.json").exists()
+    assert P.grid_dir(job.ws, job.grid_id).joinpath("patching.json").exists()
 
 
 def test_token_click_adds_a_position(env):
@@ -120,7 +120,7 @@ def test_token_click_adds_a_position(env):
     _btn(at, "pt-run-btn").click()
     at.run()
     job = _wait(env)
-    res = P.load_results(job.ws, job.sweep_id)
+    res = P.load_results(job.ws, job.grid_id)
     assert set(res["position"]) == {"confidence", "token5"}
 
 
@@ -140,7 +140,7 @@ def test_model_to_model_from_a_run(env, tiny_lm):
     _btn(at, "pt-run-btn").click()
     at.run()
     job = _wait(env)
-    res = P.load_results(job.ws, job.sweep_id)
+    res = P.load_results(job.ws, job.grid_id)
     assert res["kind"].iloc[0] == "model" and res["direction"].iloc[0] == "run:r9→base"
     at.run()
     assert not at.exception, at.exception

@@ -79,11 +79,11 @@ from metacog.patching.cells import (
     Prepared, read_side, prepare_pair, variants_for, patch_position, patch_pair, pair_record,
 )
 from metacog.patching.adapters import adapter_dir, check_adapter, load_adapter_model, clear_adapters, private_model
-from metacog.patching.plan import SCORES, item_table, filter_items, SweepPlan, plan_sweep
-from metacog.patching.store import sweep_dir, list_sweeps, load_results, load_pairs
-from metacog.patching.run import run_sweep, sweep_id_for
+from metacog.patching.plan import SCORES, item_table, filter_items, GridPlan, plan_grid
+from metacog.patching.store import grid_dir, list_grids, load_results, load_pairs, read_meta
+from metacog.patching.run import run_grid, grid_id_for
 from metacog.patching.job import (
-    SweepJob, SWEEP_JOBS, start_sweep_job, start_sweep_process, run_job, get_sweep_job, running_sweep_job,
+    GridJob, GRID_JOBS, start_grid_job, start_grid_process, run_job, get_grid_job, running_grid_job,
 )
 
 __all__ = [
@@ -96,7 +96,28 @@ __all__ = [
     "supports_skip", "skip_selftest", "run_skip", "run_full", "cells_from_final", "patch_position_fast",
     "reference_greedy", "patch_cell_reference", "Prepared", "read_side", "prepare_pair", "variants_for",
     "patch_position", "patch_pair", "pair_record", "adapter_dir", "check_adapter", "load_adapter_model",
-    "clear_adapters", "private_model", "SCORES", "item_table", "filter_items", "SweepPlan", "plan_sweep",
-    "sweep_dir", "list_sweeps", "load_results", "load_pairs", "run_sweep", "sweep_id_for", "SweepJob",
-    "SWEEP_JOBS", "start_sweep_job", "start_sweep_process", "run_job", "get_sweep_job", "running_sweep_job",
+    "clear_adapters", "private_model", "SCORES", "item_table", "filter_items", "GridPlan", "plan_grid",
+    "grid_dir", "list_grids", "load_results", "load_pairs", "read_meta", "run_grid", "grid_id_for", "GridJob",
+    "GRID_JOBS", "start_grid_job", "start_grid_process", "run_job", "get_grid_job", "running_grid_job",
 ]
+
+# Deprecated names from before patching's "sweep" became a "grid" (metacog.sweeps owns "sweep":
+# seed sweeps). Kept for code written against the old names — scripts, notebooks and branches
+# in flight; each access warns. The on-disk layout (patching/<id>/) did not change.
+_RENAMED = {
+    "plan_sweep": "plan_grid", "SweepPlan": "GridPlan", "run_sweep": "run_grid", "sweep_id_for": "grid_id_for",
+    "sweep_dir": "grid_dir", "list_sweeps": "list_grids", "SweepJob": "GridJob", "SWEEP_JOBS": "GRID_JOBS",
+    "start_sweep_job": "start_grid_job", "start_sweep_process": "start_grid_process", "get_sweep_job": "get_grid_job",
+    "running_sweep_job": "running_grid_job",
+}
+
+
+def __getattr__(name: str):
+    new = _RENAMED.get(name)
+    if new is None:
+        raise AttributeError(f"module 'metacog.patching' has no attribute {name!r}")
+    import warnings
+
+    warnings.warn(f"metacog.patching.{name} is deprecated: use {new} (a patching 'grid'; 'sweep' is metacog.sweeps')",
+                  DeprecationWarning, stacklevel=2)
+    return globals()[new]

@@ -116,7 +116,7 @@ def clear_adapters() -> None:
 
 def private_model(lm):
     """A copy of ``lm`` whose weights no other code runs (hooks of a concurrent study in the
-    same process cannot see the sweep's forwards, nor the sweep theirs); cached per model."""
+    same process cannot see the grid's forwards, nor the grid theirs); cached per model."""
     key = ("private", id(lm.model))
     with _ADAPTERS_LOCK:
         if key not in _ADAPTERS:

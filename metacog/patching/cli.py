@@ -1,4 +1,4 @@
-"""`metacog patch`: activation-patching sweeps from the command line (registered by cli._extend).
+"""`metacog patch`: activation-patching grids from the command line (registered by cli._extend).
 
 Examples::
 
@@ -10,7 +10,7 @@ Examples::
     metacog patch --workspace cache/workspaces/demo --source RUN_ID --target base --pairs 50
     metacog patch --workspace cache/workspaces/demo --source base --target RUN_ID --pairs 50
 
-    metacog patch --workspace cache/workspaces/demo --list        # saved sweeps
+    metacog patch --workspace cache/workspaces/demo --list        # saved grids
 """
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ def register(sub) -> None:
         "patch",
         help="activation patching: confidence slot vs random positions, every layer, exact 0-100 readout",
         description="Write a source's hidden state into a target's forward at (component, layer, position) and read the "
-        "target's exact 0-100 distribution at the confidence slot. Writes patching/<sweep>/results.parquet, results.csv, "
+        "target's exact 0-100 distribution at the confidence slot. Writes patching/<grid>/results.parquet, results.csv, "
         "pairs.parquet and patching.json (layer gradients tested across pairs: mean per-pair Spearman rho of layer vs normalised shift, "
         "sign-flip p, bootstrap CI over pairs; each position vs the random positions; Holm-corrected per-layer tests). "
-        "A re-run of the same sweep resumes; Ctrl-C keeps the finished rows.",
+        "A re-run of the same grid resumes; Ctrl-C keeps the finished rows.",
     )
     p.add_argument("--workspace", required=True, help="workspace directory (answers needed; E[v]/probes to rank items)")
     p.add_argument("--source", default="high", help="base | RUN (a fine-tuning run id or adapter dir) | ITEM id | high | low | random (default high)")
@@ -56,7 +56,7 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the workspace's setting)")
     p.add_argument("--dtype", default=None, choices=["auto", "bfloat16", "float16", "float32"], help="override the workspace's dtype")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"], help="override the workspace's device")
-    p.add_argument("--list", action="store_true", help="list the sweeps saved in the workspace and exit")
+    p.add_argument("--list", action="store_true", help="list the grids saved in the workspace and exit")
     p.add_argument("--json", action="store_true", help="print patching.json")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_patch)
@@ -79,10 +79,10 @@ def _ci(ci) -> str:
 
 
 def print_summary(s: dict) -> None:
-    """The sweep's across-pairs inference: per component × position group the layer gradient
+    """The grid's across-pairs inference: per component × position group the layer gradient
     (mean per-pair ρ, its CI and p, n pairs, unit), each group vs the random positions, and
     the layers whose Holm-corrected per-layer p is below 0.05 (docs/SCIENCE.md)."""
-    print(f"sweep {s['sweep_id']}: {s.get('kind', '?')} {s.get('source')} → {s.get('target')} | {s.get('n_pairs')} pair(s), "
+    print(f"grid {s['grid_id']}: {s.get('kind', '?')} {s.get('source')} → {s.get('target')} | {s.get('n_pairs')} pair(s), "
           f"{s.get('n_rows')} rows | {'complete' if s.get('complete') else 'INCOMPLETE (stopped)'} | {s.get('seconds')} s, "
           f"{s.get('threads')} thread(s)")
     print(f"normalised shift = (patched - target)/(source - target); pairs with |source - target| < {s.get('min_denominator')} "
@@ -118,7 +118,7 @@ def print_summary(s: dict) -> None:
 
 
 def _stop_on_signals():
-    """Ctrl-C and ``kill`` (SIGTERM) stop a sweep the same way: the finished rows are written
+    """Ctrl-C and ``kill`` (SIGTERM) stop a grid the same way: the finished rows are written
     and summarised (``complete: false``) before the process ends. SIGINT is re-armed too: a
     job started in the background by a shell inherits it ignored. Returns the restorer."""
     import signal
@@ -148,8 +148,8 @@ def cmd_patch(args) -> int:
 
     ws = open_workspace(args.workspace)
     if args.list:
-        for s in P.list_sweeps(ws):
-            print(f"{s['sweep_id']}  {s.get('kind', '?'):5s} {s.get('source')} → {s.get('target')}  pairs {s.get('n_pairs')}  "
+        for s in P.list_grids(ws):
+            print(f"{s['grid_id']}  {s.get('kind', '?'):5s} {s.get('source')} → {s.get('target')}  pairs {s.get('n_pairs')}  "
                   f"{'complete' if s.get('complete') else 'incomplete'}  {s.get('created', '')}")
         return 0
     m0, _ = ws.settings()
@@ -172,18 +172,18 @@ def cmd_patch(args) -> int:
     spec = P.PatchSpec(layers=layers, positions=spec.positions, components=spec.components, seed=spec.seed,
                        min_denominator=spec.min_denominator, check_answer=spec.check_answer, random_from=spec.random_from)
     items = [x.strip() for x in args.items.split(",")] if args.items else None
-    plan = P.plan_sweep(ws, lm, args.source, args.target, spec, n_pairs=args.pairs, by=args.by, split=args.split,
+    plan = P.plan_grid(ws, lm, args.source, args.target, spec, n_pairs=args.pairs, by=args.by, split=args.split,
                         source_correct=args.source_correct, target_correct=args.target_correct, items=items)
     print(f"{len(plan.pairs)} {plan.pairs[0].kind} → {plan.pairs[0].kind} pair(s), {plan.n_units()} (pair, position) units, "
           f"{len(spec.components)} component(s) x {len(spec.layer_list(lm.n_layers, spec.components[0]))} layers each; "
-          f"sweep {plan.sweep_id}", file=sys.stderr)
+          f"grid {plan.grid_id}", file=sys.stderr)
     prog = TqdmProgress(disable=args.quiet)
     restore = _stop_on_signals()
     try:
-        summary = P.run_sweep(ws, plan, progress=prog, method=args.method, max_batch=args.batch)
+        summary = P.run_grid(ws, plan, progress=prog, method=args.method, max_batch=args.batch)
     except (KeyboardInterrupt, Stopped):
         prog.close()
-        print(f"metacog: stopped; the finished rows are in {P.sweep_dir(ws, plan.sweep_id)} and a re-run resumes", file=sys.stderr)
+        print(f"metacog: stopped; the finished rows are in {P.grid_dir(ws, plan.grid_id)} and a re-run resumes", file=sys.stderr)
         return 130
     finally:
         restore()

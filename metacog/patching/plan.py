@@ -1,6 +1,6 @@
 """Planning a patching grid from a workspace: resolve ``--source``/``--target`` (``base``, a run
 id or adapter directory, an item id, or the selectors ``high``/``low``/``random``) into
-pairs, and check every input before any model work (:func:`plan_sweep`)."""
+pairs, and check every input before any model work (:func:`plan_grid`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -50,8 +50,8 @@ def filter_items(df: pd.DataFrame, split: str = "all", correct: str = "any", sco
 
 
 @dataclass
-class SweepPlan:
-    """Everything a sweep needs, checked: pairs (models loaded, sequences encoded), spec."""
+class GridPlan:
+    """Everything a grid needs, checked: pairs (models loaded, sequences encoded), spec."""
 
     spec: PatchSpec
     pairs: list[Pair]
@@ -60,7 +60,7 @@ class SweepPlan:
     description: dict = field(default_factory=dict)
 
     @property
-    def sweep_id(self) -> str:
+    def grid_id(self) -> str:
         from metacog.core.settings import stable_hash
 
         return stable_hash(
@@ -86,10 +86,10 @@ def _model_side_ref(ws, lm, ref: str):
     return load_adapter_model(lm, adir, label), label
 
 
-def plan_sweep(ws, lm, source: str, target: str, spec: PatchSpec, n_pairs: int = 10, by: str = "auto",
+def plan_grid(ws, lm, source: str, target: str, spec: PatchSpec, n_pairs: int = 10, by: str = "auto",
                split: str = "all", source_correct: str = "any", target_correct: str = "any",
                items: list[str] | None = None, pair_seed_: int | None = None, style: str | None = None,
-               pool: list[str] | None = None) -> SweepPlan:
+               pool: list[str] | None = None) -> GridPlan:
     """Resolve ``source``/``target`` (``base``, a run id or adapter dir, an item id, or the
     selectors ``high``/``low``/``random``) into pairs, and check every input before any work.
 
@@ -210,7 +210,7 @@ def plan_sweep(ws, lm, source: str, target: str, spec: PatchSpec, n_pairs: int =
     desc = {"source": source, "target": target, "by": by, "split": split, "n_pairs": len(pairs),
             "source_correct": source_correct, "target_correct": target_correct, "style": style,
             "kind": pairs[0].kind, "model": lm.name, "weights_hash": lm.weights_hash}
-    return SweepPlan(spec=spec, pairs=pairs, source=source, target=target, description=desc)
+    return GridPlan(spec=spec, pairs=pairs, source=source, target=target, description=desc)
 
 
 def _score_col(df: pd.DataFrame, by: str) -> str:

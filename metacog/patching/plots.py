@@ -1,4 +1,4 @@
-"""Plotly figures of a patching sweep: pure functions of its tables (data in, ``go.Figure`` out).
+"""Plotly figures of a patching grid: pure functions of its tables (data in, ``go.Figure`` out).
 
 - :func:`shift_heatmap` -- mean shift per layer × position group (one component);
 - :func:`gradient_lines` -- the layer gradient: mean normalised shift by layer with bootstrap

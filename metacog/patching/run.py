@@ -9,22 +9,22 @@ import torch
 
 from metacog.patching.cells import pair_record, patch_position, prepare_pair
 from metacog.patching.pairs import resolve_positions
-from metacog.patching.plan import SweepPlan
+from metacog.patching.plan import GridPlan
 from metacog.patching.spec import PATCHING_VERSION, spec_dict
-from metacog.patching.store import load_pairs, load_results, sweep_dir
+from metacog.patching.store import grid_dir, load_pairs, load_results, read_meta
 from metacog.patching.trace import dot_tol
 
 
-def run_sweep(ws, plan: SweepPlan, progress=None, should_stop=None, method: str = "fast", max_batch: int = 32) -> dict:
+def run_grid(ws, plan: GridPlan, progress=None, should_stop=None, method: str = "fast", max_batch: int = 32) -> dict:
     """Run (or resume) ``plan`` in ``ws``: one part file per (pair, position) as it finishes;
     then ``results.parquet``, ``results.csv`` and ``patching.json``. On stop, the finished
     rows are kept and summarised (``complete: false``) and :class:`~metacog.core.runtime.Stopped`
-    is raised. A second run of the same sweep while one runs is refused (workspace lock)."""
-    with ws.writer(f"patch-{sweep_id_for(plan, method)}"):
-        return _run_sweep(ws, plan, progress, should_stop, method, max_batch)
+    is raised. A second run of the same grid while one runs is refused (workspace lock)."""
+    with ws.writer(f"patch-{grid_id_for(plan, method)}"):
+        return _run_grid(ws, plan, progress, should_stop, method, max_batch)
 
 
-def _run_sweep(ws, plan: SweepPlan, progress=None, should_stop=None, method: str = "fast", max_batch: int = 32) -> dict:
+def _run_grid(ws, plan: GridPlan, progress=None, should_stop=None, method: str = "fast", max_batch: int = 32) -> dict:
     """Run (or resume) ``plan`` in ``ws``: one part file per (pair, position) as it finishes;
     then ``results.parquet``, ``results.csv`` and ``patching.json``. On stop, the finished
     rows are kept and summarised (``complete: false``) and :class:`~metacog.core.runtime.Stopped` is raised."""
@@ -32,17 +32,17 @@ def _run_sweep(ws, plan: SweepPlan, progress=None, should_stop=None, method: str
     from metacog.core.runtime import Stopped, check_stop
     from metacog.core.workspace import atomic_write_text
 
-    sid = sweep_id_for(plan, method)
+    sid = grid_id_for(plan, method)
     rel = f"patching/{sid}"
-    d = sweep_dir(ws, sid)
-    prev = ws.read_json(f"{rel}/patching.json")
+    d = grid_dir(ws, sid)
+    prev = ws.read_json(f"{rel}/patching.json") and read_meta(ws, sid)
     if prev and prev.get("complete") and (d / "results.parquet").exists() and not (d / "parts").exists():
         if progress:
             progress(plan.n_units(), plan.n_units(), "patching")
-        return prev  # the same sweep finished before: nothing to recompute
+        return prev  # the same grid finished before: nothing to recompute
     (d / "parts").mkdir(parents=True, exist_ok=True)
     spec_json = {
-        "sweep_id": sid, "version": PATCHING_VERSION, "spec": spec_dict(plan.spec), **plan.description,
+        "grid_id": sid, "version": PATCHING_VERSION, "spec": spec_dict(plan.spec), **plan.description,
         "n_units": plan.n_units(), "method": method, "dot_tol": dot_tol(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "complete": False,
     }
@@ -77,7 +77,7 @@ def _run_sweep(ws, plan: SweepPlan, progress=None, should_stop=None, method: str
                 if not f.exists():
                     check_stop(should_stop)
                     df = patch_position(prep, pl, plan.spec, method, max_batch)
-                    df.insert(0, "sweep", sid)
+                    df.insert(0, "grid", sid)
                     ws.write_parquet(str(f.relative_to(ws.root)), df)
                 done += 1
                 if progress:
@@ -105,6 +105,6 @@ def _run_sweep(ws, plan: SweepPlan, progress=None, should_stop=None, method: str
     return summary
 
 
-def sweep_id_for(plan: SweepPlan, method: str = "fast") -> str:
-    """The sweep's directory name: the plan's hash (+ ``-ref`` for the reference method)."""
-    return plan.sweep_id if method == "fast" else f"{plan.sweep_id}-ref"
+def grid_id_for(plan: GridPlan, method: str = "fast") -> str:
+    """The grid's directory name: the plan's hash (+ ``-ref`` for the reference method)."""
+    return plan.grid_id if method == "fast" else f"{plan.grid_id}-ref"

@@ -1,11 +1,11 @@
-"""Statistics of a patching sweep: per layer × position group, the layer gradient, and the
+"""Statistics of a patching grid: per layer × position group, the layer gradient, and the
 confidence-slot vs random-position contrast — all with the **pair** as the unit.
 
 A pair contributes one value per (component, layer, position group) — for the random
 positions, the mean over its K draws (they share the pair's source and target, so they are
 not independent). Position groups are the named positions, ``random``, and each picked
 ``tokenI``. The tests themselves are :mod:`metacog.stats` (docs/SCIENCE.md, "Statistics of
-patching"); this module turns a sweep's tidy results table into their per-pair inputs.
+patching"); this module turns a grid's tidy results table into their per-pair inputs.
 
 Per (component, group, layer), on the normalised shift (pairs whose |source − target| is
 below the threshold are counted in ``n_small`` and left out of these numbers, never
@@ -106,7 +106,7 @@ def layer_stats(res: pd.DataFrame, value: str = "normalised", n_boot: int = 2000
 
 def gradient(res: pd.DataFrame, component: str = "resid", group: str = "confidence", value: str = "normalised",
              n_perm: int = N_PERM, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
-    """:func:`metacog.stats.layer_gradient` of one component × position group of a sweep
+    """:func:`metacog.stats.layer_gradient` of one component × position group of a grid
     (``value``: ``normalised`` or raw ``shift``), labelled with them."""
     g = S.layer_gradient(effects(res, component, group, value), n_perm=n_perm, n_boot=n_boot, seed=seed, level=level)
     return {"component": component, "group": group, "value": value, **g}
