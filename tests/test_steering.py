@@ -241,10 +241,51 @@ def test_sweep_artifacts_resume_and_rows(tiny_ws, monkeypatch):
     assert np.allclose(pr.sort_index(), rd.sort_index())  # matched norm
     assert {c["direction"] for c in js["contrasts"]} == {"probe"} and len(js["slopes"]) == 2
     # resume: every chunk is there, nothing is recomputed
-    monkeypatch.setattr(S, "steered_readout", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
+    monkeypatch.setattr("metacog.steering.run.steered_readout", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
     s2 = S.run_steering(ws, lm, spec)
     assert s2["id"] == s["id"]
     assert [r["id"] for r in S.list_sweeps(ws)] == [s["id"]]
+
+
+def test_a_rerun_in_another_dtype_is_a_new_sweep_never_a_resume(tiny_ws, monkeypatch):
+    """The sweep id includes the model's dtype and device: the same spec run in bfloat16 after
+    float32 computes every chunk again in its own directory (no chunk of the float32 sweep is
+    reused), both sweeps stay listed with their runtime, and a plan whose recorded runtime
+    differs from the model's is refused in one line rather than mixed."""
+    import copy
+    import dataclasses
+
+    from metacog import steering as S
+    from metacog.core.workspace import WorkspaceError
+
+    ws, lm = tiny_ws
+    spec = S.SteerSpec(layers=(2,), alphas=(2.0,), directions=("probe",), split="all", limit=4, chunk=2, verbal=False)
+    s32 = S.run_steering(ws, lm, spec)
+    assert s32["runtime"] == {"dtype": "float32", "device": "cpu"}
+    lm16 = dataclasses.replace(lm, model=copy.deepcopy(lm.model).to(torch.bfloat16), dtype=torch.bfloat16)
+    calls = {"n": 0}
+    real = S.steered_readout
+
+    def counted(*a, **k):
+        calls["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr("metacog.steering.run.steered_readout", counted)
+    s16 = S.run_steering(ws, lm16, spec)
+    assert s16["id"] != s32["id"] and s16["runtime"]["dtype"] == "bfloat16"
+    assert calls["n"] == 3 * 2  # (baseline, probe, random) x 2 chunks: nothing reused from the float32 sweep
+    assert S.plan(ws, spec, {"dtype": "float32", "device": "cpu"})["id"] == s32["id"]
+    listed = {r["id"]: r["runtime"] for r in S.list_sweeps(ws)}
+    assert listed[s32["id"]]["dtype"] == "float32" and listed[s16["id"]]["dtype"] == "bfloat16"
+    # a plan.json recording another runtime under this id (e.g. copied by hand): refused, not mixed
+    pj = ws.path("steering", s32["id"], "plan.json")
+    j = json.loads(pj.read_text())
+    j["runtime"] = {"dtype": "bfloat16", "device": "cpu"}
+    pj.write_text(json.dumps(j))
+    with pytest.raises(WorkspaceError, match="refusing to mix"):
+        S.run_steering(ws, lm, spec)
+    with pytest.raises(ValueError, match="dtype and device"):
+        S.plan(ws, spec, {"dtype": "float32"})
 
 
 def test_sweep_stops_and_resumes(tiny_ws):
@@ -262,7 +303,7 @@ def test_sweep_stops_and_resumes(tiny_ws):
 
     with pytest.raises(Stopped):
         S.run_steering(ws, lm, spec, should_stop=stop)
-    sid = S.plan(ws, spec)["id"]
+    sid = S.plan(ws, spec, lm)["id"]
     assert len(list(ws.path("steering", sid, "chunks").glob("*.parquet"))) == 2
     s = S.run_steering(ws, lm, spec)
     res, _ = S.load_results(ws, s["id"])

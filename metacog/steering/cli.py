@@ -7,6 +7,8 @@ import sys
 
 
 def register(sub) -> None:
+    """Add ``metacog steer`` (a steering sweep: directions × layers × α, the exact 0–100 readout
+    and its across-items tests; ``--list`` the saved sweeps) to the CLI's subparsers ``sub``."""
     p = sub.add_parser(
         "steer",
         help="steering along the probe direction (and controls): dose-response of the exact 0-100 readout",
@@ -69,6 +71,13 @@ def print_summary(s: dict) -> None:
 
 
 def cmd_steer(args) -> int:
+    """Run ``metacog steer``: build the :class:`~metacog.steering.run.SteerSpec`, load the model
+    (``--dtype``/``--device``/``--threads`` override the workspace's; they are part of the sweep id),
+    run or resume the sweep and print its summary (or ``--json``). Returns 0.
+
+    Raises:
+        WorkspaceError: no workspace or no complete activation cache.
+        ValueError: bad ``--alphas``/``--layers``/spec values."""
     from metacog.model.loading import load_model
     from metacog.core.runtime import TqdmProgress
     from metacog.core.settings import ModelSettings, from_dict, to_dict
@@ -81,7 +90,8 @@ def cmd_steer(args) -> int:
     if args.list:
         for r in list_sweeps(ws):
             sp = r["spec"] or {}
-            print(f"{r['id']}  {r['created']}  {'complete' if r['complete'] else 'incomplete'}  {sp.get('directions')} "
+            rt = r.get('runtime') or {}
+            print(f"{r['id']}  {r['created']}  {'complete' if r['complete'] else 'incomplete'}  {rt.get('dtype', '?')}/{rt.get('device', '?')}  {sp.get('directions')} "
                   f"{sp.get('where')} layers {sp.get('layers')} alphas {sp.get('alphas')}")
         return 0
     try:
