@@ -197,6 +197,20 @@ def _fake(rng, n, effect, layers=(1, 2), alphas=(-2.0, 0.0, 2.0, 4.0)):
     return pd.DataFrame(rows)
 
 
+def test_dose_slope_is_scipy_linregress_per_item():
+    from scipy import stats as sst
+
+    from metacog.steering import dose_slope
+
+    rng = np.random.default_rng(3)
+    A = np.array([-4.0, -2.0, 0.0, 2.0, 8.0])
+    Y = rng.normal(size=(7, 5)) + 0.7 * A
+    Y[3, 2] = np.nan
+    got = dose_slope(A, Y)
+    want = [sst.linregress(A, y).slope for y in Y]
+    assert np.isnan(got[3]) and np.allclose(np.delete(got, 3), np.delete(want, 3), rtol=1e-12, atol=1e-12)
+
+
 def test_statistics_reject_a_planted_effect_and_keep_size_on_a_null():
     from metacog.steering import summarize
 

@@ -50,7 +50,7 @@ from metacog.steering.directions import (
 from metacog.steering.intervene import (
     WHERE, hook_module, steer_hook, masks_for, steered_readout, steered_answers, probe_conditioned,
 )
-from metacog.steering.summary import summarize
+from metacog.steering.summary import dose_slope, summarize
 from metacog.steering.run import (
     DIR, VERSION, SteerSpec, parse_layers, model_runtime, plan, run_steering, resummarize, list_sweeps,
     load_results, run_job,
@@ -60,6 +60,6 @@ __all__ = [
     "DIRECTIONS", "INLINE_POSITIONS", "unit", "probe_direction", "mean_diff_direction", "random_direction",
     "type_subspace", "project_out", "sigma_along", "train_states", "load_probe", "compute_directions",
     "WHERE", "hook_module", "steer_hook", "masks_for", "steered_readout", "steered_answers",
-    "probe_conditioned", "summarize", "DIR", "VERSION", "SteerSpec", "parse_layers", "model_runtime", "plan",
+    "probe_conditioned", "dose_slope", "summarize", "DIR", "VERSION", "SteerSpec", "parse_layers", "model_runtime", "plan",
     "run_steering", "resummarize", "list_sweeps", "load_results", "run_job",
 ]

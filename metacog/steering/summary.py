@@ -15,8 +15,11 @@ if TYPE_CHECKING:
     from metacog.steering.run import SteerSpec
 
 
-def _slope(alphas: np.ndarray, Y: np.ndarray) -> np.ndarray:
-    """Per-row OLS slope of Y ``[n, A]`` on alphas ``[A]`` (rows with a NaN → NaN)."""
+def dose_slope(alphas: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """Per-row ordinary-least-squares slope of ``Y`` ``[n_items, n_alphas]`` (shifts, points
+    0–100) on ``alphas`` ``[n_alphas]`` (multiples of σ_d): ``[n_items]`` in points per σ; a row
+    with a NaN gives NaN. The closed form Σ(x−x̄)(y−ȳ)/Σ(x−x̄)², vectorised over items; equal
+    to :func:`scipy.stats.linregress`'s slope row by row (tested)."""
     x = alphas - alphas.mean()
     with np.errstate(invalid="ignore"):
         return ((Y - Y.mean(1, keepdims=True)) * x).sum(1) / (x * x).sum()
@@ -78,8 +81,8 @@ def summarize(res: pd.DataFrame, spec: SteerSpec | dict, value: str = "ev", n_pe
                 if len(al) < 2:
                     continue
                 A = np.asarray(al, dtype=float)
-                sd = _slope(A, D[[(h, a) for a in al]].to_numpy(float))
-                sr = _slope(A, R[[(h, a) for a in al]].reindex(D.index).to_numpy(float))
+                sd = dose_slope(A, D[[(h, a) for a in al]].to_numpy(float))
+                sr = dose_slope(A, R[[(h, a) for a in al]].reindex(D.index).to_numpy(float))
                 s = stats.one_sample(sd - sr, n_perm, n_boot, seed)
                 so = stats.one_sample(sd, n_perm, n_boot, seed)
                 sro = stats.one_sample(sr, n_perm, n_boot, seed)
