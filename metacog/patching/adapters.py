@@ -14,6 +14,11 @@ from metacog.patching.spec import PatchError
 
 
 def adapter_dir(ws, ref: str) -> Path:
+    """The directory holding ``adapter_config.json`` for ``ref``: ``<ws>/runs/<ref>/adapter``,
+    ``<ws>/runs/<ref>``, or ``ref`` (or ``ref/adapter``) as a path.
+
+    Raises:
+        PatchError: no such adapter (the message lists the workspace's runs)."""
     p = Path(ref).expanduser()
     cands = []
     if ws is not None:
@@ -53,7 +58,13 @@ def check_adapter(lm, adir: Path) -> dict:
     hash recorded with it (metacog runs) must be this model's, every adapted module must
     exist here with the shapes the adapter's matrices expect (the fine-tuning stage's own
     check, :func:`metacog.finetune.evaluate.check_adapter`), and an adapter without metacog
-    metadata must name this model as its base."""
+    metadata must name this model as its base.
+
+    Raises:
+        PatchError: unreadable ``adapter_config.json``; base weights hash or base model name not
+            this model's; an adapted module missing here or of another shape (the fine-tuning check's
+            WorkspaceError, re-raised as PatchError).
+    """
     from metacog.core.workspace import WorkspaceError
 
     adir = Path(adir)
@@ -110,6 +121,7 @@ def load_adapter_model(lm, adir: Path, label: str):
 
 
 def clear_adapters() -> None:
+    """Forget every cached adapter model and private model copy (frees their weights)."""
     with _ADAPTERS_LOCK:
         _ADAPTERS.clear()
 

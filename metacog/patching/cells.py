@@ -26,6 +26,9 @@ _EPS = 1e-12
 
 @dataclass
 class Prepared:
+    """One pair ready to patch: its resolved positions, the clean readouts of both sides
+    (:class:`~metacog.readout.values.Readout`, probabilities over 0–100), the source's trace (the
+    states written in) and, for the fast method, the target's trace (None: reference cells)."""
     pair: Pair
     plans: list[PosPlan]
     src_read: Readout
@@ -35,6 +38,8 @@ class Prepared:
 
 
 def read_side(side: Side) -> Readout:
+    """The clean (unpatched) exact 0–100 readout of one side: :func:`metacog.readout.values.read_values`
+    on its sequence (one row; ``probs`` ``[1, 101]``, ``expected`` in points 0–100)."""
     return read_values(side.lm, [side.ids], dot_tol=dot_tol())
 
 
@@ -59,6 +64,9 @@ def _kl(p: np.ndarray, q: np.ndarray) -> float:
 
 
 def variants_for(prep: Prepared, plan: PosPlan, spec: PatchSpec) -> list[Variant]:
+    """The patches of one position: a :class:`~metacog.patching.hook_points.Variant` per
+    (component, layer) of ``spec``, each carrying the source's state ``[d_model]`` at the
+    position's source index (component-major, then layer order)."""
     n_layers = prep.pair.target.lm.n_layers
     out = []
     for comp in spec.components:
@@ -69,7 +77,11 @@ def variants_for(prep: Prepared, plan: PosPlan, spec: PatchSpec) -> list[Variant
 
 @torch.no_grad()
 def patch_position(prep: Prepared, plan: PosPlan, spec: PatchSpec, method: str = "fast", max_batch: int = 32) -> pd.DataFrame:
-    """Every (component, layer) cell at one position of one pair: a tidy frame."""
+    """Every (component, layer) cell at one position of one pair: a tidy frame.
+
+    Raises:
+        PatchError: ``method`` is neither ``fast`` nor ``reference``.
+    """
     pair = prep.pair
     tgt = pair.target
     variants = variants_for(prep, plan, spec)
@@ -152,6 +164,9 @@ def patch_pair(pair: Pair, spec: PatchSpec, method: str = "fast", max_batch: int
 
 
 def pair_record(prep: Prepared) -> dict:
+    """One row of ``pairs.parquet``: both sides' labels, item ids and correctness, the clean expected
+    values (points 0–100) and their difference ``denom``, the clean distributions ``probs_*``
+    ``[101]`` float32, sequence lengths, and the resolved positions and their token classes (JSON)."""
     pair = prep.pair
     s, t = pair.source, pair.target
     return {

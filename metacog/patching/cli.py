@@ -19,6 +19,8 @@ import sys
 
 
 def register(sub) -> None:
+    """Add ``metacog patch`` (a patching grid: plan, run or resume, print the across-pairs tests;
+    ``--list`` the saved grids) to the CLI's subparsers ``sub``."""
     p = sub.add_parser(
         "patch",
         help="activation patching: confidence slot vs random positions, every layer, exact 0-100 readout",
@@ -140,6 +142,10 @@ def _stop_on_signals():
 
 
 def cmd_patch(args) -> int:
+    """Run ``metacog patch``: load the workspace's model (``--dtype``/``--device``/``--threads``
+    override it), plan the grid, run or resume it with a progress bar, print its summary (or
+    ``--json``). Returns the exit code: 0, or 130 when stopped (SIGINT/SIGTERM; finished rows kept).
+    Bad input raises :class:`~metacog.patching.spec.PatchError` before any model work."""
     from metacog import patching as P
     from metacog.model.loading import load_model
     from metacog.core.runtime import Stopped, TqdmProgress

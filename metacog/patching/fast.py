@@ -164,6 +164,10 @@ def run_full(lm, tr: Trace, ids: list[int], p: int, variants: list[Variant], own
 
 @torch.no_grad()
 def cells_from_final(lm, final: torch.Tensor, S: int, p: int, window, greedy: dict, check_answer: bool) -> list[CellResult]:
+    """Readouts of a batch of patched runs from their final hidden states ``final`` ``[B, Q, d]``
+    (queries: target positions ``p..T-1`` then every trie node; ``S = T - p``): the exact 0–100
+    distribution by :func:`~metacog.readout.values.score_trie`, and — with ``check_answer`` —
+    the number of answer-window positions ≥ ``p`` whose greedy token differs from ``greedy``."""
     trie = get_trie(lm.tokenizer)
     _, to_logits = body_and_head(lm.model)
     hid = final[:, S - 1 :]  # root then every node

@@ -19,10 +19,13 @@ from metacog.model.loading import decoder_layers
 
 
 def base_model(model):
+    """The model under a PEFT wrapper (``get_base_model()``), else ``model`` itself."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def decoder_blocks(model) -> torch.nn.ModuleList:
+    """The decoder blocks of ``model`` (PEFT-unwrapped) in order: ``L`` blocks for hidden-state
+    indices ``0..L`` (:func:`metacog.model.loading.decoder_layers`)."""
     return decoder_layers(base_model(model))
 
 
@@ -50,6 +53,8 @@ def available_components(lm) -> tuple[str, ...]:
 
 @dataclass
 class Variant:
+    """One patch: the state ``vec`` ``[d_model]`` (the source's) written at (``component``, ``h``)
+    — ``resid``: hidden-state index ``h``; ``attn``/``mlp``: the sub-layer output of block ``h-1``."""
     component: str
     h: int  # hidden-state index of the table ("layer")
     vec: torch.Tensor  # [d] the source state
@@ -84,7 +89,11 @@ def row_patch(module, rows: list[int], vecs: torch.Tensor, qi: int, owner, pre: 
 
 
 def hook_point(layers, component: str, h: int, model):
-    """(module, pre?) where the patch of (component, h) is written."""
+    """(module, pre?) where the patch of (``component``, ``h``) is written; ``layers``: the
+    decoder blocks. ``resid``: the input of block 0 (``pre``; TransformerLens
+    ``blocks.0.hook_resid_pre``) for ``h = 0``, else the output of block ``h-1``
+    (``blocks.{h-1}.hook_resid_post``); ``attn``/``mlp``: block ``h-1``'s sub-layer output
+    (``hook_attn_out``/``hook_mlp_out``; the module declared by :mod:`metacog.model.arch`)."""
     if component == "resid":
         return (layers[0], True) if h == 0 else (layers[h - 1], False)
     return sublayer(layers[h - 1], component, model), False

@@ -20,6 +20,8 @@ class GridJob(Job):
 
     @property
     def summary(self):
+        """:func:`~metacog.patching.run.run_grid`'s summary (``patching.json``) once the job has
+        finished, else None."""
         return self.result
 
 
@@ -61,8 +63,10 @@ def run_job(ws, spec: dict, progress, should_stop) -> dict:
 
 
 def get_grid_job(ws) -> GridJob | None:
+    """The patching job of this workspace in this process (running or finished), or None."""
     return GRID_JOBS.get(ws.root)
 
 
 def running_grid_job() -> GridJob | None:
+    """The patching job running in this process (any workspace), or None."""
     return GRID_JOBS.running()

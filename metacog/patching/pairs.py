@@ -31,11 +31,14 @@ class Side:
 
     @property
     def T(self) -> int:
+        """Sequence length in tokens."""
         return len(self.ids)
 
 
 @dataclass
 class Pair:
+    """A source side and a target side (``kind``: ``model`` = one item in two models, ``item`` =
+    two items in one model); ``index`` numbers the pair within its grid."""
     index: int
     source: Side
     target: Side
@@ -43,6 +46,7 @@ class Pair:
 
     @property
     def direction(self) -> str:
+        """``"<source model>→<target model>"`` (model → model, e.g. ``run:r1→base``) or ``"item→item"``."""
         if self.kind == "model":
             return f"{self.source.model_label}→{self.target.model_label}"
         return "item→item"
@@ -50,6 +54,9 @@ class Pair:
 
 @dataclass(frozen=True)
 class PosPlan:
+    """One resolved position of a pair: its label (``confidence``, ``random1``, ``token17``, ...),
+    kind (one of ``KINDS``), the target and source token indices, and their token classes
+    (question | answer | template; "" when a side has none)."""
     label: str  # confidence | last_prompt | last_answer | random1.. | token17
     kind: str  # one of KINDS
     target: int
@@ -59,6 +66,8 @@ class PosPlan:
 
 
 def special_ids(tok) -> set[int]:
+    """Token ids a random position must never be: the tokenizer's special tokens plus the chat
+    markers it knows (``<|im_start|>``, ``<s>``, ``<eos>``, ...)."""
     ids = set(int(i) for i in (getattr(tok, "all_special_ids", None) or []))
     for t in ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<s>", "</s>", "<bos>", "<eos>", "<end_of_turn>", "<start_of_turn>"):
         try:
@@ -71,6 +80,7 @@ def special_ids(tok) -> set[int]:
 
 
 def shared_prefix(a: list[int], b: list[int]) -> int:
+    """The number of leading tokens ``a`` and ``b`` share (an item → item patch there is a no-op)."""
     n = 0
     for x, y in zip(a, b):
         if x != y:
@@ -102,7 +112,11 @@ def _char_offsets(tok, text: str, ids: list[int], add_special: bool) -> list[tup
 def item_char_spans(prompt: str, question: str, choices=None) -> list[tuple[int, int]]:
     """Character spans of the item's own text in an answer prompt: the question, then each
     option text (multiple choice), located inside the user turn (the last occurrence of the
-    formatted question, so a system prompt that happened to contain the words does not count)."""
+    formatted question, so a system prompt that happened to contain the words does not count).
+
+    Raises:
+        PatchError: the question is not in the prompt text (the prompt template changed).
+    """
     spans = []
     q0 = prompt.rfind(question) if question else -1
     if q0 < 0:
@@ -158,7 +172,11 @@ def make_side(lm, question: str, answer: str, label: str, choices=None, style: s
 def random_pool(pair: Pair, random_from: str = "item") -> list[int]:
     """Target positions a random draw may pick: tokens of the classes ``RANDOM_FROM[random_from]``
     (default ``item``: the question and answer tokens), not a special token, not the
-    confidence slot, and (item → item) not in the shared token prefix, whose states are identical."""
+    confidence slot, and (item → item) not in the shared token prefix, whose states are identical.
+
+    Raises:
+        PatchError: unknown ``random_from``, or the target side has no token classes.
+    """
     tgt = pair.target
     if random_from not in RANDOM_FROM:
         raise PatchError(f"random_from must be one of {', '.join(RANDOM_FROM)}, not {random_from!r}")
@@ -173,6 +191,8 @@ def random_pool(pair: Pair, random_from: str = "item") -> list[int]:
 
 
 def pair_seed(seed: int, pair: Pair) -> np.random.SeedSequence:
+    """The seed of a pair's random positions: (``seed``, a hash of the pair's kind, labels and item
+    ids), so a pair draws the same positions in every grid with the same seed."""
     from metacog.core.settings import stable_hash
 
     key = int(stable_hash("patch-random", pair.kind, pair.source.label, pair.target.label,
@@ -208,7 +228,11 @@ def align(src: list[int], tgt: list[int]) -> np.ndarray:
 
 
 def resolve_positions(pair: Pair, spec: PatchSpec) -> list[PosPlan]:
-    """The (target, source) token indices of every requested position for this pair."""
+    """The (target, source) token indices of every requested position for this pair.
+
+    Raises:
+        PatchError: a ``token:I`` outside the target sequence.
+    """
     tgt, src = pair.target, pair.source
     same = pair.kind == "model" and src.ids == tgt.ids
     amap = None

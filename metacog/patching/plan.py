@@ -33,6 +33,9 @@ def _side(lm, row, style: str, label: str, model_label: str) -> Side:
 
 def filter_items(df: pd.DataFrame, split: str = "all", correct: str = "any", score: str | None = None,
                  lo: float | None = None, hi: float | None = None) -> pd.DataFrame:
+    """Rows of the item table ``df`` in ``split`` (``all``: every split) with ``correct`` (``any`` |
+    ``yes`` | ``no``) and, when ``lo``/``hi`` are given, a score (``probe``/``ev``/``verbal`` or a
+    column; probability or points 0–100) within ``[lo, hi]``."""
     d = df if split in ("all", "", None) else df[df["split"] == split]
     if correct in ("yes", "true", "correct"):
         d = d[d["correct"].astype(bool)]
@@ -61,6 +64,8 @@ class GridPlan:
 
     @property
     def grid_id(self) -> str:
+        """The grid's id (10 hex digits): a hash of the spec, source, target, the pairs and the models'
+        weight hashes — the directory ``patching/<id>/``; the same inputs give the same id (resume)."""
         from metacog.core.settings import stable_hash
 
         return stable_hash(
@@ -71,6 +76,7 @@ class GridPlan:
         )
 
     def n_units(self) -> int:
+        """Units of work: pairs × positions (named + picked + the K draws of ``random:K``)."""
         return len(self.pairs) * (len([p for p in self.spec.positions if not p.startswith("random:")]) + self.spec.n_random())
 
 
@@ -100,6 +106,13 @@ def plan_grid(ws, lm, source: str, target: str, spec: PatchSpec, n_pairs: int = 
       matched in rank order (the highest source with the lowest target, ...).
 
     ``pool`` (item ids) restricts every draw and selector to those items (e.g. a score range).
+
+    Raises:
+        PatchError: any bad input, before model work — no answers yet; ``--pairs`` < 1; a
+            source/target that is neither a model nor an item/selector; the same model on both sides;
+            a model on one side and an item on the other; items not in the workspace; layers outside
+            the model; components the blocks lack; no score to rank by; no items to draw from; an
+            adapter made for another base model; a ``token:I`` outside a target sequence.
     """
     if n_pairs < 1:
         raise PatchError("--pairs must be at least 1")

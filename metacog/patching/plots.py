@@ -29,6 +29,8 @@ def _color(group: str, i: int) -> str:
 
 
 def group_label(group: str) -> str:
+    """A position group's display name (``confidence`` → ``confidence slot``, ``random`` →
+    ``random positions (mean of K)``, the last prompt/answer token); other groups (``tokenI``) as they are."""
     return {"confidence": "confidence slot", "random": "random positions (mean of K)", "last_prompt": "last prompt token",
             "last_answer": "last answer token"}.get(group, group)
 

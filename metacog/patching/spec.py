@@ -39,7 +39,12 @@ class PatchError(ValueError):
 
 @dataclass(frozen=True)
 class PatchSpec:
-    """What to patch. ``layers=None`` means every block output (1..L)."""
+    """What to patch. ``layers=None`` means every block output (1..L).
+
+    Raises:
+        PatchError: unknown ``random_from``, position or component, or ``min_denominator`` not a
+            number >= 0 (points on the 0–100 scale).
+    """
 
     layers: tuple[int, ...] | None = None
     positions: tuple[str, ...] = ("confidence", "random:3")
@@ -65,17 +70,25 @@ class PatchSpec:
             raise PatchError(f"min_denominator must be a number >= 0, not {self.min_denominator!r}")
 
     def layer_list(self, n_layers: int, component: str) -> list[int]:
+        """The hidden-state indices patched for ``component`` in a model of ``n_layers`` blocks: every
+        block output ``1..L`` when ``layers`` is None; else ``layers`` (``attn``/``mlp`` need ``h >= 1``)."""
         lo = 0 if component == "resid" else 1
         if self.layers is None:
             return list(range(1, n_layers + 1))
         return [h for h in self.layers if h >= lo]
 
     def n_random(self) -> int:
+        """K of ``random:K`` (0 when no random positions are asked for)."""
         return sum(int(p.split(":")[1]) for p in self.positions if p.startswith("random:"))
 
 
 def parse_positions(spec) -> tuple[str, ...]:
-    """``"confidence,last-prompt,random:3,token:17"`` (or a list) → normalised names."""
+    """``"confidence,last-prompt,random:3,token:17"`` (or a list) → normalised names.
+
+    Raises:
+        PatchError: an unknown position, ``random:K`` with K outside 1..64, a negative or
+            non-integer token index, ``random:K`` given twice, or no position at all.
+    """
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     out = []
     for raw in items:
@@ -111,7 +124,12 @@ def parse_positions(spec) -> tuple[str, ...]:
 
 
 def parse_layers(spec, n_layers: int) -> tuple[int, ...] | None:
-    """``all`` (block outputs 1..L) | ``0-30`` | ``1,5,10`` | ``every:3``; checked against the model."""
+    """``all`` (block outputs 1..L) | ``0-30`` | ``1,5,10`` | ``every:3``; checked against the model.
+
+    Raises:
+        PatchError: an unreadable spec, ``every:K`` with K < 1, an index outside ``0..n_layers``,
+            or no layer selected.
+    """
     if spec is None:
         return None
     if isinstance(spec, (list, tuple)):
@@ -148,5 +166,6 @@ def parse_layers(spec, n_layers: int) -> tuple[int, ...] | None:
 
 
 def spec_dict(spec: PatchSpec) -> dict:
+    """``spec`` as a JSON-ready dict (tuples as lists), as written to ``spec.json``/``patching.json``."""
     d = dataclasses.asdict(spec)
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}

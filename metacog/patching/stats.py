@@ -53,6 +53,8 @@ def sign_test(x) -> float:
 
 # ----------------------------------------------------------------------------- tables
 def position_group(df: pd.DataFrame) -> pd.Series:
+    """Per row of a results table: its position group — the named position, ``random`` for every
+    random draw, or the picked ``tokenI`` label."""
     return np.where(df["position_kind"] == "token", df["position"], df["position_kind"])
 
 
@@ -125,6 +127,8 @@ _f = S.json_float  # one JSON-friendly float (None for NaN/None), defined in met
 
 
 def groups_of(res: pd.DataFrame) -> list[str]:
+    """The position groups present in ``res``, in display order: confidence, random, last_prompt,
+    last_answer, then picked tokens."""
     order = {"confidence": 0, "random": 1, "last_prompt": 2, "last_answer": 3}
     gs = pd.unique(position_group(res)) if len(res) else []
     return sorted(gs, key=lambda g: (order.get(g, 9), g))

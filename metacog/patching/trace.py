@@ -69,6 +69,8 @@ class Trace:
     readout: Readout | None  # from this pass (score_trie), when tree
 
     def state(self, component: str, h: int, pos: int) -> torch.Tensor:
+        """The clean state ``[d_model]`` of (``component``, ``h``) at token ``pos``: the residual stream
+        at hidden-state index ``h``, or the ``attn``/``mlp`` output of block ``h-1``."""
         if component == "resid":
             return self.resid[h, pos]
         return (self.attn if component == "attn" else self.mlp)[h - 1, pos]
@@ -76,6 +78,10 @@ class Trace:
 
 @torch.no_grad()
 def trace(side: Side, tree: bool = True, window: tuple[int, int] | None = None) -> Trace:
+    """The clean run of ``side`` with its activations cached (TransformerLens's
+    ``run_with_cache``): residual states ``[L+1, T (+N), d]``, sub-layer outputs ``[L, T, d]``,
+    per-block keys/values, with ``window`` the greedy next tokens over (first, last) answer
+    positions, and with ``tree`` the trie appended (N nodes) and the exact 0–100 readout."""
     lm = side.lm
     model = lm.model
     layers = decoder_blocks(model)
@@ -155,6 +161,9 @@ def trace(side: Side, tree: bool = True, window: tuple[int, int] | None = None) 
 
 @dataclass
 class CellResult:
+    """The readout of one patched run: ``probs`` ``[101]`` (probabilities of 0..100), ``other``
+    (mass on no number), ``unresolved`` ("." look-ahead mass), and whether the greedy answer is
+    unchanged (``answer_flips``: answer-window positions whose greedy token changed)."""
     probs: np.ndarray  # [101]
     other: float
     unresolved: float

@@ -35,7 +35,11 @@ def probe_direction(coef) -> np.ndarray:
 
 
 def mean_diff_direction(X, y) -> np.ndarray:
-    """unit(mean(X[y]) − mean(X[~y])); X ``[n, d]``, y bool ``[n]``; needs both classes."""
+    """unit(mean(X[y]) − mean(X[~y])); X ``[n, d]``, y bool ``[n]``; needs both classes.
+
+    Raises:
+        ValueError: ``y`` has one class only.
+    """
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y, dtype=bool)
     if y.all() or not y.any():
@@ -112,6 +116,11 @@ def compute_directions(ws: Workspace, items: pd.DataFrame, answers: pd.DataFrame
     normalising, "cos_probe": cosine with the probe direction, "type_rank": k per layer,
     "max_type_cos": max |cos(d̂, type basis)| per direction × layer}``. ``random`` uses the
     probe direction's σ (matched norm) and has the probe coefficient's norm recorded.
+
+    Raises:
+        WorkspaceError: fewer than 4 train items; no probe weights; no probe fitted at a (layer,
+            position).
+        ValueError: a layer outside ``0..n_hidden-1``; an unknown direction; a zero direction.
     """
     tr, X, y = train_states(ws, items, answers, position)
     coef, _ = load_probe(ws)

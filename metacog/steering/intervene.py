@@ -62,7 +62,11 @@ def steer_hook(model, hidden_index: int, vector: torch.Tensor, prefix_mask: torc
 
 def masks_for(encs: list[prompts.Encoded], where: str, device=None) -> torch.Tensor:
     """``[B, T]`` bool in the left-padded layout of these sequences: the confidence slot
-    (``slot``) or every position from the first answer token on (``from-answer``)."""
+    (``slot``) or every position from the first answer token on (``from-answer``).
+
+    Raises:
+        ValueError: ``where`` is not one of ``WHERE``.
+    """
     if where not in WHERE:
         raise ValueError(f"where must be one of {', '.join(WHERE)}, not {where!r}")
     T = max(len(e) for e in encs)
@@ -138,7 +142,12 @@ def probe_conditioned(model, read_index: int, coef, intercept: float, read_at: t
     ``gain · 2(p_b − 0.5) · direction`` at token ``write_at[b]``. ``direction`` ``[d]`` carries its
     scale (σ·d̂), so ``gain`` is in σ units: p = 1 adds +gain·σ, p = 0.5 nothing, p = 0 −gain·σ.
     Later forwards (the readout's trie, decoding steps) are untouched. ``record["p"]`` receives
-    the p read, ``[B]`` numpy."""
+    the p read, ``[B]`` numpy.
+
+    Raises:
+        ValueError: ``write_index`` < ``read_index``.
+        RuntimeError: the write layer ran before the read layer (a model whose blocks run out of order).
+    """
     from metacog.model.hooks import edit_hook
 
     if write_index < read_index:

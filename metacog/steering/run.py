@@ -36,7 +36,12 @@ class SteerSpec:
     the baseline and always computed); ``directions`` ⊂ DIRECTIONS (``random`` is added: every
     test is against it); ``split``: the items steered (eval by default); ``limit``: first N of
     them by row; ``verbal``: also the greedy verbal confidence; ``answers``: regenerate the
-    answer under steering (``from-answer`` only)."""
+    answer under steering (``from-answer`` only).
+
+    Raises:
+        ValueError: unknown ``where``, direction, position or split; no layers; non-finite
+            alphas; ``limit`` or ``chunk`` not a positive integer.
+    """
     layers: tuple = ()
     alphas: tuple = (-4.0, -2.0, 2.0, 4.0, 8.0)
     directions: tuple = ("probe", "random")
@@ -78,7 +83,11 @@ class SteerSpec:
 
 
 def parse_layers(spec: str, n_hidden: int) -> tuple[int, ...]:
-    """``"all"`` | ``"A-B"`` | ``"every:K"`` | comma list → hidden-state indices in 0..n_hidden−1."""
+    """``"all"`` | ``"A-B"`` | ``"every:K"`` | comma list → hidden-state indices in 0..n_hidden−1.
+
+    Raises:
+        ValueError: an index outside ``0..n_hidden-1``, no index, or ``every:K`` with K < 1.
+    """
     s = str(spec).strip().lower()
     if s == "all":
         return tuple(range(1, n_hidden))
@@ -273,7 +282,11 @@ def _assemble(ws: Workspace, p: dict, it: pd.DataFrame, an: pd.DataFrame) -> pd.
 
 
 def resummarize(ws: Workspace, sid: str) -> dict:
-    """Recompute ``steering.json``'s statistics from ``results.parquet`` (no model needed)."""
+    """Recompute ``steering.json``'s statistics from ``results.parquet`` (no model needed).
+
+    Raises:
+        WorkspaceError: the sweep has no results yet.
+    """
     res, old = load_results(ws, sid)
     if res is None or old is None:
         raise WorkspaceError(f"steering sweep {sid} has no results yet")
