@@ -4,8 +4,6 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from metacog.stats import metrics
-
 from metacog.viz import plots
 
 from metacog.app import ui
@@ -104,14 +102,11 @@ with ui.guard("the probes"):
     d = ui.split_frame(df, rsplit)
     j = positions.index(pos)
     p = np.asarray(oof[d["row"].to_numpy(), layer, j], dtype=float)
-    y = d["correct"].to_numpy(bool)
-    ok = ~np.isnan(p)
-    if ok.sum() == 0:
+    bins, e, n_pred = ui.reliability(p, d["correct"].to_numpy(bool), study.ece_bins)
+    if n_pred == 0:
         st.info("No probe predictions for these items.")
     else:
-        bins = metrics.reliability_bins(p[ok], y[ok], n_bins=study.ece_bins)
-        e = metrics.ece(p[ok], y[ok], study.ece_bins)
-        fig = plots.reliability_diagram(bins, split=rsplit, n=int(ok.sum()), model=model, label=f"probe layer {layer} @ {pos}", ece=e)
+        fig = plots.reliability_diagram(bins, split=rsplit, n=n_pred, model=model, label=f"probe layer {layer} @ {pos}", ece=e)
         ui.show_figure(fig, "reliability", f"{ws.root.name}-reliability-L{layer}-{pos}-{rsplit}")
         with st.expander("bins"):
             ui.show_table(bins.round(4), key="rel-bins", filename=f"{ws.root.name}-reliability-bins-L{layer}-{pos}-{rsplit}")
