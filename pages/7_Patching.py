@@ -171,10 +171,7 @@ with ui.guard("the patching set-up"):
     if st.button("Run sweep", type="primary", key="pt-run-btn", disabled=busy or plan is None,
                  help="runs in the background with progress and Stop; a sweep already saved is shown, not recomputed"):
         try:
-            if ui.in_process_models():
-                P.start_sweep_job(ws, plan)
-            else:  # its own process: the page's reruns do not slow it, and it outlives the tab
-                P.start_sweep_process(ws, plan_args, sweep_id=P.sweep_id_for(plan))
+            ui.start_patching(ws, plan, plan_args)  # its own process by default: it outlives the tab
             st.session_state["pt-sweep"] = P.sweep_id_for(plan)
             st.rerun()
         except Exception as e:

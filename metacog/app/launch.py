@@ -225,3 +225,19 @@ def start_steering(ws: Workspace, steer: dict, threads: int = 1) -> Job:
 
     return _launch(job_kind("steer", "a steering sweep"), ws.root, {"steer": dict(steer), "threads": threads},
                    thread_target, f"steering on {ws.root.name}")
+
+
+def start_patching(ws: Workspace, plan, plan_args: dict) -> Job:
+    """Launch a planned patching sweep (:mod:`metacog.patching`) in the background: its own
+    process by default (which loads the model and plans the same sweep from ``plan_args``, the
+    arguments of :func:`metacog.patching.plan_sweep`, under the same sweep id), else a thread
+    running ``plan`` with the app's loaded model. Returns the job (``patching`` kind).
+
+    Raises:
+        WorkspaceError: a patching sweep is already running in this app.
+    """
+    from metacog import patching as P  # torch-backed: loaded when a sweep starts, not with every page
+
+    if in_process_models():
+        return P.start_sweep_job(ws, plan)
+    return P.start_sweep_process(ws, plan_args, sweep_id=P.sweep_id_for(plan))

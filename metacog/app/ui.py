@@ -4,7 +4,7 @@ It re-exports the public names of the ``metacog.app`` modules, one concern each:
 
 - :mod:`metacog.app.state` — workspace naming, the picker, ``?ws=`` confinement, uploads;
 - :mod:`metacog.app.loader` — the app's loaded model and how a test injects its own;
-- :mod:`metacog.app.launch` — background jobs (study, methods, seed sweep, steering) on
+- :mod:`metacog.app.launch` — background jobs (study, methods, seed sweep, steering, patching) on
   :mod:`metacog.core.jobs`;
 - :mod:`metacog.app.readers` — cached artifact readers and the backend calls that score them;
 - :mod:`metacog.app.widgets` — figures and tables with downloads, item links, definitions, guard;
@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from metacog.app.launch import (STUDIES, busy_elsewhere, clear_job, default_stages, estimate_text, get_job, job_kind,
                                 known_kinds, probes_available, register_kind, running_job, start_first_look,
-                                start_methods, start_seed_sweep, start_steering, start_study, wait_job)
+                                start_methods, start_patching, start_seed_sweep, start_steering, start_study,
+                                wait_job)
 from metacog.app.loader import LOADER_ENV, get_lm, in_process_models, model_loader, set_model_loader
 from metacog.app.panels import (NEXT_PAGES, fmt_secs, header, job_outcome, job_panel, job_progress, noise_floor_caption,
                                 require, run_button, sample_warnings, sidebar_status, what_next)
@@ -44,7 +45,8 @@ __all__ = [
     "LOADER_ENV", "get_lm", "in_process_models", "model_loader", "set_model_loader",
     # launch
     "STUDIES", "busy_elsewhere", "clear_job", "default_stages", "estimate_text", "get_job", "job_kind", "known_kinds",
-    "probes_available", "register_kind", "running_job", "start_first_look", "start_methods", "start_seed_sweep",
+    "probes_available", "register_kind", "running_job", "start_first_look", "start_methods", "start_patching",
+    "start_seed_sweep",
     "start_steering", "start_study", "wait_job",
     # readers
     "MODE_KEYS", "SPLITS", "artifact_status", "has", "item_distributions", "model_name", "mtime", "oof",
