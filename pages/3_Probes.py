@@ -1,7 +1,6 @@
 """Probes: AUROC by layer per position (with CIs), against verbal confidence and the question-type
 prior; reliability diagram of any probe; per-item predictions."""
 import numpy as np
-import plotly.graph_objects as go
 import streamlit as st
 
 from metacog.viz import plots
@@ -70,14 +69,7 @@ with ui.guard("the probes"):
     fig = plots.probe_metric_by_layer(pm, split="eval" if metric != "cv_auroc" else "train", n=n_eval if metric != "cv_auroc" else int(pm["n_train"].iloc[0]),
                                       model=model, metric=metric, references=refs, best=best, positions=shown, bands=bands)
     if metric == "cv_auroc" and sn:
-        # the selection null: how high the best of all cells gets on shuffled labels (mean to p95 band)
-        x0, x1 = int(pm["layer"].min()), int(pm["layer"].max())
-        fig.add_trace(go.Scatter(x=[x0, x1, x1, x0], y=[sn["p95"], sn["p95"], sn["mean"], sn["mean"]], fill="toself",
-                                 fillcolor="rgba(120,120,120,0.18)", line=dict(width=0), hoverinfo="skip",
-                                 name=f"selection null: best of {sn['n_cells']} on shuffled labels (mean–p95)",
-                                 meta={"role": "selection_null", "mean": sn["mean"], "p95": sn["p95"]}))
-        fig.add_trace(go.Scatter(x=[x0, x1], y=[sn["p95"]] * 2, mode="lines", line=dict(color="#555", dash="dash"),
-                                 name=f"selection null p95 ({sn['p95']:.3f})", meta={"role": "selection_null_p95", "value": sn["p95"]}))
+        plots.add_selection_null(fig, sn, int(pm["layer"].min()), int(pm["layer"].max()))
     ui.show_figure(fig, "probe-by-layer", f"{ws.root.name}-probe-{metric}-by-layer")
     if sn:
         st.caption(

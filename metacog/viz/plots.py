@@ -12,6 +12,7 @@ Builders
 - :func:`auroc_bars` -- AUROC with bootstrap CIs of several scores, with reference lines;
 - :func:`probe_metric_by_layer` -- probe AUROC (or ECE/Brier/CV AUROC) by layer, one curve per
   position, CI bands for AUROC, reference lines (verbal AUROC, question-type prior, chance);
+- :func:`add_selection_null` -- the probe selection null as a band on the CV AUROC by layer;
 - :func:`reliability_diagram` -- accuracy vs mean confidence per bin, plus bin counts;
 - :func:`distribution_bars` -- one item's exact 0-100 distribution per mode with markers;
 - :func:`probe_p_by_layer` -- one item's probe p(correct) by layer, one curve per position.
@@ -215,6 +216,20 @@ def probe_metric_by_layer(metrics: pd.DataFrame, *, split: str, n: int, model: s
     fig.update_yaxes(title_text=label, range=[0, 1.02] if metric in ("auroc", "cv_auroc") else None)
     what = f"Probe {label} by layer"
     return layout(fig, fig_title(what, split=split, n=n, model=model), height=480)
+
+
+def add_selection_null(fig: go.Figure, sn: Mapping, x0: int, x1: int) -> go.Figure:
+    """Draw a probe selection null (``best.json``'s ``selection_null``: ``mean``, ``p95`` of the best
+    train CV AUROC over all layer × position cells on shuffled labels, ``n_cells``) on a
+    :func:`probe_metric_by_layer` figure of ``cv_auroc``: a grey mean–p95 band and a dashed p95
+    line from layer ``x0`` to ``x1``. Returns ``fig`` (changed in place)."""
+    fig.add_trace(go.Scatter(x=[x0, x1, x1, x0], y=[sn["p95"], sn["p95"], sn["mean"], sn["mean"]], fill="toself",
+                             fillcolor="rgba(120,120,120,0.18)", line=dict(width=0), hoverinfo="skip",
+                             name=f"selection null: best of {sn['n_cells']} on shuffled labels (mean–p95)",
+                             meta={"role": "selection_null", "mean": sn["mean"], "p95": sn["p95"]}))
+    fig.add_trace(go.Scatter(x=[x0, x1], y=[sn["p95"]] * 2, mode="lines", line=dict(color="#555", dash="dash"),
+                             name=f"selection null p95 ({sn['p95']:.3f})", meta={"role": "selection_null_p95", "value": sn["p95"]}))
+    return fig
 
 
 def reliability_diagram(bins: pd.DataFrame, *, split: str, n: int, model: str, label: str = "",
