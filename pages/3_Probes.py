@@ -1,10 +1,7 @@
 """Probes: AUROC by layer per position (with CIs), against verbal confidence and the question-type
 prior; reliability diagram of any probe; per-item predictions."""
 import numpy as np
-import plotly.graph_objects as go
 import streamlit as st
-
-from metacog.stats import metrics
 
 from metacog.viz import plots
 
@@ -72,14 +69,7 @@ with ui.guard("the probes"):
     fig = plots.probe_metric_by_layer(pm, split="eval" if metric != "cv_auroc" else "train", n=n_eval if metric != "cv_auroc" else int(pm["n_train"].iloc[0]),
                                       model=model, metric=metric, references=refs, best=best, positions=shown, bands=bands)
     if metric == "cv_auroc" and sn:
-        # the selection null: how high the best of all cells gets on shuffled labels (mean to p95 band)
-        x0, x1 = int(pm["layer"].min()), int(pm["layer"].max())
-        fig.add_trace(go.Scatter(x=[x0, x1, x1, x0], y=[sn["p95"], sn["p95"], sn["mean"], sn["mean"]], fill="toself",
-                                 fillcolor="rgba(120,120,120,0.18)", line=dict(width=0), hoverinfo="skip",
-                                 name=f"selection null: best of {sn['n_cells']} on shuffled labels (mean–p95)",
-                                 meta={"role": "selection_null", "mean": sn["mean"], "p95": sn["p95"]}))
-        fig.add_trace(go.Scatter(x=[x0, x1], y=[sn["p95"]] * 2, mode="lines", line=dict(color="#555", dash="dash"),
-                                 name=f"selection null p95 ({sn['p95']:.3f})", meta={"role": "selection_null_p95", "value": sn["p95"]}))
+        plots.add_selection_null(fig, sn, int(pm["layer"].min()), int(pm["layer"].max()))
     ui.show_figure(fig, "probe-by-layer", f"{ws.root.name}-probe-{metric}-by-layer")
     if sn:
         st.caption(
@@ -104,14 +94,11 @@ with ui.guard("the probes"):
     d = ui.split_frame(df, rsplit)
     j = positions.index(pos)
     p = np.asarray(oof[d["row"].to_numpy(), layer, j], dtype=float)
-    y = d["correct"].to_numpy(bool)
-    ok = ~np.isnan(p)
-    if ok.sum() == 0:
+    bins, e, n_pred = ui.reliability(p, d["correct"].to_numpy(bool), study.ece_bins)
+    if n_pred == 0:
         st.info("No probe predictions for these items.")
     else:
-        bins = metrics.reliability_bins(p[ok], y[ok], n_bins=study.ece_bins)
-        e = metrics.ece(p[ok], y[ok], study.ece_bins)
-        fig = plots.reliability_diagram(bins, split=rsplit, n=int(ok.sum()), model=model, label=f"probe layer {layer} @ {pos}", ece=e)
+        fig = plots.reliability_diagram(bins, split=rsplit, n=n_pred, model=model, label=f"probe layer {layer} @ {pos}", ece=e)
         ui.show_figure(fig, "reliability", f"{ws.root.name}-reliability-L{layer}-{pos}-{rsplit}")
         with st.expander("bins"):
             ui.show_table(bins.round(4), key="rel-bins", filename=f"{ws.root.name}-reliability-bins-L{layer}-{pos}-{rsplit}")

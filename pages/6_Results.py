@@ -2,11 +2,8 @@
 verbal AUROC/ECE/Brier/ceiling/validity (text, E[v], argmax), AUROC on unchanged items, recovery
 vs the probe, the question-type prior, re-trained probes, reliability and histograms before/after,
 per-item shifts linked to the item explorer."""
-import numpy as np
 import pandas as pd
 import streamlit as st
-
-from metacog.stats import metrics
 
 from metacog.app import ui
 from metacog.finetune import plots as fplots
@@ -130,21 +127,19 @@ with ui.guard("the results"):
     if per0 is not None and f"{readout}_base" in per0:
         v = per0[f"{readout}_base"].to_numpy(float)
         y = per0["correct_base"].to_numpy(bool)
-        ok = ~np.isnan(v)
-        if ok.any():
-            curves["base"] = metrics.reliability_bins(v[ok] / 100, y[ok], bins)
-            eces["base"] = metrics.ece(v[ok] / 100, y[ok], bins)
+        rel, e, n_ok = ui.reliability(v / 100, y, bins)
+        if n_ok:
+            curves["base"], eces["base"] = rel, e
         vals["base"], corr["base"] = v, y
     for r, (ev, per, s) in evs.items():
         if per is None or f"{readout}_ft" not in per:
             continue
         v = per[f"{readout}_ft"].to_numpy(float)
         y = per["correct_ft"].to_numpy(bool)
-        ok = ~np.isnan(v)
         nm = run_label(r, s['finetune']['targets'])
-        if ok.any():
-            curves[nm] = metrics.reliability_bins(v[ok] / 100, y[ok], bins)
-            eces[nm] = metrics.ece(v[ok] / 100, y[ok], bins)
+        rel, e, n_ok = ui.reliability(v / 100, y, bins)
+        if n_ok:
+            curves[nm], eces[nm] = rel, e
         vals[nm], corr[nm] = v, y
     if curves:
         fig = fplots.reliability_overlay(curves, split="eval", n=n0, model=model, label=READOUT_NAMES[readout], eces=eces)

@@ -1,19 +1,18 @@
 """Patching: write a source's hidden state into a target's forward at (layer, position) and read
 the target's exact 0-100 distribution at the confidence slot. Confidence slot vs random
 positions, every layer, with the layer gradient of each tested across pairs (mean per-pair
-Spearman ρ, sign-flip p, bootstrap CI over pairs; metacog.stats) — the numbers of patching.json."""
+Spearman ρ, sign-flip p, bootstrap CI over pairs; metacog.patching.stats via metacog.app.patching_view) — the
+numbers of patching.json."""
 import dataclasses
 import json
 
 import numpy as np
-import pandas as pd
 import streamlit as st
 
 from metacog import patching as P
-from metacog.patching import plots as PP
-from metacog.patching import stats as PS
-from metacog import stats as MS
+from metacog.app import patching_view as PV
 from metacog.app import ui
+from metacog.patching import plots as PP
 
 ws = ui.current_workspace()
 ui.header(
@@ -27,75 +26,6 @@ ui.header(
 
 if not ui.require(ws, "activations", "patching reads the inline sequences and their E[v]"):
     st.stop()
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def _results(root: str, sid: str, stamp: tuple) -> pd.DataFrame:
-    from metacog.core.workspace import Workspace
-
-    return P.load_results(Workspace(root), sid)
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def _pairs(root: str, sid: str, stamp: tuple) -> pd.DataFrame:
-    from metacog.core.workspace import Workspace
-
-    return P.load_pairs(Workspace(root), sid)
-
-
-@st.cache_data(show_spinner=False, max_entries=32)
-def _stats(root: str, sid: str, stamp: tuple, value: str, seed: int) -> pd.DataFrame:
-    return PS.layer_stats(_results(root, sid, stamp), value, n_boot=PS.N_BOOT, seed=seed)
-
-
-@st.cache_data(show_spinner=False, max_entries=32)
-def _gradients(root: str, sid: str, stamp: tuple, value: str, component: str, seed: int) -> dict:
-    """The across-pairs layer gradient of every position group (as in patching.json: same
-    resamples, same seed)."""
-    res = _results(root, sid, stamp)
-    return {g: PS.gradient(res, component, g, value, n_boot=PS.N_BOOT, seed=seed) for g in PS.groups_of(res[res["component"] == component])}
-
-
-@st.cache_data(show_spinner=False, max_entries=32)
-def _contrasts(root: str, sid: str, stamp: tuple, value: str, component: str, seed: int) -> dict:
-    res = _results(root, sid, stamp)
-    gs = PS.groups_of(res[res["component"] == component])
-    if "random" not in gs:
-        return {}
-    return {g: PS.contrast(res, component, g, "random", value, n_boot=PS.N_BOOT, seed=seed) for g in gs if g != "random"}
-
-
-def _stamp(sid: str) -> tuple:
-    d = P.grid_dir(ws, sid)
-    files = [d / "results.parquet", d / "pairs.parquet"] + (sorted((d / "parts").glob("*.parquet")) if (d / "parts").exists() else [])
-    return tuple((f.name, f.stat().st_mtime) for f in files if f.exists())
-
-
-def _tok_label(t: str) -> str:
-    return t.replace("Ġ", "␣").replace("Ċ", "⏎").replace("ĉ", "⇥") or "∅"
-
-
-def _runs_with_adapters() -> list[str]:
-    d = ws.path("runs")
-    if not d.exists():
-        return []
-    return sorted((p.name for p in d.iterdir() if (p / "adapter" / "adapter_config.json").exists()), reverse=True)
-
-
-# ====================================================================== the running sweep
-def job_panel():
-    job = P.get_grid_job(ws)
-    if job is None:
-        return None
-    if job.running:
-        ui.job_progress(P.GRID_JOBS, job, "patching", "stop after the current (pair, position); finished rows are kept")
-        st.caption("Finished (pair, position) units are saved as they complete; the results below update when the sweep "
-                   "ends or stops.")
-    else:
-        sid = getattr(job, "grid_id", None) or getattr(job, "spec", {}).get("grid_id", "")
-        ui.job_outcome(job, f"Sweep {sid} finished in {int(job.elapsed)} s.", f"Sweep {sid}",
-                       "its finished rows are shown; running the same sweep again resumes it.")
-    return job
 
 
 with ui.guard("the patching set-up"):
@@ -153,7 +83,7 @@ with ui.guard("the patching set-up"):
             tgt_ref = t_sel
         items = keep if len(keep) < len(df) else None  # the score-range filter: the pool items are drawn from
     else:
-        runs = _runs_with_adapters()
+        runs = PV.runs_with_adapters(ws)
         if not runs:
             st.info("No fine-tuning run with a finished adapter in this workspace yet (runs/<id>/adapter/). "
                     "Train one on the Fine-tuning page or with `metacog finetune`, then come back; item → item works meanwhile.")
@@ -220,7 +150,7 @@ with ui.guard("the patching set-up"):
             if any(i >= len(toks) for i in st.session_state.get("pt-tokens") or []):
                 st.session_state["pt-tokens"] = [i for i in st.session_state["pt-tokens"] if i < len(toks)]
             picked = st.pills("tokens", list(range(len(toks))), selection_mode="multi", key="pt-tokens", label_visibility="collapsed",
-                              format_func=lambda i: _tok_label(toks[i]) + (" ★" if i == slot else "") + (" ·sp" if first.target.ids[i] in specials else ""))
+                              format_func=lambda i: PV.token_label(toks[i]) + (" ★" if i == slot else "") + (" ·sp" if first.target.ids[i] in specials else ""))
             picked = sorted(i for i in (picked or []) if i < t_min)
             if picked:
                 try:
@@ -231,7 +161,7 @@ with ui.guard("the patching set-up"):
             if plan is not None:
                 rp = [pl for pl in P.resolve_positions(first, plan.spec) if pl.kind == "random"]
                 st.caption(f"★ = the confidence slot (token {slot}); ·sp = special token. Random positions of pair 0 with this seed: "
-                           + (", ".join(f"{pl.target} ({_tok_label(toks[pl.target])}, {pl.target_class})" for pl in rp) or "none")
+                           + (", ".join(f"{pl.target} ({PV.token_label(toks[pl.target])}, {pl.target_class})" for pl in rp) or "none")
                            + f". {len(plan.pairs)} pair(s) × {len(plan.spec.components)} component(s) × {len(layers)} layers × "
                            f"{len(named) + k_rand + len(picked)} positions.")
 
@@ -241,15 +171,12 @@ with ui.guard("the patching set-up"):
     if st.button("Run sweep", type="primary", key="pt-run-btn", disabled=busy or plan is None,
                  help="runs in the background with progress and Stop; a sweep already saved is shown, not recomputed"):
         try:
-            if ui.in_process_models():
-                P.start_grid_job(ws, plan)
-            else:  # its own process: the page's reruns do not slow it, and it outlives the tab
-                P.start_grid_process(ws, plan_args, grid_id=P.grid_id_for(plan))
+            ui.start_patching(ws, plan, plan_args)  # its own process by default: it outlives the tab
             st.session_state["pt-sweep"] = P.grid_id_for(plan)
             st.rerun()
         except Exception as e:
             st.error(f"Could not start the sweep: {e}")
-    job = job_panel()
+    job = PV.sweep_job_panel(ws)
 
 
 # ====================================================================== results
@@ -268,22 +195,22 @@ with ui.guard("the patching results"):
                             f"{s.get('n_pairs', '?')} pairs · {'complete' if s.get('complete') else 'incomplete'}" for s in sweeps}
     sid = st.selectbox("sweep", ids, key="pt-show", format_func=desc.get)
     meta = next(s for s in sweeps if s["grid_id"] == sid)
-    stamp = _stamp(sid)
-    res = _results(str(ws.root), sid, stamp)
+    res = PV.sweep_results(ws, sid)
     if res.empty:
         st.info("This sweep has no finished rows yet.")
         st.stop()
-    pairs = _pairs(str(ws.root), sid, stamp)
-    n_pairs_done = int(res["pair"].nunique())
+    pairs = PV.sweep_pairs(ws, sid)
+    ov = PV.overview(res)
+    n_pairs_done = ov["n_pairs"]
     c = st.columns([2, 2, 3])
     comp = c[0].selectbox("component", list(dict.fromkeys(res["component"])), key="pt-comp")
     value = c[1].radio("value", ["normalised", "shift"], horizontal=True, key="pt-value",
                        format_func={"normalised": "normalised shift", "shift": "raw shift (points)"}.get)
     seed = int((meta.get("spec") or {}).get("seed", 0))
-    st_tab = _stats(str(ws.root), sid, stamp, value, seed)
-    grads = _gradients(str(ws.root), sid, stamp, value, comp, seed)
-    contrasts = _contrasts(str(ws.root), sid, stamp, value, comp, seed)
-    n_small = int(res[res["small_denominator"]]["pair"].nunique())
+    st_tab = PV.layer_stats(ws, sid, value, seed)
+    grads = PV.gradients(ws, sid, value, comp, seed)
+    contrasts = PV.contrasts(ws, sid, value, comp, seed)
+    n_small = ov["n_small"]
     m = st.columns(5)
 
     def _rho(g):
@@ -297,33 +224,21 @@ with ui.guard("the patching results"):
     m[3].metric("below the denominator threshold", n_small,
                 help=f"|E[source] − E[target]| < {meta.get('spec', {}).get('min_denominator', P.DEFAULT_MIN_DENOMINATOR)} points: "
                      "no normalised shift (raw shift still shown)")
-    m[4].metric("greedy answer unchanged", f"{res['answer_unchanged'].mean():.0%}")
+    m[4].metric("greedy answer unchanged", f"{ov['answer_unchanged']:.0%}")
     if value == "normalised" and n_small == n_pairs_done:
         st.warning("Every pair's source and target readouts are closer than the threshold: there is no normalised shift. "
                    "Look at the raw shift, or choose pairs further apart (e.g. high → low).")
 
-    rnd = res[res["position_kind"] == "random"].drop_duplicates(["pair", "position"])
-    if len(rnd):
-        cls = rnd["position_class"].value_counts() if "position_class" in rnd else pd.Series(dtype=int)
+    if ov["n_random_draws"]:
+        cls = ov["random_classes"]
         st.caption(f"Random positions drawn from: **{(meta.get('spec') or {}).get('random_from', 'all (before random_from)')}** "
-                   f"tokens — {len(rnd)} draws" + (": " + ", ".join(f"{k} {v}" for k, v in cls.items()) if len(cls) else "") + ".")
+                   f"tokens — {ov['n_random_draws']} draws" + (": " + ", ".join(f"{k} {v}" for k, v in cls.items()) if cls else "") + ".")
     st.markdown("**Across-pairs tests** (unit: pair)")
-    trows = []
-    for g, gr in grads.items():
-        trows.append({"test": f"layer gradient @ {PP.group_label(g)}", "statistic": "mean per-pair ρ", "value": gr["rho"],
-                      "CI lo": gr["ci"][0], "CI hi": gr["ci"][1], "p": gr["p"], "n_pairs": gr["n_pairs"], "unit": gr["unit"],
-                      "descriptive ρ of layer means": gr["rho_of_means"]})
-    for g, cn in contrasts.items():
-        for what, lab in (("effect", "mean shift difference"), ("gradient", "ρ difference")):
-            e = cn[what]
-            trows.append({"test": f"{PP.group_label(g)} − random positions", "statistic": f"per-pair {lab}", "value": e["diff"],
-                          "CI lo": e["ci"][0], "CI hi": e["ci"][1], "p": e["p"], "n_pairs": e["n"], "unit": cn["unit"],
-                          "descriptive ρ of layer means": None})
-    ui.show_table(pd.DataFrame(trows).round(4), key="pt-tests", filename=f"{ws.root.name}-{sid}-tests-{comp}-{value}",
+    ui.show_table(PV.tests_table(grads, contrasts).round(4), key="pt-tests", filename=f"{ws.root.name}-{sid}-tests-{comp}-{value}",
                   caption="ρ: Spearman ρ(layer, shift) within each pair, averaged over pairs; p: two-sided sign-flip permutation "
                           "test across pairs (exact up to 12 pairs); CI: 95% percentile bootstrap over pairs. Contrasts: the "
                           "difference within each pair, then the same test. Per-layer p values (table below) are Holm-corrected "
-                          f"over layers (`p_holm`). ρ of the layer means is descriptive only. Correction: {MS.CORRECTION}.")
+                          f"over layers (`p_holm`). ρ of the layer means is descriptive only. Correction: {PV.CORRECTION}.")
     g0 = next(iter(grads.values()), {})
     if g0.get("n_pairs") and (g0.get("min_p") or 0) > 0.05:
         st.warning(f"With {g0['n_pairs']} pair(s) the smallest p a sign-flip test can give is {g0['min_p']:.3g}: no "
@@ -356,7 +271,7 @@ with ui.guard("the patching results"):
     tgt_p = np.asarray(prow["probs_target"], dtype=float) if prow is not None else None
     src_p = np.asarray(prow["probs_source"], dtype=float) if prow is not None else None
     title = (f"Pair {pr}: {row['source']} → {row['target']}, {comp} layer {lay} at {pos} "
-             f"(target token {row['target_pos']} '{_tok_label(str(row['target_token']))}', source token {row['source_pos']})")
+             f"(target token {row['target_pos']} '{PV.token_label(str(row['target_token']))}', source token {row['source_pos']})")
     if tgt_p is not None:
         other = {"target (before)": float(prow["other_target"]), "patched (after)": float(row["other_patched"]),
                  "source": float(prow["other_source"])}
@@ -368,12 +283,7 @@ with ui.guard("the patching results"):
 
     # ------------------------------------------------------------------ per item
     st.subheader("Per pair")
-    agg = res[res["component"] == comp].assign(group=PS.position_group(res[res["component"] == comp]))
-    wide = agg.groupby(["pair", "group"])[value].mean().unstack("group")
-    wide.columns = [f"mean {value} @ {g}" for g in wide.columns]
-    tbl = res.drop_duplicates("pair").set_index("pair")[
-        ["source", "target", "source_id", "target_id", "source_correct", "target_correct", "ev_source", "ev_target", "denom",
-         "small_denominator"]].join(wide).reset_index()
+    tbl = PV.pair_table(res, comp, value)
     link_cfg = {}
     for side in ("source", "target"):
         if tbl[f"{side}_id"].astype(str).str.len().gt(0).all():
@@ -383,7 +293,7 @@ with ui.guard("the patching results"):
     ui.show_table(tbl.round(4), key="pt-pairs", filename=f"{ws.root.name}-{sid}-pairs", column_config=link_cfg,
                   caption=f"mean over layers of the {value} shift per position group; links open the item explorer")
     with st.expander("per-pair lines"):
-        grp = st.selectbox("position group", PS.groups_of(agg), key="pt-pp-group")
+        grp = st.selectbox("position group", PV.groups_of(res[res["component"] == comp]), key="pt-pp-group")
         ui.show_figure(PP.pair_shifts(res, component=comp, group=grp, model=fig_model, value=value, split=fig_split), "pt-pairlines",
                        f"{ws.root.name}-{sid}-pairs-{comp}-{grp}")
     c = st.columns([1, 1, 3])

@@ -376,3 +376,28 @@ def test_every_page_says_when_the_sample_is_small(env, page):
         labels = [m.label for m in at.metric]
         assert any("AUROC" in lab and "n=" in lab for lab in labels), labels
         assert any("question-type prior" in lab for lab in labels), labels
+
+
+# ----------------------------------------------------------------------------- no science in the app layer
+def test_readout_metrics_on_eval_are_the_summary_numbers(env):
+    """The Answers page's table (ui.readout_metrics) and the question-type prior (ui.type_prior_auroc)
+    come from the functions behind summary.json: on the eval split they are its numbers exactly."""
+    from metacog.app import ui
+    from metacog.core.workspace import Workspace
+    from metacog.stages.study import summarize
+
+    ws = Workspace(env / "workspaces" / "tiny-rich")
+    _, study = ws.settings()
+    df = ui.results(ws)
+    tbl = ui.readout_metrics(ui.split_frame(df, "eval"), n_bins=study.ece_bins, seed=study.seed).set_index("readout")
+    s = summarize(ws)
+    for mode in ("inline", "two-pass"):
+        for name, blk in ((f"verbal {mode}", s["verbal"][mode]), (f"E[v] {mode}", s["distribution"][mode]["ev"]),
+                          (f"argmax {mode}", s["distribution"][mode]["argmax"])):
+            r = tbl.loc[name]
+            np.testing.assert_equal([r.auroc, r.auroc_lo, r.auroc_hi, r.ece, r.brier, r.aurc, r.n, r.n_missing],
+                                    [blk["auroc"], *blk["auroc_ci"], blk["ece"], blk["brier"], blk["aurc"], blk["n"], blk["n_missing"]])
+            assert (r.L, r.verdict) == (blk["validity"]["L"], blk["validity"]["verdict"])
+    assert np.isfinite(tbl.loc["verbal inline", "auroc"])  # tiny-rich has both classes: a number, not NaN
+    assert ui.type_prior_auroc(df, "eval") == s["type_prior"]["auroc"]
+    assert ui.type_prior_auroc(df, "train") is None  # in-sample on train: no baseline shown

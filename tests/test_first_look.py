@@ -43,8 +43,8 @@ def test_default_study_first_look_then_full(tmp_path, monkeypatch, tiny_lm):
     from metacog.app import ui
 
     monkeypatch.setenv("METACOG_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(ui, "DEFAULT_STUDY", dict(model="default", dataset="world-facts", limit=40, seed=0))
-    monkeypatch.setattr(ui, "FIRST_LOOK_ITEMS", 12)
+    monkeypatch.setattr("metacog.app.state.DEFAULT_STUDY", dict(model="default", dataset="world-facts", limit=40, seed=0))
+    monkeypatch.setattr("metacog.app.state.FIRST_LOOK_ITEMS", 12)
     ui.set_model_loader(lambda settings: tiny_lm)
     try:
         at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
@@ -61,7 +61,7 @@ def test_default_study_first_look_then_full(tmp_path, monkeypatch, tiny_lm):
         assert job.status == "done", (job.error, job.tb)
         assert (first / "summary.json").exists() and (full / "summary.json").exists()
         assert (first / "summary.json").stat().st_mtime < (full / "summary.json").stat().st_mtime
-        assert job.summary["n_items"] == 12
+        assert job.result["n_items"] == 12
         at.run()  # the finished study says where to go next, with links
         assert not at.exception, [e.value for e in at.exception]
         assert any("What next" in m.value for m in at.markdown)

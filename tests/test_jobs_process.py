@@ -122,10 +122,10 @@ def test_app_study_runs_in_its_own_process(tmp_path, monkeypatch):
     job = ui.start_study(root, ModelSettings(model=str(model_dir), dtype="float32", threads=1),
                          StudySettings(dataset=str(data), max_new_tokens=4, batch_size=8, probe_folds=3), None,
                          ("answers", "activations"))
-    assert isinstance(job, ui.StudyProcessJob)
+    assert isinstance(job, ProcessJob) and job.kind == "study"  # the one job mechanism (metacog.core.jobs)
     job.join(300)
     assert job.status == "done", (job.error, job.tb)
-    assert job.summary["n_items"] == 20 and job.pid != os.getpid()
+    assert job.result["n_items"] == 20 and job.pid != os.getpid()
     assert (root / "summary.json").exists()
     ui.clear_job(root)
 

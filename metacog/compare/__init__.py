@@ -21,7 +21,7 @@ import pandas as pd
 
 from metacog.stats import metrics
 from metacog.core.settings import stable_hash
-from metacog.core.workspace import Workspace, WorkspaceError, read_json
+from metacog.core.workspace import Workspace, WorkspaceError, model_name, read_json  # model_name: re-exported
 
 METRICS = {  # eval.json readout block key -> label
     "auroc": "AUROC", "ece": "ECE", "brier": "Brier", "ceiling_rate": "ceiling (≥95)", "parse_rate": "parsed",
@@ -116,11 +116,6 @@ class RunData:
 
     def correct(self, side: str = "ft") -> np.ndarray:
         return self.per_item[f"correct_{side}"].to_numpy(bool)
-
-
-def model_name(ws: Workspace) -> str:
-    m = ws.read_json("model.json") or (ws.read_json("summary.json") or {}).get("model") or {}
-    return str(m.get("name") or m.get("spec") or ws.root.name)
 
 
 def load_run(ws: Workspace | str | Path, run_id: str) -> RunData:

@@ -9,7 +9,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from metacog.viz.plots import PALETTE, _layout, fig_title, histogram_counts
+from metacog.viz.layout import PALETTE, fig_title
+from metacog.viz.layout import layout as _layout
+from metacog.viz.plots import histogram_counts
 
 METRIC_LABELS = {"auroc": "AUROC", "ece": "ECE", "brier": "Brier", "accuracy": "accuracy", "ceiling_rate": "ceiling rate (≥95)",
                  "recovery": "recovery"}

@@ -541,3 +541,20 @@ def list_workspaces(base: Path | None = None) -> list[Workspace]:
         return []
     return sorted((Workspace(p) for p in base.iterdir()
                    if not p.is_symlink() and (p / "workspace.json").is_file()), key=lambda w: w.root.name)
+
+
+def model_name(ws: Workspace) -> str:
+    """The name a workspace's model is shown under (figure titles, page headers, reports):
+    ``model.json``'s ``name`` or ``spec`` (written once the study loaded the model), else
+    summary.json's model, else the model spec in workspace.json, else the folder name.
+
+    Raises:
+        WorkspaceError: ``model.json`` or ``summary.json`` exists but is not valid JSON.
+    """
+    for m in (ws.read_json("model.json"), (ws.read_json("summary.json") or {}).get("model")):
+        if isinstance(m, dict) and (m.get("name") or m.get("spec")):
+            return str(m.get("name") or m.get("spec"))
+    try:
+        return ws.settings()[0].model
+    except WorkspaceError:
+        return ws.root.name

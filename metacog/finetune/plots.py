@@ -19,7 +19,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from metacog.viz.plots import CORRECT_COLOR, PALETTE, WRONG_COLOR, _layout, auroc_bars, fig_title, histogram_counts
+from metacog.viz.layout import CORRECT_COLOR, PALETTE, WRONG_COLOR, fig_title
+from metacog.viz.layout import layout as _layout
+from metacog.viz.plots import auroc_bars, histogram_counts
 
 BASE_COLOR = "#7f7f7f"
 

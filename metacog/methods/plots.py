@@ -12,7 +12,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from metacog.stats import metrics
-from metacog.viz.plots import PALETTE, _layout, auroc_bars, fig_title
+from metacog.viz.layout import PALETTE, fig_title
+from metacog.viz.layout import layout as _layout
+from metacog.viz.plots import auroc_bars
 
 
 def method_auroc_bars(table: pd.DataFrame, *, n: int, model: str) -> go.Figure:

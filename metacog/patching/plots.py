@@ -18,7 +18,9 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from metacog.viz.plots import PALETTE, _layout, _rgba, fig_title
+from metacog.viz.layout import PALETTE, fig_title
+from metacog.viz.layout import layout as _layout
+from metacog.viz.layout import rgba as _rgba
 
 GROUP_COLORS = {"confidence": "#d62728", "random": "#7f7f7f", "last_prompt": "#1f77b4", "last_answer": "#2ca02c"}
 VALUE_LABEL = {"normalised": "normalised shift (patched − target)/(source − target)", "shift": "shift of E[v] (patched − target, points)"}

@@ -347,6 +347,33 @@ def _score_block(conf01, y, bins: int, seed: int) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.items()}
 
 
+def score_readout(values_0_100, y, bins: int = 10, seed: int = 0) -> dict:
+    """summary.json's block of one confidence readout on some items: every metric of
+    ``values/100`` with its bootstrap CI (AUROC, ECE + ``ece_null``, Brier, AURC, ``n``,
+    ``n_missing``; unparsed NaN values dropped, metrics.summarize_scores) and ``validity``, the
+    validity screen (L, trin, r, verdict, reasons) of the 0-100 values (metrics.validity_screen).
+
+    ``values_0_100``: [n_items] points on 0-100 (NaN = unparsed); ``y``: [n_items] correctness.
+    The Answers page scores any split with it, so its numbers are summary.json's on eval."""
+    v = np.asarray(values_0_100, dtype=float)
+    blk = _score_block(v / 100.0, y, bins, seed)
+    blk["validity"] = metrics.validity_screen(v, y)
+    return blk
+
+
+def type_prior_block(df: pd.DataFrame, split: str = "eval", seed: int = 0) -> dict:
+    """The question-type baseline on the ``split`` rows of a :func:`results_table` (``"all"``: every
+    row): each item scored by its category's accuracy on the train split (metrics.type_prior,
+    Laplace-smoothed); ``{"auroc", "auroc_ci", "n_eval", "n_types"}`` (``n_eval``: rows scored).
+    In-sample (optimistic) when ``split`` includes train items."""
+    tr = df[df["split"] == "train"]
+    ev = df if split == "all" else df[df["split"] == split]
+    y = ev["correct"].to_numpy().astype(bool)
+    prior = metrics.type_prior(tr["category"], tr["correct"], ev["category"])
+    return {"auroc": metrics.auroc(prior, y), "auroc_ci": list(metrics.auroc_ci(prior, y, seed=seed)),
+            "n_eval": int(len(ev)), "n_types": int(df["category"].nunique())}
+
+
 def results_table(ws: Workspace) -> pd.DataFrame:
     """items + answers + readout (+ best-probe p) in one per-item table."""
     items = load_items(ws)
@@ -390,17 +417,15 @@ def summarize(ws: Workspace) -> dict:
     for mode in MODES:
         k = MODE_KEYS[mode]
         v = ev[f"verbal_{k}"].to_numpy(dtype=float)
-        blk = _score_block(v / 100.0, y, bins, seed)
-        vs = metrics.validity_screen(v, y)
-        blk.update(ceiling_rate=vs["L"], validity=vs, parse_rate=float(np.mean(~np.isnan(v))) if len(v) else float("nan"))
+        blk = score_readout(v, y, bins, seed)
+        blk.update(ceiling_rate=blk["validity"]["L"], parse_rate=float(np.mean(~np.isnan(v))) if len(v) else float("nan"))
         out["verbal"][mode] = blk
         if f"ev_{k}" in ev:
             d = {}
             for read in ("ev", "argmax"):
                 c = ev[f"{read}_{k}"].to_numpy(dtype=float)
-                b = _score_block(c / 100.0, y, bins, seed)
+                b = score_readout(c, y, bins, seed)
                 b["ceiling_rate"] = float(np.nanmean(c >= 95)) if len(c) else float("nan")
-                b["validity"] = metrics.validity_screen(c, y)
                 d[read] = b
             d["auroc"], d["auroc_ci"] = d["ev"]["auroc"], d["ev"]["auroc_ci"]  # shortcut: E[v]'s
             d["mean_other"] = float(ev[f"other_{k}"].mean())
@@ -408,9 +433,7 @@ def summarize(ws: Workspace) -> dict:
     # question-type prior and within-type AUROC
     cats_ok = df["category"].astype(str).str.len().gt(0).any()
     if cats_ok:
-        prior = metrics.type_prior(tr["category"], tr["correct"], ev["category"])
-        out["type_prior"] = {"auroc": metrics.auroc(prior, y), "auroc_ci": list(metrics.auroc_ci(prior, y, seed=seed)),
-                             "n_eval": int(len(ev)), "n_types": int(df["category"].nunique())}
+        out["type_prior"] = type_prior_block(df, "eval", seed)
         wt = {}
         for mode in MODES:
             k = MODE_KEYS[mode]

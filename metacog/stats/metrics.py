@@ -252,6 +252,16 @@ def ece(conf01, labels, n_bins: int = 10) -> float:
     return float(np.sum(t["n"].to_numpy()[m] / N * np.abs(t["accuracy"].to_numpy()[m] - t["mean_conf"].to_numpy()[m])))
 
 
+def reliability(conf01, labels, n_bins: int = 10) -> tuple[pd.DataFrame, float, int]:
+    """``(bins, ece, n)`` of a [0, 1] confidence whose NaN entries (unparsed, not predicted) are
+    dropped first: :func:`reliability_bins` and :func:`ece` on the ``n`` items left (NaN ECE when
+    none). ``conf01``: [n_items] probabilities; ``labels``: [n_items] correctness."""
+    c = np.asarray(conf01, dtype=float).ravel()
+    y = _labels(labels, c.size)
+    ok = ~np.isnan(c)
+    return reliability_bins(c[ok], y[ok], n_bins), ece(c[ok], y[ok], n_bins), int(ok.sum())
+
+
 def brier(conf01, labels) -> float:
     """Mean of (conf − y)² with conf in [0, 1]; NaN for no items."""
     c, y = _conf01(conf01, labels)

@@ -13,7 +13,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from metacog.viz.plots import _layout, fig_title
+from metacog.viz.layout import fig_title
+from metacog.viz.layout import layout as _layout
 
 COLORS = {"probe": "#d62728", "mean-diff": "#1f77b4", "probe-minus-type": "#2ca02c", "random": "#7f7f7f"}
 

@@ -12,6 +12,7 @@ Builders
 - :func:`auroc_bars` -- AUROC with bootstrap CIs of several scores, with reference lines;
 - :func:`probe_metric_by_layer` -- probe AUROC (or ECE/Brier/CV AUROC) by layer, one curve per
   position, CI bands for AUROC, reference lines (verbal AUROC, question-type prior, chance);
+- :func:`add_selection_null` -- the probe selection null as a band on the CV AUROC by layer;
 - :func:`reliability_diagram` -- accuracy vs mean confidence per bin, plus bin counts;
 - :func:`distribution_bars` -- one item's exact 0-100 distribution per mode with markers;
 - :func:`probe_p_by_layer` -- one item's probe p(correct) by layer, one curve per position.
@@ -25,36 +26,19 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-CORRECT_COLOR = "#2a9d8f"
-WRONG_COLOR = "#e76f51"
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
-REF_COLORS = ["#d62728", "#9467bd", "#17becf", "#8c564b", "#e377c2"]
-TEMPLATE = "plotly_white"
+# palette, template, title and layout: metacog.viz.layout (re-exported here for older imports)
+from metacog.viz.layout import CORRECT_COLOR, PALETTE, REF_COLORS, TEMPLATE, WRONG_COLOR, fig_title, layout, rgba  # noqa: F401
 
 
 # --------------------------------------------------------------------------------- helpers
-def fig_title(what: str, *, split: str, n: int, model: str) -> str:
-    """``"Verbal confidence, eval split, n=40, SmolLM2-135M-Instruct"``."""
-    split_txt = "all splits" if split in (None, "", "all") else f"{split} split"
-    return f"{what}, {split_txt}, n={int(n)}, {model}"
-
-
-def _layout(fig: go.Figure, title: str, height: int = 440, **kw) -> go.Figure:
-    fig.update_layout(
-        title=dict(text=title, x=0.0, xanchor="left", font=dict(size=15)),
-        template=TEMPLATE,
-        height=height,
-        margin=dict(l=70, r=30, t=80, b=70),
-        legend=dict(orientation="v", yanchor="top", y=1.0, xanchor="left", x=1.01, font=dict(size=11)),
-        **kw,
-    )
-    return fig
-
-
 def histogram_counts(values, bin_width: int = 5) -> tuple[np.ndarray, np.ndarray, int]:
     """Counts of 0-100 values in bins ``[0, w), [w, 2w), ..., [100 - w, 100]`` (last closed).
 
-    Returns ``(edges, counts, n_missing)``; NaN values are not binned but counted as missing.
+    ``values``: points on 0-100 (any shape, flattened). Returns ``(edges [100/w + 1], counts
+    [100/w], n_missing)``; NaN values are not binned but counted as missing.
+
+    Raises:
+        ValueError: ``bin_width`` does not divide 100, or a value lies outside [0, 100].
     """
     if 100 % bin_width:
         raise ValueError("bin_width must divide 100")
@@ -116,30 +100,40 @@ def _hist_grid(panels: Mapping[str, Mapping[str, Sequence[float]]], correct, bin
                              dtick=20 if len(cols) > 2 else 10, row=ri, col=ci)
         fig.update_yaxes(title_text=y_title, row=ri, col=1)
     fig.update_layout(barmode="stack", bargap=0.05)
-    return _layout(fig, title, height=height or (300 + 230 * (len(rows) - 1) + 60))
+    return layout(fig, title, height=height or (300 + 230 * (len(rows) - 1) + 60))
 
 
 # --------------------------------------------------------------------------------- answers
 def confidence_histogram(values: Mapping[str, Sequence[float]], correct, *, split: str, model: str,
                          bin_width: int = 5, what: str = "Verbal confidence") -> go.Figure:
-    """Saturation histogram: one panel per mode (``values`` maps mode -> 0-100 confidences, NaN =
-    unparsed), bars stacked by correctness; n = number of items (parsed or not)."""
+    """Saturation histogram: one panel per mode (``values`` maps mode -> [n_items] 0-100
+    confidences, NaN = unparsed), bars stacked by ``correct`` ([n_items] bool), bins of
+    ``bin_width`` points; n = number of items (parsed or not).
+
+    Raises:
+        ValueError: a mode's values and ``correct`` differ in length, or a value lies outside [0, 100].
+    """
     n = len(np.asarray(correct).ravel())
     return _hist_grid({"": dict(values)}, correct, bin_width, fig_title(what, split=split, n=n, model=model))
 
 
 def readout_grid(readouts: Mapping[str, Mapping[str, Sequence[float]]], correct, *, split: str, model: str,
                  bin_width: int = 5, what: str = "Verbal vs 0–100 distribution readouts") -> go.Figure:
-    """Histograms side by side: ``readouts[mode][readout]`` -> 0-100 values (rows = modes,
-    columns = readouts such as "verbal", "E[v]", "argmax")."""
+    """Histograms side by side: ``readouts[mode][readout]`` -> [n_items] 0-100 values (rows = modes,
+    columns = readouts such as "verbal", "E[v]", "argmax"), stacked by ``correct`` ([n_items] bool).
+
+    Raises:
+        ValueError: a panel's values and ``correct`` differ in length, or a value lies outside [0, 100].
+    """
     n = len(np.asarray(correct).ravel())
     return _hist_grid(readouts, correct, bin_width, fig_title(what, split=split, n=n, model=model))
 
 
 def auroc_bars(table: pd.DataFrame, *, split: str, n: int, model: str,
                references: Mapping[str, float] | None = None, what: str = "AUROC by readout") -> go.Figure:
-    """Horizontal bars of ``table`` rows (columns ``name, auroc, lo, hi``), error bars = CI.
-    ``references`` adds vertical lines (e.g. question-type prior); 0.5 (chance) is always drawn."""
+    """Horizontal bars of ``table`` rows (columns ``name, auroc``, optional ``lo, hi``: AUROC and its
+    95% CI, probabilities in [0, 1]), error bars = CI. ``references`` (name -> AUROC) adds vertical
+    lines (e.g. question-type prior); 0.5 (chance) is always drawn. ``n``: items scored (title)."""
     t = table.reset_index(drop=True)
     a = t["auroc"].astype(float).to_numpy()
     lo = t["lo"].astype(float).to_numpy() if "lo" in t else np.full(len(t), np.nan)
@@ -165,7 +159,7 @@ def auroc_bars(table: pd.DataFrame, *, split: str, n: int, model: str,
     fig.update_xaxes(title_text="AUROC (confidence vs correctness; bars: 95% bootstrap CI)", range=[0, 1.02])
     labels = [f"{nm}  ({'n/a' if np.isnan(x) else f'{x:.3f}'})" for nm, x in zip(t["name"].astype(str), a)]
     fig.update_yaxes(title_text=None, autorange="reversed", tickmode="array", tickvals=t["name"].astype(str).tolist(), ticktext=labels)
-    fig = _layout(fig, fig_title(what, split=split, n=n, model=model), height=160 + 38 * max(len(t), 2), showlegend=False)
+    fig = layout(fig, fig_title(what, split=split, n=n, model=model), height=160 + 38 * max(len(t), 2), showlegend=False)
     fig.update_layout(margin=dict(t=90 + 16 * len(refs)))
     return fig
 
@@ -193,7 +187,7 @@ def probe_metric_by_layer(metrics: pd.DataFrame, *, split: str, n: int, model: s
             ok = ~(np.isnan(lo) | np.isnan(hi))
             if ok.any():
                 fig.add_trace(go.Scatter(
-                    x=np.r_[x[ok], x[ok][::-1]], y=np.r_[hi[ok], lo[ok][::-1]], fill="toself", fillcolor=_rgba(color, 0.15),
+                    x=np.r_[x[ok], x[ok][::-1]], y=np.r_[hi[ok], lo[ok][::-1]], fill="toself", fillcolor=rgba(color, 0.15),
                     line=dict(width=0), hoverinfo="skip", showlegend=False, legendgroup=p, name=f"{p} 95% CI",
                     meta={"role": "ci", "position": p},
                 ))
@@ -221,14 +215,29 @@ def probe_metric_by_layer(metrics: pd.DataFrame, *, split: str, n: int, model: s
     fig.update_xaxes(title_text="layer (hidden state h; 0 = embeddings)", dtick=2 if metrics["layer"].max() > 12 else 1)
     fig.update_yaxes(title_text=label, range=[0, 1.02] if metric in ("auroc", "cv_auroc") else None)
     what = f"Probe {label} by layer"
-    return _layout(fig, fig_title(what, split=split, n=n, model=model), height=480)
+    return layout(fig, fig_title(what, split=split, n=n, model=model), height=480)
+
+
+def add_selection_null(fig: go.Figure, sn: Mapping, x0: int, x1: int) -> go.Figure:
+    """Draw a probe selection null (``best.json``'s ``selection_null``: ``mean``, ``p95`` of the best
+    train CV AUROC over all layer × position cells on shuffled labels, ``n_cells``) on a
+    :func:`probe_metric_by_layer` figure of ``cv_auroc``: a grey mean–p95 band and a dashed p95
+    line from layer ``x0`` to ``x1``. Returns ``fig`` (changed in place)."""
+    fig.add_trace(go.Scatter(x=[x0, x1, x1, x0], y=[sn["p95"], sn["p95"], sn["mean"], sn["mean"]], fill="toself",
+                             fillcolor="rgba(120,120,120,0.18)", line=dict(width=0), hoverinfo="skip",
+                             name=f"selection null: best of {sn['n_cells']} on shuffled labels (mean–p95)",
+                             meta={"role": "selection_null", "mean": sn["mean"], "p95": sn["p95"]}))
+    fig.add_trace(go.Scatter(x=[x0, x1], y=[sn["p95"]] * 2, mode="lines", line=dict(color="#555", dash="dash"),
+                             name=f"selection null p95 ({sn['p95']:.3f})", meta={"role": "selection_null_p95", "value": sn["p95"]}))
+    return fig
 
 
 def reliability_diagram(bins: pd.DataFrame, *, split: str, n: int, model: str, label: str = "",
                         ece: float | None = None) -> go.Figure:
     """Accuracy vs mean confidence per bin (``bins`` = :func:`metacog.stats.metrics.reliability_bins`
-    output: ``bin, lo, hi, n, mean_conf, accuracy``), diagonal = perfect calibration; below, the
-    item count per bin."""
+    output: ``bin, lo, hi, n, mean_conf, accuracy``, confidences as probabilities in [0, 1]),
+    diagonal = perfect calibration; below, the item count per bin. ``ece`` (if given) is added
+    to the title; ``n``: items binned."""
     b = bins.reset_index(drop=True)
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.72, 0.28], vertical_spacing=0.06)
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#888", dash="dot"), name="perfect calibration",
@@ -237,7 +246,7 @@ def reliability_diagram(bins: pd.DataFrame, *, split: str, n: int, model: str, l
     centers = ((b["lo"] + b["hi"]) / 2).to_numpy(dtype=float)
     # gaps between bin centre accuracy and confidence
     fig.add_trace(go.Bar(x=centers, y=b["accuracy"].astype(float).fillna(0).to_numpy(), width=(b["hi"] - b["lo"]).to_numpy(dtype=float) * 0.9,
-                         marker_color=_rgba(PALETTE[0], 0.25), name="accuracy per bin", meta={"role": "accuracy_bars"},
+                         marker_color=rgba(PALETTE[0], 0.25), name="accuracy per bin", meta={"role": "accuracy_bars"},
                          hovertemplate="bin [%{customdata[0]:.2f}, %{customdata[1]:.2f}]<br>accuracy %{y:.3f}<extra></extra>",
                          customdata=b[["lo", "hi"]].to_numpy(dtype=float)), row=1, col=1)
     fig.add_trace(go.Scatter(x=ne["mean_conf"].astype(float).to_numpy(), y=ne["accuracy"].astype(float).to_numpy(),
@@ -256,7 +265,7 @@ def reliability_diagram(bins: pd.DataFrame, *, split: str, n: int, model: str, l
     title = fig_title(what, split=split, n=n, model=model)
     if ece is not None and np.isfinite(ece):
         title += f" · ECE {ece:.3f}"
-    return _layout(fig, title, height=520)
+    return layout(fig, title, height=520)
 
 
 # --------------------------------------------------------------------------------- one item
@@ -264,7 +273,11 @@ def distribution_bars(dists: Mapping[str, Sequence[float]], *, item: str, split:
                       markers: Mapping[str, Mapping[str, float]] | None = None) -> go.Figure:
     """One item's exact 0-100 confidence distribution per mode: ``dists[mode]`` is the 102-vector
     (P(0..100), then the mass on anything else). ``markers[mode]`` (name -> value) draws
-    vertical lines (verbal confidence, E[v], argmax)."""
+    vertical lines (verbal confidence, E[v], argmax; points on 0-100).
+
+    Raises:
+        ValueError: a distribution does not have 102 entries.
+    """
     modes = list(dists)
     fig = make_subplots(rows=len(modes), cols=1, shared_xaxes=True, vertical_spacing=0.14,
                         subplot_titles=[_dist_subtitle(m, dists[m]) for m in modes])
@@ -285,7 +298,7 @@ def distribution_bars(dists: Mapping[str, Sequence[float]], *, item: str, split:
         fig.update_yaxes(title_text="probability", row=i, col=1)
     fig.update_xaxes(range=[-1, 101], title_text="confidence value v (0–100)", row=len(modes), col=1)
     title = fig_title(f"0–100 confidence distribution, item {item}", split=split, n=1, model=model)
-    return _layout(fig, title, height=230 + 200 * len(modes), bargap=0.1)
+    return layout(fig, title, height=230 + 200 * len(modes), bargap=0.1)
 
 
 def _dist_subtitle(mode: str, v) -> str:
@@ -295,7 +308,13 @@ def _dist_subtitle(mode: str, v) -> str:
 
 def probe_p_by_layer(p, positions: Sequence[str], *, item: str, split: str, model: str,
                      best: Mapping | None = None, correct: bool | None = None) -> go.Figure:
-    """One item's probe p(correct) ``p[layer, position]`` by layer, one curve per position."""
+    """One item's probe p(correct) ``p`` [n_layers, n_positions] (probabilities) by layer, one
+    curve per position (``positions`` names the columns); ``best`` (``layer``, ``position``) is
+    starred; ``correct`` adds how the item was answered to the title.
+
+    Raises:
+        ValueError: ``p`` is not [n_layers, len(positions)].
+    """
     a = np.asarray(p, dtype=float)
     if a.ndim != 2 or a.shape[1] != len(positions):
         raise ValueError(f"p must be [n_layers, {len(positions)}], not {a.shape}")
@@ -315,13 +334,7 @@ def probe_p_by_layer(p, positions: Sequence[str], *, item: str, split: str, mode
     fig.update_yaxes(title_text="probe p(correct)", range=[-0.02, 1.02])
     grade = "" if correct is None else (" — answered correctly" if correct else " — answered incorrectly")
     title = fig_title(f"Probe p(correct) by layer, item {item}{grade}", split=split, n=1, model=model)
-    return _layout(fig, title, height=420)
-
-
-def _rgba(hex_color: str, alpha: float) -> str:
-    h = hex_color.lstrip("#")
-    r, g, b = (int(h[i : i + 2], 16) for i in (0, 2, 4))
-    return f"rgba({r},{g},{b},{alpha})"
+    return layout(fig, title, height=420)
 
 
 def lens_by_layer(lenses: Mapping[str, pd.DataFrame], *, item: str, model: str, split: str = "") -> go.Figure:
@@ -349,4 +362,4 @@ def lens_by_layer(lenses: Mapping[str, pd.DataFrame], *, item: str, model: str, 
     fig.update_xaxes(dtick=1 if n_l <= 13 else 2)
     fig.update_xaxes(title_text="layer (hidden state h; 0 = embeddings)", row=2, col=1)
     title = fig_title(f"Logit lens at the confidence slot, item {item}", split=split or "all", n=1, model=model)
-    return _layout(fig, title, height=560)
+    return layout(fig, title, height=560)
