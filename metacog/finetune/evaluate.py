@@ -20,6 +20,8 @@ compared on the same items.
   module's exact procedure) on the eval items' hidden states of the base model (base labels)
   and of the fine-tuned model (its own labels): does fine-tuning change what is linearly readable?
 - reliability bins before/after for the headline readouts; ``per_item.parquet`` beside it.
+
+Public entry: :func:`evaluate_run` (:func:`evaluate_adapter` for an adapter directory).
 """
 from __future__ import annotations
 
@@ -43,7 +45,10 @@ READOUTS = [f"{r}_{MODE_KEYS[m]}" for m in MODES for r in READS]
 # ------------------------------------------------------------------------------ adapters
 def check_adapter(adapter_dir: Path, base_hash: str | None, lm=None) -> dict:
     """Refuse, with a clear message, an adapter that is not a PEFT adapter or was trained on
-    another base model (recorded weights hash, or module shapes that do not fit)."""
+    another base model (recorded weights hash, or module shapes that do not fit).
+
+    Raises:
+        RunError: not a PEFT adapter directory, or trained on another base model."""
     from metacog.finetune.backends.common import read_adapter_meta
 
     d = Path(adapter_dir)
@@ -226,13 +231,19 @@ def retrained_probes(states_base: dict, y_base, states_ft: dict, y_ft, folds: in
 # ------------------------------------------------------------------------------ main
 def check_eval_limit(limit: int | None) -> None:
     """Refuse an eval limit that cannot give a meaningful evaluation (``ValueError``); called
-    before training so a bad ``--eval-limit`` never costs a run."""
+    before training so a bad ``--eval-limit`` never costs a run.
+
+    Raises:
+        ValueError: ``limit`` is not None and not an integer >= 10."""
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 10):
         raise ValueError(f"--eval-limit must be an integer of at least 10 items, not {limit!r}")
 
 
 def eval_items(ws: Workspace, limit: int | None = None) -> pd.DataFrame:
-    """The eval split (first ``limit`` by row), renumbered for a sub-workspace."""
+    """The eval split (first ``limit`` by row), renumbered for a sub-workspace.
+
+    Raises:
+        WorkspaceError: the workspace has no eval-split items."""
     from metacog.stages.study import load_items
 
     items = load_items(ws)
@@ -259,7 +270,11 @@ def evaluate_adapter(ws: Workspace, adapter_dir: Path, out_dir: Path, *, lm=None
     """Evaluate ``adapter_dir`` on ``ws``'s eval split; write ``out_dir``/eval.json + per_item.parquet.
 
     ``pairwise``: also measure the pairwise ability of the fine-tuned and the base model on these
-    items (``eval.json["pairwise"]``, :func:`metacog.finetune.transfer.pairwise_block`)."""
+    items (``eval.json["pairwise"]``, :func:`metacog.finetune.transfer.pairwise_block`).
+
+    Raises:
+        WorkspaceError: the workspace has no answers.
+        RunError: the adapter or the loaded model belongs to another base model (:func:`check_adapter`)."""
     from metacog.stages.activations import load_states, run_activations
     from metacog.stages.answers import answers_key, run_answers
     from metacog.model.loading import load_model
@@ -433,7 +448,10 @@ def evaluate_adapter(ws: Workspace, adapter_dir: Path, out_dir: Path, *, lm=None
 
 
 def evaluate_run(ws: Workspace, run_id: str, **kw) -> dict:
-    """Evaluate a finished run's adapter (runs/<run>/adapter) on the eval split."""
+    """Evaluate a finished run's adapter (runs/<run>/adapter) on the eval split.
+
+    Raises:
+        RunError: the run has no final adapter yet, or was trained on another base model."""
     run = get_run(ws, run_id)
     if not run.has_adapter():
         raise RunError(f"run {run_id} has no final adapter yet (status {run.live_status()}): finish or resume it first")
@@ -484,6 +502,8 @@ def _clean(o):
 
 
 def load_eval(run: Run) -> tuple[dict | None, pd.DataFrame | None]:
+    """A run's evaluation: (``eval.json`` as a dict, ``per_item.parquet`` as a DataFrame with one
+    row per eval item), each None when not written yet."""
     ev = run.eval_result()
     p = run.file("per_item.parquet")
     return ev, (pd.read_parquet(p) if p.exists() else None)

@@ -14,6 +14,8 @@ Elo: ratings start at 0; after each comparison (in schedule order), with expecte
 e = σ(r_i − r_j + β) on the natural-log scale, β = logit(mean outcome) (the same order effect,
 estimated once), r_i += K' (o − e), r_j −= K' (o − e), where K' = K · ln(10) / 400 is the usual K
 on the 400-point scale. Score = σ(r).
+
+Public entry: :func:`bradley_terry` (and :func:`elo`, :func:`schedule`).
 """
 from __future__ import annotations
 
@@ -24,7 +26,10 @@ from scipy.optimize import minimize
 
 
 def schedule(n_items: int, n_comparisons: int, seed: int) -> np.ndarray:
-    """``[n_comparisons, 2]`` indices into the items (first, second)."""
+    """``[n_comparisons, 2]`` indices into the items (first, second).
+
+    Raises:
+        ValueError: fewer than two items."""
     if n_items < 2:
         raise ValueError("pairwise comparisons need at least two items")
     rng = np.random.default_rng(seed)
@@ -80,4 +85,6 @@ def elo(n_items: int, pairs: np.ndarray, outcome: np.ndarray, k: float = 32.0, o
 
 
 def to_score(theta) -> np.ndarray:
+    """σ(θ) elementwise: a Bradley–Terry strength or an Elo rating (natural-log scale) as the
+    probability of beating an average item in a neutral order, in (0, 1)."""
     return _sig(np.asarray(theta, dtype=float))

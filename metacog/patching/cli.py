@@ -19,6 +19,7 @@ import sys
 
 
 def register(sub) -> None:
+    """Add ``metacog patch`` to the subparsers ``sub`` (sets ``func``); called by :func:`metacog.cli.build_parser`."""
     p = sub.add_parser(
         "patch",
         help="activation patching: confidence slot vs random positions, every layer, exact 0-100 readout",

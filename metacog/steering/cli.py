@@ -7,6 +7,7 @@ import sys
 
 
 def register(sub) -> None:
+    """Add ``metacog steer`` to the subparsers ``sub`` (sets ``func``); called by :func:`metacog.cli.build_parser`."""
     p = sub.add_parser(
         "steer",
         help="steering along the probe direction (and controls): dose-response of the exact 0-100 readout",
