@@ -143,8 +143,8 @@ class Run:
         return read_json(self.file("status.json"), {}) or {}
 
     def set_status(self, **kw) -> dict:
-        """Merge ``kw`` into ``status.json`` (stamping ``updated``, Unix seconds) under a process-wide
-        lock and write it atomically; returns the new status."""
+        """Merge ``kw`` into ``status.json`` (stamping ``updated``, Unix seconds) under a lock shared by
+        this process's threads and write it atomically; returns the new status."""
         with _STATUS_LOCK:
             st = self.status()
             st.update(kw)

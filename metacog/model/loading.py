@@ -46,11 +46,12 @@ class ModelError(RuntimeError):
 class LoadedModel:
     """A loaded causal LM with everything the stages need to know about it.
 
-    ``model`` is the ``torch.nn.Module`` in eval mode (possibly a PEFT wrapper), ``tokenizer`` its
-    Hugging Face tokenizer; ``spec`` is what the user asked for, ``name`` a short display name,
-    ``source`` the local directory actually loaded (empty for a model built in memory),
-    ``weights_hash`` a 16-hex fingerprint of the weights (keys the stages' caches), ``is_chat``
-    whether the tokenizer has a chat template. ``n_layers`` decoder blocks, so hidden-state
+    ``model`` is the ``torch.nn.Module`` (in eval mode when :func:`load_model` loaded it; possibly
+    a PEFT wrapper), ``tokenizer`` its Hugging Face tokenizer; ``spec`` is what the user asked
+    for, ``name`` a short display name, ``source`` the local directory actually loaded (empty for
+    a model built in memory), ``weights_hash`` a fingerprint of the weights that keys the stages'
+    caches (16 hex digits from :func:`load_model`; what the caller gave to :func:`wrap`),
+    ``is_chat`` whether the tokenizer has a chat template. ``n_layers`` decoder blocks, so hidden-state
     indices run 0..``n_layers`` (:attr:`n_hidden` of them, see :mod:`metacog.model.hooks`);
     ``d_model`` the residual width; ``device`` where inputs go (the first shard's device with a
     device map); ``dtype`` the parameters' dtype; ``threads`` the torch CPU threads."""
