@@ -165,7 +165,12 @@ def check_adapter_shapes(adapter_dir: Path, lm) -> None:
 
 # ------------------------------------------------------------------------------ blocks
 def score_block(v, y, bins: int, seed: int) -> dict:
-    """Metrics of one 0–100 readout (NaN = unparsed, dropped and counted)."""
+    """Metrics of one 0–100 readout: ``v`` ``[n]`` in points 0–100 (NaN = unparsed, dropped and
+    counted), ``y`` ``[n]`` correctness. The scores v/100 go through
+    :func:`metacog.stats.metrics.summarize_scores` (AUROC with its bootstrap CI, seeded by
+    ``seed``; ECE over ``bins`` equal-width bins; Brier; AURC), plus ``ceiling_rate`` (share of
+    values >= 95, from :func:`metacog.stats.metrics.validity_screen`, whose verdict is
+    ``validity``), ``parse_rate`` (share not NaN) and ``mean`` (points)."""
     v = np.asarray(v, dtype=float)
     y = np.asarray(y, dtype=bool)
     ok = ~np.isnan(v)
@@ -201,7 +206,10 @@ def retrained_probes(states_base: dict, y_base, states_ft: dict, y_ft, folds: in
                      threads: int | None = None, layers=None) -> pd.DataFrame:
     """Per (layer, position): AUROC of probes cross-fitted on the eval items' states, base
     (base labels) vs fine-tuned (fine-tuned labels). Same procedure as the study's probes
-    (metacog.stages.probes.fit_probes, all rows as its 'train' split, pooled out-of-fold p)."""
+    (metacog.stages.probes.fit_probes, all rows as its 'train' split, pooled out-of-fold p).
+
+    ``states_*``: position → ``[n_items, n_layers + 1, d_model]``; ``y_*``: ``[n_items]`` correctness.
+    Returns one row per (layer, position): layer, position, auroc_base, auroc_ft, delta (ft − base)."""
     from metacog.stages.probes import fit_probes
 
     rows = []
