@@ -6,6 +6,8 @@ Examples::
     metacog answers --workspace cache/workspaces/demo        # one stage (resumes)
     metacog probes --workspace cache/workspaces/demo
     metacog summary --workspace cache/workspaces/demo
+
+Public entry: :func:`main` (the ``metacog`` console script); :func:`build_parser` for tests.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from metacog.core.workspace import cache_dir
 
 
 def default_workspace(model: str, dataset: str, limit, seed: int) -> Path:
+    """``<cache_dir()>/workspaces/<model>-<dataset>-n<limit|all>-s<seed>`` (unsafe characters
+    replaced by ``_``): where ``metacog study`` writes when no ``--workspace`` is given."""
     name = f"{Path(model).stem if ('/' in model or model.endswith('.gguf')) else model}-{Path(str(dataset)).stem}-n{limit or 'all'}-s{seed}"
     return cache_dir() / "workspaces" / re.sub(r"[^\w.-]+", "_", name)
 
@@ -90,6 +94,8 @@ def _workspace(args):
 
 
 def cmd_study(args, stages):
+    """Run ``stages`` (a tuple of ``answers``, ``activations``, ``probes``) of the study on the
+    workspace, with a tqdm bar, and print the summary; returns 0. Errors propagate to :func:`main`."""
     from metacog.core.runtime import TqdmProgress
     from metacog.stages.study import run_study
 
@@ -107,6 +113,11 @@ def cmd_study(args, stages):
 
 
 def cmd_summary(args):
+    """``metacog summary``: recompute the workspace's summary, merge it into ``summary.json`` and
+    print it (``--json``: as JSON); returns 0.
+
+    Raises:
+        WorkspaceError: not a workspace, or busy."""
     from metacog.stages.study import open_workspace, summarize
 
     ws = open_workspace(args.workspace)
@@ -188,6 +199,8 @@ def print_summary(s: dict, root=None) -> None:
 
 
 def cmd_info(args):
+    """``metacog info``: print the built-in datasets, the built-in models and the workspaces under
+    the cache; returns 0."""
     from metacog.data import list_builtin
 
     print("built-in datasets:")
@@ -205,6 +218,9 @@ def cmd_info(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``metacog`` argument parser: the study's own subcommands (``study``, ``answers``,
+    ``activations``, ``probes``, ``summary``, ``info``) plus every stage package's, registered
+    explicitly by :func:`_extend` (a broken import fails here, loudly)."""
     p = argparse.ArgumentParser(prog="metacog", description="metacog: does a language model know what it knows, and can it say so?")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -229,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extend(sub) -> None:
-    """Each later stage registers its own subcommands (fine-tuning, patching, sweeps, methods).
+    """Each later stage registers its own subcommands (fine-tuning, patching, sweeps, methods, steering).
     Registered explicitly: a broken import is an error, never a silently missing subcommand."""
     from metacog.finetune import cli as finetune_cli
     from metacog.methods import cli as methods_cli
@@ -242,6 +258,9 @@ def _extend(sub) -> None:
 
 
 def main(argv=None) -> int:
+    """Entry point of ``metacog``: parse ``argv`` and run the subcommand. Returns the exit status:
+    the command's own, 2 for an error the user can act on (``DataError``, ``ModelError``,
+    ``WorkspaceError``, ``ValueError``, ``Stopped``, ``OSError``; printed as one line), 130 on Ctrl-C."""
     from metacog.data import DataError
     from metacog.model.loading import ModelError
     from metacog.core.runtime import Stopped

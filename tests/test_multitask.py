@@ -19,7 +19,8 @@ from finetune_helpers import build_workspace, load_tiny, save_tiny_model, write_
 
 from metacog.finetune import FinetuneSettings, SettingsError, create_run, execute
 from metacog.finetune.runner import evaluate as evaluate_run
-from metacog.finetune.targets import build_task, encode_pair, pair_items, read_pairs, read_targets
+from metacog.finetune.targets import read_targets
+from metacog.finetune.tasks import build_task, encode_pair, pair_items, read_pairs
 from metacog.finetune import transfer
 
 FAST = dict(batch_size=4, grad_accum=2, lr=5e-3, checkpoint_every=50, val_fraction=0.1, seed=3)

@@ -20,6 +20,8 @@ file the process polls. :func:`attach` finds a job still running after a server 
 work itself is a *runner* ``fn(ws, spec, progress, should_stop) -> JSON-able result`` named in
 :data:`RUNNERS`; ``$METACOG_JOBS=thread`` (or a model loaded in memory only, as in tests) runs
 jobs as threads instead.
+
+Public entry: :class:`JobKind` (start/get/find the jobs of one kind); :class:`ProcessJob` for process jobs.
 """
 from __future__ import annotations
 
@@ -58,28 +60,36 @@ class Job:
 
     # ---------------------------------------------------------------- what the work calls
     def progress(self, done: int, total: int, message: str = "") -> None:
+        """Record progress: ``done`` of ``total`` work units and an optional message
+        (an empty message keeps the previous one). Called by the work; never raises."""
         self.done, self.total, self.message = int(done), int(total), message or self.message
 
     def should_stop(self) -> bool:
+        """True once :meth:`request_stop` was called; the work polls it between units."""
         return self.stop_event.is_set()
 
     # ---------------------------------------------------------------- what the UI reads
     def request_stop(self) -> None:
+        """Ask the work to stop at its next check (cooperative; returns at once, nothing is killed)."""
         self.stop_event.set()
 
     @property
     def running(self) -> bool:
+        """True while the status is ``running``."""
         return self.status == "running"
 
     @property
     def fraction(self) -> float:
+        """Progress as a fraction in [0, 1] (``done / total``; 0 while ``total`` is unknown)."""
         return min(1.0, self.done / self.total) if self.total else 0.0
 
     @property
     def elapsed(self) -> float:
+        """Seconds since the job started (up to its end once it ended)."""
         return (self.ended or time.time()) - self.started
 
     def join(self, timeout: float | None = None) -> "Job":
+        """Wait for the job's thread, at most ``timeout`` seconds (None: until it ends); returns ``self``."""
         if self.thread is not None:
             self.thread.join(timeout)
         return self
@@ -101,6 +111,7 @@ class Job:
             self.ended = time.time()
 
     def start(self) -> "Job":
+        """Start ``target`` in a daemon thread named ``metacog-<kind>-<id>``; returns ``self``."""
         self.thread = threading.Thread(target=self._run, name=f"metacog-{self.kind}-{self.id}", daemon=True)
         self.thread.start()
         return self
@@ -119,7 +130,10 @@ class JobKind:
         return str(Path(root).resolve())
 
     def start(self, root, job: Job) -> Job:
-        """Start ``job`` for the workspace ``root``; refuses while another job of this kind runs."""
+        """Start ``job`` for the workspace ``root``; refuses while another job of this kind runs.
+
+        Raises:
+            WorkspaceError: another job of this kind is running in this process."""
         with self._lock:
             busy = self.running()
             if busy is not None:
@@ -142,12 +156,15 @@ class JobKind:
         return job
 
     def find(self, job_id: str) -> Job | None:
+        """The job with id ``job_id`` among this kind's jobs in this process, or None."""
         return next((j for j in list(self._jobs.values()) if j.id == job_id), None)
 
     def running(self) -> Job | None:
+        """The job of this kind that is running now (at most one), or None."""
         return next((j for j in list(self._jobs.values()) if j.running), None)
 
     def clear(self, root) -> None:
+        """Forget the finished job of workspace ``root`` (a running job is kept)."""
         with self._lock:
             job = self._jobs.get(self._key(root))
             if job is not None and not job.running:
@@ -186,6 +203,7 @@ def executor() -> str:
 
 
 def record_path(root, kind: str) -> Path:
+    """The progress record ``<root>/.metacog-jobs/<kind>.json`` of the job of ``kind`` on workspace ``root``."""
     return Path(root) / JOBS_DIR / f"{kind}.json"
 
 
@@ -288,6 +306,8 @@ class ProcessJob(Job):
         return rec.get("result")
 
     def request_stop(self) -> None:
+        """Ask the job's process to stop: set the stop flag and write the stop file it polls
+        at once (a read-only workspace is ignored here; the monitor retries)."""
         super().request_stop()
         try:  # also at once, in case the monitor thread is not polling (e.g. attached late)
             atomic_write_json(_stop_path(self.root, self.kind, self.id), {"requested": time.time()})
@@ -335,7 +355,9 @@ class _Reporter:
 
 
 def run_child(root: str, kind: str, job_id: str) -> int:
-    """Entry of a job's process: run ``RUNNERS[kind]`` on the spec of the record ``job_id``."""
+    """Entry of a job's process: run ``RUNNERS[kind]`` on the spec of the record ``job_id``.
+    Raises nothing: the runner's error (an unknown kind included) is recorded with its traceback
+    (status ``error``) and gives exit status 1; 0 when done or stopped, 2 when there is no record."""
     from metacog.core.runtime import Stopped
 
     root_p = Path(root).resolve()
@@ -368,6 +390,8 @@ def run_child(root: str, kind: str, job_id: str) -> int:
 
 
 def main(argv=None) -> int:
+    """``python -m metacog.core.jobs run --workspace W --kind K --id I``: run one job in this
+    process (:func:`run_child`); returns its exit status (0 done or stopped, 1 error, 2 no record)."""
     p = argparse.ArgumentParser(prog="python -m metacog.core.jobs", description="run one app job in its own process")
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")

@@ -3,6 +3,8 @@
 A stage takes ``progress(done, total, message)`` and ``should_stop()`` callables; the CLI
 passes a tqdm bar, the app passes ``st.progress`` and a stop button. A stage that is asked
 to stop raises :class:`Stopped` after saving what it finished, so a re-run resumes.
+
+Public entry: :func:`check_stop` (with the ``ProgressFn`` / ``StopFn`` types and :class:`Stopped`).
 """
 from __future__ import annotations
 
@@ -17,6 +19,11 @@ class Stopped(RuntimeError):
 
 
 def check_stop(should_stop: Optional[StopFn]) -> None:
+    """Raise :class:`Stopped` if ``should_stop`` (may be None) says to stop; call it between
+    units of work, after the finished ones are saved.
+
+    Raises:
+        Stopped: when ``should_stop()`` is true."""
     if should_stop is not None and should_stop():
         raise Stopped("stopped on request; finished work is saved and a re-run resumes from it")
 
@@ -41,10 +48,12 @@ class TqdmProgress:
         self.bar.refresh()
 
     def close(self) -> None:
+        """Close the current bar (if any); the next call opens a new one."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
 
 
 def noop_progress(done: int, total: int, message: str = "") -> None:
+    """A progress callable that ignores its arguments (``done``, ``total`` units, ``message``)."""
     return None

@@ -10,6 +10,8 @@ refuses anything else, including a legacy ``state.pt``.
 Supported values: dict (any JSON-able keys: str, int, float, bool, None), list, tuple, str,
 int, float (NaN and ±inf kept), bool, None, ``torch.Tensor`` and ``numpy.ndarray``. That covers
 ``torch.optim`` and ``lr_scheduler`` state dicts and :mod:`random` / numpy / torch RNG states.
+
+Public entry: :func:`save_state` / :func:`load_state` (raises :class:`UnsafeStateError`).
 """
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 
 A stage's artifacts are keyed by the hash of everything that changes its result, so a
 changed setting invalidates exactly the stages downstream of it and nothing else.
+
+Public entry: :class:`ModelSettings`, :class:`StudySettings` and :func:`stable_hash`.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ MC_SCORINGS = ("per_char", "sum", "per_token", "pmi")
 
 
 def default_threads() -> int:
+    """Default torch thread count: the CPUs this process may use (its affinity mask;
+    ``os.cpu_count()`` where there is none, as on macOS), clamped to 1..8."""
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS
@@ -110,6 +114,7 @@ class StudySettings:
 
 
 def to_dict(obj: Any) -> dict:
+    """A settings dataclass as a JSON-able dict (tuples become lists), the inverse of :func:`from_dict`."""
     d = dataclasses.asdict(obj)
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 

@@ -20,6 +20,8 @@ are ``.npy`` read with ``allow_pickle=False``, training state is safetensors + J
 :mod:`metacog.core.safestate`). Artifacts that later stages join carry their *lineage* (their key
 and the keys of their inputs) inside the file (:func:`atomic_write_parquet`), and every reader
 that joins them checks it (:func:`metacog.stages.study.verify_lineage`).
+
+Public entry: :class:`Workspace` (plus the guarded atomic writers it uses).
 """
 from __future__ import annotations
 
@@ -50,7 +52,8 @@ class WorkspaceError(RuntimeError):
 
 
 class WorkspaceBusy(WorkspaceError):
-    pass
+    """The lock a run needs is held by another process (a second launch on the same
+    workspace); the message names the holder. Wait for it, or stop it."""
 
 
 class LineageError(WorkspaceError):
@@ -139,10 +142,15 @@ def _atomic(path: Path, write) -> Path:
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (temporary file + rename, never through a link).
+
+    Raises:
+        WorkspaceError: a link on the way, or an ``OSError`` (read-only, disk full), naming the path."""
     return _atomic(path, lambda t: Path(t).write_text(text, encoding="utf-8"))
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (as :func:`atomic_write_text`; same errors)."""
     return _atomic(path, lambda t: Path(t).write_bytes(data))
 
 
@@ -166,6 +174,12 @@ def json_safe(obj: Any) -> Any:
 
 
 def atomic_write_json(path: Path, obj: Any) -> Path:
+    """Write ``obj`` as standard JSON (indent 2; NaN/±inf become null via :func:`json_safe`;
+    numpy scalars and arrays, ``Path`` become JSON values) atomically.
+
+    Raises:
+        WorkspaceError: as :func:`atomic_write_text`.
+        TypeError: a value that is not JSON-serialisable."""
     return atomic_write_text(
         path, json.dumps(json_safe(obj), indent=2, sort_keys=False, default=_json_default, allow_nan=False) + "\n")
 
@@ -202,6 +216,8 @@ def parquet_lineage(path: Path) -> dict | None:
 
 
 def atomic_write_npz(path: Path, **arrays) -> Path:
+    """Write ``arrays`` (name → array) as an uncompressed ``.npz`` atomically (as
+    :func:`atomic_write_text`; same errors)."""
     def w(t):
         with open(t, "wb") as f:
             np.savez(f, **arrays)
@@ -220,7 +236,10 @@ def atomic_save_npy(path: Path, arr) -> Path:
 
 
 def open_memmap(path: Path, mode: str, dtype=None, shape=None):
-    """``np.lib.format.open_memmap`` for workspace files: never through a link, no pickles."""
+    """``np.lib.format.open_memmap`` for workspace files: never through a link, no pickles.
+
+    Raises:
+        WorkspaceError: a link on the path, or an ``OSError`` (missing, read-only, disk full), naming the path."""
     guard_write(path)
     try:
         if mode == "w+":
@@ -306,10 +325,12 @@ class Workspace:
 
     # ---- layout -------------------------------------------------------------------------
     def path(self, *parts: str) -> Path:
+        """The path ``<root>/<parts...>`` (nothing is created or checked)."""
         return self.root.joinpath(*parts)
 
     @property
     def exists(self) -> bool:
+        """True when the root holds a ``workspace.json`` (the workspace was initialised)."""
         return self.path("workspace.json").is_file()
 
     # ---- checks before any write ---------------------------------------------------------
@@ -344,7 +365,10 @@ class Workspace:
         return self
 
     def check_links(self) -> None:
-        """Refuse a workspace that contains a symbolic link anywhere (WorkspaceError naming it)."""
+        """Refuse a workspace that contains a symbolic link anywhere (WorkspaceError naming it).
+
+        Raises:
+            WorkspaceError: a symbolic link inside the workspace (named, with its target)."""
         if not self.root.is_dir():
             return
         for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
@@ -396,14 +420,22 @@ class Workspace:
 
     # ---- stage records ------------------------------------------------------------------
     def stage_record(self, stage: str) -> dict | None:
+        """The record ``stages/<stage>.json`` (``{stage, key, finished, seconds, ...}``) or None.
+
+        Raises:
+            WorkspaceError: the record is not valid JSON."""
         rec = read_json(self.path("stages", f"{stage}.json"))
         return rec if isinstance(rec, dict) else None
 
     def stage_fresh(self, stage: str, key: str) -> bool:
+        """True when ``stage`` finished with exactly this ``key`` (the hash of its inputs and
+        settings), i.e. its artifacts need not be recomputed."""
         rec = self.stage_record(stage)
         return bool(rec and rec.get("key") == key and rec.get("finished"))
 
     def mark_stage(self, stage: str, key: str, **info) -> None:
+        """Record that ``stage`` finished with ``key`` now; ``info`` (JSON-able, e.g. ``seconds``)
+        is stored beside it. Raises :class:`WorkspaceError` as :func:`atomic_write_json`."""
         atomic_write_json(
             self.path("stages", f"{stage}.json"),
             {"stage": stage, "key": key, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **info},
@@ -411,12 +443,21 @@ class Workspace:
 
     # ---- I/O helpers ---------------------------------------------------------------------
     def write_json(self, name: str, obj) -> Path:
+        """Write ``obj`` as JSON to ``<root>/<name>`` atomically.
+
+        Raises:
+            WorkspaceError: ``name`` leaves the workspace or crosses a link, or the write fails."""
         return atomic_write_json(guard_write(self.path(name), self.root), obj)
 
     def read_json(self, name: str, default=None):
+        """Parse ``<root>/<name>`` (``default`` if absent).
+
+        Raises:
+            WorkspaceError: the file is not valid JSON or cannot be read."""
         return read_json(self.path(name), default)
 
     def write_text(self, name: str, text: str) -> Path:
+        """Write ``text`` to ``<root>/<name>`` atomically (errors as :meth:`write_json`)."""
         return atomic_write_text(guard_write(self.path(name), self.root), text)
 
     def write_parquet(self, name: str, df, lineage: dict | None = None) -> Path:
@@ -429,6 +470,11 @@ class Workspace:
         return parquet_lineage(p) if p.exists() else None
 
     def read_parquet(self, name: str):
+        """Read ``<root>/<name>`` as a pandas DataFrame (lineage is not checked here:
+        :func:`metacog.stages.study.verify_lineage` does that for joins).
+
+        Raises:
+            WorkspaceError: the file does not exist yet (the message says to run its stage)."""
         import pandas as pd
 
         p = self.path(name)
@@ -536,6 +582,8 @@ class Workspace:
 
 
 def list_workspaces(base: Path | None = None) -> list[Workspace]:
+    """The workspaces directly under ``base`` (default ``<cache_dir()>/workspaces``), sorted by
+    directory name; links and directories without ``workspace.json`` are skipped. [] if ``base`` is absent."""
     base = Path(base or cache_dir() / "workspaces")
     if not base.exists():
         return []

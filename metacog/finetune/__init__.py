@@ -1,4 +1,4 @@
-"""Probe-targeted LoRA fine-tuning: targets, training backends, background runs, evaluation.
+"""Probe-targeted LoRA fine-tuning (LoRA: Hu et al. 2021): targets, training backends, background runs, evaluation.
 
     from metacog.finetune import FinetuneSettings, create_run, launch, execute, run_evaluation, list_runs
     s = FinetuneSettings(targets="probe", format="inline", epochs=3, seed=42)

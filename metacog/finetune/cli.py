@@ -6,6 +6,8 @@
     metacog evaluate --workspace DIR --run RUN                                 # writes runs/RUN/eval.json
     metacog runs --workspace DIR                                               # the run registry
     metacog cancel --workspace DIR --run RUN
+
+Public entry: :func:`register` (called by :func:`metacog.cli.build_parser`).
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from metacog.finetune.settings import BACKENDS, DTYPES, FORMATS, LOSS_ON, SCHEDU
 
 
 def register(sub) -> None:
+    """Add ``finetune``, ``evaluate``, ``transfer``, ``runs`` and ``cancel`` to the ``metacog``
+    subparsers ``sub`` (each sets ``func``); called by :func:`metacog.cli.build_parser`."""
     d = FinetuneSettings()
     p = sub.add_parser("finetune", help="LoRA fine-tuning that teaches the model to say its probe's confidence",
                        description="Build targets from the training split, train a LoRA adapter (foreground, or --background), "
@@ -153,6 +157,13 @@ class _Bar:
 
 
 def cmd_finetune(a) -> int:
+    """``metacog finetune``: create (or ``--resume``) a LoRA run and train it in the foreground or
+    ``--background`` (prints the run id); ``--dry-run`` prints targets and plan only. Returns the
+    exit status (0 done, 1 not done).
+
+    Raises:
+        SettingsError, TargetError, RunError, WorkspaceError: bad settings, missing study artifacts
+            or an unknown run (``metacog.cli.main`` prints them as one line)."""
     from metacog.core.workspace import Workspace
     from metacog.finetune import runner
     from metacog.finetune.runs import get_run
@@ -179,7 +190,7 @@ def cmd_finetune(a) -> int:
     if a.dry_run:
         from metacog.finetune.runner import example_counts
         from metacog.finetune.settings import make_plan
-        from metacog.finetune.targets import build_task
+        from metacog.finetune.tasks import build_task
 
         df, pairs, info = build_task(ws, s)
         plan = make_plan(s, *example_counts(df, pairs))
@@ -221,6 +232,8 @@ def _f(x, nd=3):
 
 
 def print_eval(ev: dict) -> None:
+    """Print an ``eval.json`` result (base → fine-tuned on the eval split: accuracy, AUROC, ECE,
+    Brier, ceiling rate, validity verdict, probe recovery) in a few lines."""
     h = ev["headline"]
     print(f"eval split, n={h['n_eval']}: accuracy {_f(h['accuracy_base'])} -> {_f(h['accuracy_ft'])} "
           f"({h['accuracy_change']:+.3f}); readout {h['readout']}")
@@ -238,6 +251,12 @@ def print_eval(ev: dict) -> None:
 
 
 def cmd_evaluate(a) -> int:
+    """``metacog evaluate``: evaluate run ``--run`` (or an external ``--adapter``) against the base
+    model on the eval split, writing ``eval.json``; 0 on success.
+
+    Raises:
+        ValueError: ``--background`` with ``--adapter``.
+        RunError: an unknown run."""
     from metacog.core.workspace import Workspace
     from metacog.finetune import runner
     from metacog.finetune.runs import get_run
@@ -273,6 +292,11 @@ def cmd_evaluate(a) -> int:
 
 
 def cmd_transfer(a) -> int:
+    """``metacog transfer``: evaluate every finished run (or ``--runs``) in-domain and on each ``--ood``
+    workspace where not yet done, then print and write the transfer table; 1 when there are no runs.
+
+    Raises:
+        ValueError: an ``--ood`` directory that is not a metacog workspace."""
     from metacog.core.workspace import Workspace
     from metacog.finetune import runner, transfer
     from metacog.finetune.runs import get_run, list_runs
@@ -313,6 +337,7 @@ def cmd_transfer(a) -> int:
 
 
 def cmd_runs(a) -> int:
+    """``metacog runs``: print the run registry of a workspace (``--json``: as records); returns 0."""
     from metacog.core.workspace import Workspace
     from metacog.finetune.runs import list_runs
 
@@ -333,6 +358,7 @@ def cmd_runs(a) -> int:
 
 
 def cmd_cancel(a) -> int:
+    """``metacog cancel``: ask run ``--run`` to stop (it checkpoints its last update); prints what was done."""
     from metacog.core.workspace import Workspace
     from metacog.finetune import runner
 

@@ -20,6 +20,8 @@ compared on the same items.
   module's exact procedure) on the eval items' hidden states of the base model (base labels)
   and of the fine-tuned model (its own labels): does fine-tuning change what is linearly readable?
 - reliability bins before/after for the headline readouts; ``per_item.parquet`` beside it.
+
+Public entry: :func:`evaluate_run` (:func:`evaluate_adapter` for an adapter directory).
 """
 from __future__ import annotations
 
@@ -43,7 +45,10 @@ READOUTS = [f"{r}_{MODE_KEYS[m]}" for m in MODES for r in READS]
 # ------------------------------------------------------------------------------ adapters
 def check_adapter(adapter_dir: Path, base_hash: str | None, lm=None) -> dict:
     """Refuse, with a clear message, an adapter that is not a PEFT adapter or was trained on
-    another base model (recorded weights hash, or module shapes that do not fit)."""
+    another base model (recorded weights hash, or module shapes that do not fit).
+
+    Raises:
+        RunError: not a PEFT adapter directory, or trained on another base model."""
     from metacog.finetune.backends.common import read_adapter_meta
 
     d = Path(adapter_dir)
@@ -160,7 +165,12 @@ def check_adapter_shapes(adapter_dir: Path, lm) -> None:
 
 # ------------------------------------------------------------------------------ blocks
 def score_block(v, y, bins: int, seed: int) -> dict:
-    """Metrics of one 0–100 readout (NaN = unparsed, dropped and counted)."""
+    """Metrics of one 0–100 readout: ``v`` ``[n]`` in points 0–100 (NaN = unparsed, dropped and
+    counted), ``y`` ``[n]`` correctness. The scores v/100 go through
+    :func:`metacog.stats.metrics.summarize_scores` (AUROC with its bootstrap CI, seeded by
+    ``seed``; ECE over ``bins`` equal-width bins; Brier; AURC), plus ``ceiling_rate`` (share of
+    values >= 95, from :func:`metacog.stats.metrics.validity_screen`, whose verdict is
+    ``validity``), ``parse_rate`` (share not NaN) and ``mean`` (points)."""
     v = np.asarray(v, dtype=float)
     y = np.asarray(y, dtype=bool)
     ok = ~np.isnan(v)
@@ -196,7 +206,10 @@ def retrained_probes(states_base: dict, y_base, states_ft: dict, y_ft, folds: in
                      threads: int | None = None, layers=None) -> pd.DataFrame:
     """Per (layer, position): AUROC of probes cross-fitted on the eval items' states, base
     (base labels) vs fine-tuned (fine-tuned labels). Same procedure as the study's probes
-    (metacog.stages.probes.fit_probes, all rows as its 'train' split, pooled out-of-fold p)."""
+    (metacog.stages.probes.fit_probes, all rows as its 'train' split, pooled out-of-fold p).
+
+    ``states_*``: position → ``[n_items, n_layers + 1, d_model]``; ``y_*``: ``[n_items]`` correctness.
+    Returns one row per (layer, position): layer, position, auroc_base, auroc_ft, delta (ft − base)."""
     from metacog.stages.probes import fit_probes
 
     rows = []
@@ -226,13 +239,19 @@ def retrained_probes(states_base: dict, y_base, states_ft: dict, y_ft, folds: in
 # ------------------------------------------------------------------------------ main
 def check_eval_limit(limit: int | None) -> None:
     """Refuse an eval limit that cannot give a meaningful evaluation (``ValueError``); called
-    before training so a bad ``--eval-limit`` never costs a run."""
+    before training so a bad ``--eval-limit`` never costs a run.
+
+    Raises:
+        ValueError: ``limit`` is not None and not an integer >= 10."""
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 10):
         raise ValueError(f"--eval-limit must be an integer of at least 10 items, not {limit!r}")
 
 
 def eval_items(ws: Workspace, limit: int | None = None) -> pd.DataFrame:
-    """The eval split (first ``limit`` by row), renumbered for a sub-workspace."""
+    """The eval split (first ``limit`` by row), renumbered for a sub-workspace.
+
+    Raises:
+        WorkspaceError: the workspace has no eval-split items."""
     from metacog.stages.study import load_items
 
     items = load_items(ws)
@@ -259,7 +278,11 @@ def evaluate_adapter(ws: Workspace, adapter_dir: Path, out_dir: Path, *, lm=None
     """Evaluate ``adapter_dir`` on ``ws``'s eval split; write ``out_dir``/eval.json + per_item.parquet.
 
     ``pairwise``: also measure the pairwise ability of the fine-tuned and the base model on these
-    items (``eval.json["pairwise"]``, :func:`metacog.finetune.transfer.pairwise_block`)."""
+    items (``eval.json["pairwise"]``, :func:`metacog.finetune.transfer.pairwise_block`).
+
+    Raises:
+        WorkspaceError: the workspace has no answers.
+        RunError: the adapter or the loaded model belongs to another base model (:func:`check_adapter`)."""
     from metacog.stages.activations import load_states, run_activations
     from metacog.stages.answers import answers_key, run_answers
     from metacog.model.loading import load_model
@@ -433,7 +456,10 @@ def evaluate_adapter(ws: Workspace, adapter_dir: Path, out_dir: Path, *, lm=None
 
 
 def evaluate_run(ws: Workspace, run_id: str, **kw) -> dict:
-    """Evaluate a finished run's adapter (runs/<run>/adapter) on the eval split."""
+    """Evaluate a finished run's adapter (runs/<run>/adapter) on the eval split.
+
+    Raises:
+        RunError: the run has no final adapter yet, or was trained on another base model."""
     run = get_run(ws, run_id)
     if not run.has_adapter():
         raise RunError(f"run {run_id} has no final adapter yet (status {run.live_status()}): finish or resume it first")
@@ -484,6 +510,8 @@ def _clean(o):
 
 
 def load_eval(run: Run) -> tuple[dict | None, pd.DataFrame | None]:
+    """A run's evaluation: (``eval.json`` as a dict, ``per_item.parquet`` as a DataFrame with one
+    row per eval item), each None when not written yet."""
     ev = run.eval_result()
     p = run.file("per_item.parquet")
     return ev, (pd.read_parquet(p) if p.exists() else None)

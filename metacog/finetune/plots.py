@@ -9,6 +9,8 @@ labelled axes, numbers carried in the traces with a ``meta`` role so tests can r
 - :func:`retrained_probes_by_layer` -- probe AUROC by layer on base vs fine-tuned hidden states;
 - :func:`shift_scatter` -- per-item confidence before vs after;
 - :func:`run_auroc_bars` -- AUROC with CIs of the base model and each run (uses :func:`metacog.viz.plots.auroc_bars`).
+
+Public entries: one figure builder per panel of the Fine-tune page (:func:`loss_curve`, ...).
 """
 from __future__ import annotations
 

@@ -14,6 +14,8 @@ seconds, updates done, last loss) and ``log.jsonl``; :func:`cancel` asks it to s
 and ends ``cancelled``. A killed process leaves status ``running`` with a dead pid, which
 the registry shows as ``interrupted``; ``execute`` (or ``metacog finetune --resume RUN``)
 continues from its newest checkpoint.
+
+Public entry: :func:`launch` (background) / :func:`execute` (this process).
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ from metacog.core.settings import ModelSettings, from_dict, to_dict
 from metacog.core.workspace import Workspace, WorkspaceBusy, WorkspaceError, atomic_write_json, open_append, remove_tree
 from metacog.finetune.runs import ACTIVE, Run, RunError, get_run, list_runs, new_run_id, pid_alive, this_process
 from metacog.finetune.settings import FinetuneSettings, SettingsError, make_plan
-from metacog.finetune.targets import TargetError, build_task, encode_task, read_pairs, read_targets, write_pairs, write_targets
+from metacog.finetune.targets import TargetError, read_targets, write_targets
+from metacog.finetune.tasks import build_task, encode_task, read_pairs, write_pairs
 
 LOCK_NAME = "finetune"
 HEARTBEAT_S = 5.0
@@ -43,7 +46,12 @@ KEEP_CKPT_ENV = "METACOG_FT_KEEP_CHECKPOINTS"  # set to keep checkpoints/ after 
 
 # ------------------------------------------------------------------------------ create
 def create_run(ws: Workspace, s: FinetuneSettings, name: str | None = None, threads: int | None = None) -> Run:
-    """Validate and write a new run directory (status ``queued``); no model is loaded."""
+    """Validate and write a new run directory (status ``queued``); no model is loaded.
+
+    Raises:
+        WorkspaceError: ``ws`` is not a metacog workspace.
+        SettingsError: ``threads`` outside 1..256, or settings/plan that cannot be met.
+        TargetError: the targets cannot be built (no probes, too few training items, a bad target file)."""
     if not ws.exists:
         raise WorkspaceError(f"{ws.root} is not a metacog workspace: run `metacog study --workspace {ws.root}` first")
     model_s, study = ws.settings()
@@ -123,14 +131,14 @@ def spawn(run: Run, *, evaluate: bool = False, evaluate_only: bool = False, eval
                              env=_env(), cwd=str(run.ws.root))
     finally:
         log.close()
-    from metacog.finetune.runs import _proc_start
+    from metacog.finetune.runs import proc_start
 
     key = "eval_" if evaluate_only else ""
-    upd = {f"{key}pid": p.pid, f"{key}pid_start": _proc_start(p.pid), f"{key}launched": time.time()}
+    upd = {f"{key}pid": p.pid, f"{key}pid_start": proc_start(p.pid), f"{key}launched": time.time()}
     if evaluate_only:
         upd["eval_status"] = "queued"
     else:
-        upd.update(status="queued", pid=p.pid, pid_start=_proc_start(p.pid), message="starting")
+        upd.update(status="queued", pid=p.pid, pid_start=proc_start(p.pid), message="starting")
     run.set_status(**upd)
     _reap_later(p)
     return p.pid
@@ -157,7 +165,10 @@ def launch(ws: Workspace, s: FinetuneSettings, *, name: str | None = None, threa
 
 def resume(ws: Workspace, run_id: str, *, background: bool = True, threads: int | None = None, evaluate: bool = False,
            eval_limit: int | None = None, progress=None, lm=None):
-    """Continue an interrupted, failed or cancelled run from its newest checkpoint."""
+    """Continue an interrupted, failed or cancelled run from its newest checkpoint.
+
+    Raises:
+        RunError: the run is still active or already done."""
     run = get_run(ws, run_id)
     st = run.live_status()
     if st in ACTIVE:
@@ -256,6 +267,10 @@ def execute(ws: Workspace, run_id: str, *, lm=None, owned: bool = False, threads
 
     ``lm``: an already loaded base model (tests); else it is loaded from the run's model
     settings and owned by this process (no copy). ``progress(update, planned, msg)``.
+
+    Raises:
+        RunError: the loaded model is not the workspace's (its weights hash differs).
+        Stopped: the run was cancelled (before it started, or during training).
     """
     from metacog.finetune.backends import Hooks, get_backend
 
@@ -400,7 +415,10 @@ def _evaluate_in_process(ws, run, lm, owned, limit, threads, stop_now, progress=
 
 def evaluate(ws: Workspace, run_id: str, *, lm=None, owned: bool = False, limit: int | None = None,
              threads: int | None = None, progress=None, should_stop=None, lock_name: str = LOCK_NAME) -> dict:
-    """Evaluate a finished run in this process (serialised with training by the same lock)."""
+    """Evaluate a finished run in this process (serialised with training by the same lock).
+
+    Raises:
+        RunError: the run has no final adapter."""
     run = get_run(ws, run_id)
     if not run.has_adapter():
         raise RunError(f"run {run_id} has no final adapter (status {run.live_status()}); finish or resume it first")
@@ -452,6 +470,9 @@ def _f(x) -> str:
 
 # ------------------------------------------------------------------------------ process entry
 def main(argv=None) -> int:
+    """``python -m metacog.finetune.runner --workspace W --run R [--evaluate | --evaluate-only]``: the
+    background fine-tuning process (SIGTERM becomes a cancel request). Returns 0 finished,
+    3 stopped (cancelled), 2 failed (traceback on stderr, i.e. ``runner.log``)."""
     p = argparse.ArgumentParser(prog="python -m metacog.finetune.runner", description="background fine-tuning process")
     p.add_argument("--workspace", required=True)
     p.add_argument("--run", required=True)

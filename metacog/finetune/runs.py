@@ -16,6 +16,8 @@ A run lives in ``<workspace>/runs/<run_id>/``::
 Status values: ``queued`` (waiting for the workspace's fine-tune lock), ``running``,
 ``done``, ``failed``, ``cancelled``; the registry shows ``interrupted`` for a run whose
 status says running but whose process is gone (it resumes from its last checkpoint).
+
+Public entry: :func:`get_run` / :func:`list_runs` (:class:`Run` is one run's files).
 """
 from __future__ import annotations
 
@@ -41,10 +43,13 @@ class RunError(WorkspaceError):
 
 
 def runs_dir(ws: Workspace) -> Path:
+    """The directory ``<workspace>/runs`` holding one directory per run."""
     return ws.path("runs")
 
 
 def new_run_id(targets: str, fmt: str, seed: int, name: str | None = None) -> str:
+    """A new run id ``YYYYmmdd-HHMMSS-<name>`` (name default ``<targets>-<fmt>-s<seed>``; characters
+    other than word characters, ``.`` and ``-`` become ``_``; at most 60 of them)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = name or f"{targets}-{fmt}-s{seed}"
     base = re.sub(r"[^\w.-]+", "_", base).strip("_")[:60] or "run"
@@ -60,6 +65,11 @@ def run_label(run_id: str, targets: str | None = None) -> str:
 
 
 class Run:
+    """One fine-tuning run: the directory ``<workspace>/runs/<id>/`` (layout in the module docstring)
+    and typed access to its files. Constructing one reads nothing (see :func:`get_run`).
+
+    Raises:
+        RunError: an empty id, or one with ``/`` or a leading ``.`` (it would leave ``runs/``)."""
     def __init__(self, ws: Workspace, run_id: str):
         if not run_id or "/" in run_id or run_id.startswith("."):
             raise RunError(f"bad run id {run_id!r}")
@@ -71,10 +81,12 @@ class Run:
         return f"Run({self.id!r})"
 
     def file(self, *parts: str) -> Path:
+        """The path ``runs/<id>/<parts...>`` (not checked)."""
         return self.path.joinpath(*parts)
 
     @property
     def exists(self) -> bool:
+        """True when the run has its ``settings.json`` (it was created)."""
         return self.file("settings.json").exists()
 
     # ------------------------------------------------------------------ settings
@@ -99,26 +111,40 @@ class Run:
         return d
 
     def settings(self) -> dict:
+        """``settings.json`` as a dict (``finetune``, ``model``, ``plan``, ``targets``, ...).
+
+        Raises:
+            RunError: the run has no ``settings.json``.
+            WorkspaceError: the file is not valid JSON."""
         d = read_json(self.file("settings.json"))
         if d is None:
             raise RunError(f"no run {self.id!r} in {self.ws.root} (runs/{self.id}/settings.json missing)")
         return d
 
     def finetune_settings(self):
+        """The run's :class:`~metacog.finetune.settings.FinetuneSettings` (from ``settings.json``).
+
+        Raises:
+            RunError: as :meth:`settings`.
+        SettingsError: stored settings that are no longer valid."""
         from metacog.finetune.settings import FinetuneSettings
 
         return FinetuneSettings.from_dict(self.settings()["finetune"])
 
     def update_settings(self, **kw) -> None:
+        """Merge ``kw`` into ``settings.json`` (top-level keys) and write it atomically."""
         d = self.settings()
         d.update(kw)
         atomic_write_json(self.file("settings.json"), d)
 
     # ------------------------------------------------------------------ status
     def status(self) -> dict:
+        """``status.json`` as a dict ({} before the first write): status, pid, updates_run, last_loss, ..."""
         return read_json(self.file("status.json"), {}) or {}
 
     def set_status(self, **kw) -> dict:
+        """Merge ``kw`` into ``status.json`` (stamping ``updated``, Unix seconds) under a lock shared by
+        this process's threads and write it atomically; returns the new status."""
         with _STATUS_LOCK:
             st = self.status()
             st.update(kw)
@@ -136,6 +162,7 @@ class Run:
 
     # ------------------------------------------------------------------ log
     def append_log(self, rec: dict) -> None:
+        """Append one JSON line (an update's or a validation's record) to ``log.jsonl``."""
         with open_append(self.file("log.jsonl")) as f:
             f.write(json.dumps(rec) + "\n")
             f.flush()
@@ -169,28 +196,38 @@ class Run:
 
     # ------------------------------------------------------------------ cancel
     def request_cancel(self) -> None:
+        """Ask the run to stop: write ``cancel.request``, which the trainer polls between updates."""
         atomic_write_text(self.file("cancel.request"), time.strftime("%Y-%m-%dT%H:%M:%S"))
 
     def cancel_requested(self) -> bool:
+        """True while a cancel request is pending."""
         return self.file("cancel.request").exists()
 
     def clear_cancel(self) -> None:
+        """Remove a pending cancel request (before a resume)."""
         with contextlib.suppress(FileNotFoundError):
             self.file("cancel.request").unlink()
 
     # ------------------------------------------------------------------ artifacts
     @property
     def adapter_dir(self) -> Path:
+        """Where the final adapter lives, ``runs/<id>/adapter`` (PEFT format)."""
         return self.file("adapter")
 
     def has_adapter(self) -> bool:
+        """True when the final adapter was written (its ``adapter_config.json`` exists)."""
         return (self.adapter_dir / "adapter_config.json").exists()
 
     def eval_result(self) -> dict | None:
+        """The run's ``eval.json`` (base vs fine-tuned on the eval split) as a dict, or None before evaluation."""
         return read_json(self.file("eval.json"))
 
 
 def get_run(ws: Workspace, run_id: str) -> Run:
+    """The existing run ``run_id`` of ``ws``.
+
+    Raises:
+        RunError: no such run (the message lists the newest runs of the workspace)."""
     r = Run(ws, run_id)
     if not r.exists:
         known = [p.name for p in sorted(runs_dir(ws).glob("*")) if (p / "settings.json").exists()] if runs_dir(ws).exists() else []
@@ -200,7 +237,10 @@ def get_run(ws: Workspace, run_id: str) -> Run:
 
 
 # ------------------------------------------------------------------------------ processes
-def _proc_start(pid: int) -> str | None:
+def proc_start(pid: int) -> str | None:
+    """The start time of process ``pid`` in clock ticks since boot (field 22 of ``/proc/<pid>/stat``),
+    as a string; None where it cannot be read (the process is gone, or no ``/proc``). With the pid
+    it identifies a process across pid reuse (:func:`pid_alive`)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         return stat.rsplit(")", 1)[1].split()[19]  # field 22: start time in clock ticks
@@ -209,6 +249,8 @@ def _proc_start(pid: int) -> str | None:
 
 
 def pid_alive(pid, start: str | None = None) -> bool:
+    """True when process ``pid`` is running and not a zombie; with ``start`` (its
+    :func:`proc_start`), also False when the pid now belongs to another process."""
     if not pid:
         return False
     try:
@@ -218,7 +260,7 @@ def pid_alive(pid, start: str | None = None) -> bool:
     except PermissionError:
         return True
     if start is not None:
-        now = _proc_start(int(pid))
+        now = proc_start(int(pid))
         if now is not None and now != start:
             return False  # the pid was reused by another process
     with contextlib.suppress(OSError):  # a zombie (exited, not yet reaped) is not alive
@@ -228,7 +270,8 @@ def pid_alive(pid, start: str | None = None) -> bool:
 
 
 def this_process() -> dict:
-    return {"pid": os.getpid(), "pid_start": _proc_start(os.getpid())}
+    """``{"pid": ..., "pid_start": ...}`` of this process, to record in ``status.json``."""
+    return {"pid": os.getpid(), "pid_start": proc_start(os.getpid())}
 
 
 # ------------------------------------------------------------------------------ registry

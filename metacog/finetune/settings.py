@@ -10,6 +10,8 @@ examples, batch size ``B`` and gradient accumulation ``A``,
 ``max_updates`` without ``epochs`` must fit in one pass over the data (otherwise say how many
 epochs you mean). The run records ``updates_planned`` before it starts and ``updates_run`` /
 ``epochs_run`` for what actually ran (early stop and cancel end a run early).
+
+Public entry: :class:`FinetuneSettings` and :func:`make_plan`.
 """
 from __future__ import annotations
 
@@ -39,7 +41,13 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class FinetuneSettings:
-    """Everything that shapes a fine-tuning run's result."""
+    """Everything that shapes a fine-tuning run's result: what to teach (targets, format,
+    objective, task), the LoRA adapter (Hu et al. 2021: rank, alpha, dropout, target modules),
+    the optimisation (AdamW lr, schedule, batch size × accumulation, length in epochs and/or
+    optimizer updates) and the numerics. Frozen; :meth:`key` identifies it.
+
+    Raises:
+        SettingsError: on construction, for an invalid or inconsistent value (:func:`validate`)."""
 
     # what to teach
     targets: str = "probe"  # probe | binary | shuffled | constant | file
@@ -96,19 +104,27 @@ class FinetuneSettings:
     # ------------------------------------------------------------------ derived
     @property
     def scale(self) -> float:
+        """The LoRA scale ``alpha / rank`` (Hu et al. 2021: the update ``B A`` is multiplied by it)."""
         return float(self.alpha) / float(self.rank)
 
     def key(self) -> str:
+        """A 12-hex hash of every setting (:func:`metacog.core.settings.stable_hash`): two runs with
+        the same key were asked for the same thing. Single-task settings hash as before tasks existed."""
         d = to_dict(self)
         if d["task"] == "single" and d["pairwise_fraction"] is None:  # keys of single-task runs are those of before tasks existed
             del d["task"], d["pairwise_fraction"]
         return stable_hash("finetune", d)
 
     def to_dict(self) -> dict:
+        """The settings as a JSON-able dict (tuples become lists)."""
         return to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "FinetuneSettings":
+        """Settings from a dict (unknown keys ignored, missing ones defaulted).
+
+        Raises:
+            SettingsError: a value out of range or inconsistent (see :func:`validate`)."""
         return from_dict(cls, d)
 
     @property
@@ -122,6 +138,7 @@ class FinetuneSettings:
         return 0.5 if self.pairwise_fraction is None else float(self.pairwise_fraction)
 
     def replace(self, **kw) -> "FinetuneSettings":
+        """A copy with the fields in ``kw`` changed (validated again; raises :class:`SettingsError`)."""
         d = to_dict(self)
         d.update(kw)
         return from_dict(FinetuneSettings, d)
@@ -262,6 +279,7 @@ class Plan:
     group_sizes: tuple[int, ...] = field(default=())  # micro-batches in each update of one epoch
 
     def to_dict(self) -> dict:
+        """The plan as a JSON-able dict (``settings.json`` ``plan``)."""
         return to_dict(self)
 
     def epoch_of(self, update: int) -> float:
@@ -272,7 +290,10 @@ class Plan:
 
 
 def updates_per_epoch(n_examples: int, batch_size: int, grad_accum: int) -> tuple[int, int]:
-    """(batches per epoch, optimizer updates per epoch) = (ceil(n/B), ceil(ceil(n/B)/A))."""
+    """(batches per epoch, optimizer updates per epoch) = (ceil(n/B), ceil(ceil(n/B)/A)).
+
+    Raises:
+        SettingsError: ``n_examples < 1``."""
     if n_examples < 1:
         raise SettingsError("no training examples")
     nb = math.ceil(n_examples / batch_size)

@@ -19,6 +19,9 @@ same segments as :mod:`metacog.data.prompts` (``encode_inline`` / ``encode_two_p
 value is tokenised exactly as the 0–100 readout scores it (the trie's ``value_ids``, i.e.
 ``" {t}"`` on its own), then ``"%"``, then the chat template's end-of-turn marker. So the
 tokens trained on are the very tokens whose probability the readout measures.
+
+Public entry: :func:`build_targets` (the single-question targets); the pairwise and multitask
+examples built on them are in :mod:`metacog.finetune.tasks` (:func:`~metacog.finetune.tasks.build_task`).
 """
 from __future__ import annotations
 
@@ -37,9 +40,6 @@ from metacog.finetune.settings import FinetuneSettings, SettingsError
 TRAIN_SPLIT = "train"
 TARGET_COLUMNS = ["row", "id", "split", "role", "category", "kind", "question", "choices", "answer", "correct",
                   "probe_p", "pair_p", "target", "assistant_text"]
-PAIR_COLUMNS = ["id_first", "id_second", "row_first", "row_second", "split_first", "split_second", "role",
-                "question_first", "question_second", "answer_first", "answer_second", "p_first", "p_second", "winner",
-                "target_label"]
 
 
 class TargetError(ValueError):
@@ -49,7 +49,10 @@ class TargetError(ValueError):
 # ------------------------------------------------------------------------------ probe choice
 def resolve_probe(ws: Workspace, layer: int | None = None, position: str | None = None) -> dict:
     """The probe whose out-of-fold p makes the targets: the given (layer, position), or the
-    best one (``probes/best.json``, chosen by train-split CV)."""
+    best one (``probes/best.json``, chosen by train-split CV).
+
+    Raises:
+        TargetError: no probes (or none fitted), a malformed ``probes/oof.npy``, or a position/layer outside the model's."""
     best = ws.read_json("probes/best.json")
     oof_path = ws.path("probes", "oof.npy")
     if not best and oof_path.exists() and ws.path("probes", "metrics.parquet").exists():
@@ -119,7 +122,10 @@ def _base_table(ws: Workspace) -> pd.DataFrame:
 
 def read_target_file(path: str | Path) -> pd.DataFrame:
     """A user's target file: JSONL (one object per line) or CSV, with ``id`` and ``target``
-    (integers 0–100). Everything wrong is reported at once, before any work."""
+    (integers 0–100). Everything wrong is reported at once, before any work.
+
+    Raises:
+        TargetError: missing or unreadable file, wrong extension, missing columns, targets not integers in 0..100, duplicate ids."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise TargetError(f"target file not found: {p}")
@@ -171,7 +177,12 @@ def assert_train_only(df: pd.DataFrame, items: pd.DataFrame | None = None) -> No
 
 
 def build_targets(ws: Workspace, s: FinetuneSettings) -> tuple[pd.DataFrame, dict]:
-    """Target rows (columns TARGET_COLUMNS) for the training split, and a description."""
+    """Target rows (columns TARGET_COLUMNS) for the training split, and a description.
+
+    Raises:
+        TargetError: no training items with answers, too few after the validation hold-out, a target file
+            naming unknown or non-training items, missing out-of-fold predictions, or binary targets
+            without both classes."""
     base = _base_table(ws)
     rng = np.random.default_rng(s.seed)
     info: dict = {"kind": s.targets, "format": s.format}
@@ -273,6 +284,10 @@ def assistant_text(answer: str, target: int, fmt: str) -> str:
 
 # ------------------------------------------------------------------------------ files
 def write_targets(path: Path, df: pd.DataFrame) -> None:
+    """Write a run's target rows as ``targets.jsonl`` (one JSON object per row; NaN → null) atomically.
+
+    Raises:
+        TargetError: a row that is not a training-split item (:func:`assert_train_only`)."""
     from metacog.core.workspace import atomic_write_text
 
     assert_train_only(df)
@@ -294,7 +309,10 @@ def write_targets(path: Path, df: pd.DataFrame) -> None:
 
 
 def read_targets(path: Path) -> pd.DataFrame:
-    """A run's targets.jsonl, re-checked: training split only, integer targets 0..100."""
+    """A run's targets.jsonl, re-checked: training split only, integer targets 0..100.
+
+    Raises:
+        TargetError: the file is missing, lacks a column, or holds targets that are not integers in 0..100 or not training items."""
     p = Path(path)
     if not p.exists():
         raise TargetError(f"{p} does not exist")
@@ -314,6 +332,8 @@ def read_targets(path: Path) -> pd.DataFrame:
 # ------------------------------------------------------------------------------ tokens
 @dataclass
 class Example:
+    """One tokenised training example: ``input_ids`` (prompt + assistant turn), ``labels`` (the
+    same length; -100 where there is no loss) and its integer ``target`` (0–100)."""
     id: str
     input_ids: list[int]
     labels: list[int]  # -100 where no loss
@@ -321,6 +341,7 @@ class Example:
 
     @property
     def n_loss(self) -> int:
+        """Number of tokens that carry loss (labels other than -100)."""
         return sum(1 for x in self.labels if x != -100)
 
 
@@ -349,7 +370,11 @@ def encode_example(tok, is_chat: bool, rec: dict, fmt: str, loss_on: str, style:
     label "Yes" (target 100) or "No" (target 0), then the end of turn; the label tokens are the
     ones :func:`metacog.readout.values.read_labels` scores. ``objective="brier"``: the prompt up to
     the confidence slot only (no target text, every label -100); the loss reads the 0-100
-    distribution there and compares it with ``target / 100`` (correctness)."""
+    distribution there and compares it with ``target / 100`` (correctness).
+
+    Raises:
+        TargetError: a target outside 0..100.
+        SettingsError: an unknown format."""
     from metacog.readout.values import get_trie, label_ids
 
     target = int(rec["target"])
@@ -403,201 +428,18 @@ def encode_all(tok, is_chat: bool, df: pd.DataFrame, fmt: str, loss_on: str, sty
     return out, dropped
 
 
-# ------------------------------------------------------------------------------ pairwise and multitask
-def pair_items(p, n_pairs: int, seed: int, max_rounds: int = 64) -> tuple[np.ndarray, dict]:
-    """Up to ``n_pairs`` pairs of items with different ``p``, the winner shown first in a
-    seeded balanced half of them.
-
-    Pairs come from :func:`metacog.methods.ranking.schedule` (seeded permutations of the items,
-    each cut into consecutive pairs): an unordered pair is kept once, a tie (equal p, or a NaN)
-    is skipped, and at most ``max_rounds`` permutations are used, so every item appears in at
-    most one pair per permutation used (``info["max_appearances"]``). Order: exactly
-    ``m // 2`` of the ``m`` pairs (a seeded choice) show the winner first, the others second,
-    so the reply "1" is right in half of the examples, never more than one example apart:
-    no position preference can lower the loss.
-
-    Returns ``[m, 2]`` indices into ``p`` in display order (first, second), and a description
-    (requested, made, ties skipped, permutations used, max appearances per item, winner-first count).
-    """
-    from metacog.methods.ranking import schedule
-
-    p = np.asarray(p, dtype=float)
-    n = p.size
-    info = {"requested": int(n_pairs), "ties_skipped": 0, "rounds": 0}
-    if n < 2 or n_pairs < 1:
-        info.update(made=0, max_appearances=0, winner_first=0)
-        return np.zeros((0, 2), dtype=int), info
-    per_round = n // 2
-    cand = schedule(n, per_round * max_rounds, seed)
-    seen, out, ties = set(), [], 0
-    for k, (a, b) in enumerate(cand):
-        a, b = int(a), int(b)
-        key = (min(a, b), max(a, b))
-        if key in seen:
-            continue
-        if not (np.isfinite(p[a]) and np.isfinite(p[b])) or p[a] == p[b]:
-            ties += 1
-            continue
-        seen.add(key)
-        out.append((a, b) if p[a] > p[b] else (b, a))  # (winner, loser)
-        if len(out) >= n_pairs:
-            info["rounds"] = k // per_round + 1
-            break
-    else:
-        info["rounds"] = max_rounds
-    wl = np.asarray(out, dtype=int).reshape(-1, 2)
-    m = len(wl)
-    first = np.zeros(m, dtype=bool)
-    first[np.random.default_rng([int(seed), 2]).permutation(m)[: m // 2]] = True
-    pairs = np.where(first[:, None], wl, wl[:, ::-1])
-    counts = np.bincount(pairs.ravel(), minlength=n) if m else np.zeros(n, int)
-    info.update(made=int(m), ties_skipped=int(ties), max_appearances=int(counts.max()) if m else 0,
-                winner_first=int(first.sum()))
-    return pairs, info
+# ------------------------------------------------------------------------------ moved
+#: names that moved to :mod:`metacog.finetune.tasks` (pairwise and multitask examples); still
+#: importable from here (``from metacog.finetune.targets import build_task`` keeps working)
+MOVED_TO_TASKS = ("PAIR_COLUMNS", "pair_items", "pair_table", "build_task", "assert_pairs_train_only", "write_pairs",
+                  "read_pairs", "encode_pair", "encode_task")
 
 
-def pair_table(items: pd.DataFrame, pairs: np.ndarray, role: str) -> pd.DataFrame:
-    """Pair rows (``PAIR_COLUMNS``) for ``pairs`` (display order) of ``items`` (target rows
-    with ``pair_p``): the target reply is the position of the item with the higher p."""
-    a, b = items.iloc[pairs[:, 0]].reset_index(drop=True), items.iloc[pairs[:, 1]].reset_index(drop=True)
-    pa, pb = a["pair_p"].to_numpy(float), b["pair_p"].to_numpy(float)
-    if np.any(pa == pb):
-        raise TargetError("a pairwise target with tied p (cannot happen; ties are skipped)")
-    from metacog.data import prompts as _p
+def __getattr__(name: str):
+    """PEP 562: the names of :data:`MOVED_TO_TASKS`, from :mod:`metacog.finetune.tasks` (imported on
+    first use: that module builds on this one, so it cannot be imported at the top here)."""
+    if name in MOVED_TO_TASKS:
+        from metacog.finetune import tasks
 
-    winner = np.where(pa > pb, 1, 2)
-    return pd.DataFrame({
-        "id_first": a["id"].astype(str), "id_second": b["id"].astype(str), "row_first": a["row"].astype(int),
-        "row_second": b["row"].astype(int), "split_first": a["split"], "split_second": b["split"], "role": role,
-        "question_first": a["question"], "question_second": b["question"], "answer_first": a["answer"].astype(str),
-        "answer_second": b["answer"].astype(str), "p_first": pa, "p_second": pb, "winner": winner,
-        "target_label": [_p.PAIRWISE_LABELS[w - 1] for w in winner],
-    })[PAIR_COLUMNS]
-
-
-def build_task(ws: Workspace, s: FinetuneSettings) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """The examples of ``s.task``: (item target rows, pair rows, description).
-
-    Every task makes one training example per training item (and per validation item), so
-    runs of different tasks have the same length in updates for the same epochs:
-
-    * ``single``: each item's single-question example (:func:`build_targets`);
-    * ``pairwise``: as many pairs as items (:func:`pair_items`; each item in about two pairs),
-      within the item's role (train pairs from train items, val pairs from val items);
-    * ``multitask``: ``round(f × n)`` pairs and the single-question examples of a seeded
-      ``n − round(f × n)`` of the items, ``f = pairwise_fraction`` (default 0.5).
-
-    The target rows keep every item (``single`` says whether it makes a single-question
-    example); the pairs compare ``pair_p`` (the probe's out-of-fold p; for ``shuffled`` the
-    shuffled p; correctness for ``binary``; target/100 for ``file``)."""
-    df, info = build_targets(ws, s)
-    df["single"] = True
-    info["task"] = s.task
-    if s.task == "single":
-        return df, pd.DataFrame(columns=PAIR_COLUMNS), info
-    f = s.pair_share
-    parts, pinfo = [], {}
-    for k, role in enumerate(("train", "val")):
-        idx = np.flatnonzero(df["role"].to_numpy() == role)
-        n = idx.size
-        n_pair = n if f >= 1.0 else int(round(f * n))
-        if f < 1.0:
-            off = np.random.default_rng([s.seed, 3, k]).choice(n, size=n_pair, replace=False)
-            df.loc[df.index[idx[off]], "single"] = False
-        else:
-            df.loc[df.index[idx], "single"] = False
-        pairs, pi = pair_items(df["pair_p"].to_numpy(float)[idx], n_pair, seed=s.seed * 1000 + 17 + k)
-        pinfo[role] = pi
-        parts.append(pair_table(df.iloc[idx].reset_index(drop=True), pairs, role))
-    pairs_df = pd.concat(parts, ignore_index=True)
-    n_tr_pairs = int((pairs_df["role"] == "train").sum())
-    if n_tr_pairs == 0:
-        raise TargetError(f"task {s.task}: no pair of training items has different targets (all tied?): nothing to compare")
-    assert_pairs_train_only(pairs_df, df)
-    tr = df[df["role"] == "train"]
-    n_single = int(tr["single"].sum())
-    info["pairwise"] = {
-        "fraction_requested": f, "n_train_pairs": n_tr_pairs, "n_val_pairs": int((pairs_df["role"] == "val").sum()),
-        "n_train_single": n_single, "fraction_actual": n_tr_pairs / max(1, n_tr_pairs + n_single),
-        "winner_first_share": float((pairs_df.loc[pairs_df["role"] == "train", "winner"] == 1).mean()),
-        "pairs": pinfo, "rule": "the item with the higher p wins; ties skipped; winner first in a seeded half",
-    }
-    return df, pairs_df, info
-
-
-def assert_pairs_train_only(pairs: pd.DataFrame, items: pd.DataFrame | None = None) -> None:
-    """Raise unless both items of every pair are training-split items."""
-    if pairs.empty:
-        return
-    for side in ("first", "second"):
-        assert_train_only(pairs.rename(columns={f"id_{side}": "id", f"split_{side}": "split"})[["id", "split"]], items)
-
-
-def write_pairs(path: Path, pairs: pd.DataFrame) -> None:
-    assert_pairs_train_only(pairs)
-    _write_jsonl(path, pairs)
-
-
-def _write_jsonl(path: Path, df: pd.DataFrame) -> None:
-    from metacog.core.workspace import atomic_write_text
-
-    recs = json.loads(df.to_json(orient="records", force_ascii=False))
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
-
-
-def read_pairs(path: Path) -> pd.DataFrame:
-    """A run's pairs.jsonl, re-checked: both items training-split, the winner has the higher p."""
-    p = Path(path)
-    if not p.exists():
-        return pd.DataFrame(columns=PAIR_COLUMNS)
-    recs = [json.loads(x) for x in p.read_text(encoding="utf-8").splitlines() if x.strip()]
-    df = pd.DataFrame.from_records(recs, columns=PAIR_COLUMNS) if recs else pd.DataFrame(columns=PAIR_COLUMNS)
-    assert_pairs_train_only(df)
-    if len(df):
-        w = df["winner"].astype(int).to_numpy()
-        pf, ps = df["p_first"].to_numpy(float), df["p_second"].to_numpy(float)
-        if not np.all(np.where(w == 1, pf > ps, ps > pf)):
-            raise TargetError(f"{p}: a pair's target is not the item with the higher p")
-        df["winner"] = w
-    return df
-
-
-def encode_pair(tok, is_chat: bool, rec: dict, loss_on: str) -> Example:
-    """One pairwise example: the relative-confidence prompt of :func:`metacog.data.prompts.encode_pairwise`
-    (the one ``metacog methods``' relative method reads) with the two items' own answers, then
-    the reply label ("1"/"2", as :func:`metacog.readout.values.read_labels` scores it) of the item
-    with the higher p, then the end of turn (``loss_on="assistant"``). ``target`` = 100 when
-    the first item wins, else 0."""
-    from metacog.readout.values import label_ids
-
-    w = int(rec["winner"])
-    enc = prompts.encode_pairwise(tok, is_chat, rec["question_first"], str(rec["answer_first"] or ""),
-                                  rec["question_second"], str(rec["answer_second"] or ""))
-    lab = label_ids(tok, prompts.PAIRWISE_LABELS, is_chat)[w - 1]
-    end = turn_end_ids(tok, is_chat) if loss_on == "assistant" else []
-    ids = list(enc.ids) + lab + end
-    return Example(id=f"{rec['id_first']}|{rec['id_second']}", input_ids=ids,
-                   labels=[-100] * len(enc.ids) + ids[len(enc.ids):], target=100 if w == 1 else 0)
-
-
-def encode_task(tok, is_chat: bool, df: pd.DataFrame, pairs: pd.DataFrame, s: FinetuneSettings, style: str
-                ) -> tuple[list[Example], list[Example], dict]:
-    """Training and validation examples of a run: the single-question examples of the target
-    rows marked ``single`` (all rows when the column is absent: runs made before tasks), then
-    the pairs in file order. Examples longer than ``max_length`` are dropped (counted)."""
-    single = df[df["single"].astype(bool)] if "single" in df.columns else df
-    out, dropped = {}, {}
-    for role in ("train", "val"):
-        ex, d = encode_all(tok, is_chat, single[single["role"] == role].sort_values("row"), s.format, s.loss_on, style,
-                           s.max_length, s.objective)
-        dp = 0
-        if len(pairs):
-            for rec in pairs[pairs["role"] == role].to_dict("records"):
-                e = encode_pair(tok, is_chat, rec, s.loss_on)
-                if len(e.input_ids) > s.max_length:
-                    dp += 1
-                    continue
-                ex.append(e)
-        out[role] = ex
-        dropped[role] = d + dp
-    return out["train"], out["val"], dropped
+        return getattr(tasks, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

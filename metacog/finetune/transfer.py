@@ -27,6 +27,8 @@ evaluated*, and P("1") from :func:`metacog.readout.values.read_labels` (soft, no
   CI (:func:`metacog.stats.metrics.auroc_ci`).
 * **Single-question**: AUROC (stratified item bootstrap CI) and ECE (10 equal-width bins,
   percentile bootstrap over items: :func:`ece_ci`) of the run's own verbal readout.
+
+Public entry: :func:`transfer_table` (after :func:`evaluate_ood`).
 """
 from __future__ import annotations
 
@@ -61,7 +63,10 @@ def correct_incorrect_pairs(y, rounds: int = PAIR_ROUNDS, seed: int = 0) -> np.n
     Round r pairs a seeded permutation of the correct items with a seeded permutation of the
     incorrect items, position by position (``min(n_correct, n_incorrect)`` pairs); a pair
     already drawn is skipped. Every item appears in at most ``rounds`` pairs. The correct item
-    is first in exactly ``m // 2`` pairs (a seeded choice). Empty when a class is empty."""
+    is first in exactly ``m // 2`` pairs (a seeded choice). Empty when a class is empty.
+
+    Raises:
+        ValueError: ``rounds`` is not a positive integer."""
     y = np.asarray(y, dtype=bool)
     if not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"rounds must be a positive integer, not {rounds!r}")
@@ -194,6 +199,8 @@ def base_pairwise(ws: Workspace, lm, items: pd.DataFrame, seed: int, batch_size:
 
 # ------------------------------------------------------------------------------ out-of-domain evaluation
 def ood_dir(run, ood_ws: Workspace) -> Path:
+    """Where run ``run``'s out-of-domain evaluation on workspace ``ood_ws`` lives:
+    ``runs/<id>/ood/<ood workspace directory name>``."""
     return Path(run.path) / "ood" / Path(ood_ws.root).name
 
 
@@ -201,7 +208,10 @@ def evaluate_ood(ws: Workspace, run_id: str, ood_ws: Workspace, *, lm=None, limi
                  threads: int | None = None, progress=None) -> dict:
     """Evaluate run ``run_id`` of ``ws`` on the eval split of another workspace ``ood_ws``
     (same base model: refused otherwise); output in ``runs/<run>/ood/<ood workspace name>/``
-    (eval.json with the pairwise block, per_item.parquet). Nothing of ``ood_ws`` was trained on."""
+    (eval.json with the pairwise block, per_item.parquet). Nothing of ``ood_ws`` was trained on.
+
+    Raises:
+        RunError: the run has no final adapter, ``ood_ws`` is the run's own workspace, or another base model's workspace."""
     from metacog.finetune.evaluate import evaluate_adapter
     from metacog.finetune.runs import RunError, get_run
 
@@ -369,6 +379,7 @@ def save_table(ws: Workspace, df: pd.DataFrame) -> Path:
 
 
 def load_table(ws: Workspace) -> pd.DataFrame | None:
+    """The saved transfer table (``transfer/table.parquet``, long form) or None before :func:`save_table`."""
     p = ws.path(BASE_DIR, "table.parquet")
     return pd.read_parquet(p) if p.exists() else None
 

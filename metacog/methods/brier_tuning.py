@@ -1,8 +1,10 @@
-"""Brier-loss tuning (ConfTuner): a LoRA run whose objective is the Brier
-score of the model's exact 0–100 distribution at the confidence slot against correctness,
+"""Brier-loss tuning (ConfTuner, Li et al. 2025; the score: Brier 1950): a LoRA run whose
+objective is the Brier score of the model's exact 0–100 distribution at the confidence slot against correctness,
 Σ_v q(v) (v/100 − y)² (fine-tuning ``objective="brier"``, targets ``binary`` unbalanced; no
 target text). Confidence = E[v]/100 of the adapter's exact readout (:func:`metacog.readout.values.read_values`)
-at the same slot (inline by default: question, own answer, "\\nConfidence:")."""
+at the same slot (inline by default: question, own answer, "\\nConfidence:").
+
+Public entry: the registered method ``brier_tuning`` (:data:`METHOD`)."""
 from __future__ import annotations
 
 import numpy as np
@@ -18,6 +20,10 @@ SETTINGS = ("tune_updates", "tune_rank", "tune_target_modules", "tune_lr", "tune
 
 
 def readout_ev(ctx, lm, fmt: str, name: str, key: str) -> pd.DataFrame:
+    """Confidence = E[v]/100 of ``lm``'s exact 0–100 readout (:func:`metacog.readout.values.read_values`)
+    for every pool item, after the ``fmt`` prompt (``inline``: question + own answer + "\nConfidence:";
+    ``two-pass``: the two-pass prompt). Columns row, score (probability in [0, 1]), ev (points
+    0–100), other (mass off 0–100); computed in resumable chunks under ``methods/<name>/``."""
     pool = ctx.pool
     tok = lm.tokenizer
     style = ctx.study.prompt_style
@@ -44,6 +50,11 @@ def readout_ev(ctx, lm, fmt: str, name: str, key: str) -> pd.DataFrame:
 
 
 def compute(ctx) -> MethodResult:
+    """Train (or reuse) the Brier-objective LoRA run and score the pool by its E[v]/100
+    (``MethodResult.scores``: row, score in [0, 1]).
+
+    Raises:
+        SettingsError, TargetError: the tuning run cannot be set up (e.g. too few train items)."""
     from metacog.methods.store import method_key
 
     fs = settings_for(ctx, format=ctx.settings.brier_format, objective="brier", loss_on="confidence")

@@ -1,12 +1,14 @@
 """Post-hoc calibration of any method's score, fitted on the calibration split only.
 
-- ``platt``: p = σ(a · logit(s) + b), (a, b) by maximum likelihood;
-- ``temperature``: p = σ(logit(s) / T), T > 0 by maximum likelihood (Platt with b = 0);
-- ``isotonic``: the monotone step function minimising squared error (sklearn's
+- ``platt`` (Platt 1999): p = σ(a · logit(s) + b), (a, b) by maximum likelihood;
+- ``temperature`` (Guo et al. 2017): p = σ(logit(s) / T), T > 0 by maximum likelihood (Platt with b = 0);
+- ``isotonic`` (Zadrozny & Elkan 2002): the monotone step function minimising squared error (sklearn's
   ``IsotonicRegression``, clipped outside the fitted range).
 
 Scores are clipped to [1e-6, 1 − 1e-6] before the logit. :func:`posthoc` fits on the rows of
 the calibration split (never eval: it checks) and applies the fit to every row.
+
+Public entry: :func:`posthoc`.
 """
 from __future__ import annotations
 
@@ -66,7 +68,11 @@ def fit_calibrator(kind: str, scores, labels):
 
 def posthoc(kind: str, frame: pd.DataFrame, fit=fit_calibrator) -> np.ndarray:
     """Calibrated scores for every row of ``frame`` (columns id, split, score, correct),
-    fitted on its calibration-split rows only. NaN scores stay NaN."""
+    fitted on its calibration-split rows only. NaN scores stay NaN.
+
+    Raises:
+        ValueError: an unknown ``kind``, or calibration rows of only one class (cannot fit).
+        CalibrationLeak: an eval item is among the rows the calibrator is fitted on."""
     cal = frame[(frame["split"] == FIT_SPLIT) & frame["score"].notna()]
     if cal["split"].ne(FIT_SPLIT).any() or cal["id"].isin(frame.loc[frame["split"] == "eval", "id"]).any():
         raise CalibrationLeak("an eval item is among the calibration rows")

@@ -2,7 +2,9 @@
 train split to answer the uncertainty query "Is the proposed answer correct?" about its own
 answer with "Yes" (correct) or "No" (incorrect) — fine-tuning format ``uncertainty-query``,
 targets ``binary`` (unbalanced: the train split's own base rate). Confidence = p("Yes") of the
-adapter on the same query, normalised over Yes/No (:func:`metacog.readout.values.read_labels`)."""
+adapter on the same query, normalised over Yes/No (:func:`metacog.readout.values.read_labels`).
+
+Public entry: the registered method ``calibration_tuning`` (:data:`METHOD`)."""
 from __future__ import annotations
 
 from metacog.finetune.backends.peft_backend import load_adapter_model, unload_adapter
@@ -15,6 +17,8 @@ SETTINGS = ("tune_updates", "tune_rank", "tune_target_modules", "tune_lr", "tune
 
 
 def compute(ctx) -> MethodResult:
+    """Train (or reuse) the calibration-tuning LoRA run (Kapoor et al. 2024) and score the pool by
+    p("Yes") of its adapter on the uncertainty query (row, score in [0, 1])."""
     from metacog.methods.store import method_key
 
     fs = settings_for(ctx, format="uncertainty-query", loss_on="assistant")

@@ -1,4 +1,6 @@
-"""`metacog methods`: every confidence method side by side on one workspace (registered by cli._extend)."""
+"""`metacog methods`: every confidence method side by side on one workspace (registered by cli._extend).
+
+Public entry: :func:`register`."""
 from __future__ import annotations
 
 import sys
@@ -6,6 +8,8 @@ from pathlib import Path
 
 
 def register(sub) -> None:
+    """Add ``metacog methods`` to the subparsers ``sub`` (sets ``func`` to :func:`cmd_methods`);
+    called by :func:`metacog.cli.build_parser`."""
     from metacog.methods.settings import MethodSettings
 
     d = MethodSettings()
@@ -40,6 +44,14 @@ def register(sub) -> None:
 
 
 def cmd_methods(a) -> int:
+    """``metacog methods``: compute the chosen methods on the calibration and eval splits (fresh
+    ones reused), print the table and write ``methods/table.csv`` / ``.parquet``. Returns 0, or 1 when
+    a method failed or nothing was computed.
+
+    Raises:
+        ValueError: ``--threads`` outside 1..256, an unknown method name, or an invalid setting
+            (:class:`~metacog.methods.settings.MethodSettingsError`).
+        WorkspaceError: the study has not run on the workspace."""
     import torch
 
     from metacog.methods import all_methods, methods_table, run_methods
@@ -78,6 +90,8 @@ def cmd_methods(a) -> int:
 
 
 def format_table(t) -> str:
+    """The methods table as fixed-width text: AUROC with its 95% bootstrap CI, ECE, Brier, AURC,
+    ceiling rate, missing scores, seconds and cost per method (and per post-hoc variant)."""
     def f(x, nd=3):
         return "  n/a" if x is None or x != x else f"{x:.{nd}f}"
 

@@ -1,7 +1,9 @@
-"""P(True): ask whether the proposed answer (the model's own) is correct and read the
-probability of the reply "True" against "False", exactly for multi-token labels
+"""P(True) (Kadavath et al. 2022, "Language Models (Mostly) Know What They Know"): ask
+whether the proposed answer (the model's own) is correct and read the probability of the reply "True" against "False", exactly for multi-token labels
 (:func:`metacog.readout.values.read_labels`: product of conditional token probabilities of each
-label's full token sequence, normalised over the two labels)."""
+label's full token sequence, normalised over the two labels).
+
+Public entry: the registered method ``p_true`` (:data:`METHOD`)."""
 from __future__ import annotations
 
 import pandas as pd
@@ -28,6 +30,8 @@ def score_query(ctx, lm, labels, name: str, key: str) -> pd.DataFrame:
 
 
 def compute(ctx) -> MethodResult:
+    """P(True) (Kadavath et al. 2022) of every pool item: row, score = p("True") normalised over
+    {"True", "False"} (a probability in [0, 1]); ``info.forward_passes`` counts the forwards."""
     from metacog.methods.store import method_key
 
     lm = ctx.lm()

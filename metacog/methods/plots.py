@@ -1,6 +1,8 @@
 """Figures of the methods comparison (pure: data in, plotly figure out; titles per
 :func:`metacog.viz.plots.fig_title`): AUROC bars with CIs, reliability diagrams side by side,
-risk–coverage curves."""
+risk–coverage curves.
+
+Public entries: :func:`method_auroc_bars`, :func:`reliability_grid`, :func:`risk_coverage_curves`."""
 from __future__ import annotations
 
 import math
@@ -18,6 +20,8 @@ from metacog.viz.plots import auroc_bars
 
 
 def method_auroc_bars(table: pd.DataFrame, *, n: int, model: str) -> go.Figure:
+    """AUROC by method on the eval split: one bar per row of the methods table with its 95% CI
+    (columns method, auroc, auroc_lo, auroc_hi); ``n`` eval items and ``model`` go into the title."""
     t = table.rename(columns={"method": "name", "auroc_lo": "lo", "auroc_hi": "hi"})
     return auroc_bars(t[["name", "auroc", "lo", "hi"]], split="eval", n=n, model=model, what="AUROC by method")
 

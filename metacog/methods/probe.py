@@ -1,7 +1,9 @@
 """The probe: p(correct) of the best probe (layer × position chosen by train-split CV,
 ``probes/best.json``) from ``probes/oof.npy``: for calibration/eval rows that is the probe
 fitted on the train split applied to them (train rows hold out-of-fold predictions and are
-never scored here)."""
+never scored here).
+
+Public entry: the registered method ``probe``."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,6 +15,11 @@ from metacog.methods.registry import Method, MethodResult, register
 
 
 def compute(ctx) -> MethodResult:
+    """The best probe's p(correct) for every pool item, read from the study's ``probes/oof.npy``
+    (no model needed): row, score in [0, 1].
+
+    Raises:
+        WorkspaceError: the probe stage has not run on the workspace."""
     best = ctx.ws.read_json("probes/best.json")
     p = ctx.ws.path("probes", "oof.npy")
     if best is None or not p.exists():

@@ -8,6 +8,8 @@ default the read layer + ⌈L/6⌉, capped at the last index) a shift ``steer_ga
 confidence) and σ the train states' spread along it (:func:`metacog.steering.probe_conditioned`;
 directions from the train split only). Score = E[v]/100 of the exact 0–100 readout of that
 steered forward, so ``steer_gain = 0`` is exactly the ``ev_inline`` baseline.
+
+Public entry: the registered method ``probe_steering`` (:data:`METHOD`).
 """
 from __future__ import annotations
 
@@ -27,7 +29,10 @@ SETTINGS = ("steer_gain", "steer_layer", "batch_size")
 
 def read_probe(ws) -> dict:
     """The probe steering reads: the best probe by train CV (``probes/metrics.parquet``
-    ``cv_auroc``) among the inline positions, with its coefficient and intercept."""
+    ``cv_auroc``) among the inline positions, with its coefficient and intercept.
+
+    Raises:
+        WorkspaceError: no probes in the workspace, or none fitted at an inline position."""
     from metacog.steering import INLINE_POSITIONS, load_probe
 
     try:
@@ -46,7 +51,10 @@ def read_probe(ws) -> dict:
 
 
 def write_layer(read_layer: int, n_hidden: int, given: int | None) -> int:
-    """The write index: ``given``, else read + ⌈(n_hidden − 1)/6⌉ capped at n_hidden − 1."""
+    """The write index: ``given``, else read + ⌈(n_hidden − 1)/6⌉ capped at n_hidden − 1.
+
+    Raises:
+        WorkspaceError: ``given`` is before ``read_layer`` or past the last index ``n_hidden - 1``."""
     if given is not None:
         if not read_layer <= given < n_hidden:
             raise WorkspaceError(f"steer_layer {given} must be in {read_layer}..{n_hidden - 1} (not before the probe's layer)")
@@ -55,6 +63,12 @@ def write_layer(read_layer: int, n_hidden: int, given: int | None) -> int:
 
 
 def compute(ctx) -> MethodResult:
+    """Score the pool by E[v]/100 of the probe-conditioned steered readout (module docstring):
+    row, score in [0, 1], probe_p (the probe's p(correct)), ev (points 0–100).
+
+    Raises:
+        WorkspaceError: no probes, no probe at an inline position, or ``steer_layer`` before
+            the probe's layer or past the last hidden-state index."""
     from metacog.readout.values import read_values
     from metacog.steering import compute_directions, probe_conditioned
     from metacog.methods.store import method_key

@@ -7,7 +7,9 @@ unparsed reply stays NaN (counted as missing).
 
 By default the run is a short one with the training methods' shared budget (``tune_*``
 settings, like calibration-tuning and Brier tuning); ``probe_run`` names a run of this
-workspace to use instead (e.g. a longer one launched from the Fine-tune page)."""
+workspace to use instead (e.g. a longer one launched from the Fine-tune page).
+
+Public entry: the registered method ``probe_targeted`` (:data:`METHOD`)."""
 from __future__ import annotations
 
 import numpy as np
@@ -58,6 +60,12 @@ def verbal_scores(ctx, lm, name: str, key: str) -> pd.DataFrame:
 
 
 def compute(ctx) -> MethodResult:
+    """Train a short probe-targeted run (or use ``settings.probe_run``) and score the pool by its
+    adapter's parsed verbal confidence / 100 (row, score in [0, 1] or NaN when unparsed, verbal, text).
+
+    Raises:
+        WorkspaceError: ``probe_run`` is not a finished probe-targeted inline run.
+        RunError: ``probe_run`` does not exist."""
     from metacog.methods.store import method_key
 
     if ctx.settings.probe_run:

@@ -14,6 +14,8 @@ Elo: ratings start at 0; after each comparison (in schedule order), with expecte
 e = σ(r_i − r_j + β) on the natural-log scale, β = logit(mean outcome) (the same order effect,
 estimated once), r_i += K' (o − e), r_j −= K' (o − e), where K' = K · ln(10) / 400 is the usual K
 on the 400-point scale. Score = σ(r).
+
+Public entry: :func:`bradley_terry` (and :func:`elo`, :func:`schedule`).
 """
 from __future__ import annotations
 
@@ -24,7 +26,10 @@ from scipy.optimize import minimize
 
 
 def schedule(n_items: int, n_comparisons: int, seed: int) -> np.ndarray:
-    """``[n_comparisons, 2]`` indices into the items (first, second)."""
+    """``[n_comparisons, 2]`` indices into the items (first, second).
+
+    Raises:
+        ValueError: fewer than two items."""
     if n_items < 2:
         raise ValueError("pairwise comparisons need at least two items")
     rng = np.random.default_rng(seed)
@@ -44,8 +49,10 @@ def _sig(x):
 
 def bradley_terry(n_items: int, pairs: np.ndarray, outcome: np.ndarray, prior: float = 0.1,
                   order_effect: bool = True, return_order: bool = False):
-    """θ (length n_items) maximising the penalised Bradley-Terry likelihood (module docstring);
-    with ``return_order`` also the order effect β (0 when ``order_effect`` is off)."""
+    """θ ``[n_items]`` (natural-log strength scale) maximising the penalised Bradley–Terry
+    likelihood (Bradley & Terry 1952; module docstring) by L-BFGS-B; ``pairs`` ``[m, 2]`` item
+    indices (first shown, second), ``outcome`` ``[m]`` P(first wins) in [0, 1]; ``prior`` the L2
+    strength λ. With ``return_order`` also the order effect β (0 when ``order_effect`` is off)."""
     pairs = np.asarray(pairs, dtype=int)
     o = np.asarray(outcome, dtype=float)
     i, j = pairs[:, 0], pairs[:, 1]
@@ -66,7 +73,9 @@ def bradley_terry(n_items: int, pairs: np.ndarray, outcome: np.ndarray, prior: f
 
 
 def elo(n_items: int, pairs: np.ndarray, outcome: np.ndarray, k: float = 32.0, order_effect: bool = True) -> np.ndarray:
-    """Elo ratings (natural-log scale, start 0) after the comparisons in order."""
+    """Elo ratings ``[n_items]`` (Elo 1978; natural-log scale, start 0) after the comparisons
+    ``pairs`` ``[m, 2]`` with outcomes ``outcome`` ``[m]`` in [0, 1], in order; ``k`` is Elo's K on
+    the 400-point scale (module docstring)."""
     r = np.zeros(n_items)
     kk = k * math.log(10) / 400.0
     out = np.asarray(outcome, dtype=float)
@@ -80,4 +89,6 @@ def elo(n_items: int, pairs: np.ndarray, outcome: np.ndarray, k: float = 32.0, o
 
 
 def to_score(theta) -> np.ndarray:
+    """σ(θ) elementwise: a Bradley–Terry strength or an Elo rating (natural-log scale) as the
+    probability of beating an average item in a neutral order, in (0, 1)."""
     return _sig(np.asarray(theta, dtype=float))

@@ -1,10 +1,12 @@
-"""Relative confidence: the model is shown two of its answered questions and asked which
-answer it is more likely to have gotten right ("1" or "2"; :func:`metacog.data.prompts.encode_pairwise`).
+"""Relative confidence (after Shrivastava et al. 2025, confidence preferences): the model is
+shown two of its answered questions and asked which answer it is more likely to have gotten right ("1" or "2"; :func:`metacog.data.prompts.encode_pairwise`).
 A seeded schedule of ``n_comparisons`` matchups among the pool items
 (:func:`metacog.methods.ranking.schedule`); the outcome of a matchup is the soft
-P("1") from :func:`metacog.readout.values.read_labels`. Scores: Bradley-Terry (σ(θ)) and Elo
-(σ(rating)), both from the same comparisons (computed once, cached in
-``methods/relative/comparisons.parquet``)."""
+P("1") from :func:`metacog.readout.values.read_labels`. Scores: Bradley-Terry (Bradley & Terry 1952; σ(θ))
+and Elo (Elo 1978; σ(rating)), both from the same comparisons (computed once, cached in
+``methods/relative/comparisons.parquet``).
+
+Public entry: the registered methods ``relative_bt`` and ``relative_elo``."""
 from __future__ import annotations
 
 import numpy as np

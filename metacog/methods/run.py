@@ -1,4 +1,6 @@
-"""Run methods on a workspace: each one fresh or recomputed, stored atomically, resumable."""
+"""Run methods on a workspace: each one fresh or recomputed, stored atomically, resumable.
+
+Public entry: :func:`run_methods`."""
 from __future__ import annotations
 
 import time
@@ -14,6 +16,13 @@ from metacog.methods.settings import MethodSettings
 
 def make_context(ws: Workspace, settings: MethodSettings, lm=None, loader=None, progress=None, should_stop=None,
                  threads: int = 1) -> store.Context:
+    """The :class:`~metacog.methods.store.Context` methods compute in: the workspace's items,
+    re-parsed answers and the pool (calibration + eval rows, with answer and correctness). The model
+    is ``lm``, else loaded on first use by ``loader`` (default: the workspace's model settings through
+    :func:`metacog.model.loading.loader_from_env`, with ``threads``).
+
+    Raises:
+        WorkspaceError: not a workspace, no answers yet, or fewer than two calibration or eval items."""
     from metacog.stages.answers import reparse
     from metacog.stages.study import load_items
 

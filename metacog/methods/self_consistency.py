@@ -1,11 +1,13 @@
-"""Self-consistency: k answers sampled at temperature T (seeded, one seed per item and
-sample), scored by how many agree with the model's greedy answer.
+"""Self-consistency (Wang et al. 2023; as a confidence score, Xiong et al. 2024): k answers
+sampled at temperature T (seeded, one seed per item and sample), scored by how many agree with the model's greedy answer.
 
 Agreement uses the one grader (:func:`metacog.data.grading.grade_short`) both ways: a sample
 agrees with the greedy answer when either one, used as the alias, is found in the other
 (so "Paris" and "The capital is Paris." agree). Score = agreeing samples / k. Multiple-choice
 items have no free answer to sample: their score is the probability of the chosen option
 under softmax(option log-likelihood / T), the expected agreement of one sample.
+
+Public entry: the registered method ``self_consistency`` (:data:`METHOD`).
 """
 from __future__ import annotations
 
@@ -25,10 +27,16 @@ def agrees(sample: str, greedy: str) -> bool:
 
 
 def sample_seed(seed: int, item_id: str, j: int) -> int:
+    """The seed of sample ``j`` of item ``item_id``: a stable hash of (seed, id, j) as an int in
+    [0, 2**63 - 1), so a sample does not depend on batch composition or order."""
     return int(stable_hash("sc", seed, item_id, j, n=12), 16) % (2**63 - 1)
 
 
 def compute(ctx) -> MethodResult:
+    """Self-consistency (Wang et al. 2023; as a confidence, Xiong et al. 2024): for each short-answer
+    pool item, ``k_samples`` seeded samples at ``temperature``; score = share agreeing with the greedy
+    answer (in [0, 1], steps of 1/k). Multiple-choice items: softmax(option log-likelihood / T) of
+    the chosen option. Columns row, score, n_agree (-1 for MC), samples."""
     from metacog.stages.answers import _stop_first_line, _stop_inline, option_logliks
     from metacog.model.generation import generate
     from metacog.methods.store import method_key

@@ -1,4 +1,6 @@
-"""Settings of the methods comparison (one frozen dataclass; every field is recorded)."""
+"""Settings of the methods comparison (one frozen dataclass; every field is recorded).
+
+Public entry: :class:`MethodSettings`."""
 from __future__ import annotations
 
 import math
@@ -8,11 +10,20 @@ from metacog.core.settings import to_dict
 
 
 class MethodSettingsError(ValueError):
-    pass
+    """An invalid methods setting (the message names the field and its allowed range)."""
 
 
 @dataclass(frozen=True)
 class MethodSettings:
+    """Every setting of the methods comparison (frozen; each method's freshness key holds the
+    fields it depends on). Units: ``temperature`` a softmax temperature (0, 5]; ``tune_updates``
+    optimizer updates; ``tune_lr`` a learning rate; ``n_comparisons`` pairwise matchups;
+    ``bt_prior`` the Bradley–Terry L2 strength λ; ``elo_k`` Elo's K on the 400-point scale;
+    ``steer_gain`` multiples of σ (the train states' spread along the probe direction);
+    ``steer_layer`` a hidden-state index; ``ece_bins`` equal-width bins; ``n_boot`` bootstrap resamples.
+
+    Raises:
+        MethodSettingsError: on construction, for a value out of range."""
     # which items: the calibration split (post-hoc fits) and the eval split (metrics)
     eval_limit: int | None = None  # first N eval items by row (None = all)
     calibration_limit: int | None = None  # first N calibration items by row (None = all)
@@ -76,5 +87,6 @@ class MethodSettings:
             bad(f"ece_bins must be a positive integer, not {self.ece_bins!r}")
 
     def pick(self, fields) -> dict:
+        """The values of ``fields`` as a dict (JSON-able), e.g. a method's settings for its key."""
         d = to_dict(self)
         return {f: d[f] for f in fields}

@@ -11,6 +11,8 @@ A method is fresh when its ``meta.json`` key equals the key of (method, version,
 settings it depends on, the pool rows, the answers stage key, the model's weights): then
 it is not recomputed. Within a method, chunks are saved as they finish, so a killed run
 resumes from the finished chunks.
+
+Public entry: :class:`Context` (built by :func:`metacog.methods.run.make_context`).
 """
 from __future__ import annotations
 
@@ -44,6 +46,10 @@ def pool_rows(items: pd.DataFrame, s: MethodSettings) -> pd.DataFrame:
 
 @dataclass
 class Context:
+    """What a method computes with: the workspace, all ``items``, re-parsed ``answers``, the
+    ``pool`` it scores (calibration + eval rows with answer and correct, sorted by row), the
+    settings, the study settings, a lazily loaded model (:meth:`lm`), progress and stop callables.
+    Built by :func:`metacog.methods.run.make_context`."""
     ws: Workspace
     items: pd.DataFrame  # every item, with split and row
     answers: pd.DataFrame  # answers.parquet (re-parsed)
@@ -57,6 +63,10 @@ class Context:
     _lm: object = field(default=None, repr=False)
 
     def lm(self):
+        """The model (a :class:`~metacog.model.loading.LoadedModel`), loaded on first call.
+
+        Raises:
+            WorkspaceError: the context has neither a model nor a loader."""
         if self._lm is None:
             if self.loader is None:
                 raise WorkspaceError("this method needs the model, and no model loader was given")
@@ -64,6 +74,8 @@ class Context:
         return self._lm
 
     def tick(self, done: int, total: int, msg: str) -> None:
+        """Report progress ``done`` of ``total`` (units the caller chooses) with ``msg``, if a
+        progress callable was given."""
         if self.progress:
             self.progress(done, total, msg)
 
@@ -90,6 +102,8 @@ class Context:
 
 
 def method_key(ctx: Context, m: Method) -> str:
+    """The 16-hex freshness key of method ``m`` in ``ctx``: hash of (name, version, its settings,
+    the pool rows, the answers stage key, the model's weights hash)."""
     rec = ctx.ws.stage_record("answers") or {}
     model = ctx.ws.read_json("model.json", {}) or {}
     return stable_hash("method", m.name, m.version, ctx.settings.pick(m.settings), ctx.pool["row"].tolist(),
@@ -97,15 +111,23 @@ def method_key(ctx: Context, m: Method) -> str:
 
 
 def meta(ws: Workspace, name: str) -> dict | None:
+    """``methods/<name>/meta.json`` (key, seconds, cost, info, ...) or None."""
     return ws.read_json(f"{DIR}/{name}/meta.json")
 
 
 def is_fresh(ctx: Context, m: Method) -> bool:
+    """True when ``m``'s stored scores were computed with today's :func:`method_key`."""
     md = meta(ctx.ws, m.name)
     return bool(md and md.get("key") == method_key(ctx, m) and ctx.ws.path(DIR, m.name, "scores.parquet").exists())
 
 
 def save(ctx: Context, m: Method, res: MethodResult, seconds: float) -> None:
+    """Store ``m``'s result: ``methods/<name>/scores.parquet`` (row, id, split, score, ...) and
+    ``meta.json`` (key, seconds, cost, info), then drop its resumable chunks.
+
+    Raises:
+        ValueError: the scores lack row/score columns, cover other rows than the pool, or fall
+            outside [0, 1] (NaN allowed)."""
     sc = res.scores.copy()
     if "row" not in sc.columns or "score" not in sc.columns:
         raise ValueError(f"method {m.name} returned no row/score columns")
@@ -132,11 +154,13 @@ def save(ctx: Context, m: Method, res: MethodResult, seconds: float) -> None:
 
 
 def load_scores(ws: Workspace, name: str) -> pd.DataFrame | None:
+    """A stored method's ``scores.parquet`` (row, id, split, score, ...) or None."""
     p = ws.path(DIR, name, "scores.parquet")
     return pd.read_parquet(p) if p.exists() else None
 
 
 def stored_methods(ws: Workspace) -> list[str]:
+    """Names of the methods with stored scores and meta in the workspace, sorted."""
     d = ws.path(DIR)
     if not d.exists():
         return []

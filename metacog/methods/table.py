@@ -4,7 +4,9 @@ split, with the metrics of :mod:`metacog.stats.metrics` and each method's cost.
 Columns: method, base, calibration (none | platt | isotonic | temperature), family, n_eval,
 n_missing, auroc, auroc_lo, auroc_hi, ece, brier, aurc, ceiling_rate (share of scores ≥ 0.95),
 cost, seconds, forward_passes, train_updates. Post-hoc variants are fitted on the
-calibration split (:func:`metacog.methods.calibrate.posthoc`) and scored on eval."""
+calibration split (:func:`metacog.methods.calibrate.posthoc`) and scored on eval.
+
+Public entry: :func:`methods_table`."""
 from __future__ import annotations
 
 import numpy as np
@@ -74,6 +76,11 @@ def _seconds(md: dict):
 
 def methods_table(ws: Workspace, names=None, posthoc_kinds=KINDS, n_bins: int = 10, n_boot: int = 1000,
                   seed: int = 0) -> pd.DataFrame:
+    """One row per stored method and post-hoc variant (platt, isotonic, temperature, fitted on the
+    calibration split) with eval-split metrics: AUROC with its 95% bootstrap CI (``n_boot``
+    resamples, ``seed``), ECE (``n_bins`` equal-width bins), Brier, AURC, ceiling rate (share of
+    scores >= 0.95), cost and seconds (columns in the module docstring). A variant that cannot be
+    fitted gets a row with ``note``. Empty DataFrame when nothing is stored."""
     rows = []
     known = set(registry.names())
     stored = store.stored_methods(ws)

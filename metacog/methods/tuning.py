@@ -1,6 +1,8 @@
 """Shared by the training methods: a short LoRA run through the fine-tuning machinery
 (:mod:`metacog.finetune`: targets from the train split only, the peft backend, the runs
-registry). A finished run with the same settings is reused, so the method resumes."""
+registry). A finished run with the same settings is reused, so the method resumes.
+
+Public entry: :func:`run_for`."""
 from __future__ import annotations
 
 from metacog.finetune import FinetuneSettings, create_run, execute
@@ -8,6 +10,12 @@ from metacog.finetune.runs import Run, list_runs
 
 
 def settings_for(ctx, **kw) -> FinetuneSettings:
+    """The :class:`~metacog.finetune.FinetuneSettings` of a training method's short LoRA run: binary
+    unbalanced targets, the ``tune_*`` budget of ``ctx.settings`` (updates, rank, alpha = 2·rank,
+    lr, batch size), seed 42 + seed, float32; ``kw`` overrides (format, objective, loss_on, ...).
+
+    Raises:
+        SettingsError: an invalid combination."""
     s = ctx.settings
     base = dict(targets="binary", binary_balance=False, target_modules=s.tune_target_modules, rank=s.tune_rank, alpha=2.0 * s.tune_rank, lr=s.tune_lr,
                 batch_size=s.tune_batch_size, grad_accum=1, epochs=None, max_updates=s.tune_updates, seed=42 + s.seed,
@@ -42,6 +50,8 @@ def run_for(ctx, fs: FinetuneSettings, name: str) -> Run:
 
 
 def run_info(run: Run) -> dict:
+    """The training facts of a run for a method's ``info``: run id, train_updates (optimizer
+    updates run), train_seconds, final_train_loss and val_loss."""
     st = run.status()
     return {"run": run.id, "train_updates": st.get("updates_run"), "train_seconds": st.get("train_seconds"),
             "final_train_loss": (st.get("result") or {}).get("final_train_loss"), "val_loss": st.get("val_loss")}

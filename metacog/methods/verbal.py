@@ -1,6 +1,8 @@
 """Baselines the study already computed: verbal confidence (inline, two-pass) and the
 expected value of the exact 0–100 distribution (inline, two-pass). Score = value / 100;
-an unparsed verbal confidence stays NaN (counted as missing in the table)."""
+an unparsed verbal confidence stays NaN (counted as missing in the table).
+
+Public entry: the registered baseline methods (``verbal_*``, ``ev_*``)."""
 from __future__ import annotations
 
 import pandas as pd

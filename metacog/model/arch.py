@@ -25,10 +25,11 @@ Public functions (all take a model, a PEFT wrapper of one, or a config where not
 - :func:`lora_targets` — default LoRA target modules (peft's per-architecture map, else
   ``all-linear``); :func:`linear_dims` — (in, out) features of a Linear or GPT-2 ``Conv1D``
 - :func:`stop_token_strings` — chat end-of-turn tokens that stop generation
-- :func:`lens_hook_name` — TransformerLens' residual hook of hidden-state index ``h``
 - :func:`load_options`, :func:`parse_max_memory` — sharded (accelerate) / quantized
   (bitsandbytes, CUDA only) loading; :func:`input_device`, :func:`kv_bytes_per_token`,
   :func:`free_memory` — where inputs go and what a batch costs
+
+Public entry: :func:`family` (the rest are look-ups through it).
 """
 from __future__ import annotations
 
@@ -121,6 +122,8 @@ def text_config(obj):
 
 
 def model_type(obj) -> str:
+    """``config.model_type`` of a model, PEFT wrapper or config (``""`` when it has none);
+    the key of :data:`FAMILIES`."""
     return str(getattr(_config(obj), "model_type", "") or "")
 
 
@@ -349,7 +352,10 @@ def load_options(settings, device: torch.device, dtype: torch.dtype) -> dict:
     layers are spread by accelerate over GPUs, then CPU, then disk (``max_memory`` caps each,
     ``offload_dir`` holds what fits nowhere); with ``quantize`` 8bit/4bit a bitsandbytes
     config (NF4 with ``dtype`` compute for 4-bit, the QLoRA setting). Quantization needs CUDA
-    and bitsandbytes: refused with :class:`ArchError` otherwise."""
+    and bitsandbytes: refused with :class:`ArchError` otherwise.
+
+    Raises:
+        ArchError: ``quantize`` without a CUDA device, or without the bitsandbytes package."""
     kw: dict = {}
     q = getattr(settings, "quantize", None)
     if q:
@@ -420,18 +426,12 @@ def input_device(model) -> torch.device:
 
 
 # --------------------------------------------------------------------------------------
-# generation and TransformerLens
+# generation (TransformerLens hook names: metacog.model.lens)
 # --------------------------------------------------------------------------------------
 def stop_token_strings(model=None) -> tuple[str, ...]:
     """End-of-turn token strings that end a generated answer (those the tokenizer has)."""
     fam = family(model) if model is not None else GENERIC
     return tuple(dict.fromkeys(fam.stop_tokens + _CHAT_STOPS))
-
-
-def lens_hook_name(h: int) -> str:
-    """TransformerLens (TransformerBridge) hook of hidden-state index ``h``: the same names for
-    every family, since the bridge maps each architecture onto its own block layout."""
-    return "blocks.0.hook_resid_pre" if h == 0 else f"blocks.{h - 1}.hook_resid_post"
 
 
 def describe(model) -> dict:

@@ -11,6 +11,8 @@ entry of ``seeds``; at every step the row draws one uniform number u from it and
 first token whose cumulative probability (softmax of logits / T, vocabulary order) exceeds u
 (inverse-CDF sampling). So a row's sample depends only on its prompt, its seed and T, not on
 which other rows share its batch.
+
+Public entry: :func:`generate`.
 """
 from __future__ import annotations
 
@@ -56,7 +58,10 @@ def greedy_batch(lm, prompts: list[list[int]], max_new_tokens: int, stop: Callab
     prompt (one batch), decoded without special tokens.
 
     Rows that have finished are dropped from the KV cache (once a quarter of the live rows
-    are done), so a batch costs the sum of its rows' lengths, not rows × the longest."""
+    are done), so a batch costs the sum of its rows' lengths, not rows × the longest.
+
+    Raises:
+        ValueError: ``temperature > 0`` without one seed per prompt."""
     model, tok = lm.model, lm.tokenizer
     dev = input_device(model)
     ids, att, pos = left_pad(prompts, tok.pad_token_id, dev)
@@ -128,8 +133,15 @@ def batches_by_length(seqs: list[list[int]], batch_size: int, max_tokens: int = 
 def generate(lm, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 32, stop=None, progress=None,
              should_stop=None, temperature: float = 0.0, seeds: list[int] | None = None) -> list[str]:
     """Greedy continuations for many prompts, in the input order (or seeded samples: one seed
-    per prompt, ``temperature > 0``). ``progress(k)`` is called with the number of rows just
-    finished; ``should_stop()`` is checked before each batch."""
+    per prompt, ``temperature > 0``). ``prompts`` are token-id lists (no padding); the result is
+    one decoded string per prompt (special tokens skipped, cut at EOS), at most
+    ``max_new_tokens`` tokens; a row ends once ``stop(text so far)`` is true (the text that
+    triggered it is kept: callers parse it). ``progress(k)`` is called with the number of rows just
+    finished; ``should_stop()`` is checked before each batch.
+
+    Raises:
+        Stopped: ``should_stop()`` was true before a batch (finished rows are lost: callers chunk).
+        ValueError: ``temperature > 0`` without one seed per prompt."""
     from metacog.core.runtime import check_stop
 
     out: list[str | None] = [None] * len(prompts)

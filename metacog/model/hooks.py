@@ -6,6 +6,8 @@ Hidden state index ``h`` (0..n_layers) names the residual stream *entering* deco
 the final-norm output), every index here is the raw residual stream, so layers are
 comparable and patchable. The states are read by forward hooks while the model runs its own
 forward with its own causal mask — never by calling layers by hand.
+
+Public entry: :func:`capture_residual` (read) and :func:`patch_residual` (write).
 """
 from __future__ import annotations
 
@@ -100,7 +102,10 @@ def capture_residual(model, index: torch.Tensor, out: list) -> Iterator[None]:
 @contextlib.contextmanager
 def patch_residual(model, hidden_index: int, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
     """While active, the residual stream at hidden-state index ``hidden_index`` is replaced
-    by ``fn(h)`` (``h``: ``[B, T, d]``) before the rest of the model sees it."""
+    by ``fn(h)`` (``h``: ``[B, T, d]``) before the rest of the model sees it.
+
+    Raises:
+        ValueError: ``hidden_index`` outside 0..n_layers."""
     layers = decoder_layers(model)
     if not 0 <= hidden_index <= len(layers):
         raise ValueError(f"hidden-state index {hidden_index} is outside 0..{len(layers)}")

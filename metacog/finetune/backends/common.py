@@ -5,6 +5,8 @@ Data order is a pure function of (seed, epoch): epoch ``e`` visits the training 
 optimizer update ``k`` uses epoch ``k // updates_per_epoch`` and, within it, the batches
 ``[g·A, g·A + group_sizes[g])`` with ``g = k % updates_per_epoch``. A resumed run therefore
 sees exactly the batches an uninterrupted run would, from the update it resumes at.
+
+Public entry: :func:`update_batches` (and the checkpoint helpers both backends call).
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ CKPT_RE = re.compile(r"^step-(\d{6})$")
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The order ``[n]`` (a permutation of 0..n-1) in which epoch ``epoch`` visits the ``n``
+    training examples: ``numpy.random.default_rng([seed, epoch]).permutation(n)``."""
     return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
 
 
@@ -72,10 +76,13 @@ def stop_cancelled(update: int, plan: Plan, run_path: Path, save, hooks) -> None
 
 # ------------------------------------------------------------------------------ checkpoints
 def ckpt_root(run_path: Path) -> Path:
+    """The checkpoints directory ``<run>/checkpoints`` of a run."""
     return Path(run_path) / "checkpoints"
 
 
 def list_checkpoints(run_path: Path) -> list[tuple[int, Path]]:
+    """The complete checkpoints of a run (``checkpoints/step-NNNNNN`` holding ``COMPLETE``), as
+    (update, path) sorted by update; [] when there are none. Incomplete ones are ignored."""
     d = ckpt_root(run_path)
     if not d.exists():
         return []
@@ -88,6 +95,7 @@ def list_checkpoints(run_path: Path) -> list[tuple[int, Path]]:
 
 
 def latest_checkpoint(run_path: Path) -> tuple[int, Path] | None:
+    """The (update, path) of the newest complete checkpoint, or None."""
     cks = list_checkpoints(run_path)
     return cks[-1] if cks else None
 
@@ -105,7 +113,10 @@ def begin_dir(final: Path) -> Path:
 
 def commit_dir(tmp: Path, final: Path) -> Path:
     """Atomically put a finished directory in place; an older one is replaced only once the
-    new one is complete (a kill or a full disk leaves the previous one intact)."""
+    new one is complete (a kill or a full disk leaves the previous one intact).
+
+    Raises:
+        WorkspaceError: the new directory contains a symbolic link, or a link lies on the way."""
     atomic_write_text(tmp / "COMPLETE", time.strftime("%Y-%m-%dT%H:%M:%S"))
     for p in tmp.rglob("*"):
         if p.is_symlink():
@@ -127,6 +138,8 @@ def commit_dir(tmp: Path, final: Path) -> Path:
 
 
 def prune_checkpoints(run_path: Path, keep: int) -> None:
+    """Keep the ``keep`` newest complete checkpoints (``keep <= 0`` removes them all) and remove
+    temporary directories left by killed processes."""
     cks = list_checkpoints(run_path)
     for _, p in cks[:-keep] if keep > 0 else cks:
         remove_tree(p)
@@ -141,9 +154,12 @@ def prune_checkpoints(run_path: Path, keep: int) -> None:
 
 
 def write_adapter_meta(adapter_dir: Path, meta: dict) -> None:
+    """Write ``metacog.json`` (JSON-able ``meta``: base model, weights hash, run, settings key,
+    backend) into an adapter directory, atomically."""
     atomic_write_text(Path(adapter_dir) / "metacog.json", json.dumps(json_safe(meta), indent=2, default=str) + "\n")
 
 
 def read_adapter_meta(adapter_dir: Path) -> dict:
+    """The ``metacog.json`` of an adapter directory as a dict ({} when absent)."""
     p = Path(adapter_dir) / "metacog.json"
     return json.loads(p.read_text()) if p.exists() else {}

@@ -18,6 +18,8 @@ Outputs: ``adapter_mlx/`` in mlx-lm's own format (``adapters.safetensors`` +
 ``adapter_config.json``; ``mlx_lm.generate --adapter-path`` loads it) and ``adapter/``, a
 converted PEFT copy (``lora_A = lora_a.T``, ``lora_B = lora_b.T``, ``lora_alpha = scale × r``)
 that ``PeftModel.from_pretrained`` loads, so evaluation is the same for both backends.
+
+Public entry: :func:`train` (check :func:`available` first).
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ NAME = "mlx"
 
 
 def available() -> tuple[bool, str]:
+    """(True, "") when ``mlx`` and ``mlx-lm`` import, else (False, a message saying what to install)."""
     try:
         import mlx.core  # noqa: F401
         import mlx_lm  # noqa: F401
@@ -49,6 +52,10 @@ def available() -> tuple[bool, str]:
 
 # ------------------------------------------------------------------------------ model
 def hf_dir(lm) -> Path:
+    """The base model's local Hugging Face directory (``lm.source``).
+
+    Raises:
+        SettingsError: ``lm.source`` holds no ``config.json`` (mlx-lm needs a local directory)."""
     src = Path(str(lm.source))
     if not (src / "config.json").exists():
         raise SettingsError(f"the mlx backend needs the base model as a local Hugging Face directory; {lm.source!r} is not one")
@@ -56,7 +63,10 @@ def hf_dir(lm) -> Path:
 
 
 def load_base(lm, dtype: str = "auto"):
-    """mlx model of the workspace's base model (rope_theta fixed for transformers-5 configs)."""
+    """mlx model of the workspace's base model (rope_theta fixed for transformers-5 configs).
+
+    Raises:
+        SettingsError: the model's ``config.json`` has no ``rope_theta`` (top level or under ``rope_parameters``)."""
     import mlx.core as mx
     from mlx_lm.utils import load_model
 
@@ -75,7 +85,10 @@ def load_base(lm, dtype: str = "auto"):
 
 
 def lora_keys(model, modules) -> list[str]:
-    """Module paths inside a decoder block whose last name is in ``modules`` (or all linear)."""
+    """Module paths inside a decoder block whose last name is in ``modules`` (or all linear).
+
+    Raises:
+        SettingsError: a target module the model does not have (the message lists its linear layers)."""
     import mlx.nn as nn
 
     keys = set()
@@ -96,6 +109,11 @@ def lora_keys(model, modules) -> list[str]:
 
 
 def add_lora(model, s: FinetuneSettings) -> dict:
+    """Freeze ``model`` and put LoRA (Hu et al. 2021) on its target linear layers in every block
+    (seeded with ``s.seed``); returns the mlx-lm LoRA config (rank, scale = alpha / rank, dropout, keys).
+
+    Raises:
+        SettingsError: a target module the model does not have (:func:`lora_keys`)."""
     import mlx.core as mx
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
@@ -132,6 +150,8 @@ def _loss_sum(model, x, y, m):
 
 
 def mean_loss(model, examples, pad_id, batch_size) -> float:
+    """Mean token cross-entropy (nats per loss token) of ``model`` over ``examples``, in batches
+    of ``batch_size`` (right-padded; padding carries no loss)."""
     model.eval()
     tot, n = 0.0, 0
     for s in range(0, len(examples), batch_size):
@@ -150,6 +170,8 @@ def _adapter_params(model) -> dict:
 
 
 def save_mlx_adapter(model, out: Path, lora_cfg: dict, meta: dict) -> Path:
+    """Write the trained adapter in mlx-lm's format (``adapters.safetensors`` +
+    ``adapter_config.json`` + ``metacog.json``) to ``out`` atomically; returns ``out``."""
     import mlx.core as mx
 
     tmp = begin_dir(out)
@@ -188,6 +210,8 @@ def mlx_to_peft(mlx_dir: Path, out: Path, s: FinetuneSettings, base_source: str,
 
 
 def save_checkpoint(run_path: Path, model, opt, update: int, extra: dict, lora_cfg: dict, meta: dict, keep: int) -> None:
+    """Write checkpoint ``checkpoints/step-<update>`` (adapter, AdamW state, mlx RNG state,
+    ``state.json`` with ``update`` and ``extra``) atomically, then keep only the ``keep`` newest."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
@@ -220,6 +244,12 @@ def _load_checkpoint(path: Path, model, opt) -> dict:
 # ------------------------------------------------------------------------------ train
 def train(run, lm, train_ex: list[Example], val_ex: list[Example], s: FinetuneSettings, plan: Plan,
           hooks: Hooks | None = None, owned: bool = False) -> dict:
+    """Train (or resume from the newest checkpoint) the LoRA adapter of ``run`` with mlx-lm;
+    returns what ran (see :mod:`metacog.finetune.backends`). ``plan`` counts optimizer updates.
+
+    Raises:
+        SettingsError: mlx/mlx-lm are not importable, or the model is not a local HF directory.
+        Stopped: the run was cancelled (a checkpoint of the last update is written first)."""
     ok, why = available()
     if not ok:
         raise SettingsError(why)

@@ -1,14 +1,16 @@
-"""LoRA with peft on torch (CPU, CUDA, MPS): the default backend.
+"""LoRA (Hu et al. 2021) with peft on torch (CPU, CUDA, MPS): the default backend.
 
 A plain training loop (no HF Trainer) so that what is counted is exactly what runs:
 one optimizer update = ``grad_accum`` micro-batches (fewer for the last update of an epoch),
-loss = summed token cross-entropy over the update's loss tokens / their number, AdamW,
+loss = summed token cross-entropy over the update's loss tokens / their number, AdamW (Loshchilov & Hutter 2019),
 gradient clipping, LambdaLR schedule (:func:`metacog.finetune.settings.lr_factor`).
 
 Checkpoints (every ``checkpoint_every`` updates, at validation points, and when stopped)
 hold the adapter, optimizer, scheduler, RNG states and the update count; a resumed run
 continues from the newest one and produces the same adapter as an uninterrupted run with
 the same seed (same thread count and device: floating-point sums are order-sensitive).
+
+Public entry: :func:`train`; :func:`load_adapter_model` for evaluation.
 """
 from __future__ import annotations
 
@@ -54,7 +56,10 @@ def resolved_targets(model, modules) -> list[str]:
 
 
 def check_target_modules(model, modules, rank: int) -> None:
-    """Clear messages for target modules the model does not have and for absurd ranks."""
+    """Clear messages for target modules the model does not have and for absurd ranks.
+
+    Raises:
+        SettingsError: a target module the model lacks, or ``rank`` above the model width."""
     avail = linear_module_names(model)
     mods = resolved_targets(model, modules)
     if mods != [ALL_LINEAR]:
@@ -68,6 +73,8 @@ def check_target_modules(model, modules, rank: int) -> None:
 
 
 def lora_config(s: FinetuneSettings, model=None):
+    """The peft ``LoraConfig`` of ``s`` (LoRA, Hu et al. 2021: rank ``s.rank``, ``lora_alpha =
+    s.alpha``, dropout, causal-LM task, no bias); ``auto`` targets are resolved for ``model``."""
     from peft import LoraConfig
 
     mods = resolved_targets(model, s.target_modules) if model is not None else list(s.target_modules)
@@ -77,6 +84,10 @@ def lora_config(s: FinetuneSettings, model=None):
 
 
 def wrap_lora(model, s: FinetuneSettings):
+    """``model`` wrapped by peft with LoRA adapters (A initialised from ``s.seed``).
+
+    Raises:
+        SettingsError: a target module the model lacks, or a rank above the model width."""
     from peft import get_peft_model
 
     check_target_modules(model, s.target_modules, s.rank)
@@ -86,11 +97,14 @@ def wrap_lora(model, s: FinetuneSettings):
 
 
 def trainable_parameters(pm) -> list[torch.nn.Parameter]:
+    """The parameters of ``pm`` that require gradients (the LoRA A/B matrices)."""
     return [p for p in pm.parameters() if p.requires_grad]
 
 
 # ------------------------------------------------------------------------------ loss
 def batch_tensors(examples: list[Example], pad_id: int, dev):
+    """Left-padded ``input_ids``, ``attention_mask``, ``position_ids`` and ``labels`` (each
+    ``[B, T]``, labels -100 where there is no loss) of a batch of examples, on ``dev``."""
     ids, att, pos = left_pad([e.input_ids for e in examples], pad_id, dev)
     T = ids.shape[1]
     lab = torch.full((len(examples), T), -100, dtype=torch.long)
@@ -133,11 +147,15 @@ def objective_sum(model, examples: list[Example], pad_id: int, objective: str = 
 
 
 def loss_units(e: Example, objective: str = "ce") -> int:
+    """How many units an example contributes to a mean loss: its loss tokens (``ce``), or 1 (``brier``)."""
     return 1 if objective == "brier" else sum(1 for x in e.labels[1:] if x != -100)
 
 
 @torch.no_grad()
 def mean_loss(model, examples: list[Example], pad_id: int, batch_size: int, objective: str = "ce", tok=None) -> float:
+    """Mean loss over ``examples`` without gradients, in batches of ``batch_size``: token
+    cross-entropy in nats per loss token (``ce``), or the Brier objective per example (``brier``,
+    in [0, 1]). The model's train/eval mode is restored."""
     was = model.training
     model.eval()
     tot, n = 0.0, 0
@@ -168,6 +186,7 @@ def _set_rng_state(st: dict) -> None:
 
 
 def save_adapter(pm, out: Path, meta: dict) -> Path:
+    """Write the PEFT adapter of ``pm`` plus ``metacog.json`` (``meta``) to ``out`` atomically; returns ``out``."""
     tmp = begin_dir(out)
     pm.save_pretrained(str(tmp))
     write_adapter_meta(tmp, meta)
@@ -175,6 +194,10 @@ def save_adapter(pm, out: Path, meta: dict) -> Path:
 
 
 def load_adapter_weights(pm, adapter_dir: Path) -> None:
+    """Load the LoRA weights of ``adapter_dir/adapter_model.safetensors`` into ``pm``.
+
+    Raises:
+        RuntimeError: the file has LoRA keys ``pm`` does not (a different target set or model)."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -186,6 +209,9 @@ def load_adapter_weights(pm, adapter_dir: Path) -> None:
 
 
 def save_checkpoint(run_path: Path, pm, opt, sched, update: int, extra: dict, meta: dict, keep: int) -> Path:
+    """Write checkpoint ``checkpoints/step-<update>`` (adapter, optimizer, scheduler, RNG states
+    and ``update``, via :mod:`metacog.core.safestate`, no pickle) atomically, then keep the ``keep``
+    newest; returns its path."""
     final = Path(run_path) / "checkpoints" / f"step-{update:06d}"
     tmp = begin_dir(final)
     pm.save_pretrained(str(tmp / "adapter"))
@@ -200,7 +226,12 @@ def save_checkpoint(run_path: Path, pm, opt, sched, update: int, extra: dict, me
 # ------------------------------------------------------------------------------ train
 def train(run, lm, train_ex: list[Example], val_ex: list[Example], s: FinetuneSettings, plan: Plan,
           hooks: Hooks | None = None, owned: bool = False) -> dict:
-    """Train (or resume) the LoRA adapter of ``run``; returns what ran (see backends/__init__)."""
+    """Train (or resume) the LoRA adapter of ``run``; returns what ran (see backends/__init__).
+
+    Raises:
+        ValueError: ``train_ex`` does not have the ``plan.n_train`` examples the plan was made for.
+        SettingsError: invalid target modules or rank (:func:`check_target_modules`).
+        Stopped: the run was cancelled (its last update is checkpointed first)."""
     hooks = hooks or Hooks()
     run_path = Path(run.path)
     if len(train_ex) != plan.n_train:
