@@ -7,7 +7,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from metacog.stages.probes import DEFAULT_CS, fit_probes, make_synthetic, selection_null, stratified_folds
+from metacog.stages.probes import DEFAULT_CS, fit_probes, selection_null, stratified_folds
+from metacog.testing import make_synthetic
 
 
 def fit(*args, **kw):
@@ -405,7 +406,7 @@ def test_selection_null_permutes_whole_facts():
     split = np.array(["train"] * n)
     r = selection_null(X, y, split, n_perm=30, groups=groups)
     assert r["n_perm"] == 30 and 0 < r["p"] <= 1
-    import metacog.stages.probes as P
+    import metacog.stages.probes.null as P
 
     seen = []
     orig = P._one_step_preds
