@@ -3,7 +3,7 @@
 Pure functions of the runs' evaluation artifacts (``runs/<id>/eval.json`` + ``per_item.parquet``,
 always the **eval split**) and of the workspaces' ``summary.json``; the Compare page, the HTML
 report and the CLI call them. Every metric comes from :mod:`metacog.stats.metrics` (through eval.json
-or directly); the only new definitions here are the two distances between distributions:
+or directly); the two distances between distributions are scipy's (:mod:`metacog.compare.distances`):
 
 * Kolmogorov–Smirnov: ``D = sup_x |F_a(x) − F_b(x)|`` over the empirical CDFs;
 * Wasserstein-1 (earth mover's): ``W = ∫ |F_a(x) − F_b(x)| dx`` (in confidence points, 0–100).

@@ -22,6 +22,7 @@ __all__ = [
     "ECE_BINS_DOC",
     "VALIDITY_DOC",
     "auroc",
+    "auroc_along",
     "auroc_ci",
     "bootstrap_counts",
     "auroc_boot_batch",
@@ -120,19 +121,65 @@ def _conf01(conf01, labels) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --------------------------------------------------------------------------- AUROC
+def auroc_along(scores, labels, axis: int = -1) -> np.ndarray:
+    """AUROC of every slice of ``scores`` along ``axis``: the one AUROC implementation of metacog
+    (:func:`auroc`, :func:`auroc_boot_batch`, the probes' cross-validation and selection null call it).
+
+    ``scores``: float array of any shape (e.g. ``[n_models, n_items]`` with ``axis=-1``, or
+    ``[n_items, n_scores]`` with ``axis=0``). ``labels``: correctness (bool or 0/1), broadcastable
+    to ``scores`` (``[n_items]`` for shared labels, or one label vector per slice). Returns a float
+    array of ``scores``' shape without ``axis``.
+
+    Definition: AUROC = P(score of a correct item > score of an incorrect one) + ½ P(tie)
+    = U / (n_pos n_neg), U = R_pos − n_pos (n_pos + 1) / 2 the Mann–Whitney statistic from the
+    sum R_pos of the positives' average ranks (Mann & Whitney 1947; Hanley & McNeil 1982); equal
+    to ``sklearn.metrics.roc_auc_score`` and to ``scipy.stats.mannwhitneyu(...).statistic / (n_pos n_neg)``
+    (tested). Ranks: ``scipy.stats.rankdata(method="average")`` when a slice has ties, else the
+    ordinal ranks of one stable argsort (identical then, and cheaper). NaN for a slice with one
+    class only or with a NaN score.
+
+    Raises: ValueError when labels are not bool/0/1 or do not broadcast to ``scores``.
+    """
+    S = np.asarray(scores, dtype=float)
+    Y = np.asarray(labels)
+    if Y.dtype != bool:
+        yf = Y.astype(float)
+        if np.any(np.isnan(yf)) or not np.all((yf == 0) | (yf == 1)):
+            raise ValueError("labels must be bool or 0/1")
+        Y = yf.astype(bool)
+    try:
+        Y = np.broadcast_to(Y, S.shape)
+    except ValueError:
+        raise ValueError(f"labels of shape {Y.shape} do not broadcast to scores of shape {S.shape}") from None
+    S, Y = np.moveaxis(S, axis, -1), np.moveaxis(Y, axis, -1)
+    m = S.shape[-1]
+    bad = np.isnan(S).any(axis=-1)
+    if bad.any():
+        S = np.where(bad[..., None], 0.0, S)
+    o = np.argsort(S, axis=-1, kind="stable")
+    sv = np.take_along_axis(S, o, axis=-1)
+    if m > 1 and np.any(sv[..., 1:] == sv[..., :-1]):
+        R = rankdata(S, method="average", axis=-1)
+    else:
+        R = np.empty(S.shape)
+        np.put_along_axis(R, o, np.arange(1, m + 1, dtype=float), axis=-1)
+    n1 = Y.sum(axis=-1).astype(float)
+    n0 = m - n1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = ((R * Y).sum(axis=-1) - n1 * (n1 + 1) / 2.0) / (n1 * n0)
+    return np.where((n1 == 0) | (n0 == 0) | bad, np.nan, out)
+
+
 def auroc(scores, labels, nan_policy: str = "raise") -> float:
-    """AUROC = Mann-Whitney U / (n_pos n_neg) with average ranks for ties; NaN if one class.
+    """AUROC of one score vector ``[n_items]`` against correctness labels ``[n_items]``
+    (:func:`auroc_along`: Mann-Whitney U / (n_pos n_neg), average ranks for ties); NaN if one class.
 
     ``nan_policy``: "raise" (default) raises on NaN scores; "omit" drops those items first.
+    Raises: ValueError on NaN scores (``nan_policy="raise"``), labels that are not bool/0/1, or
+    scores and labels of different lengths.
     """
     s, y = _scores_labels(scores, labels, nan_policy)
-    n1 = int(y.sum())
-    n0 = y.size - n1
-    if n1 == 0 or n0 == 0:
-        return float("nan")
-    r = rankdata(s, method="average")
-    u = r[y].sum() - n1 * (n1 + 1) / 2.0
-    return float(u / (n1 * n0))
+    return float(auroc_along(s, y))
 
 
 def bootstrap_counts(n_pos: int, n_neg: int, n_boot: int, seed: int):
@@ -203,8 +250,7 @@ def auroc_boot_batch(scores_2d, labels, n_boot: int = 1000, alpha: float = 0.05,
         raise ValueError("scores contain NaN")
     if n1 == 0 or n0 == 0:
         return nan, nan.copy(), nan.copy()
-    R = rankdata(S, method="average", axis=0)
-    point = (R[y].sum(axis=0) - n1 * (n1 + 1) / 2.0) / (n1 * n0)
+    point = auroc_along(S, y[:, None], axis=0)
     if n_boot < 1:
         return point, nan.copy(), nan.copy()
     cp, cn = bootstrap_counts(n1, n0, n_boot, seed)

@@ -7,28 +7,23 @@ import time
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 
 from metacog.stages.probes.inputs import stratified_folds
 from metacog.stages.probes.solver import newton_cg, top_eig
+from metacog.stats.metrics import auroc_along
 
 _C_PER_STAGE = 2
-
-
-def _auroc_rows(S: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """AUROC (average ranks) of each row of S [m, n] against labels y [n]; NaN if one class."""
-    y = np.asarray(y, dtype=bool)
-    n1 = int(y.sum())
-    n0 = y.size - n1
-    if n1 == 0 or n0 == 0:
-        return np.full(S.shape[0], np.nan)
-    R = rankdata(S, method="average", axis=1)
-    return (R[:, y].sum(1) - n1 * (n1 + 1) / 2.0) / (n1 * n0)
 
 
 
 def fit_all(src, probes, y, tr, other, k_folds, Cs, order, seed, tol, cv_tol, max_newton, max_cg, rank,
              chunk, workers, oof, coef, intercept, fold_of, info, progress, g_tr=None):
+    """Fit every probe of ``probes`` (``(layer, position index)`` pairs) by nested cross-fitting over
+    the C grid, filling ``oof`` ``[n_items, n_layers, n_positions]``, ``coef`` ``[n_layers,
+    n_positions, d]``, ``intercept`` and ``fold_of`` in place and ``info`` with solver counts.
+    Chunks of probes run on ``workers`` threads (results do not depend on it). Returns ``(fit_rows,
+    rows_cv)``: ``(layer, position index, chosen C, nested cv_auroc)`` per probe and one dict per
+    (probe, C) of the CV grid."""
     n_tr = tr.size
     d = src.d
     y_tr = y[tr]
@@ -197,8 +192,8 @@ def _fit_chunk(ctx, job, pi, ls):
                 cnt = np.zeros(k_folds, dtype=int)
                 for q, (f, g) in enumerate(pairs):
                     zq = Zc[:, k_folds + 1 + q]
-                    pa[:, f, cnt[f]] = _auroc_rows(zq[:, heldout[g]], y_tr[heldout[g]])
-                    pa[:, g, cnt[g]] = _auroc_rows(zq[:, heldout[f]], y_tr[heldout[f]])
+                    pa[:, f, cnt[f]] = auroc_along(zq[:, heldout[g]], y_tr[heldout[g]])
+                    pa[:, g, cnt[g]] = auroc_along(zq[:, heldout[f]], y_tr[heldout[f]])
                     cnt[f] += 1
                     cnt[g] += 1
                 inner[:, :, ci] = pa.mean(2)
@@ -258,6 +253,6 @@ def _fold_aurocs(Z: np.ndarray, heldout, y_tr) -> np.ndarray:
     """[B, k]: held-out AUROC of fold f's model (Z[:, f]) on fold f's rows."""
     out = np.empty((Z.shape[0], len(heldout)))
     for f, h in enumerate(heldout):
-        out[:, f] = _auroc_rows(Z[:, f, h], y_tr[h])
+        out[:, f] = auroc_along(Z[:, f, h], y_tr[h])
     return out
 

@@ -86,7 +86,6 @@ def fit_probes(
     ca = np.flatnonzero(split == "calibration")
     ev = np.flatnonzero(split == "eval")
     other = np.concatenate([ca, ev])
-    used = np.concatenate([tr, other])
     n_tr = tr.size
     y_tr = y[tr]
     info: dict = {"threads": None, "warnings": []}
@@ -130,7 +129,6 @@ def fit_probes(
     # ---- eval metrics (one batched bootstrap over all probes: metrics.bootstrap_metrics_batch)
     y_ev = y[ev]
     rows = []
-    nan = float("nan")
     if fit_rows:
         S = np.stack([oof[ev, l, pi].astype(np.float64) for (l, pi, *_r) in fit_rows], axis=1)
         bm = M.bootstrap_metrics_batch(S, y_ev, n_bins=n_bins, n_boot=n_boot, alpha=alpha, seed=seed)

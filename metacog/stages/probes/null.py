@@ -8,10 +8,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import rankdata
 
 from metacog.stages.probes.inputs import ActivationSource, stratified_folds
 from metacog.stages.probes.results import DEFAULT_CS
+from metacog.stats.metrics import auroc_along
 
 
 SELECTION_NULL_DOC = (
@@ -98,7 +98,7 @@ def selection_null(X, y, split, *, positions: Sequence | None = None, layers: Se
             auc = np.zeros((B, len(Cs), n_perm + 1))
             for f, ci, pred in _one_step_preds(raw, fit, held, Yt, lams, path):
                 with np.errstate(invalid="ignore", divide="ignore"):
-                    a = _auroc_cols(pred, yh[f], n1[f])
+                    a = auroc_along(pred, yh[f][None], axis=1)
                 auc[:, ci] += np.where(ok[f], a, 0.0)
             with np.errstate(invalid="ignore", divide="ignore"):
                 best = np.fmax(best, (auc / np.where(cnt > 0, cnt, np.nan)).max(axis=(0, 1)))
@@ -168,18 +168,3 @@ def _one_step_preds(raw, fit, held, Yt, lams, path="auto"):
             t = torch.linalg.solve(M, Uf @ z)
             w = z + dinv[:, :, None] * (Uf.transpose(1, 2) @ t)
             yield f, ci, (XH @ w).numpy()
-
-
-def _auroc_cols(pred: np.ndarray, yh: np.ndarray, n1: np.ndarray) -> np.ndarray:
-    """AUROC of ``pred [B, m, P]`` along axis 1 against labels ``yh [m, P]`` (column p's labels
-    for pred[:, :, p]); average ranks for ties (exact; fast ordinal ranks when a slab has none)."""
-    m = pred.shape[1]
-    o = np.argsort(pred, axis=1, kind="stable")
-    sv = np.take_along_axis(pred, o, axis=1)
-    if m > 1 and np.any(sv[:, 1:] == sv[:, :-1]):
-        R = rankdata(pred, method="average", axis=1)
-    else:
-        R = np.empty_like(pred)
-        np.put_along_axis(R, o, np.arange(1, m + 1, dtype=float)[None, :, None], axis=1)
-    n0 = m - n1
-    return ((R * yh[None]).sum(1) - n1 * (n1 + 1) / 2.0) / (n1 * n0)
