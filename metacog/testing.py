@@ -5,13 +5,21 @@ against: slow, independent reference implementations of fast paths and determini
 synthetic inputs. Nothing in the study pipeline imports it.
 
 * :func:`make_synthetic` -- activation-like probe data ``(X [n, L, P, d], y [n])``
-  (for :func:`metacog.stages.probes.fit_probes`, ``bench/bench_probes.py``).
+  (for :func:`metacog.stages.probes.fit_probes`, ``bench/bench_probes.py``);
+* :func:`read_values_naive` -- the reference implementation of the exact 0-100 readout
+  :func:`metacog.readout.values.read_values` (tests/test_confidence.py, tests/test_families.py).
 """
 from __future__ import annotations
 
-import numpy as np
+import math
 
-__all__ = ["make_synthetic"]
+import numpy as np
+import torch
+
+from metacog.model.arch import input_device
+from metacog.readout.values import get_trie
+
+__all__ = ["make_synthetic", "read_values_naive"]
 
 
 # ----------------------------------------------------------------------------- synthetic data
@@ -46,3 +54,39 @@ def make_synthetic(n: int = 1500, n_layers: int = 31, n_positions: int = 4, d: i
                 f[:] = f[0]
             X[:, l, p] = f
     return X, y
+
+
+@torch.no_grad()
+def read_values_naive(lm, prefix: list[int], values=None) -> np.ndarray:
+    """Reference implementation of :func:`metacog.readout.values.read_values` (slow, independent):
+    one full forward per value and per look-ahead, no cache, no tree mask.
+
+    ``lm``: a loaded model (``.model``, ``.tokenizer``); ``prefix``: token ids ending where the
+    value is read; ``values``: the values 0..100 to compute (default all). Returns float64
+    ``[101]`` probabilities, NaN for values not computed."""
+    model, tok = lm.model, lm.tokenizer
+    trie = get_trie(tok)
+    dev = input_device(model)
+    digit = trie.digit_mask.to(dev)
+    dotdigit = trie.dotdigit_mask.to(dev)
+
+    def dist(seq):
+        z = model(input_ids=torch.tensor([seq], device=dev)).logits[0, -1].float()
+        return torch.softmax(z, -1)[: digit.shape[0]]
+
+    out = np.full(101, np.nan)
+    for v, ids in enumerate(trie.value_ids):
+        if values is not None and v not in values:
+            continue
+        lp = 0.0
+        seq = list(prefix)
+        for t in ids:
+            lp += math.log(max(float(dist(seq)[t]), 1e-300))
+            seq.append(t)
+        p = dist(seq)
+        end = 1.0 - float(p @ digit) - float(p @ dotdigit)
+        if trie.dot_id >= 0:
+            pd = float(p[trie.dot_id])
+            end -= pd * float(dist(seq + [trie.dot_id]) @ digit)
+        out[v] = math.exp(lp) * max(end, 0.0)
+    return out
