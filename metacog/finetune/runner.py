@@ -123,14 +123,14 @@ def spawn(run: Run, *, evaluate: bool = False, evaluate_only: bool = False, eval
                              env=_env(), cwd=str(run.ws.root))
     finally:
         log.close()
-    from metacog.finetune.runs import _proc_start
+    from metacog.finetune.runs import proc_start
 
     key = "eval_" if evaluate_only else ""
-    upd = {f"{key}pid": p.pid, f"{key}pid_start": _proc_start(p.pid), f"{key}launched": time.time()}
+    upd = {f"{key}pid": p.pid, f"{key}pid_start": proc_start(p.pid), f"{key}launched": time.time()}
     if evaluate_only:
         upd["eval_status"] = "queued"
     else:
-        upd.update(status="queued", pid=p.pid, pid_start=_proc_start(p.pid), message="starting")
+        upd.update(status="queued", pid=p.pid, pid_start=proc_start(p.pid), message="starting")
     run.set_status(**upd)
     _reap_later(p)
     return p.pid

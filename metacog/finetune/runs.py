@@ -200,7 +200,10 @@ def get_run(ws: Workspace, run_id: str) -> Run:
 
 
 # ------------------------------------------------------------------------------ processes
-def _proc_start(pid: int) -> str | None:
+def proc_start(pid: int) -> str | None:
+    """Start time of process ``pid`` (field 22 of ``/proc/<pid>/stat``, clock ticks since boot, as
+    text), so a recorded pid can be told from a later process that reuses it; None where /proc is
+    unavailable or the process is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         return stat.rsplit(")", 1)[1].split()[19]  # field 22: start time in clock ticks
@@ -218,7 +221,7 @@ def pid_alive(pid, start: str | None = None) -> bool:
     except PermissionError:
         return True
     if start is not None:
-        now = _proc_start(int(pid))
+        now = proc_start(int(pid))
         if now is not None and now != start:
             return False  # the pid was reused by another process
     with contextlib.suppress(OSError):  # a zombie (exited, not yet reaped) is not alive
@@ -228,7 +231,7 @@ def pid_alive(pid, start: str | None = None) -> bool:
 
 
 def this_process() -> dict:
-    return {"pid": os.getpid(), "pid_start": _proc_start(os.getpid())}
+    return {"pid": os.getpid(), "pid_start": proc_start(os.getpid())}
 
 
 # ------------------------------------------------------------------------------ registry

@@ -29,7 +29,7 @@ def sample_seed(seed: int, item_id: str, j: int) -> int:
 
 
 def compute(ctx) -> MethodResult:
-    from metacog.stages.answers import _stop_first_line, _stop_inline, option_logliks
+    from metacog.stages.answers import stop_first_line, stop_inline, option_logliks
     from metacog.model.generation import generate
     from metacog.methods.store import method_key
 
@@ -39,7 +39,7 @@ def compute(ctx) -> MethodResult:
     tok = lm.tokenizer
     k, T = s.k_samples, float(s.temperature)
     style = ctx.study.prompt_style
-    stop = _stop_first_line if style == "plain" else _stop_inline
+    stop = stop_first_line if style == "plain" else stop_inline
     is_mc = pool["kind"].eq("mc").to_numpy()
     key = method_key(ctx, METHOD)
 
