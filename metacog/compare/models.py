@@ -12,7 +12,11 @@ from metacog.core.workspace import Workspace, WorkspaceError
 
 # ------------------------------------------------------------------------------ models
 def model_row(ws: Workspace) -> dict:
-    """One workspace (= one model's study) as a row: model, depth, accuracy, verbal and probe metrics (eval split)."""
+    """One workspace (= one model's study) as a row: model, depth, accuracy, verbal and probe metrics
+    (eval split).
+
+    Raises: WorkspaceError when the workspace has no summary.json.
+    """
     s = ws.read_json("summary.json")
     if not s:
         raise WorkspaceError(f"{ws.root} has no summary.json: run `metacog study --workspace {ws.root}` first")
@@ -32,6 +36,9 @@ def model_row(ws: Workspace) -> dict:
 
 
 def models_table(roots) -> pd.DataFrame:
+    """One row per workspace (:func:`model_row`) of ``roots`` (workspace paths): model, size, accuracy,
+    verbal and probe metrics on the eval split. Raises: WorkspaceError for a workspace without
+    summary.json."""
     return pd.DataFrame([model_row(Workspace(r)) for r in roots])
 
 

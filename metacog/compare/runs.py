@@ -34,10 +34,12 @@ class RunData:
 
     @property
     def finetune(self) -> dict:
+        """The run's fine-tuning settings (``settings["finetune"]``; empty when absent)."""
         return self.settings.get("finetune", {})
 
     @property
     def seed(self) -> int:
+        """The run's training seed (-1 when not recorded)."""
         return int(self.finetune.get("seed", -1))
 
     @property
@@ -48,6 +50,7 @@ class RunData:
 
     @property
     def config_label(self) -> str:
+        """The configuration in words: model · targets · format · lr · epochs (or updates) · n_train."""
         ft = self.finetune
         ep = f"{ft.get('epochs')} ep" if ft.get("epochs") else f"{ft.get('max_updates')} upd"
         n = self.settings.get("plan", {}).get("n_train")
@@ -61,17 +64,24 @@ class RunData:
 
     @property
     def label(self) -> str:
+        """A short label of the run: "targets s<seed> (<short id>)"."""
         return f"{self.finetune.get('targets')} s{self.seed} ({self.short_id})"
 
     def values(self, readout: str, side: str = "ft") -> np.ndarray:
+        """Per eval item, the readout's confidence ``[n_eval]`` (points 0-100, NaN = unparsed) of the
+        fine-tuned (``side="ft"``) or base model; all NaN when the run has no such column."""
         c = f"{readout}_{side}"
         return self.per_item[c].to_numpy(float) if c in self.per_item else np.full(len(self.per_item), np.nan)
 
     def correct(self, side: str = "ft") -> np.ndarray:
+        """Per eval item, whether the ``side`` ("ft" or "base") model answered correctly (bool
+        ``[n_eval]``)."""
         return self.per_item[f"correct_{side}"].to_numpy(bool)
 
 
 def model_name(ws: Workspace) -> str:
+    """The display name of a workspace's model: model.json's name or spec, else summary.json's, else
+    the workspace directory name."""
     m = ws.read_json("model.json") or (ws.read_json("summary.json") or {}).get("model") or {}
     return str(m.get("name") or m.get("spec") or ws.root.name)
 
@@ -90,6 +100,7 @@ def load_run(ws: Workspace | str | Path, run_id: str) -> RunData:
 
 
 def evaluated_runs(ws: Workspace) -> list[str]:
+    """Ids of the workspace's fine-tuning runs that have an evaluation (in list_runs order)."""
     from metacog.finetune.runs import list_runs
 
     df = list_runs(ws)
@@ -97,6 +108,8 @@ def evaluated_runs(ws: Workspace) -> list[str]:
 
 
 def readouts_of(runs: list[RunData]) -> list[str]:
+    """The readouts (of ``metacog.finetune.evaluate.READOUTS``, in that order) that at least one of
+    ``runs`` evaluated."""
     from metacog.finetune.evaluate import READOUTS
 
     return [r for r in READOUTS if any(r in d.eval.get("readouts", {}) for d in runs)]
@@ -202,6 +215,7 @@ def item_agreement(runs: list[RunData], readout: str, stable_sd: float = STABLE_
 
 
 class warnings_off:
+    """Context manager that silences RuntimeWarning (all-NaN means of unparsed items) inside it."""
     def __enter__(self):
         import warnings
 

@@ -17,7 +17,12 @@ def fixed_order(key: str, choices: list[str], right: int) -> tuple[list[str], in
 
 
 def mc_special(path: Path, where: str, rec: dict, key: str) -> tuple[list[str], int] | None:
-    """TruthfulQA MC1 and SciQ layouts (the file lists the right option first)."""
+    """TruthfulQA MC1 and SciQ layouts (the file lists the right option first).
+
+    Raises: DataError for malformed ``mc1_targets`` (not an object, counts that differ, several
+    right options, an empty option) or fewer than 2 SciQ options; NoGold when no option is marked
+    right or the SciQ answer is empty.
+    """
     t = rec.get("mc1_targets")
     if t is not None:
         if isinstance(t, dict) and "choices" in t:
@@ -50,7 +55,12 @@ def mc_special(path: Path, where: str, rec: dict, key: str) -> tuple[list[str], 
 
 
 def mc_choices(path: Path, where: str, rec: dict, key: str) -> tuple[list[str], int] | None:
-    """(choices, answer_index) when the record is multiple choice, else None."""
+    """(choices, answer_index) when the record is multiple choice, else None.
+
+    Raises: DataError for fewer than 2 choices, texts and labels of different lengths, no answer
+    field, or a key that is not a valid index, label or option text; NoGold for an empty or
+    placeholder key (-1, "<unk>").
+    """
     special = mc_special(path, where, rec, key)
     if special is not None:
         return special
@@ -133,7 +143,10 @@ def mc_choices(path: Path, where: str, rec: dict, key: str) -> tuple[list[str], 
 
 def by_label(path: Path, where: str, key: str, labels: list[str], choices: list[str]) -> int:
     """Index of ``key`` in the record's own labels (exact, then case-insensitive), else of the one
-    option whose text it is; anything else is an error naming the labels."""
+    option whose text it is; anything else is an error naming the labels.
+
+    Raises: DataError when ``key`` is neither a label nor the text of exactly one option.
+    """
     if key in labels:
         return labels.index(key)
     folded = [lab.casefold() for lab in labels]

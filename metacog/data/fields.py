@@ -69,7 +69,8 @@ def is_gold(v) -> bool:
 
 
 def dedupe(values) -> list[str]:
-    """The gold strings of ``values`` as text, in order, without case-insensitive duplicates; missing values and placeholders such as "<unk>" are skipped."""
+    """The gold strings of ``values`` as text, in order, without case-insensitive duplicates; missing
+    values and placeholders such as "<unk>" are skipped."""
     out, seen = [], set()
     for v in values:
         if not is_gold(v):
@@ -82,7 +83,10 @@ def dedupe(values) -> list[str]:
 
 
 def as_list(path: Path, where: str, field: str, v) -> list:
-    """A list field: a list, a JSON list string, or a '|'- or ';'-separated string."""
+    """A list field: a list, a JSON list string, or a '|'- or ';'-separated string.
+
+    Raises: DataError when ``v`` is neither a list nor a string, or is a malformed JSON list.
+    """
     if isinstance(v, (list, tuple)):
         return list(v)
     if isinstance(v, dict) and isinstance(v.get("text"), list):  # SQuAD-style {"text": [...], "answer_start": [...]}

@@ -11,7 +11,8 @@ from metacog.data.fields import ANSWER_KEYS, LAYOUTS, QUESTION_KEYS, DataError
 
 
 def decode(path: Path, blob: bytes) -> str:
-    """The UTF-8 text of a file (a BOM is skipped). Raises: DataError naming the line, column and byte offset of the first invalid byte."""
+    """The UTF-8 text of a file (a BOM is skipped). Raises: DataError naming the line, column and byte
+    offset of the first invalid byte."""
     try:
         return blob.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -30,7 +31,8 @@ def too_deep(path: Path, where: str) -> DataError:
 
 
 def jsonl_records(path: Path, text: str) -> list[tuple[str, dict]]:
-    """``(f"line {n}", object)`` per non-blank line of a JSON Lines text. Raises: DataError on malformed JSON or a line that is not an object."""
+    """``(f"line {n}", object)`` per non-blank line of a JSON Lines text. Raises: DataError on
+    malformed JSON or a line that is not an object."""
     out = []
     for n, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
@@ -48,7 +50,9 @@ def jsonl_records(path: Path, text: str) -> list[tuple[str, dict]]:
 
 
 def json_records(path: Path, text: str) -> list[tuple[str, dict]]:
-    """``(where, object)`` per item of a JSON document: a list, a single item, or a list under ``Data`` (TriviaQA), ``data``, ``items``, ``questions`` or ``rows``. Raises: DataError on malformed JSON or an unrecognised layout."""
+    """``(where, object)`` per item of a JSON document: a list, a single item, or a list under ``Data``
+    (TriviaQA), ``data``, ``items``, ``questions`` or ``rows``. Raises: DataError on malformed JSON
+    or an unrecognised layout."""
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
@@ -82,7 +86,10 @@ def json_records(path: Path, text: str) -> list[tuple[str, dict]]:
 
 
 def parquet_records(path: Path) -> list[tuple[str, dict]]:
-    """Rows of a parquet file as plain Python dicts (nested structs/lists as dicts/lists)."""
+    """Rows of a parquet file as plain Python dicts (nested structs/lists as dicts/lists).
+
+    Raises: DataError when the file is not readable parquet or is nested too deeply.
+    """
     try:
         import pyarrow.parquet as pq
 
@@ -95,7 +102,9 @@ def parquet_records(path: Path) -> list[tuple[str, dict]]:
     return [(f"row {n}", rec) for n, rec in enumerate(rows, start=1)]
 
 def csv_records(path: Path, text: str, delimiter: str) -> list[tuple[str, dict]]:
-    """``(f"line {n}", {column: cell})`` per non-blank row of a CSV/TSV text with a header row (``delimiter`` "," or a tab). Raises: DataError on malformed CSV, missing question/answer columns, duplicate column names or a row with more fields than the header."""
+    """``(f"line {n}", {column: cell})`` per non-blank row of a CSV/TSV text with a header row
+    (``delimiter`` "," or a tab). Raises: DataError on malformed CSV, missing question/answer
+    columns, duplicate column names or a row with more fields than the header."""
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     try:
         header = next(reader)

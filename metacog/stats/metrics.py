@@ -217,6 +217,9 @@ def auroc_ci(scores, labels, n_boot: int = 1000, alpha: float = 0.05, seed: int 
     Positives and negatives are resampled separately (so every replicate has both classes);
     draws are :func:`bootstrap_counts` ``(n_pos, n_neg, n_boot, seed)``; quantiles use numpy's
     default linear interpolation. (NaN, NaN) when a class is empty.
+
+    Raises: ValueError when ``alpha`` is not in (0, 1), on NaN scores (``nan_policy="raise"``) or
+    labels that are not bool/0/1.
     """
     s, y = _scores_labels(scores, labels, nan_policy)
     if not 0 < alpha < 1:
@@ -237,6 +240,9 @@ def auroc_boot_batch(scores_2d, labels, n_boot: int = 1000, alpha: float = 0.05,
     ``scores_2d`` is ``[n_items, n_scores]`` (no NaN). The replicates are the same draws as
     :func:`auroc_ci` with the same seed, so column j equals ``auroc_ci(scores_2d[:, j], ...)``.
     Returns arrays ``(auroc, lo, hi)`` of length n_scores.
+
+    Raises: ValueError when ``scores_2d`` is not 2-D, contains NaN, or labels are not bool/0/1 of
+    length n_items.
     """
     S = np.asarray(scores_2d, dtype=float)
     if S.ndim != 2:
@@ -268,6 +274,8 @@ def reliability_bins(conf01, labels, n_bins: int = 10) -> pd.DataFrame:
     """Per-bin table ``bin, lo, hi, n, mean_conf, accuracy`` (bins per ECE_BINS_DOC).
 
     Every bin is a row, empty ones included (n = 0, NaN means).
+
+    Raises: ValueError when ``n_bins`` < 1, or on confidences outside [0, 1] or NaN.
     """
     c, y = _conf01(conf01, labels)
     n_bins = int(n_bins)
@@ -288,8 +296,12 @@ def reliability_bins(conf01, labels, n_bins: int = 10) -> pd.DataFrame:
 
 
 def ece(conf01, labels, n_bins: int = 10) -> float:
-    """Expected calibration error; bins exactly as ECE_BINS_DOC (= Σ n/N |acc − conf| over
-    the rows of :func:`reliability_bins`). NaN for no items."""
+    """Expected calibration error of ``conf01 [N]`` (probabilities in [0, 1]) against correctness
+    ``labels [N]``; bins exactly as ECE_BINS_DOC (= Σ n/N |acc − conf| over the rows of
+    :func:`reliability_bins`; Naeini et al. 2015, Guo et al. 2017). NaN for no items.
+
+    Raises: ValueError on confidences outside [0, 1] or NaN, or ``n_bins`` < 1.
+    """
     t = reliability_bins(conf01, labels, n_bins)
     N = int(t["n"].sum())
     if N == 0:
@@ -299,7 +311,11 @@ def ece(conf01, labels, n_bins: int = 10) -> float:
 
 
 def brier(conf01, labels) -> float:
-    """Mean of (conf − y)² with conf in [0, 1]; NaN for no items."""
+    """Brier score (Brier 1950): mean of (conf − y)² over ``conf01 [N]`` in [0, 1] and correctness
+    ``labels [N]``; NaN for no items.
+
+    Raises: ValueError on confidences outside [0, 1] or NaN.
+    """
     c, y = _conf01(conf01, labels)
     if c.size == 0:
         return float("nan")
@@ -315,6 +331,8 @@ def risk_coverage(conf, labels, ties: str = "stable") -> pd.DataFrame:
     confidences its *expected* risk over random orders of the tie group (errors before the group
     + (k − before) × the group's error rate, over k), so the curve no longer depends on the input
     order of tied items (important when a model says "100" for almost everything).
+
+    Raises: ValueError on NaN confidences or ``ties`` other than "stable"/"average".
     """
     c = np.asarray(conf, dtype=float).ravel()
     y = _labels(labels, c.size)
@@ -342,7 +360,9 @@ def risk_coverage(conf, labels, ties: str = "stable") -> pd.DataFrame:
 
 
 def aurc(conf, labels, ties: str = "average") -> float:
-    """Area under the risk-coverage curve = mean of the risk over coverages k/N, k = 1..N.
+    """Area under the risk-coverage curve (AURC; Geifman & El-Yaniv 2017) = mean of the risk
+    (error rate, 0–1) over coverages k/N, k = 1..N, of ``conf [N]`` (any monotone confidence scale)
+    against correctness ``labels [N]``.
 
     Default ``ties="average"`` (order-independent; see :func:`risk_coverage`); ``"stable"``
     uses the input order among tied confidences. NaN for no items.
@@ -356,6 +376,8 @@ def validity_screen(conf_0_100, labels) -> dict:
     """The verbal-confidence validity screen; the rule is VALIDITY_DOC, exactly.
 
     Returns ``dict(L, trin, r, verdict, n, n_missing, reasons)``.
+
+    Raises: ValueError on confidences outside [0, 100] (NaN is allowed: unparsed).
     """
     c = np.asarray(conf_0_100, dtype=float).ravel()
     y = _labels(labels, c.size)
@@ -419,6 +441,9 @@ def within_type_auroc(scores, labels, categories, nan_policy: str = "raise", n_b
     (each used category's positives and negatives resampled separately with
     :func:`bootstrap_counts` ``(n_pos, n_neg, n_boot, seed + j)`` for the j-th used category in
     order of appearance; the weights stay the category counts).
+
+    Raises: ValueError when ``categories`` and scores differ in length, on NaN scores
+    (``nan_policy="raise"``) or an unknown ``nan_policy``.
     """
     s = np.asarray(scores, dtype=float).ravel()
     y = _labels(labels, s.size)
@@ -519,6 +544,9 @@ def bootstrap_metrics_batch(conf01_2d, labels, n_bins: int = 10, n_boot: int = 1
     n_boot, seed)``; one class only: that class resampled alone) are shared by every column and
     metric; each metric is evaluated on every replicate in closed form, vectorised over
     replicates. Returns arrays: ``auroc, ece, brier, aurc`` [k] and ``*_ci`` [k, 2].
+
+    Raises: ValueError when ``conf01_2d`` is not 2-D, contains NaN or values outside [0, 1], or
+    ``alpha`` is not in (0, 1).
     """
     S = np.asarray(conf01_2d, dtype=float)
     if S.ndim != 2:
@@ -612,7 +640,11 @@ def summarize_scores(conf01, labels, n_bins: int = 10, n_boot: int = 1000, seed:
     n_missing)`` of a [0, 1] confidence: :func:`bootstrap_metrics` (the CIs) and :func:`ece_null`
     (``n_sim`` simulations, seed ``seed``).
 
-    ``nan_policy="omit"`` drops NaN confidences first (counted in n_missing)."""
+    ``nan_policy="omit"`` drops NaN confidences first (counted in n_missing).
+
+    Raises: ValueError on NaN confidences unless ``nan_policy="omit"``, and as
+    :func:`bootstrap_metrics`.
+    """
     c = np.asarray(conf01, dtype=float).ravel()
     y = _labels(labels, c.size)
     miss = np.isnan(c)

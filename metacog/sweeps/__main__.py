@@ -1,4 +1,5 @@
-"""``python -m metacog.sweeps worker …``: a sweep's worker process (see :func:`metacog.sweeps.executors.main`)."""
+"""``python -m metacog.sweeps worker …``: a sweep's worker process (see
+:func:`metacog.sweeps.executors.main`)."""
 import sys
 
 from metacog.sweeps.executors import main

@@ -29,6 +29,7 @@ def _floats(s: str) -> tuple[float, ...]:
 
 
 def register(sub) -> None:
+    """Add the ``sweep``, ``sweeps`` and ``report`` subcommands to the CLI's subparsers ``sub``."""
     d = FinetuneSettings()
     p = sub.add_parser("sweep", help="replicate a fine-tuning run across seeds (and models, targets, learning rates); skips "
                                      "completed runs, resumes interrupted ones, evaluates each",
@@ -90,6 +91,8 @@ def register(sub) -> None:
 
 
 def sweep_settings(a):
+    """The :class:`metacog.sweeps.SweepSettings` of parsed ``metacog sweep`` arguments (the first of
+    ``--targets`` is the base target kind). Raises: SettingsError for invalid values."""
     from metacog.sweeps import SweepSettings
 
     epochs = a.epochs
@@ -108,6 +111,8 @@ def sweep_settings(a):
 
 
 def cmd_sweep(a) -> int:
+    """``metacog sweep``: run (or, with --dry-run, plan) a sweep and print its runs. Returns the exit
+    code (1 when a run did not finish)."""
     from metacog.sweeps import run_sweep, sweep_table
 
     s = sweep_settings(a)
@@ -142,6 +147,8 @@ def _print_record(rec, t) -> None:
 
 
 def cmd_sweeps(a) -> int:
+    """``metacog sweeps``: print (or, with --json, dump) every sweep record of the workspace and its
+    runs. Returns 0."""
     from metacog.sweeps import list_sweeps, sweep_table
     from metacog.core.workspace import Workspace
 
@@ -157,6 +164,8 @@ def cmd_sweeps(a) -> int:
 
 
 def cmd_report(a) -> int:
+    """``metacog report``: write the HTML comparison report of runs (a sweep's, listed, or all
+    evaluated ones) and models. Returns 0."""
     from metacog.compare.report import write_report
     from metacog.sweeps import load_sweep
     from metacog.core.workspace import Workspace

@@ -59,6 +59,10 @@ class SweepSettings:
         self.validate()
 
     def validate(self) -> None:
+        """Check the settings (called on construction). Raises: SettingsError for no seed, a negative
+        or non-integer seed, a value listed twice, an unknown target kind, a learning rate outside
+        (0, 1), threads outside 1..256, an eval limit below 10 items, or more than 512 expanded
+        runs."""
         if not self.seeds:
             raise SettingsError("a sweep needs at least one seed (--seeds 42,123,456)")
         for s in self.seeds:
@@ -83,17 +87,22 @@ class SweepSettings:
             raise SettingsError(f"this sweep expands to {n} runs; more than 512 is surely a typo")
 
     def to_dict(self) -> dict:
+        """The settings as a JSON-able dict (the ``settings`` of sweep.json; inverse of :meth:`from_dict`)."""
         return {"base": self.base.to_dict(), "seeds": list(self.seeds), "targets": list(self.targets), "lrs": list(self.lrs),
                 "workspaces": list(self.workspaces), "evaluate": self.evaluate, "eval_limit": self.eval_limit,
                 "threads": self.threads}
 
     @classmethod
     def from_dict(cls, d: dict) -> "SweepSettings":
+        """Settings from :meth:`to_dict` output (missing optional keys take their defaults). Raises:
+        SettingsError as :meth:`validate`; KeyError without ``base`` or ``seeds``."""
         return cls(base=FinetuneSettings.from_dict(d["base"]), seeds=tuple(d["seeds"]), targets=tuple(d.get("targets", ())),
                    lrs=tuple(d.get("lrs", ())), workspaces=tuple(d.get("workspaces", ())), evaluate=bool(d.get("evaluate", True)),
                    eval_limit=d.get("eval_limit"), threads=int(d.get("threads", 1)))
 
     def key(self, home: str | Path) -> str:
+        """A stable hash of the home workspace path and the settings: the same sweep launched again has
+        the same key (and resumes)."""
         return stable_hash("sweep", str(Path(home).resolve()), self.to_dict())
 
 
@@ -106,9 +115,12 @@ class RunSpec:
 
     @property
     def key(self) -> str:
+        """The run's settings hash (``FinetuneSettings.key()``), the ``settings_key`` its run directory
+        records."""
         return self.settings.key()
 
     def label(self, with_ws: bool = False) -> str:
+        """A short label "targets · lr · seed" (prefixed by the workspace name when ``with_ws``)."""
         s = self.settings
         out = f"{s.targets} · lr {s.lr:g} · seed {s.seed}"
         return f"{Path(self.workspace).name} · {out}" if with_ws else out
@@ -165,6 +177,7 @@ def plan_one(spec: RunSpec, sweep: SweepSettings) -> tuple[str, Run | None, str]
 
 # ------------------------------------------------------------------------------ record
 def sweeps_dir(ws: Workspace) -> Path:
+    """The directory of a workspace's sweep records: ``<workspace>/sweeps``."""
     return ws.path("sweeps")
 
 
@@ -182,17 +195,21 @@ class SweepRecord:
 
     @property
     def exists(self) -> bool:
+        """Whether sweep.json has been written."""
         return self.file.exists()
 
     def save(self) -> None:
+        """Write sweep.json atomically, stamping ``updated`` (local time, ISO 8601 to the second)."""
         with self._lock:
             self.data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
             atomic_write_json(self.file, self.data)
 
     def entry(self, i: int) -> dict:
+        """The record of expanded run ``i`` (a live dict of ``data["runs"]``)."""
         return self.data["runs"][i]
 
     def update(self, i: int, **kw) -> None:
+        """Update expanded run ``i``'s record with ``kw`` and save (thread-safe)."""
         with self._lock:
             self.data["runs"][i].update(kw)
         self.save()
@@ -212,6 +229,8 @@ def list_sweeps(ws: Workspace) -> list[dict]:
 
 
 def load_sweep(ws: Workspace, sweep_id: str) -> dict:
+    """The record (sweep.json content) of sweep ``sweep_id`` in ``ws``. Raises: SweepError naming the
+    sweeps that exist when there is none by that id."""
     r = read_json(sweeps_dir(ws) / sweep_id / "sweep.json")
     if r is None:
         known = [s["id"] for s in list_sweeps(ws)]

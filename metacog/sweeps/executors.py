@@ -88,6 +88,11 @@ class LocalExecutor:
         return env
 
     def run(self, tasks: list[tuple[int, dict]], on_start, on_done, should_stop=None) -> None:
+        """Run ``tasks`` (``(index, task dict)`` pairs), at most ``workers`` worker processes at a
+        time, each logging to ``log_dir/<run>.log``; ``on_start(i, {"pid", "host"})`` when one
+        starts and ``on_done(i, result)`` when it ends (a worker that dies without a result is
+        reported ``interrupted``). ``should_stop()`` is polled every ``poll_s`` seconds: the workers
+        get SIGTERM (checkpoint and stop) and KeyboardInterrupt is raised."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         pending = list(tasks)
         running: dict[int, tuple[subprocess.Popen, Path, float]] = {}
@@ -136,7 +141,11 @@ class LocalExecutor:
 
 def check_ray_address(address: str, timeout: float = REACH_TIMEOUT_S) -> tuple[str, int]:
     """``HOST:PORT`` of a Ray head that answers a TCP connection within ``timeout`` seconds,
-    else a SweepError saying what to do (ray.init itself would hang for a long time)."""
+    else a SweepError saying what to do (ray.init itself would hang for a long time).
+
+    Raises: SweepError when ``address`` is not HOST:PORT or nothing answers there within
+    ``timeout``.
+    """
     a = address.strip()
     for pre in ("ray://", "http://", "https://"):
         if a.startswith(pre):
@@ -169,6 +178,10 @@ class RayExecutor:
         self.workers, self.threads, self.address, self.num_cpus = workers, threads, address, num_cpus
 
     def run(self, tasks, on_start, on_done, should_stop=None) -> None:
+        """Run ``tasks`` as Ray tasks (``num_cpus = threads``, at most ``workers`` in flight), calling
+        ``on_start``/``on_done`` as :meth:`LocalExecutor.run`; a failed Ray worker is reported
+        ``interrupted``. Raises: SweepError without Ray installed or when the cluster at ``address``
+        does not answer."""
         try:
             import ray
         except ImportError:
@@ -217,6 +230,9 @@ class RayExecutor:
 
 # ------------------------------------------------------------------------------ worker entry
 def main(argv=None) -> int:
+    """Entry of ``python -m metacog.sweeps worker --task JSON --result PATH``: run one task
+    (:func:`run_task`) in this process and write its result JSON atomically; SIGTERM asks the run to
+    checkpoint and stop. Returns 0."""
     p = argparse.ArgumentParser(prog="python -m metacog.sweeps", description="a sweep's worker process (started by the local executor)")
     sub = p.add_subparsers(dest="cmd", required=True)
     w = sub.add_parser("worker")

@@ -20,7 +20,11 @@ from metacog.sweeps.executors import LocalExecutor, RayExecutor, check_ray_addre
 # ------------------------------------------------------------------------------ coordinator
 def worker_budget(executor: str, workers: int | None, threads: int, n_tasks: int, cores: int | None = None) -> int:
     """Workers to run at once: ``workers × threads ≤ cores`` on this machine (local executor and
-    a local Ray); a Ray cluster (address given) may have more cores than this machine."""
+    a local Ray); a Ray cluster (address given) may have more cores than this machine.
+
+    Raises: SweepError when ``threads`` exceeds the cores (local executor), ``workers`` is not a
+    positive integer, or ``workers × threads`` exceeds the cores (local executor).
+    """
     cores = cores or available_cores()
     if threads > cores and executor == "local":
         raise SweepError(f"{threads} threads per run is more than the {cores} cores here; use --threads {cores} or fewer")
@@ -64,7 +68,12 @@ def run_sweep(home: str | Path, sweep: SweepSettings, *, executor: str = "local"
     """Expand, plan (skip what is complete), execute and record a sweep; returns the record.
 
     ``progress(done, total, msg)`` after every finished run; ``should_stop()`` is polled (the
-    workers are asked to checkpoint and stop)."""
+    workers are asked to checkpoint and stop).
+
+    Raises: SweepError for an unknown executor, a workspace that is not a metacog workspace or
+    (probe targets) has no probes, another sweep or fine-tuning run holding the workspace, or an
+    unreachable Ray cluster; SettingsError for invalid settings.
+    """
     ws = Workspace(home)
     if executor not in EXECUTORS:
         raise SweepError(f"executor must be one of {', '.join(EXECUTORS)}, not {executor!r}")

@@ -58,6 +58,10 @@ def fit_probes(
     for the C search. ``n_perm``: permutations of :func:`selection_null`, stored in
     ``best["selection_null"]`` (0: none). ``groups``: one label per item (its fact; see
     :func:`metacog.data.assign_splits`): CV folds keep each group whole (:func:`stratified_folds`).
+
+    Raises: ValueError when ``X`` is not 4-D (or a dict of equal ``[n_items, n_layers, d]`` arrays),
+    ``y``, ``split`` or ``groups`` is not ``[n_items]``, ``y`` is not bool/0/1, a C is not positive,
+    a layer is out of range, or an activation is not finite.
     """
     t_start = time.perf_counter()
     src = ActivationSource(X, positions)

@@ -45,6 +45,8 @@ def selection_null(X, y, split, *, positions: Sequence | None = None, layers: Se
     (n_perm floats), mean, p95, p, n_perm, n_cells, seed)`` (``n_perm``: permutations with a
     defined statistic), or None when the train split cannot be cross-validated (fewer than 2 items
     in a class), ``n_perm < 1``, or no statistic is defined.
+
+    Raises: ValueError on non-finite activations (or inputs shaped as :func:`fit_probes` refuses).
     """
     src = X if isinstance(X, ActivationSource) else ActivationSource(X, positions)
     y = np.asarray(y).astype(bool)
