@@ -9,6 +9,10 @@ Conventions
   is empty.
 * ``conf01`` is a confidence in [0, 1] (values outside raise, NaN raises); ``conf_0_100`` a
   verbal confidence on the 0-100 scale.
+
+The input checks live in :mod:`metacog.stats.checks`, the risk-coverage curve and AURC in
+:mod:`metacog.stats.selective` and the validity screen in :mod:`metacog.stats.validity`; all are
+re-exported here, so ``metrics.<name>`` is the one address of every metric.
 """
 from __future__ import annotations
 
@@ -17,6 +21,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
+
+from metacog.stats.checks import as_conf01, as_labels, scores_and_labels
+from metacog.stats.selective import aurc, risk_coverage
+from metacog.stats.validity import VALIDITY_DOC, validity_screen
 
 __all__ = [
     "ECE_BINS_DOC",
@@ -72,52 +80,6 @@ ECE_BINS_DOC = (
     "Confidences outside [0, 1] (or NaN) raise ValueError."
 )
 
-VALIDITY_DOC = (
-    "Validity screen on 0-100 confidences (NaN = unparsed, excluded and counted as n_missing): "
-    "L = share of confidences >= 95; TRIN = share in the most common decile, deciles "
-    "[0,10), [10,20), ..., [80,90), [90,100] (the last closed, so 100 is in [90,100]); "
-    "r = point-biserial (Pearson) correlation of confidence with correctness (NaN when either is "
-    "constant, and a NaN r counts as |r| < .05). Verdict: 'invalid' if L >= .70 or TRIN >= .80 or "
-    "|r| < .05; else 'indeterminate' if L >= .40 or TRIN >= .60; else 'valid'. "
-    "No usable confidence at all (n = 0) is 'invalid'."
-)
-
-
-# --------------------------------------------------------------------------- helpers
-def _labels(labels, n: int | None = None) -> np.ndarray:
-    y = np.asarray(labels)
-    if y.dtype != bool:
-        yf = y.astype(float)
-        if np.any(np.isnan(yf)) or not np.all((yf == 0) | (yf == 1)):
-            raise ValueError("labels must be bool or 0/1")
-        y = yf.astype(bool)
-    y = y.ravel()
-    if n is not None and y.size != n:
-        raise ValueError(f"scores and labels differ in length ({n} vs {y.size})")
-    return y
-
-
-def _scores_labels(scores, labels, nan_policy: str):
-    s = np.asarray(scores, dtype=float).ravel()
-    y = _labels(labels, s.size)
-    if nan_policy not in ("raise", "omit"):
-        raise ValueError(f"nan_policy must be 'raise' or 'omit', not {nan_policy!r}")
-    bad = np.isnan(s)
-    if bad.any():
-        if nan_policy == "raise":
-            raise ValueError(f"{int(bad.sum())} NaN score(s); pass nan_policy='omit' to drop them")
-        s, y = s[~bad], y[~bad]
-    return s, y
-
-
-def _conf01(conf01, labels) -> tuple[np.ndarray, np.ndarray]:
-    c = np.asarray(conf01, dtype=float).ravel()
-    y = _labels(labels, c.size)
-    if np.any(np.isnan(c)):
-        raise ValueError("confidences contain NaN; drop unparsed items first")
-    if c.size and (c.min() < 0.0 or c.max() > 1.0):
-        raise ValueError(f"confidences must lie in [0, 1] (got min {c.min()}, max {c.max()})")
-    return c, y
 
 
 # --------------------------------------------------------------------------- AUROC
@@ -178,7 +140,7 @@ def auroc(scores, labels, nan_policy: str = "raise") -> float:
     Raises: ValueError on NaN scores (``nan_policy="raise"``), labels that are not bool/0/1, or
     scores and labels of different lengths.
     """
-    s, y = _scores_labels(scores, labels, nan_policy)
+    s, y = scores_and_labels(scores, labels, nan_policy)
     return float(auroc_along(s, y))
 
 
@@ -221,7 +183,7 @@ def auroc_ci(scores, labels, n_boot: int = 1000, alpha: float = 0.05, seed: int 
     Raises: ValueError when ``alpha`` is not in (0, 1), on NaN scores (``nan_policy="raise"``) or
     labels that are not bool/0/1.
     """
-    s, y = _scores_labels(scores, labels, nan_policy)
+    s, y = scores_and_labels(scores, labels, nan_policy)
     if not 0 < alpha < 1:
         raise ValueError("alpha must be in (0, 1)")
     n1 = int(y.sum())
@@ -247,7 +209,7 @@ def auroc_boot_batch(scores_2d, labels, n_boot: int = 1000, alpha: float = 0.05,
     S = np.asarray(scores_2d, dtype=float)
     if S.ndim != 2:
         raise ValueError("scores_2d must be [n_items, n_scores]")
-    y = _labels(labels, S.shape[0])
+    y = as_labels(labels, S.shape[0])
     k = S.shape[1]
     n1 = int(y.sum())
     n0 = y.size - n1
@@ -277,7 +239,7 @@ def reliability_bins(conf01, labels, n_bins: int = 10) -> pd.DataFrame:
 
     Raises: ValueError when ``n_bins`` < 1, or on confidences outside [0, 1] or NaN.
     """
-    c, y = _conf01(conf01, labels)
+    c, y = as_conf01(conf01, labels)
     n_bins = int(n_bins)
     if n_bins < 1:
         raise ValueError("n_bins must be >= 1")
@@ -316,103 +278,10 @@ def brier(conf01, labels) -> float:
 
     Raises: ValueError on confidences outside [0, 1] or NaN.
     """
-    c, y = _conf01(conf01, labels)
+    c, y = as_conf01(conf01, labels)
     if c.size == 0:
         return float("nan")
     return float(np.mean((c - y.astype(float)) ** 2))
-
-
-# --------------------------------------------------------------------------- selective prediction
-def risk_coverage(conf, labels, ties: str = "stable") -> pd.DataFrame:
-    """Risk-coverage curve: items sorted by decreasing confidence (stable, so tied items keep
-    their input order); row k (1-based) has coverage k/N and risk = errors among the first k / k.
-
-    ``ties="average"`` keeps that order but gives each prefix that ends inside a group of tied
-    confidences its *expected* risk over random orders of the tie group (errors before the group
-    + (k − before) × the group's error rate, over k), so the curve no longer depends on the input
-    order of tied items (important when a model says "100" for almost everything).
-
-    Raises: ValueError on NaN confidences or ``ties`` other than "stable"/"average".
-    """
-    c = np.asarray(conf, dtype=float).ravel()
-    y = _labels(labels, c.size)
-    if np.any(np.isnan(c)):
-        raise ValueError("confidences contain NaN")
-    if ties not in ("stable", "average"):
-        raise ValueError("ties must be 'stable' or 'average'")
-    N = c.size
-    if N == 0:
-        return pd.DataFrame({"coverage": np.zeros(0), "risk": np.zeros(0)})
-    order = np.argsort(-c, kind="stable")
-    err = (~y[order]).astype(float)
-    k = np.arange(1, N + 1, dtype=float)
-    cum = np.cumsum(err)
-    if ties == "average":
-        cs = c[order]
-        start = np.r_[True, cs[1:] != cs[:-1]]
-        gid = np.cumsum(start) - 1
-        gstart = np.flatnonzero(start)
-        gend = np.r_[gstart[1:], N]
-        before = np.r_[0.0, cum][gstart]  # errors before each group
-        rate = (np.r_[0.0, cum][gend] - before) / (gend - gstart)
-        cum = before[gid] + (k - gstart[gid]) * rate[gid]
-    return pd.DataFrame({"coverage": k / N, "risk": cum / k})
-
-
-def aurc(conf, labels, ties: str = "average") -> float:
-    """Area under the risk-coverage curve (AURC; Geifman & El-Yaniv 2017) = mean of the risk
-    (error rate, 0–1) over coverages k/N, k = 1..N, of ``conf [N]`` (any monotone confidence scale)
-    against correctness ``labels [N]``.
-
-    Default ``ties="average"`` (order-independent; see :func:`risk_coverage`); ``"stable"``
-    uses the input order among tied confidences. NaN for no items.
-    """
-    rc = risk_coverage(conf, labels, ties=ties)
-    return float(rc["risk"].mean()) if len(rc) else float("nan")
-
-
-# --------------------------------------------------------------------------- validity screen
-def validity_screen(conf_0_100, labels) -> dict:
-    """The verbal-confidence validity screen; the rule is VALIDITY_DOC, exactly.
-
-    Returns ``dict(L, trin, r, verdict, n, n_missing, reasons)``.
-
-    Raises: ValueError on confidences outside [0, 100] (NaN is allowed: unparsed).
-    """
-    c = np.asarray(conf_0_100, dtype=float).ravel()
-    y = _labels(labels, c.size)
-    miss = np.isnan(c)
-    c, y = c[~miss], y[~miss]
-    n = int(c.size)
-    if n and (c.min() < 0 or c.max() > 100):
-        raise ValueError("confidences must lie in [0, 100] (NaN for unparsed)")
-    if n == 0:
-        return dict(L=float("nan"), trin=float("nan"), r=float("nan"), verdict="invalid", n=0,
-                    n_missing=int(miss.sum()), reasons=["no usable confidence"])
-    L = float(np.mean(c >= 95))
-    dec = np.minimum(np.floor(c / 10.0), 9).astype(int)
-    trin = float(np.bincount(dec, minlength=10).max() / n)
-    yf = y.astype(float)
-    if np.all(c == c[0]) or np.all(yf == yf[0]):
-        r = float("nan")
-    else:
-        r = float(np.corrcoef(c, yf)[0, 1])
-    reasons = []
-    if L >= 0.70:
-        reasons.append("L >= .70")
-    if trin >= 0.80:
-        reasons.append("TRIN >= .80")
-    if not (abs(r) >= 0.05):  # NaN r counts as |r| < .05
-        reasons.append("|r| < .05")
-    if reasons:
-        verdict = "invalid"
-    else:
-        if L >= 0.40:
-            reasons.append("L >= .40")
-        if trin >= 0.60:
-            reasons.append("TRIN >= .60")
-        verdict = "indeterminate" if reasons else "valid"
-    return dict(L=L, trin=trin, r=r, verdict=verdict, n=n, n_missing=int(miss.sum()), reasons=reasons)
 
 
 # --------------------------------------------------------------------------- question-type baseline
@@ -421,7 +290,7 @@ def type_prior(categories_train: Sequence, labels_train, categories_eval: Sequen
     Laplace-smoothed as (correct + 1) / (n + 2); categories absent from train get the overall
     train accuracy (correct / n; 0.5 if train is empty)."""
     ct = np.asarray(list(categories_train), dtype=object)
-    y = _labels(labels_train, ct.size).astype(float)
+    y = as_labels(labels_train, ct.size).astype(float)
     ce = np.asarray(list(categories_eval), dtype=object)
     overall = float(y.mean()) if y.size else 0.5
     df = pd.DataFrame({"c": ct, "y": y}).groupby("c")["y"].agg(["sum", "count"])
@@ -446,7 +315,7 @@ def within_type_auroc(scores, labels, categories, nan_policy: str = "raise", n_b
     (``nan_policy="raise"``) or an unknown ``nan_policy``.
     """
     s = np.asarray(scores, dtype=float).ravel()
-    y = _labels(labels, s.size)
+    y = as_labels(labels, s.size)
     cat = np.asarray(list(categories), dtype=object)
     if cat.size != s.size:
         raise ValueError("categories differ in length from scores")
@@ -552,7 +421,7 @@ def bootstrap_metrics_batch(conf01_2d, labels, n_bins: int = 10, n_boot: int = 1
     if S.ndim != 2:
         raise ValueError("conf01_2d must be [n_items, n_scores]")
     N, K = S.shape
-    y = _labels(labels, N)
+    y = as_labels(labels, N)
     if np.isnan(S).any():
         raise ValueError("confidences contain NaN; drop unparsed items first")
     if S.size and (S.min() < 0.0 or S.max() > 1.0):
@@ -601,7 +470,7 @@ def ece_null(conf01, n_bins: int = 10, n_sim: int = 1000, seed: int = 0) -> dict
     model is biased upward at small n (e.g. Kumar et al. 2019, "Verified uncertainty calibration").
     """
     c = np.asarray(conf01, dtype=float).ravel()
-    _conf01(c, np.zeros(c.size, bool))
+    as_conf01(c, np.zeros(c.size, bool))
     if c.size == 0 or n_sim < 1:
         return dict(mean=float("nan"), p95=float("nan"), n_sim=int(n_sim), n=int(c.size))
     rng = np.random.default_rng(seed)
@@ -615,7 +484,7 @@ def sample_warnings(labels, what: str = "the eval split") -> list[str]:
     """Plain-language warnings when ``labels`` (correctness of the items a metric is computed on)
     are too few to trust: fewer than SMALL_EVAL_N items, fewer than SMALL_CLASS_N of either class,
     or one class only (AUROC undefined). Empty list when the sample is adequate."""
-    y = _labels(labels)
+    y = as_labels(labels)
     n, n1 = int(y.size), int(y.sum())
     n0 = n - n1
     out = []
@@ -646,7 +515,7 @@ def summarize_scores(conf01, labels, n_bins: int = 10, n_boot: int = 1000, seed:
     :func:`bootstrap_metrics`.
     """
     c = np.asarray(conf01, dtype=float).ravel()
-    y = _labels(labels, c.size)
+    y = as_labels(labels, c.size)
     miss = np.isnan(c)
     if miss.any():
         if nan_policy != "omit":
