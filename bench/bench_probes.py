@@ -22,7 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from metacog.stages.probes import fit_probes, make_synthetic  # noqa: E402
+from metacog.stages.probes import fit_probes  # noqa: E402
+from metacog.testing import make_synthetic  # noqa: E402
 
 
 def main() -> None:

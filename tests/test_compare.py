@@ -42,6 +42,13 @@ def test_distances_match_scipy(seed):
     t = pairwise_distances({"x": a, "y": b, "z": b + 1})
     assert len(t) == 3 and t.iloc[2]["wasserstein"] == pytest.approx(1.0)
     assert t.iloc[0]["n_a"] == len(af)
+    # the definitions, written out: D = sup |F_a - F_b| and W = integral of |F_a - F_b| over the pooled support
+    bs = np.sort(b)
+    x = np.sort(np.concatenate([af, bs]))
+    fa = np.searchsorted(np.sort(af), x, side="right") / len(af)
+    fb = np.searchsorted(bs, x, side="right") / len(bs)
+    assert ks_distance(a, b) == pytest.approx(np.max(np.abs(fa - fb)), abs=1e-12)
+    assert wasserstein(a, b) == pytest.approx(np.sum(np.abs(fa - fb)[:-1] * np.diff(x)), abs=1e-9)
 
 
 def test_seed_summary_and_item_agreement_against_direct_computation():

@@ -13,8 +13,8 @@ from metacog.readout.values import (
     parse_confidence,
     parse_inline,
     read_values,
-    read_values_naive,
 )
+from metacog.testing import read_values_naive
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,8 @@ from families import FAMILY_NAMES, SMALL_WINDOW, save
 from metacog.model import arch
 from metacog import patching as P
 from metacog.data import prompts
-from metacog.readout.values import get_trie, read_values, read_values_naive, tree_ok
+from metacog.readout.values import get_trie, read_values, tree_ok
+from metacog.testing import read_values_naive
 
 torch.set_num_threads(1)
 

@@ -26,6 +26,58 @@ def test_auroc_matches_sklearn_and_brute_force(seed):
     assert M.auroc(s, y) == pytest.approx(_brute_auroc(s, y), abs=1e-12)
 
 
+@pytest.mark.parametrize("ties", [False, True])
+def test_auroc_along_is_sklearn_and_mannwhitneyu_on_every_slice(ties):
+    """The one AUROC (rows, columns, per-slice labels; with and without ties) against
+    sklearn.metrics.roc_auc_score and scipy.stats.mannwhitneyu, slice by slice."""
+    from scipy.stats import mannwhitneyu
+
+    rng = np.random.default_rng(7 + ties)
+    S = rng.normal(size=(6, 50))
+    if ties:
+        S = np.round(S, 1)
+    y = rng.random(50) < 0.4
+    rows = M.auroc_along(S, y)  # shared labels, axis -1
+    assert rows.shape == (6,)
+    for i in range(6):
+        assert rows[i] == pytest.approx(roc_auc_score(y, S[i]), abs=1e-12)
+        u = mannwhitneyu(S[i][y], S[i][~y], method="asymptotic").statistic
+        assert rows[i] == pytest.approx(u / (y.sum() * (~y).sum()), abs=1e-12)
+    cols = M.auroc_along(S.T, y[:, None], axis=0)  # [n_items, n_scores]
+    assert np.array_equal(cols, rows)
+    Y = rng.random((50, 3)) < 0.5  # one label vector per column, scores [B, n, P]
+    P3 = rng.normal(size=(2, 50, 3))
+    got = M.auroc_along(P3, Y[None], axis=1)
+    assert got.shape == (2, 3)
+    for b in range(2):
+        for p in range(3):
+            assert got[b, p] == pytest.approx(roc_auc_score(Y[:, p], P3[b, :, p]), abs=1e-12)
+    one = M.auroc_along(S[:2], np.ones(50, bool))
+    assert np.isnan(one).all()  # one class: undefined
+    Sn = S[:2].copy()
+    Sn[0, 3] = np.nan
+    r = M.auroc_along(Sn, y)
+    assert np.isnan(r[0]) and r[1] == pytest.approx(roc_auc_score(y, S[1]), abs=1e-12)
+    with pytest.raises(ValueError):
+        M.auroc_along(S, y[:10])
+    with pytest.raises(ValueError):
+        M.auroc_along(S, np.full(50, 2))
+
+
+def test_auroc_is_written_once():
+    """No module but metacog.stats ranks scores into an AUROC by hand (issue 16)."""
+    import pathlib
+    import re
+
+    import metacog
+
+    root = pathlib.Path(metacog.__file__).parent
+    hits = [str(p.relative_to(root)) for p in root.rglob("*.py")
+            if re.search(r"\brankdata\(|roc_auc_score\(", p.read_text()) and p.parent.name != "stats"]
+    assert not hits, f"AUROC by hand outside metacog.stats: {hits}"
+    assert M.auroc_boot_batch(np.c_[np.arange(4.0), -np.arange(4.0)], [0, 0, 1, 1], n_boot=0)[0].tolist() == [1.0, 0.0]
+
+
 def test_auroc_edge_cases():
     assert np.isnan(M.auroc([0.1, 0.2], [True, True]))
     assert np.isnan(M.auroc([0.1, 0.2], [False, False]))

@@ -7,7 +7,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from metacog.stages.probes import DEFAULT_CS, fit_probes, make_synthetic, selection_null, stratified_folds
+from metacog.stages.probes import DEFAULT_CS, fit_probes, selection_null, stratified_folds
+from metacog.testing import make_synthetic
 
 
 def fit(*args, **kw):
@@ -405,7 +406,7 @@ def test_selection_null_permutes_whole_facts():
     split = np.array(["train"] * n)
     r = selection_null(X, y, split, n_perm=30, groups=groups)
     assert r["n_perm"] == 30 and 0 < r["p"] <= 1
-    import metacog.stages.probes as P
+    import metacog.stages.probes.null as P
 
     seen = []
     orig = P._one_step_preds
@@ -422,3 +423,19 @@ def test_selection_null_permutes_whole_facts():
     Y = seen[0]
     assert (Y[0::2] == Y[1::2]).all()  # every shuffled label vector keeps each pair together
     assert (Y.sum(0) == y.sum()).all() and not (Y[:, 1:] == Y[:, :1]).all()
+
+
+def test_verification_helpers_are_not_study_api():
+    """make_synthetic lives in metacog.testing (like numpy.testing), not in the probes API, and
+    nothing in the package imports metacog.testing."""
+    import pathlib
+
+    import metacog
+    import metacog.stages.probes as P
+
+    assert not hasattr(P, "make_synthetic") and "make_synthetic" not in P.__all__
+    root = pathlib.Path(metacog.__file__).parent
+    users = [str(p.relative_to(root)) for p in root.rglob("*.py")
+             if p.name != "testing.py" and "metacog.testing" in p.read_text()]
+    assert not users, f"the package imports its verification helpers: {users}"
+

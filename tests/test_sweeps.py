@@ -55,6 +55,17 @@ def _adapter_bytes(ws, run):
 
 
 # ------------------------------------------------------------------------------ expansion
+def test_local_workers_import_this_checkout(tmp_path):
+    """``python -m metacog.sweeps worker`` runs with the repository root (the directory holding
+    metacog/) first on PYTHONPATH, wherever the executor module sits inside the package."""
+    import metacog
+    from metacog.sweeps import LocalExecutor
+
+    first = Path(LocalExecutor(1, 2, tmp_path)._env()["PYTHONPATH"].split(os.pathsep)[0])
+    assert first == Path(metacog.__file__).resolve().parents[1]
+    assert (first / "metacog" / "sweeps" / "__main__.py").is_file()
+
+
 def test_expand_and_settings_hash(tmp_path):
     from metacog.finetune import FinetuneSettings, SettingsError
     from metacog.sweeps import SweepError, SweepSettings, expand, worker_budget

@@ -26,27 +26,36 @@ from metacog.core.workspace import Workspace, WorkspaceError, atomic_write_text
 
 @dataclass
 class Report:
+    """A report under construction: a ``title`` and its ordered ``blocks`` ``(kind, payload,
+    caption)``, kind one of "h2", "p", "table" (a DataFrame), "figure" (a plotly figure); rendered
+    to one self-contained HTML file by :func:`render`."""
     title: str
     blocks: list = field(default_factory=list)  # ("h2"|"p"|"table"|"figure", payload, caption)
 
     def h(self, text: str):
+        """Append a section heading."""
         self.blocks.append(("h2", text, None))
 
     def p(self, text: str):
+        """Append a paragraph of text."""
         self.blocks.append(("p", text, None))
 
     def table(self, df: pd.DataFrame, caption: str = ""):
+        """Append a table (a DataFrame) with an optional caption."""
         self.blocks.append(("table", df, caption))
 
     def figure(self, fig, caption: str = ""):
+        """Append a plotly figure with an optional caption."""
         self.blocks.append(("figure", fig, caption))
 
     @property
     def figures(self) -> list:
+        """The report's figures, in order."""
         return [b[1] for b in self.blocks if b[0] == "figure"]
 
     @property
     def figure_titles(self) -> list[str]:
+        """The title text of each figure, in order."""
         return [f.layout.title.text for f in self.figures]
 
 
@@ -187,6 +196,8 @@ def transfer_section(rep: Report, ws: Workspace) -> None:
 
 
 def models_section(rep: Report, roots: list) -> None:
+    """Append the "Models compared" section (:func:`metacog.compare.models_table` and the probe AUROC
+    by relative depth) for the workspaces ``roots``; nothing for an empty list."""
     if len(roots) < 1:
         return
     rep.h(f"Models compared ({len(roots)})")
@@ -200,7 +211,11 @@ def models_section(rep: Report, roots: list) -> None:
 def build_report(ws: Workspace | str, runs: list[str] | None = None, models: list[str] | None = None,
                  readout: str | None = None) -> Report:
     """The report of ``ws``: study, sweeps, ``runs`` (default: every evaluated run) and, with
-    ``models`` (other workspaces), the cross-model view."""
+    ``models`` (other workspaces), the cross-model view.
+
+    Raises: WorkspaceError when ``ws`` is not a metacog workspace (or a run is unknown or not
+    evaluated).
+    """
     ws = ws if isinstance(ws, Workspace) else Workspace(ws)
     if not ws.exists:
         raise WorkspaceError(f"{ws.root} is not a metacog workspace")
@@ -251,6 +266,9 @@ def render(rep: Report) -> str:
 
 def write_report(out: str | Path, ws: Workspace | str, runs: list[str] | None = None, models: list[str] | None = None,
                  readout: str | None = None) -> tuple[Path, Report]:
+    """Build the HTML report of ``ws`` (runs, seeds, models; :func:`build_report`) and write it
+    atomically to ``out``. Returns ``(path, Report)``. Raises: ValueError when ``out`` is not a
+    .html/.htm name; WorkspaceError for an unknown or unevaluated run."""
     rep = build_report(ws, runs, models, readout)
     out = Path(out).expanduser()
     if out.suffix.lower() not in (".html", ".htm"):

@@ -38,7 +38,7 @@ import numpy as np
 
 from metacog.core.settings import ModelSettings, StudySettings, from_dict, to_dict
 
-PACKAGE_CACHE = Path(__file__).resolve().parent.parent / "cache"
+PACKAGE_CACHE = Path(__file__).resolve().parents[2] / "cache"  # the repository root's cache/ (this file is metacog/core/workspace.py)
 
 
 def cache_dir() -> Path:

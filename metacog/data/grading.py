@@ -475,7 +475,11 @@ def grade_short(answer: str, aliases: Iterable[str]) -> bool:
 
 
 def grade_mc(option_logliks: Sequence[float], answer_index: int) -> tuple[int, bool]:
-    """(chosen index, correct): arg-max log-likelihood (NaN = -inf, ties -> lowest index)."""
+    """(chosen index, correct): arg-max log-likelihood (NaN = -inf, ties -> lowest index).
+
+    Raises: ValueError when there is no option log-likelihood, every one is NaN, or ``answer_index``
+    is out of range.
+    """
     ll = np.asarray(option_logliks, dtype=float).ravel()
     if ll.size == 0:
         raise ValueError("grade_mc needs at least one option log-likelihood")

@@ -43,10 +43,17 @@ TARGET_SUFFIX = "%"  # fine-tuning targets read "Confidence: 73%"
 
 
 def format_options(choices) -> str:
+    """Multiple-choice options as lines "A. text", "B. text", ... (letters from A)."""
     return "\n".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(choices))
 
 
 def question_text(question: str, choices=None, style: str = "plain") -> str:
+    """The user turn asking ``question`` (with its lettered ``choices`` for multiple choice) in the
+    prompt ``style``: "plain" (the bare question) or the instruction style that asks for an answer
+    with an inline confidence.
+
+    Raises: ValueError for an unknown prompt ``style``.
+    """
     mc = choices is not None and len(choices) > 0
     if style == "reference":
         if mc:
@@ -64,6 +71,8 @@ def _chat(tok, user: str) -> str:
 
 
 def answer_prompt_text(tok, is_chat: bool, question: str, choices=None, style: str = "plain") -> str:
+    """The full answer prompt as text: the chat template around :func:`question_text` for a chat model,
+    else "Question: ...\\nAnswer:" (plain style) or the instruction followed by "Answer:"."""
     user = question_text(question, choices, style)
     if is_chat:
         return _chat(tok, user)
@@ -73,6 +82,8 @@ def answer_prompt_text(tok, is_chat: bool, question: str, choices=None, style: s
 
 
 def two_pass_prompt_text(tok, is_chat: bool, question: str, answer: str) -> str:
+    """The prompt of the second pass, which asks for the confidence (0-100) that ``answer`` to
+    ``question`` is correct (chat template for a chat model, else the instruction and a newline)."""
     user = TWO_PASS_INSTRUCTION.format(question=question, answer=answer)
     return _chat(tok, user) if is_chat else user + "\n"
 
@@ -84,6 +95,8 @@ def answer_sep(is_chat: bool) -> str:
 
 @dataclass
 class Encoded:
+    """A tokenised prompt: ``ids`` (token ids), ``spans`` (segment name -> [start, end) token indices)
+    and ``positions`` (named read-out position -> token index, e.g. "last_prompt")."""
     ids: list[int]
     spans: dict[str, tuple[int, int]] = field(default_factory=dict)  # segment -> [start, end)
     positions: dict[str, int] = field(default_factory=dict)  # named position -> token index
@@ -101,6 +114,8 @@ def _tok_ids(tok, text: str, first: bool, is_chat: bool) -> list[int]:
 
 
 def encode_segments(tok, is_chat: bool, segments: list[tuple[str, str]]) -> Encoded:
+    """Tokenise named text segments one after another into one :class:`Encoded` with each segment's
+    token span (only the first segment of a non-chat prompt gets the tokenizer's BOS)."""
     ids: list[int] = []
     spans = {}
     for i, (name, text) in enumerate(segments):
@@ -111,6 +126,8 @@ def encode_segments(tok, is_chat: bool, segments: list[tuple[str, str]]) -> Enco
 
 
 def encode_answer_prompt(tok, is_chat: bool, question: str, choices=None, style: str = "plain") -> Encoded:
+    """The answer prompt (:func:`answer_prompt_text`) tokenised, with the named position
+    ``last_prompt`` (its last token)."""
     enc = encode_segments(tok, is_chat, [("prompt", answer_prompt_text(tok, is_chat, question, choices, style))])
     enc.positions["last_prompt"] = enc.spans["prompt"][1] - 1
     return enc
@@ -192,7 +209,10 @@ def encode_pairwise(tok, is_chat: bool, q1: str, a1: str, q2: str, a2: str) -> E
 
 
 def target_text(value: int) -> str:
-    """The text that follows the confidence prefix in a fine-tuning target."""
+    """The text that follows the confidence prefix in a fine-tuning target.
+
+    Raises: ValueError when ``value`` is not an integer 0..100.
+    """
     v = int(value)
     if not 0 <= v <= 100:
         raise ValueError(f"confidence target must be an integer 0..100, not {value!r}")

@@ -39,7 +39,7 @@ def _given_run(ctx):
 
 def verbal_scores(ctx, lm, name: str, key: str) -> pd.DataFrame:
     """Greedy verbal confidence of ``lm`` after question + answer + "\\nConfidence:" for the pool."""
-    from metacog.stages.answers import FORCED_MARK, INLINE_VERBAL_TOKENS, _stop_two_pass
+    from metacog.stages.answers import FORCED_MARK, INLINE_VERBAL_TOKENS, stop_two_pass
     from metacog.model.generation import generate
 
     pool, tok, style = ctx.pool, lm.tokenizer, ctx.study.prompt_style
@@ -49,7 +49,7 @@ def verbal_scores(ctx, lm, name: str, key: str) -> pd.DataFrame:
         enc.append(prompts.encode_inline(tok, lm.is_chat, it.question, str(it.answer or ""), ch, style).ids)
 
     def part(s, e):
-        texts = generate(lm, enc[s:e], INLINE_VERBAL_TOKENS, ctx.settings.batch_size, stop=_stop_two_pass,
+        texts = generate(lm, enc[s:e], INLINE_VERBAL_TOKENS, ctx.settings.batch_size, stop=stop_two_pass,
                          should_stop=ctx.should_stop)
         v = [parse_confidence(FORCED_MARK.strip() + t) for t in texts]
         v = np.array([np.nan if x is None else float(x) for x in v])

@@ -37,7 +37,7 @@ def compute(ctx) -> MethodResult:
     pool item, ``k_samples`` seeded samples at ``temperature``; score = share agreeing with the greedy
     answer (in [0, 1], steps of 1/k). Multiple-choice items: softmax(option log-likelihood / T) of
     the chosen option. Columns row, score, n_agree (-1 for MC), samples."""
-    from metacog.stages.answers import _stop_first_line, _stop_inline, option_logliks
+    from metacog.stages.answers import stop_first_line, stop_inline, option_logliks
     from metacog.model.generation import generate
     from metacog.methods.store import method_key
 
@@ -47,7 +47,7 @@ def compute(ctx) -> MethodResult:
     tok = lm.tokenizer
     k, T = s.k_samples, float(s.temperature)
     style = ctx.study.prompt_style
-    stop = _stop_first_line if style == "plain" else _stop_inline
+    stop = stop_first_line if style == "plain" else stop_inline
     is_mc = pool["kind"].eq("mc").to_numpy()
     key = method_key(ctx, METHOD)
 

@@ -18,7 +18,6 @@ Public entry: :func:`read_values` → :class:`Readout`.
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -247,7 +246,7 @@ def read_values(
         nanp = np.full((B, 101), np.nan)
         return Readout(probs=nanp, other=np.full(B, np.nan), states=states)
     if tree_ok(model, T, trie):
-        hid, tout, anc = _value_tree(body, trie, out, att, lens, use_cache=True)
+        hid, tout, anc = value_tree(body, trie, out, att, lens, use_cache=True)
         tcache = tout.past_key_values
 
         def dot_hidden(rows: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
@@ -352,7 +351,7 @@ def score_trie(hid: torch.Tensor, to_logits, trie: ValueTrie, dot_tol: float = D
     return Readout(probs=probs, other=other, states=None, unresolved=unresolved.cpu().numpy())
 
 
-def _value_tree(body, trie: ValueTrie, out, att: torch.Tensor, lens: torch.Tensor, use_cache: bool):
+def value_tree(body, trie: ValueTrie, out, att: torch.Tensor, lens: torch.Tensor, use_cache: bool):
     """One forward of the trie's value nodes over a prefix forward ``out`` (its KV cache and
     last hidden state): every node attends to the prefix's real tokens and to its own ancestors
     (tree attention), at the positions it would have in the sequence. Returns the final hidden
@@ -463,38 +462,6 @@ def _dot_hidden(body, trie, cache, att, lens, anc, rows, vals, dev) -> torch.Ten
     return out.last_hidden_state[rows, slot]
 
 
-@torch.no_grad()
-def read_values_naive(lm, prefix: list[int], values=None) -> np.ndarray:
-    """Reference implementation (slow, independent): one full forward per value and per
-    look-ahead, no cache, no tree mask. For tests and benchmarks only."""
-    model, tok = lm.model, lm.tokenizer
-    trie = get_trie(tok)
-    dev = input_device(model)
-    digit = trie.digit_mask.to(dev)
-    dotdigit = trie.dotdigit_mask.to(dev)
-
-    def dist(seq):
-        z = model(input_ids=torch.tensor([seq], device=dev)).logits[0, -1].float()
-        return torch.softmax(z, -1)[: digit.shape[0]]
-
-    out = np.full(101, np.nan)
-    for v, ids in enumerate(trie.value_ids):
-        if values is not None and v not in values:
-            continue
-        lp = 0.0
-        seq = list(prefix)
-        for t in ids:
-            lp += math.log(max(float(dist(seq)[t]), 1e-300))
-            seq.append(t)
-        p = dist(seq)
-        end = 1.0 - float(p @ digit) - float(p @ dotdigit)
-        if trie.dot_id >= 0:
-            pd = float(p[trie.dot_id])
-            end -= pd * float(dist(seq + [trie.dot_id]) @ digit)
-        out[v] = math.exp(lp) * max(end, 0.0)
-    return out
-
-
 # ----------------------------------------------------------------------------------------
 # reply labels (P(True), calibration-tuning, pairwise comparisons)
 # ----------------------------------------------------------------------------------------
@@ -601,7 +568,7 @@ def value_logprobs(model, tok, prefixes: list[list[int]]) -> torch.Tensor:
     N = trie.n_value_nodes
     if tree_ok(model, ids.shape[1], trie):
         out = body(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True)
-        hid, _, anc = _value_tree(body, trie, out, att, lens, use_cache=False)
+        hid, _, anc = value_tree(body, trie, out, att, lens, use_cache=False)
     else:  # ALiBi / short sliding window: every node as a plain sequence (differentiable, no cache copies)
         anc = trie.ancestors[:N, :N].to(dev)
         seqs = [list(p) for p in prefixes] + [list(p) + node_path(trie, j) for p in prefixes for j in range(N)]

@@ -42,10 +42,15 @@ MODE_KEYS = {"inline": "inline", "two-pass": "two_pass"}
 
 
 def activations_key(answers_key: str) -> str:
+    """Cache key of the activations stage: a hash of ACTIVATIONS_VERSION, the answers stage key it
+    reads and the probed POSITIONS."""
     return stable_hash("activations", ACTIVATIONS_VERSION, answers_key, list(POSITIONS))
 
 
 def encode_item(lm, question: str, answer: str, choices=None, style: str = "plain") -> tuple[prompts.Encoded, prompts.Encoded]:
+    """The two prompts of one answered item whose residual states are read: ``(inline, two_pass)``
+    :class:`metacog.data.prompts.Encoded` (token ids and the named positions), for ``lm``
+    (``.tokenizer``, ``.is_chat``) and the prompt ``style``."""
     tok, chat = lm.tokenizer, lm.is_chat
     return (
         prompts.encode_inline(tok, chat, question, answer, choices, style),
@@ -160,7 +165,11 @@ def _write_readout(ws: Workspace, items: pd.DataFrame, vals: dict, key: str, ans
 
 
 def load_states(ws: Workspace, position: str | None = None):
-    """Memory-mapped cached states: one position → ``[n, H, D]``; None → dict of all."""
+    """Memory-mapped cached states: one position → ``[n, H, D]``; None → dict of all.
+
+    Raises: WorkspaceError when the workspace has no complete activation cache or ``position`` is
+    not cached.
+    """
     man = ws.read_json("activations/manifest.json")
     if not man or not man.get("complete"):
         raise WorkspaceError(f"no complete activation cache in {ws.root}: run `metacog activations --workspace {ws.root}`")

@@ -44,6 +44,8 @@ FORCED_MARK = prompts.INLINE_CONF_PREFIX  # "\nConfidence:" joins the reply and 
 
 
 def items_fingerprint(items: pd.DataFrame) -> str:
+    """A 16-hex-digit hash of the items' content (id, question, answers, choices, answer_index where
+    present; not the split), so answers are reused only for the same items."""
     cols = [c for c in ("id", "question", "answers", "choices", "answer_index") if c in items.columns]
     recs = items[cols].astype(str).values.tolist()
     return stable_hash(recs, n=16)
@@ -56,6 +58,9 @@ def items_key(items: pd.DataFrame) -> str:
 
 
 def answers_key(lm, items: pd.DataFrame, study: StudySettings) -> str:
+    """Cache key of the answers stage: a hash of ANSWERS_VERSION, the model weights, chat mode, the
+    items' fingerprint and the generation settings that change a reply (token budgets, prompt style,
+    MC scoring)."""
     return stable_hash(
         "answers",
         ANSWERS_VERSION,
@@ -169,17 +174,24 @@ def _number_complete(text: str) -> bool:
     return bool(t) and not (t[-1].isdigit() or t[-1] in "./-" or t.lower().endswith((" out", " out of")))
 
 
-def _stop_inline(text: str) -> bool:
+def stop_inline(text: str) -> bool:
+    """Stop rule of one-pass generation with an inline confidence: True once the reply holds a complete
+    inline confidence (``parse_inline`` finds one and the text does not end inside a number or a
+    scale such as "9/" or "8 out of")."""
     _, conf = parse_inline(text)
     return conf is not None and _number_complete(text)
 
 
-def _stop_first_line(text: str) -> bool:
-    """The answer is the first non-empty line: stop once it has ended."""
+def stop_first_line(text: str) -> bool:
+    """Stop rule of plain answers: the answer is the first non-empty line, so True once that line
+    has ended (a newline follows non-blank text)."""
     return "\n" in text.lstrip()
 
 
-def _stop_two_pass(text: str) -> bool:
+def stop_two_pass(text: str) -> bool:
+    """Stop rule of the second (confidence) pass: True once the reply starts with a complete confidence
+    (``parse_confidence(text, allow_trailing=False)`` finds one and the text does not end inside a
+    number or a scale)."""
     return parse_confidence(text, allow_trailing=False) is not None and _number_complete(text)
 
 
@@ -261,7 +273,7 @@ def _answer_chunk(lm, chunk: pd.DataFrame, study: StudySettings, tick=None, shou
     mcs: list[dict | None] = [None] * n
     short = [i for i in range(n) if not is_mc[i]]
     if short:
-        stop = _stop_first_line if style == "plain" else _stop_inline
+        stop = stop_first_line if style == "plain" else stop_inline
         texts = gen([prompt_ids[i] for i in short], study.max_new_tokens, stop, 0, len(short))
         for i, t in zip(short, texts):
             raw[i] = t
@@ -281,12 +293,12 @@ def _answer_chunk(lm, chunk: pd.DataFrame, study: StudySettings, tick=None, shou
     need = [i for i in range(n) if v_inline[i] is None]
     if need:
         forced = [prompts.encode_inline(tok, chat, questions[i], answer[i], choices[i], style).ids for i in need]
-        texts = gen(forced, INLINE_VERBAL_TOKENS, _stop_two_pass, 1, len(forced))
+        texts = gen(forced, INLINE_VERBAL_TOKENS, stop_two_pass, 1, len(forced))
         for i, t in zip(need, texts):
             raw[i] = raw[i] + FORCED_MARK + t
             v_inline[i] = parse_confidence(FORCED_MARK.strip() + t)
     two = [prompts.encode_two_pass_prompt(tok, chat, q, a).ids for q, a in zip(questions, answer)]
-    t2 = gen(two, study.confidence_max_new_tokens, _stop_two_pass, 2, len(two))
+    t2 = gen(two, study.confidence_max_new_tokens, stop_two_pass, 2, len(two))
     recs = []
     for k, (_, it) in enumerate(chunk.iterrows()):
         d = mcs[k] or {}

@@ -24,11 +24,14 @@ PRIOR_LOAD_S = 6.0
 
 @dataclass
 class Estimate:
+    """A run-time estimate: ``seconds`` in total (model load included), ``per_stage`` seconds by stage,
+    and its ``basis`` (measured on this machine, or the built-in prior)."""
     seconds: float  # total, model load included
     per_stage: dict  # stage -> seconds
     basis: str  # "measured on this machine (k runs)" or "prior (…)"
 
     def text(self) -> str:
+        """The estimate in words: "about 3.5 min (basis)" (seconds below 90 s)."""
         s = self.seconds
         t = f"{s / 60:.1f} min" if s >= 90 else f"{s:.0f} s"
         return f"about {t} ({self.basis})"

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from metacog.data import prompts
-from metacog.readout.values import _value_tree, body_and_head, expected_value, get_trie, left_pad, read_values, score_trie
+from metacog.readout.values import value_tree, body_and_head, expected_value, get_trie, left_pad, read_values, score_trie
 from metacog.model.hooks import capture_residual
 from metacog.core.settings import POSITIONS, StudySettings
 
@@ -66,7 +66,7 @@ def lens_readout(lm, prefix: list[int]) -> pd.DataFrame:
     N = trie.n_value_nodes
     got_t: list[torch.Tensor] = []
     with capture_residual(model, torch.arange(N).unsqueeze(0), got_t):
-        _value_tree(body, trie, out, att, lens, use_cache=False)
+        value_tree(body, trie, out, att, lens, use_cache=False)
     resid = torch.cat([got_p[0], got_t[0]], dim=1)  # [1, 1 + N, H, d]: slot, then the trie's value nodes
     rows = []
     for h in range(resid.shape[2]):
@@ -90,6 +90,9 @@ class ProbeWeights:
 
     @classmethod
     def load(cls, ws) -> "ProbeWeights | None":
+        """The workspace's full-train probe weights (``probes/coef.npy`` ``[n_layers, n_positions,
+        d_model]``, ``probes/intercept.npy`` ``[n_layers, n_positions]``), or None before the probe
+        stage has run."""
         c, b = ws.path("probes", "coef.npy"), ws.path("probes", "intercept.npy")
         if not (c.exists() and b.exists()):
             return None

@@ -54,6 +54,8 @@ def prepare_items(study: StudySettings) -> pd.DataFrame:
 
 
 def stage_items(ws: Workspace, study: StudySettings, items: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The study's items with their splits (``prepare_items``), written to ``items.parquet`` when they
+    changed; returns the item table."""
     items = prepare_items(study) if items is None else items
     key = items_key(items)
     if not ws.stage_fresh("items", key) or (ws.lineage("items.parquet") or {}).get("key") != key:
@@ -157,6 +159,10 @@ def save_probes(ws: Workspace, metrics_df: pd.DataFrame, oof: np.ndarray, best: 
 
 def run_probes_stage(ws: Workspace, items: pd.DataFrame, answers: pd.DataFrame, act_key: str, study: StudySettings,
                      threads: int | None = None, progress: ProgressFn | None = None) -> pd.DataFrame:
+    """The probe stage of a workspace: :func:`metacog.stages.probes.fit_probes` on the stored
+    activations (cached by key: skipped when fresh), written to ``probes/`` (metrics, cv grid, oof
+    ``[n_items, n_layers, n_positions]``, coef, intercept, best). Returns the per-(layer, position)
+    metrics table."""
     from metacog.stages import probes
 
     key = probes_key(act_key, study, items)
@@ -291,7 +297,11 @@ def check_memory(lm, batch_size: int, n_tokens: int, margin: float = 1.5) -> int
     the value trie and its look-aheads (:func:`metacog.model.arch.kv_bytes_per_token` per token),
     the hidden states of that forward (float32 ``[batch, tokens, d_model]`` × 4 live copies)
     and the captured residual states. Refuse, with the numbers, when the device has less free
-    memory (``--batch-size`` lowers it). Returns the estimate; 0 when the free memory is unknown."""
+    memory (``--batch-size`` lowers it). Returns the estimate; 0 when the free memory is unknown.
+
+    Raises: WorkspaceError when a readout batch would not fit in the device's free memory (the
+    message gives the estimate and a smaller batch size).
+    """
     from metacog.model import arch
     from metacog.readout.values import get_trie
 
@@ -316,7 +326,11 @@ def check_disk(ws: Workspace, lm, n_items: int, stages=("activations",), margin:
     d_model]`` per named position, plus the two 0–100 distributions) and refuse, with the
     numbers, when the workspace's file system has less free space. Returns the estimate.
     With ``batch_size`` and ``n_tokens`` (the longest prompt), the memory of one readout
-    batch is checked first (:func:`check_memory`)."""
+    batch is checked first (:func:`check_memory`).
+
+    Raises: WorkspaceError when the hidden-state cache would not fit on the workspace's disk (the
+    message gives the size needed).
+    """
     import shutil
 
     if batch_size and n_tokens:
@@ -389,6 +403,9 @@ def results_table(ws: Workspace) -> pd.DataFrame:
 
 
 def summarize(ws: Workspace) -> dict:
+    """The study summary (``summary.json`` content) of a workspace: model, accuracy, verbal and
+    distribution readouts with AUROC/ECE/Brier/AURC and CIs on the eval split
+    (:mod:`metacog.stats.metrics`), the type prior, the best probe and sample-size warnings."""
     model_s, study = ws.settings()
     df = results_table(ws)
     bins, seed = study.ece_bins, study.seed
@@ -486,6 +503,7 @@ def _within(scores, y, cats, seed: int = 0) -> dict:
 
 
 def open_workspace(path: str | Path) -> Workspace:
+    """An existing workspace. Raises: WorkspaceError when ``path`` is not a metacog workspace."""
     ws = Workspace(path)
     if not ws.exists:
         raise WorkspaceError(f"{ws.root} is not a metacog workspace")

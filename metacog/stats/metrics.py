@@ -9,6 +9,10 @@ Conventions
   is empty.
 * ``conf01`` is a confidence in [0, 1] (values outside raise, NaN raises); ``conf_0_100`` a
   verbal confidence on the 0-100 scale.
+
+The input checks live in :mod:`metacog.stats.checks`, the risk-coverage curve and AURC in
+:mod:`metacog.stats.selective` and the validity screen in :mod:`metacog.stats.validity`; all are
+re-exported here, so ``metrics.<name>`` is the one address of every metric.
 """
 from __future__ import annotations
 
@@ -18,10 +22,15 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
+from metacog.stats.checks import as_conf01, as_labels, scores_and_labels
+from metacog.stats.selective import aurc, risk_coverage
+from metacog.stats.validity import VALIDITY_DOC, validity_screen
+
 __all__ = [
     "ECE_BINS_DOC",
     "VALIDITY_DOC",
     "auroc",
+    "auroc_along",
     "auroc_ci",
     "bootstrap_counts",
     "auroc_boot_batch",
@@ -71,68 +80,68 @@ ECE_BINS_DOC = (
     "Confidences outside [0, 1] (or NaN) raise ValueError."
 )
 
-VALIDITY_DOC = (
-    "Validity screen on 0-100 confidences (NaN = unparsed, excluded and counted as n_missing): "
-    "L = share of confidences >= 95; TRIN = share in the most common decile, deciles "
-    "[0,10), [10,20), ..., [80,90), [90,100] (the last closed, so 100 is in [90,100]); "
-    "r = point-biserial (Pearson) correlation of confidence with correctness (NaN when either is "
-    "constant, and a NaN r counts as |r| < .05). Verdict: 'invalid' if L >= .70 or TRIN >= .80 or "
-    "|r| < .05; else 'indeterminate' if L >= .40 or TRIN >= .60; else 'valid'. "
-    "No usable confidence at all (n = 0) is 'invalid'."
-)
-
-
-# --------------------------------------------------------------------------- helpers
-def _labels(labels, n: int | None = None) -> np.ndarray:
-    y = np.asarray(labels)
-    if y.dtype != bool:
-        yf = y.astype(float)
-        if np.any(np.isnan(yf)) or not np.all((yf == 0) | (yf == 1)):
-            raise ValueError("labels must be bool or 0/1")
-        y = yf.astype(bool)
-    y = y.ravel()
-    if n is not None and y.size != n:
-        raise ValueError(f"scores and labels differ in length ({n} vs {y.size})")
-    return y
-
-
-def _scores_labels(scores, labels, nan_policy: str):
-    s = np.asarray(scores, dtype=float).ravel()
-    y = _labels(labels, s.size)
-    if nan_policy not in ("raise", "omit"):
-        raise ValueError(f"nan_policy must be 'raise' or 'omit', not {nan_policy!r}")
-    bad = np.isnan(s)
-    if bad.any():
-        if nan_policy == "raise":
-            raise ValueError(f"{int(bad.sum())} NaN score(s); pass nan_policy='omit' to drop them")
-        s, y = s[~bad], y[~bad]
-    return s, y
-
-
-def _conf01(conf01, labels) -> tuple[np.ndarray, np.ndarray]:
-    c = np.asarray(conf01, dtype=float).ravel()
-    y = _labels(labels, c.size)
-    if np.any(np.isnan(c)):
-        raise ValueError("confidences contain NaN; drop unparsed items first")
-    if c.size and (c.min() < 0.0 or c.max() > 1.0):
-        raise ValueError(f"confidences must lie in [0, 1] (got min {c.min()}, max {c.max()})")
-    return c, y
 
 
 # --------------------------------------------------------------------------- AUROC
+def auroc_along(scores, labels, axis: int = -1) -> np.ndarray:
+    """AUROC of every slice of ``scores`` along ``axis``: the one AUROC implementation of metacog
+    (:func:`auroc`, :func:`auroc_boot_batch`, the probes' cross-validation and selection null call it).
+
+    ``scores``: float array of any shape (e.g. ``[n_models, n_items]`` with ``axis=-1``, or
+    ``[n_items, n_scores]`` with ``axis=0``). ``labels``: correctness (bool or 0/1), broadcastable
+    to ``scores`` (``[n_items]`` for shared labels, or one label vector per slice). Returns a float
+    array of ``scores``' shape without ``axis``.
+
+    Definition: AUROC = P(score of a correct item > score of an incorrect one) + ½ P(tie)
+    = U / (n_pos n_neg), U = R_pos − n_pos (n_pos + 1) / 2 the Mann–Whitney statistic from the
+    sum R_pos of the positives' average ranks (Mann & Whitney 1947; Hanley & McNeil 1982); equal
+    to ``sklearn.metrics.roc_auc_score`` and to ``scipy.stats.mannwhitneyu(...).statistic / (n_pos n_neg)``
+    (tested). Ranks: ``scipy.stats.rankdata(method="average")`` when a slice has ties, else the
+    ordinal ranks of one stable argsort (identical then, and cheaper). NaN for a slice with one
+    class only or with a NaN score.
+
+    Raises: ValueError when labels are not bool/0/1 or do not broadcast to ``scores``.
+    """
+    S = np.asarray(scores, dtype=float)
+    Y = np.asarray(labels)
+    if Y.dtype != bool:
+        yf = Y.astype(float)
+        if np.any(np.isnan(yf)) or not np.all((yf == 0) | (yf == 1)):
+            raise ValueError("labels must be bool or 0/1")
+        Y = yf.astype(bool)
+    try:
+        Y = np.broadcast_to(Y, S.shape)
+    except ValueError:
+        raise ValueError(f"labels of shape {Y.shape} do not broadcast to scores of shape {S.shape}") from None
+    S, Y = np.moveaxis(S, axis, -1), np.moveaxis(Y, axis, -1)
+    m = S.shape[-1]
+    bad = np.isnan(S).any(axis=-1)
+    if bad.any():
+        S = np.where(bad[..., None], 0.0, S)
+    o = np.argsort(S, axis=-1, kind="stable")
+    sv = np.take_along_axis(S, o, axis=-1)
+    if m > 1 and np.any(sv[..., 1:] == sv[..., :-1]):
+        R = rankdata(S, method="average", axis=-1)
+    else:
+        R = np.empty(S.shape)
+        np.put_along_axis(R, o, np.arange(1, m + 1, dtype=float), axis=-1)
+    n1 = Y.sum(axis=-1).astype(float)
+    n0 = m - n1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = ((R * Y).sum(axis=-1) - n1 * (n1 + 1) / 2.0) / (n1 * n0)
+    return np.where((n1 == 0) | (n0 == 0) | bad, np.nan, out)
+
+
 def auroc(scores, labels, nan_policy: str = "raise") -> float:
-    """AUROC = Mann-Whitney U / (n_pos n_neg) with average ranks for ties; NaN if one class.
+    """AUROC of one score vector ``[n_items]`` against correctness labels ``[n_items]``
+    (:func:`auroc_along`: Mann-Whitney U / (n_pos n_neg), average ranks for ties); NaN if one class.
 
     ``nan_policy``: "raise" (default) raises on NaN scores; "omit" drops those items first.
+    Raises: ValueError on NaN scores (``nan_policy="raise"``), labels that are not bool/0/1, or
+    scores and labels of different lengths.
     """
-    s, y = _scores_labels(scores, labels, nan_policy)
-    n1 = int(y.sum())
-    n0 = y.size - n1
-    if n1 == 0 or n0 == 0:
-        return float("nan")
-    r = rankdata(s, method="average")
-    u = r[y].sum() - n1 * (n1 + 1) / 2.0
-    return float(u / (n1 * n0))
+    s, y = scores_and_labels(scores, labels, nan_policy)
+    return float(auroc_along(s, y))
 
 
 def bootstrap_counts(n_pos: int, n_neg: int, n_boot: int, seed: int):
@@ -170,8 +179,11 @@ def auroc_ci(scores, labels, n_boot: int = 1000, alpha: float = 0.05, seed: int 
     Positives and negatives are resampled separately (so every replicate has both classes);
     draws are :func:`bootstrap_counts` ``(n_pos, n_neg, n_boot, seed)``; quantiles use numpy's
     default linear interpolation. (NaN, NaN) when a class is empty.
+
+    Raises: ValueError when ``alpha`` is not in (0, 1), on NaN scores (``nan_policy="raise"``) or
+    labels that are not bool/0/1.
     """
-    s, y = _scores_labels(scores, labels, nan_policy)
+    s, y = scores_and_labels(scores, labels, nan_policy)
     if not 0 < alpha < 1:
         raise ValueError("alpha must be in (0, 1)")
     n1 = int(y.sum())
@@ -190,11 +202,14 @@ def auroc_boot_batch(scores_2d, labels, n_boot: int = 1000, alpha: float = 0.05,
     ``scores_2d`` is ``[n_items, n_scores]`` (no NaN). The replicates are the same draws as
     :func:`auroc_ci` with the same seed, so column j equals ``auroc_ci(scores_2d[:, j], ...)``.
     Returns arrays ``(auroc, lo, hi)`` of length n_scores.
+
+    Raises: ValueError when ``scores_2d`` is not 2-D, contains NaN, or labels are not bool/0/1 of
+    length n_items.
     """
     S = np.asarray(scores_2d, dtype=float)
     if S.ndim != 2:
         raise ValueError("scores_2d must be [n_items, n_scores]")
-    y = _labels(labels, S.shape[0])
+    y = as_labels(labels, S.shape[0])
     k = S.shape[1]
     n1 = int(y.sum())
     n0 = y.size - n1
@@ -203,8 +218,7 @@ def auroc_boot_batch(scores_2d, labels, n_boot: int = 1000, alpha: float = 0.05,
         raise ValueError("scores contain NaN")
     if n1 == 0 or n0 == 0:
         return nan, nan.copy(), nan.copy()
-    R = rankdata(S, method="average", axis=0)
-    point = (R[y].sum(axis=0) - n1 * (n1 + 1) / 2.0) / (n1 * n0)
+    point = auroc_along(S, y[:, None], axis=0)
     if n_boot < 1:
         return point, nan.copy(), nan.copy()
     cp, cn = bootstrap_counts(n1, n0, n_boot, seed)
@@ -222,8 +236,10 @@ def reliability_bins(conf01, labels, n_bins: int = 10) -> pd.DataFrame:
     """Per-bin table ``bin, lo, hi, n, mean_conf, accuracy`` (bins per ECE_BINS_DOC).
 
     Every bin is a row, empty ones included (n = 0, NaN means).
+
+    Raises: ValueError when ``n_bins`` < 1, or on confidences outside [0, 1] or NaN.
     """
-    c, y = _conf01(conf01, labels)
+    c, y = as_conf01(conf01, labels)
     n_bins = int(n_bins)
     if n_bins < 1:
         raise ValueError("n_bins must be >= 1")
@@ -242,8 +258,12 @@ def reliability_bins(conf01, labels, n_bins: int = 10) -> pd.DataFrame:
 
 
 def ece(conf01, labels, n_bins: int = 10) -> float:
-    """Expected calibration error; bins exactly as ECE_BINS_DOC (= Σ n/N |acc − conf| over
-    the rows of :func:`reliability_bins`). NaN for no items."""
+    """Expected calibration error of ``conf01 [N]`` (probabilities in [0, 1]) against correctness
+    ``labels [N]``; bins exactly as ECE_BINS_DOC (= Σ n/N |acc − conf| over the rows of
+    :func:`reliability_bins`; Naeini et al. 2015, Guo et al. 2017). NaN for no items.
+
+    Raises: ValueError on confidences outside [0, 1] or NaN, or ``n_bins`` < 1.
+    """
     t = reliability_bins(conf01, labels, n_bins)
     N = int(t["n"].sum())
     if N == 0:
@@ -263,98 +283,15 @@ def reliability(conf01, labels, n_bins: int = 10) -> tuple[pd.DataFrame, float, 
 
 
 def brier(conf01, labels) -> float:
-    """Mean of (conf − y)² with conf in [0, 1]; NaN for no items."""
-    c, y = _conf01(conf01, labels)
+    """Brier score (Brier 1950): mean of (conf − y)² over ``conf01 [N]`` in [0, 1] and correctness
+    ``labels [N]``; NaN for no items.
+
+    Raises: ValueError on confidences outside [0, 1] or NaN.
+    """
+    c, y = as_conf01(conf01, labels)
     if c.size == 0:
         return float("nan")
     return float(np.mean((c - y.astype(float)) ** 2))
-
-
-# --------------------------------------------------------------------------- selective prediction
-def risk_coverage(conf, labels, ties: str = "stable") -> pd.DataFrame:
-    """Risk-coverage curve: items sorted by decreasing confidence (stable, so tied items keep
-    their input order); row k (1-based) has coverage k/N and risk = errors among the first k / k.
-
-    ``ties="average"`` keeps that order but gives each prefix that ends inside a group of tied
-    confidences its *expected* risk over random orders of the tie group (errors before the group
-    + (k − before) × the group's error rate, over k), so the curve no longer depends on the input
-    order of tied items (important when a model says "100" for almost everything).
-    """
-    c = np.asarray(conf, dtype=float).ravel()
-    y = _labels(labels, c.size)
-    if np.any(np.isnan(c)):
-        raise ValueError("confidences contain NaN")
-    if ties not in ("stable", "average"):
-        raise ValueError("ties must be 'stable' or 'average'")
-    N = c.size
-    if N == 0:
-        return pd.DataFrame({"coverage": np.zeros(0), "risk": np.zeros(0)})
-    order = np.argsort(-c, kind="stable")
-    err = (~y[order]).astype(float)
-    k = np.arange(1, N + 1, dtype=float)
-    cum = np.cumsum(err)
-    if ties == "average":
-        cs = c[order]
-        start = np.r_[True, cs[1:] != cs[:-1]]
-        gid = np.cumsum(start) - 1
-        gstart = np.flatnonzero(start)
-        gend = np.r_[gstart[1:], N]
-        before = np.r_[0.0, cum][gstart]  # errors before each group
-        rate = (np.r_[0.0, cum][gend] - before) / (gend - gstart)
-        cum = before[gid] + (k - gstart[gid]) * rate[gid]
-    return pd.DataFrame({"coverage": k / N, "risk": cum / k})
-
-
-def aurc(conf, labels, ties: str = "average") -> float:
-    """Area under the risk-coverage curve = mean of the risk over coverages k/N, k = 1..N.
-
-    Default ``ties="average"`` (order-independent; see :func:`risk_coverage`); ``"stable"``
-    uses the input order among tied confidences. NaN for no items.
-    """
-    rc = risk_coverage(conf, labels, ties=ties)
-    return float(rc["risk"].mean()) if len(rc) else float("nan")
-
-
-# --------------------------------------------------------------------------- validity screen
-def validity_screen(conf_0_100, labels) -> dict:
-    """The verbal-confidence validity screen; the rule is VALIDITY_DOC, exactly.
-
-    Returns ``dict(L, trin, r, verdict, n, n_missing, reasons)``.
-    """
-    c = np.asarray(conf_0_100, dtype=float).ravel()
-    y = _labels(labels, c.size)
-    miss = np.isnan(c)
-    c, y = c[~miss], y[~miss]
-    n = int(c.size)
-    if n and (c.min() < 0 or c.max() > 100):
-        raise ValueError("confidences must lie in [0, 100] (NaN for unparsed)")
-    if n == 0:
-        return dict(L=float("nan"), trin=float("nan"), r=float("nan"), verdict="invalid", n=0,
-                    n_missing=int(miss.sum()), reasons=["no usable confidence"])
-    L = float(np.mean(c >= 95))
-    dec = np.minimum(np.floor(c / 10.0), 9).astype(int)
-    trin = float(np.bincount(dec, minlength=10).max() / n)
-    yf = y.astype(float)
-    if np.all(c == c[0]) or np.all(yf == yf[0]):
-        r = float("nan")
-    else:
-        r = float(np.corrcoef(c, yf)[0, 1])
-    reasons = []
-    if L >= 0.70:
-        reasons.append("L >= .70")
-    if trin >= 0.80:
-        reasons.append("TRIN >= .80")
-    if not (abs(r) >= 0.05):  # NaN r counts as |r| < .05
-        reasons.append("|r| < .05")
-    if reasons:
-        verdict = "invalid"
-    else:
-        if L >= 0.40:
-            reasons.append("L >= .40")
-        if trin >= 0.60:
-            reasons.append("TRIN >= .60")
-        verdict = "indeterminate" if reasons else "valid"
-    return dict(L=L, trin=trin, r=r, verdict=verdict, n=n, n_missing=int(miss.sum()), reasons=reasons)
 
 
 # --------------------------------------------------------------------------- question-type baseline
@@ -363,7 +300,7 @@ def type_prior(categories_train: Sequence, labels_train, categories_eval: Sequen
     Laplace-smoothed as (correct + 1) / (n + 2); categories absent from train get the overall
     train accuracy (correct / n; 0.5 if train is empty)."""
     ct = np.asarray(list(categories_train), dtype=object)
-    y = _labels(labels_train, ct.size).astype(float)
+    y = as_labels(labels_train, ct.size).astype(float)
     ce = np.asarray(list(categories_eval), dtype=object)
     overall = float(y.mean()) if y.size else 0.5
     df = pd.DataFrame({"c": ct, "y": y}).groupby("c")["y"].agg(["sum", "count"])
@@ -383,9 +320,12 @@ def within_type_auroc(scores, labels, categories, nan_policy: str = "raise", n_b
     (each used category's positives and negatives resampled separately with
     :func:`bootstrap_counts` ``(n_pos, n_neg, n_boot, seed + j)`` for the j-th used category in
     order of appearance; the weights stay the category counts).
+
+    Raises: ValueError when ``categories`` and scores differ in length, on NaN scores
+    (``nan_policy="raise"``) or an unknown ``nan_policy``.
     """
     s = np.asarray(scores, dtype=float).ravel()
-    y = _labels(labels, s.size)
+    y = as_labels(labels, s.size)
     cat = np.asarray(list(categories), dtype=object)
     if cat.size != s.size:
         raise ValueError("categories differ in length from scores")
@@ -483,12 +423,15 @@ def bootstrap_metrics_batch(conf01_2d, labels, n_bins: int = 10, n_boot: int = 1
     n_boot, seed)``; one class only: that class resampled alone) are shared by every column and
     metric; each metric is evaluated on every replicate in closed form, vectorised over
     replicates. Returns arrays: ``auroc, ece, brier, aurc`` [k] and ``*_ci`` [k, 2].
+
+    Raises: ValueError when ``conf01_2d`` is not 2-D, contains NaN or values outside [0, 1], or
+    ``alpha`` is not in (0, 1).
     """
     S = np.asarray(conf01_2d, dtype=float)
     if S.ndim != 2:
         raise ValueError("conf01_2d must be [n_items, n_scores]")
     N, K = S.shape
-    y = _labels(labels, N)
+    y = as_labels(labels, N)
     if np.isnan(S).any():
         raise ValueError("confidences contain NaN; drop unparsed items first")
     if S.size and (S.min() < 0.0 or S.max() > 1.0):
@@ -537,7 +480,7 @@ def ece_null(conf01, n_bins: int = 10, n_sim: int = 1000, seed: int = 0) -> dict
     model is biased upward at small n (e.g. Kumar et al. 2019, "Verified uncertainty calibration").
     """
     c = np.asarray(conf01, dtype=float).ravel()
-    _conf01(c, np.zeros(c.size, bool))
+    as_conf01(c, np.zeros(c.size, bool))
     if c.size == 0 or n_sim < 1:
         return dict(mean=float("nan"), p95=float("nan"), n_sim=int(n_sim), n=int(c.size))
     rng = np.random.default_rng(seed)
@@ -551,7 +494,7 @@ def sample_warnings(labels, what: str = "the eval split") -> list[str]:
     """Plain-language warnings when ``labels`` (correctness of the items a metric is computed on)
     are too few to trust: fewer than SMALL_EVAL_N items, fewer than SMALL_CLASS_N of either class,
     or one class only (AUROC undefined). Empty list when the sample is adequate."""
-    y = _labels(labels)
+    y = as_labels(labels)
     n, n1 = int(y.size), int(y.sum())
     n0 = n - n1
     out = []
@@ -576,9 +519,13 @@ def summarize_scores(conf01, labels, n_bins: int = 10, n_boot: int = 1000, seed:
     n_missing)`` of a [0, 1] confidence: :func:`bootstrap_metrics` (the CIs) and :func:`ece_null`
     (``n_sim`` simulations, seed ``seed``).
 
-    ``nan_policy="omit"`` drops NaN confidences first (counted in n_missing)."""
+    ``nan_policy="omit"`` drops NaN confidences first (counted in n_missing).
+
+    Raises: ValueError on NaN confidences unless ``nan_policy="omit"``, and as
+    :func:`bootstrap_metrics`.
+    """
     c = np.asarray(conf01, dtype=float).ravel()
-    y = _labels(labels, c.size)
+    y = as_labels(labels, c.size)
     miss = np.isnan(c)
     if miss.any():
         if nan_policy != "omit":

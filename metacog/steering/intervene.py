@@ -86,7 +86,7 @@ def steered_readout(lm, encs: list[prompts.Encoded], hidden_index: int | None, v
     """The exact 0–100 readout (and the greedy verbal confidence) of one batch of inline
     sequences with ``vector`` added at ``hidden_index`` (None = no hook: the unsteered model).
     Returns one row per sequence: ``ev, argmax, other, verbal, verbal_text``."""
-    from metacog.stages.answers import FORCED_MARK, INLINE_VERBAL_TOKENS, _stop_two_pass
+    from metacog.stages.answers import FORCED_MARK, INLINE_VERBAL_TOKENS, stop_two_pass
     from metacog.readout.values import parse_confidence, read_values
     from metacog.model.generation import greedy_batch
 
@@ -103,7 +103,7 @@ def steered_readout(lm, encs: list[prompts.Encoded], hidden_index: int | None, v
     out = pd.DataFrame({"ev": r.expected, "argmax": r.argmax, "other": r.other})
     if verbal:
         with ctx():
-            texts = greedy_batch(lm, ids, INLINE_VERBAL_TOKENS, stop=_stop_two_pass)
+            texts = greedy_batch(lm, ids, INLINE_VERBAL_TOKENS, stop=stop_two_pass)
         v = [parse_confidence(FORCED_MARK.strip() + t) for t in texts]
         out["verbal"] = [np.nan if x is None else float(x) for x in v]
         out["verbal_text"] = texts
@@ -117,7 +117,7 @@ def steered_readout(lm, encs: list[prompts.Encoded], hidden_index: int | None, v
 def steered_answers(lm, prompt_ids: list[list[int]], hidden_index: int, vector, max_new_tokens: int) -> list[str]:
     """Greedy answers with ``vector`` added at every generated position (``from-answer``: the
     prompt itself is untouched; each generated answer token carries the vector)."""
-    from metacog.stages.answers import _stop_first_line
+    from metacog.stages.answers import stop_first_line
     from metacog.readout.values import parse_inline
     from metacog.model.generation import greedy_batch
 
@@ -125,7 +125,7 @@ def steered_answers(lm, prompt_ids: list[list[int]], hidden_index: int, vector, 
     T = max(len(p) for p in prompt_ids)
     m = torch.zeros((len(prompt_ids), T), dtype=torch.bool)
     with steer_hook(lm.model, hidden_index, vec, m, continuation=True):
-        texts = greedy_batch(lm, prompt_ids, max_new_tokens, stop=_stop_first_line)
+        texts = greedy_batch(lm, prompt_ids, max_new_tokens, stop=stop_first_line)
     return [parse_inline(t)[0] for t in texts]
 
 

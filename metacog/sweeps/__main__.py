@@ -1,6 +1,7 @@
-"""``python -m metacog.sweeps worker …``: a sweep's worker process (see :func:`metacog.sweeps.main`)."""
+"""``python -m metacog.sweeps worker …``: a sweep's worker process (see
+:func:`metacog.sweeps.executors.main`)."""
 import sys
 
-from metacog.sweeps import main
+from metacog.sweeps.executors import main
 
 sys.exit(main())
