@@ -277,7 +277,7 @@ def reliability(conf01, labels, n_bins: int = 10) -> tuple[pd.DataFrame, float, 
     dropped first: :func:`reliability_bins` and :func:`ece` on the ``n`` items left (NaN ECE when
     none). ``conf01``: [n_items] probabilities; ``labels``: [n_items] correctness."""
     c = np.asarray(conf01, dtype=float).ravel()
-    y = _labels(labels, c.size)
+    y = as_labels(labels, c.size)
     ok = ~np.isnan(c)
     return reliability_bins(c[ok], y[ok], n_bins), ece(c[ok], y[ok], n_bins), int(ok.sum())
 
