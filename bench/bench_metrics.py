@@ -3,8 +3,8 @@
     python bench/bench_metrics.py [--n 1500] [--boot 1000]
 
 Prints the CPU, the seconds of one AUROC and of ``auroc_ci`` with ``--boot`` resamples, and
-their ratio: the bootstrap is vectorised (one sort, resample counts), so the ratio stays far
-below ``--boot`` (a Python loop over resamples would cost about ``--boot`` AUROCs).
+their ratio (the bootstrap draws resample counts over one sort instead of re-sorting each
+resample; measured on AMD EPYC, n = 1500, 1000 resamples: 61 ms, ≈ 760 single AUROCs).
 """
 import argparse
 import platform
@@ -47,7 +47,7 @@ def main() -> None:
     print(f"CPU: {cpu()}")
     print(f"n = {a.n}, {a.boot} bootstrap resamples")
     print(f"one AUROC: {one * 1e3:.2f} ms; auroc_ci: {ci * 1e3:.1f} ms")
-    print(f"auroc_ci costs {ci / one:.0f} AUROCs (a loop would cost ~{a.boot})")
+    print(f"auroc_ci costs {ci / one:.0f} single AUROCs")
 
 
 if __name__ == "__main__":
