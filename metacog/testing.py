@@ -7,7 +7,7 @@ synthetic inputs. Nothing in the study pipeline imports it.
 * :func:`make_synthetic` -- activation-like probe data ``(X [n, L, P, d], y [n])``
   (for :func:`metacog.stages.probes.fit_probes`, ``bench/bench_probes.py``);
 * :func:`read_values_naive` -- the reference implementation of the exact 0-100 readout
-  :func:`metacog.readout.values.read_values` (tests/test_confidence.py, tests/test_families.py).
+  :func:`metacog.readout.values.read_values` (tests/unit/readout/test_confidence.py, tests/unit/model/test_families.py).
 """
 from __future__ import annotations
 

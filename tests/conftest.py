@@ -122,7 +122,7 @@ def real_lm():
 def real_study(tmp_path_factory):
     """One real-model study (32 world-facts items, every stage, float32, one thread), run once
     per test session through the CLI (``metacog study``) and shared by the end-to-end tests
-    (tests/test_study.py checks its summary). Tests that add to a workspace (runs, sweeps,
+    (tests/unit/stages/test_study.py checks its summary). Tests that add to a workspace (runs, sweeps,
     methods) work on a copy: ``copy_workspace(real_study, tmp_path / "w")``."""
     from metacog.cli import main as cli_main
 

@@ -7,7 +7,7 @@ Facts come from packages with exact ground truth (dev-only, imported only here; 
 currencies; GeoNames data, CC-BY-4.0), ``periodictable`` (elements), ``us`` (US states).
 The output is deterministic: the same seed and package versions give byte-identical files.
 
-Rules every item obeys (checked again by tests/test_data.py):
+Rules every item obeys (checked again by tests/unit/data/test_data.py):
 - no accepted answer appears, normalised and word-bounded, in its question (a model that
   restates the question must not be graded correct);
 - only sovereign, current countries (no Serbia and Montenegro, Netherlands Antilles,
@@ -28,7 +28,7 @@ Rules every item obeys (checked again by tests/test_data.py):
   ``us-state:TX``, ``city:FR:lyon``, ``us-city:CA:modesto``), shared by its reverse and
   sibling questions, so splits by group keep them on one side;
 - multiple-choice distractors are drawn so that option length says nothing about which
-  option is correct (``length_balanced``; measured in tests/test_builtin_sets.py).
+  option is correct (``length_balanced``; measured in tests/unit/data/test_builtin_sets.py).
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ entry gets :data:`GENERIC`, whose look-ups search: the decoder list is the ``Mod
 whose length is ``config.num_hidden_layers``, sub-layers are found by the usual names.
 
 Adding a family is one entry in :data:`FAMILIES` plus its tiny-model test
-(tests/test_families.py); a family that cannot be supported gets ``refuse="reason"`` and is
+(tests/unit/model/test_families.py); a family that cannot be supported gets ``refuse="reason"`` and is
 refused at load with that one line.
 
 Public functions (all take a model, a PEFT wrapper of one, or a config where noted):

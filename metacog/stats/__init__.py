@@ -11,7 +11,7 @@ are then taken across pairs (docs/SCIENCE.md, "Statistics of patching").
   percentile bootstrap CI over pairs. ρ computed on the per-layer means is kept only as a
   labelled descriptive number (``rho_of_means``): its p-value would treat L correlated
   layer means as L independent draws (a null of random per-pair slopes rejects in >90% of
-  sweeps, tests/test_stats.py).
+  sweeps, tests/unit/stats/test_stats.py).
 - :func:`paired_contrast` — condition A vs B within each pair (e.g. the confidence slot vs
   the random positions): the per-pair difference, tested and bootstrapped across pairs, for
   the layer-averaged effect and for the per-pair ρ.
@@ -282,7 +282,7 @@ def paired_contrast(a: pd.DataFrame, b: pd.DataFrame, n_perm: int = 9999, n_boot
 def simulate_sweep(rng: np.random.Generator, n_pairs: int, n_layers: int = 30, slope: float = 0.0, slope_sd: float = 1.0,
                    noise: float = 0.5, nan_share: float = 0.0) -> pd.DataFrame:
     """A synthetic per-pair sweep table (``pair``, ``layer``, ``effect``) for checking a test's
-    size and power (tests/test_stats.py) or planning a sweep's number of pairs.
+    size and power (tests/unit/stats/test_stats.py) or planning a sweep's number of pairs.
 
     effect[p, h] = a_p + b_p · (h − h̄)/L + ε, with a random intercept a_p ~ N(0, 1), a random
     per-pair slope b_p ~ N(``slope``, ``slope_sd``²) (the change across the whole depth, in

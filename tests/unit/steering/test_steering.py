@@ -15,7 +15,7 @@ import torch
 
 from finetune_helpers import build_workspace, load_tiny, save_tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ def kind(tmp_path, monkeypatch):
     d = tmp_path / "mod"
     d.mkdir()
     (d / "jobs_test_runner.py").write_text(RUNNER)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(d), str(Path(__file__).resolve().parent.parent),
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(d), str(Path(__file__).resolve().parents[3]),
                                                       os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("METACOG_JOB_RUNNERS", "count=jobs_test_runner:count")
     sys.path.insert(0, str(d))

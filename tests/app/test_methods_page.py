@@ -11,7 +11,7 @@ import torch
 
 from finetune_helpers import build_workspace, load_tiny, save_tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "app.py")
 PAGE = "pages/9_Methods.py"
 

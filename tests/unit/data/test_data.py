@@ -14,7 +14,7 @@ from metacog.data import COLUMNS, DataError, dataset_info, list_builtin, load_da
 from metacog.data import generate as gen
 from metacog.data.readers import BUILTIN_DIR
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 # ----------------------------------------------------------------------------- built-in sets

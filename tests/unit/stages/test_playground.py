@@ -13,7 +13,7 @@ import pytest
 
 from conftest import tiny_items
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_lens_last_layer_equals_the_readout(tiny_lm):

@@ -12,7 +12,7 @@ import torch
 
 from finetune_helpers import build_workspace, load_tiny, save_tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "app.py")
 FT_PAGE, RES_PAGE = "pages/5_Fine-tune.py", "pages/6_Results.py"
 

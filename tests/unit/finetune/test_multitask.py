@@ -339,7 +339,7 @@ def test_report_and_results_page_show_the_transfer_table(ws, trained, cache, tmp
     from streamlit.testing.v1 import AppTest
 
     monkeypatch.setenv("METACOG_CACHE", str(cache))
-    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120)
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[3] / "app.py"), default_timeout=120)
     at.query_params["ws"] = "tiny"
     at.run()
     at.switch_page("pages/6_Results.py")
@@ -366,7 +366,7 @@ def test_finetune_page_offers_the_task(ws, cache, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
     monkeypatch.setenv("METACOG_CACHE", str(cache))
-    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120)
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[3] / "app.py"), default_timeout=120)
     at.query_params["ws"] = "tiny"
     at.run()
     at.switch_page("pages/5_Fine-tune.py")

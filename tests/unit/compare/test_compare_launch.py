@@ -7,7 +7,7 @@ import torch
 
 from finetune_helpers import build_workspace, load_tiny, save_tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_compare_page_launches_a_seed_sweep(tmp_path, monkeypatch):

@@ -144,7 +144,7 @@ def test_no_pickle_loading_anywhere_in_the_package():
     """Static guard: no module calls pickle/torch.load/np.load with pickles allowed."""
     import re
 
-    pkg = Path(__file__).resolve().parent.parent / "metacog"
+    pkg = Path(__file__).resolve().parents[3] / "metacog"
     bad = []
     for p in pkg.rglob("*.py"):
         src = p.read_text()
@@ -361,7 +361,7 @@ def test_app_ws_link_is_confined_to_the_cache(tmp_path, ref_ws, monkeypatch, qp)
     workspace elsewhere) is refused with a message; the page stays on a workspace inside."""
     from streamlit.testing.v1 import AppTest
 
-    app = Path(__file__).resolve().parent.parent / "app.py"
+    app = Path(__file__).resolve().parents[3] / "app.py"
     cache = tmp_path / "cache"
     (cache / "workspaces").mkdir(parents=True)
     outside = tmp_path / "outside-ws"
@@ -388,7 +388,7 @@ def test_app_ws_link_is_confined_to_the_cache(tmp_path, ref_ws, monkeypatch, qp)
 def test_streamlit_serves_localhost_by_default():
     import re
 
-    txt = (Path(__file__).resolve().parent.parent / ".streamlit" / "config.toml").read_text()
+    txt = (Path(__file__).resolve().parents[3] / ".streamlit" / "config.toml").read_text()
     server = txt.split("[server]", 1)[1].split("\n[", 1)[0]
     assert re.search(r'^address\s*=\s*"localhost"', server, re.M), server
 

@@ -16,7 +16,7 @@ import torch
 
 from finetune_helpers import build_workspace, load_tiny, save_tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 APP = str(ROOT / "app.py")
 PAGE = "pages/8_Compare.py"
 SEEDS = (1, 2)

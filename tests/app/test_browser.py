@@ -23,7 +23,7 @@ import pytest
 
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("METACOG_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
@@ -88,7 +88,7 @@ def start_app(cache: Path, log: Path, tiny_loader: bool = True) -> tuple[subproc
     env = {**os.environ, "METACOG_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "OMP_NUM_THREADS": "1"}
     if tiny_loader:
-        (cache / "metacog_tiny_loader.py").write_text(TINY_LOADER.format(tests=str(Path(__file__).resolve().parent)))
+        (cache / "metacog_tiny_loader.py").write_text(TINY_LOADER.format(tests=str(Path(__file__).resolve().parents[1])))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(cache), env.get("PYTHONPATH", "")]))
         env["METACOG_MODEL_LOADER"] = "metacog_tiny_loader:load"
     cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),

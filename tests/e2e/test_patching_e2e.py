@@ -59,7 +59,7 @@ def test_item_to_item_sweep_on_the_embedded_model(real_ws, real_lm):
             assert bool(row["answer_unchanged"]) == ref.answer_unchanged
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # a real probe-targeted LoRA adapter of the default model (metacog finetune; git-ignored cache), used
 # when a developer's cache has it; otherwise (CI) the test trains a short real run itself
 REAL_RUN = ROOT / "cache" / "workspaces" / "default-world-facts-n200-s0" / "runs" / "20261123-044006-pilot2-probe"

@@ -137,5 +137,5 @@ def test_builtin_aliases_still_grade_themselves():
 
 def test_answers_page_counts_guards_and_rules():
     """The rules and guards the Answers page tabulates are the modules' own lists."""
-    src = (Path(__file__).resolve().parents[1] / "pages" / "2_Answers_and_confidence.py").read_text(encoding="utf-8")
+    src = (Path(__file__).resolve().parents[3] / "pages" / "2_Answers_and_confidence.py").read_text(encoding="utf-8")
     assert "verbal_inline_rule" in src and "grade_guard" in src and "GUARDS" in src and "RULES" in src
