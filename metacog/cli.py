@@ -217,6 +217,26 @@ def cmd_info(args):
     return 0
 
 
+def add_runtime_overrides(p: argparse.ArgumentParser) -> None:
+    """``--threads``, ``--dtype``, ``--device``: override the workspace's model settings for one
+    command (patching, steering); None keeps the workspace's value."""
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the workspace's setting)")
+    p.add_argument("--dtype", default=None, choices=["auto", "bfloat16", "float16", "float32"], help="override the workspace's dtype")
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"], help="override the workspace's device")
+
+
+def fmt_num(x, nd: int = 2, missing: str = "n/a") -> str:
+    """A number with ``nd`` decimals for the CLI's tables; ``missing`` for None or NaN."""
+    return missing if x is None or (isinstance(x, float) and x != x) else f"{x:.{nd}f}"
+
+
+def fmt_p(p) -> str:
+    """A p-value: 3 decimals, or 2 significant digits below 0.001 (a Monte Carlo p is never 0)."""
+    if p is None or (isinstance(p, float) and p != p):
+        return "n/a"
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.2g}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``metacog`` argument parser: the study's own subcommands (``study``, ``answers``,
     ``activations``, ``probes``, ``summary``, ``info``) plus every stage package's, registered

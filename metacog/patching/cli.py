@@ -16,6 +16,11 @@ from __future__ import annotations
 
 import json
 import sys
+from metacog.cli import add_runtime_overrides, fmt_num, fmt_p
+
+
+def _fmt_pad(x, nd=2):
+    return fmt_num(x, nd, missing="  n/a")
 
 
 def register(sub) -> None:
@@ -55,29 +60,16 @@ def register(sub) -> None:
                    help="fast: shared prefix + layer-started batched variants; reference: one patched forward per cell")
     p.add_argument("--batch", type=int, default=32, help="variants per batch (memory), default 32")
     p.add_argument("--no-answer-check", action="store_true", help="skip the greedy-answer-unchanged check")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the workspace's setting)")
-    p.add_argument("--dtype", default=None, choices=["auto", "bfloat16", "float16", "float32"], help="override the workspace's dtype")
-    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"], help="override the workspace's device")
+    add_runtime_overrides(p)
     p.add_argument("--list", action="store_true", help="list the grids saved in the workspace and exit")
     p.add_argument("--json", action="store_true", help="print patching.json")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_patch)
 
 
-def _fmt(x, nd=2):
-    return "  n/a" if x is None or (isinstance(x, float) and x != x) else f"{x:.{nd}f}"
-
-
-def _p(p) -> str:
-    """A p-value: 3 decimals, or 2 significant digits below 0.001 (a Monte Carlo p is never 0)."""
-    if p is None or (isinstance(p, float) and p != p):
-        return "n/a"
-    return f"{p:.3f}" if p >= 0.001 else f"{p:.2g}"
-
-
 def _ci(ci) -> str:
     ci = ci or [None, None]
-    return f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
+    return f"[{_fmt_pad(ci[0])}, {_fmt_pad(ci[1])}]"
 
 
 def print_summary(s: dict) -> None:
@@ -103,18 +95,18 @@ def print_summary(s: dict) -> None:
         n = g["normalised"]
         lay = (s.get("layers") or {}).get(key, {})
         sig = [h for h, p in zip(lay.get("layer", []), lay.get("p_holm", [])) if p is not None and p < 0.05]
-        print(f"  {key:22s} rho {_fmt(n['rho'])} {_ci(n['ci'])} p {_p(n['p'])} | n_pairs {n['n_pairs']} "
+        print(f"  {key:22s} rho {_fmt_pad(n['rho'])} {_ci(n['ci'])} p {fmt_p(n['p'])} | n_pairs {n['n_pairs']} "
               f"(unit {n.get('unit', 'pair')}), {n.get('n_layers')} layers | {corr}-corrected layers p<0.05: "
               f"{len(sig)}/{len(lay.get('layer', []))}{(' (' + ','.join(map(str, sig[:12])) + ('…' if len(sig) > 12 else '') + ')') if sig else ''}"
-              f" | descriptive rho of layer means {_fmt(n.get('rho_of_means'))} | raw-shift rho {_fmt(g['shift']['rho'])}")
+              f" | descriptive rho of layer means {_fmt_pad(n.get('rho_of_means'))} | raw-shift rho {_fmt_pad(g['shift']['rho'])}")
         if not warned and n.get("n_pairs") and n.get("min_p", 0) > 0.05:
             print(f"  note: with {n['n_pairs']} pair(s) the smallest attainable p is {n['min_p']:.3g}: too few pairs to reject at 0.05 "
                   f"(6 or more are needed)")
             warned = True
     for key, c in (s.get("contrasts") or {}).items():
         e, gr = c["normalised"]["effect"], c["normalised"]["gradient"]
-        print(f"  {key:22s} per-pair difference: effect {_fmt(e['diff'])} {_ci(e['ci'])} p {_p(e['p'])}, "
-              f"rho {_fmt(gr['diff'])} {_ci(gr['ci'])} p {_p(gr['p'])} | n_pairs {c['normalised']['n_pairs']} (unit pair)")
+        print(f"  {key:22s} per-pair difference: effect {_fmt_pad(e['diff'])} {_ci(e['ci'])} p {fmt_p(e['p'])}, "
+              f"rho {_fmt_pad(gr['diff'])} {_ci(gr['ci'])} p {fmt_p(gr['p'])} | n_pairs {c['normalised']['n_pairs']} (unit pair)")
     for k, v in (s.get("files") or {}).items():
         print(f"  {k}: {v}")
 

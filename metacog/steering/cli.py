@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from metacog.cli import add_runtime_overrides, fmt_num, fmt_p
 
 
 def register(sub) -> None:
@@ -34,21 +35,11 @@ def register(sub) -> None:
     p.add_argument("--no-verbal", action="store_true", help="skip the greedy verbal confidence (exact readout only)")
     p.add_argument("--no-answers", action="store_true", help="from-answer: do not regenerate the answers")
     p.add_argument("--chunk", type=int, default=16, help="items per saved chunk / batch (default 16)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the workspace's setting)")
-    p.add_argument("--dtype", default=None, choices=["auto", "bfloat16", "float16", "float32"], help="override the workspace's dtype")
-    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"], help="override the workspace's device")
+    add_runtime_overrides(p)
     p.add_argument("--list", action="store_true", help="list the sweeps saved in the workspace and exit")
     p.add_argument("--json", action="store_true", help="print steering.json")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_steer)
-
-
-def _f(x, nd=2):
-    return "n/a" if x is None or (isinstance(x, float) and x != x) else f"{x:.{nd}f}"
-
-
-def _p(p):
-    return "n/a" if p is None else (f"{p:.3f}" if p >= 0.001 else f"{p:.2g}")
 
 
 def print_summary(s: dict) -> None:
@@ -60,10 +51,10 @@ def print_summary(s: dict) -> None:
     print(f"unit: {s['unit']} | shift = E[v](alpha) - E[v](0) per item | slope = OLS of shift on alpha (points per sigma) | "
           f"test: sign-flip across items | CI: 95% bootstrap over items | {s['correction']}")
     for r in s.get("slopes", []):
-        print(f"  {r['direction']:17s} h={r['layer']:3d} slope {_f(r['slope'])} {[_f(x) for x in r['slope_ci']]} | random "
-              f"{_f(r['slope_random'])} | diff {_f(r['slope_diff'])} {[_f(x) for x in r['ci']]} p {_p(r['p'])} "
-              f"p_holm {_p(r['p_holm'])} | |slope|-|random| {_f(r.get('abs_diff'))} "
-              f"{[_f(x) for x in r.get('abs_ci') or [None, None]]} p_holm {_p(r.get('abs_p_holm'))} (n {r['n']})")
+        print(f"  {r['direction']:17s} h={r['layer']:3d} slope {fmt_num(r['slope'])} {[fmt_num(x) for x in r['slope_ci']]} | random "
+              f"{fmt_num(r['slope_random'])} | diff {fmt_num(r['slope_diff'])} {[fmt_num(x) for x in r['ci']]} p {fmt_p(r['p'])} "
+              f"p_holm {fmt_p(r['p_holm'])} | |slope|-|random| {fmt_num(r.get('abs_diff'))} "
+              f"{[fmt_num(x) for x in r.get('abs_ci') or [None, None]]} p_holm {fmt_p(r.get('abs_p_holm'))} (n {r['n']})")
     sig = [c for c in s.get("contrasts", []) if c.get("p_holm") is not None and c["p_holm"] < 0.05]
     print(f"  cells with Holm p < 0.05 (direction - random, per item): {len(sig)}/{len(s.get('contrasts', []))}")
     if s.get("n_items", 0) < 6:

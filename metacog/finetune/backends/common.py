@@ -50,6 +50,18 @@ def is_eval_point(update_done: int, plan: Plan, eval_every: int | None) -> bool:
     return update_done % every == 0 or update_done == plan.updates_planned
 
 
+def log_update(hooks, plan: Plan, update: int, t0: float, loss_sum: float, n_tok: int, lr: float,
+               grad_norm: float | None) -> tuple[float, float]:
+    """Report one finished optimizer update to ``hooks.on_update`` (update number, epoch, mean
+    token loss ``loss_sum / n_tok`` in nats, learning rate, trained tokens, gradient norm before
+    clipping, seconds since ``t0``). Returns ``(seconds, loss)``; both backends call it."""
+    dt = time.time() - t0
+    loss = loss_sum / n_tok
+    hooks.on_update({"update": update, "epoch": plan.epoch_of(update), "loss": loss, "lr": lr,
+                     "tokens": n_tok, "grad_norm": grad_norm, "seconds": round(dt, 3)})
+    return dt, loss
+
+
 def after_update(update: int, plan: Plan, s, validate, save, hooks) -> bool:
     """What both backends do after an optimizer update: validate at eval points, checkpoint
     (every ``checkpoint_every``, at eval points, at the end, before an early stop) and tell the

@@ -34,7 +34,8 @@ from metacog.finetune.settings import ALL_LINEAR, FinetuneSettings, Plan, Settin
 from metacog.finetune.targets import Example
 from metacog.core.workspace import atomic_save_npy, atomic_write_text, json_safe
 from metacog.finetune.backends import Hooks
-from metacog.finetune.backends.common import (after_update, begin_dir, commit_dir, latest_checkpoint, prune_checkpoints, stop_cancelled,
+from metacog.finetune.backends.common import (after_update, begin_dir, commit_dir, latest_checkpoint, log_update, prune_checkpoints,
+                     stop_cancelled,
                      update_batches, write_adapter_meta)
 
 NAME = "mlx"
@@ -337,11 +338,8 @@ def train(run, lm, train_ex: list[Example], val_ex: list[Example], s: FinetuneSe
         opt.update(model, grads)
         mx.eval(model.trainable_parameters(), opt.state)
         update += 1
-        dt = time.time() - t0
+        dt, last_loss = log_update(hooks, plan, update, t0, tot, n_tok, lr_now, gnorm)
         train_seconds += dt
-        last_loss = tot / n_tok
-        hooks.on_update({"update": update, "epoch": plan.epoch_of(update), "loss": last_loss, "lr": lr_now,
-                         "tokens": n_tok, "grad_norm": gnorm, "seconds": round(dt, 3)})
         if after_update(update, plan, s, validate, save, hooks):
             stopped = "early"
             break

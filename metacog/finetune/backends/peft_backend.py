@@ -30,7 +30,8 @@ from metacog.readout.values import body_and_head, left_pad
 from metacog.finetune.settings import ALL_LINEAR, FinetuneSettings, Plan, SettingsError, lr_factor
 from metacog.finetune.targets import Example
 from metacog.finetune.backends import Hooks
-from metacog.finetune.backends.common import (after_update, begin_dir, commit_dir, latest_checkpoint, prune_checkpoints, stop_cancelled,
+from metacog.finetune.backends.common import (after_update, begin_dir, commit_dir, latest_checkpoint, log_update, prune_checkpoints,
+                     stop_cancelled,
                      update_batches, write_adapter_meta)
 
 NAME = "peft"
@@ -333,11 +334,8 @@ def _train(run, run_path, lm, pm, train_ex, val_ex, s, plan, hooks, pad_id) -> d
         opt.step()
         sched.step()
         update += 1
-        dt = time.time() - t0
+        dt, last_loss = log_update(hooks, plan, update, t0, tot, n_tok, lr_now, gnorm)
         train_seconds += dt
-        last_loss = tot / n_tok
-        hooks.on_update({"update": update, "epoch": plan.epoch_of(update), "loss": last_loss, "lr": lr_now,
-                         "tokens": n_tok, "grad_norm": gnorm, "seconds": round(dt, 3)})
         if after_update(update, plan, s, validate, save, hooks):
             stopped = "early"
             break
