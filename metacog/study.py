@@ -5,7 +5,9 @@
   ``accuracy_by_split``;
 - ``splits``: counts per split, ``disjoint: true`` and ``group_disjoint: true`` (no fact in two
   splits), ``n_groups`` (checked by code, not assumed);
-- ``verbal``: per elicitation mode (``inline``, ``two-pass``), on the **eval** split:
+- ``modes``: the elicitation modes computed (``inline``; ``two-pass`` with ``StudySettings.two_pass``),
+  ``not_computed``: ``{mode: why}`` for the others (no block is written for them);
+- ``verbal``: per computed elicitation mode (``inline``, ``two-pass``), on the **eval** split:
   ``auroc, ece, brier, aurc`` each with ``<metric>_ci`` (bootstrap, ``ci_rule``), ``ece_null``
   (mean and p95 ECE of a perfectly calibrated predictor at these confidences, ``ece_null_rule``),
   ``ceiling_rate, validity{L,trin,r,verdict}, n, n_missing``;
@@ -35,7 +37,7 @@ from .activations import activations_key, load_states, run_activations
 from .answers import answers_key, check_items_prompt_lengths, items_key, run_answers
 from .data import assign_splits, check_splits, load_dataset, split_fraction_warnings
 from .runtime import ProgressFn, StopFn
-from .settings import MODES, POSITIONS, ModelSettings, StudySettings, stable_hash
+from .settings import MODES, POSITIONS, TWO_PASS_OFF, ModelSettings, StudySettings, computed_line, stable_hash
 from .workspace import LineageError, Workspace, WorkspaceBusy, WorkspaceError, atomic_save_npy
 
 MODE_KEYS = {"inline": "inline", "two-pass": "two_pass"}
@@ -217,6 +219,8 @@ def run_study(
     with ws.lock(Workspace.WORKSPACE_LOCK):
         ws.init(model, study)
         t0 = time.time()
+        if progress:
+            progress(0, 0, computed_line(study))
         items = stage_items(ws, study, items)
         ws.write_json("model.json", lm.describe())
         ans = run_answers(ws, lm, items, study, progress, should_stop)
@@ -387,7 +391,10 @@ def summarize(ws: Workspace) -> dict:
     warnings += metrics.sample_warnings(y, "the eval split")
     out["verbal"] = {}
     out["distribution"] = {}
-    for mode in MODES:
+    modes = [m for m in MODES if f"verbal_{MODE_KEYS[m]}" in ev]  # two-pass only where the study computed it
+    out["modes"] = modes
+    out["not_computed"] = {m: TWO_PASS_OFF for m in MODES if m not in modes}
+    for mode in modes:
         k = MODE_KEYS[mode]
         v = ev[f"verbal_{k}"].to_numpy(dtype=float)
         blk = _score_block(v / 100.0, y, bins, seed)
@@ -412,7 +419,7 @@ def summarize(ws: Workspace) -> dict:
         out["type_prior"] = {"auroc": metrics.auroc(prior, y), "auroc_ci": list(metrics.auroc_ci(prior, y, seed=seed)),
                              "n_eval": int(len(ev)), "n_types": int(df["category"].nunique())}
         wt = {}
-        for mode in MODES:
+        for mode in modes:
             k = MODE_KEYS[mode]
             wt[f"verbal_{k}"] = _within(ev[f"verbal_{k}"], y, ev["category"], seed)
             if f"ev_{k}" in ev:

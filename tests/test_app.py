@@ -32,7 +32,7 @@ PAGES = {
     "items": "pages/4_Item_explorer.py",
 }
 HAVE_PROBES = importlib.util.find_spec("metacog.probes") is not None
-TINY_STUDY = dict(dataset="world-facts", limit=24, max_new_tokens=6, confidence_max_new_tokens=4, batch_size=8)
+TINY_STUDY = dict(dataset="world-facts", limit=24, max_new_tokens=6, confidence_max_new_tokens=4, batch_size=8, two_pass=True)
 
 
 # ----------------------------------------------------------------------------- workspaces
