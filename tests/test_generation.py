@@ -36,3 +36,32 @@ def test_stop_function_and_compaction(tiny_lm):
     stopped = generate(tiny_lm, ps, 8, batch_size=6, stop=lambda t: len(t) >= 3 and hash(t) % 2 == 0)
     for f, s in zip(full, stopped):
         assert f.startswith(s)
+
+
+def test_shared_prefill_samples_equal_separate_copies_of_the_prompt(tiny_lm):
+    """repeat=k (self-consistency's k samples from one prefill) gives, seed for seed, the
+    samples of k separate copies of each prompt, and its first forward holds one row per
+    prompt, not k (so the prompt's token-forwards drop k-fold)."""
+    tok = tiny_lm.tokenizer
+    ps = [prompts.encode_answer_prompt(tok, True, q).ids for q in
+          ["What is the capital of France?", "Kenya?", "A much longer question about the capital city of Japan, please?"]]
+    k = 4
+    seeds = [1000 + i for i in range(len(ps) * k)]
+    copies = [p for p in ps for _ in range(k)]
+    rows = []
+    hook = tiny_lm.model.register_forward_pre_hook(lambda m, a, kw: rows.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    try:
+        shared = generate(tiny_lm, ps, 6, batch_size=32, temperature=1.0, seeds=seeds, repeat=k)
+        first_shared = rows[0]
+        rows.clear()
+        separate = generate(tiny_lm, copies, 6, batch_size=32, temperature=1.0, seeds=seeds)
+        first_separate = rows[0]
+    finally:
+        hook.remove()
+    assert shared == separate
+    assert len(set(shared)) > len(ps)  # the seeds do draw different samples of one prompt
+    assert first_shared[0] == len(ps) and first_separate[0] == len(ps) * k
+    assert first_shared[1] == first_separate[1] == max(len(p) for p in ps)
+    # greedy: every copy equals the prompt's one greedy continuation; batches split by output rows
+    greedy = generate(tiny_lm, ps, 6, batch_size=5, repeat=2)
+    assert greedy == [g for g in generate(tiny_lm, ps, 6) for _ in range(2)]
