@@ -31,7 +31,7 @@ from .runtime import ProgressFn, StopFn, check_stop
 from .settings import POSITIONS, stable_hash
 from .workspace import Workspace, WorkspaceError, atomic_save_npy, atomic_write_json, open_memmap
 
-ACTIVATIONS_VERSION = 1
+ACTIVATIONS_VERSION = 2  # 2: "." look-aheads skipped within confidence.EV_TOL (readouts move by <= that bound)
 # Largest |ΔE[v]| (points of 100) that batch composition alone produced for the same item,
 # by model dtype (bench/bench_invariance.py; docs/SCIENCE.md "Batch invariance"), rounded up.
 # Pages show it beside effects on E[v]; None = not measured for that dtype.
@@ -103,7 +103,8 @@ def run_activations(
     )
     mms = {p: _open(d / f"{p}.npy", (n, H, D), np.float16, fresh) for p in POSITIONS}
     vals = {m: _open(d / f"values_{k}.npy", (n, 102), np.float64, fresh) for m, k in modes.items()}
-    unres = {m: _open(d / f"unresolved_{k}.npy", (n,), np.float64, fresh) for m, k in modes.items()}
+    # per item: unresolved mass, |ΔE[v]| bound (points), look-aheads scored (confidence.score_trie)
+    unres = {m: _open(d / f"lookahead_{k}.npy", (n, 3), np.float64, fresh) for m, k in modes.items()}
     done_path = d / "done.npy"
     done = np.zeros(n, dtype=bool) if fresh or not done_path.exists() else np.load(done_path, allow_pickle=False)
     if done.shape != (n,):
@@ -139,7 +140,7 @@ def run_activations(
         for m, r in (("inline", inl), ("two-pass", two)):
             if m in vals:
                 vals[m][rows] = np.concatenate([r.probs, r.other[:, None]], axis=1)
-                unres[m][rows] = r.unresolved
+                unres[m][rows] = np.stack([r.unresolved, r.ev_bound, r.lookaheads], axis=1)
         for m in list(mms.values()) + list(vals.values()) + list(unres.values()):
             m.flush()
         done[rows] = True
@@ -159,9 +160,11 @@ def run_activations(
 
 def _write_readout(ws: Workspace, items: pd.DataFrame, vals: dict, key: str, answers_key: str) -> pd.DataFrame:
     """readout.parquet: per item and computed mode ``ev_<k>``, ``argmax_<k>``, ``other_<k>`` and,
-    where ``activations/unresolved_<k>.npy`` exists, ``unresolved_<k>``: the certified bound on
-    the summed |error| of that item's 101 probabilities from skipped "." look-aheads
-    (docs/SCIENCE.md "The exact 0–100 distribution"). Modes absent from ``vals`` get no columns."""
+    where ``activations/lookahead_<k>.npy`` exists (caches since the look-ahead budget),
+    ``unresolved_<k>`` (certified bound on the summed |error| of the item's 101 probabilities
+    from skipped "." look-aheads), ``ev_bound_<k>`` (certified bound on |ΔE[v]|, points) and
+    ``lookaheads_<k>`` (look-aheads scored, of 101) — docs/SCIENCE.md "The exact 0–100
+    distribution". Modes absent from ``vals`` get no columns."""
     out = {"row": items["row"].to_numpy()}
     for mode, k in MODE_KEYS.items():
         if mode not in vals:
@@ -171,9 +174,10 @@ def _write_readout(ws: Workspace, items: pd.DataFrame, vals: dict, key: str, ans
         out[f"ev_{k}"] = expected_value(probs)
         out[f"argmax_{k}"] = probs.argmax(axis=1).astype(float)
         out[f"other_{k}"] = v[:, 101]
-        up = ws.path("activations", f"unresolved_{k}.npy")
+        up = ws.path("activations", f"lookahead_{k}.npy")
         if up.exists():
-            out[f"unresolved_{k}"] = np.asarray(np.load(up, mmap_mode="r"), dtype=float)
+            la = np.asarray(np.load(up, mmap_mode="r"), dtype=float)
+            out[f"unresolved_{k}"], out[f"ev_bound_{k}"], out[f"lookaheads_{k}"] = la[:, 0], la[:, 1], la[:, 2]
     df = pd.DataFrame(out)
     ws.write_parquet("readout.parquet", df, lineage={"key": key, "answers": answers_key})
     return df
