@@ -166,6 +166,42 @@ def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
     return ids.to(device), att.to(device), pos.to(device)
 
 
+SHARE_MIN = 8  # a common prefix of at least this many tokens runs once per batch (shared_prefix_len)
+
+
+def shared_prefix_len(seqs: list[list[int]], model, extra_keys: int, before: int | None = None) -> int:
+    """Tokens at the start of every sequence of a batch that one forward can compute for all
+    (the chat template's system turn: 24 tokens for SmolLM2), or 0 where sharing does not pay
+    (fewer than 2 rows, under :data:`SHARE_MIN` tokens) or is not exact for ``model`` (ALiBi,
+    or a sliding window the ``P + rest + extra_keys`` keys could overrun:
+    :func:`metacog.arch.tree_mask_ok`). Every row keeps at least its last token, and the prefix
+    ends at or before index ``before`` (the first position whose states are captured)."""
+    from metacog.arch import tree_mask_ok
+
+    if len(seqs) < 2:
+        return 0
+    P = min(_common_prefix(seqs), min(len(s) for s in seqs) - 1)
+    if before is not None:
+        P = min(P, int(before))
+    if P < SHARE_MIN or not tree_mask_ok(model, max(len(s) for s in seqs) + int(extra_keys)):
+        return 0
+    return P
+
+
+def shared_inputs(body, seqs: list[list[int]], P: int, pad_id: int, device):
+    """The batch after a shared prefix of ``P`` tokens: the prefix runs once (batch 1) and its
+    KV cache is repeated for every row; the remainders are left-padded after it ("middle
+    padding": masked keys, positions counting real tokens only, so each row computes what it
+    would alone). Returns ``input_ids [B, Tr]``, ``attention_mask [B, P + Tr]``,
+    ``position_ids [B, Tr]`` and the cache."""
+    pre = torch.tensor([seqs[0][:P]], dtype=torch.long, device=device)
+    cache = body(input_ids=pre, position_ids=torch.arange(P, device=device).unsqueeze(0), use_cache=True).past_key_values
+    cache.batch_repeat_interleave(len(seqs))  # AttributeError for a cache without it: callers fall back
+    ids, att_r, pos_r = left_pad([s[P:] for s in seqs], pad_id, device)
+    att = torch.cat([torch.ones((len(seqs), P), dtype=att_r.dtype, device=device), att_r], dim=1)
+    return ids, att, pos_r + P, cache
+
+
 @dataclass
 class Readout:
     probs: np.ndarray  # [B, 101] P(value), not renormalised
@@ -205,6 +241,7 @@ def read_values(
     values: bool = True,
     dot_tol: float = DOT_TOL,
     ev_tol: float = EV_TOL,
+    share_prefix: bool = True,
 ) -> Readout:
     """Exact P(value) for 0..100 after each prefix (one batch), and optionally the residual
     stream at the token indices ``capture[b]`` of each prefix, from the same forward.
@@ -215,26 +252,37 @@ def read_values(
     of at most that product, summed into ``Readout.unresolved``. Beyond that, the look-aheads of
     smallest product are skipped while the certified bound on E[v]'s error stays within
     ``ev_tol`` points (:func:`score_trie`; docs/SCIENCE.md "The exact 0–100 distribution").
-    ``dot_tol=0`` scores all."""
+    ``dot_tol=0`` scores all. ``share_prefix``: the batch's common prefix runs once
+    (:func:`shared_prefix_len`, :func:`shared_inputs`)."""
     from .hooks import capture_residual
 
     model, tok = lm.model, lm.tokenizer
     trie = get_trie(tok)
     dev = input_device(model)
     body, to_logits = body_and_head(model)
-    ids, att, pos = left_pad(prefixes, tok.pad_token_id, dev)
-    B, T = ids.shape
+    first = min(min(c) for c in capture) if capture is not None and capture and all(capture) else None
+    P = shared_prefix_len(prefixes, model, trie.n_nodes + 101, before=first) if share_prefix else 0
+    past = None
+    if P:
+        try:
+            ids, att, pos, past = shared_inputs(body, prefixes, P, tok.pad_token_id, dev)
+        except AttributeError:
+            P, past = 0, None
+    if not P:
+        ids, att, pos = left_pad(prefixes, tok.pad_token_id, dev)
+    B, T = att.shape  # T: every key of the batch (shared prefix + padded remainders)
     lens = att.sum(-1)
     states = None
     grabbed: list[torch.Tensor] = []
     ctx = None
     if capture is not None:
         pad = (T - lens).cpu()
-        idx = torch.tensor(capture, dtype=torch.long) + pad.unsqueeze(-1)  # shift for left padding
+        idx = torch.tensor(capture, dtype=torch.long) + pad.unsqueeze(-1) - P  # index in this forward's tokens
         ctx = capture_residual(model, idx, grabbed)
         ctx.__enter__()
     try:
-        out = body(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=values)
+        out = body(input_ids=ids, attention_mask=att, position_ids=pos, past_key_values=past,
+                   use_cache=values or past is not None)
     finally:
         if ctx is not None:
             ctx.__exit__(None, None, None)

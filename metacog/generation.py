@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 import torch
 
 from .arch import input_device
-from .confidence import left_pad
+from .confidence import body_and_head, left_pad, shared_inputs, shared_prefix_len
 
 
 def _eos_ids(tok, model) -> set[int]:
@@ -51,7 +51,8 @@ def _pick(logits: torch.Tensor, temperature: float, gens: list | None) -> torch.
 
 @torch.no_grad()
 def greedy_batch(lm, prompts: list[list[int]], max_new_tokens: int, stop: Callable[[str], bool] | None = None,
-                 temperature: float = 0.0, seeds: list[int] | None = None, repeat: int = 1) -> list[str]:
+                 temperature: float = 0.0, seeds: list[int] | None = None, repeat: int = 1,
+                 share_prefix: bool = True) -> list[str]:
     """Greedy (or, with ``temperature > 0`` and ``seeds``, sampled) continuation of each
     prompt (one batch), decoded without special tokens.
 
@@ -61,11 +62,22 @@ def greedy_batch(lm, prompts: list[list[int]], max_new_tokens: int, stop: Callab
     Each copy is the row the unshared path would prefill on its own, so the continuations
     equal those of ``repeat`` separate copies of the prompt (up to float rounding).
 
+    ``share_prefix``: a common prefix of the prompts runs once and its cache is repeated
+    (:func:`metacog.confidence.shared_prefix_len`; the remainders are middle-padded after it).
+
     Rows that have finished are dropped from the KV cache (once a quarter of the live rows
     are done), so a batch costs the sum of its rows' lengths, not rows × the longest."""
     model, tok = lm.model, lm.tokenizer
     dev = input_device(model)
-    ids, att, pos = left_pad(prompts, tok.pad_token_id, dev)
+    past = None
+    P = shared_prefix_len(prompts, model, max_new_tokens) if share_prefix else 0
+    if P:  # the batch's common prefix (the chat template's system turn) runs once
+        try:
+            ids, att, pos, past = shared_inputs(body_and_head(model)[0], prompts, P, tok.pad_token_id, dev)
+        except AttributeError:
+            past = None
+    if past is None:
+        ids, att, pos = left_pad(prompts, tok.pad_token_id, dev)
     repeat = int(repeat)
     if repeat < 1:
         raise ValueError(f"repeat must be at least 1, not {repeat}")
@@ -75,7 +87,6 @@ def greedy_batch(lm, prompts: list[list[int]], max_new_tokens: int, stop: Callab
     gen: list[list[int]] = [[] for _ in range(B)]
     alive = torch.arange(B, device=dev)  # original row of each live cache row
     done = torch.zeros(B, dtype=torch.bool, device=dev)  # per live row
-    past = None
     gens = None
     if temperature and temperature > 0:
         if seeds is None or len(seeds) != B:

@@ -274,3 +274,24 @@ def test_real_model_pruned_readout_is_within_its_certified_bound(real_lm):
     assert (diff.sum(1) <= r.unresolved + 1e-12).all()
     assert (np.abs(r.expected - full.expected) <= r.ev_bound + 1e-9).all()
     assert (r.ev_bound <= EV_TOL + 1e-12).all() and (full.lookaheads == 101).all()
+
+
+def test_shared_prefix_readout_and_states_equal_the_unshared_forward(tiny_lm):
+    """read_values with the batch's common prefix run once: the same 0-100 distributions and the
+    same captured states as the plain left-padded forward (float32 rounding)."""
+    from metacog.confidence import shared_prefix_len, get_trie
+
+    tok = tiny_lm.tokenizer
+    common = tok.encode("Please answer the following trivia question carefully, briefly and truthfully, in English:",
+                        add_special_tokens=False)
+    encs = [prompts.encode_inline(tok, True, q, a) for q, a in
+            [("What is the capital of France?", "Paris"), ("Kenya?", "Nairobi, a city"), ("Q?", "A")]]
+    pre = [common + e.ids for e in encs]
+    cap = [[len(common) + e.positions["last_prompt"], len(common) + e.positions["confidence"]] for e in encs]
+    assert shared_prefix_len(pre, tiny_lm.model, get_trie(tok).n_nodes + 101, before=min(min(c) for c in cap)) >= 8
+    a = read_values(tiny_lm, pre, capture=cap, dot_tol=0.0)
+    b = read_values(tiny_lm, pre, capture=cap, dot_tol=0.0, share_prefix=False)
+    np.testing.assert_allclose(a.probs, b.probs, rtol=1e-4, atol=1e-10)
+    torch.testing.assert_close(a.states, b.states, rtol=1e-4, atol=1e-5)
+    alone = read_values(tiny_lm, [pre[1]], capture=[cap[1]], dot_tol=0.0)
+    np.testing.assert_allclose(a.probs[1], alone.probs[0], rtol=1e-4, atol=1e-10)

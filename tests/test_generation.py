@@ -65,3 +65,31 @@ def test_shared_prefill_samples_equal_separate_copies_of_the_prompt(tiny_lm):
     # greedy: every copy equals the prompt's one greedy continuation; batches split by output rows
     greedy = generate(tiny_lm, ps, 6, batch_size=5, repeat=2)
     assert greedy == [g for g in generate(tiny_lm, ps, 6) for _ in range(2)]
+
+
+def test_shared_prompt_prefix_runs_once_and_changes_nothing(tiny_lm):
+    """The chat template's common start runs once per batch (its cache repeated, the rest
+    middle-padded): continuations equal the unshared path's, and the batch's first forward
+    is the prefix alone (batch 1)."""
+    from metacog.confidence import shared_prefix_len
+
+    tok = tiny_lm.tokenizer
+    common = tok.encode("Please answer the following trivia question carefully, briefly and truthfully, in English:",
+                        add_special_tokens=False)  # a system turn of its own (the tiny template has a short one)
+    ps = [common + prompts.encode_answer_prompt(tok, True, q).ids for q in
+          ["What is the capital of France?", "Kenya?", "A much longer question about the capital city of Japan, please?"]]
+    P = shared_prefix_len(ps, tiny_lm.model, 7)
+    assert P >= max(8, len(common))
+    shapes = []
+    hook = tiny_lm.model.model.register_forward_pre_hook(lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)),
+                                                         with_kwargs=True)
+    try:
+        shared = greedy_batch(tiny_lm, ps, 7)
+        first = shapes[:2]
+    finally:
+        hook.remove()
+    assert first[0] == (1, P) and first[1] == (3, max(len(p) for p in ps) - P)
+    assert shared == greedy_batch(tiny_lm, ps, 7, share_prefix=False) == [_reference(tiny_lm, p, 7) for p in ps]
+    seeds = [5, 6, 7]
+    assert greedy_batch(tiny_lm, ps, 7, temperature=1.0, seeds=seeds) == \
+        greedy_batch(tiny_lm, ps, 7, temperature=1.0, seeds=seeds, share_prefix=False)
