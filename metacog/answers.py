@@ -7,8 +7,9 @@
   (``mc_option_scores``; summed, per token, per character or PMI, docs/SCIENCE.md) is the
   answer (letters are useless on small models); the inline verbal confidence is the greedy
   continuation after that option;
-- *two-pass*: a second prompt shows the question and the model's answer and asks for its
-  confidence; the greedy reply is parsed.
+- *two-pass* (only with ``StudySettings.two_pass``; otherwise its columns are absent): a
+  second prompt shows the question and the model's answer and asks for its confidence; the
+  greedy reply is parsed.
 
 Items are taken in order of prompt length (so a long item pads only its neighbours in
 length) in chunks of at most ``ANSWER_CHUNK`` items, each saved atomically under
