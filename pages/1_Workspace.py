@@ -137,7 +137,7 @@ with ui.guard("the workspace"):
             fr = ca[2].text_input("splits train,calibration,eval", ",".join(f"{x:g}" for x in s0.split_fractions), key=f"fr-{k}")
             two_pass = st.toggle("two-pass mode", value=bool(s0.two_pass), key=f"twopass-{k}",
                                  help="also ask for the confidence in a second prompt and read its exact 0–100 distribution "
-                                      "(+ ~45% model work); off: inline only (metacog study --two-pass)")
+                                      "(+ ~70% model work); off: inline only (metacog study --two-pass)")
         stages = st.multiselect("stages", ["answers", "activations", "probes"], default=list(ui.default_stages()), key=f"stages-{k}",
                                 help="each stage runs the ones before it if needed" + ("" if ui.probes_available() else
                                      "; this build has no probes module yet"))
