@@ -51,6 +51,9 @@ def main():
             shutil.copytree(src / f, tmp / f)
         elif (src / f).exists():
             shutil.copy(src / f, tmp / f)
+    if (src / "activations" / "manifest.json").exists():  # the probes' lineage names the cache (not its arrays)
+        (tmp / "activations").mkdir()
+        shutil.copy(src / "activations" / "manifest.json", tmp / "activations" / "manifest.json")
     ws = Workspace(tmp)
     s = MethodSettings(eval_limit=a.items, calibration_limit=a.items, k_samples=a.k, n_comparisons=a.comparisons,
                        tune_updates=a.tune_updates)
