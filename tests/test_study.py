@@ -233,7 +233,10 @@ def test_default_study_computes_inline_only_and_says_so(tmp_path, tiny_lm, tiny_
     assert not ws.path("activations", "values_two_pass.npy").exists()
     st_off = np.load(ws.path("activations", "confidence_2p.npy"))
     st_on = np.load(ws_on.path("activations", "confidence_2p.npy"))
-    assert np.abs(st_off).max() > 0 and np.array_equal(st_off, st_on)
+    # the same states, within the batch-invariance rule (docs/SCIENCE.md: 1e-3 of each vector's scale)
+    scale = np.abs(st_on.astype(np.float32)).max(-1, keepdims=True)
+    assert np.abs(st_off).max() > 0
+    assert (np.abs(st_off.astype(np.float32) - st_on.astype(np.float32)) <= 1e-3 * scale + 1e-6).all()
     with pytest.raises(WorkspaceError, match="two-pass not computed"):
         load_distributions(ws, "two-pass")
     df = results_table(ws)
