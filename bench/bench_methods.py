@@ -51,6 +51,9 @@ def main():
             shutil.copytree(src / f, tmp / f)
         elif (src / f).exists():
             shutil.copy(src / f, tmp / f)
+    if (src / "activations" / "manifest.json").exists():  # the probes' lineage names the cache (not its arrays)
+        (tmp / "activations").mkdir()
+        shutil.copy(src / "activations" / "manifest.json", tmp / "activations" / "manifest.json")
     ws = Workspace(tmp)
     s = MethodSettings(eval_limit=a.items, calibration_limit=a.items, k_samples=a.k, n_comparisons=a.comparisons,
                        tune_updates=a.tune_updates)
@@ -99,6 +102,11 @@ def main():
     print(f"(scoring eval items only, no post-hoc calibration: {eval_only / 60:.1f} min, ratio {eval_only / 1200:.2f})")
     if a.target_cores_speedup:
         print(f"with a {a.target_cores_speedup:.2f}x speed-up from 2 cores: {total_2 / 60:.1f} min, ratio {total_2 / 1200:.2f}")
+    sc = (meta(ws, "self_consistency") or {}).get("info", {})
+    if sc.get("token_forwards_unshared"):
+        sh, un = int(sc["token_forwards_shared"]), int(sc["token_forwards_unshared"])
+        print(f"self-consistency token-forwards (k={a.k}, prompts {sc['prompt_tokens']}, generated {sc['generated_tokens']}): "
+              f"shared prefill {sh} vs one prefill per sample {un} -> {sh / un:.2f}x ({1 - sh / un:.0%} fewer)")
     out = {"threads": a.threads, "items": a.items, "k": a.k, "comparisons": a.comparisons, "tune_updates": a.tune_updates,
            "load_s": load_s, "wall_s": wall, "rows": rows, "extrapolated_total_s": total, "eval_only_s": eval_only}
     print(json.dumps(out), file=sys.stderr)

@@ -2,8 +2,11 @@
 
     .venv/bin/python bench/bench_study.py [--limit N] [--threads 2] [--dtype auto] [--workspace DIR]
 
-Prints the thread count, dtype, per-stage seconds (answers, activations = hidden-state
-cache + exact 0-100 readout, probes) and the total, from a fresh workspace.
+Prints the CPU, thread count, dtype, per-stage seconds (answers, activations = hidden-state
+cache + exact 0-100 readout, probes) and the total, from a fresh workspace, then the work per
+item in token-forwards (``token-forwards per item: <n>``; issue 15's goal for the default
+study: <= 450), with the "." look-aheads actually scored (readout.parquet ``lookaheads_*``).
+``--two-pass`` runs the study with the two-pass mode as well.
 """
 from __future__ import annotations
 
@@ -26,10 +29,13 @@ def main():
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workspace", default=None)
+    ap.add_argument("--two-pass", action="store_true", help="also the two-pass mode (StudySettings.two_pass)")
     a = ap.parse_args()
     d = a.workspace or tempfile.mkdtemp(prefix="metacog-bench-")
+    print(f"CPU: {cpu_name()}")
     t = time.time()
-    s = run_study(d, ModelSettings(threads=a.threads, dtype=a.dtype), StudySettings(limit=a.limit, batch_size=a.batch_size))
+    s = run_study(d, ModelSettings(threads=a.threads, dtype=a.dtype),
+                  StudySettings(limit=a.limit, batch_size=a.batch_size, two_pass=a.two_pass))
     total = time.time() - t
     ws = Workspace(d)
     print(f"model {s['model']['name']} dtype {s['model']['dtype']} threads {torch.get_num_threads()} items {s['n_items']} "
@@ -38,12 +44,22 @@ def main():
         rec = ws.stage_record(st) or {}
         print(f"  {st:12s} {rec.get('seconds', float('nan')):8.1f} s")
     print(f"  total        {total:8.1f} s  ({total / 60:.1f} min; goal < 10 min for the full set)")
-    _accounting(ws, s, total, a.threads)
+    _accounting(ws, s, total, a.threads, a.batch_size)
     if not a.workspace:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def _accounting(ws: Workspace, s: dict, total: float, threads: int) -> None:
+def cpu_name() -> str:
+    """The CPU model name (``lscpu``'s "Model name", else /proc/cpuinfo), and whether it has avx512_bf16."""
+    try:
+        txt = open("/proc/cpuinfo").read()
+    except OSError:
+        return "unknown"
+    name = next((ln.split(":", 1)[1].strip() for ln in txt.splitlines() if ln.startswith("model name")), "unknown")
+    return f"{name} ({'avx512_bf16' if 'avx512_bf16' in txt else 'no avx512_bf16'})"
+
+
+def _accounting(ws: Workspace, s: dict, total: float, threads: int, batch_size: int = 32) -> None:
     """Where the time goes: token-forwards per item of each pass (the work is proportional to
     them on a CPU), the measured token-forwards per second, and the full set at that rate."""
     import numpy as np
@@ -55,27 +71,54 @@ def _accounting(ws: Workspace, s: dict, total: float, threads: int) -> None:
 
     ti = pd.read_parquet(ws.path("activations", "token_index.parquet"))
     ans = ws.read_parquet("answers.parquet")
+    ro = ws.read_parquet("readout.parquet")
     lm = load_model(ModelSettings(threads=threads))
     tok = lm.tokenizer
     trie = get_trie(tok)
-    two = np.mean([len(tok(t, add_special_tokens=False)["input_ids"]) for t in ans["text_two_pass"]])
     L_in, L_2p = ti["len_inline"].mean(), ti["len_two_pass"].mean()
-    tree = trie.n_nodes  # value nodes + one "." look-ahead per value (all needed on this model)
+    nv = trie.n_value_nodes
+
+    def look(k):  # "." look-aheads scored per item (all 101 in caches from before the budget)
+        return float(ro[f"lookaheads_{k}"].mean()) if f"lookaheads_{k}" in ro else float(trie.n_nodes - nv)
+
+    # the batch's common prefix (chat template's system turn) runs once per batch, not per row
+    from metacog.data import prompts
+    from metacog.stages.answers import ANSWER_CHUNK
+    from metacog.readout.values import _common_prefix
+    from metacog.stages.study import load_items
+
+    items = load_items(ws, verify=False)
+    a_by = ans.set_index("row").loc[items["row"]]
+    P_in = _common_prefix([prompts.encode_inline(tok, lm.is_chat, q, str(x)).ids for q, x in zip(items["question"], a_by["answer"])])
+    P_2p = _common_prefix([prompts.encode_two_pass(tok, lm.is_chat, q, str(x)).ids for q, x in zip(items["question"], a_by["answer"])])
+    n = len(items)
+    gen_rows, read_rows = min(ANSWER_CHUNK, batch_size, n), min(batch_size, n)
+    save_g, save_r, save_2 = P_in * (1 - 1 / gen_rows), P_in * (1 - 1 / read_rows), P_2p * (1 - 1 / read_rows)
+    print(f"shared prefix: {P_in} tokens (inline/answer prompts), {P_2p} (two-pass), once per batch of "
+          f"{gen_rows} (generation) / {read_rows} (readout) rows")
     parts = {
-        "answer: prompt + generated answer (≈)": L_in - 3,  # the inline prefix less "\\nConfidence:"
-        "inline verbal: prefill + greedy (≤ 8)": L_in + 8,
-        "two-pass verbal: prefill + greedy": L_2p + two,
-        "cache + readout inline: prefill + trie": L_in + tree,
-        "cache + readout two-pass: prefill + trie": L_2p + tree,
+        "answer: prompt + generated answer (≈)": L_in - 3 - save_g,  # the inline prefix less "\\nConfidence:"
+        "inline verbal: prefill + greedy (≤ 8)": L_in + 8 - save_g,
     }
+    if "text_two_pass" in ans:
+        two = np.mean([len(tok(t, add_special_tokens=False)["input_ids"]) for t in ans["text_two_pass"]])
+        parts["two-pass verbal: prefill + greedy"] = L_2p + two - P_2p * (1 - 1 / gen_rows)
+    parts[f"cache + readout inline: prefill + {nv} nodes + look-aheads"] = L_in + nv + look("inline") - save_r
+    if "ev_two_pass" in ro:
+        parts[f"cache + readout two-pass: prefill + {nv} nodes + look-aheads"] = L_2p + nv + look("two_pass") - save_2
+    else:
+        parts["cache confidence_2p: two-pass prefill only"] = L_2p - save_2
     per_item = sum(parts.values())
     n = s["n_items"]
     rate = per_item * n / max(total, 1e-9)
     full = len(load_dataset("world-facts"))
-    print(f"token-forwards per item (mean, n={n}; trie = {trie.n_value_nodes} value nodes + {trie.n_nodes - trie.n_value_nodes} look-aheads):")
+    print(f"token-forwards per item (mean, n={n}; trie = {nv} value nodes + up to {trie.n_nodes - nv} look-aheads):")
     for k, v in parts.items():
-        print(f"  {k:44s} {v:7.1f}")
-    print(f"  {'total':44s} {per_item:7.1f}  -> {rate:.0f} token-forwards/s measured")
+        print(f"  {k:58s} {v:7.1f}")
+    print(f"  {'total':58s} {per_item:7.1f}  -> {rate:.0f} token-forwards/s measured")
+    print(f"look-aheads scored per item: inline {look('inline'):.1f} of 101"
+          + (f", two-pass {look('two_pass'):.1f}" if "ev_two_pass" in ro else ""))
+    print(f"token-forwards per item: {per_item:.0f}")
     print(f"full world-facts ({full} items) at this rate: {per_item * full / rate / 60:.1f} min "
           f"(the 10-min goal needs {per_item * full / 600:.0f} token-forwards/s)")
 

@@ -57,6 +57,9 @@ def _add_study_args(p: argparse.ArgumentParser) -> None:
                    help="how a multiple-choice option is scored (default per_char; docs/SCIENCE.md)")
     g.add_argument("--max-prompt-tokens", type=int, default=None,
                    help="refuse items whose answer prompt is longer than this, before any model work (default 1024)")
+    g.add_argument("--two-pass", action=argparse.BooleanOptionalAction, default=None,
+                   help="also elicit the two-pass verbal confidence and read its 0-100 distribution "
+                        "(+ ~70%% model work: ~700 vs ~410 token-forwards per item; default off: inline only)")
 
 
 def _settings_from(args, ws):
@@ -71,7 +74,7 @@ def _settings_from(args, ws):
     sd = to_dict(s0)
     mapping = {"dataset": "dataset", "limit": "limit", "seed": "seed", "batch_size": "batch_size",
                "max_new_tokens": "max_new_tokens", "folds": "probe_folds", "ece_bins": "ece_bins",
-               "mc_scoring": "mc_scoring", "max_prompt_tokens": "max_prompt_tokens"}
+               "mc_scoring": "mc_scoring", "max_prompt_tokens": "max_prompt_tokens", "two_pass": "two_pass"}
     for a, k in mapping.items():
         v = getattr(args, a, None)
         if v is not None:
@@ -104,6 +107,9 @@ def cmd_study(args, stages):
     prog = TqdmProgress(disable=args.quiet)
     print(f"workspace: {ws.root}", file=sys.stderr)
     print(f"model: {model.model}  device: {model.device}  dtype: {model.dtype}  threads: {model.threads}", file=sys.stderr)
+    from metacog.core.settings import computed_line
+
+    print(computed_line(study), file=sys.stderr)
     try:
         summary = run_study(ws.root, model, study, progress=prog, stages=stages)
     finally:
@@ -171,6 +177,8 @@ def print_summary(s: dict, root=None) -> None:
             f"0-100 dist {mode:9s} E[v] AUROC {_fmt(d['ev']['auroc'])} {_ci(d['ev'].get('auroc_ci'))}  argmax AUROC {_fmt(d['argmax']['auroc'])} "
             f"{_ci(d['argmax'].get('auroc_ci'))}  E[v] {_ece(d['ev'])}  mass off 0-100 {_fmt(d['mean_other'], 2)}"
         )
+    for mode, why in (s.get("not_computed") or {}).items():
+        out.append(f"{mode}: {why}")
     if "probes" in s and s["probes"].get("best"):
         b = s["probes"]["best"]
         ci = b.get("auroc_ci") or [b.get("auroc_lo"), b.get("auroc_hi")]
@@ -253,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     stage("study", "run every stage of the probing study (answers, hidden-state cache, probes) and write summary.json; resumes where it stopped")
-    stage("answers", "answer, grade and elicit verbal confidence (inline and two-pass)")
+    stage("answers", "answer, grade and elicit verbal confidence (inline; two-pass with --two-pass)")
     stage("activations", "cache hidden states at the named positions and read the exact 0-100 distribution (runs answers first if needed)")
     stage("probes", "fit a probe per layer x position with cross-fitted predictions (runs earlier stages first if needed)")
     sp = sub.add_parser("summary", help="print (and rewrite) the summary of a workspace")

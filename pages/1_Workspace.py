@@ -4,7 +4,7 @@ import streamlit as st
 
 from metacog.app import ui
 from metacog.data import DataError, dataset_info, list_builtin
-from metacog.core.settings import ModelSettings, StudySettings, default_threads, parse_split_fractions, to_dict
+from metacog.core.settings import computed_line, ModelSettings, StudySettings, default_threads, parse_split_fractions, to_dict
 from metacog.core.workspace import WorkspaceError
 
 ws = ui.current_workspace()
@@ -135,6 +135,9 @@ with ui.guard("the workspace"):
             folds = ca[0].number_input("probe folds", 2, 20, int(s0.probe_folds), key=f"folds-{k}")
             bins = ca[1].number_input("ECE bins", 2, 100, int(s0.ece_bins), key=f"bins-{k}")
             fr = ca[2].text_input("splits train,calibration,eval", ",".join(f"{x:g}" for x in s0.split_fractions), key=f"fr-{k}")
+            two_pass = st.toggle("two-pass mode", value=bool(s0.two_pass), key=f"twopass-{k}",
+                                 help="also ask for the confidence in a second prompt and read its exact 0–100 distribution "
+                                      "(+ ~70% model work); off: inline only (metacog study --two-pass)")
         stages = st.multiselect("stages", ["answers", "activations", "probes"], default=list(ui.default_stages()), key=f"stages-{k}",
                                 help="each stage runs the ones before it if needed" + ("" if ui.probes_available() else
                                      "; this build has no probes module yet"))
@@ -145,7 +148,7 @@ with ui.guard("the workspace"):
         study = StudySettings(dataset=dataset or "world-facts", limit=int(limit) or None, seed=int(seed), batch_size=int(batch),
                               max_new_tokens=int(mnt), confidence_max_new_tokens=int(cmnt), probe_folds=int(folds),
                               ece_bins=int(bins), split_fractions=parse_split_fractions(fr),
-                              mc_scoring=s0.mc_scoring, max_prompt_tokens=s0.max_prompt_tokens)
+                              mc_scoring=s0.mc_scoring, max_prompt_tokens=s0.max_prompt_tokens, two_pass=bool(two_pass))
     except ValueError as e:
         err = str(e)
     if not model_spec:
@@ -166,7 +169,8 @@ with ui.guard("the workspace"):
             n_est = None
         st.caption(f"writes to **{target.root}**" + (" (exists: finished stages are reused, changed settings recompute what they affect)"
                                                      if target.exists else " (new workspace)")
-                   + (f" · estimated time for {n_est} items: {ui.estimate_text(model, n_est, stages)}" if n_est else ""))
+                   + (f" · estimated time for {n_est} items: {ui.estimate_text(model, n_est, stages)}" if n_est else "")
+                   + f" · {computed_line(study)}")
         sel = tuple(s for s in ("answers", "activations", "probes") if s in stages) or ("answers",)
         running = ui.running_job()
         if running is not None and running.root != ws.root:

@@ -30,7 +30,7 @@ with ui.guard("answers and confidence"):
     c = st.columns(5)
     c[0].metric(f"accuracy ({split})", f"{d['correct'].mean():.1%}" if n else "—", help=f"n={n}")
     c[1].metric("accuracy (all items)", f"{df['correct'].mean():.1%}", help=f"n={len(df)}")
-    for i, (mode, k) in enumerate(ui.MODE_KEYS.items()):
+    for i, (mode, k) in enumerate(ui.mode_keys(d).items()):
         v = d[f"verbal_{k}"]
         c[2 + i].metric(f"verbal {mode}: parsed", f"{v.notna().mean():.0%}" if n else "—",
                         help="share of replies with a readable 0–100 confidence")
@@ -44,7 +44,9 @@ with ui.guard("answers and confidence"):
 
     # ------------------------------------------------------------------ saturation histogram
     st.subheader("Verbal confidence")
-    fig = plots.confidence_histogram({m: d[f"verbal_{k}"].to_numpy(float) for m, k in ui.MODE_KEYS.items()},
+    if ui.two_pass_note(d):
+        st.caption(ui.two_pass_note(d))
+    fig = plots.confidence_histogram({m: d[f"verbal_{k}"].to_numpy(float) for m, k in ui.mode_keys(d).items()},
                                      d["correct"].to_numpy(bool), split=split, model=model)
     ui.show_figure(fig, "verbal-hist", f"{ws.root.name}-verbal-confidence-{split}")
     st.caption("Bins of 5 points (the last, 95–100, is the ceiling counted by L). Bars stacked by correctness: a useful "
@@ -55,7 +57,7 @@ with ui.guard("answers and confidence"):
     tbl = ui.readout_metrics(d, n_bins=study.ece_bins, seed=study.seed, best=best)
     if "ev_inline" in d:
         grid = {m: {"verbal": d[f"verbal_{k}"].to_numpy(float), "E[v]": d[f"ev_{k}"].to_numpy(float),
-                    "argmax": d[f"argmax_{k}"].to_numpy(float)} for m, k in ui.MODE_KEYS.items()}
+                    "argmax": d[f"argmax_{k}"].to_numpy(float)} for m, k in ui.mode_keys(d).items()}
         fig = plots.readout_grid(grid, d["correct"].to_numpy(bool), split=split, model=model)
         ui.show_figure(fig, "readout-grid", f"{ws.root.name}-readouts-{split}")
     else:
@@ -81,10 +83,10 @@ with ui.guard("answers and confidence"):
     st.subheader("How the replies were read")
     if "verbal_inline_rule" in d:
         rules = pd.DataFrame({mode: d[f"verbal_{k}_rule"].value_counts().reindex(list(RULES), fill_value=0)
-                              for mode, k in ui.MODE_KEYS.items()})
+                              for mode, k in ui.mode_keys(d).items()})
         rules.index.name = "parse rule"
         rules.insert(0, "reads", ["value" if r not in UNPARSABLE else "unparsable (NaN)" for r in rules.index])
-        unp = {mode: int(d[f"verbal_{k}"].isna().sum()) for mode, k in ui.MODE_KEYS.items()}
+        unp = {mode: int(d[f"verbal_{k}"].isna().sum()) for mode, k in ui.mode_keys(d).items()}
         c = st.columns(3)
         for i, (mode, u) in enumerate(unp.items()):
             c[i].metric(f"verbal {mode}: unparsable", f"{u}", help="replies with no readable 0–100 confidence "

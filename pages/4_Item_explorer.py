@@ -90,8 +90,11 @@ with ui.guard("the item"):
         st.markdown(f"**Inline reply** (answer, then confidence) → verbal confidence **{_v(r['verbal_inline'])}**")
         st.code(str(r["answer_text"]), language=None, wrap_lines=True)
     with c[1]:
-        st.markdown(f"**Two-pass reply** (asked afterwards) → verbal confidence **{_v(r['verbal_two_pass'])}**")
-        st.code(str(r["text_two_pass"]), language=None, wrap_lines=True)
+        if "verbal_two_pass" in r:
+            st.markdown(f"**Two-pass reply** (asked afterwards) → verbal confidence **{_v(r['verbal_two_pass'])}**")
+            st.code(str(r["text_two_pass"]), language=None, wrap_lines=True)
+        else:
+            st.markdown(f"**Two-pass reply**: {ui.two_pass_note(df)}")
 
     # ------------------------------------------------------------------ 0-100 distribution
     st.subheader("Exact 0–100 distribution")
@@ -101,6 +104,8 @@ with ui.guard("the item"):
     else:
         markers = {}
         for mode, k in ui.MODE_KEYS.items():
+            if mode not in dists:
+                continue
             markers[mode] = {"verbal": float(r[f"verbal_{k}"]), "E[v]": float(r.get(f"ev_{k}", np.nan)),
                              "argmax": float(r.get(f"argmax_{k}", np.nan))}
         fig = plots.distribution_bars(dists, item=item_id, split=str(r["split"]), model=model, markers=markers)

@@ -41,7 +41,7 @@ def build_workspace(root: Path, lm, n: int = 60, seed: int = 0):
     from metacog.stages.study import run_probes_stage
     from metacog.core.workspace import Workspace
 
-    study = StudySettings(dataset="tiny", limit=None, seed=seed, max_new_tokens=6, confidence_max_new_tokens=4, batch_size=16,
+    study = StudySettings(dataset="tiny", limit=None, seed=seed, max_new_tokens=6, confidence_max_new_tokens=4, batch_size=16, two_pass=True,
                           probe_folds=3)
     items = tiny_items(n)
     scratch = Workspace(root.parent / (root.name + "-scratch"))

@@ -22,6 +22,19 @@ from metacog.stats import metrics
 
 #: elicitation mode -> the suffix of its columns in the results table (``verbal_two_pass``)
 MODE_KEYS = {"inline": "inline", "two-pass": "two_pass"}
+
+
+def mode_keys(df: pd.DataFrame) -> dict[str, str]:
+    """The elicitation modes a results table holds (two-pass only where the study computed it:
+    ``StudySettings.two_pass``), as ``{mode: column suffix}``."""
+    return {m: k for m, k in MODE_KEYS.items() if f"verbal_{k}" in df}
+
+
+def two_pass_note(df: pd.DataFrame) -> str | None:
+    """The sentence pages show where the study ran without the two-pass mode, else None."""
+    from metacog.core.settings import TWO_PASS_OFF
+
+    return None if "verbal_two_pass" in df else TWO_PASS_OFF[0].upper() + TWO_PASS_OFF[1:] + "."
 #: the splits a page may show (``all``: every item)
 SPLITS = ("eval", "calibration", "train", "all")
 
@@ -74,7 +87,9 @@ def artifact_status(ws: Workspace) -> pd.DataFrame:
         rows.append(("items", "not run", "dataset items with their split", "", None))
     r = rec("answers")
     if ws.path("answers.parquet").exists():
-        rows.append(("answers", "done", f"{r.get('n', '?')} items answered and graded; verbal confidence inline + two-pass",
+        two = "verbal_two_pass" in _parquet_columns(ws.path("answers.parquet"))
+        rows.append(("answers", "done", f"{r.get('n', '?')} items answered and graded; verbal confidence "
+                     + ("inline + two-pass" if two else "inline (two-pass not computed: --two-pass)"),
                      r.get("finished", ""), r.get("seconds")))
     else:
         parts = list(ws.path("answers_parts").glob("*/part-*.parquet")) if ws.path("answers_parts").exists() else []
@@ -175,6 +190,15 @@ def probe_positions(ws: Workspace, oof_arr: np.ndarray | None = None) -> list[st
     return pos
 
 
+def _parquet_columns(path) -> list[str]:
+    try:
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(path).names)
+    except Exception:  # noqa: BLE001 - a status line must not fail on a damaged file
+        return []
+
+
 def item_distributions(ws: Workspace, row: int) -> dict[str, np.ndarray] | None:
     """The exact 0-100 distributions of one item per mode (each [101] probabilities), or None
     if not cached for it."""
@@ -187,7 +211,8 @@ def item_distributions(ws: Workspace, row: int) -> dict[str, np.ndarray] | None:
     if not done.exists() or not bool(np.load(done)[row]):
         return None
     try:
-        return {m: np.asarray(load_distributions(ws, m)[row], dtype=float) for m in MODES}
+        return {m: np.asarray(load_distributions(ws, m)[row], dtype=float) for m in MODES
+                if m == "inline" or ws.path("activations", f"values_{MODE_KEYS[m]}.npy").exists()}
     except (OSError, KeyError, IndexError, ValueError):
         return None
 
@@ -202,7 +227,7 @@ def readouts(df: pd.DataFrame, best: dict | None = None) -> dict[str, tuple[str,
     """Named 0-100 confidence readouts present in a results table: name -> (mode, [n_rows] values
     in points; the best probe's p as 100·p)."""
     out = {}
-    for mode, k in MODE_KEYS.items():
+    for mode, k in mode_keys(df).items():
         out[f"verbal {mode}"] = (mode, df[f"verbal_{k}"].to_numpy(dtype=float))
         if f"ev_{k}" in df:
             out[f"E[v] {mode}"] = (mode, df[f"ev_{k}"].to_numpy(dtype=float))

@@ -25,7 +25,7 @@ from metacog.app.launch import (STUDIES, busy_elsewhere, clear_job, default_stag
 from metacog.app.loader import LOADER_ENV, get_lm, in_process_models, model_loader, set_model_loader
 from metacog.app.panels import (NEXT_PAGES, fmt_secs, header, job_outcome, job_panel, job_progress, noise_floor_caption,
                                 require, run_button, sample_warnings, sidebar_status, what_next)
-from metacog.app.readers import (MODE_KEYS, SPLITS, artifact_status, has, item_distributions, model_name, mtime, oof,
+from metacog.app.readers import (MODE_KEYS, SPLITS, mode_keys, two_pass_note, artifact_status, has, item_distributions, model_name, mtime, oof,
                                  probe_metrics, probe_positions, readout_metrics, readouts, reliability, results,
                                  split_frame, stamp, summary, type_prior_auroc)
 from metacog.app.state import (DEFAULT_STUDY, FIRST_LOOK_ITEMS, allowed_roots, confine, current_workspace,
@@ -49,7 +49,7 @@ __all__ = [
     "start_seed_sweep",
     "start_steering", "start_study", "wait_job",
     # readers
-    "MODE_KEYS", "SPLITS", "artifact_status", "has", "item_distributions", "model_name", "mtime", "oof",
+    "MODE_KEYS", "SPLITS", "mode_keys", "two_pass_note", "artifact_status", "has", "item_distributions", "model_name", "mtime", "oof",
     "probe_metrics", "probe_positions", "readout_metrics", "readouts", "reliability", "results", "split_frame",
     "stamp", "summary", "type_prior_auroc",
     # widgets

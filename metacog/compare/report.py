@@ -98,6 +98,8 @@ def _study_section(rep: Report, ws: Workspace) -> None:
                      "Brier": b.get("brier")})
     if s.get("type_prior"):
         rows.append({"readout": "question-type prior", "AUROC": s["type_prior"].get("auroc")})
+    for mode, why in (s.get("not_computed") or {}).items():
+        rows.append({"readout": f"verbal / E[v] {mode}", "validity": why})
     if rows:
         rep.table(pd.DataFrame(rows), f"eval split, n={s.get('n_eval')}, {model}")
     try:

@@ -17,6 +17,22 @@ from typing import Any
 # Named token positions cached and probed. Defined here once; prompts.py says where they are.
 POSITIONS = ("last_prompt", "last_answer", "confidence", "confidence_2p")
 MODES = ("inline", "two-pass")
+# what every reader says where a study ran without StudySettings.two_pass (never NaN as data)
+TWO_PASS_OFF = "two-pass not computed in this study (metacog study --two-pass)"
+
+
+def computed_modes(study) -> tuple[str, ...]:
+    """The elicitation modes a study computes: ``("inline",)``, plus ``"two-pass"`` with
+    ``StudySettings.two_pass`` (docs/SCIENCE.md "Readouts computed")."""
+    return MODES if study.two_pass else ("inline",)
+
+
+def computed_line(study) -> str:
+    """One line for the CLI, the app and logs: which verbal replies and 0-100 readouts run."""
+    if study.two_pass:
+        return "computing: answers, verbal confidence and exact 0-100 readout, inline and two-pass"
+    return ("computing: answers, inline verbal confidence and inline exact 0-100 readout "
+            "(two-pass off; --two-pass adds it)")
 PROMPT_STYLES = ("plain", "reference")
 # How a multiple-choice option is scored (docs/SCIENCE.md "Multiple-choice scoring"):
 # sum = summed log-likelihood, per_token / per_char = that divided by the option's tokens /
@@ -85,6 +101,7 @@ class StudySettings:
     ece_bins: int = 10
     mc_scoring: str = "per_char"  # one of MC_SCORINGS: which option is the model's answer
     max_prompt_tokens: int = 1024  # an answer prompt longer than this is refused before any model work
+    two_pass: bool = False  # also the two-pass verbal reply and two-pass 0-100 readout (docs/SCIENCE.md "Readouts computed")
 
     def __post_init__(self):
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
@@ -111,6 +128,8 @@ class StudySettings:
             raise ValueError(f"mc_scoring must be one of {', '.join(MC_SCORINGS)}, not {self.mc_scoring!r}")
         if not isinstance(self.max_prompt_tokens, int) or not 16 <= self.max_prompt_tokens <= 131072:
             raise ValueError(f"max_prompt_tokens must be an integer from 16 to 131072, not {self.max_prompt_tokens!r}")
+        if not isinstance(self.two_pass, bool):
+            raise ValueError(f"two_pass must be true or false, not {self.two_pass!r}")
 
 
 def to_dict(obj: Any) -> dict:
@@ -128,7 +147,8 @@ def stable_hash(*parts: Any, n: int = 12) -> str:
 
 # Settings written before a field existed meant its old behaviour, not today's default:
 # a workspace from before mc_scoring scored options by their summed log-likelihood.
-LEGACY_DEFAULTS = {"StudySettings": {"mc_scoring": "sum"}}
+# A workspace from before two_pass existed computed both modes.
+LEGACY_DEFAULTS = {"StudySettings": {"mc_scoring": "sum", "two_pass": True}}
 
 
 def from_dict(cls, d: dict):

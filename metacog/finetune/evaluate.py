@@ -237,6 +237,22 @@ def retrained_probes(states_base: dict, y_base, states_ft: dict, y_ft, folds: in
 
 
 # ------------------------------------------------------------------------------ main
+def check_two_pass(ws: Workspace, fmt: str) -> None:
+    """Refuse, before any training or model load, a run whose evaluation reads the two-pass
+    mode (format ``two-pass`` or ``uncertainty-query``) in a workspace whose study did not
+    compute it (``StudySettings.two_pass``): its base readouts would be missing, not data.
+    Raises :class:`RunError` saying how to add it."""
+    if fmt == "inline" or not ws.path("answers.parquet").exists():
+        return
+    import pyarrow.parquet as pq
+
+    if "verbal_two_pass" not in pq.read_schema(ws.path("answers.parquet")).names:
+        from metacog.core.settings import TWO_PASS_OFF
+
+        raise RunError(f"a {fmt}-format run is evaluated on the two-pass readouts, but {TWO_PASS_OFF}: "
+                       f"rerun `metacog study --two-pass --workspace {ws.root}` first")
+
+
 def check_eval_limit(limit: int | None) -> None:
     """Refuse an eval limit that cannot give a meaningful evaluation (``ValueError``); called
     before training so a bad ``--eval-limit`` never costs a run.
@@ -296,6 +312,7 @@ def evaluate_adapter(ws: Workspace, adapter_dir: Path, out_dir: Path, *, lm=None
     check_adapter(adapter_dir, base_hash)  # before loading anything
     if not ws.path("answers.parquet").exists():
         raise WorkspaceError(f"{ws.root} has no answers: run the study first")
+    check_two_pass(ws, primary_format)
     items = eval_items(ws, limit)
     if threads:
         import torch

@@ -154,6 +154,9 @@ def launch(ws: Workspace, s: FinetuneSettings, *, name: str | None = None, threa
     """Create a run and train it in a background process (queued behind a running one).
     Idempotent: while a run with exactly these settings is queued or running, that run is
     returned and nothing new is created (a double click launches once)."""
+    from metacog.finetune.evaluate import check_two_pass
+
+    check_two_pass(ws, s.format)  # a two-pass run needs the study's two-pass readouts to be evaluated
     reg = list_runs(ws)
     same = reg[reg["status"].isin(ACTIVE) & (reg["key"] == s.key())]
     if len(same):

@@ -91,7 +91,7 @@ def compute(ctx) -> MethodResult:
         read_at = torch.tensor([T - len(x) + x.positions[pr["position"]] for x in es])
         write_at = torch.tensor([T - len(x) + x.positions["confidence"] for x in es])
         with probe_conditioned(lm.model, pr["layer"], pr["coef"], pr["intercept"], read_at, hw, vec, gain, write_at) as rec:
-            r = read_values(lm, [x.ids for x in es])
+            r = read_values(lm, [x.ids for x in es], share_prefix=False)  # the hooks index the padded batch
         return pd.DataFrame({"row": pool["row"].to_numpy()[s:e], "score": np.clip(r.expected / 100.0, 0.0, 1.0),
                              "probe_p": rec["p"], "ev": r.expected})
 

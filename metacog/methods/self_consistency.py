@@ -50,6 +50,7 @@ def compute(ctx) -> MethodResult:
     stop = stop_first_line if style == "plain" else stop_inline
     is_mc = pool["kind"].eq("mc").to_numpy()
     key = method_key(ctx, METHOD)
+    work = {"prompt_tokens": 0, "generated_tokens": 0}
 
     def part(a, b):
         sub = pool.iloc[a:b]
@@ -58,12 +59,13 @@ def compute(ctx) -> MethodResult:
         if len(short):
             pr, seeds = [], []
             for it in short.itertuples():
-                ids = prompts.encode_answer_prompt(tok, lm.is_chat, it.question, None, style).ids
-                for j in range(k):
-                    pr.append(ids)
-                    seeds.append(sample_seed(s.seed, it.id, j))
+                pr.append(prompts.encode_answer_prompt(tok, lm.is_chat, it.question, None, style).ids)
+                seeds.extend(sample_seed(s.seed, it.id, j) for j in range(k))
+            # the k samples of an item share one prefill of its prompt (generation.greedy_batch, repeat=k)
             texts = generate(lm, pr, ctx.study.max_new_tokens, max(s.batch_size, 32), stop=stop, temperature=T, seeds=seeds,
-                             should_stop=ctx.should_stop)
+                             should_stop=ctx.should_stop, repeat=k)
+            work["prompt_tokens"] += sum(len(p) for p in pr)
+            work["generated_tokens"] += sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
             for n, it in enumerate(short.itertuples()):
                 samples = [parse_answer(t) for t in texts[n * k:(n + 1) * k]]
                 agree = [agrees(x, str(it.answer or "")) for x in samples]
@@ -82,9 +84,13 @@ def compute(ctx) -> MethodResult:
         return pd.DataFrame.from_records(recs)
 
     df = ctx.chunked("self_consistency", key, len(pool), part, chunk=max(4, 64 // k), what=f"self-consistency: {k} samples/item")
+    n_short = int((~is_mc).sum())  # token counts below: the chunks computed in this call (a resume counts its new ones)
     return MethodResult(df.sort_values("row").reset_index(drop=True),
-                        {"forward_passes": f"{k} generations per item", "generations": int(k * (~is_mc).sum()),
-                         "k": k, "temperature": T})
+                        {"forward_passes": f"{k} generations per item (one shared prefill)", "generations": int(k * n_short),
+                         "k": k, "temperature": T, "prompt_tokens": work["prompt_tokens"],
+                         "generated_tokens": work["generated_tokens"],
+                         "token_forwards_shared": work["prompt_tokens"] + work["generated_tokens"],
+                         "token_forwards_unshared": k * work["prompt_tokens"] + work["generated_tokens"]})
 
 
 METHOD = register(Method(name="self_consistency", label="self-consistency", family="sampling",

@@ -21,6 +21,12 @@ def _from(column: str, source: str):
             except WorkspaceError:
                 raise WorkspaceError(f"no readout.parquet in {ctx.ws.root}: run `metacog activations --workspace {ctx.ws.root}` "
                                      "(the exact 0-100 readout) first") from None
+        if column not in df.columns:
+            from metacog.core.settings import TWO_PASS_OFF
+
+            if column.endswith("_two_pass"):  # a study without StudySettings.two_pass: say so, never NaN scores
+                raise WorkspaceError(f"{column}: {TWO_PASS_OFF}")
+            raise WorkspaceError(f"{source}.parquet in {ctx.ws.root} has no column {column}: rerun `metacog study`")
         v = df.set_index("row").reindex(ctx.pool["row"])[column].to_numpy(dtype=float)
         return MethodResult(pd.DataFrame({"row": ctx.pool["row"].to_numpy(), "score": v / 100.0}),
                             {"forward_passes": 0, "note": f"{source}.parquet column {column}"})

@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 import torch
 
 from metacog.model.arch import input_device
-from metacog.readout.values import left_pad
+from metacog.readout.batching import body_and_head, left_pad, shared_inputs, shared_prefix_len
 
 
 def _eos_ids(tok, model) -> set[int]:
@@ -53,9 +53,19 @@ def _pick(logits: torch.Tensor, temperature: float, gens: list | None) -> torch.
 
 @torch.no_grad()
 def greedy_batch(lm, prompts: list[list[int]], max_new_tokens: int, stop: Callable[[str], bool] | None = None,
-                 temperature: float = 0.0, seeds: list[int] | None = None) -> list[str]:
+                 temperature: float = 0.0, seeds: list[int] | None = None, repeat: int = 1,
+                 share_prefix: bool = True) -> list[str]:
     """Greedy (or, with ``temperature > 0`` and ``seeds``, sampled) continuation of each
     prompt (one batch), decoded without special tokens.
+
+    ``repeat`` > 1: ``repeat`` continuations per prompt that share one prefill (the prompt's
+    KV cache and first logits are copied ``repeat`` times after the prefill forward); output
+    row ``i * repeat + j`` is prompt ``i``'s ``j``-th, with ``seeds`` given per output row.
+    Each copy is the row the unshared path would prefill on its own, so the continuations
+    equal those of ``repeat`` separate copies of the prompt (up to float rounding).
+
+    ``share_prefix``: a common prefix of the prompts runs once and its cache is repeated
+    (:func:`metacog.readout.batching.shared_prefix_len`; the remainders are middle-padded after it).
 
     Rows that have finished are dropped from the KV cache (once a quarter of the live rows
     are done), so a batch costs the sum of its rows' lengths, not rows × the longest.
@@ -64,24 +74,39 @@ def greedy_batch(lm, prompts: list[list[int]], max_new_tokens: int, stop: Callab
         ValueError: ``temperature > 0`` without one seed per prompt."""
     model, tok = lm.model, lm.tokenizer
     dev = input_device(model)
-    ids, att, pos = left_pad(prompts, tok.pad_token_id, dev)
-    B = ids.shape[0]
+    past = None
+    P = shared_prefix_len(prompts, model, max_new_tokens) if share_prefix else 0
+    if P:  # the batch's common prefix (the chat template's system turn) runs once
+        try:
+            ids, att, pos, past = shared_inputs(body_and_head(model)[0], prompts, P, tok.pad_token_id, dev)
+        except AttributeError:
+            past = None
+    if past is None:
+        ids, att, pos = left_pad(prompts, tok.pad_token_id, dev)
+    repeat = int(repeat)
+    if repeat < 1:
+        raise ValueError(f"repeat must be at least 1, not {repeat}")
+    B = ids.shape[0] * repeat
     eos_set = _eos_ids(tok, model)
     eos = torch.tensor(sorted(eos_set), device=dev)
     gen: list[list[int]] = [[] for _ in range(B)]
     alive = torch.arange(B, device=dev)  # original row of each live cache row
     done = torch.zeros(B, dtype=torch.bool, device=dev)  # per live row
-    past = None
     gens = None
     if temperature and temperature > 0:
         if seeds is None or len(seeds) != B:
             raise ValueError("sampling needs one seed per prompt")
         gens = [torch.Generator().manual_seed(int(sd)) for sd in seeds]
     cur_ids, cur_pos, cur_att = ids, pos, att
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         out = model(input_ids=cur_ids, attention_mask=cur_att, position_ids=cur_pos, past_key_values=past, use_cache=True, logits_to_keep=1)
         past = out.past_key_values
-        nxt = _pick(out.logits[:, -1, :], temperature, None if gens is None else [gens[int(r)] for r in alive])
+        logits = out.logits[:, -1, :]
+        if step == 0 and repeat > 1:  # the shared prefill: copy each prompt's cache and logits to its rows
+            past.batch_repeat_interleave(repeat)
+            logits = logits.repeat_interleave(repeat, dim=0)
+            cur_pos, cur_att = cur_pos.repeat_interleave(repeat, dim=0), cur_att.repeat_interleave(repeat, dim=0)
+        nxt = _pick(logits, temperature, None if gens is None else [gens[int(r)] for r in alive])
         for j, (r, t) in enumerate(zip(alive.tolist(), nxt.tolist())):
             if not done[j]:
                 gen[r].append(t)
@@ -131,26 +156,30 @@ def batches_by_length(seqs: list[list[int]], batch_size: int, max_tokens: int = 
 
 
 def generate(lm, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 32, stop=None, progress=None,
-             should_stop=None, temperature: float = 0.0, seeds: list[int] | None = None) -> list[str]:
+             should_stop=None, temperature: float = 0.0, seeds: list[int] | None = None, repeat: int = 1) -> list[str]:
     """Greedy continuations for many prompts, in the input order (or seeded samples: one seed
-    per prompt, ``temperature > 0``). ``prompts`` are token-id lists (no padding); the result is
-    one decoded string per prompt (special tokens skipped, cut at EOS), at most
-    ``max_new_tokens`` tokens; a row ends once ``stop(text so far)`` is true (the text that
-    triggered it is kept: callers parse it). ``progress(k)`` is called with the number of rows just
-    finished; ``should_stop()`` is checked before each batch.
+    per output, ``temperature > 0``). ``prompts`` are token-id lists (no padding); the result is
+    one decoded string per output (special tokens skipped, cut at EOS), at most ``max_new_tokens``
+    tokens; a row ends once ``stop(text so far)`` is true (the text that triggered it is kept:
+    callers parse it). ``repeat`` > 1: that many continuations per prompt from one shared prefill
+    (:func:`greedy_batch`), output ``i * repeat + j``; a batch holds at most ``batch_size`` output
+    rows. ``progress(k)`` is called with the number of rows just finished; ``should_stop()`` is
+    checked before each batch.
 
     Raises:
         Stopped: ``should_stop()`` was true before a batch (finished rows are lost: callers chunk).
-        ValueError: ``temperature > 0`` without one seed per prompt."""
+        ValueError: ``temperature > 0`` without one seed per output."""
     from metacog.core.runtime import check_stop
 
-    out: list[str | None] = [None] * len(prompts)
-    for idx in batches_by_length(prompts, batch_size):
+    r = max(1, int(repeat))
+    out: list[str | None] = [None] * (len(prompts) * r)
+    for idx in batches_by_length(prompts, max(1, batch_size // r), max(1, MAX_BATCH_TOKENS // r)):
         check_stop(should_stop)
+        rows = [i * r + j for i in idx for j in range(r)]
         texts = greedy_batch(lm, [prompts[i] for i in idx], max_new_tokens, stop, temperature=temperature,
-                             seeds=None if seeds is None else [seeds[i] for i in idx])
-        for i, t in zip(idx, texts):
-            out[i] = t
+                             seeds=None if seeds is None else [seeds[k] for k in rows], repeat=r)
+        for k, t in zip(rows, texts):
+            out[k] = t
         if progress:
-            progress(len(idx))
+            progress(len(rows))
     return out  # type: ignore[return-value]

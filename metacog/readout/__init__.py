@@ -2,5 +2,5 @@
 integers 0–100 read from the logits (:mod:`metacog.readout.values`; public entry
 :func:`metacog.readout.values.read_values`, ``probs`` ``[B, 101]``) and the one parser of a
 verbal confidence in generated text (:mod:`metacog.readout.verbal`; public entry
-:func:`metacog.readout.verbal.parse_verbal`). ``metacog.confidence`` re-exports the stable names.
+:func:`metacog.readout.verbal.parse_verbal`). ``metacog.readout.values`` re-exports the stable names.
 """

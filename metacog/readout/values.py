@@ -18,6 +18,7 @@ Public entry: :func:`read_values` → :class:`Readout`.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -27,6 +28,8 @@ import torch
 
 from metacog.model.arch import input_device
 from metacog.data.prompts import VALUE_FMT
+from metacog.readout.batching import (  # noqa: F401  (body_and_head, left_pad: re-exported)
+    body_and_head, common_prefix, left_pad, shared_inputs, shared_prefix_len)
 
 VALUES = np.arange(101)
 
@@ -147,30 +150,6 @@ def build_trie(tok) -> ValueTrie:
     )
 
 
-# ----------------------------------------------------------------------------------------
-# batched forward helpers
-# ----------------------------------------------------------------------------------------
-def body_and_head(model):
-    """(decoder body returning hidden states, function hidden -> logits); see
-    :func:`metacog.model.arch.body_and_head` (the family's final-logit soft-capping included)."""
-    from metacog.model.arch import body_and_head as _bh
-
-    return _bh(model)
-
-
-def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """input_ids, attention_mask, position_ids for a left-padded batch (positions count
-    real tokens only, so a padded row computes exactly what it would alone)."""
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    att = torch.zeros((len(seqs), T), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, T - len(s) :] = torch.tensor(s, dtype=torch.long)
-        att[i, T - len(s) :] = 1
-    pos = (att.cumsum(-1) - 1).clamp(min=0)
-    return ids.to(device), att.to(device), pos.to(device)
-
-
 @dataclass
 class Readout:
     """Result of :func:`read_values`: ``probs`` ``[B, 101]`` P(v), ``other`` ``[B]``, ``states``
@@ -179,6 +158,8 @@ class Readout:
     other: np.ndarray  # [B] 1 - sum(probs)
     states: torch.Tensor | None  # [B, P, n_layers+1, d] residual stream at requested positions
     unresolved: np.ndarray | None = None  # [B] bound on mass whose "." look-ahead was skipped (≤ dot_tol each)
+    lookaheads: np.ndarray | None = None  # [B] int: "." look-aheads scored per prefix (of 101)
+    ev_bound: np.ndarray | None = None  # [B] certified bound on |E[v] - E[v] with every look-ahead scored|, points
 
     @property
     def expected(self) -> np.ndarray:
@@ -200,6 +181,7 @@ def expected_value(probs: np.ndarray) -> np.ndarray:
 
 
 DOT_TOL = 1e-9  # a value's "." look-ahead is scored when P(path) · P("." | value) exceeds this
+EV_TOL = 0.005  # and the smallest of those are skipped while E[v] provably moves by at most this (points of 100)
 
 
 @torch.no_grad()
@@ -210,6 +192,8 @@ def read_values(
     chunk: int = 128,
     values: bool = True,
     dot_tol: float = DOT_TOL,
+    ev_tol: float = EV_TOL,
+    share_prefix: bool = True,
 ) -> Readout:
     """Exact P(value) for 0..100 after each prefix (one batch), and optionally the residual
     stream at the token indices ``capture[b]`` of each prefix, from the same forward.
@@ -217,26 +201,40 @@ def read_values(
 
     The "." look-ahead of value v is scored only where P(path to v) · P("." | v) > dot_tol
     (a second, small tree forward); elsewhere "." counts as the end of the number, an error
-    of at most that product, summed into ``Readout.unresolved``. ``dot_tol=0`` scores all."""
+    of at most that product, summed into ``Readout.unresolved``. Beyond that, the look-aheads of
+    smallest product are skipped while the certified bound on E[v]'s error stays within
+    ``ev_tol`` points (:func:`score_trie`; docs/SCIENCE.md "The exact 0–100 distribution").
+    ``dot_tol=0`` scores all. ``share_prefix``: the batch's common prefix runs once
+    (:func:`metacog.readout.batching.shared_prefix_len`, :func:`~metacog.readout.batching.shared_inputs`)."""
     from metacog.model.hooks import capture_residual
 
     model, tok = lm.model, lm.tokenizer
     trie = get_trie(tok)
     dev = input_device(model)
     body, to_logits = body_and_head(model)
-    ids, att, pos = left_pad(prefixes, tok.pad_token_id, dev)
-    B, T = ids.shape
+    first = min(min(c) for c in capture) if capture is not None and capture and all(capture) else None
+    P = shared_prefix_len(prefixes, model, trie.n_nodes + 101, before=first) if share_prefix else 0
+    past = None
+    if P:
+        try:
+            ids, att, pos, past = shared_inputs(body, prefixes, P, tok.pad_token_id, dev)
+        except AttributeError:
+            P, past = 0, None
+    if not P:
+        ids, att, pos = left_pad(prefixes, tok.pad_token_id, dev)
+    B, T = att.shape  # T: every key of the batch (shared prefix + padded remainders)
     lens = att.sum(-1)
     states = None
     grabbed: list[torch.Tensor] = []
     ctx = None
     if capture is not None:
         pad = (T - lens).cpu()
-        idx = torch.tensor(capture, dtype=torch.long) + pad.unsqueeze(-1)  # shift for left padding
+        idx = torch.tensor(capture, dtype=torch.long) + pad.unsqueeze(-1) - P  # index in this forward's tokens
         ctx = capture_residual(model, idx, grabbed)
         ctx.__enter__()
     try:
-        out = body(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=values)
+        out = body(input_ids=ids, attention_mask=att, position_ids=pos, past_key_values=past,
+                   use_cache=values or past is not None)
     finally:
         if ctx is not None:
             ctx.__exit__(None, None, None)
@@ -263,7 +261,7 @@ def read_values(
             term = trie.terminal[vals.cpu()].tolist()
             return _plain_hidden(body, pcache, att, lens, rows, [node_path(trie, j) + [trie.dot_id] for j in term])
 
-    r = score_trie(hid, to_logits, trie, dot_tol, dot_hidden=dot_hidden, chunk_rows=chunk)
+    r = score_trie(hid, to_logits, trie, dot_tol, dot_hidden=dot_hidden, chunk_rows=chunk, ev_tol=ev_tol)
     r.states = states
     return r
 
@@ -298,7 +296,7 @@ def _row_stats(rows: torch.Tensor, to_logits, trie: ValueTrie, utok: torch.Tenso
 
 @torch.no_grad()
 def score_trie(hid: torch.Tensor, to_logits, trie: ValueTrie, dot_tol: float = DOT_TOL, dot_hidden=None,
-               chunk_rows: int = 128) -> Readout:
+               chunk_rows: int = 128, ev_tol: float = EV_TOL) -> Readout:
     """The readout rule, from final (normed) hidden states — the one implementation that
     :func:`read_values` and :mod:`metacog.patching` (its batched patched forwards) share.
 
@@ -307,8 +305,16 @@ def score_trie(hid: torch.Tensor, to_logits, trie: ValueTrie, dot_tol: float = D
     values, then the "." look-aheads, from one tree forward), or only the value nodes
     (``R = trie.n_value_nodes``) and ``dot_hidden(rows, vals)`` returns the final states
     ``[K, d]`` of the look-aheads that are needed, for the (row, value) pairs given in
-    ``need.nonzero()`` order. A look-ahead counts where P(path) · P("." | value) > ``dot_tol``;
-    elsewhere "." ends the number and that product is summed into ``unresolved``."""
+    ``need.nonzero()`` order.
+
+    Which look-aheads are scored (docs/SCIENCE.md, the one rule): with w_v = P(path to v) ·
+    P("." | v), a skipped look-ahead counts "v." as the end of the number, which overstates P(v)
+    by at most w_v. Skipped are every v with w_v <= ``dot_tol`` and, where ``dot_tol > 0`` and
+    ``ev_tol > 0``, the values of smallest w_v while U = Σ_skipped w_v <= ``ev_tol``/100 · S_low,
+    S_low = Σ_v P(path to v) · (1 − P(digit) − P(".digit") − P(".")) (a lower bound on Σ_v P(v):
+    every look-ahead continued by a digit). Certified, per prefix: Σ_v |P(v) − P_full(v)| <= U
+    (``unresolved``) and |E[v] − E_full[v]| <= 100 · U / S_low points (``ev_bound``; ≤ ``ev_tol``
+    unless the ``dot_tol`` skips alone exceed it). ``dot_tol=0`` scores every look-ahead."""
     B, R, d = hid.shape
     dev = hid.device
     Nv = trie.n_value_nodes
@@ -332,10 +338,17 @@ def score_trie(hid: torch.Tensor, to_logits, trie: ValueTrie, dot_tol: float = D
     path_p = path[:, trie.terminal.to(dev)].exp()  # [B,101] P(value's tokens)
     after = torch.zeros_like(pdot_t)
     unresolved = torch.zeros(B, dtype=torch.float64, device=dev)
+    n_look = torch.zeros(B, dtype=torch.long, device=dev)
     if trie.dot_id >= 0:
         weight = path_p * pdot_t
         need = weight > dot_tol
+        if dot_tol > 0 and ev_tol > 0:
+            s_low = (path_p * (1.0 - digit_t - dotdig_t - pdot_t).clamp(min=0.0)).sum(1)  # [B]
+            order = weight.argsort(dim=1)  # smallest first; those under dot_tol are counted in the budget too
+            fits = weight.gather(1, order).cumsum(1) <= (ev_tol / 100.0) * s_low.unsqueeze(1)
+            need = need & ~torch.zeros_like(need).scatter(1, order, fits)
         unresolved = torch.where(need, torch.zeros_like(weight), weight).sum(1)
+        n_look = need.sum(1)
         if bool(need.any()):
             bs, vs = need.nonzero(as_tuple=True)
             if full:
@@ -345,10 +358,14 @@ def score_trie(hid: torch.Tensor, to_logits, trie: ValueTrie, dot_tol: float = D
             else:
                 raise ValueError("score_trie: the look-ahead rows are neither in hid nor given by dot_hidden")
             after[bs, vs] = _row_stats(rows, to_logits, trie, utok[:0], chunk_rows)[0].double()
+    s_low = (path_p * (1.0 - digit_t - dotdig_t - pdot_t).clamp(min=0.0)).sum(1)
+    ev_bound = torch.where(unresolved > 0, 100.0 * unresolved / s_low.clamp(min=1e-300), torch.zeros_like(unresolved))
+    ev_bound = torch.where((unresolved > 0) & (s_low <= 0), torch.full_like(ev_bound, math.inf), ev_bound)
     p_end = (1.0 - digit_t - dotdig_t - pdot_t * after).clamp(min=0.0, max=1.0)
     probs = np.clip((path_p * p_end).cpu().numpy(), 0.0, 1.0).astype(np.float64)
     other = np.clip(1.0 - probs.sum(axis=1), 0.0, 1.0)
-    return Readout(probs=probs, other=other, states=None, unresolved=unresolved.cpu().numpy())
+    return Readout(probs=probs, other=other, states=None, unresolved=unresolved.cpu().numpy(),
+                   lookaheads=n_look.cpu().numpy(), ev_bound=np.minimum(ev_bound.cpu().numpy(), 100.0))
 
 
 def value_tree(body, trie: ValueTrie, out, att: torch.Tensor, lens: torch.Tensor, use_cache: bool):
@@ -516,20 +533,12 @@ def read_labels(lm, prefixes: list[list[int]], labels, batch_size: int = 16, sha
     return p / p.sum(axis=1, keepdims=True)
 
 
-def _common_prefix(seqs: list[list[int]]) -> int:
-    n = min(len(x) for x in seqs)
-    k = 0
-    while k < n and all(x[k] == seqs[0][k] for x in seqs):
-        k += 1
-    return k
-
-
 def _last_hidden(body, seqs: list[list[int]], pad_id: int, dev, share_prefix: bool = True) -> torch.Tensor:
     """Final hidden state at the last token of each sequence ([B, d]). With ``share_prefix`` and
     a common prefix of at least 8 tokens, the prefix runs once (batch 1), its cache is repeated
     for the batch, and the right-padded remainders follow (causal: padding after a row's last
     token cannot change it)."""
-    P = _common_prefix(seqs) if share_prefix and len(seqs) > 1 else 0
+    P = common_prefix(seqs) if share_prefix and len(seqs) > 1 else 0
     P = min(P, min(len(x) for x in seqs) - 1)  # every row keeps at least its last token
     if P < 8:
         ids, att, pos = left_pad(seqs, pad_id, dev)

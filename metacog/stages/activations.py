@@ -6,7 +6,10 @@ left padding with explicit positions):
 - inline:   answer prompt + the model's answer + "\\nConfidence:"
   → residual stream at ``last_prompt``, ``last_answer``, ``confidence``; P(0..100) inline;
 - two-pass: two-pass prompt (question + answer) + "Confidence:"
-  → residual stream at ``confidence_2p``; P(0..100) two-pass.
+  → residual stream at ``confidence_2p``; P(0..100) two-pass only where the answers carry
+  the two-pass mode (``StudySettings.two_pass``; otherwise this forward is a prefill for the
+  state alone, no value trie, and ``values_two_pass.npy`` and the ``*_two_pass`` readout
+  columns are not written).
 
 Storage (``activations/``): one float16 memmap ``<position>.npy`` of shape
 ``[n_items, n_layers + 1, d_model]`` per position (2 bytes × (layers+1) × d_model per item
@@ -28,7 +31,7 @@ from metacog.core.runtime import ProgressFn, StopFn, check_stop
 from metacog.core.settings import POSITIONS, stable_hash
 from metacog.core.workspace import Workspace, WorkspaceError, atomic_save_npy, atomic_write_json, open_memmap
 
-ACTIVATIONS_VERSION = 1
+ACTIVATIONS_VERSION = 2  # 2: "." look-aheads skipped within confidence.EV_TOL (readouts move by <= that bound)
 # Largest |ΔE[v]| (points of 100) that batch composition alone produced for the same item,
 # by model dtype (bench/bench_invariance.py; docs/SCIENCE.md "Batch invariance"), rounded up.
 # Pages show it beside effects on E[v]; None = not measured for that dtype.
@@ -87,20 +90,26 @@ def run_activations(
             man["answers"] = answers_key
             atomic_write_json(d / "manifest.json", man)
         if (ws.lineage("readout.parquet") or {}).get("answers") != answers_key:
-            _write_readout(ws, items, {m: load_distributions(ws, m) for m in MODE_KEYS}, key, answers_key)
+            _write_readout(ws, items, {m: load_distributions(ws, m) for m in MODE_KEYS
+                                       if ws.path("activations", f"values_{MODE_KEYS[m]}.npy").exists()}, key, answers_key)
         return man
     d.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     n, H, D = len(items), lm.n_hidden, lm.d_model
+    two_pass = "text_two_pass" in answers.columns  # the answers' modes decide the readouts (their key includes it)
+    modes = {m: k for m, k in MODE_KEYS.items() if two_pass or m == "inline"}
     fresh = man.get("key") != key
     atomic_write_json(
         d / "manifest.json",
         {"key": key, "answers": answers_key, "positions": list(POSITIONS), "n_layers": H, "n_decoder_layers": lm.n_layers,
          "d_model": D, "n_items": n, "dtype": "float16", "complete": False, "model": lm.name, "weights_hash": lm.weights_hash,
-         "model_dtype": str(lm.dtype).replace("torch.", ""), "ev_noise_floor": ev_noise_floor(lm.dtype)},
+         "model_dtype": str(lm.dtype).replace("torch.", ""), "ev_noise_floor": ev_noise_floor(lm.dtype),
+         "modes": list(modes)},
     )
     mms = {p: _open(d / f"{p}.npy", (n, H, D), np.float16, fresh) for p in POSITIONS}
-    vals = {m: _open(d / f"values_{k}.npy", (n, 102), np.float64, fresh) for m, k in MODE_KEYS.items()}
+    vals = {m: _open(d / f"values_{k}.npy", (n, 102), np.float64, fresh) for m, k in modes.items()}
+    # per item: unresolved mass, |ΔE[v]| bound (points), look-aheads scored (confidence.score_trie)
+    unres = {m: _open(d / f"lookahead_{k}.npy", (n, 3), np.float64, fresh) for m, k in modes.items()}
     done_path = d / "done.npy"
     done = np.zeros(n, dtype=bool) if fresh or not done_path.exists() else np.load(done_path, allow_pickle=False)
     if done.shape != (n,):
@@ -128,13 +137,16 @@ def run_activations(
         check_stop(should_stop)
         rows = [todo[j] for j in idx]
         inl = read_values(lm, [encs[r][0].ids for r in rows], capture=[[encs[r][0].positions[p] for p in POSITIONS[:3]] for r in rows])
-        two = read_values(lm, [encs[r][1].ids for r in rows], capture=[[encs[r][1].positions["confidence_2p"]] for r in rows])
+        two = read_values(lm, [encs[r][1].ids for r in rows], capture=[[encs[r][1].positions["confidence_2p"]] for r in rows],
+                          values=two_pass)
         st = np.concatenate([inl.states.float().cpu().numpy(), two.states.float().cpu().numpy()], axis=1)  # [B,P,H,D]
         for k, p in enumerate(POSITIONS):
             mms[p][rows] = st[:, k].astype(np.float16)
-        vals["inline"][rows] = np.concatenate([inl.probs, inl.other[:, None]], axis=1)
-        vals["two-pass"][rows] = np.concatenate([two.probs, two.other[:, None]], axis=1)
-        for m in list(mms.values()) + list(vals.values()):
+        for m, r in (("inline", inl), ("two-pass", two)):
+            if m in vals:
+                vals[m][rows] = np.concatenate([r.probs, r.other[:, None]], axis=1)
+                unres[m][rows] = np.stack([r.unresolved, r.ev_bound, r.lookaheads], axis=1)
+        for m in list(mms.values()) + list(vals.values()) + list(unres.values()):
             m.flush()
         done[rows] = True
         atomic_save_npy(done_path, done)
@@ -147,18 +159,30 @@ def run_activations(
     man.update(complete=True, seconds=round(time.time() - t0, 1))
     atomic_write_json(d / "manifest.json", man)
     _write_readout(ws, items, vals, key, answers_key)
-    ws.mark_stage("activations", key, seconds=round(time.time() - t0, 1), n=n)
+    ws.mark_stage("activations", key, seconds=round(time.time() - t0, 1), n=n, modes=list(modes))
     return man
 
 
 def _write_readout(ws: Workspace, items: pd.DataFrame, vals: dict, key: str, answers_key: str) -> pd.DataFrame:
+    """readout.parquet: per item and computed mode ``ev_<k>``, ``argmax_<k>``, ``other_<k>`` and,
+    where ``activations/lookahead_<k>.npy`` exists (caches since the look-ahead budget),
+    ``unresolved_<k>`` (certified bound on the summed |error| of the item's 101 probabilities
+    from skipped "." look-aheads), ``ev_bound_<k>`` (certified bound on |ΔE[v]|, points) and
+    ``lookaheads_<k>`` (look-aheads scored, of 101) — docs/SCIENCE.md "The exact 0–100
+    distribution". Modes absent from ``vals`` get no columns."""
     out = {"row": items["row"].to_numpy()}
     for mode, k in MODE_KEYS.items():
+        if mode not in vals:
+            continue
         v = np.asarray(vals[mode])
         probs = v[:, :101]
         out[f"ev_{k}"] = expected_value(probs)
         out[f"argmax_{k}"] = probs.argmax(axis=1).astype(float)
         out[f"other_{k}"] = v[:, 101]
+        up = ws.path("activations", f"lookahead_{k}.npy")
+        if up.exists():
+            la = np.asarray(np.load(up, mmap_mode="r"), dtype=float)
+            out[f"unresolved_{k}"], out[f"ev_bound_{k}"], out[f"lookaheads_{k}"] = la[:, 0], la[:, 1], la[:, 2]
     df = pd.DataFrame(out)
     ws.write_parquet("readout.parquet", df, lineage={"key": key, "answers": answers_key})
     return df
@@ -181,5 +205,11 @@ def load_states(ws: Workspace, position: str | None = None):
 
 
 def load_distributions(ws: Workspace, mode: str = "inline") -> np.ndarray:
-    """``[n, 102]``: P(0..100) and, last, the mass on anything else."""
+    """``[n, 102]``: P(0..100) and, last, the mass on anything else. Raises
+    :class:`WorkspaceError` (saying so) where the study did not compute ``mode``."""
+    if not ws.path("activations", f"values_{MODE_KEYS[mode]}.npy").exists() and mode != "inline" \
+            and ws.path("activations", "values_inline.npy").exists():
+        from metacog.core.settings import TWO_PASS_OFF
+
+        raise WorkspaceError(f"{mode} 0-100 distribution: {TWO_PASS_OFF}")
     return np.load(ws.path("activations", f"values_{MODE_KEYS[mode]}.npy"), mmap_mode="r")

@@ -7,8 +7,9 @@
   (``mc_option_scores``; summed, per token, per character or PMI, docs/SCIENCE.md) is the
   answer (letters are useless on small models); the inline verbal confidence is the greedy
   continuation after that option;
-- *two-pass*: a second prompt shows the question and the model's answer and asks for its
-  confidence; the greedy reply is parsed.
+- *two-pass* (only with ``StudySettings.two_pass``; otherwise its columns are absent): a
+  second prompt shows the question and the model's answer and asks for its confidence; the
+  greedy reply is parsed.
 
 Items are taken in order of prompt length (so a long item pads only its neighbours in
 length) in chunks of at most ``ANSWER_CHUNK`` items, each saved atomically under
@@ -71,6 +72,7 @@ def answers_key(lm, items: pd.DataFrame, study: StudySettings) -> str:
         study.confidence_max_new_tokens,
         study.prompt_style,
         study.mc_scoring,
+        *(() if study.two_pass else ("inline-only",)),  # two_pass=True keeps the keys of studies before the setting
     )
 
 
@@ -246,17 +248,19 @@ def option_scores(lm, questions: list[str], options: list[list[str]], style: str
 
 
 def _answer_chunk(lm, chunk: pd.DataFrame, study: StudySettings, tick=None, should_stop=None) -> pd.DataFrame:
-    """Answer one chunk. ``tick(fraction)`` reports progress through its three generation
-    passes (answers, inline confidence, two-pass confidence); ``should_stop`` is checked
-    between generation batches (a stopped chunk is discarded; finished chunks are kept)."""
+    """Answer one chunk. ``tick(fraction)`` reports progress through its generation passes
+    (answers, inline confidence, and with ``study.two_pass`` the two-pass confidence; without
+    it the records have no two-pass columns); ``should_stop`` is checked between generation
+    batches (a stopped chunk is discarded; finished chunks are kept)."""
     tok, chat, style = lm.tokenizer, lm.is_chat, study.prompt_style
     done = {"k": 0}
+    n_passes = 3.0 if study.two_pass else 2.0
 
     def gen(prompts_, n_tokens, stop, pass_no, total):
         def prog(k):
             done["k"] += k
             if tick:
-                tick((pass_no + done["k"] / max(total, 1)) / 3.0)
+                tick((pass_no + done["k"] / max(total, 1)) / n_passes)
 
         done["k"] = 0
         return generate(lm, prompts_, n_tokens, study.batch_size, stop=stop, progress=prog, should_stop=should_stop)
@@ -297,8 +301,10 @@ def _answer_chunk(lm, chunk: pd.DataFrame, study: StudySettings, tick=None, shou
         for i, t in zip(need, texts):
             raw[i] = raw[i] + FORCED_MARK + t
             v_inline[i] = parse_confidence(FORCED_MARK.strip() + t)
-    two = [prompts.encode_two_pass_prompt(tok, chat, q, a).ids for q, a in zip(questions, answer)]
-    t2 = gen(two, study.confidence_max_new_tokens, stop_two_pass, 2, len(two))
+    t2 = None
+    if study.two_pass:
+        two = [prompts.encode_two_pass_prompt(tok, chat, q, a).ids for q, a in zip(questions, answer)]
+        t2 = gen(two, study.confidence_max_new_tokens, stop_two_pass, 2, len(two))
     recs = []
     for k, (_, it) in enumerate(chunk.iterrows()):
         d = mcs[k] or {}
@@ -318,8 +324,7 @@ def _answer_chunk(lm, chunk: pd.DataFrame, study: StudySettings, tick=None, shou
                 "chosen_index": int(chosen),
                 "verbal_inline": _nan(v_inline[k]),
                 "verbal_inline_source": source[k],
-                "text_two_pass": t2[k],
-                "verbal_two_pass": _nan(parse_confidence(t2[k])),
+                **({"text_two_pass": t2[k], "verbal_two_pass": _nan(parse_confidence(t2[k]))} if t2 is not None else {}),
                 # per-option numbers of every MC scoring (empty for short-answer items)
                 "option_loglik": [float(x) for x in d.get("option_loglik", [])],
                 "option_loglik_neutral": [float(x) for x in d.get("option_loglik_neutral", [])],
@@ -354,9 +359,10 @@ def reparse(items: pd.DataFrame, ans: pd.DataFrame) -> pd.DataFrame:
         r_in.append(p.rule)
     ans["verbal_inline"] = v_in
     ans["verbal_inline_rule"] = r_in
-    two = [parse_verbal(t) for t in ans["text_two_pass"]]
-    ans["verbal_two_pass"] = [_nan(p.value) for p in two]
-    ans["verbal_two_pass_rule"] = [p.rule for p in two]
+    if "text_two_pass" in ans:  # absent where the study ran without two_pass
+        two = [parse_verbal(t) for t in ans["text_two_pass"]]
+        ans["verbal_two_pass"] = [_nan(p.value) for p in two]
+        ans["verbal_two_pass_rule"] = [p.rule for p in two]
     is_mc = it["kind"].eq("mc").to_numpy()
     correct, guard = [], []
     for a, al, ci, ai, mc in zip(ans["answer"], it["answers"], ans["chosen_index"], it["answer_index"], is_mc):
@@ -392,7 +398,8 @@ def run_answers(
             and (ws.lineage("answers.parquet") or {}).get("key") == key:
         old = ws.read_parquet("answers.parquet")
         new = reparse(items, old)
-        if any(c not in old.columns for c in REPARSED) or not new[REPARSED].equals(old[REPARSED]) \
+        cols = [c for c in REPARSED if c in new.columns]
+        if any(c not in old.columns for c in cols) or not new[cols].equals(old[cols]) \
                 or ws.lineage("answers.parquet") != lineage:
             ws.write_parquet("answers.parquet", new, lineage=lineage)
         return new

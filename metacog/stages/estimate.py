@@ -16,8 +16,10 @@ from pathlib import Path
 
 from metacog.core.settings import ModelSettings
 
-#: seconds per item on the reference machine (see module docstring), 2 threads, float32
-PRIOR_S_PER_ITEM = {"answers": 0.54, "activations": 1.13}
+#: seconds per item on the reference machine (see module docstring), 2 threads, float32, scaled
+#: to the default study's token-forwards since issue 15 (answers 253 -> 91, activations 577 -> 319
+#: per item: inline only, shared prompt prefix; bench/bench_study.py)
+PRIOR_S_PER_ITEM = {"answers": round(0.54 * 91 / 253, 2), "activations": round(1.13 * 319 / 577, 2)}
 PRIOR_PROBES_S = 5.0
 PRIOR_LOAD_S = 6.0
 

@@ -157,7 +157,10 @@ def play(lm, question: str, gold: list[str] | None = None, choices: list[str] | 
                           "answer_index": 0 if mc else -1, "kind": "mc" if mc else "short", "split": "eval"}])
     if mc and gold:
         item.at[0, "answer_index"] = next((i for i, c in enumerate(choices) if c in gold), 0)
-    ans = answer_items(lm, item, study).iloc[0]
+    import dataclasses
+
+    # one item: the Playground always shows both modes (the study's two_pass setting saves work over many items)
+    ans = answer_items(lm, item, dataclasses.replace(study, two_pass=True)).iloc[0]
     enc_in, enc_2p = encode_item(lm, question, ans["answer"], list(choices) if mc else None, study.prompt_style)
     r_in = read_values(lm, [enc_in.ids], capture=[[enc_in.positions[p] for p in POSITIONS[:3]]])
     r_2p = read_values(lm, [enc_2p.ids], capture=[[enc_2p.positions["confidence_2p"]]])

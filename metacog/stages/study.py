@@ -5,7 +5,9 @@
   ``accuracy_by_split``;
 - ``splits``: counts per split, ``disjoint: true`` and ``group_disjoint: true`` (no fact in two
   splits), ``n_groups`` (checked by code, not assumed);
-- ``verbal``: per elicitation mode (``inline``, ``two-pass``), on the **eval** split:
+- ``modes``: the elicitation modes computed (``inline``; ``two-pass`` with ``StudySettings.two_pass``),
+  ``not_computed``: ``{mode: why}`` for the others (no block is written for them);
+- ``verbal``: per computed elicitation mode (``inline``, ``two-pass``), on the **eval** split:
   ``auroc, ece, brier, aurc`` each with ``<metric>_ci`` (bootstrap, ``ci_rule``), ``ece_null``
   (mean and p95 ECE of a perfectly calibrated predictor at these confidences, ``ece_null_rule``),
   ``ceiling_rate, validity{L,trin,r,verdict}, n, n_missing``;
@@ -35,7 +37,7 @@ from metacog.stages.activations import activations_key, load_states, run_activat
 from metacog.stages.answers import answers_key, check_items_prompt_lengths, items_key, run_answers
 from metacog.data import assign_splits, check_splits, load_dataset, split_fraction_warnings
 from metacog.core.runtime import ProgressFn, StopFn
-from metacog.core.settings import MODES, POSITIONS, ModelSettings, StudySettings, stable_hash
+from metacog.core.settings import MODES, POSITIONS, TWO_PASS_OFF, ModelSettings, StudySettings, computed_line, stable_hash
 from metacog.core.workspace import LineageError, Workspace, WorkspaceBusy, WorkspaceError, atomic_save_npy
 
 MODE_KEYS = {"inline": "inline", "two-pass": "two_pass"}
@@ -223,6 +225,8 @@ def run_study(
     with ws.lock(Workspace.WORKSPACE_LOCK):
         ws.init(model, study)
         t0 = time.time()
+        if progress:
+            progress(0, 0, computed_line(study))
         items = stage_items(ws, study, items)
         ws.write_json("model.json", lm.describe())
         ans = run_answers(ws, lm, items, study, progress, should_stop)
@@ -431,7 +435,10 @@ def summarize(ws: Workspace) -> dict:
     warnings += metrics.sample_warnings(y, "the eval split")
     out["verbal"] = {}
     out["distribution"] = {}
-    for mode in MODES:
+    modes = [m for m in MODES if f"verbal_{MODE_KEYS[m]}" in ev]  # two-pass only where the study computed it
+    out["modes"] = modes
+    out["not_computed"] = {m: TWO_PASS_OFF for m in MODES if m not in modes}
+    for mode in modes:
         k = MODE_KEYS[mode]
         v = ev[f"verbal_{k}"].to_numpy(dtype=float)
         blk = score_readout(v, y, bins, seed)
@@ -452,7 +459,7 @@ def summarize(ws: Workspace) -> dict:
     if cats_ok:
         out["type_prior"] = type_prior_block(df, "eval", seed)
         wt = {}
-        for mode in MODES:
+        for mode in modes:
             k = MODE_KEYS[mode]
             wt[f"verbal_{k}"] = _within(ev[f"verbal_{k}"], y, ev["category"], seed)
             if f"ev_{k}" in ev:

@@ -98,12 +98,12 @@ def steered_readout(lm, encs: list[prompts.Encoded], hidden_index: int | None, v
             return contextlib.nullcontext()
         return steer_hook(lm.model, hidden_index, vec, masks_for(encs, where), continuation=(where == "from-answer"))
 
-    with ctx():
-        r = read_values(lm, ids)
+    with ctx():  # the hooks index the left-padded batch of the first forward: no shared prefix
+        r = read_values(lm, ids, share_prefix=False)
     out = pd.DataFrame({"ev": r.expected, "argmax": r.argmax, "other": r.other})
     if verbal:
         with ctx():
-            texts = greedy_batch(lm, ids, INLINE_VERBAL_TOKENS, stop=stop_two_pass)
+            texts = greedy_batch(lm, ids, INLINE_VERBAL_TOKENS, stop=stop_two_pass, share_prefix=False)
         v = [parse_confidence(FORCED_MARK.strip() + t) for t in texts]
         out["verbal"] = [np.nan if x is None else float(x) for x in v]
         out["verbal_text"] = texts
@@ -125,7 +125,7 @@ def steered_answers(lm, prompt_ids: list[list[int]], hidden_index: int, vector, 
     T = max(len(p) for p in prompt_ids)
     m = torch.zeros((len(prompt_ids), T), dtype=torch.bool)
     with steer_hook(lm.model, hidden_index, vec, m, continuation=True):
-        texts = greedy_batch(lm, prompt_ids, max_new_tokens, stop=stop_first_line)
+        texts = greedy_batch(lm, prompt_ids, max_new_tokens, stop=stop_first_line, share_prefix=False)
     return [parse_inline(t)[0] for t in texts]
 
 

@@ -32,7 +32,7 @@ PAGES = {
     "items": "pages/4_Item_explorer.py",
 }
 HAVE_PROBES = importlib.util.find_spec("metacog.stages.probes") is not None
-TINY_STUDY = dict(dataset="world-facts", limit=24, max_new_tokens=6, confidence_max_new_tokens=4, batch_size=8)
+TINY_STUDY = dict(dataset="world-facts", limit=24, max_new_tokens=6, confidence_max_new_tokens=4, batch_size=8, two_pass=True)
 
 
 # ----------------------------------------------------------------------------- workspaces
@@ -49,6 +49,8 @@ def build_workspaces(cache: Path, lm) -> dict[str, Path]:
     run_study(tiny, model, study, lm=lm, stages=("answers", "activations") + (("probes",) if HAVE_PROBES else ()))
     half = wsd / "half"
     run_study(half, model, study, lm=lm, stages=("answers",))
+    inline = wsd / "inline-only"  # the default study: two_pass off
+    run_study(inline, model, StudySettings(**{**TINY_STUDY, "two_pass": False}), lm=lm, stages=("answers", "activations"))
 
     rich = wsd / "tiny-rich"
     shutil.copytree(tiny, rich, ignore=shutil.ignore_patterns(".lock-*", "probes", "probes.json", "summary.json"))
@@ -67,7 +69,7 @@ def build_workspaces(cache: Path, lm) -> dict[str, Path]:
     ws.write_parquet("readout.parquet", ro, lineage=ws.lineage("readout.parquet"))
     _add_probes(ws, ans)
     ws.write_json("summary.json", summarize(ws))
-    return {"tiny": tiny, "tiny-rich": rich, "half": half}
+    return {"tiny": tiny, "tiny-rich": rich, "half": half, "inline-only": inline}
 
 
 def _add_probes(ws, ans: pd.DataFrame) -> None:
@@ -190,6 +192,21 @@ def test_answers_page(env, ws):
     at.radio(key="ans-split").set_value("all").run()
     _no_exception(at)
     assert _titles(at)[0].startswith("Verbal confidence, all splits, n=24")
+
+
+def test_pages_of_an_inline_only_study_say_two_pass_was_not_computed(env):
+    """A default study (no two-pass columns): the answers page and the item explorer draw the
+    inline mode, say where two-pass is missing, and never fail on the absent columns."""
+    at = _open("answers", "inline-only")
+    labels = {m.label for m in at.metric}
+    assert "verbal inline: parsed" in labels and not [x for x in labels if "two-pass" in x]
+    assert any("Two-pass not computed in this study (metacog study --two-pass)" in c.value for c in at.caption)
+    rules = next(df.value for df in at.dataframe if "parse rule" in df.value.columns)
+    assert "inline" in rules.columns and "two-pass" not in rules.columns
+    at = _open("items", "inline-only")
+    assert any("Two-pass not computed" in m.value for m in at.markdown)
+    titles = _titles(at)
+    assert any(t.startswith("0–100 confidence distribution, item") for t in titles), titles
 
 
 def test_probes_page(env):

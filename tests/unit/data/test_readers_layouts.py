@@ -259,7 +259,7 @@ def test_study_on_arc_digit_labels_grades_by_the_records_labels(tmp_path, tiny_l
     from metacog.core.workspace import Workspace
 
     path, truth = _arc20(tmp_path)
-    study = StudySettings(dataset=str(path), max_new_tokens=4, confidence_max_new_tokens=4, batch_size=8)
+    study = StudySettings(dataset=str(path), max_new_tokens=4, confidence_max_new_tokens=4, batch_size=8, two_pass=True)
     run_study(tmp_path / "ws", ModelSettings(threads=1), study, lm=tiny_lm, stages=("answers",))
     ws = Workspace(tmp_path / "ws")
     ans = ws.read_parquet("answers.parquet").set_index("id")

@@ -289,6 +289,9 @@ def test_every_method_scores_every_pool_item_in_unit_interval(tiny_ws):
     assert set(stored_methods(ws)) == set(names())
     sc = load_scores(ws, "self_consistency")
     assert set(sc["n_agree"]) <= {0, 1, 2} and np.allclose(sc["score"], sc["n_agree"] / 2)
+    info = meta(ws, "self_consistency")["info"]  # one shared prefill per item: k-1 prompt copies saved
+    assert info["prompt_tokens"] > 0 and info["generated_tokens"] >= 0
+    assert info["token_forwards_unshared"] - info["token_forwards_shared"] == (SMALL["k_samples"] - 1) * info["prompt_tokens"]
     t = methods_table(ws, n_boot=50)
     assert set(t["base"]) == set(names())
     fitted = t[t["note"] == ""]

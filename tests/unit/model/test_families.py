@@ -110,7 +110,7 @@ def test_readout_equals_the_reference(fam):
     tok = lm.tokenizer
     pre = [tok.encode("Question: What is the capital of France? Answer: Paris. Confidence (0-100): "), tok.encode("Confidence: ")]
     assert tree_ok(lm.model, len(pre[0]), get_trie(tok)) == (name not in PLAIN)
-    r = read_values(lm, pre)
+    r = read_values(lm, pre, dot_tol=0.0)  # exactness of the forwards: every look-ahead scored
     vals = [0, 7, 42, 99, 100]
     for i, p in enumerate(pre):
         ref = read_values_naive(lm, p, values=set(vals))
@@ -273,7 +273,7 @@ def test_gemma3_270m_long_prompt_past_its_sliding_window_is_exact():
     ctx = " ".join(f"Fact {i}: the capital of France is Paris." for i in range(60))
     p = tok.encode(ctx + "\nQuestion: What is the capital of France?\nAnswer: Paris\nConfidence (0-100):")
     assert len(p) > 512 and not tree_ok(lm.model, len(p), get_trie(tok))
-    r = read_values(lm, [p])
+    r = read_values(lm, [p], dot_tol=0.0)
     import math
 
     trie = get_trie(tok)

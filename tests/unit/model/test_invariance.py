@@ -26,7 +26,7 @@ EV_TOL, STATE_REL_TOL = 0.01, 1e-3
 
 
 def _run(tmp_path, lm, items, batch_size):
-    st = StudySettings(max_new_tokens=5, confidence_max_new_tokens=4, batch_size=batch_size)
+    st = StudySettings(max_new_tokens=5, confidence_max_new_tokens=4, batch_size=batch_size, two_pass=True)
     ws = Workspace(tmp_path)
     ans = run_answers(ws, lm, items, st)
     run_activations(ws, lm, items, ans, answers_key(lm, items, st), batch_size)
@@ -139,7 +139,7 @@ def test_answers_resume_redoes_at_most_one_chunk(tmp_path, tiny_lm, monkeypatch)
     """A stop after k finished chunks keeps them: the resumed run answers only the rest
     (issue: a kill at 33% of a 60-item study redid all 60), and gives the same table."""
     items = tiny_items(40)
-    st = StudySettings(max_new_tokens=5, confidence_max_new_tokens=4, batch_size=32)
+    st = StudySettings(max_new_tokens=5, confidence_max_new_tokens=4, batch_size=32, two_pass=True)
     real = answers_mod._answer_chunk
     answered = []
 
@@ -167,7 +167,7 @@ def test_manifest_records_the_ev_noise_floor(tmp_path, tiny_lm):
     from metacog.stages.activations import ev_noise_floor
 
     items = tiny_items(4)
-    st = StudySettings(max_new_tokens=4, confidence_max_new_tokens=4, batch_size=4)
+    st = StudySettings(max_new_tokens=4, confidence_max_new_tokens=4, batch_size=4, two_pass=True)
     ws = Workspace(tmp_path)
     ans = run_answers(ws, tiny_lm, items, st)
     man = run_activations(ws, tiny_lm, items, ans, answers_key(tiny_lm, items, st), 4)

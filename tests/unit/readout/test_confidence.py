@@ -90,7 +90,7 @@ def _prefixes(tok):
 def test_tree_readout_equals_naive_reference(tiny_lm):
     """The batched tree-attention readout equals one full forward per value (independent code)."""
     pre = _prefixes(tiny_lm.tokenizer)
-    r = read_values(tiny_lm, pre)
+    r = read_values(tiny_lm, pre, dot_tol=0.0)  # every look-ahead scored: the exact rule
     for i, p in enumerate(pre):
         naive = read_values_naive(tiny_lm, p)
         np.testing.assert_allclose(r.probs[i], naive, rtol=1e-4, atol=1e-9)
@@ -145,7 +145,7 @@ def test_total_probability_of_all_number_strings(tiny_lm):
                 total_int += e3
                 if 100 * a + 10 * b + c > 100:
                     above += e3
-    r = read_values(tiny_lm, [pre])
+    r = read_values(tiny_lm, [pre], dot_tol=0.0)
     assert math.isclose(r.probs[0].sum(), total_int - above, rel_tol=1e-4)
 
 
@@ -206,7 +206,7 @@ def test_lazy_dot_lookahead_is_bounded(tiny_lm):
     full = read_values(tiny_lm, pre, dot_tol=0.0)
     assert (full.unresolved == 0).all()
     for tol in (1e-9, 1e-4, 1e-2):
-        lazy = read_values(tiny_lm, pre, dot_tol=tol)
+        lazy = read_values(tiny_lm, pre, dot_tol=tol, ev_tol=0.0)  # the per-value rule alone
         diff = np.abs(lazy.probs - full.probs)
         assert (diff <= tol + 1e-12).all()
         assert (diff.sum(1) <= lazy.unresolved + 1e-12).all()
@@ -223,3 +223,75 @@ def test_readout_is_the_same_under_eager_attention(tiny_tok):
     eager = wrap(eager_model, tiny_tok)
     pre = _prefixes(tiny_tok)
     np.testing.assert_allclose(read_values(sdpa, pre, dot_tol=0).probs, read_values(eager, pre, dot_tol=0).probs, rtol=1e-4, atol=1e-9)
+
+
+def test_ev_budget_skips_the_smallest_lookaheads_within_a_certified_bound(tiny_lm):
+    """The default rule (docs/SCIENCE.md): the look-aheads of smallest P(path)·P(".") are skipped
+    while 100·U/S_low <= ev_tol. Against the full readout (dot_tol=0): Σ|Δp| <= unresolved and
+    |ΔE[v]| <= ev_bound <= ev_tol; a larger budget scores fewer look-aheads; the skipped ones
+    are exactly the smallest."""
+    from metacog.readout.values import EV_TOL
+
+    pre = _prefixes(tiny_lm.tokenizer)
+    full = read_values(tiny_lm, pre, dot_tol=0.0)
+    assert (full.lookaheads == 101).all() and (full.ev_bound == 0).all()
+    counts, moved = [], 0.0
+    for ev_tol in (1e-4, EV_TOL, 0.05, 1.0, 20.0):
+        # dot_tol ~0: the budget alone decides (with DOT_TOL the random model's many w < 1e-9
+        # alone can exceed a small budget: then ev_bound > ev_tol, still certified)
+        r = read_values(tiny_lm, pre, dot_tol=1e-300, ev_tol=ev_tol)
+        diff = np.abs(r.probs - full.probs)
+        assert (diff.sum(1) <= r.unresolved + 1e-12).all()
+        dev = np.abs(r.expected - full.expected)
+        assert (dev <= r.ev_bound + 1e-9).all() and (r.ev_bound <= ev_tol + 1e-12).all(), (ev_tol, dev, r.ev_bound)
+        assert ((r.lookaheads == 101) == (r.unresolved == 0)).all()
+        counts.append(r.lookaheads.sum())
+        moved = max(moved, float(dev.max()))
+    assert counts == sorted(counts, reverse=True) and counts[-1] < counts[0]  # the budget does skip look-aheads
+    assert moved > 0  # and skipping moves E[v], within its bound
+
+    r = read_values(tiny_lm, pre)  # the defaults: still certified
+    assert (np.abs(r.expected - full.expected) <= r.ev_bound + 1e-9).all()
+    assert (np.abs(r.probs - full.probs).sum(1) <= r.unresolved + 1e-12).all()
+
+
+@pytest.mark.e2e
+def test_real_model_pruned_readout_is_within_its_certified_bound(real_lm):
+    """SmolLM2-135M on real world-facts prefixes (inline and two-pass, right and wrong
+    answers): the default readout against the full one (dot_tol=0): every value's probability
+    within the item's `unresolved` (summed), E[v] within `ev_bound` <= EV_TOL points."""
+    from metacog.readout.values import EV_TOL
+    from metacog.data import load_dataset
+
+    tok = real_lm.tokenizer
+    items = load_dataset("world-facts", limit=10, seed=0).head(3)
+    golds = [str(list(a)[0]) for a in items["answers"]]
+    pre = [prompts.encode_inline(tok, True, q, g).ids for q, g in zip(items["question"], golds)]
+    pre += [prompts.encode_two_pass(tok, True, items["question"].iloc[0], golds[1]).ids]
+    full = read_values(real_lm, pre, dot_tol=0.0)
+    r = read_values(real_lm, pre)
+    diff = np.abs(r.probs - full.probs)
+    assert (diff.sum(1) <= r.unresolved + 1e-12).all()
+    assert (np.abs(r.expected - full.expected) <= r.ev_bound + 1e-9).all()
+    assert (r.ev_bound <= EV_TOL + 1e-12).all() and (full.lookaheads == 101).all()
+
+
+def test_shared_prefix_readout_and_states_equal_the_unshared_forward(tiny_lm):
+    """read_values with the batch's common prefix run once: the same 0-100 distributions and the
+    same captured states as the plain left-padded forward (float32 rounding)."""
+    from metacog.readout.values import shared_prefix_len, get_trie
+
+    tok = tiny_lm.tokenizer
+    common = tok.encode("Please answer the following trivia question carefully, briefly and truthfully, in English:",
+                        add_special_tokens=False)
+    encs = [prompts.encode_inline(tok, True, q, a) for q, a in
+            [("What is the capital of France?", "Paris"), ("Kenya?", "Nairobi, a city"), ("Q?", "A")]]
+    pre = [common + e.ids for e in encs]
+    cap = [[len(common) + e.positions["last_prompt"], len(common) + e.positions["confidence"]] for e in encs]
+    assert shared_prefix_len(pre, tiny_lm.model, get_trie(tok).n_nodes + 101, before=min(min(c) for c in cap)) >= 8
+    a = read_values(tiny_lm, pre, capture=cap, dot_tol=0.0)
+    b = read_values(tiny_lm, pre, capture=cap, dot_tol=0.0, share_prefix=False)
+    np.testing.assert_allclose(a.probs, b.probs, rtol=1e-4, atol=1e-10)
+    torch.testing.assert_close(a.states, b.states, rtol=1e-4, atol=1e-5)
+    alone = read_values(tiny_lm, [pre[1]], capture=[cap[1]], dot_tol=0.0)
+    np.testing.assert_allclose(a.probs[1], alone.probs[0], rtol=1e-4, atol=1e-10)

@@ -11,7 +11,7 @@ from metacog.core.workspace import Workspace
 
 from conftest import tiny_items
 
-ST = StudySettings(max_new_tokens=5, confidence_max_new_tokens=4, batch_size=4)
+ST = StudySettings(max_new_tokens=5, confidence_max_new_tokens=4, batch_size=4, two_pass=True)
 
 
 def test_option_loglik_equals_direct_sum(tiny_lm):
@@ -70,3 +70,50 @@ def test_stopped_answers_resume(tmp_path, tiny_lm):
     assert list(ans["row"]) == list(range(10))
     fresh = run_answers(Workspace(tmp_path / "b"), tiny_lm, items, ST, chunk_size=4)
     assert ans[["answer_text", "text_two_pass"]].equals(fresh[["answer_text", "text_two_pass"]])
+
+
+def test_two_pass_off_by_default_skips_its_generation_and_keeps_the_inline_answers(tmp_path, tiny_lm, monkeypatch):
+    """The default study (two_pass False) generates no two-pass reply: one generation pass
+    fewer, no two-pass columns (never NaN stand-ins), other answers key; the inline columns
+    equal those of the two-pass run, item by item."""
+    import dataclasses
+
+    from metacog.stages import answers as A
+
+    items = tiny_items(8)
+    calls = []
+    real = A.generate
+
+    def counting(lm, prompts_, n_tokens, *a, **k):
+        calls.append(n_tokens)
+        return real(lm, prompts_, n_tokens, *a, **k)
+
+    monkeypatch.setattr(A, "generate", counting)
+    off = dataclasses.replace(ST, two_pass=False)
+    a_off = run_answers(Workspace(tmp_path / "off"), tiny_lm, items, off)
+    n_off = len(calls)
+    calls.clear()
+    a_on = run_answers(Workspace(tmp_path / "on"), tiny_lm, items, ST)
+    assert calls.count(ST.confidence_max_new_tokens) == 2  # the two-pass pass, once per chunk of 4
+    assert n_off == len(calls) - 2  # one two-pass generation per chunk (2 chunks of 4 items) is skipped
+    assert not {"text_two_pass", "verbal_two_pass", "verbal_two_pass_rule"} & set(a_off.columns)
+    assert {"text_two_pass", "verbal_two_pass", "verbal_two_pass_rule"} <= set(a_on.columns)
+    cols = ["row", "answer_text", "answer", "correct", "verbal_inline", "verbal_inline_rule"]
+    assert a_off[cols].equals(a_on[cols])
+    assert A.answers_key(tiny_lm, items, off) != A.answers_key(tiny_lm, items, ST)
+    # a rerun of the inline-only stage is fresh (its re-parse does not ask for two-pass columns)
+    again = run_answers(Workspace(tmp_path / "off"), tiny_lm, items, off)
+    assert again[cols].equals(a_off[cols]) and "text_two_pass" not in again
+
+
+def test_old_workspaces_keep_the_two_pass_mode_and_their_keys():
+    """workspace.json written before the setting meant both modes: it reads as two_pass True,
+    and two_pass True adds nothing to the answers key (old caches stay fresh)."""
+    from metacog.core.settings import LEGACY_DEFAULTS, from_dict
+
+    assert StudySettings().two_pass is False
+    assert from_dict(StudySettings, {"dataset": "world-facts"}).two_pass is True
+    assert from_dict(StudySettings, {"two_pass": False}).two_pass is False
+    assert LEGACY_DEFAULTS["StudySettings"]["two_pass"] is True
+    with pytest.raises(ValueError, match="two_pass"):
+        StudySettings(two_pass="yes")

@@ -11,7 +11,7 @@ from metacog.core.settings import ModelSettings, StudySettings
 from metacog.stages.study import results_table, run_study
 from metacog.core.workspace import Workspace
 
-TINY = dict(limit=40, max_new_tokens=6, confidence_max_new_tokens=4, batch_size=8, probe_folds=3)
+TINY = dict(limit=40, max_new_tokens=6, confidence_max_new_tokens=4, batch_size=8, probe_folds=3, two_pass=True)
 
 
 @pytest.fixture(scope="module")
@@ -202,3 +202,50 @@ def test_real_model_study(real_study):
     dist = np.load(ws / "activations" / "values_inline.npy")
     np.testing.assert_allclose(dist.sum(1), 1.0, atol=1e-6)
     assert len(s["probes"]["entries"]) == 31 * 4
+
+
+def test_default_study_computes_inline_only_and_says_so(tmp_path, tiny_lm, tiny_study, tiny_summary, capsys):
+    """two_pass off (the default): no two-pass columns or distribution anywhere, one message
+    wherever they would be read, and everything it does compute equals the two-pass run's
+    (the confidence_2p state is still cached: the two-pass prompt's prefill alone)."""
+    import dataclasses
+
+    from metacog.stages.activations import load_distributions
+    from metacog.cli import print_summary
+    from metacog.methods import MethodSettings, run_methods
+    from metacog.core.settings import TWO_PASS_OFF
+    from metacog.core.workspace import WorkspaceError
+    from metacog.app import ui
+
+    d_on, s_on = tiny_summary
+    off = dataclasses.replace(tiny_study, two_pass=False)
+    s = run_study(tmp_path, ModelSettings(threads=1), off, lm=tiny_lm)
+    ws, ws_on = Workspace(tmp_path), Workspace(d_on)
+    assert ws.settings()[1].two_pass is False  # recorded in workspace.json
+    assert s["modes"] == ["inline"] and s["not_computed"] == {"two-pass": TWO_PASS_OFF}
+    assert set(s["verbal"]) == {"inline"} and set(s["distribution"]) == {"inline"}
+    np.testing.assert_equal(s["verbal"]["inline"], s_on["verbal"]["inline"])
+    ro = ws.read_parquet("readout.parquet")
+    ro_on = ws_on.read_parquet("readout.parquet")
+    np.testing.assert_allclose(ro["ev_inline"], ro_on["ev_inline"], rtol=1e-9)  # the same inline readout
+    assert s["distribution"]["inline"]["ev"]["auroc"] == pytest.approx(s_on["distribution"]["inline"]["ev"]["auroc"], nan_ok=True)
+    assert not [c for c in ro.columns if c.endswith("_two_pass")] and "unresolved_inline" in ro
+    assert not ws.path("activations", "values_two_pass.npy").exists()
+    st_off = np.load(ws.path("activations", "confidence_2p.npy"))
+    st_on = np.load(ws_on.path("activations", "confidence_2p.npy"))
+    # the same states, within the batch-invariance rule (docs/SCIENCE.md: 1e-3 of each vector's scale)
+    scale = np.abs(st_on.astype(np.float32)).max(-1, keepdims=True)
+    assert np.abs(st_off).max() > 0
+    assert (np.abs(st_off.astype(np.float32) - st_on.astype(np.float32)) <= 1e-3 * scale + 1e-6).all()
+    with pytest.raises(WorkspaceError, match="two-pass not computed"):
+        load_distributions(ws, "two-pass")
+    df = results_table(ws)
+    assert set(ui.mode_keys(df)) == {"inline"} and ui.two_pass_note(df).startswith("Two-pass not computed")
+    assert not [k for k in ui.readouts(df) if "two-pass" in k]
+    assert set(ui.item_distributions(ws, 0)) == {"inline"}
+    print_summary(s)
+    assert f"two-pass: {TWO_PASS_OFF}" in capsys.readouterr().out
+    status = run_methods(ws, ["verbal_two_pass", "ev_two_pass", "verbal_inline"], MethodSettings(eval_limit=8, calibration_limit=8))
+    assert status["verbal_inline"] == "computed"
+    for m in ("verbal_two_pass", "ev_two_pass"):
+        assert status[m].startswith("failed") and TWO_PASS_OFF in status[m]

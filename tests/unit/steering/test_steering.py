@@ -158,7 +158,7 @@ def test_alpha_zero_reproduces_the_unsteered_readout_exactly(tiny_lm):
 
     tok = tiny_lm.tokenizer
     encs = [prompts.encode_inline(tok, True, f"What is the capital of Peru? ({i})", a) for i, a in enumerate(["Lima", "x", "Paris"])]
-    ref = read_values(tiny_lm, [e.ids for e in encs])
+    ref = read_values(tiny_lm, [e.ids for e in encs], share_prefix=False)  # steering's own layout (no shared prefix)
     none = steered_readout(tiny_lm, encs, None, None, "slot", verbal=True)
     for where in ("slot", "from-answer"):
         z = steered_readout(tiny_lm, encs, 2, np.zeros(tiny_lm.d_model, np.float32), where, verbal=True)
@@ -340,7 +340,8 @@ def test_probe_conditioned_steering_reads_the_probe_and_gain_zero_is_ev_inline(t
     assert st["probe_steering"] == "computed"
     sc = load_scores(ws, "probe_steering").set_index("row")
     ev = load_scores(ws, "ev_inline").set_index("row")
-    assert np.allclose(sc["score"], ev.loc[sc.index, "score"], atol=1e-9)
+    # the study's readout shares the batch's prompt prefix, steering's does not: float32 rounding apart
+    assert np.allclose(sc["score"], ev.loc[sc.index, "score"], atol=1e-6)
     # the p read during the forward is the probe's p on the cached state (float16 cache)
     pr = read_probe(ws)
     S = load_states(ws, pr["position"])
@@ -356,8 +357,8 @@ def test_probe_conditioned_steering_reads_the_probe_and_gain_zero_is_ev_inline(t
     wa = torch.tensor([T - len(e) + e.positions["confidence"] for e in encs])
     v = pr["coef"] / np.linalg.norm(pr["coef"])
     with probe_conditioned(lm.model, pr["layer"], pr["coef"], pr["intercept"], ra, pr["layer"], v * 50, 0.0, wa):
-        zero = read_values(lm, [e.ids for e in encs]).expected
-    assert np.array_equal(zero, read_values(lm, [e.ids for e in encs]).expected)
+        zero = read_values(lm, [e.ids for e in encs], share_prefix=False).expected  # hooks index the padded batch
+    assert np.array_equal(zero, read_values(lm, [e.ids for e in encs], share_prefix=False).expected)
     t = methods_table(ws, n_boot=50)
     row = t[(t["method"] == "probe_steering")].iloc[0]
     assert row["family"] == "steering" and np.isfinite(row["brier"])
