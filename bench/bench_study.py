@@ -84,13 +84,13 @@ def _accounting(ws: Workspace, s: dict, total: float, threads: int, batch_size: 
     # the batch's common prefix (chat template's system turn) runs once per batch, not per row
     from metacog.data import prompts
     from metacog.stages.answers import ANSWER_CHUNK
-    from metacog.readout.values import _common_prefix
+    from metacog.readout.batching import common_prefix
     from metacog.stages.study import load_items
 
     items = load_items(ws, verify=False)
     a_by = ans.set_index("row").loc[items["row"]]
-    P_in = _common_prefix([prompts.encode_inline(tok, lm.is_chat, q, str(x)).ids for q, x in zip(items["question"], a_by["answer"])])
-    P_2p = _common_prefix([prompts.encode_two_pass(tok, lm.is_chat, q, str(x)).ids for q, x in zip(items["question"], a_by["answer"])])
+    P_in = common_prefix([prompts.encode_inline(tok, lm.is_chat, q, str(x)).ids for q, x in zip(items["question"], a_by["answer"])])
+    P_2p = common_prefix([prompts.encode_two_pass(tok, lm.is_chat, q, str(x)).ids for q, x in zip(items["question"], a_by["answer"])])
     n = len(items)
     gen_rows, read_rows = min(ANSWER_CHUNK, batch_size, n), min(batch_size, n)
     save_g, save_r, save_2 = P_in * (1 - 1 / gen_rows), P_in * (1 - 1 / read_rows), P_2p * (1 - 1 / read_rows)

@@ -287,6 +287,25 @@ def _ws_model_hash(ws: Workspace) -> str | None:
     return (ws.read_json("model.json") or {}).get("weights_hash")
 
 
+def check_runtime(ws: Workspace, lm) -> None:
+    """Refuse to compare a fine-tuned model with base results computed at another precision.
+
+    The base side of an evaluation is the workspace's own study (its answers and readouts), so
+    the model evaluated now must run in the dtype the study recorded in ``model.json``
+    (``auto`` resolves per machine and per version: bfloat16 once, float32 now on CPU);
+    otherwise base and fine-tuned numbers would differ by precision as well as by training.
+
+    Raises:
+        RunError: ``model.json`` records a dtype other than the loaded model's, naming both and
+        the fix (``--dtype`` on the model settings, or a re-run of the study)."""
+    rec = (ws.read_json("model.json") or {}).get("dtype")
+    got = str(next(lm.model.parameters()).dtype).replace("torch.", "")
+    if rec and got != rec:
+        raise RunError(f"{ws.root}/model.json: the study's base results were computed in {rec}, but the model is "
+                       f"loaded in {got}; base and fine-tuned would differ by precision as well as by training. "
+                       f"Load it in {rec} (the workspace's model setting dtype={rec}) or re-run the study in {got}.")
+
+
 def evaluate_adapter(ws: Workspace, adapter_dir: Path, out_dir: Path, *, lm=None, owned: bool = False,
                      limit: int | None = None, threads: int | None = None, probes: bool = True,
                      primary_format: str = "inline", target_probe: dict | None = None, progress=None,
@@ -326,6 +345,7 @@ def evaluate_adapter(ws: Workspace, adapter_dir: Path, out_dir: Path, *, lm=None
         raise RunError(f"the loaded base model (weights {lm.weights_hash}) is not the model this workspace's answers "
                        f"were made with ({base_hash})")
     check_adapter(adapter_dir, base_hash, lm)
+    check_runtime(ws, lm)
     ft = load_adapter_model(lm, Path(adapter_dir), copy_model=not owned)
     try:
         sub = Workspace(out_dir / "eval")

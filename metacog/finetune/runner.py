@@ -260,6 +260,9 @@ def _load_lm(run: Run, threads: int | None):
     ms = from_dict(ModelSettings, run.settings()["model"])
     if threads:
         ms = ModelSettings(**{**to_dict(ms), "threads": int(threads)})
+    rec = (run.ws.read_json("model.json") or {}).get("dtype")
+    if ms.dtype == "auto" and rec:  # the precision the study ran in (auto resolves per machine and version)
+        ms = ModelSettings(**{**to_dict(ms), "dtype": rec})
     return load_model(ms)
 
 

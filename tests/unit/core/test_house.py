@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,19 @@ def test_stable_public_names_stay_importable(module, names):
     m = importlib.import_module(module)
     for n in names:
         assert callable(getattr(m, n)), f"{module}.{n}"
+
+
+def test_every_metacog_name_the_benchmarks_and_pages_import_exists():
+    """bench/ and pages/ are not imported by the suite; a moved or renamed name must not break them silently."""
+    missing = []
+    for f in sorted((ROOT / "bench").glob("*.py")) + sorted((ROOT / "pages").glob("*.py")) + [ROOT / "app.py"]:
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("metacog"):
+                mod = importlib.import_module(node.module)
+                missing += [f"{f.name}: {node.module}.{a.name}" for a in node.names
+                            if not hasattr(mod, a.name) and importlib.util.find_spec(f"{node.module}.{a.name}") is None]
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name.startswith("metacog") and importlib.util.find_spec(a.name) is None:
+                        missing.append(f"{f.name}: {a.name}")
+    assert not missing, f"names imported by benchmarks/pages that metacog no longer has: {missing}"

@@ -493,3 +493,34 @@ def test_evaluate_on_the_eval_split(ws, lm):
 
 def ev_sub_items(run):
     return pd.read_parquet(run.file("eval", "items.parquet"))
+
+
+def test_evaluation_refuses_base_results_of_another_precision(ws, lm, monkeypatch):
+    """The base side of an evaluation is the study's own results: a model loaded in another dtype
+    (``auto`` resolved differently since the study ran) must not be compared with them, and a
+    run's model is loaded in the dtype the study recorded."""
+
+    from metacog.finetune import run_evaluation as evaluate
+    from metacog.finetune.evaluate import check_runtime
+    from metacog.finetune.runner import _load_lm
+    from metacog.finetune.runs import RunError
+
+    run = create_run(ws, FinetuneSettings(epochs=1, **FAST))
+    execute(ws, run.id, lm=lm)
+    rec = ws.read_json("model.json")
+    assert rec["dtype"] == "float32"
+    check_runtime(ws, lm)  # same precision: fine
+    ws.write_json("model.json", {**rec, "dtype": "bfloat16"})  # as if the study had run in bfloat16
+    with pytest.raises(RunError, match=r"model.json: the study's base results were computed in bfloat16, but the model "
+                                       r"is loaded in float32"):
+        evaluate(ws, run.id, lm=lm)
+    assert not run.file("eval.json").exists()
+    seen = []
+    monkeypatch.setattr("metacog.model.loading.load_model", lambda ms: seen.append(ms))
+    _load_lm(run, None)
+    assert seen[-1].dtype == run.settings()["model"]["dtype"] == "float32"  # an explicit dtype is kept (and refused above)
+    st = json.loads(run.file("settings.json").read_text())
+    st["model"]["dtype"] = "auto"
+    run.file("settings.json").write_text(json.dumps(st))
+    _load_lm(run, None)
+    assert seen[-1].dtype == "bfloat16"  # auto follows the precision the study recorded
