@@ -11,7 +11,7 @@ from metacog.finetune import runner
 from metacog.finetune.plots import loss_curve
 from metacog.finetune.backends.common import latest_checkpoint
 from metacog.finetune.runs import ACTIVE, RunError, delete_run, get_run, list_runs, pid_alive
-from metacog.finetune.settings import (BACKENDS, FORMATS, LOSS_ON, SCHEDULES, TASKS, FinetuneSettings, SettingsError,
+from metacog.finetune.settings import (AMP, BACKENDS, FORMATS, LOSS_ON, SCHEDULES, TASKS, FinetuneSettings, SettingsError,
                                        make_plan)
 from metacog.finetune.targets import TargetError, build_targets
 from metacog.core.settings import POSITIONS
@@ -122,7 +122,11 @@ with ui.guard("fine-tuning"):
         threads = c[3].number_input("threads", 1, 256, int(ws.settings()[0].threads), key=f"ft-thr-{k}",
                                     help="torch CPU threads of the background process; use 1-2 when cores are shared")
         c = st.columns(4)
-        dtype = c[0].selectbox("dtype", ["auto", "float32", "bfloat16"], key=f"ft-dt-{k}")
+        dtype = c[0].selectbox("dtype", ["auto", "float32", "bfloat16"], key=f"ft-dt-{k}",
+                               help="the base model's dtype (auto: the dtype the study ran in)")
+        amp = c[0].selectbox("mixed precision", AMP, key=f"ft-amp-{k}",
+                             help="bfloat16 autocast for training's matmuls; LoRA weights and AdamW stay float32 "
+                                  "(auto: where the CPU/GPU has bf16 arithmetic)")
         const = c[1].number_input("constant value (-1 = train accuracy)", -1, 100, -1, key=f"ft-cv-{k}")
         eval_after = c[2].checkbox("evaluate when done", value=True, key=f"ft-ev-{k}")
         eval_limit = c[3].number_input("eval items (0 = all)", 0, 1_000_000, 0, key=f"ft-el-{k}")
@@ -135,7 +139,7 @@ with ui.guard("fine-tuning"):
             max_updates=int(max_upd) or None, lr=float(lr), seed=int(seed), batch_size=int(bs), grad_accum=int(ga),
             rank=int(rank), alpha=float(alpha), dropout=float(dropout), target_modules=mods, schedule=sched,
             warmup_fraction=float(warm), loss_on=loss_on, backend=backend, val_fraction=float(valf),
-            early_stop_patience=int(patience) or None, limit_items=int(limit_items) or None, dtype=dtype,
+            early_stop_patience=int(patience) or None, limit_items=int(limit_items) or None, dtype=dtype, amp=amp,
             constant_value=None if const < 0 else int(const),
         )
         import json

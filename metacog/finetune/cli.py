@@ -15,7 +15,7 @@ import json
 import sys
 
 from metacog.core.settings import POSITIONS
-from metacog.finetune.settings import BACKENDS, DTYPES, FORMATS, LOSS_ON, SCHEDULES, TARGET_KINDS, TASKS, FinetuneSettings, SettingsError
+from metacog.finetune.settings import AMP, BACKENDS, DTYPES, FORMATS, LOSS_ON, SCHEDULES, TARGET_KINDS, TASKS, FinetuneSettings, SettingsError
 
 
 def register(sub) -> None:
@@ -65,7 +65,10 @@ def register(sub) -> None:
     g.add_argument("--early-stop", type=int, default=None, metavar="PATIENCE", help="stop after PATIENCE validations without improvement")
     g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     g = p.add_argument_group("run")
-    g.add_argument("--dtype", choices=DTYPES, default=d.dtype, help="training dtype (auto: bf16 where the CPU/GPU has it, else float32)")
+    g.add_argument("--dtype", choices=DTYPES, default=d.dtype, help="the base model's dtype (auto: the dtype the workspace's study ran in)")
+    g.add_argument("--amp", choices=AMP, default=d.amp,
+                   help="mixed-precision training: bfloat16 autocast, LoRA weights and optimizer in float32 "
+                        "(auto: where the CPU/GPU has bf16 arithmetic; off: the weights' dtype throughout)")
     g.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default=d.device)
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the workspace's)")
     g.add_argument("--name", default=None, help="a name for the run id")
@@ -129,7 +132,7 @@ def _settings(a) -> FinetuneSettings:
         target_modules=a.target_modules, lr=a.lr, schedule=a.schedule, warmup_fraction=a.warmup, batch_size=a.batch_size,
         grad_accum=a.grad_accum, epochs=epochs, max_updates=a.max_updates, seed=a.seed, loss_on=a.loss_on, objective=a.objective,
         max_length=a.max_length, eval_every=a.eval_every, early_stop_patience=a.early_stop,
-        checkpoint_every=a.checkpoint_every, dtype=a.dtype, device=a.device,
+        checkpoint_every=a.checkpoint_every, dtype=a.dtype, device=a.device, amp=a.amp,
     )
 
 

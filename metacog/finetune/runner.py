@@ -379,7 +379,7 @@ def execute(ws: Workspace, run_id: str, *, lm=None, owned: bool = False, threads
 def _done_msg(res: dict, plan) -> str:
     how = {"early": "early stop", None: "done"}.get(res.get("stopped"), res.get("stopped"))
     return (f"{how}: {res['updates_run']}/{plan.updates_planned} updates, {res['epochs_run']:.2f} epochs, "
-            f"last loss {res['final_train_loss']:.4f}")
+            f"last loss {res['final_train_loss']:.4f}" + (f", {res['autocast']} autocast" if res.get("autocast") else ""))
 
 
 def _eval_progress(run, progress=None, every_s: float = 1.0):

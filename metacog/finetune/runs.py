@@ -129,7 +129,10 @@ class Run:
         SettingsError: stored settings that are no longer valid."""
         from metacog.finetune.settings import FinetuneSettings
 
-        return FinetuneSettings.from_dict(self.settings()["finetune"])
+        d = self.settings()["finetune"]
+        if "amp" not in d:  # made before mixed precision existed: it trained without (and resumes so)
+            d = {**d, "amp": "off"}
+        return FinetuneSettings.from_dict(d)
 
     def update_settings(self, **kw) -> None:
         """Merge ``kw`` into ``settings.json`` (top-level keys) and write it atomically."""

@@ -30,6 +30,10 @@ BACKENDS = ("peft", "mlx")
 SCHEDULES = ("cosine", "linear", "constant")
 LOSS_ON = ("assistant", "confidence")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+#: Automatic mixed precision for training (peft backend): ``auto`` = bfloat16 autocast where the
+#: device has bf16 arithmetic (a CUDA GPU with bf16, a CPU with avx512_bf16/amx_bf16) and the
+#: weights are float32; ``off`` = the weights' dtype throughout.
+AMP = ("auto", "off", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 ALL_LINEAR = "all-linear"
 AUTO = "auto"  # LoRA targets: the architecture's default (metacog.model.arch.lora_targets)
@@ -91,8 +95,11 @@ class FinetuneSettings:
     checkpoint_every: int = 5  # updates between checkpoints
     keep_checkpoints: int = 2
     # numerics
-    dtype: str = "auto"  # auto = the workspace model's dtype rule (bf16 where the CPU has it, else float32)
+    dtype: str = "auto"  # auto = the dtype the workspace's study ran in (model.json)
     device: str = "auto"
+    # training forward/backward under torch.autocast(bfloat16); LoRA weights, gradients and AdamW
+    # stay float32 (Micikevicius et al. 2018, "Mixed precision training"); evaluation is unaffected
+    amp: str = "auto"
 
     def __post_init__(self):
         if isinstance(self.target_modules, str):
@@ -113,6 +120,8 @@ class FinetuneSettings:
         d = to_dict(self)
         if d["task"] == "single" and d["pairwise_fraction"] is None:  # keys of single-task runs are those of before tasks existed
             del d["task"], d["pairwise_fraction"]
+        if d["amp"] == "off":  # runs made before mixed precision existed trained without it and keep their keys
+            del d["amp"]
         return stable_hash("finetune", d)
 
     def to_dict(self) -> dict:
@@ -258,6 +267,10 @@ def _validate(s: FinetuneSettings) -> None:
         _err(f"keep_checkpoints must be >= 1, not {s.keep_checkpoints!r}")
     if s.dtype not in DTYPES:
         _err(f"dtype must be one of {', '.join(DTYPES)}, not {s.dtype!r}")
+    if s.amp not in AMP:
+        _err(f"amp must be one of {', '.join(AMP)}, not {s.amp!r}")
+    if s.amp == "bfloat16" and s.backend != "peft":
+        _err("amp bfloat16 is implemented for the peft backend only (mlx trains in its dtype): use amp off or auto")
     if s.device not in DEVICES:
         _err(f"device must be one of {', '.join(DEVICES)}, not {s.device!r}")
 

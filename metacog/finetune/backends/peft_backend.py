@@ -14,6 +14,7 @@ Public entry: :func:`train`; :func:`load_adapter_model` for evaluation.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
@@ -102,6 +103,53 @@ def trainable_parameters(pm) -> list[torch.nn.Parameter]:
     return [p for p in pm.parameters() if p.requires_grad]
 
 
+# ------------------------------------------------------------------------------ precision
+def resolve_amp(amp: str, model) -> torch.dtype | None:
+    """The autocast dtype training runs under, or None for none (``FinetuneSettings.amp``).
+
+    ``off``: None. ``bfloat16``: bfloat16 when the weights are float32 (weights already in a
+    16-bit dtype have nothing to mix: None). ``auto``: bfloat16 where the device has bf16
+    arithmetic (:func:`torch.cuda.is_bf16_supported`; a CPU whose ``/proc/cpuinfo`` lists
+    avx512_bf16 or amx_bf16, :func:`metacog.model.loading.cpu_supports_bf16`), else None. Under
+    autocast the matmuls run in bfloat16 while LoRA weights, gradients, the loss and AdamW's
+    state stay float32 (Micikevicius et al. 2018); ``bench/bench_finetune.py --compare-amp``
+    times both on the same run."""
+    from metacog.model.loading import cpu_supports_bf16
+
+    p = next(model.parameters())
+    if amp == "off" or p.dtype != torch.float32:
+        return None
+    if amp == "bfloat16":
+        return torch.bfloat16
+    if p.device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if p.device.type == "cpu":
+        return torch.bfloat16 if cpu_supports_bf16() else None
+    return None
+
+
+def autocast(model, dtype: torch.dtype | None):
+    """``torch.autocast`` on ``model``'s device in ``dtype``; a no-op context when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=next(model.parameters()).device.type, dtype=dtype)
+
+
+def run_precision(run, pm, s: FinetuneSettings, resumed: bool) -> torch.dtype | None:
+    """The autocast dtype of ``run``: the one recorded when it started (``settings.json``
+    ``training_precision``) when it resumes, so a run never changes precision midway; else
+    :func:`resolve_amp`, recorded."""
+    rec = run.settings().get("training_precision")
+    if resumed and rec is not None:
+        return getattr(torch, rec["autocast"]) if rec.get("autocast") else None
+    dt = resolve_amp(s.amp, pm)
+    name = lambda x: str(x).replace("torch.", "")  # noqa: E731
+    run.update_settings(training_precision={
+        "amp": s.amp, "autocast": name(dt) if dt else None, "weights": name(next(pm.parameters()).dtype),
+        "adapter": name(next(p for p in pm.parameters() if p.requires_grad).dtype)})
+    return dt
+
+
 # ------------------------------------------------------------------------------ loss
 def batch_tensors(examples: list[Example], pad_id: int, dev):
     """Left-padded ``input_ids``, ``attention_mask``, ``position_ids`` and ``labels`` (each
@@ -153,16 +201,19 @@ def loss_units(e: Example, objective: str = "ce") -> int:
 
 
 @torch.no_grad()
-def mean_loss(model, examples: list[Example], pad_id: int, batch_size: int, objective: str = "ce", tok=None) -> float:
+def mean_loss(model, examples: list[Example], pad_id: int, batch_size: int, objective: str = "ce", tok=None,
+              amp: torch.dtype | None = None) -> float:
     """Mean loss over ``examples`` without gradients, in batches of ``batch_size``: token
     cross-entropy in nats per loss token (``ce``), or the Brier objective per example (``brier``,
-    in [0, 1]). The model's train/eval mode is restored."""
+    in [0, 1]), under autocast in ``amp`` when given (as training ran). The model's train/eval
+    mode is restored."""
     was = model.training
     model.eval()
     tot, n = 0.0, 0
     try:
         for s in range(0, len(examples), batch_size):
-            l, k = objective_sum(model, examples[s : s + batch_size], pad_id, objective, tok)
+            with autocast(model, amp):
+                l, k = objective_sum(model, examples[s : s + batch_size], pad_id, objective, tok)
             tot += float(l.detach())
             n += k
     finally:
@@ -274,6 +325,7 @@ def _train(run, run_path, lm, pm, train_ex, val_ex, s, plan, hooks, pad_id) -> d
     else:
         torch.manual_seed(s.seed + 1)  # dropout stream, independent of the LoRA init above
         run.truncate_log(-1)
+    amp = run_precision(run, pm, s, resumed=ck is not None)
 
     pm.train()
     stopped = None
@@ -291,7 +343,7 @@ def _train(run, run_path, lm, pm, train_ex, val_ex, s, plan, hooks, pad_id) -> d
         if not val_ex:
             return False
         t0 = time.time()
-        val_loss = mean_loss(pm, val_ex, pad_id, max(1, s.batch_size * 2), s.objective, lm.tokenizer)
+        val_loss = mean_loss(pm, val_ex, pad_id, max(1, s.batch_size * 2), s.objective, lm.tokenizer, amp)
         improved = val_loss < best_val - 1e-6
         if improved:
             best_val, best_update, bad = val_loss, update_done, 0
@@ -320,8 +372,9 @@ def _train(run, run_path, lm, pm, train_ex, val_ex, s, plan, hooks, pad_id) -> d
             if hooks.should_stop():
                 interrupted = True
                 break
-            l, _ = objective_sum(pm, g, pad_id, s.objective, lm.tokenizer)
-            (l / n_tok).backward()
+            with autocast(pm, amp):
+                l, _ = objective_sum(pm, g, pad_id, s.objective, lm.tokenizer)
+            (l.float() / n_tok).backward()
             tot += float(l.detach())
         if interrupted:  # partial accumulation is discarded: the run stays at `update`
             opt.zero_grad(set_to_none=True)
@@ -366,6 +419,7 @@ def _train(run, run_path, lm, pm, train_ex, val_ex, s, plan, hooks, pad_id) -> d
         "final_val_loss": val_loss if val_ex else None,
         "train_seconds": round(train_seconds, 2),
         "n_trainable": int(sum(p.numel() for p in params)),
+        "autocast": str(amp).replace("torch.", "") if amp else None,
     }
 
 
