@@ -51,7 +51,10 @@ def noise_floor_caption(ws: Workspace) -> None:
     can move an item's E[v] at this dtype, ``activations/manifest.json``), to read effects against."""
     man = ws.read_json("activations/manifest.json") or {}
     nf, dt = man.get("ev_noise_floor"), man.get("model_dtype")
-    if nf is not None:
+    if nf == 0:
+        st.caption(f"Numeric noise floor of this study ({dt}, {man.get('model_attention')} attention): none; an item's numbers "
+                   "are bit-identical whatever else is in its batch or run (docs/SCIENCE.md, *Batch invariance*).")
+    elif nf is not None:
         st.caption(f"Numeric noise floor of this study ({dt}): batch composition alone moves an item's E[v] by at most "
                    f"{nf:g} points (docs/SCIENCE.md, *Batch invariance*); smaller effects are not distinguishable from it.")
     elif dt:

@@ -405,8 +405,14 @@ class Workspace:
         return self
 
     def settings(self) -> tuple[ModelSettings, StudySettings]:
-        """The workspace's (model, study) settings. Raises :class:`WorkspaceError` naming
-        ``workspace.json`` when it is missing, not JSON, or has missing keys or wrong types."""
+        """The workspace's (model, study) settings. A model ``dtype`` of ``auto`` reads as the
+        dtype the study recorded in ``model.json`` once it ran: what ``auto`` resolves to changes
+        between machines and versions (float32, or bfloat16 with ragged attention), and every
+        later load for this workspace (a resumed study, patching, steering, fine-tuning,
+        evaluation, the app) must compute in the precision its results were made in.
+
+        Raises :class:`WorkspaceError` naming ``workspace.json`` when it is missing, not JSON,
+        or has missing keys or wrong types."""
         f = self.path("workspace.json")
         d = read_json(f)
         if d is None:
@@ -414,9 +420,13 @@ class Workspace:
         try:
             if not isinstance(d, dict) or not isinstance(d.get("model"), dict) or not isinstance(d.get("study"), dict):
                 raise ValueError("it needs the objects 'model' and 'study'")
-            return from_dict(ModelSettings, d["model"]), from_dict(StudySettings, d["study"])
+            model, study = from_dict(ModelSettings, d["model"]), from_dict(StudySettings, d["study"])
         except (TypeError, ValueError, KeyError) as e:
             raise WorkspaceError(f"{f} is invalid: {e}. Repair it, or delete it and rerun `metacog study`.") from None
+        rec = self.read_json("model.json") if model.dtype == "auto" else None
+        if isinstance(rec, dict) and rec.get("dtype") in ("float32", "bfloat16", "float16"):
+            model = from_dict(ModelSettings, {**to_dict(model), "dtype": rec["dtype"]})
+        return model, study
 
     # ---- stage records ------------------------------------------------------------------
     def stage_record(self, stage: str) -> dict | None:

@@ -76,7 +76,8 @@ class LoadedModel:
 
     def describe(self) -> dict:
         """The model as a JSON-able dict (``model.json``): spec, name, source, weights_hash,
-        is_chat, n_layers, d_model, device, dtype (e.g. ``"float32"``), threads and ``n_params``
+        is_chat, n_layers, d_model, device, dtype (e.g. ``"float32"``), attention (the transformers
+        attention implementation: ``sdpa``, ``eager`` or ``metacog_ragged``), threads and ``n_params``
         (the parameter count)."""
         return {
             "spec": self.spec,
@@ -88,6 +89,7 @@ class LoadedModel:
             "d_model": self.d_model,
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
+            "attention": getattr(getattr(self.model, "config", None), "_attn_implementation", None),
             "threads": self.threads,
             "n_params": int(sum(p.numel() for p in self.model.parameters())),
         }
@@ -124,21 +126,30 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """The torch dtype for a ``ModelSettings.dtype`` on ``device``.
+def resolve_dtype(dtype: str, device: torch.device, config=None) -> torch.dtype:
+    """The torch dtype for a ``ModelSettings.dtype`` on ``device`` (``config``: the model's, for ``auto``).
 
-    ``auto`` is float32 on a CPU, even one with bfloat16 instructions: in bfloat16 an item's
-    greedy answer and 0-100 readout depend on which other items share its batch (measured
-    with bench/bench_invariance.py: 3 of 24 answers differed and E[v] moved by up to 2.4
-    points between two runs), while in float32 they agree within the noise floor stated in
-    docs/SCIENCE.md "Batch invariance". On CUDA ``auto`` is bfloat16 (float16 without bf16
-    support) and on MPS float16, for memory; pass ``float32`` there for batch invariance."""
+    ``auto`` picks the fastest precision that keeps an item's numbers independent of its batch
+    (docs/SCIENCE.md "Batch invariance", measured by ``bench/bench_invariance.py``): on a CPU
+    with bfloat16 arithmetic (:func:`cpu_supports_bf16`) and a family that runs SDPA, bfloat16
+    with :mod:`metacog.model.ragged` attention (each row over its own keys: an item's answer,
+    readout and states are bit-identical alone and in any batch); on other CPUs, or for eager-only
+    families (Gemma 2, Bloom), float32, whose batch dependence stays below the stored precision
+    (plain bfloat16 is not batch-invariant: 3 of 24 answers differed and E[v] moved by up to 2.4
+    points between two batchings). On CUDA ``auto`` is bfloat16 (float16 without bf16 support)
+    and on MPS float16, for memory; GPU kernels choose algorithms by shape, so pass ``float32``
+    there when batch invariance matters more than memory."""
     if dtype != "auto":
         return getattr(torch, dtype)
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "mps":
         return torch.float16
+    if config is not None and cpu_supports_bf16():
+        from metacog.model import arch
+
+        if arch.attn_implementation(config) == "sdpa":
+            return torch.bfloat16
     return torch.float32
 
 
@@ -342,7 +353,6 @@ def load_model(settings: ModelSettings | None = None, cache: Path | None = None)
             return _LOADED[key]
         source, name, digest = resolve_source(settings.model, cache)
         device = resolve_device(settings.device)
-        dtype = resolve_dtype(settings.dtype, device)
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         from metacog.model import arch
@@ -351,6 +361,7 @@ def load_model(settings: ModelSettings | None = None, cache: Path | None = None)
             tok = AutoTokenizer.from_pretrained(str(source), trust_remote_code=settings.trust_remote_code)
             config = AutoConfig.from_pretrained(str(source), trust_remote_code=settings.trust_remote_code)
             arch.check_supported(config)
+            dtype = resolve_dtype(settings.dtype, device, config)
             placed = arch.load_options(settings, device, dtype)  # device_map / max_memory / quantization
             model = AutoModelForCausalLM.from_pretrained(
                 str(source), dtype=dtype, trust_remote_code=settings.trust_remote_code,
@@ -367,6 +378,10 @@ def load_model(settings: ModelSettings | None = None, cache: Path | None = None)
         except OSError as e:
             raise ModelError(f"could not load {settings.model}: {e}") from e
         (model if placed else model.to(device)).eval()
+        if device.type == "cpu" and dtype == torch.bfloat16 and arch.attn_implementation(config) == "sdpa":
+            from metacog.model import ragged
+
+            ragged.enable(model)  # bf16 on a CPU: each row attends over its own keys only (batch-invariant)
         lm = wrap(model, tok, spec=settings.model, name=name, source=str(source), weights_hash=digest, threads=settings.threads)
         _LOADED[key] = lm
         return lm

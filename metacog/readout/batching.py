@@ -45,13 +45,15 @@ SHARE_MIN = 8  # a common prefix of at least this many tokens runs once per batc
 def shared_prefix_len(seqs: list[list[int]], model, extra_keys: int, before: int | None = None) -> int:
     """Tokens at the start of every sequence of a batch that one forward can compute for all
     (the chat template's system turn: 24 tokens for SmolLM2), or 0 where sharing does not pay
-    (fewer than 2 rows, under :data:`SHARE_MIN` tokens) or is not exact for ``model`` (ALiBi,
-    or a sliding window the ``P + rest + extra_keys`` keys could overrun:
+    (fewer than 2 rows, under :data:`SHARE_MIN` tokens), would make a row's numbers depend on
+    its batch (:mod:`metacog.model.ragged` attention, where the batch's common prefix decides
+    the split), or is not exact for ``model`` (ALiBi, or a sliding window the ``P + rest + extra_keys`` keys could overrun:
     :func:`metacog.model.arch.tree_mask_ok`). Every row keeps at least its last token, and the
     prefix ends at or before index ``before`` (the first position whose states are captured)."""
     from metacog.model.arch import tree_mask_ok
+    from metacog.model.ragged import is_ragged
 
-    if len(seqs) < 2:
+    if len(seqs) < 2 or is_ragged(model):  # ragged attention: every row's layout is the one it has alone
         return 0
     P = min(common_prefix(seqs), min(len(s) for s in seqs) - 1)
     if before is not None:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from metacog.model.arch import input_device
+from metacog.model.ragged import is_ragged
 from metacog.data.prompts import VALUE_FMT
 from metacog.readout.batching import (  # noqa: F401  (body_and_head, left_pad: re-exported)
     body_and_head, common_prefix, left_pad, shared_inputs, shared_prefix_len)
@@ -472,9 +473,13 @@ def _dot_hidden(body, trie, cache, att, lens, anc, rows, vals, dev) -> torch.Ten
     pos = torch.zeros((B, K), dtype=torch.long, device=dev)
     pos[rows, slot] = lens[rows] - 1 + trie.depth.to(dev)[term] + 1
     mask = torch.zeros((B, 1, K, T + N + K), dtype=torch.bool, device=dev)
-    mask[:, 0, :, :T] = att.bool().unsqueeze(1)
+    if is_ragged(body):  # padding slots attend nothing, so a row's keys are those it would have alone
+        mask[rows, 0, slot, :T] = att.bool()[rows]
+        mask[rows, 0, slot, T + N + slot] = True
+    else:  # SDPA/eager: a query that attends nothing would give NaN keys and values for the real ones
+        mask[:, 0, :, :T] = att.bool().unsqueeze(1)
+        mask[:, 0, torch.arange(K), T + N + torch.arange(K)] = True  # each "." sees itself (padding slots too)
     mask[rows, 0, slot, T : T + N] = anc[term]
-    mask[:, 0, torch.arange(K), T + N + torch.arange(K)] = True  # each "." sees itself (padding slots too)
     out = body(input_ids=ids, attention_mask=_additive(mask, hid_dtype(body)), position_ids=pos, past_key_values=cache, use_cache=False)
     return out.last_hidden_state[rows, slot]
 

@@ -34,13 +34,22 @@ from metacog.core.workspace import Workspace, WorkspaceError, atomic_save_npy, a
 ACTIVATIONS_VERSION = 2  # 2: "." look-aheads skipped within confidence.EV_TOL (readouts move by <= that bound)
 # Largest |ΔE[v]| (points of 100) that batch composition alone produced for the same item,
 # by model dtype (bench/bench_invariance.py; docs/SCIENCE.md "Batch invariance"), rounded up.
-# Pages show it beside effects on E[v]; None = not measured for that dtype.
-EV_NOISE_FLOOR = {"float32": 0.001, "bfloat16": 2.4, "float16": None}
+# Pages show it beside effects on E[v]; None = not measured for that dtype. bfloat16 with
+# ragged attention (metacog.model.ragged) is bit-identical whatever the batch: 0.
+EV_NOISE_FLOOR = {"float32": 0.001, "bfloat16": 2.4, "bfloat16+metacog_ragged": 0.0, "float16": None}
 
 
-def ev_noise_floor(dtype) -> float | None:
-    """The measured E[v] noise floor (points) for a torch dtype or its name, or None."""
-    return EV_NOISE_FLOOR.get(str(dtype).replace("torch.", ""))
+def _attention(lm) -> str | None:
+    from metacog.model.arch import base_model
+
+    return getattr(base_model(lm.model).config, "_attn_implementation", None)
+
+
+def ev_noise_floor(dtype, attention: str | None = None) -> float | None:
+    """The measured E[v] noise floor (points) for a torch dtype or its name and the model's
+    attention implementation (``metacog_ragged`` has its own entry), or None."""
+    name = str(dtype).replace("torch.", "")
+    return EV_NOISE_FLOOR.get(f"{name}+{attention}", EV_NOISE_FLOOR.get(name))
 MODE_KEYS = {"inline": "inline", "two-pass": "two_pass"}
 
 
@@ -103,7 +112,8 @@ def run_activations(
         d / "manifest.json",
         {"key": key, "answers": answers_key, "positions": list(POSITIONS), "n_layers": H, "n_decoder_layers": lm.n_layers,
          "d_model": D, "n_items": n, "dtype": "float16", "complete": False, "model": lm.name, "weights_hash": lm.weights_hash,
-         "model_dtype": str(lm.dtype).replace("torch.", ""), "ev_noise_floor": ev_noise_floor(lm.dtype),
+         "model_dtype": str(lm.dtype).replace("torch.", ""), "model_attention": _attention(lm),
+         "ev_noise_floor": ev_noise_floor(lm.dtype, _attention(lm)),
          "modes": list(modes)},
     )
     mms = {p: _open(d / f"{p}.npy", (n, H, D), np.float16, fresh) for p in POSITIONS}

@@ -60,8 +60,10 @@ def items_key(items: pd.DataFrame) -> str:
 
 def answers_key(lm, items: pd.DataFrame, study: StudySettings) -> str:
     """Cache key of the answers stage: a hash of ANSWERS_VERSION, the model weights, chat mode, the
-    items' fingerprint and the generation settings that change a reply (token budgets, prompt style,
-    MC scoring)."""
+    items' fingerprint, the generation settings that change a reply (token budgets, prompt style,
+    MC scoring) and the numerics (dtype and attention) when they are not float32 SDPA, so a study
+    resumed in another precision recomputes instead of mixing the two (float32 keeps the keys of
+    the studies made before the numerics were part of the key)."""
     return stable_hash(
         "answers",
         ANSWERS_VERSION,
@@ -73,7 +75,19 @@ def answers_key(lm, items: pd.DataFrame, study: StudySettings) -> str:
         study.prompt_style,
         study.mc_scoring,
         *(() if study.two_pass else ("inline-only",)),  # two_pass=True keeps the keys of studies before the setting
+        *numerics_key(lm),
     )
+
+
+def numerics_key(lm) -> tuple:
+    """``()`` for float32 (any attention: its batch dependence is below the stored precision),
+    else ``(dtype, attention implementation)``: what decides an item's numbers beyond the weights."""
+    dt = str(lm.dtype).replace("torch.", "")
+    if dt == "float32":
+        return ()
+    from metacog.model.arch import base_model
+
+    return (dt, getattr(base_model(lm.model).config, "_attn_implementation", None))
 
 
 class PromptTooLong(ValueError):

@@ -173,6 +173,16 @@ def test_manifest_records_the_ev_noise_floor(tmp_path, tiny_lm):
     man = run_activations(ws, tiny_lm, items, ans, answers_key(tiny_lm, items, st), 4)
     assert man["model_dtype"] == "float32" and man["ev_noise_floor"] == ev_noise_floor("float32") == 0.001
     assert ev_noise_floor("torch.bfloat16") > 1 and ev_noise_floor("float16") is None
+    assert ev_noise_floor("bfloat16", "metacog_ragged") == 0.0 and ev_noise_floor("bfloat16", "sdpa") > 1
+
+
+def test_a_ragged_bfloat16_study_records_no_noise_floor(tmp_path, tiny_bf16_ragged):
+    items = tiny_items(4)
+    st = StudySettings(max_new_tokens=4, confidence_max_new_tokens=4, batch_size=4)
+    ws = Workspace(tmp_path)
+    ans = run_answers(ws, tiny_bf16_ragged, items, st)
+    man = run_activations(ws, tiny_bf16_ragged, items, ans, answers_key(tiny_bf16_ragged, items, st), 4)
+    assert (man["model_dtype"], man["model_attention"], man["ev_noise_floor"]) == ("bfloat16", "metacog_ragged", 0.0)
 
 
 def test_cli_flags_reach_the_settings(tmp_path):
@@ -188,3 +198,49 @@ def test_cli_flags_reach_the_settings(tmp_path):
     assert study.max_prompt_tokens == 2048 and study.mc_scoring == "pmi"
     _, default = cli._settings_from(p.parse_args([]), Workspace(tmp_path / "new2"))
     assert default.max_prompt_tokens == 1024 and default.mc_scoring == "per_char"
+
+
+@pytest.fixture(scope="module")
+def tiny_bf16_ragged(tiny_tok):
+    import torch
+
+    from conftest import make_tiny_llama
+    from metacog.model import ragged
+    from metacog.model.loading import wrap
+
+    m = make_tiny_llama(tiny_tok).to(torch.bfloat16)
+    ragged.enable(m)
+    return wrap(m, tiny_tok, spec="tiny", name="tiny-llama-bf16", weights_hash="tiny0")
+
+
+def test_bfloat16_with_ragged_attention_is_bit_identical_alone_and_in_any_batch(tmp_path, tiny_bf16_ragged):
+    """bfloat16 on a CPU, each row attending over its own keys (metacog.model.ragged): an
+    item's answers, every readout value, its multiple-choice log-likelihoods and its cached
+    states are bit for bit those it has alone, among 12 in batches of 4, or among 36 in
+    batches of 16 (no tolerance)."""
+    pool = tiny_items(30, mc=6)
+    target = ["t3", "t17", "m2"]
+    subsets = {
+        "alone": (pool[pool["id"].isin(target)], 1),
+        "among 12, batch 4": (pool.iloc[:12].pipe(lambda d: pd.concat([d, pool[pool["id"].isin(target)]]).drop_duplicates("id")), 4),
+        "among 36, batch 16": (pool, 16),
+    }
+    runs = {}
+    for name, (items, bs) in subsets.items():
+        items = items.reset_index(drop=True).copy()
+        items["row"] = np.arange(len(items))
+        runs[name] = _run(tmp_path / name.replace(" ", "_").replace(",", ""), tiny_bf16_ragged, items, bs)
+    ref = runs.pop("alone")
+    for name, run in runs.items():
+        for item in target:
+            a, sa = _item_view(ref, item)
+            b, sb = _item_view(run, item)
+            for col in ("answer", "answer_text", "text_two_pass", "chosen_index", "ev_inline", "ev_two_pass"):
+                assert a[col] == b[col], (name, item, col, a[col], b[col])
+            for col in ("probs_inline", "probs_two_pass"):
+                if col in a.index:
+                    np.testing.assert_array_equal(np.asarray(a[col]), np.asarray(b[col]), err_msg=f"{name} {item} {col}")
+            for p in sa:
+                np.testing.assert_array_equal(sa[p], sb[p], err_msg=f"{name} {item} {p}")
+            if item.startswith("m"):
+                np.testing.assert_array_equal(np.asarray(a["option_loglik"]), np.asarray(b["option_loglik"]))

@@ -1,0 +1,158 @@
+"""Ragged attention (metacog.model.ragged): each row attends over its own keys only, so in
+bfloat16 an item's numbers are bit-identical alone and in a batch — the attention kernel, the
+families that run SDPA, the loader's choice, and the stage key that keeps precisions apart."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import metacog.model.loading as loading
+from families import build
+from metacog.model import ragged
+
+
+class _Attn(torch.nn.Module):
+    num_key_value_groups = 3
+    is_causal = True
+
+
+def _padded(rows, T, dt):
+    """Left-pad each [H, n, D] row to T; the boolean causal mask of the padded batch [B,1,T,T]."""
+    B = len(rows)
+    m = torch.zeros(B, 1, T, T, dtype=torch.bool)
+    x = torch.zeros(B, rows[0].shape[0], T, rows[0].shape[-1], dtype=dt)
+    for b, r in enumerate(rows):
+        n = r.shape[1]
+        x[b, :, T - n :] = r
+        m[b, 0, T - n :, T - n :] = torch.ones(n, n, dtype=torch.bool).tril()
+    return x, m
+
+
+@pytest.mark.parametrize("dt", [torch.bfloat16, torch.float32])
+def test_each_row_equals_its_computation_alone_and_padding_queries_are_zero(dt):
+    g = torch.Generator().manual_seed(0)
+    lens = [5, 40, 17, 40, 1]
+    qs = [torch.randn(9, n, 64, generator=g).to(dt) for n in lens]
+    ks = [torch.randn(3, n, 64, generator=g).to(dt) for n in lens]
+    vs = [torch.randn(3, n, 64, generator=g).to(dt) for n in lens]
+    T = max(lens)
+    q, m = _padded(qs, T, dt)
+    k, _ = _padded(ks, T, dt)
+    v, _ = _padded(vs, T, dt)
+    mod = _Attn()
+    out, _ = ragged.ragged_attention(mod, q, k, v, m, scaling=0.125)
+    for b, n in enumerate(lens):
+        alone, _ = ragged.ragged_attention(mod, qs[b][None], ks[b][None], vs[b][None], None, scaling=0.125)
+        assert torch.equal(out[b, T - n :], alone[0]), b
+        assert torch.count_nonzero(out[b, : T - n]) == 0  # padding queries
+    # an additive float mask reads the same as the boolean one
+    fm = torch.zeros(m.shape, dtype=dt).masked_fill(~m, torch.finfo(dt).min)
+    assert torch.equal(ragged.ragged_attention(mod, q, k, v, fm, scaling=0.125)[0], out)
+
+
+def test_rows_match_reference_attention_numerically():
+    """Not only self-consistent: each row is ordinary causal attention over its keys."""
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(1, 9, 12, 16, generator=g)
+    k = torch.randn(1, 3, 12, 16, generator=g)
+    v = torch.randn(1, 3, 12, 16, generator=g)
+    ref = F.scaled_dot_product_attention(q, k.repeat_interleave(3, 1), v.repeat_interleave(3, 1), is_causal=True).transpose(1, 2)
+    qp, m = _padded([q[0]], 15, torch.float32)
+    kp, _ = _padded([k[0]], 15, torch.float32)
+    vp, _ = _padded([v[0]], 15, torch.float32)
+    out, _ = ragged.ragged_attention(_Attn(), qp, kp, vp, m, scaling=16 ** -0.5)
+    torch.testing.assert_close(out[:, 3:], ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2", "qwen3", "mistral", "gemma3", "phi3", "gpt2"])
+def test_families_running_sdpa_are_bit_identical_alone_and_batched(tiny_tok, name):
+    from metacog.model.generation import generate
+    from metacog.model.loading import wrap
+    from metacog.readout.values import read_values
+
+    m = build(name, tiny_tok).to(torch.bfloat16)
+    ragged.enable(m)
+    lm = wrap(m, tiny_tok, spec="tiny", name=f"tiny-{name}")
+    head = "you are a helpful assistant answer the question then say how confident you are "
+    prompts = [tiny_tok.encode(head + t) for t in ("the capital of france is", "two and two make four and", "a",
+                                                   "the quick brown fox jumps over the lazy dog again")]
+    alone = [generate(lm, [p], max_new_tokens=5, batch_size=1)[0] for p in prompts]
+    assert generate(lm, prompts, max_new_tokens=5, batch_size=4) == alone
+    caps = [[len(p) - 2, len(p) - 1] for p in prompts]
+    together = read_values(lm, prompts, capture=caps)
+    for i, (p, c) in enumerate(zip(prompts, caps)):
+        one = read_values(lm, [p], capture=[c])
+        np.testing.assert_array_equal(one.probs[0], together.probs[i])
+        assert torch.equal(torch.as_tensor(one.states[0]), torch.as_tensor(together.states[i]))
+
+
+def test_eager_only_families_are_refused(tiny_tok):
+    m = build("gemma2", tiny_tok)
+    with pytest.raises(ValueError, match="wraps SDPA"):
+        ragged.enable(m)
+
+
+def test_auto_is_bfloat16_with_ragged_attention_only_where_it_is_batch_invariant(tiny_tok, monkeypatch):
+    from families import config
+
+    cpu = torch.device("cpu")
+    llama, gemma2 = config("llama", tiny_tok), config("gemma2", tiny_tok)
+    monkeypatch.setattr(loading, "cpu_supports_bf16", lambda: True)
+    assert loading.resolve_dtype("auto", cpu, llama) == torch.bfloat16
+    assert loading.resolve_dtype("auto", cpu, gemma2) == torch.float32  # eager attention: no ragged path
+    assert loading.resolve_dtype("auto", cpu) == torch.float32  # config unknown
+    monkeypatch.setattr(loading, "cpu_supports_bf16", lambda: False)
+    assert loading.resolve_dtype("auto", cpu, llama) == torch.float32
+    assert loading.resolve_dtype("float32", cpu, llama) == torch.float32
+
+
+def test_loader_switches_bfloat16_on_cpu_to_ragged_attention(tmp_path, tiny_tok):
+    from families import save
+    from metacog.core.settings import ModelSettings
+
+    d = save("llama", tiny_tok, tmp_path / "llama")
+    loading.clear_loaded()
+    lm = loading.load_model(ModelSettings(model=str(d), dtype="bfloat16", threads=1))
+    assert ragged.is_ragged(lm.model) and lm.describe()["attention"] == ragged.NAME
+    lm32 = loading.load_model(ModelSettings(model=str(d), dtype="float32", threads=1))
+    assert not ragged.is_ragged(lm32.model) and lm32.describe()["attention"] == "sdpa"
+    loading.clear_loaded()
+
+
+def test_answers_key_keeps_precisions_apart_and_float32_keys_unchanged(tiny_lm, tiny_tok):
+    from conftest import make_tiny_llama, tiny_items
+    from metacog.core.settings import StudySettings, stable_hash
+    from metacog.model.loading import wrap
+    from metacog.stages.answers import ANSWERS_VERSION, answers_key, items_fingerprint
+
+    items = tiny_items(6)
+    st = StudySettings()
+    before = stable_hash("answers", ANSWERS_VERSION, tiny_lm.weights_hash, tiny_lm.is_chat, items_fingerprint(items),
+                         st.max_new_tokens, st.confidence_max_new_tokens, st.prompt_style, st.mc_scoring, "inline-only")
+    assert answers_key(tiny_lm, items, st) == before  # float32: the key studies had before
+    m = make_tiny_llama(tiny_tok).to(torch.bfloat16)
+    plain = wrap(m, tiny_tok, spec="tiny", name="tiny", weights_hash=tiny_lm.weights_hash)
+    k_plain = answers_key(plain, items, st)
+    ragged.enable(m)
+    k_ragged = answers_key(plain, items, st)
+    assert len({before, k_plain, k_ragged}) == 3
+
+
+def test_a_workspace_keeps_the_precision_its_study_ran_in(tmp_path):
+    """``auto`` resolves per machine and version; a workspace's later loads use what its study
+    recorded in model.json, so a float32 study is not resumed, patched or steered in bfloat16."""
+    from metacog.core.settings import ModelSettings, StudySettings
+    from metacog.core.workspace import Workspace
+
+    ws = Workspace(tmp_path / "w")
+    ws.init(ModelSettings(), StudySettings())
+    assert ws.settings()[0].dtype == "auto"  # nothing ran yet
+    for rec in ("float32", "bfloat16"):
+        ws.write_json("model.json", {"dtype": rec, "attention": "sdpa"})
+        assert ws.settings()[0].dtype == rec
+    ws2 = Workspace(tmp_path / "w2")
+    ws2.init(ModelSettings(dtype="float32"), StudySettings())
+    ws2.write_json("model.json", {"dtype": "bfloat16"})
+    assert ws2.settings()[0].dtype == "float32"  # an explicit setting is what it says
