@@ -25,6 +25,8 @@ Public functions (all take a model, a PEFT wrapper of one, or a config where not
 - :func:`lora_targets` — default LoRA target modules (peft's per-architecture map, else
   ``all-linear``); :func:`linear_dims` — (in, out) features of a Linear or GPT-2 ``Conv1D``
 - :func:`stop_token_strings` — chat end-of-turn tokens that stop generation
+- :func:`kv_kwargs`, :func:`kv_cache` — pass and read a KV cache under the keyword this
+  transformers version uses (``cache`` since 5.2x; ``past_key_values`` before, removed in 5.40)
 - :func:`load_options`, :func:`parse_max_memory` — sharded (accelerate) / quantized
   (bitsandbytes, CUDA only) loading; :func:`input_device`, :func:`kv_bytes_per_token`,
   :func:`free_memory` — where inputs go and what a batch costs
@@ -33,6 +35,8 @@ Public entry: :func:`family` (the rest are look-ups through it).
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -443,3 +447,25 @@ def describe(model) -> dict:
         "alibi": family(model).alibi,
         "attn_implementation": getattr(_config(model), "_attn_implementation", None),
     }
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_keyword(cls: type) -> str:
+    params = inspect.signature(cls.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def kv_kwargs(module, cache) -> dict:
+    """``{"cache": cache}`` or ``{"past_key_values": cache}``: the keyword under which
+    ``module``'s forward (a model, its body or one decoder block) takes a KV cache.
+    transformers renamed ``past_key_values`` to ``cache`` (5.2x warns on the old name on every
+    call and removes it in 5.40, where it would fall silently into ``**kwargs`` of a decoder
+    block); the keyword is read from the class's own signature, once per class."""
+    return {_cache_keyword(type(module)): cache}
+
+
+def kv_cache(out):
+    """The KV cache a forward returned: ``out.cache`` (transformers ≥ 5.2x) or
+    ``out.past_key_values`` (before); None when it returned none."""
+    c = out.get("cache") if hasattr(out, "get") else None
+    return c if c is not None else getattr(out, "past_key_values", None)

@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from metacog.model.arch import input_device
+from metacog.model.arch import input_device, kv_cache, kv_kwargs
 from metacog.readout.batching import body_and_head, left_pad, shared_inputs, shared_prefix_len
 
 
@@ -99,8 +99,8 @@ def greedy_batch(lm, prompts: list[list[int]], max_new_tokens: int, stop: Callab
         gens = [torch.Generator().manual_seed(int(sd)) for sd in seeds]
     cur_ids, cur_pos, cur_att = ids, pos, att
     for step in range(max_new_tokens):
-        out = model(input_ids=cur_ids, attention_mask=cur_att, position_ids=cur_pos, past_key_values=past, use_cache=True, logits_to_keep=1)
-        past = out.past_key_values
+        out = model(input_ids=cur_ids, attention_mask=cur_att, position_ids=cur_pos, **kv_kwargs(model, past), use_cache=True, logits_to_keep=1)
+        past = kv_cache(out)
         logits = out.logits[:, -1, :]
         if step == 0 and repeat > 1:  # the shared prefill: copy each prompt's cache and logits to its rows
             past.batch_repeat_interleave(repeat)

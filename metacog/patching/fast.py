@@ -130,7 +130,7 @@ def run_skip(lm, tr: Trace, p: int, variants: list[Variant], owner) -> torch.Ten
                     mod = sublayer(layers[blk], comp, lm.model)
                     stack.enter_context(row_patch(mod, rows, vecs, 0, owner, batch=hidden.shape[0]))
             extra = {} if pe is None else {"position_embeddings": pe}
-            hidden = block_output(layers[blk](hidden, attention_mask=mask, position_ids=pos, past_key_values=kv,
+            hidden = block_output(layers[blk](hidden, attention_mask=mask, position_ids=pos, **arch.kv_kwargs(layers[blk], kv),
                                               use_cache=True, **extra))
     return arch.final_norm(lm.model, body)(hidden)
 
@@ -158,7 +158,7 @@ def run_full(lm, tr: Trace, ids: list[int], p: int, variants: list[Variant], own
         for (comp, h), rows in groups.items():
             mod, pre = hook_point(layers, comp, h, lm.model)
             stack.enter_context(row_patch(mod, rows, torch.stack([variants[j].vec for j in rows]), 0, owner, pre=pre, batch=B))
-        out = body(input_ids=q, attention_mask=mask, position_ids=pos.expand(B, -1), past_key_values=cache, use_cache=True)
+        out = body(input_ids=q, attention_mask=mask, position_ids=pos.expand(B, -1), **arch.kv_kwargs(body, cache), use_cache=True)
     return out.last_hidden_state
 
 

@@ -124,7 +124,7 @@ def trace(side: Side, tree: bool = True, window: tuple[int, int] | None = None) 
         ids, att, pos = left_pad([side.ids], lm.tokenizer.pad_token_id, dev)
         T = ids.shape[1]
         out = body(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True)
-        cache = out.past_key_values
+        cache = arch.kv_cache(out)
         kv = []
         for i in range(L):
             k, v = _kv_of(cache, i)
@@ -141,7 +141,7 @@ def trace(side: Side, tree: bool = True, window: tuple[int, int] | None = None) 
             tpos, mask = tree_layout(trie, T, T, dev)
             tids = trie.token.to(dev).unsqueeze(0)
             mask = tree_attention_mask(model, mask, out.last_hidden_state.dtype)
-            tout = body(input_ids=tids, attention_mask=mask, position_ids=tpos, past_key_values=cache, use_cache=True)
+            tout = body(input_ids=tids, attention_mask=mask, position_ids=tpos, **arch.kv_kwargs(body, cache), use_cache=True)
             hid = torch.cat([out.last_hidden_state[:, -1:], tout.last_hidden_state], dim=1)
             readout = score_trie(hid, to_logits, trie, dot_tol())
     finally:

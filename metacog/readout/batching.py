@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from metacog.model.arch import kv_cache
+
+
 def body_and_head(model):
     """(decoder body returning hidden states, function hidden -> logits); see
     :func:`metacog.model.arch.body_and_head` (the family's final-logit soft-capping included)."""
@@ -73,7 +76,7 @@ def shared_inputs(body, seqs: list[list[int]], P: int, pad_id: int, device):
     Raises: AttributeError for a cache class without ``batch_repeat_interleave`` (callers fall
     back to the unshared batch)."""
     pre = torch.tensor([seqs[0][:P]], dtype=torch.long, device=device)
-    cache = body(input_ids=pre, position_ids=torch.arange(P, device=device).unsqueeze(0), use_cache=True).past_key_values
+    cache = kv_cache(body(input_ids=pre, position_ids=torch.arange(P, device=device).unsqueeze(0), use_cache=True))
     cache.batch_repeat_interleave(len(seqs))
     ids, att_r, pos_r = left_pad([s[P:] for s in seqs], pad_id, device)
     att = torch.cat([torch.ones((len(seqs), P), dtype=att_r.dtype, device=device), att_r], dim=1)

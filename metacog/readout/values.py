@@ -26,7 +26,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from metacog.model.arch import input_device
+from metacog.model.arch import input_device, kv_cache, kv_kwargs
 from metacog.model.ragged import is_ragged
 from metacog.data.prompts import VALUE_FMT
 from metacog.readout.batching import (  # noqa: F401  (body_and_head, left_pad: re-exported)
@@ -234,7 +234,7 @@ def read_values(
         ctx = capture_residual(model, idx, grabbed)
         ctx.__enter__()
     try:
-        out = body(input_ids=ids, attention_mask=att, position_ids=pos, past_key_values=past,
+        out = body(input_ids=ids, attention_mask=att, position_ids=pos, **kv_kwargs(body, past),
                    use_cache=values or past is not None)
     finally:
         if ctx is not None:
@@ -246,12 +246,12 @@ def read_values(
         return Readout(probs=nanp, other=np.full(B, np.nan), states=states)
     if tree_ok(model, T, trie):
         hid, tout, anc = value_tree(body, trie, out, att, lens, use_cache=True)
-        tcache = tout.past_key_values
+        tcache = kv_cache(tout)
 
         def dot_hidden(rows: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
             return _dot_hidden(body, trie, tcache, att, lens, anc, rows, vals, dev)
     else:  # ALiBi, or a sliding window the tree would overrun: plain 2D-masked continuations
-        pcache = out.past_key_values
+        pcache = kv_cache(out)
         N = trie.n_value_nodes
         allr = torch.arange(B, device=dev).repeat_interleave(N)
         nodes = list(range(N)) * B
@@ -385,7 +385,7 @@ def value_tree(body, trie: ValueTrie, out, att: torch.Tensor, lens: torch.Tensor
     mask[:, 0, :, :T] = att.bool().unsqueeze(1)
     mask[:, 0, :, T:] = anc.unsqueeze(0)
     tout = body(input_ids=tids, attention_mask=_additive(mask, hid_dtype(body)), position_ids=tpos,
-                past_key_values=out.past_key_values, use_cache=use_cache)
+                **kv_kwargs(body, kv_cache(out)), use_cache=use_cache)
     hid = torch.cat([out.last_hidden_state[:, -1:, :], tout.last_hidden_state], dim=1)
     return hid, tout, anc
 
@@ -438,7 +438,7 @@ def _plain_hidden(body, cache, att: torch.Tensor, lens: torch.Tensor, rows: torc
             ids = torch.tensor([paths[k] for k in ks], dtype=torch.long, device=dev)
             a = torch.cat([att[r], torch.ones((len(ks), n), dtype=att.dtype, device=dev)], dim=1)
             pos = lens[r].unsqueeze(-1) + torch.arange(n, device=dev).unsqueeze(0)
-            h = body(input_ids=ids, attention_mask=a, position_ids=pos, past_key_values=c, use_cache=True).last_hidden_state[:, -1]
+            h = body(input_ids=ids, attention_mask=a, position_ids=pos, **kv_kwargs(body, c), use_cache=True).last_hidden_state[:, -1]
             if out is None:
                 out = torch.empty((K, h.shape[-1]), dtype=h.dtype, device=dev)
             out[torch.tensor(ks, device=dev)] = h
@@ -480,7 +480,7 @@ def _dot_hidden(body, trie, cache, att, lens, anc, rows, vals, dev) -> torch.Ten
         mask[:, 0, :, :T] = att.bool().unsqueeze(1)
         mask[:, 0, torch.arange(K), T + N + torch.arange(K)] = True  # each "." sees itself (padding slots too)
     mask[rows, 0, slot, T : T + N] = anc[term]
-    out = body(input_ids=ids, attention_mask=_additive(mask, hid_dtype(body)), position_ids=pos, past_key_values=cache, use_cache=False)
+    out = body(input_ids=ids, attention_mask=_additive(mask, hid_dtype(body)), position_ids=pos, **kv_kwargs(body, cache), use_cache=False)
     return out.last_hidden_state[rows, slot]
 
 
@@ -550,7 +550,7 @@ def _last_hidden(body, seqs: list[list[int]], pad_id: int, dev, share_prefix: bo
         return body(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=False).last_hidden_state[:, -1]
     B = len(seqs)
     pre = torch.tensor([seqs[0][:P]], device=dev)
-    cache = body(input_ids=pre, use_cache=True).past_key_values
+    cache = kv_cache(body(input_ids=pre, use_cache=True))
     cache.batch_repeat_interleave(B)
     rest = [x[P:] for x in seqs]
     T = max(len(r) for r in rest)
@@ -561,7 +561,7 @@ def _last_hidden(body, seqs: list[list[int]], pad_id: int, dev, share_prefix: bo
         ids[b, : len(r)] = torch.tensor(r, device=dev)
         att[b, P : P + len(r)] = 1
     pos = (P + torch.arange(T, device=dev)).unsqueeze(0).expand(B, T)
-    h = body(input_ids=ids, attention_mask=att, position_ids=pos, past_key_values=cache, use_cache=True).last_hidden_state
+    h = body(input_ids=ids, attention_mask=att, position_ids=pos, **kv_kwargs(body, cache), use_cache=True).last_hidden_state
     last = torch.tensor([len(r) - 1 for r in rest], device=dev)
     return h[torch.arange(B, device=dev), last]
 
