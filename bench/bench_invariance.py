@@ -142,7 +142,12 @@ def main(argv=None):
             print(f"  {k.replace('torch.', '')}: mismatching elements by {what}: " + ", ".join(f"{n}: {c}" for n, c in v.items()))
     from metacog.model.loading import resolve_dtype
 
-    auto = str(resolve_dtype("auto", torch.device("cpu"))).replace("torch.", "")
+    from transformers import AutoConfig
+
+    from metacog.model.loading import resolve_source
+
+    cfg = AutoConfig.from_pretrained(str(resolve_source("default")[0]))  # auto depends on the family (SDPA or not)
+    auto = str(resolve_dtype("auto", torch.device("cpu"), cfg)).replace("torch.", "")
     dtypes = list(dict.fromkeys(auto if d == "auto" else d for d in ([a.dtype] if a.dtype else a.dtypes)))
     rows = {}
     for dt in dtypes:

@@ -72,7 +72,7 @@ def _accounting(ws: Workspace, s: dict, total: float, threads: int, batch_size: 
     ti = pd.read_parquet(ws.path("activations", "token_index.parquet"))
     ans = ws.read_parquet("answers.parquet")
     ro = ws.read_parquet("readout.parquet")
-    lm = load_model(ModelSettings(threads=threads))
+    lm = load_model(ws.settings()[0])  # the dtype the run used (model.json): its attention decides the sharing
     tok = lm.tokenizer
     trie = get_trie(tok)
     L_in, L_2p = ti["len_inline"].mean(), ti["len_two_pass"].mean()
@@ -93,9 +93,15 @@ def _accounting(ws: Workspace, s: dict, total: float, threads: int, batch_size: 
     P_2p = common_prefix([prompts.encode_two_pass(tok, lm.is_chat, q, str(x)).ids for q, x in zip(items["question"], a_by["answer"])])
     n = len(items)
     gen_rows, read_rows = min(ANSWER_CHUNK, batch_size, n), min(batch_size, n)
+    from metacog.model.ragged import is_ragged
+
+    if is_ragged(lm.model):  # ragged attention: no shared prefix (each row's layout is its own)
+        P_in = P_2p = 0
+        print("shared prefix: none (ragged attention: each row computes its whole prompt, batch-invariant)")
     save_g, save_r, save_2 = P_in * (1 - 1 / gen_rows), P_in * (1 - 1 / read_rows), P_2p * (1 - 1 / read_rows)
-    print(f"shared prefix: {P_in} tokens (inline/answer prompts), {P_2p} (two-pass), once per batch of "
-          f"{gen_rows} (generation) / {read_rows} (readout) rows")
+    if P_in or P_2p:
+        print(f"shared prefix: {P_in} tokens (inline/answer prompts), {P_2p} (two-pass), once per batch of "
+              f"{gen_rows} (generation) / {read_rows} (readout) rows")
     parts = {
         "answer: prompt + generated answer (≈)": L_in - 3 - save_g,  # the inline prefix less "\\nConfidence:"
         "inline verbal: prefill + greedy (≤ 8)": L_in + 8 - save_g,
