@@ -55,7 +55,7 @@ def run_one(limit: int, batch_size: int, dtype: str, threads: int, dataset: str,
     items = load_items(ws)
     ans = ws.read_parquet("answers.parquet").merge(items[["row"]], on="row")
     ro = ws.read_parquet("readout.parquet")
-    cols = [c for c in ("answer", "correct", "verbal", "verbal_two_pass") if c in ans.columns]
+    cols = [c for c in ("answer", "answer_text", "correct", "verbal", "verbal_two_pass") if c in ans.columns]
     df = items[["row", "id"]].merge(ans[["row", *cols]], on="row").merge(ro, on="row")
     states = {p: np.asarray(a, dtype=np.float32) for p, a in load_states(ws).items()}
     shutil.rmtree(d, ignore_errors=True)
@@ -67,7 +67,7 @@ def compare(a, b) -> dict:
     (da, sa), (db, sb) = a, b
     m = da.merge(db, on="id", suffixes=("_a", "_b"))
     out = {"shared": int(len(m)),
-           "answers_differ": int((m["answer_a"] != m["answer_b"]).sum()),
+           "answers_differ": int((m["answer_text_a"] != m["answer_text_b"]).sum()),  # the whole generated text
            "grades_differ": int((m["correct_a"] != m["correct_b"]).sum())}
     for k in ("verbal", "verbal_two_pass"):  # the verbal text's value (two-pass only when the study ran it)
         v = (m[f"{k}_a"] - m[f"{k}_b"]).abs() if f"{k}_a" in m else pd.Series(dtype=float)

@@ -127,29 +127,23 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device, config=None) -> torch.dtype:
-    """The torch dtype for a ``ModelSettings.dtype`` on ``device`` (``config``: the model's, for ``auto``).
+    """The torch dtype for a ``ModelSettings.dtype`` on ``device`` (``config``: the model's, unused
+    by the rule today and kept for per-family rules).
 
-    ``auto`` picks the fastest precision that keeps an item's numbers independent of its batch
-    (docs/SCIENCE.md "Batch invariance", measured by ``bench/bench_invariance.py``): on a CPU
-    with bfloat16 arithmetic (:func:`cpu_supports_bf16`) and a family that runs SDPA, bfloat16
-    with :mod:`metacog.model.ragged` attention (each row over its own keys: an item's answer,
-    readout and states are bit-identical alone and in any batch); on other CPUs, or for eager-only
-    families (Gemma 2, Bloom), float32, whose batch dependence stays below the stored precision
-    (plain bfloat16 is not batch-invariant: 3 of 24 answers differed and E[v] moved by up to 2.4
-    points between two batchings). On CUDA ``auto`` is bfloat16 (float16 without bf16 support)
-    and on MPS float16, for memory; GPU kernels choose algorithms by shape, so pass ``float32``
-    there when batch invariance matters more than memory."""
+    ``auto`` is float32 on a CPU, also one with bfloat16 arithmetic: it is the fastest choice
+    whose batch dependence is proven below the stored precision (docs/SCIENCE.md "Batch
+    invariance", ``bench/bench_invariance.py``). ``bfloat16`` on a CPU runs with
+    :mod:`metacog.model.ragged` attention, 1.4× faster than float32 and bit-identical across
+    batches in the readout and the cached states measured here, but a long greedy answer can
+    still diverge after tens of tokens, so it is offered, not chosen. On CUDA ``auto`` is bfloat16
+    (float16 without bf16 support) and on MPS float16, for memory; pass ``float32`` there when
+    batch invariance matters more than memory."""
     if dtype != "auto":
         return getattr(torch, dtype)
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "mps":
         return torch.float16
-    if config is not None and cpu_supports_bf16():
-        from metacog.model import arch
-
-        if arch.attn_implementation(config) == "sdpa":
-            return torch.bfloat16
     return torch.float32
 
 

@@ -9,18 +9,22 @@ bf16 rounding step (7e-4 relative) then propagates until an item's greedy answer
 changes with its batch companions. Removing every key column a row never attends, before
 attention, leaves each row exactly the computation it would have alone.
 
-:func:`ragged_attention` gives every row a **canonical key layout** that depends on the row
-alone: the key columns at least one of its queries attends, in order, then masked zero keys up
-to a multiple of :data:`BUCKET` (32). A CPU SDPA kernel's result for a row depends only on its
-keys, mask and their length (not on how many queries or same-shape rows share the call:
-measured), so rows of one bucket run in one call of transformers' SDPA attention and each gets
-bit for bit what it gets alone, where it takes the same layout. Query rows that attend nothing
-(padding) come out as zeros. Registered with transformers' ``AttentionInterface`` and
-``AttentionMaskInterface`` under :data:`NAME`; :func:`metacog.model.loading.load_model` selects
-it for bfloat16 on a CPU where the family runs SDPA (``ModelSettings.dtype`` ``auto`` on a CPU
-with bf16 arithmetic, or ``bfloat16``). Cost against plain SDPA (same bf16 model, 48 items):
-the answers stage 1.9× (a third of it the shared prefix, off here), the readout 1.2×; the
-whole study is still 1.4× faster than float32 (docs/PERFORMANCE.md).
+:func:`ragged_attention` gives every row a **canonical layout** that depends on the row alone:
+the key columns at least one of its queries attends, in order, then masked zero keys up to a
+multiple of :data:`BUCKET` (32); likewise its queries that attend anything, then dummy queries
+(a decode step's single query stays single). Rows of one canonical shape run in one call of
+transformers' SDPA attention; query rows that attend nothing (padding) come out as zeros.
+Registered with transformers' ``AttentionInterface`` and ``AttentionMaskInterface`` under
+:data:`NAME`; :func:`metacog.model.loading.load_model` selects it for bfloat16 on a CPU where
+the family runs SDPA (``--dtype bfloat16``; ``auto`` stays float32).
+
+Measured (docs/SCIENCE.md "Batch invariance"): on tiny random models of seven SDPA families an
+item's answers, readout and states are bit-identical alone and in any batch; on the embedded
+SmolLM2-135M-Instruct the readout and cached states are bit-identical across batchings and a
+24/64-item comparison had no differing answer, but one long greedy answer (of 10) diverged after
+about 60 tokens between two batchings, so the guarantee is not complete and ``auto`` does not
+pick it. Cost against plain SDPA: the answers stage 1.7× (part of it the shared prefix, off
+here), the readout 1.2×; the study is 1.3–1.4× faster than float32 (docs/PERFORMANCE.md).
 
 What it does not fix: float32 matmuls whose blocking depends on the row count (2 threads: rows
 of a 7-row product differ from the same rows in an 8-row one, at 5e-7) and GPU kernels
@@ -72,30 +76,56 @@ def ragged_attention(module, query: torch.Tensor, key: torch.Tensor, value: torc
     else:
         allowed = _allowed(attention_mask)[:, 0].expand(B, Tq, Tk)  # [B, Tq, Tk]
     keep = allowed.any(dim=1)  # [B, Tk]: the keys some query of the row attends
-    n = keep.sum(dim=1)  # [B]
-    span = (n + BUCKET - 1) // BUCKET * BUCKET  # each row's canonical key length: a function of the row alone
+    qkeep = allowed.any(dim=2)  # [B, Tq]: the queries that attend some key (the rest are padding)
+    kspan = _span(keep.sum(dim=1))  # each row's canonical key and query counts: functions of the row alone
+    qspan = _span(qkeep.sum(dim=1))
     out = query.new_zeros(B, Tq, query.shape[1], value.shape[-1])
-    zk = key.new_zeros(1, key.shape[1], 1, key.shape[3])
-    zv = value.new_zeros(1, value.shape[1], 1, value.shape[3])
-    for L in torch.unique(span).tolist():  # rows with the same canonical length run in one call
-        if L == 0:
+    groups = torch.stack([qspan, kspan], dim=1)
+    for Lq, Lk in torch.unique(groups, dim=0).tolist():  # rows with the same canonical shape run in one call
+        if Lq == 0 or Lk == 0:
             continue
-        rows = torch.nonzero(span == L).squeeze(1)
-        g = rows.numel()
-        kr = keep[rows]
-        # canonical layout: the kept keys in order, then zero keys (masked) up to L; column Tk of
-        # the source is the zero key every unused slot points to
-        idx = torch.full((g, L + 1), Tk, dtype=torch.long, device=query.device)
-        slot = torch.where(kr, kr.long().cumsum(dim=1) - 1, torch.full_like(kr, L, dtype=torch.long))
-        idx.scatter_(1, slot, torch.arange(Tk, device=query.device).expand(g, Tk))
-        idx = idx[:, :L]
-        k = torch.cat([key[rows], zk.expand(g, -1, -1, -1)], dim=2).gather(2, idx[:, None, :, None].expand(-1, key.shape[1], -1, key.shape[3]))
-        v = torch.cat([value[rows], zv.expand(g, -1, -1, -1)], dim=2).gather(2, idx[:, None, :, None].expand(-1, value.shape[1], -1, value.shape[3]))
-        m = torch.cat([allowed[rows], allowed.new_zeros(g, Tq, 1)], dim=2).gather(2, idx[:, None, :].expand(-1, Tq, -1))
-        o = sdpa(query[rows], k, v, m.unsqueeze(1), False)
-        o = o.masked_fill(~m.any(-1)[..., None, None], 0.0)  # queries that attend nothing: padding
-        out[rows] = o.to(out.dtype)
+        rows = torch.nonzero((groups == torch.tensor([Lq, Lk], device=groups.device)).all(dim=1)).squeeze(1)
+        kidx = _compact(keep[rows], Lk)  # [g, Lk] source column of each slot (Tk: a zero key)
+        qidx = _compact(qkeep[rows], Lq)  # [g, Lq] source row of each query slot (Tq: a zero query)
+        k = _take(key[rows], kidx)
+        v = _take(value[rows], kidx)
+        q = _take(query[rows], qidx)
+        m = _pad1(_pad1(allowed[rows], 2), 1)  # [g, Tq + 1, Tk + 1]: the zero query and key attend nothing
+        m = m.gather(2, kidx[:, None, :].expand(-1, Tq + 1, -1)).gather(1, qidx[:, :, None].expand(-1, -1, Lk))
+        o = sdpa(q, k, v, m.unsqueeze(1), False)  # [g, Lq, H, Dv]
+        real = qidx < Tq  # slots holding a real query
+        r = rows[:, None].expand(-1, Lq)
+        out[r[real], qidx[real]] = o[real].to(out.dtype)
     return out, None
+
+
+def _span(n: torch.Tensor) -> torch.Tensor:
+    """Canonical length for ``n`` kept keys or queries: 1 stays 1 (a decode step), else ``n``
+    rounded up to a multiple of :data:`BUCKET`."""
+    return torch.where(n <= 1, n, (n + BUCKET - 1) // BUCKET * BUCKET)
+
+
+def _compact(kept: torch.Tensor, L: int) -> torch.Tensor:
+    """``[g, L]`` indices: row b's kept positions in order, then ``T`` (the zero slot appended
+    after the T real ones) up to ``L``."""
+    g, T = kept.shape
+    idx = torch.full((g, L + 1), T, dtype=torch.long, device=kept.device)
+    slot = torch.where(kept, kept.long().cumsum(dim=1) - 1, torch.full_like(kept, L, dtype=torch.long))
+    idx.scatter_(1, slot, torch.arange(T, device=kept.device).expand(g, T))
+    return idx[:, :L]
+
+
+def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``x [g, h, T, d]`` with a zero row appended at T, gathered along T by ``idx [g, L]``."""
+    x = torch.cat([x, x.new_zeros(x.shape[0], x.shape[1], 1, x.shape[3])], dim=2)
+    return x.gather(2, idx[:, None, :, None].expand(-1, x.shape[1], -1, x.shape[3]))
+
+
+def _pad1(m: torch.Tensor, dim: int) -> torch.Tensor:
+    """A boolean mask with one False slice appended along ``dim``."""
+    shape = list(m.shape)
+    shape[dim] = 1
+    return torch.cat([m, m.new_zeros(shape)], dim=dim)
 
 
 @functools.lru_cache(maxsize=64)
