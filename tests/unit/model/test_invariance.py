@@ -42,21 +42,29 @@ def _item_view(run, item_id):
     return r, {p: s[int(r["row"])] for p, s in states.items()}
 
 
-def test_item_results_do_not_depend_on_companions_or_batch_size(tmp_path, tiny_lm):
+TARGET = ["t3", "t17", "m2"]
+
+
+def _runs_over_batchings(tmp_path, lm, shifted: bool = True) -> tuple:
+    """The target items alone, among 12 in batches of 4, among 36 in batches of 16 (and, with
+    ``shifted``, in a shifted set with batch 8): ``(reference run, {name: run})``."""
     pool = tiny_items(30, mc=6)
-    target = ["t3", "t17", "m2"]
-    subsets = {
-        "alone": (pool[pool["id"].isin(target)], 1),
-        "among 12, batch 4": (pool.iloc[:12].pipe(lambda d: pd.concat([d, pool[pool["id"].isin(target)]]).drop_duplicates("id")), 4),
-        "among 36, batch 16": (pool, 16),
-        "shifted, batch 8": (pool.iloc[10:].pipe(lambda d: pd.concat([d, pool[pool["id"].isin(target)]]).drop_duplicates("id")), 8),
-    }
+    with_target = lambda d: pd.concat([d, pool[pool["id"].isin(TARGET)]]).drop_duplicates("id")  # noqa: E731
+    subsets = {"alone": (pool[pool["id"].isin(TARGET)], 1), "among 12, batch 4": (with_target(pool.iloc[:12]), 4),
+               "among 36, batch 16": (pool, 16)}
+    if shifted:
+        subsets["shifted, batch 8"] = (with_target(pool.iloc[10:]), 8)
     runs = {}
     for name, (items, bs) in subsets.items():
         items = items.reset_index(drop=True).copy()
         items["row"] = np.arange(len(items))
-        runs[name] = _run(tmp_path / name.replace(" ", "_").replace(",", ""), tiny_lm, items, bs)
-    ref = runs.pop("alone")
+        runs[name] = _run(tmp_path / name.replace(" ", "_").replace(",", ""), lm, items, bs)
+    return runs.pop("alone"), runs
+
+
+def test_item_results_do_not_depend_on_companions_or_batch_size(tmp_path, tiny_lm):
+    ref, runs = _runs_over_batchings(tmp_path, tiny_lm)
+    target = TARGET
     for name, run in runs.items():
         for item in target:
             a, sa = _item_view(ref, item)
@@ -218,21 +226,9 @@ def test_bfloat16_with_ragged_attention_is_bit_identical_alone_and_in_any_batch(
     item's answers, every readout value, its multiple-choice log-likelihoods and its cached
     states are bit for bit those it has alone, among 12 in batches of 4, or among 36 in
     batches of 16 (no tolerance)."""
-    pool = tiny_items(30, mc=6)
-    target = ["t3", "t17", "m2"]
-    subsets = {
-        "alone": (pool[pool["id"].isin(target)], 1),
-        "among 12, batch 4": (pool.iloc[:12].pipe(lambda d: pd.concat([d, pool[pool["id"].isin(target)]]).drop_duplicates("id")), 4),
-        "among 36, batch 16": (pool, 16),
-    }
-    runs = {}
-    for name, (items, bs) in subsets.items():
-        items = items.reset_index(drop=True).copy()
-        items["row"] = np.arange(len(items))
-        runs[name] = _run(tmp_path / name.replace(" ", "_").replace(",", ""), tiny_bf16_ragged, items, bs)
-    ref = runs.pop("alone")
+    ref, runs = _runs_over_batchings(tmp_path, tiny_bf16_ragged, shifted=False)
     for name, run in runs.items():
-        for item in target:
+        for item in TARGET:
             a, sa = _item_view(ref, item)
             b, sb = _item_view(run, item)
             for col in ("answer", "answer_text", "text_two_pass", "chosen_index", "ev_inline", "ev_two_pass"):
