@@ -21,6 +21,7 @@ from typing import Callable, Iterable
 import torch
 
 from metacog.model.arch import input_device, kv_cache, kv_kwargs
+from metacog.model.ragged import is_ragged
 from metacog.readout.batching import body_and_head, left_pad, shared_inputs, shared_prefix_len
 
 
@@ -75,6 +76,11 @@ def greedy_batch(lm, prompts: list[list[int]], max_new_tokens: int, stop: Callab
     model, tok = lm.model, lm.tokenizer
     dev = input_device(model)
     past = None
+    ragged = is_ragged(model)
+    single = ragged and len(prompts) * int(repeat) == 1
+    if single:  # bf16 matmuls with one row take another kernel than with two or more: never run one row
+        prompts = list(prompts) * 2
+        seeds = None if seeds is None else list(seeds) * 2
     P = shared_prefix_len(prompts, model, max_new_tokens) if share_prefix else 0
     if P:  # the batch's common prefix (the chat template's system turn) runs once
         try:
@@ -122,11 +128,13 @@ def greedy_batch(lm, prompts: list[list[int]], max_new_tokens: int, stop: Callab
         cur_att = torch.cat([cur_att, torch.ones((cur_att.shape[0], 1), dtype=cur_att.dtype, device=dev)], dim=1)
         if int(done.sum()) * 4 >= len(done) and hasattr(past, "batch_select_indices"):
             keep = (~done).nonzero().flatten()
+            if ragged and len(keep) < 2:  # keep two rows (see `single`); the finished one stays finished
+                keep = torch.cat([keep, done.nonzero().flatten()[: 2 - len(keep)]]).sort().values
             past.batch_select_indices(keep)
             alive, done = alive[keep], done[keep]
             cur_ids, cur_pos, cur_att = cur_ids[keep], cur_pos[keep], cur_att[keep]
     texts = []
-    for row in gen:
+    for row in gen[:1] if single else gen:
         cut = next((i for i, t in enumerate(row) if t in eos_set), len(row))
         texts.append(tok.decode(row[:cut], skip_special_tokens=True))
     return texts

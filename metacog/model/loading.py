@@ -133,9 +133,9 @@ def resolve_dtype(dtype: str, device: torch.device, config=None) -> torch.dtype:
     ``auto`` is float32 on a CPU, also one with bfloat16 arithmetic: it is the fastest choice
     whose batch dependence is proven below the stored precision (docs/SCIENCE.md "Batch
     invariance", ``bench/bench_invariance.py``). ``bfloat16`` on a CPU runs with
-    :mod:`metacog.model.ragged` attention, 1.4× faster than float32 and bit-identical across
-    batches in the readout and the cached states measured here, but a long greedy answer can
-    still diverge after tens of tokens, so it is offered, not chosen. On CUDA ``auto`` is bfloat16
+    :mod:`metacog.model.ragged` attention, 1.3–1.4× faster than float32 and bit-identical across
+    batchings in every case measured (answers, readout, cached states); it is offered, not yet
+    chosen, until the measurement covers every stage at a study's size. On CUDA ``auto`` is bfloat16
     (float16 without bf16 support) and on MPS float16, for memory; pass ``float32`` there when
     batch invariance matters more than memory."""
     if dtype != "auto":

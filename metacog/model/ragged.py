@@ -18,12 +18,18 @@ Registered with transformers' ``AttentionInterface`` and ``AttentionMaskInterfac
 :data:`NAME`; :func:`metacog.model.loading.load_model` selects it for bfloat16 on a CPU where
 the family runs SDPA (``--dtype bfloat16``; ``auto`` stays float32).
 
-Measured (docs/SCIENCE.md "Batch invariance"): on tiny random models of seven SDPA families an
-item's answers, readout and states are bit-identical alone and in any batch; on the embedded
-SmolLM2-135M-Instruct the readout and cached states are bit-identical across batchings and a
-24/64-item comparison had no differing answer, but one long greedy answer (of 10) diverged after
-about 60 tokens between two batchings, so the guarantee is not complete and ``auto`` does not
-pick it. Cost against plain SDPA: the answers stage 1.7× (part of it the shared prefix, off
+One more kernel matters: a bf16 matmul with **one** row takes another kernel than with two
+or more and can round one output differently (measured on SmolLM2's down projection: 1 of 576
+elements), so under this attention generation never runs a single row and the readout's "."
+look-ahead forward never has a single slot (:func:`metacog.model.generation.greedy_batch`,
+:func:`metacog.readout.values.read_values`).
+
+Measured (docs/SCIENCE.md "Batch invariance"): on tiny random models of seven SDPA families, and
+on the embedded SmolLM2-135M-Instruct (24 items alone, in batches of 4 and of 16; the 10 items
+of a 10-item run inside a 24-item run, through the study's stages), answers, readout and cached
+states are bit-identical. ``auto`` does not pick it yet: the measurement covers generation, the
+inline readout and the cache, not yet every stage (two-pass, multiple choice, patching, steering)
+at a study's size. Cost against plain SDPA: the answers stage 1.7× (part of it the shared prefix, off
 here), the readout 1.2×; the study is 1.3–1.4× faster than float32 (docs/PERFORMANCE.md).
 
 What it does not fix: float32 matmuls whose blocking depends on the row count (2 threads: rows

@@ -464,6 +464,8 @@ def _dot_hidden(body, trie, cache, att, lens, anc, rows, vals, dev) -> torch.Ten
     N = anc.shape[0]
     counts = torch.bincount(rows, minlength=B)
     K = int(counts.max())
+    if is_ragged(body) and B * K < 2:  # one row would take bf16's one-row matmul kernel: add a padding slot
+        K = 2
     slot = torch.zeros_like(rows)
     for b in range(B):  # slot index of each pair within its row
         m = rows == b

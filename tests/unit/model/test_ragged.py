@@ -95,8 +95,8 @@ def test_eager_only_families_are_refused(tiny_tok):
 
 
 def test_auto_stays_float32_on_cpu_even_with_bf16_units(tiny_tok, monkeypatch):
-    """Ragged bfloat16 is offered, not chosen: a long greedy answer of the embedded model still
-    diverged between batchings (test_embedded_model_in_bfloat16_across_runs)."""
+    """Ragged bfloat16 is offered, not chosen yet: its exactness is measured on generation, the
+    inline readout and the cache, not on every stage (docs/SCIENCE.md)."""
     from families import config
 
     cpu = torch.device("cpu")
@@ -157,12 +157,13 @@ def test_a_workspace_keeps_the_precision_its_study_ran_in(tmp_path):
 
 @pytest.mark.e2e
 def test_embedded_model_in_bfloat16_across_runs(tmp_path):
-    """What ragged bfloat16 guarantees on the embedded SmolLM2-135M-Instruct, through the study's
-    own stages (the 10 items of a `--limit 10 --batch-size 4` run inside a `--limit 24
-    --batch-size 16` run): every item whose generated answer text is the same has bit-identical
-    E[v], 0–100 probabilities and cached states at every position and layer (a row's query count
-    once changed its last positions in layers 25–30); and at most one answer text of ten diverges
-    (measured: one, after about 60 tokens: why `auto` stays float32)."""
+    """Ragged bfloat16 on the embedded SmolLM2-135M-Instruct, through the study's own stages:
+    the 10 items of a `--limit 10 --batch-size 4` run get, in a `--limit 24 --batch-size 16`
+    run, the same answer texts and verbal replies, E[v] and cached states at every position and
+    layer, bit for bit. Two things broke it before they were fixed: a row's query count (set by
+    the batch's longest prompt) changed its last positions' states in layers 25–30, and a decode
+    step with one live row took bf16's one-row matmul kernel, which rounds differently from the
+    many-row one (one long answer of ten diverged)."""
     from metacog.core.settings import ModelSettings, StudySettings
     from metacog.core.workspace import Workspace
     from metacog.stages.activations import load_states
@@ -182,11 +183,38 @@ def test_embedded_model_in_bfloat16_across_runs(tmp_path):
     (a, sa), (b, sb) = run(10, 4), run(24, 16)
     assert set(a.index) <= set(b.index)
     same = [i for i in a.index if a.loc[i, "answer_text"] == b.loc[i, "answer_text"]]
-    assert len(same) >= len(a) - 1, [i for i in a.index if i not in same]
+    assert len(same) == len(a), [i for i in a.index if i not in same]
     for item in same:
         ra, rb = a.loc[item], b.loc[item]
-        assert ra["ev_inline"] == rb["ev_inline"] and ra["verbal_inline"] == rb["verbal_inline"] or \
-            (ra["verbal_inline"] != ra["verbal_inline"] and ra["ev_inline"] == rb["ev_inline"]), item
+        assert ra["ev_inline"] == rb["ev_inline"], item
+        assert ra["verbal_inline"] == rb["verbal_inline"] or (ra["verbal_inline"] != ra["verbal_inline"] and rb["verbal_inline"] != rb["verbal_inline"]), item
         for p in sa:
             np.testing.assert_array_equal(sa[p][int(ra["row"])], sb[p][int(rb["row"])], err_msg=f"{item} {p}")
 
+
+
+def test_generation_never_runs_one_row_under_ragged_attention(tiny_tok):
+    """bf16's one-row matmul rounds differently from the many-row one: under ragged attention a
+    lone prompt runs as two rows and compaction keeps two rows, so every forward has ≥ 2 rows;
+    the text is the one the batch gives."""
+    from metacog.model.generation import greedy_batch
+    from metacog.model.loading import wrap
+
+    m = build("llama", tiny_tok).to(torch.bfloat16)
+    ragged.enable(m)
+    lm = wrap(m, tiny_tok, spec="tiny", name="tiny-llama")
+    rows = []
+    h = m.register_forward_pre_hook(lambda mod, args, kw: rows.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    prompts = [tiny_tok.encode(t) for t in ("the capital of france is", "two and two make", "a b c d", "hello world again")]
+
+    def stop(text):
+        return len(text) > 12
+    try:
+        alone = greedy_batch(lm, [prompts[0]], 6)
+        assert min(rows) == 2 and len(alone) == 1
+        rows.clear()
+        batch = greedy_batch(lm, prompts, 10, stop=stop)
+        assert min(rows) >= 2 and len(batch) == 4
+    finally:
+        h.remove()
+    assert greedy_batch(lm, prompts[:1] + prompts[1:2], 6)[0] == alone[0]
