@@ -83,3 +83,28 @@ def write_fake_probes(ws, p_fn=None, seed: int = 0):
     save_probes(ws, ws.read_parquet("probes/metrics.parquet"), oof, {"layer": 1, "position": "last_answer", "cv_auroc": 0.7},
                 lin["key"], lin["activations"])
     return oof
+
+
+def tiny_lm_fixture(tag: str):
+    """A module-scoped fixture ``lm``: the tiny Llama saved under a fresh temporary directory
+    named after ``tag`` and loaded (one torch thread)."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def lm(tmp_path_factory):
+        torch.set_num_threads(1)
+        return load_tiny(save_tiny_model(tmp_path_factory.mktemp(f"tiny-model-{tag}") / "tiny-llama"))
+
+    return lm
+
+
+def tiny_ws_fixture(tag: str, n: int):
+    """A module-scoped fixture ``ws``: a workspace of ``n`` items made by the real stages with
+    the module's ``lm`` (:func:`build_workspace`)."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def ws(tmp_path_factory, lm):
+        return build_workspace(tmp_path_factory.mktemp(f"ws-{tag}") / "tiny", lm, n=n)
+
+    return ws

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import metacog.model.loading as loading
-from finetune_helpers import build_workspace, load_tiny, save_tiny_model
+from finetune_helpers import tiny_lm_fixture, tiny_ws_fixture
 
 from metacog.finetune import FinetuneSettings, create_run, execute
 from metacog.finetune.backends.common import latest_checkpoint
@@ -19,15 +19,8 @@ from metacog.finetune.runs import get_run
 FAST = dict(batch_size=4, grad_accum=2, lr=5e-3, checkpoint_every=2, val_fraction=0.1, epochs=2)
 
 
-@pytest.fixture(scope="module")
-def lm(tmp_path_factory):
-    torch.set_num_threads(1)
-    return load_tiny(save_tiny_model(tmp_path_factory.mktemp("tiny-model-amp") / "tiny-llama"))
-
-
-@pytest.fixture(scope="module")
-def ws(tmp_path_factory, lm):
-    return build_workspace(tmp_path_factory.mktemp("ws-amp") / "tiny", lm, n=40)
+lm = tiny_lm_fixture("amp")
+ws = tiny_ws_fixture("amp", 40)
 
 
 def _adapter(run):

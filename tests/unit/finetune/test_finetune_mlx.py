@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from finetune_helpers import build_workspace, load_tiny, save_tiny_model
+from finetune_helpers import tiny_lm_fixture, tiny_ws_fixture
 
 from metacog.finetune import FinetuneSettings, create_run, execute
 from metacog.finetune.backends import mlx_backend
@@ -17,15 +17,8 @@ OK, WHY = mlx_backend.available()
 pytestmark = pytest.mark.skipif(not OK, reason=f"mlx cannot be used here: {WHY}")
 
 
-@pytest.fixture(scope="module")
-def lm(tmp_path_factory):
-    torch.set_num_threads(1)
-    return load_tiny(save_tiny_model(tmp_path_factory.mktemp("tiny-model-m") / "tiny-llama"))
-
-
-@pytest.fixture(scope="module")
-def ws(tmp_path_factory, lm):
-    return build_workspace(tmp_path_factory.mktemp("ws-m") / "tiny", lm, n=40)
+lm = tiny_lm_fixture("m")
+ws = tiny_ws_fixture("m", 40)
 
 
 def test_mlx_loads_transformers5_checkpoint_with_rope_fix(lm):

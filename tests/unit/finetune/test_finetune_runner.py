@@ -7,10 +7,9 @@ import os
 import signal
 import time
 
-import pytest
 import torch
 
-from finetune_helpers import build_workspace, load_tiny, save_tiny_model
+from finetune_helpers import tiny_lm_fixture, tiny_ws_fixture
 
 from metacog.finetune import FinetuneSettings, cancel, create_run, execute, launch, list_runs
 from metacog.finetune.runs import get_run, pid_alive
@@ -18,15 +17,8 @@ from metacog.finetune.runs import get_run, pid_alive
 FAST = dict(batch_size=4, grad_accum=1, lr=5e-3, checkpoint_every=2, val_fraction=0.1)
 
 
-@pytest.fixture(scope="module")
-def lm(tmp_path_factory):
-    torch.set_num_threads(1)
-    return load_tiny(save_tiny_model(tmp_path_factory.mktemp("tiny-model-r") / "tiny-llama"))
-
-
-@pytest.fixture(scope="module")
-def ws(tmp_path_factory, lm):
-    return build_workspace(tmp_path_factory.mktemp("ws-r") / "tiny", lm, n=60)
+lm = tiny_lm_fixture("r")
+ws = tiny_ws_fixture("r", 60)
 
 
 def _wait(pred, timeout=180.0, every=0.1):
