@@ -2,7 +2,7 @@
 
 Why (measured by ``bench/bench_invariance.py --kernels``, docs/SCIENCE.md "Batch invariance"):
 in bfloat16 on a CPU, a linear layer's output rows do not depend on how many rows the batch has
-(M = 1 … 300: 0 of 10,752 elements differ), and scaled-dot-product attention does not depend on
+as long as it has two or more (one row takes another kernel: see below), and scaled-dot-product attention does not depend on
 how many queries or same-length rows are batched with a row; it does depend on **masked keys**:
 left padding (or trailing masked keys) changes the kernel's blocking over the key axis, and one
 bf16 rounding step (7e-4 relative) then propagates until an item's greedy answer or E[v]
