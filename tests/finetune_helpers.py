@@ -34,11 +34,9 @@ def load_tiny(d: Path):
 
 def build_workspace(root: Path, lm, n: int = 60, seed: int = 0):
     """A complete workspace (items, answers, activations, probes, model.json) on ``lm``."""
-    from metacog.stages.activations import activations_key, run_activations
-    from metacog.stages.answers import answers_key, run_answers
+    from metacog.stages.answers import run_answers
     from metacog.data.grading import normalize
     from metacog.core.settings import ModelSettings, StudySettings
-    from metacog.stages.study import run_probes_stage
     from metacog.core.workspace import Workspace
 
     study = StudySettings(dataset="tiny", limit=None, seed=seed, max_new_tokens=6, confidence_max_new_tokens=4, batch_size=16, two_pass=True,
@@ -53,6 +51,18 @@ def build_workspace(root: Path, lm, n: int = 60, seed: int = 0):
         na = normalize(a)
         aliases.append([na] if (h == 0 and na) else ["zzqx never said"])
     items["answers"] = aliases
+    return stage_workspace(root, lm, items, study)
+
+
+def stage_workspace(root: Path, lm, items, study):
+    """The study's stages on ``lm`` over ``items`` (graded by their ``answers``) in a new
+    workspace at ``root``: items, model.json, answers, activations, probes."""
+    from metacog.core.settings import ModelSettings
+    from metacog.core.workspace import Workspace
+    from metacog.stages.activations import activations_key, run_activations
+    from metacog.stages.answers import answers_key, run_answers
+    from metacog.stages.study import run_probes_stage
+
     ws = Workspace(root)
     ws.init(ModelSettings(model=lm.source, dtype="float32", device="cpu", threads=1), study)
     ws.write_parquet("items.parquet", items)
@@ -62,6 +72,14 @@ def build_workspace(root: Path, lm, n: int = 60, seed: int = 0):
     run_activations(ws, lm, items, ans, akey, study.batch_size, style=study.prompt_style)
     run_probes_stage(ws, items, ans, activations_key(akey), study, threads=1)
     return ws
+
+
+def tiny_model_and_workspace(root: Path, name: str, n: int = 60):
+    """``(ws, lm)``: the tiny Llama saved under ``root/models`` and loaded (one torch thread),
+    and a workspace of ``n`` items at ``root/workspaces/name`` (:func:`build_workspace`)."""
+    torch.set_num_threads(1)
+    lm = load_tiny(save_tiny_model(Path(root) / "models" / "tiny-llama"))
+    return build_workspace(Path(root) / "workspaces" / name, lm, n=n), lm
 
 
 def write_fake_probes(ws, p_fn=None, seed: int = 0):
@@ -108,3 +126,26 @@ def tiny_ws_fixture(tag: str, n: int):
         return build_workspace(tmp_path_factory.mktemp(f"ws-{tag}") / "tiny", lm, n=n)
 
     return ws
+
+
+def make_adapter(lm, path, seed=0, meta=None, model=None, targets=("q_proj", "v_proj", "down_proj")):
+    """A random LoRA adapter (r 4, clearly non-zero B) for ``lm`` (or ``model``) saved at ``path``,
+    with ``metacog.json`` = ``meta`` when given; returns ``path``."""
+    import copy
+    import json
+
+    from peft import LoraConfig, get_peft_model
+
+    from metacog.model.arch import base_model
+
+    torch.manual_seed(seed)
+    base = copy.deepcopy(model if model is not None else base_model(lm.model))
+    pm = get_peft_model(base, LoraConfig(r=4, lora_alpha=16, target_modules=list(targets), init_lora_weights=False))
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.3)  # clearly non-zero
+    pm.save_pretrained(str(path))
+    if meta is not None:
+        (path / "metacog.json").write_text(json.dumps(meta))
+    return path

@@ -119,6 +119,12 @@ def _config(obj):
     return obj if not isinstance(obj, torch.nn.Module) else base_model(obj).config
 
 
+def attention_implementation(obj) -> str | None:
+    """The transformers attention implementation a model (or its config) runs: ``sdpa``,
+    ``eager``, ``metacog_ragged`` (:mod:`metacog.model.ragged`), …; None where unset."""
+    return getattr(_config(obj), "_attn_implementation", None)
+
+
 def text_config(obj):
     """The text (decoder) config of a model or config (multimodal configs have one inside)."""
     cfg = _config(obj)
@@ -445,7 +451,7 @@ def describe(model) -> dict:
         "family": next((k for k, v in FAMILIES.items() if v is family(model)), "generic"),
         "sliding_window": sliding_window(model),
         "alibi": family(model).alibi,
-        "attn_implementation": getattr(_config(model), "_attn_implementation", None),
+        "attn_implementation": attention_implementation(model),
     }
 
 

@@ -89,7 +89,7 @@ class LoadedModel:
             "d_model": self.d_model,
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
-            "attention": getattr(getattr(self.model, "config", None), "_attn_implementation", None),
+            "attention": _attention(self.model),
             "threads": self.threads,
             "n_params": int(sum(p.numel() for p in self.model.parameters())),
         }
@@ -405,6 +405,12 @@ def wrap(model, tok, spec="custom", name="custom", source="", weights_hash="", t
         dtype=p.dtype,
         threads=threads or torch.get_num_threads(),
     )
+
+
+def _attention(model) -> str | None:
+    from metacog.model.arch import attention_implementation
+
+    return attention_implementation(model)
 
 
 def _input_device(model) -> torch.device:

@@ -154,10 +154,10 @@ def enable(model) -> None:
 
     Raises:
         ValueError: the model's attention is not SDPA (eager-only families: Gemma 2, Bloom)."""
-    from metacog.model.arch import base_model
+    from metacog.model.arch import attention_implementation, base_model
 
     m = base_model(model)
-    impl = getattr(m.config, "_attn_implementation", None)
+    impl = attention_implementation(m)
     if impl == NAME:
         return
     if impl != "sdpa":
@@ -168,6 +168,6 @@ def enable(model) -> None:
 
 def is_ragged(model) -> bool:
     """Whether ``model`` runs :func:`ragged_attention`."""
-    from metacog.model.arch import base_model
+    from metacog.model.arch import attention_implementation
 
-    return getattr(base_model(model).config, "_attn_implementation", None) == NAME
+    return attention_implementation(model) == NAME

@@ -40,9 +40,9 @@ EV_NOISE_FLOOR = {"float32": 0.001, "bfloat16": 2.4, "bfloat16+metacog_ragged": 
 
 
 def _attention(lm) -> str | None:
-    from metacog.model.arch import base_model
+    from metacog.model.arch import attention_implementation
 
-    return getattr(base_model(lm.model).config, "_attn_implementation", None)
+    return attention_implementation(lm.model)
 
 
 def ev_noise_floor(dtype, attention: str | None = None) -> float | None:

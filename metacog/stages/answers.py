@@ -85,9 +85,9 @@ def numerics_key(lm) -> tuple:
     dt = str(lm.dtype).replace("torch.", "")
     if dt == "float32":
         return ()
-    from metacog.model.arch import base_model
+    from metacog.model.arch import attention_implementation
 
-    return (dt, getattr(base_model(lm.model).config, "_attn_implementation", None))
+    return (dt, attention_implementation(lm.model))
 
 
 class PromptTooLong(ValueError):

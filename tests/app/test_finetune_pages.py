@@ -8,9 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from finetune_helpers import build_workspace, load_tiny, save_tiny_model
+from finetune_helpers import tiny_model_and_workspace
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "app.py")
@@ -21,10 +20,8 @@ FT_PAGE, RES_PAGE = "pages/5_Fine-tune.py", "pages/6_Results.py"
 def cache(tmp_path_factory):
     from metacog.finetune import FinetuneSettings, create_run, execute, run_evaluation
 
-    torch.set_num_threads(1)
     cache = tmp_path_factory.mktemp("ft-cache")
-    lm = load_tiny(save_tiny_model(cache / "models" / "tiny-llama"))
-    ws = build_workspace(cache / "workspaces" / "ft", lm, n=60)
+    ws, lm = tiny_model_and_workspace(cache, "ft")
     run = create_run(ws, FinetuneSettings(epochs=1, batch_size=4, grad_accum=2, lr=5e-3), name="done")
     execute(ws, run.id, lm=lm)
     run_evaluation(ws, run.id, lm=lm)

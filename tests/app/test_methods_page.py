@@ -7,9 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
-from finetune_helpers import build_workspace, load_tiny, save_tiny_model
+from finetune_helpers import build_workspace, tiny_model_and_workspace
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "app.py")
@@ -20,10 +19,8 @@ PAGE = "pages/9_Methods.py"
 def cache(tmp_path_factory):
     from metacog.methods import MethodSettings, run_methods
 
-    torch.set_num_threads(1)
     cache = tmp_path_factory.mktemp("mt-cache")
-    lm = load_tiny(save_tiny_model(cache / "models" / "tiny-llama"))
-    ws = build_workspace(cache / "workspaces" / "mt", lm, n=60)
+    ws, lm = tiny_model_and_workspace(cache, "mt")
     _both_classes_in_calibration(ws)
     run_methods(ws, "verbal_inline,ev_inline,probe,p_true,self_consistency,relative_bt",
                 MethodSettings(k_samples=2, n_comparisons=30, batch_size=8), lm=lm, on_error="raise")

@@ -126,10 +126,10 @@ def test_token_click_adds_a_position(env):
 
 def test_model_to_model_from_a_run(env, tiny_lm):
     from metacog.core.workspace import Workspace
-    from test_patching import _make_adapter
+    from finetune_helpers import make_adapter
 
     ws = Workspace(env / "workspaces" / "pt")
-    _make_adapter(tiny_lm, ws.path("runs", "r9", "adapter"), meta={"base_weights_hash": tiny_lm.weights_hash})
+    make_adapter(tiny_lm, ws.path("runs", "r9", "adapter"), meta={"base_weights_hash": tiny_lm.weights_hash})
     at = _open()
     next(r for r in at.radio if r.key == "pt-kind").set_value("model → model")
     at.run()

@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
-from finetune_helpers import build_workspace, load_tiny, save_tiny_model
+from finetune_helpers import tiny_model_and_workspace
 
 ROOT = Path(__file__).resolve().parents[3]
 APP = str(ROOT / "app.py")
@@ -93,10 +92,8 @@ def cache(tmp_path_factory):
     from metacog.finetune import FinetuneSettings, create_run, execute, run_evaluation
     from metacog.sweeps import SweepSettings, run_sweep
 
-    torch.set_num_threads(1)
     cache = tmp_path_factory.mktemp("cmp-cache")
-    lm = load_tiny(save_tiny_model(cache / "models" / "tiny-llama"))
-    ws = build_workspace(cache / "workspaces" / "cmp", lm, n=60)
+    ws, lm = tiny_model_and_workspace(cache, "cmp")
     base = FinetuneSettings(epochs=1, batch_size=4, grad_accum=2, lr=1e-3)
     for s in SEEDS:  # trained here; the sweep below finds them complete by their settings hash
         run = create_run(ws, base.replace(seed=s), threads=1)

@@ -13,9 +13,8 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
-from finetune_helpers import build_workspace, load_tiny, save_tiny_model, write_fake_probes
+from finetune_helpers import build_workspace, tiny_lm_fixture, write_fake_probes
 
 from metacog.finetune import FinetuneSettings, SettingsError, create_run, execute
 from metacog.finetune.runner import evaluate as evaluate_run
@@ -26,15 +25,7 @@ from metacog.finetune import transfer
 FAST = dict(batch_size=4, grad_accum=2, lr=5e-3, checkpoint_every=50, val_fraction=0.1, seed=3)
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("tiny-model") / "tiny-llama")
-
-
-@pytest.fixture(scope="module")
-def lm(tiny_dir):
-    torch.set_num_threads(1)
-    return load_tiny(tiny_dir)
+lm = tiny_lm_fixture("mt")
 
 
 @pytest.fixture(scope="module")
@@ -334,6 +325,15 @@ def test_report_and_results_page_show_the_transfer_table(ws, trained, cache, tmp
     html = out.read_text()
     assert "Transfer: single-question and pairwise training" in html and "BT AUROC" in html and "multitask" in html
 
+    at = _open_page(cache, "6_Results.py", monkeypatch)
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Transfer: single-question vs pairwise" in [h.value for h in at.subheader]
+    t = [d.value for d in at.dataframe if "training" in d.value.columns]
+    assert t and t[0]["training"].iloc[0] == "none"
+
+
+def _open_page(cache, page: str, monkeypatch):
+    """The app on the tiny workspace, switched to ``pages/<page>`` (AppTest)."""
     from pathlib import Path
 
     from streamlit.testing.v1 import AppTest
@@ -342,12 +342,9 @@ def test_report_and_results_page_show_the_transfer_table(ws, trained, cache, tmp
     at = AppTest.from_file(str(Path(__file__).resolve().parents[3] / "app.py"), default_timeout=120)
     at.query_params["ws"] = "tiny"
     at.run()
-    at.switch_page("pages/6_Results.py")
+    at.switch_page(f"pages/{page}")
     at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    assert "Transfer: single-question vs pairwise" in [h.value for h in at.subheader]
-    t = [d.value for d in at.dataframe if "training" in d.value.columns]
-    assert t and t[0]["training"].iloc[0] == "none"
+    return at
 
 
 def test_cli_transfer_builds_the_table_without_a_model(ws, trained, capsys):
@@ -361,16 +358,7 @@ def test_cli_transfer_builds_the_table_without_a_model(ws, trained, capsys):
 
 
 def test_finetune_page_offers_the_task(ws, cache, monkeypatch):
-    from pathlib import Path
-
-    from streamlit.testing.v1 import AppTest
-
-    monkeypatch.setenv("METACOG_CACHE", str(cache))
-    at = AppTest.from_file(str(Path(__file__).resolve().parents[3] / "app.py"), default_timeout=120)
-    at.query_params["ws"] = "tiny"
-    at.run()
-    at.switch_page("pages/5_Fine-tune.py")
-    at.run()
+    at = _open_page(cache, "5_Fine-tune.py", monkeypatch)
     k = ws.root.name
     at.selectbox(key=f"ft-task-{k}").set_value("pairwise").run()
     assert not at.exception and not at.error, [e.value for e in at.error]

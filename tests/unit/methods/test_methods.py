@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from finetune_helpers import build_workspace, load_tiny, save_tiny_model
+from finetune_helpers import tiny_model_and_workspace
 
 
 # ------------------------------------------------------------------------------ generation
@@ -257,11 +257,7 @@ def test_finetune_kinds_for_the_training_methods(tiny_tok):
 # ------------------------------------------------------------------------------ every method on a tiny workspace
 @pytest.fixture(scope="module")
 def tiny_ws(tmp_path_factory):
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("methods")
-    lm = load_tiny(save_tiny_model(root / "models" / "tiny-llama"))
-    ws = build_workspace(root / "workspaces" / "m", lm, n=60)
-    return ws, lm
+    return tiny_model_and_workspace(tmp_path_factory.mktemp("methods"), "m")
 
 
 SMALL = dict(k_samples=2, n_comparisons=40, tune_updates=2, tune_batch_size=2, batch_size=8, n_boot=50)

@@ -44,12 +44,11 @@ def _workspace(root, lm):
     are noise, so every other item gets the model's own (first) answer as its alias: both
     classes exist in every split and the probes fit."""
     from conftest import tiny_items
+    from finetune_helpers import stage_workspace
 
-    from metacog.stages.activations import activations_key, run_activations
-    from metacog.stages.answers import answers_key, run_answers
+    from metacog.stages.answers import run_answers
     from metacog.data.grading import normalize
     from metacog.core.settings import ModelSettings, StudySettings
-    from metacog.stages.study import run_probes_stage
     from metacog.core.workspace import Workspace
 
     study = StudySettings(dataset="tiny", limit=None, seed=0, max_new_tokens=6, confidence_max_new_tokens=4, batch_size=16,
@@ -60,15 +59,7 @@ def _workspace(root, lm):
     scratch.init(ms, study)
     first = run_answers(scratch, lm, items, study).set_index("row")["answer"]
     items["answers"] = [[normalize(first[i])] if i % 2 == 0 and normalize(first[i]) else ["zzqx never said"] for i in range(len(items))]
-    ws = Workspace(root)
-    ws.init(ms, study)
-    ws.write_parquet("items.parquet", items)
-    ws.write_json("model.json", lm.describe())
-    ans = run_answers(ws, lm, items, study)
-    akey = answers_key(lm, items, study)
-    run_activations(ws, lm, items, ans, akey, study.batch_size, style=study.prompt_style)
-    run_probes_stage(ws, items, ans, activations_key(akey), study, threads=1)
-    return ws
+    return stage_workspace(root, lm, items, study)
 
 
 def _side(lm, q, a, label, model_label="base"):

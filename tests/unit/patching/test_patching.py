@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
+from finetune_helpers import make_adapter
+
 from metacog import patching as P
 from metacog.data import prompts
 from metacog.readout.values import read_values
@@ -277,24 +279,8 @@ def test_alignment_maps_shared_runs_one_to_one():
 
 
 # ------------------------------------------------------------------------------ model → model (PEFT)
-def _make_adapter(lm, path, seed=0, meta=None, model=None, targets=("q_proj", "v_proj", "down_proj")):
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(seed)
-    base = copy.deepcopy(model if model is not None else P.base_model(lm.model))
-    pm = get_peft_model(base, LoraConfig(r=4, lora_alpha=16, target_modules=list(targets), init_lora_weights=False))
-    with torch.no_grad():
-        for n, p in pm.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.3)  # clearly non-zero
-    pm.save_pretrained(str(path))
-    if meta is not None:
-        (path / "metacog.json").write_text(json.dumps(meta))
-    return path
-
-
 def test_model_to_model_with_a_peft_adapter(tiny_lm, tmp_path):
-    adir = _make_adapter(tiny_lm, tmp_path / "run1" / "adapter", meta={"base_weights_hash": tiny_lm.weights_hash})
+    adir = make_adapter(tiny_lm, tmp_path / "run1" / "adapter", meta={"base_weights_hash": tiny_lm.weights_hash})
     before = [p.detach().clone() for p in tiny_lm.model.parameters()]
     ft = P.load_adapter_model(tiny_lm, adir, "run:run1")
     assert all(torch.equal(a, b) for a, b in zip(before, tiny_lm.model.parameters()))  # shared base untouched
@@ -325,10 +311,10 @@ def test_adapter_from_another_base_model_is_refused(tiny_lm, tiny_tok, tmp_path)
     from conftest import make_tiny_llama
 
     other = make_tiny_llama(tiny_tok, d=48, seed=1)
-    bad = _make_adapter(tiny_lm, tmp_path / "other" / "adapter", model=other)
+    bad = make_adapter(tiny_lm, tmp_path / "other" / "adapter", model=other)
     with pytest.raises(P.PatchError, match="does not fit|another base model|does not have"):
         P.load_adapter_model(tiny_lm, bad, "run:other")
-    stamped = _make_adapter(tiny_lm, tmp_path / "stamped" / "adapter", meta={"base_weights_hash": "0123456789abcdef"})
+    stamped = make_adapter(tiny_lm, tmp_path / "stamped" / "adapter", meta={"base_weights_hash": "0123456789abcdef"})
     with pytest.raises(P.PatchError, match="weights"):
         P.check_adapter(tiny_lm, stamped)
 
@@ -467,13 +453,13 @@ def test_grids_written_under_the_old_sweep_names_still_load_and_resume(tiny_ws):
 @pytest.fixture(scope="module")
 def tiny_runs(tiny_ws):
     ws, lm = tiny_ws
-    _make_adapter(lm, ws.path("runs", "r1", "adapter"), meta={"base_weights_hash": lm.weights_hash})
-    _make_adapter(lm, ws.path("runs", "r-other", "adapter"), meta={"base_weights_hash": "another-model"})
+    make_adapter(lm, ws.path("runs", "r1", "adapter"), meta={"base_weights_hash": lm.weights_hash})
+    make_adapter(lm, ws.path("runs", "r-other", "adapter"), meta={"base_weights_hash": "another-model"})
     from conftest import make_tiny_llama
 
     # no metacog metadata at all: only its shapes tell that it was made for another base model
     other = make_tiny_llama(lm.tokenizer, d=48, seed=1)
-    _make_adapter(lm, ws.path("runs", "r-shape", "adapter"), model=other)
+    make_adapter(lm, ws.path("runs", "r-shape", "adapter"), model=other)
     return ws
 
 

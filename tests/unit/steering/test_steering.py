@@ -13,18 +13,14 @@ import pandas as pd
 import pytest
 import torch
 
-from finetune_helpers import build_workspace, load_tiny, save_tiny_model
+from finetune_helpers import tiny_model_and_workspace
 
 ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
 def tiny_ws(tmp_path_factory):
-    torch.set_num_threads(1)
-    d = tmp_path_factory.mktemp("steer")
-    lm = load_tiny(save_tiny_model(d / "models" / "tiny-llama"))
-    ws = build_workspace(d / "workspaces" / "st", lm, n=40)
-    return ws, lm
+    return tiny_model_and_workspace(tmp_path_factory.mktemp("steer"), "st", n=40)
 
 
 # ------------------------------------------------------------------------------ directions (pure)

@@ -14,20 +14,15 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from finetune_helpers import build_workspace, load_tiny, save_tiny_model
+from finetune_helpers import tiny_model_and_workspace
 
 TINY = dict(epochs=1, batch_size=4, grad_accum=2, lr=1e-4, checkpoint_every=1)
 
 
 @pytest.fixture(scope="module")
 def tiny_ws(tmp_path_factory):
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("sweep-cache")
-    lm = load_tiny(save_tiny_model(root / "models" / "tiny-llama"))
-    ws = build_workspace(root / "workspaces" / "base", lm, n=60)
-    return ws.root
+    return tiny_model_and_workspace(tmp_path_factory.mktemp("sweep-cache"), "base")[0].root
 
 
 @pytest.fixture
