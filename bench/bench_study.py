@@ -95,10 +95,14 @@ def _accounting(ws: Workspace, s: dict, total: float, threads: int, batch_size: 
     gen_rows, read_rows = min(ANSWER_CHUNK, batch_size, n), min(batch_size, n)
     from metacog.model.ragged import is_ragged
 
-    if is_ragged(lm.model):  # ragged attention: no shared prefix (each row's layout is its own)
-        P_in = P_2p = 0
-        print("shared prefix: none (ragged attention: each row computes its whole prompt, batch-invariant)")
-    save_g, save_r, save_2 = P_in * (1 - 1 / gen_rows), P_in * (1 - 1 / read_rows), P_2p * (1 - 1 / read_rows)
+    runs = 1  # rows of the prefix forward
+    if is_ragged(lm.model):  # ragged attention: the chat template's system turn, split by each row alone
+        from metacog.readout.batching import template_prefix
+
+        P_in = P_2p = len(template_prefix(lm))
+        runs = 2  # no bf16 forward has one row
+        print(f"ragged attention: the template prefix ({P_in} tokens) is the shared prefix of every chat prompt")
+    save_g, save_r, save_2 = (P_in * (1 - runs / gen_rows), P_in * (1 - runs / read_rows), P_2p * (1 - runs / read_rows))
     if P_in or P_2p:
         print(f"shared prefix: {P_in} tokens (inline/answer prompts), {P_2p} (two-pass), once per batch of "
               f"{gen_rows} (generation) / {read_rows} (readout) rows")
@@ -108,7 +112,7 @@ def _accounting(ws: Workspace, s: dict, total: float, threads: int, batch_size: 
     }
     if "text_two_pass" in ans:
         two = np.mean([len(tok(t, add_special_tokens=False)["input_ids"]) for t in ans["text_two_pass"]])
-        parts["two-pass verbal: prefill + greedy"] = L_2p + two - P_2p * (1 - 1 / gen_rows)
+        parts["two-pass verbal: prefill + greedy"] = L_2p + two - P_2p * (1 - runs / gen_rows)
     parts[f"cache + readout inline: prefill + {nv} nodes + look-aheads"] = L_in + nv + look("inline") - save_r
     if "ev_two_pass" in ro:
         parts[f"cache + readout two-pass: prefill + {nv} nodes + look-aheads"] = L_2p + nv + look("two_pass") - save_2

@@ -22,7 +22,7 @@ import torch
 
 from metacog.model.arch import input_device, kv_cache, kv_kwargs
 from metacog.model.ragged import is_ragged
-from metacog.readout.batching import body_and_head, left_pad, shared_inputs, shared_prefix_len
+from metacog.readout.batching import body_and_head, left_pad, prefix_split, shared_inputs
 
 
 def _eos_ids(tok, model) -> set[int]:
@@ -66,7 +66,8 @@ def greedy_batch(lm, prompts: list[list[int]], max_new_tokens: int, stop: Callab
     equal those of ``repeat`` separate copies of the prompt (up to float rounding).
 
     ``share_prefix``: a common prefix of the prompts runs once and its cache is repeated
-    (:func:`metacog.readout.batching.shared_prefix_len`; the remainders are middle-padded after it).
+    (:func:`metacog.readout.batching.prefix_split`: under ragged attention the chat template's
+    system turn, decided row by row; the remainders are middle-padded after it).
 
     Rows that have finished are dropped from the KV cache (once a quarter of the live rows
     are done), so a batch costs the sum of its rows' lengths, not rows × the longest.
@@ -81,10 +82,10 @@ def greedy_batch(lm, prompts: list[list[int]], max_new_tokens: int, stop: Callab
     if single:  # bf16 matmuls with one row take another kernel than with two or more: never run one row
         prompts = list(prompts) * 2
         seeds = None if seeds is None else list(seeds) * 2
-    P = shared_prefix_len(prompts, model, max_new_tokens) if share_prefix else 0
-    if P:  # the batch's common prefix (the chat template's system turn) runs once
+    P, use = prefix_split(lm, prompts, max_new_tokens) if share_prefix else (0, None)
+    if P:  # the prompts' shared prefix (the chat template's system turn) runs once
         try:
-            ids, att, pos, past = shared_inputs(body_and_head(model)[0], prompts, P, tok.pad_token_id, dev)
+            ids, att, pos, past = shared_inputs(body_and_head(model)[0], prompts, P, tok.pad_token_id, dev, use)
         except AttributeError:
             past = None
     if past is None:

@@ -35,8 +35,10 @@ here), the readout 1.2×; the study is 1.3–1.4× faster than float32 (docs/PER
 What it does not fix: float32 matmuls whose blocking depends on the row count (2 threads: rows
 of a 7-row product differ from the same rows in an 8-row one, at 5e-7) and GPU kernels
 (cuBLAS picks algorithms by shape). Batch invariance in bfloat16 also needs every layout an
-item sees to be its own; the shared-prefix forward (a batch's common prefix computed once,
-:func:`metacog.readout.batching.shared_prefix_len`) is therefore off under this attention.
+item sees to be its own: the shared-prefix forward (a prefix computed once for the batch) splits
+each row where the row alone decides, after the chat template's system turn
+(:func:`metacog.readout.batching.prefix_split`, layout version :data:`LAYOUT` 2; version 1
+computed every row's whole prompt), never at the batch's common prefix.
 
 Public entry: :func:`ragged_attention`; :func:`enable`, :func:`is_ragged`.
 """
@@ -47,6 +49,10 @@ import functools
 import torch
 
 NAME = "metacog_ragged"
+#: Version of the layouts an item's forwards see under this attention, part of the answers
+#: stage's key (:func:`metacog.stages.answers.numerics_key`): 1 = every row's whole prompt in one
+#: forward; 2 = the chat template's system turn as a shared prefix, split by the row alone.
+LAYOUT = 2
 #: Keys per row are padded (masked zeros) to a multiple of this: the layout depends on the row alone,
 #: and rows of one bucket share one SDPA call.
 BUCKET = 32

@@ -30,7 +30,7 @@ from metacog.model.arch import input_device, kv_cache, kv_kwargs
 from metacog.model.ragged import is_ragged
 from metacog.data.prompts import VALUE_FMT
 from metacog.readout.batching import (  # noqa: F401  (body_and_head, left_pad: re-exported)
-    body_and_head, common_prefix, left_pad, shared_inputs, shared_prefix_len)
+    body_and_head, common_prefix, left_pad, prefix_split, shared_inputs, shared_prefix_len)
 
 VALUES = np.arange(101)
 
@@ -213,12 +213,12 @@ def read_values(
     trie = get_trie(tok)
     dev = input_device(model)
     body, to_logits = body_and_head(model)
-    first = min(min(c) for c in capture) if capture is not None and capture and all(capture) else None
-    P = shared_prefix_len(prefixes, model, trie.n_nodes + 101, before=first) if share_prefix else 0
+    first = [min(c) for c in capture] if capture is not None and capture and all(capture) else None
+    P, use = prefix_split(lm, prefixes, trie.n_nodes + 101, before=first) if share_prefix else (0, None)
     past = None
     if P:
         try:
-            ids, att, pos, past = shared_inputs(body, prefixes, P, tok.pad_token_id, dev)
+            ids, att, pos, past = shared_inputs(body, prefixes, P, tok.pad_token_id, dev, use)
         except AttributeError:
             P, past = 0, None
     if not P:
@@ -522,7 +522,7 @@ def read_labels(lm, prefixes: list[list[int]], labels, batch_size: int = 16, sha
     if all(len(x) == 1 for x in lids):
         first = torch.tensor([x[0] for x in lids], device=dev)
         for s in range(0, len(prefixes), batch_size):
-            h = _last_hidden(body, prefixes[s : s + batch_size], tok.pad_token_id, dev, share_prefix)
+            h = _last_hidden(lm, prefixes[s : s + batch_size], dev, share_prefix)
             lsm = torch.log_softmax(to_logits(h), -1)
             logp[s : s + len(h)] = lsm[:, first].double().cpu().numpy()
     else:
@@ -540,32 +540,24 @@ def read_labels(lm, prefixes: list[list[int]], labels, batch_size: int = 16, sha
     return p / p.sum(axis=1, keepdims=True)
 
 
-def _last_hidden(body, seqs: list[list[int]], pad_id: int, dev, share_prefix: bool = True) -> torch.Tensor:
-    """Final hidden state at the last token of each sequence ([B, d]). With ``share_prefix`` and
-    a common prefix of at least 8 tokens, the prefix runs once (batch 1), its cache is repeated
-    for the batch, and the right-padded remainders follow (causal: padding after a row's last
-    token cannot change it)."""
-    P = common_prefix(seqs) if share_prefix and len(seqs) > 1 else 0
-    P = min(P, min(len(x) for x in seqs) - 1)  # every row keeps at least its last token
-    if P < 8:
+def _last_hidden(lm, seqs: list[list[int]], dev, share_prefix: bool = True) -> torch.Tensor:
+    """Final hidden state at the last token of each sequence ([B, d]). With ``share_prefix`` a
+    shared prefix (:func:`metacog.readout.batching.prefix_split`: the batch's common prefix of at
+    least 8 tokens, or under ragged attention the chat template's system turn decided row by row)
+    runs once and its cache serves the batch; the remainders are left-padded after it."""
+    body = body_and_head(lm.model)[0]
+    pad_id = lm.tokenizer.pad_token_id
+    P, use = prefix_split(lm, seqs, 0) if share_prefix else (0, None)
+    cache = None
+    if P:
+        try:
+            ids, att, pos, cache = shared_inputs(body, seqs, P, pad_id, dev, use)
+        except AttributeError:
+            cache = None
+    if cache is None:
         ids, att, pos = left_pad(seqs, pad_id, dev)
-        return body(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=False).last_hidden_state[:, -1]
-    B = len(seqs)
-    pre = torch.tensor([seqs[0][:P]], device=dev)
-    cache = kv_cache(body(input_ids=pre, use_cache=True))
-    cache.batch_repeat_interleave(B)
-    rest = [x[P:] for x in seqs]
-    T = max(len(r) for r in rest)
-    ids = torch.full((B, T), pad_id, dtype=torch.long, device=dev)
-    att = torch.zeros((B, P + T), dtype=torch.long, device=dev)
-    att[:, :P] = 1
-    for b, r in enumerate(rest):
-        ids[b, : len(r)] = torch.tensor(r, device=dev)
-        att[b, P : P + len(r)] = 1
-    pos = (P + torch.arange(T, device=dev)).unsqueeze(0).expand(B, T)
-    h = body(input_ids=ids, attention_mask=att, position_ids=pos, **kv_kwargs(body, cache), use_cache=True).last_hidden_state
-    last = torch.tensor([len(r) - 1 for r in rest], device=dev)
-    return h[torch.arange(B, device=dev), last]
+    return body(input_ids=ids, attention_mask=att, position_ids=pos, **kv_kwargs(body, cache),
+                use_cache=cache is not None).last_hidden_state[:, -1]
 
 
 def value_logprobs(model, tok, prefixes: list[list[int]]) -> torch.Tensor:

@@ -81,13 +81,16 @@ def answers_key(lm, items: pd.DataFrame, study: StudySettings) -> str:
 
 def numerics_key(lm) -> tuple:
     """``()`` for float32 (any attention: its batch dependence is below the stored precision),
-    else ``(dtype, attention implementation)``: what decides an item's numbers beyond the weights."""
+    else ``(dtype, attention implementation)``, and under ragged attention its layout version
+    (:data:`metacog.model.ragged.LAYOUT`): what decides an item's numbers beyond the weights."""
     dt = str(lm.dtype).replace("torch.", "")
     if dt == "float32":
         return ()
+    from metacog.model import ragged
     from metacog.model.arch import attention_implementation
 
-    return (dt, attention_implementation(lm.model))
+    impl = attention_implementation(lm.model)
+    return (dt, impl) + ((f"layout{ragged.LAYOUT}",) if impl == ragged.NAME and ragged.LAYOUT > 1 else ())
 
 
 class PromptTooLong(ValueError):

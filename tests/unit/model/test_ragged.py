@@ -218,3 +218,78 @@ def test_generation_never_runs_one_row_under_ragged_attention(tiny_tok):
     finally:
         h.remove()
     assert greedy_batch(lm, prompts[:1] + prompts[1:2], 6)[0] == alone[0]
+
+
+SYSTEM_TEMPLATE = (
+    "{{'<|im_start|>system\\nYou are answering trivia questions. State your confidence from 0 to 100.<|im_end|>\\n'}}"
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2", "gemma3", "phi3"])
+def test_template_prefix_is_shared_and_split_by_the_row_alone(name):
+    """Under ragged attention the chat template's system turn runs once as a shared prefix
+    (saving its tokens per row) where the row alone decides the split: a chat prompt splits
+    after the template prefix whatever its batch; a row that does not start with it computes its
+    whole prompt. Answers, readout, captured states and reply-label probabilities are
+    bit-identical alone, in a batch and in a mixed batch, and the prefix forward runs."""
+    from conftest import make_tokenizer
+    from metacog.data import prompts as pr
+    from metacog.model.generation import generate
+    from metacog.model.loading import wrap
+    from metacog.readout.batching import prefix_split, template_prefix
+    from metacog.readout.values import read_labels, read_values
+
+    tok = make_tokenizer()
+    tok.chat_template = SYSTEM_TEMPLATE
+    m = build(name, tok).to(torch.bfloat16)
+    ragged.enable(m)
+    lm = wrap(m, tok, spec="tiny", name=f"tiny-{name}")
+    pre = template_prefix(lm)
+    assert len(pre) >= 12
+    chat = [pr.encode_answer_prompt(tok, True, q).ids for q in
+            ("What is the capital of France?", "Which country is Lima in?", "What is the atomic number of carbon?")]
+    plain = tok.encode("Question: What is the chemical symbol for gold? Answer:")  # no template: no split
+    assert all(p[: len(pre)] == pre for p in chat) and plain[: len(pre)] != pre
+    mixed = chat + [plain]
+    from metacog.model.arch import tree_mask_ok
+
+    fits = [tree_mask_ok(m, len(p) + 5) for p in chat]  # a sliding window the keys could overrun: no split
+    P, use = prefix_split(lm, mixed, 5)
+    if all(fits):
+        assert P == len(pre) and use == [True, True, True, False]
+        assert prefix_split(lm, chat[:1], 5) == (len(pre), None)  # a batch of one splits where a batch does
+    else:
+        assert name == "gemma3" and not any(fits) and P == 0
+    shapes = []
+    h = m.model.register_forward_pre_hook(lambda mod, a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    try:
+        alone = [generate(lm, [p], max_new_tokens=5, batch_size=1)[0] for p in mixed]
+        assert ((2, len(pre)) in shapes) == bool(P)  # the prefix forward ran (as two rows: no bf16 forward has one)
+        assert generate(lm, mixed, max_new_tokens=5, batch_size=4) == alone
+        assert generate(lm, chat, max_new_tokens=5, batch_size=3) == alone[:3]
+        caps = [[len(p) - 2, len(p) - 1] for p in mixed]
+        together = read_values(lm, mixed, capture=caps)
+        for i, (p, c) in enumerate(zip(mixed, caps)):
+            one = read_values(lm, [p], capture=[c])
+            np.testing.assert_array_equal(one.probs[0], together.probs[i])
+            assert torch.equal(torch.as_tensor(one.states[0]), torch.as_tensor(together.states[i]))
+        labels = ("Yes", "No")
+        lab = read_labels(lm, mixed, labels, batch_size=4)
+        for i, p in enumerate(mixed):
+            np.testing.assert_array_equal(read_labels(lm, [p], labels, batch_size=1)[0], lab[i])
+    finally:
+        h.remove()
+
+
+def test_prefix_split_follows_the_batch_only_outside_ragged_attention(tiny_lm):
+    """float32 keeps the batch's common prefix as the split (rounding-level effect); the
+    split of a single row is none there (nothing to share)."""
+    from metacog.readout.batching import prefix_split
+
+    a = tiny_lm.tokenizer.encode("You are answering trivia questions. What is the capital of France?")
+    b = tiny_lm.tokenizer.encode("You are answering trivia questions. Which country is Lima in?")
+    P, use = prefix_split(tiny_lm, [a, b], 5)
+    assert P >= 8 and use is None
+    assert prefix_split(tiny_lm, [a], 5) == (0, None)
