@@ -293,3 +293,50 @@ def test_prefix_split_follows_the_batch_only_outside_ragged_attention(tiny_lm):
     P, use = prefix_split(tiny_lm, [a, b], 5)
     assert P >= 8 and use is None
     assert prefix_split(tiny_lm, [a], 5) == (0, None)
+
+
+def test_patching_steering_and_labels_are_bit_identical_whatever_the_batch(tiny_tok):
+    """The other stages that run the model, under ragged bfloat16 (the embedded model's run is
+    ``bench/bench_invariance_stages.py``): patched cells with ``max_batch`` 32 vs 2 and pairs
+    computed in either order; the steered readout, verbal reply and regenerated answer of an
+    item alone vs in a batch of four; P(True)'s label probabilities (whose batches share their
+    common prefix) alone vs batched."""
+    from metacog import patching as P
+    from metacog.data import prompts
+    from metacog.model.loading import wrap
+    from metacog.readout.values import read_labels
+    from metacog.steering.intervene import steered_answers, steered_readout
+
+    m = build("llama", tiny_tok).to(torch.bfloat16)
+    ragged.enable(m)
+    lm = wrap(m, tiny_tok, spec="tiny", name="tiny-llama-bf16")
+    qa = [("What is the capital of France?", "Paris"), ("What is the capital of Japan? (3)", "Tokyo is the capital."),
+          ("two and two make", "four"), ("the quick brown fox jumps over the lazy dog", "again and again")]
+    sides = [P.make_side(lm, q, a, f"s{i}") for i, (q, a) in enumerate(qa)]
+    pairs = [P.Pair(0, sides[0], sides[1], "item"), P.Pair(1, sides[2], sides[3], "item")]
+    spec = P.PatchSpec(layers=tuple(range(lm.n_layers + 1)), positions=("confidence", "last_prompt", "random:2"),
+                       components=("resid", "attn", "mlp"), seed=3)
+    wide = [P.patch_pair(p, spec, "fast", max_batch=32) for p in pairs]
+    narrow = [P.patch_pair(p, spec, "fast", max_batch=2) for p in reversed(pairs)][::-1]
+    for a, b in zip(wide, narrow):
+        assert a["ev_patched"].nunique() > 5  # the patches move the readout
+        for col in ("ev_patched", "argmax_patched", "answer_flips", "kl", "other_patched"):
+            np.testing.assert_array_equal(a[col].to_numpy(), b[col].to_numpy(), err_msg=col)
+        np.testing.assert_array_equal(np.stack(a["probs"]), np.stack(b["probs"]))
+
+    encs = [prompts.encode_inline(tiny_tok, lm.is_chat, q, a, None, "plain") for q, a in qa]
+    pids = [prompts.encode_answer_prompt(tiny_tok, lm.is_chat, q, None, "plain").ids for q, _ in qa]
+    vec = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(0)).numpy() * 4
+    together = steered_readout(lm, encs, 1, vec, "from-answer")
+    answers = steered_answers(lm, pids, 1, vec, 6)
+    for i in range(len(qa)):
+        alone = steered_readout(lm, encs[i : i + 1], 1, vec, "from-answer")
+        for col in ("ev", "argmax", "other", "verbal_text"):
+            assert alone[col].iloc[0] == together[col].iloc[i], (i, col)
+        assert steered_answers(lm, pids[i : i + 1], 1, vec, 6) == answers[i : i + 1], i
+
+    head = "you are a helpful assistant answer the question then say how confident you are "
+    queries = [tiny_tok.encode(head + q + " " + a) for q, a in qa]
+    batched = read_labels(lm, queries, ("True", "False"), batch_size=4)
+    for i, q in enumerate(queries):
+        np.testing.assert_array_equal(read_labels(lm, [q], ("True", "False"), batch_size=1)[0], batched[i])
