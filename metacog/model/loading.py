@@ -127,23 +127,28 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device, config=None) -> torch.dtype:
-    """The torch dtype for a ``ModelSettings.dtype`` on ``device`` (``config``: the model's, unused
-    by the rule today and kept for per-family rules).
+    """The torch dtype for a ``ModelSettings.dtype`` on ``device`` (``config``: the model's).
 
-    ``auto`` is float32 on a CPU, also one with bfloat16 arithmetic: it is the fastest choice
-    whose batch dependence is proven below the stored precision (docs/SCIENCE.md "Batch
-    invariance", ``bench/bench_invariance.py``). ``bfloat16`` on a CPU runs with
-    :mod:`metacog.model.ragged` attention, 1.3–1.4× faster than float32 and bit-identical across
-    batchings in every case measured (answers, readout, cached states); it is offered, not yet
-    chosen, until the measurement covers every stage at a study's size. On CUDA ``auto`` is bfloat16
-    (float16 without bf16 support) and on MPS float16, for memory; pass ``float32`` there when
-    batch invariance matters more than memory."""
+    ``auto`` is the fastest choice whose results do not depend on the batch (docs/SCIENCE.md
+    "Batch invariance", ``bench/bench_invariance.py`` and ``bench/bench_invariance_stages.py``):
+    on a CPU with bfloat16 arithmetic (:func:`cpu_supports_bf16`) and a family that runs SDPA
+    attention, **bfloat16** with :mod:`metacog.model.ragged` attention (bit-identical across
+    batchings in every stage measured; 1.3–1.4× faster than float32); on any other CPU, or for
+    an eager-only family or without ``config``, float32 (batch dependence below the stored
+    precision). On CUDA ``auto`` is bfloat16 (float16 without bf16 support) and on MPS float16,
+    for memory; pass ``float32`` there when batch invariance matters more than memory. A
+    workspace keeps the dtype its study ran in (:meth:`metacog.core.workspace.Workspace.settings`)."""
     if dtype != "auto":
         return getattr(torch, dtype)
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "mps":
         return torch.float16
+    if config is not None and cpu_supports_bf16():
+        from metacog.model import arch
+
+        if arch.attn_implementation(config) == "sdpa":
+            return torch.bfloat16
     return torch.float32
 
 

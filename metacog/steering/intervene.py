@@ -161,8 +161,12 @@ def probe_conditioned(model, read_index: int, coef, intercept: float, read_at: t
         state["read"] += 1
         if state["read"] == 1:
             rows = torch.arange(h.shape[0], device=h.device)
-            x = h[rows, read_at.to(h.device)].float()
-            p = torch.sigmoid(x @ c.to(h.device) + float(intercept))
+            x = h[rows, read_at.to(h.device)].double()
+            cd = c.to(h.device, torch.float64)
+            # one dot product per row: a matrix-vector product's rows depend on how many rows it has
+            # (float32 on a CPU: up to 2e-5), which would make p depend on the item's batch
+            z = torch.stack([torch.dot(x[b], cd) for b in range(x.shape[0])])
+            p = torch.sigmoid(z + float(intercept)).float()
             state["p"] = p
             rec["p"] = p.detach().cpu().numpy().astype(np.float64)
         return h

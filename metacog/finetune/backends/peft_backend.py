@@ -426,15 +426,25 @@ def _train(run, run_path, lm, pm, train_ex, val_ex, s, plan, hooks, pad_id) -> d
 # ------------------------------------------------------------------------------ loading
 def load_adapter_model(lm, adapter_dir: Path, copy_model: bool = True):
     """A LoadedModel whose forward applies the adapter (unmerged LoRA layers inside the
-    base architecture, so hooks, generation and the 0–100 readout work unchanged)."""
+    base architecture, so hooks, generation and the 0–100 readout work unchanged). On a base
+    that runs :mod:`metacog.model.ragged` attention (bfloat16 on a CPU) the LoRA weights are
+    cast to bfloat16, so an item's numbers do not depend on its batch; elsewhere peft keeps
+    them in float32."""
     from dataclasses import replace
 
     from peft import PeftModel
 
     from metacog.model.loading import file_hash
 
+    from metacog.model.ragged import is_ragged
+
     model = copy.deepcopy(lm.model) if copy_model else lm.model
-    pm = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+    # Under ragged bfloat16 the LoRA weights take the base's dtype: peft's default keeps them in
+    # float32, whose matmul rows depend on the batch's row count (2 vs 8 rows: 586 of 1,152
+    # outputs of a down projection apart), enough to change an item's answer with its batch
+    # (bench/bench_invariance_stages.py, fine-tune evaluation: 2 of 8 answers before, 0 after).
+    pm = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False,
+                                   autocast_adapter_dtype=not is_ragged(model))
     pm.eval()
     inner = pm.get_base_model()
     digest = file_hash(Path(adapter_dir) / "adapter_model.safetensors")

@@ -94,13 +94,19 @@ def test_eager_only_families_are_refused(tiny_tok):
         ragged.enable(m)
 
 
-def test_auto_stays_float32_on_cpu_even_with_bf16_units(tiny_tok, monkeypatch):
-    """Ragged bfloat16 is offered, not chosen yet: its exactness is measured on generation, the
-    inline readout and the cache, not on every stage (docs/SCIENCE.md)."""
+def test_auto_is_ragged_bfloat16_only_on_cpus_with_bf16_units_and_sdpa_families(tiny_tok, monkeypatch):
+    """``auto`` picks the fastest batch-invariant choice: bfloat16 (ragged attention) where the CPU
+    has bf16 arithmetic and the family runs SDPA; float32 on other CPUs, for eager-only families
+    (no ragged attention: bf16 there is batch-dependent) and without a config."""
     from families import config
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(loading, "cpu_supports_bf16", lambda: True)
+    assert loading.resolve_dtype("auto", cpu, config("llama", tiny_tok)) == torch.bfloat16
+    assert loading.resolve_dtype("auto", cpu, config("gemma2", tiny_tok)) == torch.float32  # eager only
+    assert loading.resolve_dtype("auto", cpu) == torch.float32
+    assert loading.resolve_dtype("float32", cpu, config("llama", tiny_tok)) == torch.float32
+    monkeypatch.setattr(loading, "cpu_supports_bf16", lambda: False)
     assert loading.resolve_dtype("auto", cpu, config("llama", tiny_tok)) == torch.float32
     assert loading.resolve_dtype("bfloat16", cpu, config("llama", tiny_tok)) == torch.bfloat16
 
@@ -340,3 +346,33 @@ def test_patching_steering_and_labels_are_bit_identical_whatever_the_batch(tiny_
     batched = read_labels(lm, queries, ("True", "False"), batch_size=4)
     for i, q in enumerate(queries):
         np.testing.assert_array_equal(read_labels(lm, [q], ("True", "False"), batch_size=1)[0], batched[i])
+
+
+def test_adapters_on_a_ragged_base_run_in_its_dtype_and_are_batch_invariant(tiny_tok, tmp_path):
+    """An adapter loaded for evaluation or patching on a ragged bfloat16 base has bfloat16 LoRA
+    weights (peft's default float32 LoRA matmuls round by the batch's row count, which changed 2
+    of 8 real answers with the workspace batch size); on a float32 base they stay float32. The
+    adapted model's answers and readout are bit-identical alone and in a batch."""
+    from finetune_helpers import make_adapter
+    from metacog.finetune.backends.peft_backend import load_adapter_model
+    from metacog.model.generation import generate
+    from metacog.model.loading import wrap
+    from metacog.readout.values import read_values
+
+    m = build("llama", tiny_tok).to(torch.bfloat16)
+    ragged.enable(m)
+    lm = wrap(m, tiny_tok, spec="tiny", name="tiny-llama-bf16")
+    ad = make_adapter(lm, tmp_path / "ad")
+    ft = load_adapter_model(lm, ad)
+    lora = {p.dtype for n, p in ft.model.named_parameters() if "lora_" in n}
+    assert lora == {torch.bfloat16}
+    lm32 = wrap(build("llama", tiny_tok), tiny_tok, spec="tiny", name="tiny-llama")
+    ft32 = load_adapter_model(lm32, make_adapter(lm32, tmp_path / "ad32"))
+    assert {p.dtype for n, p in ft32.model.named_parameters() if "lora_" in n} == {torch.float32}
+    ps = [tiny_tok.encode(t) for t in ("the capital of france is", "two and two make four and", "a b c",
+                                       "the quick brown fox jumps over the lazy dog again and again")]
+    alone = [generate(ft, [p], max_new_tokens=6, batch_size=1)[0] for p in ps]
+    assert generate(ft, ps, max_new_tokens=6, batch_size=4) == alone
+    together = read_values(ft, ps)
+    for i, p in enumerate(ps):
+        np.testing.assert_array_equal(read_values(ft, [p]).probs[0], together.probs[i])
