@@ -34,7 +34,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None, help="'default' (SmolLM2-135M-Instruct, embedded), 'gemma3-270m', a .gguf file, a local HF model directory, or a hub id (needs a network or the local HF cache)")
     g.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"], help="where to run the model (default: auto = cuda, then mps, then cpu)")
-    g.add_argument("--dtype", default=None, choices=["auto", "bfloat16", "float16", "float32"], help="weights/activations dtype (default: auto = float32 on CPU, for batch-invariant results; bfloat16 on CUDA; bfloat16 on a CPU runs ragged attention: about 1.4x faster, batch-invariant in every case measured)")
+    g.add_argument("--dtype", default=None, choices=["auto", "bfloat16", "float16", "float32"], help="weights/activations dtype (default: auto = the fastest batch-invariant choice: bfloat16 with ragged attention on a CPU with bf16 units, float32 on other CPUs; bfloat16 on CUDA). A workspace keeps the dtype its study ran in")
     g.add_argument("--threads", type=int, default=None, help=f"torch CPU threads (default: {default_threads()}, the cores this process may use; use 1 when the cores are shared)")
     g.add_argument("--device-map", default=None, choices=["auto"], help="spread a large model's layers over GPUs, CPU and disk (accelerate)")
     g.add_argument("--max-memory", default=None, help="with --device-map auto: per-device caps, e.g. 0=70GiB,1=70GiB,cpu=200GiB")

@@ -57,7 +57,7 @@ class ModelSettings:
 
     model: str = "default"  # "default" | "gemma3-270m" | local HF dir | .gguf path | hub id
     device: str = "auto"  # auto | cpu | cuda | mps
-    dtype: str = "auto"  # auto (loading.resolve_dtype: float32 on CPU) | bfloat16 | float16 | float32
+    dtype: str = "auto"  # auto (loading.resolve_dtype: ragged bf16 on CPUs with bf16 units, else float32) | bfloat16 | float16 | float32
     threads: int = field(default_factory=default_threads)
     trust_remote_code: bool = False
     # large models (see metacog.model.arch.load_options): layers spread over devices by accelerate

@@ -16,21 +16,23 @@ multiple of :data:`BUCKET` (32); likewise its queries that attend anything, then
 transformers' SDPA attention; query rows that attend nothing (padding) come out as zeros.
 Registered with transformers' ``AttentionInterface`` and ``AttentionMaskInterface`` under
 :data:`NAME`; :func:`metacog.model.loading.load_model` selects it for bfloat16 on a CPU where
-the family runs SDPA (``--dtype bfloat16``; ``auto`` stays float32).
+the family runs SDPA (``--dtype bfloat16``, and ``auto`` on a CPU with bf16 units).
 
 One more kernel matters: a bf16 matmul with **one** row takes another kernel than with two
 or more and can round one output differently (measured on SmolLM2's down projection: 1 of 576
 elements), so under this attention generation never runs a single row and the readout's "."
 look-ahead forward never has a single slot (:func:`metacog.model.generation.greedy_batch`,
-:func:`metacog.readout.values.read_values`).
+:func:`metacog.readout.values.read_values`). And a float32 piece inside a bf16 forward brings
+float32's row-count dependence back: LoRA adapters on a ragged base load in bfloat16
+(:func:`metacog.finetune.backends.peft_backend.load_adapter_model`), and probe-conditioned
+steering reads its probe with one dot product per row (:func:`metacog.steering.intervene.probe_conditioned`).
 
 Measured (docs/SCIENCE.md "Batch invariance"): on tiny random models of seven SDPA families, and
-on the embedded SmolLM2-135M-Instruct (24 items alone, in batches of 4 and of 16; the 10 items
-of a 10-item run inside a 24-item run, through the study's stages), answers, readout and cached
-states are bit-identical. ``auto`` does not pick it yet: the measurement covers generation, the
-inline readout and the cache, not yet every stage (two-pass, multiple choice, patching, steering)
-at a study's size. Cost against plain SDPA: the answers stage 1.7× (part of it the shared prefix, off
-here), the readout 1.2×; the study is 1.3–1.4× faster than float32 (docs/PERFORMANCE.md).
+on the embedded SmolLM2-135M-Instruct through every stage that runs the model (answers, inline
+and two-pass readout, cache, multiple choice, patching, steering, the methods, fine-tune
+evaluation: ``bench/bench_invariance.py``, ``bench/bench_invariance_stages.py``), an item's
+numbers are bit-identical alone and in any batch. Cost against float32: the study 0.66× the time
+(docs/PERFORMANCE.md).
 
 What it does not fix: float32 matmuls whose blocking depends on the row count (2 threads: rows
 of a 7-row product differ from the same rows in an 8-row one, at 5e-7) and GPU kernels
@@ -45,6 +47,7 @@ Public entry: :func:`ragged_attention`; :func:`enable`, :func:`is_ragged`.
 from __future__ import annotations
 
 import functools
+import threading
 
 import torch
 
@@ -72,7 +75,9 @@ def ragged_attention(module, query: torch.Tensor, key: torch.Tensor, value: torc
     Shapes: ``query [B, H, Tq, D]``, ``key``/``value [B, Hkv, Tk, D]``, ``attention_mask``
     None or ``[B|1, 1, Tq, Tk]`` (boolean, or additive float). Returns ``([B, Tq, H, Dv], None)``
     as transformers' attention functions do. A mask with per-head entries is passed through
-    unchanged (no family here builds one)."""
+    unchanged (no family here builds one). The layout (which rows share a call, which key and
+    query slots each row keeps) depends on the mask alone, so it is computed once per forward
+    and reused by every layer (:func:`_layout`)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     def sdpa(q, k, v, m, causal):
@@ -82,33 +87,47 @@ def ragged_attention(module, query: torch.Tensor, key: torch.Tensor, value: torc
                                        or attention_mask.shape[1] != 1):
         return sdpa(query, key, value, attention_mask, is_causal), None
     B, _, Tq, _ = query.shape
-    Tk = key.shape[2]
+    out = query.new_zeros(B, Tq, query.shape[1], value.shape[-1])
+    for rows, kidx, qidx, m, r, real in _layout(attention_mask, B, Tq, key.shape[2], query.device):
+        o = sdpa(_take(query[rows], qidx), _take(key[rows], kidx), _take(value[rows], kidx), m, False)  # [g, Lq, H, Dv]
+        out[r, qidx[real]] = o[real].to(out.dtype)
+    return out, None
+
+
+_CACHE = threading.local()  # the last forward's layout, per thread (the app runs jobs in threads)
+
+
+def _layout(attention_mask, B: int, Tq: int, Tk: int, device) -> list:
+    """Per canonical shape ``(Lq, Lk)``: ``(rows [g], kidx [g, Lk], qidx [g, Lq], mask [g, 1, Lq, Lk],
+    rows of the real query slots, real-slot mask [g, Lq])``. Cached for the mask object (held, so
+    its identity cannot be reused) and its in-place version: every layer of a forward gets the same."""
+    key = (B, Tq, Tk, str(device), None if attention_mask is None else attention_mask._version)
+    hit = getattr(_CACHE, "entry", None)
+    if hit is not None and hit[0] is attention_mask and hit[1] == key:
+        return hit[2]
     if attention_mask is None:  # no padding anywhere: causal (bottom-right aligned), or one query over all keys
-        allowed = _causal(Tq, Tk, query.device).expand(B, Tq, Tk)
+        allowed = _causal(Tq, Tk, device).expand(B, Tq, Tk)
     else:
         allowed = _allowed(attention_mask)[:, 0].expand(B, Tq, Tk)  # [B, Tq, Tk]
     keep = allowed.any(dim=1)  # [B, Tk]: the keys some query of the row attends
     qkeep = allowed.any(dim=2)  # [B, Tq]: the queries that attend some key (the rest are padding)
     kspan = _span(keep.sum(dim=1))  # each row's canonical key and query counts: functions of the row alone
     qspan = _span(qkeep.sum(dim=1))
-    out = query.new_zeros(B, Tq, query.shape[1], value.shape[-1])
     groups = torch.stack([qspan, kspan], dim=1)
+    plan = []
     for Lq, Lk in torch.unique(groups, dim=0).tolist():  # rows with the same canonical shape run in one call
         if Lq == 0 or Lk == 0:
             continue
         rows = torch.nonzero((groups == torch.tensor([Lq, Lk], device=groups.device)).all(dim=1)).squeeze(1)
         kidx = _compact(keep[rows], Lk)  # [g, Lk] source column of each slot (Tk: a zero key)
         qidx = _compact(qkeep[rows], Lq)  # [g, Lq] source row of each query slot (Tq: a zero query)
-        k = _take(key[rows], kidx)
-        v = _take(value[rows], kidx)
-        q = _take(query[rows], qidx)
         m = _pad1(_pad1(allowed[rows], 2), 1)  # [g, Tq + 1, Tk + 1]: the zero query and key attend nothing
         m = m.gather(2, kidx[:, None, :].expand(-1, Tq + 1, -1)).gather(1, qidx[:, :, None].expand(-1, -1, Lk))
-        o = sdpa(q, k, v, m.unsqueeze(1), False)  # [g, Lq, H, Dv]
         real = qidx < Tq  # slots holding a real query
-        r = rows[:, None].expand(-1, Lq)
-        out[r[real], qidx[real]] = o[real].to(out.dtype)
-    return out, None
+        r = rows[:, None].expand(-1, Lq)[real]
+        plan.append((rows, kidx, qidx, m.unsqueeze(1), r, real))
+    _CACHE.entry = (attention_mask, key, plan)
+    return plan
 
 
 def _span(n: torch.Tensor) -> torch.Tensor:

@@ -129,6 +129,17 @@ def steered_answers(lm, prompt_ids: list[list[int]], hidden_index: int, vector, 
     return [parse_inline(t)[0] for t in texts]
 
 
+def probe_p(x: torch.Tensor, coef, intercept: float) -> torch.Tensor:
+    """A linear probe's p(correct) = sigmoid(x·coef + intercept) for states ``x [B, d]``: ``[B]``
+    float32. One float64 dot product per row: a matrix-vector product's rows depend on how many
+    rows it has (float32 on a CPU: 15 of 16 rows of a 16 × 576 product differ from the row alone),
+    which would make an item's p depend on its batch."""
+    x = x.double()
+    c = torch.as_tensor(np.asarray(coef)).to(x.device, torch.float64)
+    z = torch.stack([torch.dot(x[b], c) for b in range(x.shape[0])]) if x.shape[0] else x.new_zeros(0)
+    return torch.sigmoid(z + float(intercept)).float()
+
+
 @contextlib.contextmanager
 def probe_conditioned(model, read_index: int, coef, intercept: float, read_at: torch.Tensor, write_index: int,
                       direction, gain: float, write_at: torch.Tensor, record: dict | None = None):
@@ -161,12 +172,7 @@ def probe_conditioned(model, read_index: int, coef, intercept: float, read_at: t
         state["read"] += 1
         if state["read"] == 1:
             rows = torch.arange(h.shape[0], device=h.device)
-            x = h[rows, read_at.to(h.device)].double()
-            cd = c.to(h.device, torch.float64)
-            # one dot product per row: a matrix-vector product's rows depend on how many rows it has
-            # (float32 on a CPU: up to 2e-5), which would make p depend on the item's batch
-            z = torch.stack([torch.dot(x[b], cd) for b in range(x.shape[0])])
-            p = torch.sigmoid(z + float(intercept)).float()
+            p = probe_p(h[rows, read_at.to(h.device)], c, intercept)
             state["p"] = p
             rec["p"] = p.detach().cpu().numpy().astype(np.float64)
         return h

@@ -423,3 +423,20 @@ def test_steering_page(tiny_ws, monkeypatch):
         assert summ["spec"]["layers"] == [3] and summ["n_items"] == 4 and len(res) == 4 * 2 * 2
     finally:
         ui.set_model_loader(None)
+
+
+def test_probe_p_of_a_row_does_not_depend_on_its_batch():
+    """Probe-conditioned steering's p(correct) for a row is bit-identical alone and in a batch
+    (a float32 matrix-vector product over the batch rounds rows by the batch size)."""
+    from metacog.steering.intervene import probe_p
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(16, 576, generator=g) * 3).to(torch.bfloat16)
+    coef = torch.randn(576, generator=g).numpy() * 0.05
+    full = probe_p(x, coef, 0.3)
+    for b in range(16):
+        assert torch.equal(probe_p(x[b : b + 1], coef, 0.3), full[b : b + 1]), b
+    for B in (2, 3, 6):
+        assert torch.equal(probe_p(x[:B], coef, 0.3), full[:B])
+    want = 1 / (1 + np.exp(-(x.double().numpy() @ coef + 0.3)))
+    np.testing.assert_allclose(full.numpy(), want, rtol=1e-6)
