@@ -67,6 +67,9 @@ def main() -> None:
 
     # ---------------------------------------------------------------- fast path
     t0 = time.perf_counter()
+    P.supports_skip(lm)  # once per model (a self-test), not per pair: kept out of the per-pair time
+    print(f"once per model: the block-skipping self-test {time.perf_counter() - t0:.1f} s")
+    t0 = time.perf_counter()
     prep = P.prepare_pair(pair, spec, "fast")
     t_prep = time.perf_counter() - t0
     fast, t_pos = [], {}

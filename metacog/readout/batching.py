@@ -97,6 +97,17 @@ def shared_prefix_len(seqs: list[list[int]], model, extra_keys: int, before: int
     return P
 
 
+def has_hooks(model) -> bool:
+    """Whether a forward (pre-)hook is registered on ``model`` or any submodule, or globally:
+    patching, steering and user hooks index token positions of the forward they see, so the
+    batch must then run as one forward per row layout (no shared prefix)."""
+    from torch.nn.modules import module as _m
+
+    if _m._global_forward_hooks or _m._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
 def prefix_split(lm, seqs: list[list[int]], extra_keys: int, before: list[int] | None = None
                  ) -> tuple[int, list[bool] | None]:
     """Where a batch's shared prefix ends, and which rows use it: ``(P, use)``, ``P = 0`` for no
@@ -110,11 +121,14 @@ def prefix_split(lm, seqs: list[list[int]], extra_keys: int, before: list[int] |
     forward is then the same for every row and every batch (a batch of one included). Other
     rows compute their whole prompt (the prefix's keys are masked for them, which ragged
     attention drops). Elsewhere (float32, where any layout changes numbers by rounding only) the
-    batch's common prefix is the split (:func:`shared_prefix_len`)."""
+    batch's common prefix is the split (:func:`shared_prefix_len`). Never while a hook is on the
+    model (:func:`has_hooks`): hooks index the token positions of the forward they see."""
     from metacog.model.arch import tree_mask_ok
     from metacog.model.ragged import is_ragged
 
     model = lm.model
+    if has_hooks(model):  # a split changes the forwards' token layout, which position-indexing hooks would misread
+        return 0, None
     if not is_ragged(model):
         first = None if before is None else min(before)
         return shared_prefix_len(seqs, model, extra_keys, before=first), None

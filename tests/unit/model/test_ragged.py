@@ -376,3 +376,34 @@ def test_adapters_on_a_ragged_base_run_in_its_dtype_and_are_batch_invariant(tiny
     together = read_values(ft, ps)
     for i, p in enumerate(ps):
         np.testing.assert_array_equal(read_values(ft, [p]).probs[0], together.probs[i])
+
+
+def test_no_shared_prefix_while_hooks_index_positions(tmp_path):
+    """Patching's reference path and steering put hooks that index token positions of the
+    forward they see; a shared prefix would split that forward (an IndexError, or a patch at the
+    wrong token). With any hook on the model there is no split, and a reference patched cell
+    runs under ragged bfloat16 with a chat template that has a system turn."""
+    from conftest import make_tokenizer
+    from metacog import patching as P
+    from metacog.model.loading import wrap
+    from metacog.readout.batching import has_hooks, prefix_split, template_prefix
+
+    tok = make_tokenizer()
+    tok.chat_template = SYSTEM_TEMPLATE
+    m = build("llama", tok).to(torch.bfloat16)
+    ragged.enable(m)
+    lm = wrap(m, tok, spec="tiny", name="tiny-llama-bf16")
+    src = P.make_side(lm, "What is the capital of France?", "Paris", "src")
+    tgt = P.make_side(lm, "Which country is Lima in?", "Peru", "tgt")
+    assert prefix_split(lm, [tgt.ids], 5)[0] == len(template_prefix(lm)) > 0
+    h = m.model.layers[0].register_forward_hook(lambda *a: None)
+    try:
+        assert has_hooks(m) and prefix_split(lm, [tgt.ids, src.ids], 5) == (0, None)
+    finally:
+        h.remove()
+    assert not has_hooks(m)
+    spec = P.PatchSpec(layers=(1, 2), positions=("confidence",), seed=0)
+    pair = P.Pair(0, src, tgt, "item")
+    ref = P.patch_pair(pair, spec, "reference")
+    fast = P.patch_pair(pair, spec, "fast")
+    assert len(ref) == len(fast) == 2 and ref["ev_patched"].notna().all()
