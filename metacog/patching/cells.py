@@ -39,21 +39,30 @@ class Prepared:
 
 def read_side(side: Side) -> Readout:
     """The clean (unpatched) exact 0–100 readout of one side: :func:`metacog.readout.values.read_values`
-    on its sequence (one row; ``probs`` ``[1, 101]``, ``expected`` in points 0–100)."""
-    return read_values(side.lm, [side.ids], dot_tol=dot_tol())
+    on its sequence, one row in one forward (no shared prefix: the layout of the reference
+    method's patched forwards); ``probs`` ``[1, 101]``, ``expected`` in points 0–100."""
+    return read_values(side.lm, [side.ids], dot_tol=dot_tol(), share_prefix=False)
 
 
 @torch.no_grad()
 def prepare_pair(pair: Pair, spec: PatchSpec, method: str = "fast") -> Prepared:
-    """Readouts of both sides (read_values), the source's states, and (fast) the target's trace."""
+    """Readouts of both sides, the source's states, and (fast) the target's trace.
+
+    The clean readouts come from the computation the pair's cells use, so a patch that writes
+    the target's own state gives a shift of exactly 0: with the fast method the traces' own
+    tree passes (:func:`metacog.patching.trace.trace`), else :func:`read_side`. (In bfloat16
+    the two paths round apart: on SmolLM2 one of three items' forced no-op fast cells all sat
+    0.063 points below its :func:`read_side` readout, a same-sign offset that a sign test at
+    random positions would have read as an effect.)"""
     plans = resolve_positions(pair, spec)
-    src_read = read_side(pair.source)
-    tgt_read = read_side(pair.target)
-    src_tr = trace(pair.source, tree=False)
     fast = method == "fast" and conf.tree_ok(pair.target.lm.model, pair.target.T, get_trie(pair.target.lm.tokenizer))
     # (where the tree-masked pass is not exact — ALiBi, a sliding window shorter than the
     # sequence + trie — the fast method falls back to the reference, cell by cell)
+    src_fast = fast and conf.tree_ok(pair.source.lm.model, pair.source.T, get_trie(pair.source.lm.tokenizer))
+    src_tr = trace(pair.source, tree=src_fast)
     tgt_tr = trace(pair.target, tree=True, window=answer_window(pair.target)) if fast else None
+    src_read = src_tr.readout if src_fast else read_side(pair.source)
+    tgt_read = tgt_tr.readout if fast else read_side(pair.target)
     return Prepared(pair, plans, src_read, tgt_read, src_tr, tgt_tr)
 
 

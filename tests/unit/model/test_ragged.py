@@ -407,3 +407,50 @@ def test_no_shared_prefix_while_hooks_index_positions(tmp_path):
     ref = P.patch_pair(pair, spec, "reference")
     fast = P.patch_pair(pair, spec, "fast")
     assert len(ref) == len(fast) == 2 and ref["ev_patched"].notna().all()
+
+
+@pytest.mark.parametrize("dt", [torch.bfloat16, torch.float32])
+def test_patching_baseline_is_the_cells_own_computation(tiny_tok, dt):
+    """A patch that writes the target's own state, forced through the fast path, reproduces the
+    clean target readout the shifts are measured from, exactly: the baseline comes from the same
+    forward layout as the cells (in bfloat16 a separately computed readout rounds apart, with one
+    sign for every cell of an item: a bias a sign test would read as an effect)."""
+    from metacog import patching as P
+    from metacog.model.loading import wrap
+    from metacog.readout.values import expected_value
+
+    m = build("llama", tiny_tok).to(dt)
+    if dt == torch.bfloat16:
+        ragged.enable(m)
+    lm = wrap(m, tiny_tok, spec="tiny", name="tiny-llama")
+    spec = P.PatchSpec(layers=tuple(range(1, lm.n_layers + 1)), positions=("confidence", "random:2"), seed=1)
+    for q, a in (("What is the capital of France?", "Paris"), ("two and two make", "four and so on")):
+        s = P.make_side(lm, q, a, "t")
+        prep = P.prepare_pair(P.Pair(0, s, s, "item"), spec, "fast")
+        ev_t = float(prep.tgt_read.expected[0])
+        for pl in prep.plans:
+            cells = P.patch_position_fast(s, prep.tgt_trace, pl.target, P.variants_for(prep, pl, spec), False, 32)
+            shifts = [float(expected_value(c.probs[None])[0]) - ev_t for c in cells]
+            if dt == torch.bfloat16:
+                assert shifts == [0.0] * len(cells), (q, pl.label, shifts)
+            else:  # float32: the query count moves matmul blocking, by rounding only
+                assert max(abs(x) for x in shifts) < 1e-6, (q, pl.label, shifts)
+
+
+@pytest.mark.e2e
+def test_embedded_patching_baseline_is_the_cells_own_computation():
+    """The same on the embedded model in bfloat16, on the item where a separately computed clean
+    readout (read_values) sat 0.063 points above every forced no-op cell of the fast path."""
+    from metacog import patching as P
+    from metacog.core.settings import ModelSettings
+    from metacog.model.loading import load_model
+    from metacog.readout.values import expected_value
+
+    lm = load_model(ModelSettings(model="default", dtype="bfloat16", threads=2))
+    s = P.make_side(lm, "What is the atomic number of carbon?", "The atomic number of carbon is 6.", "t")
+    spec = P.PatchSpec(layers=tuple(range(1, lm.n_layers + 1)), positions=("confidence",), seed=0)
+    prep = P.prepare_pair(P.Pair(0, s, s, "item"), spec, "fast")
+    pl = prep.plans[0]
+    cells = P.patch_position_fast(s, prep.tgt_trace, pl.target, P.variants_for(prep, pl, spec), False, 32)
+    ev_t = float(prep.tgt_read.expected[0])
+    assert [float(expected_value(c.probs[None])[0]) - ev_t for c in cells] == [0.0] * lm.n_layers
