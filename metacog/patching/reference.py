@@ -47,7 +47,7 @@ def patch_cell_reference(target: Side, component: str, h: int, p: int, vec: torc
         handle = norm.register_forward_hook(grab)
     try:
         with patch_hook(lm.model, component, h, p, vec):
-            r = read_values(lm, [target.ids], dot_tol=dot_tol())
+            r = read_values(lm, [target.ids], dot_tol=dot_tol(), share_prefix=False)  # the hooks index this forward
     finally:
         if handle is not None:
             handle.remove()

@@ -100,7 +100,10 @@ def shared_prefix_len(seqs: list[list[int]], model, extra_keys: int, before: int
 def has_hooks(model) -> bool:
     """Whether a forward (pre-)hook is registered on ``model`` or any submodule, or globally:
     patching, steering and user hooks index token positions of the forward they see, so the
-    batch must then run as one forward per row layout (no shared prefix)."""
+    batch must then run as one forward per row layout (no shared prefix). metacog's own hooked
+    calls also pass ``share_prefix=False``; this guard is for hooks of Python-API users. (A hook
+    that another thread put on the same model object counts too: its forwards then skip the
+    split, which under ragged attention changes an item's numbers by bfloat16 rounding.)"""
     from torch.nn.modules import module as _m
 
     if _m._global_forward_hooks or _m._global_forward_pre_hooks:

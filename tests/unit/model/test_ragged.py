@@ -18,6 +18,20 @@ class _Attn(torch.nn.Module):
     is_causal = True
 
 
+def readout_alone_equals_batched(lm, prompts) -> None:
+    """Each prompt's 0–100 probabilities and captured states (its last two positions) are
+    bit-identical read alone and read in one batch with the others."""
+    from metacog.readout.values import read_values
+
+    caps = [[len(p) - 2, len(p) - 1] for p in prompts]
+    together = read_values(lm, prompts, capture=caps)
+    for i, (p, c) in enumerate(zip(prompts, caps)):
+        one = read_values(lm, [p], capture=[c])
+        np.testing.assert_array_equal(one.probs[0], together.probs[i])
+        assert torch.equal(torch.as_tensor(one.states[0]), torch.as_tensor(together.states[i]))
+
+
+
 def _padded(rows, T, dt):
     """Left-pad each [H, n, D] row to T; the boolean causal mask of the padded batch [B,1,T,T]."""
     B = len(rows)
@@ -70,7 +84,6 @@ def test_rows_match_reference_attention_numerically():
 def test_families_running_sdpa_are_bit_identical_alone_and_batched(tiny_tok, name):
     from metacog.model.generation import generate
     from metacog.model.loading import wrap
-    from metacog.readout.values import read_values
 
     m = build(name, tiny_tok).to(torch.bfloat16)
     ragged.enable(m)
@@ -80,12 +93,7 @@ def test_families_running_sdpa_are_bit_identical_alone_and_batched(tiny_tok, nam
                                                    "the quick brown fox jumps over the lazy dog again")]
     alone = [generate(lm, [p], max_new_tokens=5, batch_size=1)[0] for p in prompts]
     assert generate(lm, prompts, max_new_tokens=5, batch_size=4) == alone
-    caps = [[len(p) - 2, len(p) - 1] for p in prompts]
-    together = read_values(lm, prompts, capture=caps)
-    for i, (p, c) in enumerate(zip(prompts, caps)):
-        one = read_values(lm, [p], capture=[c])
-        np.testing.assert_array_equal(one.probs[0], together.probs[i])
-        assert torch.equal(torch.as_tensor(one.states[0]), torch.as_tensor(together.states[i]))
+    readout_alone_equals_batched(lm, prompts)
 
 
 def test_eager_only_families_are_refused(tiny_tok):
@@ -245,7 +253,7 @@ def test_template_prefix_is_shared_and_split_by_the_row_alone(name):
     from metacog.model.generation import generate
     from metacog.model.loading import wrap
     from metacog.readout.batching import prefix_split, template_prefix
-    from metacog.readout.values import read_labels, read_values
+    from metacog.readout.values import read_labels
 
     tok = make_tokenizer()
     tok.chat_template = SYSTEM_TEMPLATE
@@ -269,24 +277,24 @@ def test_template_prefix_is_shared_and_split_by_the_row_alone(name):
     else:
         assert name == "gemma3" and not any(fits) and P == 0
     shapes = []
-    h = m.model.register_forward_pre_hook(lambda mod, a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    fwd = m.model.forward  # recorded by a wrapper, not a hook: a hook on the model turns the split off
+
+    def recording(*a, **kw):
+        shapes.append(tuple(kw["input_ids"].shape))
+        return fwd(*a, **kw)
+    m.model.forward = recording
     try:
         alone = [generate(lm, [p], max_new_tokens=5, batch_size=1)[0] for p in mixed]
         assert ((2, len(pre)) in shapes) == bool(P)  # the prefix forward ran (as two rows: no bf16 forward has one)
         assert generate(lm, mixed, max_new_tokens=5, batch_size=4) == alone
         assert generate(lm, chat, max_new_tokens=5, batch_size=3) == alone[:3]
-        caps = [[len(p) - 2, len(p) - 1] for p in mixed]
-        together = read_values(lm, mixed, capture=caps)
-        for i, (p, c) in enumerate(zip(mixed, caps)):
-            one = read_values(lm, [p], capture=[c])
-            np.testing.assert_array_equal(one.probs[0], together.probs[i])
-            assert torch.equal(torch.as_tensor(one.states[0]), torch.as_tensor(together.states[i]))
+        readout_alone_equals_batched(lm, mixed)
         labels = ("Yes", "No")
         lab = read_labels(lm, mixed, labels, batch_size=4)
         for i, p in enumerate(mixed):
             np.testing.assert_array_equal(read_labels(lm, [p], labels, batch_size=1)[0], lab[i])
     finally:
-        h.remove()
+        m.model.forward = fwd
 
 
 def test_prefix_split_follows_the_batch_only_outside_ragged_attention(tiny_lm):
