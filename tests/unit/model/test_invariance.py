@@ -161,10 +161,11 @@ def test_answers_resume_redoes_at_most_one_chunk(tmp_path, tiny_lm, monkeypatch)
     ws = Workspace(tmp_path / "a")
     with pytest.raises(Stopped):
         run_answers(ws, tiny_lm, items, st, should_stop=lambda: False)
-    assert answered == [ANSWER_CHUNK, ANSWER_CHUNK]  # the second chunk was stopped
+    chunk = min(st.batch_size, ANSWER_CHUNK)
+    assert answered == [chunk, min(chunk, 40 - chunk)]  # the second chunk was stopped
     answered.clear()
     resumed = run_answers(ws, tiny_lm, items, st)
-    assert sum(answered) == 40 - ANSWER_CHUNK  # only the unfinished items
+    assert sum(answered) == 40 - chunk  # only the unfinished items
     answered.clear()
     clean = run_answers(Workspace(tmp_path / "b"), tiny_lm, items, st)
     assert sum(answered) == 40
