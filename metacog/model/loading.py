@@ -100,7 +100,12 @@ class LoadedModel:
 # --------------------------------------------------------------------------------------
 def cpu_supports_bf16() -> bool:
     """True when ``/proc/cpuinfo`` lists native bfloat16 instructions (``avx512_bf16`` or
-    ``amx_bf16``); False where it cannot be read (macOS, Windows)."""
+    ``amx_bf16``); False where it cannot be read (macOS, Windows). The environment variable
+    ``METACOG_CPU_BF16`` (``0`` or ``1``) overrides the detection, e.g. to run what ``auto``
+    does on a CPU without bf16 units (float32) on one that has them."""
+    env = os.environ.get("METACOG_CPU_BF16", "").strip()
+    if env in ("0", "1"):
+        return env == "1"
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

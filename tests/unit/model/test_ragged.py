@@ -462,3 +462,15 @@ def test_embedded_patching_baseline_is_the_cells_own_computation():
     cells = P.patch_position_fast(s, prep.tgt_trace, pl.target, P.variants_for(prep, pl, spec), False, 32)
     ev_t = float(prep.tgt_read.expected[0])
     assert [float(expected_value(c.probs[None])[0]) - ev_t for c in cells] == [0.0] * lm.n_layers
+
+
+def test_cpu_bf16_detection_can_be_overridden(monkeypatch, tiny_tok):
+    """METACOG_CPU_BF16=0 makes auto float32 on a CPU with bf16 units (and =1 the reverse)."""
+    from families import config
+
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("METACOG_CPU_BF16", "0")
+    assert not loading.cpu_supports_bf16()
+    assert loading.resolve_dtype("auto", cpu, config("llama", tiny_tok)) == torch.float32
+    monkeypatch.setenv("METACOG_CPU_BF16", "1")
+    assert loading.resolve_dtype("auto", cpu, config("llama", tiny_tok)) == torch.bfloat16
