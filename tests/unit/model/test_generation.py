@@ -81,13 +81,18 @@ def test_shared_prompt_prefix_runs_once_and_changes_nothing(tiny_lm):
     P = shared_prefix_len(ps, tiny_lm.model, 7)
     assert P >= max(8, len(common))
     shapes = []
-    hook = tiny_lm.model.model.register_forward_pre_hook(lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)),
-                                                         with_kwargs=True)
+    body = tiny_lm.model.model
+    fwd = body.forward  # recorded by a wrapper, not a hook: a hook on the model turns the shared prefix off
+
+    def recording(*a, **kw):
+        shapes.append(tuple(kw["input_ids"].shape))
+        return fwd(*a, **kw)
+    body.forward = recording
     try:
         shared = greedy_batch(tiny_lm, ps, 7)
         first = shapes[:2]
     finally:
-        hook.remove()
+        del body.forward
     assert first[0] == (1, P) and first[1] == (3, max(len(p) for p in ps) - P)
     assert shared == greedy_batch(tiny_lm, ps, 7, share_prefix=False) == [_reference(tiny_lm, p, 7) for p in ps]
     seeds = [5, 6, 7]
