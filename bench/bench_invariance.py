@@ -175,9 +175,9 @@ def main(argv=None):
         verdict = "yes" if auto == best or (auto in inv and inv[auto] <= inv[best] * 1.05) else "NO"
         print(f"auto = {auto}; fastest batch-invariant = {best}; auto is the fastest batch-invariant choice: {verdict}"
               + ("" if auto in rows else " (auto not measured)"))
-        if verdict == "NO" and best == "bfloat16":
-            print("  bfloat16 (ragged attention) was invariant on this sample; auto does not pick it yet: its exactness "
-                  "is not measured on every stage (docs/SCIENCE.md, Batch invariance)")
+        if verdict == "NO":
+            print(f"  auto ({auto}) is not the fastest batch-invariant choice here: see loading.resolve_dtype and "
+                  "bench/bench_invariance_stages.py (every stage must be invariant before auto may pick a dtype)")
     else:
         print(f"auto = {auto}; no measured dtype was batch-invariant within {a.ev_tol} points")
     return rows
