@@ -86,6 +86,13 @@ class Cmp:
         self.exact = True
         self.n_units = 0  # shared units compared (items, cells, ...): set by the stage
 
+    def units(self, x: pd.DataFrame, y: pd.DataFrame):
+        """``(name, row of x, row of y)`` for every unit (index entry) of ``x``, looked up in ``y``;
+        counts them as this comparison's units."""
+        self.n_units = len(x)
+        for u in x.index:
+            yield "/".join(str(v) for v in u), x.loc[u], y.loc[u]
+
     def same(self, name: str, unit, a, b) -> None:
         self.n_discrete[name] = self.n_discrete.get(name, 0) + 1
         eq = (a == b) or (_isnan(a) and _isnan(b))
@@ -268,12 +275,8 @@ def stage_patching(lm, a, dtype, tmp) -> Cmp:
     for order, mb in ((list(range(len(pairs))), 32), (list(reversed(range(len(pairs)))), 3)):
         frames = [P.patch_pair(pairs[j], spec, "fast", max_batch=mb) for j in order]
         runs.append(pd.concat(frames, ignore_index=True).set_index(key).sort_index())
-    x, y = runs
     c = Cmp()
-    c.n_units = len(x)
-    for u in x.index:
-        rx, ry = x.loc[u], y.loc[u]
-        name = "/".join(str(v) for v in u)
+    for name, rx, ry in c.units(*runs):
         c.same("argmax", name, int(rx["argmax_patched"]), int(ry["argmax_patched"]))
         c.same("greedy answer flips", name, int(rx["answer_flips"]), int(ry["answer_flips"]))
         c.close("patched E[v] (points)", name, rx["ev_patched"], ry["ev_patched"])
@@ -293,12 +296,8 @@ def stage_steering(lm, a, dtype, ws) -> Cmp:
         s = run_steering(ws, lm, spec)
         r, _ = load_results(ws, s["id"])
         res.append(r.set_index(["id", "direction", "layer", "alpha"]).sort_index())
-    x, y = res
     c = Cmp()
-    c.n_units = len(x)
-    for u in x.index:
-        rx, ry = x.loc[u], y.loc[u]
-        name = "/".join(str(v) for v in u)
+    for name, rx, ry in c.units(*res):
         c.same("argmax", name, int(rx["argmax"]), int(ry["argmax"]))
         c.same("verbal text", name, rx["verbal_text"], ry["verbal_text"])
         if "new_answer" in rx.index and isinstance(rx["new_answer"], str):

@@ -138,7 +138,7 @@ def resolve_dtype(dtype: str, device: torch.device, config=None) -> torch.dtype:
     "Batch invariance", ``bench/bench_invariance.py`` and ``bench/bench_invariance_stages.py``):
     on a CPU with bfloat16 arithmetic (:func:`cpu_supports_bf16`) and a family that runs SDPA
     attention, **bfloat16** with :mod:`metacog.model.ragged` attention (bit-identical across
-    batchings in every stage measured; 1.3–1.4× faster than float32); on any other CPU, or for
+    batchings in every stage measured; the study in 0.66× the float32 time, docs/PERFORMANCE.md); on any other CPU, or for
     an eager-only family or without ``config``, float32 (batch dependence below the stored
     precision). On CUDA ``auto`` is bfloat16 (float16 without bf16 support) and on MPS float16,
     for memory; pass ``float32`` there when batch invariance matters more than memory. A

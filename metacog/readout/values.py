@@ -29,8 +29,8 @@ import torch
 from metacog.model.arch import input_device, kv_cache, kv_kwargs
 from metacog.model.ragged import is_ragged
 from metacog.data.prompts import VALUE_FMT
-from metacog.readout.batching import (  # noqa: F401  (body_and_head, left_pad: re-exported)
-    body_and_head, common_prefix, left_pad, prefix_split, shared_inputs, shared_prefix_len)
+from metacog.readout.batching import (  # noqa: F401  (body_and_head, left_pad, shared_prefix_len: re-exported)
+    body_and_head, left_pad, prefix_split, shared_inputs, shared_prefix_len)
 
 VALUES = np.arange(101)
 
@@ -206,7 +206,7 @@ def read_values(
     smallest product are skipped while the certified bound on E[v]'s error stays within
     ``ev_tol`` points (:func:`score_trie`; docs/SCIENCE.md "The exact 0–100 distribution").
     ``dot_tol=0`` scores all. ``share_prefix``: the batch's common prefix runs once
-    (:func:`metacog.readout.batching.shared_prefix_len`, :func:`~metacog.readout.batching.shared_inputs`)."""
+    (:func:`metacog.readout.batching.prefix_split`, :func:`~metacog.readout.batching.shared_inputs`)."""
     from metacog.model.hooks import capture_residual
 
     model, tok = lm.model, lm.tokenizer
