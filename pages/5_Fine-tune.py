@@ -14,7 +14,7 @@ from metacog.finetune.runs import ACTIVE, RunError, delete_run, get_run, list_ru
 from metacog.finetune.settings import (AMP, BACKENDS, FORMATS, LOSS_ON, SCHEDULES, TASKS, FinetuneSettings, SettingsError,
                                        make_plan)
 from metacog.finetune.targets import TargetError, build_targets
-from metacog.core.settings import POSITIONS
+from metacog.core.settings import INLINE_POSITIONS
 from metacog.core.workspace import WorkspaceError
 
 KIND_HELP = {
@@ -68,8 +68,10 @@ with ui.guard("fine-tuning"):
     fmt = c[1].radio("format", FORMATS, key=f"ft-fmt-{k}", horizontal=True,
                      help="inline: the model's own answer, then 'Confidence: NN%' in the same turn; two-pass: a second "
                           "prompt shows question and answer, the reply is only 'Confidence: NN%'")
-    pos = c[2].selectbox("probe position", list(POSITIONS), key=f"ft-pos-{k}",
-                         index=list(POSITIONS).index(best["position"]) if best.get("position") in POSITIONS else 0)
+    probed = ui.probe_positions(ws, oof) if oof is not None else list(INLINE_POSITIONS)
+    pos = c[2].selectbox("probe position", probed, key=f"ft-pos-{k}",
+                         index=probed.index(best["position"]) if best.get("position") in probed else 0,
+                         help="the positions this study probed (confidence_2p only with two-pass)")
     layer = c[3].number_input("probe layer", 0, n_layers - 1, int(best.get("layer", n_layers - 1)), key=f"ft-layer-{k}",
                               help="hidden-state index; default = the best probe by train-split CV")
     row = pm[(pm["layer"] == int(layer)) & (pm["position"] == pos)] if pm is not None else None

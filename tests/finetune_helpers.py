@@ -59,7 +59,7 @@ def stage_workspace(root: Path, lm, items, study):
     workspace at ``root``: items, model.json, answers, activations, probes."""
     from metacog.core.settings import ModelSettings
     from metacog.core.workspace import Workspace
-    from metacog.stages.activations import activations_key, run_activations
+    from metacog.stages.activations import run_activations
     from metacog.stages.answers import answers_key, run_answers
     from metacog.stages.study import run_probes_stage
 
@@ -69,8 +69,8 @@ def stage_workspace(root: Path, lm, items, study):
     ws.write_json("model.json", lm.describe())
     ans = run_answers(ws, lm, items, study)
     akey = answers_key(lm, items, study)
-    run_activations(ws, lm, items, ans, akey, study.batch_size, style=study.prompt_style)
-    run_probes_stage(ws, items, ans, activations_key(akey), study, threads=1)
+    man = run_activations(ws, lm, items, ans, akey, study.batch_size, style=study.prompt_style)
+    run_probes_stage(ws, items, ans, man["key"], study, threads=1)
     return ws
 
 
@@ -84,22 +84,22 @@ def tiny_model_and_workspace(root: Path, name: str, n: int = 60):
 
 def write_fake_probes(ws, p_fn=None, seed: int = 0):
     """Overwrite probes/oof.npy with known values (for exact target checks)."""
-    from metacog.core.settings import POSITIONS
-    from metacog.stages.study import load_items
+    from metacog.stages.study import load_items, probe_positions
 
     items = load_items(ws)
     n = len(items)
     man = ws.read_json("activations/manifest.json")
     L = man["n_layers"]
     rng = np.random.default_rng(seed)
-    oof = rng.random((n, L, len(POSITIONS))).astype(np.float32)
+    positions = probe_positions(ws)
+    oof = rng.random((n, L, len(positions))).astype(np.float32)
     if p_fn is not None:
         oof = p_fn(oof)
     from metacog.stages.study import save_probes
 
     lin = ws.lineage("probes/metrics.parquet")
     save_probes(ws, ws.read_parquet("probes/metrics.parquet"), oof, {"layer": 1, "position": "last_answer", "cv_auroc": 0.7},
-                lin["key"], lin["activations"])
+                lin["key"], lin["activations"], positions=positions)
     return oof
 
 

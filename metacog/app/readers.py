@@ -15,7 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from metacog.app.launch import probes_available
-from metacog.core.settings import MODES, POSITIONS
+from metacog.core.settings import MODES
 from metacog.core.workspace import Workspace, WorkspaceError
 from metacog.core.workspace import model_name  # noqa: F401  (one definition; re-exported for the pages)
 from metacog.stats import metrics
@@ -178,16 +178,15 @@ def oof(ws: Workspace) -> np.ndarray | None:
 
 
 def probe_positions(ws: Workspace, oof_arr: np.ndarray | None = None) -> list[str]:
-    """Position order of the last axis of oof.npy: ``settings.POSITIONS`` (the artifact contract),
-    checked against the array's shape.
+    """Position order of the last axis of oof.npy (:func:`metacog.stages.study.probe_positions`:
+    the positions the probe stage recorded), checked against the array's shape.
 
     Raises:
         WorkspaceError: ``oof_arr`` has another number of positions (probes of an older build).
     """
-    pos = list(POSITIONS)
-    if oof_arr is not None and oof_arr.shape[-1] != len(pos):
-        raise WorkspaceError(f"probes/oof.npy has {oof_arr.shape[-1]} positions, expected {len(pos)} ({', '.join(pos)}): re-run the probes stage")
-    return pos
+    from metacog.stages.study import probe_positions as positions
+
+    return positions(ws, oof_arr)
 
 
 def _parquet_columns(path) -> list[str]:

@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Named token positions cached and probed. Defined here once; prompts.py says where they are.
+# A study caches INLINE_POSITIONS, plus confidence_2p with StudySettings.two_pass
+# (study_positions); a workspace's own list is metacog.stages.study.probe_positions.
 POSITIONS = ("last_prompt", "last_answer", "confidence", "confidence_2p")
+INLINE_POSITIONS = POSITIONS[:3]
 MODES = ("inline", "two-pass")
 # what every reader says where a study ran without StudySettings.two_pass (never NaN as data)
 TWO_PASS_OFF = "two-pass not computed in this study (metacog study --two-pass)"
@@ -27,12 +30,21 @@ def computed_modes(study) -> tuple[str, ...]:
     return MODES if study.two_pass else ("inline",)
 
 
+def study_positions(two_pass: bool) -> tuple[str, ...]:
+    """The positions a study caches and probes: :data:`INLINE_POSITIONS` (the inline sequence),
+    plus ``confidence_2p`` (the two-pass sequence) where the study computes the two-pass mode
+    (``StudySettings.two_pass``): without it the two-pass forward is not run at all
+    (docs/SCIENCE.md "Readouts computed")."""
+    return POSITIONS if two_pass else INLINE_POSITIONS
+
+
 def computed_line(study) -> str:
     """One line for the CLI, the app and logs: which verbal replies and 0-100 readouts run."""
     if study.two_pass:
         return "computing: answers, verbal confidence and exact 0-100 readout, inline and two-pass"
-    return ("computing: answers, inline verbal confidence and inline exact 0-100 readout "
-            "(two-pass off; --two-pass adds it)")
+    return ("computing: answers, inline verbal confidence and inline exact 0-100 readout, "
+            "probes at the inline positions (two-pass off; --two-pass adds the two-pass reply, "
+            "readout and confidence_2p probes)")
 PROMPT_STYLES = ("plain", "reference")
 # How a multiple-choice option is scored (docs/SCIENCE.md "Multiple-choice scoring"):
 # sum = summed log-likelihood, per_token / per_char = that divided by the option's tokens /

@@ -217,7 +217,7 @@ def retrained_probes(states_base: dict, y_base, states_ft: dict, y_ft, folds: in
     for name, states, y in (("base", states_base, y_base), ("ft", states_ft, y_ft)):
         y = np.asarray(y, dtype=bool)
         n = y.size
-        pos = [p for p in POSITIONS if p in states]
+        pos = [p for p in POSITIONS if p in states_base and p in states_ft]  # both models' cached positions
         r = fit_probes({p: states[p] for p in pos}, y, np.array(["train"] * n), positions=pos, layers=layers,
                        folds=folds, seed=seed, n_boot=0, n_perm=0, threads=threads)
         res[name] = (r, y, pos)
@@ -402,8 +402,10 @@ def evaluate_adapter(ws: Workspace, adapter_dir: Path, out_dir: Path, *, lm=None
         probe = {"layer": int(b["layer"]), "position": b["position"]}
     a_probe = float("nan")
     if probe and ws.path("probes", "oof.npy").exists():
+        from metacog.stages.study import position_index
+
         oof = np.load(ws.path("probes", "oof.npy"), mmap_mode="r")
-        pp = np.asarray(oof[items["base_row"].to_numpy(), int(probe["layer"]), list(POSITIONS).index(probe["position"])], float)
+        pp = np.asarray(oof[items["base_row"].to_numpy(), int(probe["layer"]), position_index(ws, probe["position"], oof)], float)
         per["probe_p"] = pp
         a_probe = _auroc(pp, y0)
         probe.update(auroc=a_probe, auroc_ft_labels=_auroc(pp, y1),

@@ -33,7 +33,8 @@ import numpy as np
 import pandas as pd
 
 from metacog.data import prompts
-from metacog.core.settings import POSITIONS
+from metacog.core.settings import POSITIONS, TWO_PASS_OFF
+from metacog.stages.study import position_index, probe_positions
 from metacog.core.workspace import Workspace, WorkspaceError
 from metacog.finetune.settings import FinetuneSettings, SettingsError
 
@@ -74,12 +75,16 @@ def resolve_probe(ws: Workspace, layer: int | None = None, position: str | None 
             f"no probes in {ws.root} (probes/best.json and probes/oof.npy): run `metacog probes --workspace {ws.root}` first"
         )
     oof = np.load(oof_path, mmap_mode="r")
-    if oof.ndim != 3 or oof.shape[2] != len(POSITIONS):
-        raise TargetError(f"probes/oof.npy has shape {oof.shape}; expected [n_items, n_layers, {len(POSITIONS)}]: re-run the probes stage")
+    probed = probe_positions(ws)
+    if oof.ndim != 3 or oof.shape[2] != len(probed):
+        raise TargetError(f"probes/oof.npy has shape {oof.shape}; expected [n_items, n_layers, {len(probed)}] "
+                          f"({', '.join(probed)}): re-run the probes stage")
     lay = int(best["layer"]) if layer is None else int(layer)
     pos = str(best["position"]) if position is None else str(position)
-    if pos not in POSITIONS:
-        raise TargetError(f"probe position must be one of {', '.join(POSITIONS)}, not {pos!r}")
+    if pos not in probed:
+        why = f" ({TWO_PASS_OFF})" if pos == "confidence_2p" else ""
+        raise TargetError(f"probe position must be one of the positions probed in {ws.root}, "
+                          f"{', '.join(probed)}, not {pos!r}{why}")
     if not 0 <= lay < oof.shape[1]:
         raise TargetError(f"probe layer {lay} is outside 0..{oof.shape[1] - 1} (hidden-state indices of this model)")
     info = {"layer": lay, "position": pos, "is_best": (lay == int(best["layer"]) and pos == best["position"])}
@@ -98,7 +103,7 @@ def resolve_probe(ws: Workspace, layer: int | None = None, position: str | None 
 def probe_p(ws: Workspace, layer: int, position: str) -> np.ndarray:
     """p(correct) of probe (layer, position) for every row: cross-fitted for train rows."""
     oof = np.load(ws.path("probes", "oof.npy"), mmap_mode="r")
-    return np.asarray(oof[:, int(layer), list(POSITIONS).index(position)], dtype=np.float64)
+    return np.asarray(oof[:, int(layer), position_index(ws, position, oof)], dtype=np.float64)
 
 
 def to_target(p) -> np.ndarray:

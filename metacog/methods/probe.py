@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from metacog.core.settings import POSITIONS
 from metacog.core.workspace import WorkspaceError
 from metacog.methods.registry import Method, MethodResult, register
 
@@ -20,13 +19,15 @@ def compute(ctx) -> MethodResult:
 
     Raises:
         WorkspaceError: the probe stage has not run on the workspace."""
+    from metacog.stages.study import position_index
+
     best = ctx.ws.read_json("probes/best.json")
     p = ctx.ws.path("probes", "oof.npy")
     if best is None or not p.exists():
         raise WorkspaceError(f"no probes in {ctx.ws.root}: run `metacog probes --workspace {ctx.ws.root}` first")
     oof = np.load(p, mmap_mode="r")
     rows = ctx.pool["row"].to_numpy()
-    s = np.asarray(oof[rows, int(best["layer"]), list(POSITIONS).index(best["position"])], dtype=float)
+    s = np.asarray(oof[rows, int(best["layer"]), position_index(ctx.ws, best["position"], oof)], dtype=float)
     return MethodResult(pd.DataFrame({"row": rows, "score": np.clip(s, 0.0, 1.0)}),
                         {"forward_passes": 0, "probe": {"layer": int(best["layer"]), "position": best["position"],
                                                         "cv_auroc": best.get("cv_auroc")}})

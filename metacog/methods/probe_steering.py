@@ -20,7 +20,6 @@ import pandas as pd
 import torch
 
 from metacog.data import prompts
-from metacog.core.settings import POSITIONS
 from metacog.core.workspace import WorkspaceError
 from metacog.methods.registry import Method, MethodResult, register
 
@@ -33,6 +32,7 @@ def read_probe(ws) -> dict:
 
     Raises:
         WorkspaceError: no probes in the workspace, or none fitted at an inline position."""
+    from metacog.stages.study import position_index
     from metacog.steering import INLINE_POSITIONS, load_probe
 
     try:
@@ -45,7 +45,7 @@ def read_probe(ws) -> dict:
     best = met.sort_values(["cv_auroc", "layer"], ascending=[False, True]).iloc[0]
     coef, icpt = load_probe(ws)
     h, pos = int(best["layer"]), str(best["position"])
-    pi = list(POSITIONS).index(pos)
+    pi = position_index(ws, pos, coef[:, :, 0])
     return {"layer": h, "position": pos, "cv_auroc": float(best["cv_auroc"]), "coef": coef[h, pi].astype(np.float64),
             "intercept": float(icpt[h, pi]), "n_hidden": int(coef.shape[0])}
 

@@ -96,8 +96,9 @@ def select(states, hook: str) -> np.ndarray:
 def cached_states(ws, hook: str, position: str | None = None):
     """A workspace's cached residual stream at a TransformerLens hook.
 
-    ``position`` is one of :data:`metacog.core.settings.POSITIONS` (``last_prompt``,
-    ``last_answer``, ``confidence``, ``confidence_2p``): returns ``[n_items, d_model]``
+    ``position`` is one of the cached positions (``activations/manifest.json``: ``last_prompt``,
+    ``last_answer``, ``confidence``, and ``confidence_2p`` where the study ran with
+    ``StudySettings.two_pass``, :func:`metacog.core.settings.study_positions`): returns ``[n_items, d_model]``
     float16 (a read-only memmap view; rows in ``items.parquet`` order). ``None`` returns a dict
     position → ``[n_items, d_model]``. Same numbers as
     :func:`metacog.stages.activations.load_states` sliced at ``hidden_index(hook)``.

@@ -6,10 +6,11 @@ left padding with explicit positions):
 - inline:   answer prompt + the model's answer + "\\nConfidence:"
   → residual stream at ``last_prompt``, ``last_answer``, ``confidence``; P(0..100) inline;
 - two-pass: two-pass prompt (question + answer) + "Confidence:"
-  → residual stream at ``confidence_2p``; P(0..100) two-pass only where the answers carry
-  the two-pass mode (``StudySettings.two_pass``; otherwise this forward is a prefill for the
-  state alone, no value trie, and ``values_two_pass.npy`` and the ``*_two_pass`` readout
-  columns are not written).
+  → residual stream at ``confidence_2p`` and P(0..100) two-pass, only where the answers carry
+  the two-pass mode (``StudySettings.two_pass``). Without it this forward is not run: the
+  cache holds the three inline positions (``settings.study_positions``), and
+  ``confidence_2p.npy``, ``values_two_pass.npy`` and the ``*_two_pass`` readout columns are
+  not written.
 
 Storage (``activations/``): one float16 memmap ``<position>.npy`` of shape
 ``[n_items, n_layers + 1, d_model]`` per position (2 bytes × (layers+1) × d_model per item
@@ -28,7 +29,7 @@ from metacog.data import prompts
 from metacog.readout.values import expected_value, read_values
 from metacog.model.generation import batches_by_length
 from metacog.core.runtime import ProgressFn, StopFn, check_stop
-from metacog.core.settings import POSITIONS, stable_hash
+from metacog.core.settings import INLINE_POSITIONS, POSITIONS, stable_hash, study_positions
 from metacog.core.workspace import Workspace, WorkspaceError, atomic_save_npy, atomic_write_json, open_memmap
 
 ACTIVATIONS_VERSION = 2  # 2: "." look-aheads skipped within confidence.EV_TOL (readouts move by <= that bound)
@@ -53,10 +54,10 @@ def ev_noise_floor(dtype, attention: str | None = None) -> float | None:
 MODE_KEYS = {"inline": "inline", "two-pass": "two_pass"}
 
 
-def activations_key(answers_key: str) -> str:
+def activations_key(answers_key: str, positions=POSITIONS) -> str:
     """Cache key of the activations stage: a hash of ACTIVATIONS_VERSION, the answers stage key it
-    reads and the probed POSITIONS."""
-    return stable_hash("activations", ACTIVATIONS_VERSION, answers_key, list(POSITIONS))
+    reads and the cached ``positions`` (``settings.study_positions``; all four by default)."""
+    return stable_hash("activations", ACTIVATIONS_VERSION, answers_key, list(positions))
 
 
 def encode_item(lm, question: str, answer: str, choices=None, style: str = "plain") -> tuple[prompts.Encoded, prompts.Encoded]:
@@ -90,8 +91,15 @@ def run_activations(
     should_stop: StopFn | None = None,
     style: str = "plain",
 ) -> dict:
-    """Fill the cache for every item (resuming); return the manifest."""
-    key = activations_key(answers_key)
+    """Fill the cache for every item (resuming); return the manifest.
+
+    The answers' modes decide what runs: with a ``text_two_pass`` column (the study's
+    ``two_pass``) the two-pass sequence is read too (``confidence_2p`` state + two-pass
+    readout); without it only the inline sequence is run, and the cache holds
+    ``INLINE_POSITIONS``. The manifest's ``positions`` lists what is cached, in order."""
+    two_pass = "text_two_pass" in answers.columns  # the answers' modes decide the readouts (their key includes it)
+    positions = study_positions(two_pass)
+    key = activations_key(answers_key, positions)
     d = ws.path("activations")
     man = ws.read_json("activations/manifest.json", {})
     if ws.stage_fresh("activations", key) and man.get("key") == key:
@@ -105,18 +113,19 @@ def run_activations(
     d.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     n, H, D = len(items), lm.n_hidden, lm.d_model
-    two_pass = "text_two_pass" in answers.columns  # the answers' modes decide the readouts (their key includes it)
     modes = {m: k for m, k in MODE_KEYS.items() if two_pass or m == "inline"}
     fresh = man.get("key") != key
     atomic_write_json(
         d / "manifest.json",
-        {"key": key, "answers": answers_key, "positions": list(POSITIONS), "n_layers": H, "n_decoder_layers": lm.n_layers,
+        {"key": key, "answers": answers_key, "positions": list(positions), "n_layers": H, "n_decoder_layers": lm.n_layers,
          "d_model": D, "n_items": n, "dtype": "float16", "complete": False, "model": lm.name, "weights_hash": lm.weights_hash,
          "model_dtype": str(lm.dtype).replace("torch.", ""), "model_attention": _attention(lm),
          "ev_noise_floor": ev_noise_floor(lm.dtype, _attention(lm)),
          "modes": list(modes)},
     )
-    mms = {p: _open(d / f"{p}.npy", (n, H, D), np.float16, fresh) for p in POSITIONS}
+    mms = {p: _open(d / f"{p}.npy", (n, H, D), np.float16, fresh) for p in positions}
+    if not two_pass and (d / "confidence_2p.npy").exists():  # left by a two-pass study in this workspace
+        (d / "confidence_2p.npy").unlink()
     vals = {m: _open(d / f"values_{k}.npy", (n, 102), np.float64, fresh) for m, k in modes.items()}
     # per item: unresolved mass, |ΔE[v]| bound (points), look-aheads scored (confidence.score_trie)
     unres = {m: _open(d / f"lookahead_{k}.npy", (n, 3), np.float64, fresh) for m, k in modes.items()}
@@ -133,10 +142,10 @@ def run_activations(
     tok_index = pd.DataFrame(
         {
             "row": items["row"].to_numpy(),
-            **{p: [e.positions[p] for e in (x[0] for x in encs)] for p in ("last_prompt", "last_answer", "confidence")},
-            "confidence_2p": [e[1].positions["confidence_2p"] for e in encs],
+            **{p: [e.positions[p] for e in (x[0] for x in encs)] for p in INLINE_POSITIONS},
             "len_inline": [len(e[0]) for e in encs],
-            "len_two_pass": [len(e[1]) for e in encs],
+            **({"confidence_2p": [e[1].positions["confidence_2p"] for e in encs],
+                "len_two_pass": [len(e[1]) for e in encs]} if two_pass else {}),
         }
     )
     todo = [i for i in range(n) if not done[i]]
@@ -146,13 +155,15 @@ def run_activations(
     for idx in batches_by_length([encs[i][0].ids for i in todo], batch_size):
         check_stop(should_stop)
         rows = [todo[j] for j in idx]
-        inl = read_values(lm, [encs[r][0].ids for r in rows], capture=[[encs[r][0].positions[p] for p in POSITIONS[:3]] for r in rows])
-        two = read_values(lm, [encs[r][1].ids for r in rows], capture=[[encs[r][1].positions["confidence_2p"]] for r in rows],
-                          values=two_pass)
-        st = np.concatenate([inl.states.float().cpu().numpy(), two.states.float().cpu().numpy()], axis=1)  # [B,P,H,D]
-        for k, p in enumerate(POSITIONS):
+        reads = {"inline": read_values(lm, [encs[r][0].ids for r in rows],
+                                       capture=[[encs[r][0].positions[p] for p in INLINE_POSITIONS] for r in rows])}
+        if two_pass:
+            reads["two-pass"] = read_values(lm, [encs[r][1].ids for r in rows],
+                                            capture=[[encs[r][1].positions["confidence_2p"]] for r in rows])
+        st = np.concatenate([r.states.float().cpu().numpy() for r in reads.values()], axis=1)  # [B,P,H,D]
+        for k, p in enumerate(positions):
             mms[p][rows] = st[:, k].astype(np.float16)
-        for m, r in (("inline", inl), ("two-pass", two)):
+        for m, r in reads.items():
             if m in vals:
                 vals[m][rows] = np.concatenate([r.probs, r.other[:, None]], axis=1)
                 unres[m][rows] = np.stack([r.unresolved, r.ev_bound, r.lookaheads], axis=1)

@@ -30,7 +30,7 @@ import torch
 from metacog.data import prompts
 from metacog.readout.values import value_tree, body_and_head, expected_value, get_trie, left_pad, read_values, score_trie
 from metacog.model.hooks import capture_residual
-from metacog.core.settings import POSITIONS, StudySettings
+from metacog.core.settings import INLINE_POSITIONS, POSITIONS, StudySettings
 
 
 def final_norm(body):
@@ -92,11 +92,16 @@ class ProbeWeights:
     def load(cls, ws) -> "ProbeWeights | None":
         """The workspace's full-train probe weights (``probes/coef.npy`` ``[n_layers, n_positions,
         d_model]``, ``probes/intercept.npy`` ``[n_layers, n_positions]``), or None before the probe
-        stage has run."""
+        stage has run. ``positions``: the workspace's probe positions (``study.probe_positions``).
+
+        Raises: WorkspaceError when the arrays do not match those positions."""
+        from metacog.stages.study import probe_positions
+
         c, b = ws.path("probes", "coef.npy"), ws.path("probes", "intercept.npy")
         if not (c.exists() and b.exists()):
             return None
-        return cls(np.load(c, allow_pickle=False), np.load(b, allow_pickle=False))
+        icpt = np.load(b, allow_pickle=False)
+        return cls(np.load(c, allow_pickle=False), icpt, tuple(probe_positions(ws, icpt)))
 
     def predict(self, states: dict[str, np.ndarray]) -> pd.DataFrame:
         """``states[position]``: ``[n_layers, d]`` → one row per (layer, position) with ``p``."""
@@ -162,11 +167,11 @@ def play(lm, question: str, gold: list[str] | None = None, choices: list[str] | 
     # one item: the Playground always shows both modes (the study's two_pass setting saves work over many items)
     ans = answer_items(lm, item, dataclasses.replace(study, two_pass=True)).iloc[0]
     enc_in, enc_2p = encode_item(lm, question, ans["answer"], list(choices) if mc else None, study.prompt_style)
-    r_in = read_values(lm, [enc_in.ids], capture=[[enc_in.positions[p] for p in POSITIONS[:3]]])
+    r_in = read_values(lm, [enc_in.ids], capture=[[enc_in.positions[p] for p in INLINE_POSITIONS]])
     r_2p = read_values(lm, [enc_2p.ids], capture=[[enc_2p.positions["confidence_2p"]]])
     st_in = r_in.states[0].float().cpu().numpy()  # [3, H, d]
     st_2p = r_2p.states[0].float().cpu().numpy()  # [1, H, d]
-    states = {p: st_in[k] for k, p in enumerate(POSITIONS[:3])}
+    states = {p: st_in[k] for k, p in enumerate(INLINE_POSITIONS)}
     states["confidence_2p"] = st_2p[0]
     nan = lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)  # noqa: E731
     return Play(

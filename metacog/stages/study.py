@@ -37,7 +37,7 @@ from metacog.stages.activations import activations_key, load_states, run_activat
 from metacog.stages.answers import answers_key, check_items_prompt_lengths, items_key, run_answers
 from metacog.data import assign_splits, check_splits, load_dataset, split_fraction_warnings
 from metacog.core.runtime import ProgressFn, StopFn
-from metacog.core.settings import MODES, POSITIONS, TWO_PASS_OFF, ModelSettings, StudySettings, computed_line, stable_hash
+from metacog.core.settings import MODES, POSITIONS, TWO_PASS_OFF, ModelSettings, StudySettings, computed_line, stable_hash, study_positions
 from metacog.core.workspace import LineageError, Workspace, WorkspaceBusy, WorkspaceError, atomic_save_npy
 
 MODE_KEYS = {"inline": "inline", "two-pass": "two_pass"}
@@ -142,21 +142,60 @@ def probes_key(act_key: str, study: StudySettings, items: pd.DataFrame | None = 
     return stable_hash(*parts)
 
 
+def probe_positions(ws: Workspace, arr: np.ndarray | None = None) -> list[str]:
+    """The workspace's probe positions, in the order of the position axis of ``probes/oof.npy``
+    (``[n_items, n_layers, n_positions]``) and ``probes/coef.npy``: the ``positions`` the probe
+    stage recorded in the lineage of ``probes/metrics.parquet`` (a study without two-pass probes
+    the three inline positions, ``settings.study_positions``); probes written before that
+    record have all four of ``settings.POSITIONS``. ``arr``, when given, is checked against it.
+
+    Raises:
+        WorkspaceError: ``arr``'s last axis has another length (probes of an older build).
+    """
+    pos = list((ws.lineage("probes/metrics.parquet") or {}).get("positions") or POSITIONS)
+    if arr is not None and np.shape(arr)[-1] != len(pos):
+        raise WorkspaceError(f"probes in {ws.root} have {np.shape(arr)[-1]} positions, expected {len(pos)} "
+                             f"({', '.join(pos)}): re-run the probes stage")
+    return pos
+
+
+def position_index(ws: Workspace, position: str, arr: np.ndarray | None = None) -> int:
+    """Index of ``position`` on the position axis of the workspace's probe arrays
+    (:func:`probe_positions`).
+
+    Raises:
+        WorkspaceError: the study did not probe ``position`` (``confidence_2p`` is probed only
+            with ``StudySettings.two_pass``), or ``arr`` does not match.
+    """
+    pos = probe_positions(ws, arr)
+    if position not in pos:
+        why = f"; {TWO_PASS_OFF}" if position == "confidence_2p" else ""
+        raise WorkspaceError(f"position {position!r} was not probed in {ws.root} (probed: {', '.join(pos)}){why}")
+    return pos.index(position)
+
+
 def save_probes(ws: Workspace, metrics_df: pd.DataFrame, oof: np.ndarray, best: dict, key: str, act_key: str,
-                coef: np.ndarray | None = None, intercept: np.ndarray | None = None) -> None:
+                coef: np.ndarray | None = None, intercept: np.ndarray | None = None,
+                positions: list[str] | None = None) -> None:
     """Write the probe stage's artifacts: ``probes/oof.npy`` (float32 ``[n_items, n_layers,
     n_positions]``), the full-train probes ``probes/coef.npy`` (float32 ``[n_layers,
     n_positions, d_model]``, on the raw residual stream) and ``probes/intercept.npy``
     (``[n_layers, n_positions]``) when given, ``probes/best.json`` and, last,
-    ``probes/metrics.parquet`` whose lineage (probes key, activations key, SHA-256 of oof.npy)
-    marks the set complete and consistent."""
+    ``probes/metrics.parquet`` whose lineage (probes key, activations key, SHA-256 of oof.npy,
+    ``positions``: the order of the position axis, all of ``settings.POSITIONS`` by default)
+    marks the set complete and consistent.
+
+    Raises: ValueError when ``oof``'s last axis is not ``len(positions)``."""
+    positions = list(positions or POSITIONS)
+    if np.shape(oof)[-1] != len(positions):
+        raise ValueError(f"oof has {np.shape(oof)[-1]} positions, positions lists {len(positions)}")
     if coef is not None and intercept is not None:
         atomic_save_npy(ws.path("probes", "coef.npy"), np.asarray(coef, dtype=np.float32))
         atomic_save_npy(ws.path("probes", "intercept.npy"), np.asarray(intercept, dtype=np.float32))
     atomic_save_npy(ws.path("probes", "oof.npy"), np.asarray(oof, dtype=np.float32))
     ws.write_json("probes/best.json", best)
     ws.write_parquet("probes/metrics.parquet", metrics_df, lineage={
-        "key": key, "activations": act_key, "oof_sha256": _sha256(ws.path("probes", "oof.npy"))})
+        "key": key, "activations": act_key, "oof_sha256": _sha256(ws.path("probes", "oof.npy")), "positions": positions})
 
 
 def run_probes_stage(ws: Workspace, items: pd.DataFrame, answers: pd.DataFrame, act_key: str, study: StudySettings,
@@ -175,12 +214,14 @@ def run_probes_stage(ws: Workspace, items: pd.DataFrame, answers: pd.DataFrame, 
     y = answers.set_index("row").loc[items["row"], "correct"].to_numpy().astype(bool)
     if progress:
         progress(0, 1, "fitting probes")
+    positions = list(states)  # the cache's positions, in its manifest's order
     res = probes.fit_probes(
-        {p: states[p] for p in POSITIONS}, y, items["split"].to_numpy(), folds=study.probe_folds, seed=study.seed,
+        states, y, items["split"].to_numpy(), folds=study.probe_folds, seed=study.seed,
         n_bins=study.ece_bins, threads=threads, progress=progress,
         groups=items["group"].to_numpy() if "group" in items.columns else None,
     )
-    save_probes(ws, res.metrics, res.oof, res.best, key, act_key, coef=res.coef, intercept=res.intercept)
+    save_probes(ws, res.metrics, res.oof, res.best, key, act_key, coef=res.coef, intercept=res.intercept,
+                positions=positions)
     ws.mark_stage("probes", key, seconds=round(time.time() - t0, 2))
     if progress:
         progress(1, 1, "fitting probes")
@@ -221,7 +262,8 @@ def run_study(
     check_launch_items(items, study.split_fractions)
     lm = lm or load_model(model)          # model errors: before any write
     check_items_prompt_lengths(lm, items, study)  # an over-long item: before any write
-    check_disk(ws, lm, len(items), stages, batch_size=study.batch_size, n_tokens=_longest_prompt(lm, items, study))
+    check_disk(ws, lm, len(items), stages, batch_size=study.batch_size, n_tokens=_longest_prompt(lm, items, study),
+               n_positions=len(study_positions(study.two_pass)))
     with ws.lock(Workspace.WORKSPACE_LOCK):
         ws.init(model, study)
         t0 = time.time()
@@ -232,9 +274,9 @@ def run_study(
         ans = run_answers(ws, lm, items, study, progress, should_stop)
         akey = answers_key(lm, items, study)
         if "activations" in stages or "probes" in stages:
-            run_activations(ws, lm, items, ans, akey, study.batch_size, progress, should_stop, style=study.prompt_style)
+            man = run_activations(ws, lm, items, ans, akey, study.batch_size, progress, should_stop, style=study.prompt_style)
         if "probes" in stages:
-            run_probes_stage(ws, items, ans, activations_key(akey), study, threads=model.threads, progress=progress)
+            run_probes_stage(ws, items, ans, man["key"], study, threads=model.threads, progress=progress)
         summary = summarize(ws)
         summary["seconds"] = round(time.time() - t0, 1)
         ws.write_json("summary.json", summary)
@@ -295,7 +337,7 @@ def _longest_prompt(lm, items: pd.DataFrame, study: StudySettings) -> int:
     return len(lm.tokenizer.encode(q)) + 128 + int(study.max_new_tokens)
 
 
-def check_memory(lm, batch_size: int, n_tokens: int, margin: float = 1.5) -> int:
+def check_memory(lm, batch_size: int, n_tokens: int, margin: float = 1.5, n_positions: int = len(POSITIONS)) -> int:
     """Estimate the peak bytes one readout batch adds on the model's device (beyond the weights,
     which are loaded already): the KV cache of ``batch_size`` prefixes of ``n_tokens`` plus
     the value trie and its look-aheads (:func:`metacog.model.arch.kv_bytes_per_token` per token),
@@ -311,7 +353,7 @@ def check_memory(lm, batch_size: int, n_tokens: int, margin: float = 1.5) -> int
 
     tokens = int(n_tokens) + get_trie(lm.tokenizer).n_nodes + 101
     kv = arch.kv_bytes_per_token(lm.model) * tokens * int(batch_size)
-    act = 4 * 4 * int(batch_size) * tokens * lm.d_model + 4 * int(batch_size) * lm.n_hidden * lm.d_model * len(POSITIONS)
+    act = 4 * 4 * int(batch_size) * tokens * lm.d_model + 4 * int(batch_size) * lm.n_hidden * lm.d_model * int(n_positions)
     need = int((kv + act) * margin)
     free = arch.free_memory(lm.device)
     if free is None:
@@ -325,7 +367,7 @@ def check_memory(lm, batch_size: int, n_tokens: int, margin: float = 1.5) -> int
 
 
 def check_disk(ws: Workspace, lm, n_items: int, stages=("activations",), margin: float = 1.2, batch_size: int | None = None,
-               n_tokens: int | None = None) -> int:
+               n_tokens: int | None = None, n_positions: int = len(POSITIONS)) -> int:
     """Estimate the bytes the hidden-state cache needs (float16 ``[n_items, n_layers + 1,
     d_model]`` per named position, plus the two 0–100 distributions) and refuse, with the
     numbers, when the workspace's file system has less free space. Returns the estimate.
@@ -338,11 +380,11 @@ def check_disk(ws: Workspace, lm, n_items: int, stages=("activations",), margin:
     import shutil
 
     if batch_size and n_tokens:
-        check_memory(lm, batch_size, n_tokens)
+        check_memory(lm, batch_size, n_tokens, n_positions=n_positions)
 
     if "activations" not in stages and "probes" not in stages:
         return 0
-    need = int(n_items * ((lm.n_layers + 1) * lm.d_model * len(POSITIONS) * 2 + 2 * 102 * 8) * margin)
+    need = int(n_items * ((lm.n_layers + 1) * lm.d_model * int(n_positions) * 2 + 2 * 102 * 8) * margin)
     have_dir = next((p for p in [ws.root, *ws.root.parents] if p.exists()), Path("/"))
     free = shutil.disk_usage(have_dir).free
     if ws.path("activations").exists():  # a resumed cache already holds its files
@@ -350,7 +392,7 @@ def check_disk(ws: Workspace, lm, n_items: int, stages=("activations",), margin:
     if free < need:
         raise WorkspaceError(
             f"not enough disk for the hidden-state cache in {ws.root}: it needs about {need / 2**30:.2f} GiB "
-            f"({n_items} items × {lm.n_layers + 1} layers × {lm.d_model} dims × {len(POSITIONS)} positions, float16) "
+            f"({n_items} items × {lm.n_layers + 1} layers × {lm.d_model} dims × {int(n_positions)} positions, float16) "
             f"and {have_dir} has {free / 2**30:.2f} GiB free")
     return need
 
@@ -401,7 +443,7 @@ def results_table(ws: Workspace) -> pd.DataFrame:
     best = ws.read_json("probes/best.json")
     if best and ws.path("probes", "oof.npy").exists():
         oof = np.load(ws.path("probes", "oof.npy"), mmap_mode="r")
-        pi = list(POSITIONS).index(best["position"])
+        pi = position_index(ws, best["position"], oof)
         df["probe_p"] = np.asarray(oof[df["row"].to_numpy(), int(best["layer"]), pi], dtype=float)
     return df
 

@@ -10,14 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from metacog.core.settings import POSITIONS
+from metacog.core.settings import INLINE_POSITIONS
 from metacog.core.workspace import Workspace, WorkspaceError
 
 
 DIRECTIONS = ("probe", "mean-diff", "random", "probe-minus-type")
-
-
-INLINE_POSITIONS = ("last_prompt", "last_answer", "confidence")
 
 
 def unit(v) -> np.ndarray:
@@ -124,7 +121,9 @@ def compute_directions(ws: Workspace, items: pd.DataFrame, answers: pd.DataFrame
     """
     tr, X, y = train_states(ws, items, answers, position)
     coef, _ = load_probe(ws)
-    pi = list(POSITIONS).index(position)
+    from metacog.stages.study import position_index
+
+    pi = position_index(ws, position, coef[:, :, 0])
     H, d = X.shape[1], X.shape[2]
     nd, nl = len(directions), len(layers)
     V = np.zeros((nd, nl, d))

@@ -117,8 +117,7 @@ def test_lr_schedules():
 
 # ------------------------------------------------------------------------------ targets
 def test_probe_targets_are_out_of_fold_train_only(ws):
-    from metacog.core.settings import POSITIONS
-    from metacog.stages.study import load_items
+    from metacog.stages.study import load_items, probe_positions
 
     items = load_items(ws)
     oof = np.load(ws.path("probes", "oof.npy"))
@@ -127,7 +126,7 @@ def test_probe_targets_are_out_of_fold_train_only(ws):
     train_ids = set(items.loc[items["split"] == "train", "id"])
     assert set(df["id"]) == train_ids  # every training item, and only those
     assert (df["split"] == "train").all()
-    pi = list(POSITIONS).index(best["position"])
+    pi = probe_positions(ws, oof).index(best["position"])
     want = to_target(oof[df["row"].to_numpy(), best["layer"], pi])
     assert np.array_equal(df["target"].to_numpy(), want)  # the stored cross-fitted p, not a refit
     assert info["probe"]["layer"] == best["layer"] and info["probe"]["is_best"]

@@ -120,10 +120,10 @@ def test_pairwise_targets_from_train_oof_p(ws):
     assert (pairs["split_first"] == "train").all() and (pairs["split_second"] == "train").all()
     # the target is the item with the higher out-of-fold p of the chosen probe
     oof = np.load(ws.path("probes", "oof.npy"))
-    from metacog.core.settings import POSITIONS
+    from metacog.stages.study import probe_positions
 
     pr = info["probe"]
-    pp = oof[:, pr["layer"], list(POSITIONS).index(pr["position"])].astype(float)
+    pp = oof[:, pr["layer"], probe_positions(ws, oof).index(pr["position"])].astype(float)
     want = np.where(pp[pairs["row_first"]] > pp[pairs["row_second"]], 1, 2)
     assert (pairs["winner"].to_numpy() == want).all()
     assert (pairs["target_label"] == np.where(want == 1, "1", "2")).all()

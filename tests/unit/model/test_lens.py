@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from metacog.core.settings import POSITIONS, StudySettings
+from metacog.core.settings import INLINE_POSITIONS, StudySettings
 from metacog.core.workspace import Workspace, WorkspaceError
 from metacog.data import prompts
 from metacog.model.lens import cached_states, hidden_index, hook_name, hook_names, select
@@ -70,7 +70,9 @@ def test_cached_states_by_hook_name(tmp_path, tiny_tok):
         assert got.shape == (len(items), lm.d_model) and got.dtype == np.float16
         np.testing.assert_array_equal(got, full[:, h, :])
     every = cached_states(ws, "blocks.1.hook_resid_post")
-    assert set(every) == set(POSITIONS)
+    assert set(every) == set(INLINE_POSITIONS)  # two-pass off: the inline positions
+    with pytest.raises(WorkspaceError, match="not cached"):
+        cached_states(ws, "blocks.0.hook_resid_post", "confidence_2p")
     np.testing.assert_array_equal(every["last_answer"], load_states(ws, "last_answer")[:, 2, :])
     with pytest.raises(ValueError):
         cached_states(ws, f"blocks.{lm.n_layers}.hook_resid_post", "confidence")

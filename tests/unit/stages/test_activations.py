@@ -10,7 +10,7 @@ from metacog.stages.answers import answers_key, run_answers
 from metacog.readout.values import read_values
 from metacog.model.hooks import capture_residual
 from metacog.core.runtime import Stopped
-from metacog.core.settings import POSITIONS, StudySettings
+from metacog.core.settings import INLINE_POSITIONS, StudySettings
 from metacog.core.workspace import Workspace
 
 from conftest import tiny_items
@@ -97,22 +97,26 @@ def test_cache_layout_size_and_resume(tmp_path, tiny_lm):
         run_activations(ws, tiny_lm, items, ans, akey, batch_size=4, should_stop=stop_after_first)
     done = np.load(ws.path("activations", "done.npy"))
     assert 0 < done.sum() < len(items)
-    partial = {p: np.array(load_states_raw(ws, p)) for p in POSITIONS}
+    # two-pass off (the default): the inline sequence alone, its three positions
+    positions = ws.read_json("activations/manifest.json")["positions"]
+    assert positions == list(INLINE_POSITIONS) and not ws.path("activations", "confidence_2p.npy").exists()
+    partial = {p: np.array(load_states_raw(ws, p)) for p in positions}
     man = run_activations(ws, tiny_lm, items, ans, akey, batch_size=4)
     assert man["complete"] and np.load(ws.path("activations", "done.npy")).all()
     states = load_states(ws)
+    assert list(states) == positions
     n, H, D = len(items), tiny_lm.n_hidden, tiny_lm.d_model
-    for p in POSITIONS:
+    for p in positions:
         assert states[p].shape == (n, H, D) and states[p].dtype == np.float16
         # rows finished before the stop were kept, not recomputed differently
         np.testing.assert_array_equal(np.asarray(states[p])[done], partial[p][done])
     # budget: <= 2 bytes x (layers+1) x d_model x positions per item
-    nbytes = sum(ws.path("activations", f"{p}.npy").stat().st_size for p in POSITIONS)
-    assert nbytes <= n * 2 * H * D * len(POSITIONS) + 4096 * len(POSITIONS)
+    nbytes = sum(ws.path("activations", f"{p}.npy").stat().st_size for p in positions)
+    assert nbytes <= n * 2 * H * D * len(positions) + 4096 * len(positions)
     # a fresh full run gives the same states as the resumed one
     ws2, items2, ans2, akey2 = _stage(tmp_path / "again", tiny_lm)
     run_activations(ws2, tiny_lm, items2, ans2, akey2, batch_size=4)
-    for p in POSITIONS:
+    for p in positions:
         np.testing.assert_allclose(np.asarray(load_states(ws2, p), dtype=np.float32), np.asarray(states[p], dtype=np.float32), atol=2e-3)
     ro = ws.read_parquet("readout.parquet")
     assert len(ro) == n and ro["ev_inline"].between(0, 100).all()

@@ -79,10 +79,14 @@ def test_playground_page(tmp_path, monkeypatch, tiny_lm):
     # the tiny model answers nothing right, so no probe is fitted: store seeded random probe weights
     from metacog.core.workspace import atomic_save_npy
 
-    H, d = tiny_lm.n_layers + 1, tiny_lm.d_model
+    from metacog.core.workspace import Workspace
+    from metacog.stages.study import probe_positions
+
+    H, d, P = tiny_lm.n_layers + 1, tiny_lm.d_model, len(probe_positions(Workspace(root)))
+    assert P == 3  # two-pass off: the inline positions
     rng = np.random.default_rng(0)
-    atomic_save_npy(root / "probes" / "coef.npy", rng.normal(0, 0.1, (H, 4, d)).astype(np.float32))
-    atomic_save_npy(root / "probes" / "intercept.npy", np.zeros((H, 4), np.float32))
+    atomic_save_npy(root / "probes" / "coef.npy", rng.normal(0, 0.1, (H, P, d)).astype(np.float32))
+    atomic_save_npy(root / "probes" / "intercept.npy", np.zeros((H, P), np.float32))
     monkeypatch.setenv("METACOG_CACHE", str(cache))
     ui.set_model_loader(lambda settings: tiny_lm)
     try:

@@ -201,13 +201,14 @@ def test_real_model_study(real_study):
     # the exact 0-100 distribution is a distribution
     dist = np.load(ws / "activations" / "values_inline.npy")
     np.testing.assert_allclose(dist.sum(1), 1.0, atol=1e-6)
-    assert len(s["probes"]["entries"]) == 31 * 4
+    assert len(s["probes"]["entries"]) == 31 * 3  # two-pass off: the three inline positions
 
 
 def test_default_study_computes_inline_only_and_says_so(tmp_path, tiny_lm, tiny_study, tiny_summary, capsys):
     """two_pass off (the default): no two-pass columns or distribution anywhere, one message
-    wherever they would be read, and everything it does compute equals the two-pass run's
-    (the confidence_2p state is still cached: the two-pass prompt's prefill alone)."""
+    wherever they would be read, and everything it does compute equals the two-pass run's.
+    The two-pass sequence is not run at all: no confidence_2p state, no probe there, and a
+    clear line where a later stage asks for it."""
     import dataclasses
 
     from metacog.stages.activations import load_distributions
@@ -231,12 +232,33 @@ def test_default_study_computes_inline_only_and_says_so(tmp_path, tiny_lm, tiny_
     assert s["distribution"]["inline"]["ev"]["auroc"] == pytest.approx(s_on["distribution"]["inline"]["ev"]["auroc"], nan_ok=True)
     assert not [c for c in ro.columns if c.endswith("_two_pass")] and "unresolved_inline" in ro
     assert not ws.path("activations", "values_two_pass.npy").exists()
-    st_off = np.load(ws.path("activations", "confidence_2p.npy"))
-    st_on = np.load(ws_on.path("activations", "confidence_2p.npy"))
-    # the same states, within the batch-invariance rule (docs/SCIENCE.md: 1e-3 of each vector's scale)
-    scale = np.abs(st_on.astype(np.float32)).max(-1, keepdims=True)
-    assert np.abs(st_off).max() > 0
-    assert (np.abs(st_off.astype(np.float32) - st_on.astype(np.float32)) <= 1e-3 * scale + 1e-6).all()
+    from metacog.core.settings import INLINE_POSITIONS, POSITIONS
+    from metacog.finetune import FinetuneSettings, build_targets
+    from metacog.finetune.targets import TargetError
+    from metacog.stages.study import position_index, probe_positions
+
+    assert not ws.path("activations", "confidence_2p.npy").exists()
+    assert ws.read_json("activations/manifest.json")["positions"] == list(INLINE_POSITIONS)
+    assert ws_on.read_json("activations/manifest.json")["positions"] == list(POSITIONS)
+    for p in INLINE_POSITIONS:  # the same inline states, within the batch-invariance rule (1e-3 of each vector's scale)
+        st_off = np.load(ws.path("activations", f"{p}.npy")).astype(np.float32)
+        st_on = np.load(ws_on.path("activations", f"{p}.npy")).astype(np.float32)
+        assert np.abs(st_off).max() > 0
+        assert (np.abs(st_off - st_on) <= 1e-3 * np.abs(st_on).max(-1, keepdims=True) + 1e-6).all()
+    # probes at the three inline positions; the position axis says so wherever it is read
+    oof, oof_on = np.load(ws.path("probes", "oof.npy")), np.load(ws_on.path("probes", "oof.npy"))
+    assert probe_positions(ws, oof) == list(INLINE_POSITIONS) and probe_positions(ws_on, oof_on) == list(POSITIONS)
+    assert set(ws.read_parquet("probes/metrics.parquet")["position"]) == set(INLINE_POSITIONS)
+    assert np.load(ws.path("probes", "coef.npy")).shape[1] == 3
+    assert len(s["probes"]["entries"]) == oof.shape[1] * 3
+    with pytest.raises(WorkspaceError, match="'confidence_2p' was not probed.*two-pass not computed"):
+        position_index(ws, "confidence_2p")
+    with pytest.raises(TargetError, match="confidence_2p.*two-pass not computed"):
+        build_targets(ws, FinetuneSettings(probe_position="confidence_2p", probe_layer=1))
+    if s["probes"].get("best"):  # the best probe's p, read at its own index
+        b = s["probes"]["best"]
+        np.testing.assert_array_equal(results_table(ws)["probe_p"].to_numpy(),
+                                      oof[results_table(ws)["row"].to_numpy(), b["layer"], position_index(ws, b["position"])])
     with pytest.raises(WorkspaceError, match="two-pass not computed"):
         load_distributions(ws, "two-pass")
     df = results_table(ws)
