@@ -84,7 +84,7 @@ def _accounting(ws: Workspace, s: dict, total: float, threads: int, batch_size: 
 
     # the batch's common prefix (chat template's system turn) runs once per batch, not per row
     from metacog.data import prompts
-    from metacog.stages.answers import ANSWER_CHUNK
+    from metacog.stages.answers import generation_rows
     from metacog.readout.batching import common_prefix
     from metacog.stages.study import load_items
 
@@ -93,7 +93,7 @@ def _accounting(ws: Workspace, s: dict, total: float, threads: int, batch_size: 
     P_in = common_prefix([prompts.encode_inline(tok, lm.is_chat, q, str(x)).ids for q, x in zip(items["question"], a_by["answer"])])
     P_2p = common_prefix([prompts.encode_two_pass(tok, lm.is_chat, q, str(x)).ids for q, x in zip(items["question"], a_by["answer"])])
     n = len(items)
-    gen_rows, read_rows = min(ANSWER_CHUNK, batch_size, n), min(batch_size, n)
+    gen_rows, read_rows = min(generation_rows(batch_size), n), min(batch_size, n)
     from metacog.model.ragged import is_ragged
 
     runs = 1  # rows of the prefix forward

@@ -29,7 +29,7 @@ from metacog.data import prompts
 from metacog.readout.values import expected_value, read_values
 from metacog.model.generation import batches_by_length
 from metacog.core.runtime import ProgressFn, StopFn, check_stop
-from metacog.core.settings import INLINE_POSITIONS, POSITIONS, stable_hash, study_positions
+from metacog.core.settings import INLINE_POSITIONS, POSITIONS, TWO_PASS_OFF, stable_hash, study_positions
 from metacog.core.workspace import Workspace, WorkspaceError, atomic_save_npy, atomic_write_json, open_memmap
 
 ACTIVATIONS_VERSION = 2  # 2: "." look-aheads skipped within confidence.EV_TOL (readouts move by <= that bound)
@@ -220,7 +220,8 @@ def load_states(ws: Workspace, position: str | None = None):
         raise WorkspaceError(f"no complete activation cache in {ws.root}: run `metacog activations --workspace {ws.root}`")
     if position is not None:
         if position not in man["positions"]:
-            raise WorkspaceError(f"position {position!r} is not cached; cached: {', '.join(man['positions'])}")
+            why = f" ({TWO_PASS_OFF})" if position == "confidence_2p" else ""
+            raise WorkspaceError(f"position {position!r} is not cached in {ws.root}; cached: {', '.join(man['positions'])}{why}")
         return np.load(ws.path("activations", f"{position}.npy"), mmap_mode="r")
     return {p: np.load(ws.path("activations", f"{p}.npy"), mmap_mode="r") for p in man["positions"]}
 

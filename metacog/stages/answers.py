@@ -38,9 +38,18 @@ from metacog.core.settings import MC_SCORINGS, StudySettings, stable_hash
 from metacog.core.workspace import Workspace, remove_tree
 
 ANSWERS_VERSION = 3  # bump when prompts or parsing change (3: per-option MC scores, length-ordered chunks)
-ANSWER_CHUNK = 64  # items per saved chunk (at most this many are redone after a kill); generation runs
-# min(batch_size, ANSWER_CHUNK) rows: decode steps are overhead-bound, so 32 rows generate 300 items'
-# answers in 75 s against 90 s at 16 (bench_study.py --limit 300, bf16, 2 threads)
+ANSWER_CHUNK = 64  # items per saved chunk (at most this many are redone after a kill)
+
+
+def generation_rows(batch_size: int) -> int:
+    """Rows of an answers-stage generation batch (and items per saved chunk):
+    ``min(ANSWER_CHUNK, 2 × batch_size)``. Decode steps are overhead-bound, not compute-bound, so
+    more rows cost little more per step: on SmolLM2 in bf16, 2 threads, 192 items' answers took
+    41.8–43.3 s in 32-row batches and 35.0–36.9 s in 64 (docs/PERFORMANCE.md, session 7),
+    the texts identical. Twice the readout's rows fit in its memory: a generation row holds its
+    prompt plus ``max_new_tokens`` of KV cache, a readout row its prompt plus the ~300-token value
+    trie and float32 hidden states (``study.check_memory`` checks both)."""
+    return max(1, min(ANSWER_CHUNK, 2 * int(batch_size)))
 NEUTRAL_QUESTION = "Answer:"  # the question of the neutral prompt PMI divides by (lm-eval-harness' context)
 INLINE_VERBAL_TOKENS = 8  # " 100%" and a little slack after the forced "Confidence:"
 FORCED_MARK = prompts.INLINE_CONF_PREFIX  # "\nConfidence:" joins the reply and the forced continuation in answer_text
@@ -282,7 +291,8 @@ def _answer_chunk(lm, chunk: pd.DataFrame, study: StudySettings, tick=None, shou
                 tick((pass_no + done["k"] / max(total, 1)) / n_passes)
 
         done["k"] = 0
-        return generate(lm, prompts_, n_tokens, study.batch_size, stop=stop, progress=prog, should_stop=should_stop)
+        return generate(lm, prompts_, n_tokens, generation_rows(study.batch_size), stop=stop, progress=prog,
+                        should_stop=should_stop)
 
     n = len(chunk)
     is_mc = chunk["kind"].eq("mc").to_numpy()
@@ -427,7 +437,7 @@ def run_answers(
     plen = check_items_prompt_lengths(lm, items, study)
     parts = ws.path("answers_parts", key)
     parts.mkdir(parents=True, exist_ok=True)
-    chunk_size = chunk_size or min(study.batch_size, ANSWER_CHUNK)
+    chunk_size = chunk_size or generation_rows(study.batch_size)
     n = len(items)
     frames = [pd.read_parquet(f) for f in sorted(parts.glob("part-*.parquet"))]
     done_rows = set().union(*(set(f["row"].tolist()) for f in frames)) if frames else set()

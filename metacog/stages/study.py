@@ -263,7 +263,7 @@ def run_study(
     lm = lm or load_model(model)          # model errors: before any write
     check_items_prompt_lengths(lm, items, study)  # an over-long item: before any write
     check_disk(ws, lm, len(items), stages, batch_size=study.batch_size, n_tokens=_longest_prompt(lm, items, study),
-               n_positions=len(study_positions(study.two_pass)))
+               n_positions=len(study_positions(study.two_pass)), max_new_tokens=study.max_new_tokens)
     with ws.lock(Workspace.WORKSPACE_LOCK):
         ws.init(model, study)
         t0 = time.time()
@@ -337,37 +337,53 @@ def _longest_prompt(lm, items: pd.DataFrame, study: StudySettings) -> int:
     return len(lm.tokenizer.encode(q)) + 128 + int(study.max_new_tokens)
 
 
-def check_memory(lm, batch_size: int, n_tokens: int, margin: float = 1.5, n_positions: int = len(POSITIONS)) -> int:
-    """Estimate the peak bytes one readout batch adds on the model's device (beyond the weights,
-    which are loaded already): the KV cache of ``batch_size`` prefixes of ``n_tokens`` plus
-    the value trie and its look-aheads (:func:`metacog.model.arch.kv_bytes_per_token` per token),
-    the hidden states of that forward (float32 ``[batch, tokens, d_model]`` × 4 live copies)
-    and the captured residual states. Refuse, with the numbers, when the device has less free
-    memory (``--batch-size`` lowers it). Returns the estimate; 0 when the free memory is unknown.
+def check_memory(lm, batch_size: int, n_tokens: int, margin: float = 1.5, n_positions: int = len(POSITIONS),
+                 max_new_tokens: int | None = None) -> int:
+    """Estimate the peak bytes one batch adds on the model's device (beyond the weights, which
+    are loaded already), the larger of:
 
-    Raises: WorkspaceError when a readout batch would not fit in the device's free memory (the
-    message gives the estimate and a smaller batch size).
+    - a readout batch: the KV cache of ``batch_size`` prefixes of ``n_tokens`` plus the value
+      trie and its look-aheads (:func:`metacog.model.arch.kv_bytes_per_token` per token), the
+      hidden states of that forward (float32 ``[batch, tokens, d_model]`` × 4 live copies) and
+      the captured residual states;
+    - with ``max_new_tokens``, an answers-stage generation batch:
+      :func:`metacog.stages.answers.generation_rows` rows of ``n_tokens + max_new_tokens``
+      tokens of KV cache and one float32 hidden state per token.
+
+    Refuse, with the numbers, when the device has less free memory (``--batch-size`` lowers
+    it). Returns the estimate; 0 when the free memory is unknown.
+
+    Raises: WorkspaceError when a batch would not fit in the device's free memory (the message
+    gives the estimate and a smaller batch size).
     """
     from metacog.model import arch
     from metacog.readout.values import get_trie
+    from metacog.stages.answers import generation_rows
 
+    per_tok = arch.kv_bytes_per_token(lm.model)
     tokens = int(n_tokens) + get_trie(lm.tokenizer).n_nodes + 101
-    kv = arch.kv_bytes_per_token(lm.model) * tokens * int(batch_size)
+    kv = per_tok * tokens * int(batch_size)
     act = 4 * 4 * int(batch_size) * tokens * lm.d_model + 4 * int(batch_size) * lm.n_hidden * lm.d_model * int(n_positions)
-    need = int((kv + act) * margin)
+    what, rows, need = "a readout batch", int(batch_size), int((kv + act) * margin)
+    if max_new_tokens:
+        g_rows, g_tok = generation_rows(batch_size), int(n_tokens) + int(max_new_tokens)
+        g_kv, g_act = per_tok * g_tok * g_rows, 4 * 4 * g_rows * g_tok * lm.d_model
+        if int((g_kv + g_act) * margin) > need:
+            what, rows, tokens, kv, act = "a generation batch", g_rows, g_tok, g_kv, g_act
+            need = int((kv + act) * margin)
     free = arch.free_memory(lm.device)
     if free is None:
         return 0
     if need > free:
         raise WorkspaceError(
-            f"not enough memory on {lm.device} for a readout batch: about {need / 2**30:.2f} GiB "
-            f"({batch_size} prompts × ~{tokens} tokens: KV cache {kv / 2**30:.2f} GiB, hidden states {act / 2**30:.2f} GiB) "
+            f"not enough memory on {lm.device} for {what}: about {need / 2**30:.2f} GiB "
+            f"({rows} prompts × ~{tokens} tokens: KV cache {kv / 2**30:.2f} GiB, hidden states {act / 2**30:.2f} GiB) "
             f"and {free / 2**30:.2f} GiB is free; use a smaller --batch-size")
     return need
 
 
 def check_disk(ws: Workspace, lm, n_items: int, stages=("activations",), margin: float = 1.2, batch_size: int | None = None,
-               n_tokens: int | None = None, n_positions: int = len(POSITIONS)) -> int:
+               n_tokens: int | None = None, n_positions: int = len(POSITIONS), max_new_tokens: int | None = None) -> int:
     """Estimate the bytes the hidden-state cache needs (float16 ``[n_items, n_layers + 1,
     d_model]`` per named position, plus the two 0–100 distributions) and refuse, with the
     numbers, when the workspace's file system has less free space. Returns the estimate.
@@ -380,7 +396,7 @@ def check_disk(ws: Workspace, lm, n_items: int, stages=("activations",), margin:
     import shutil
 
     if batch_size and n_tokens:
-        check_memory(lm, batch_size, n_tokens, n_positions=n_positions)
+        check_memory(lm, batch_size, n_tokens, n_positions=n_positions, max_new_tokens=max_new_tokens)
 
     if "activations" not in stages and "probes" not in stages:
         return 0

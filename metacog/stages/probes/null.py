@@ -167,6 +167,18 @@ def _one_step_preds(raw, fit, held, Yt, lams, path="auto"):
             dinv = 1.0 / (e + lam)  # [B, d]
             z = bF * dinv[:, :, None]
             M = eye - (Uf * dinv[:, None, :]) @ Uf.transpose(1, 2)
-            t = torch.linalg.solve(M, Uf @ z)
+            t = _solve_each(M, Uf @ z)
             w = z + dinv[:, :, None] * (Uf.transpose(1, 2) @ t)
             yield f, ci, (XH @ w).numpy()
+
+
+def _solve_each(M: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+    """``M[i]^-1 R[i]`` for each batch index i (``M`` ``[B, m, m]``, ``R`` ``[B, m, k]``), one 2-D
+    solve at a time. A batched ``torch.linalg.solve`` on CPU runs LAPACK getrf for several
+    matrices at once from torch's own worker threads once ``torch.set_num_threads`` is above 1,
+    and MKL's row swaps are not safe under that: for m above ~150 the pivots come back as
+    garbage (MKL "Parameter 6 was incorrect on entry to SLASWP", then "Pivots given to lu_solve
+    must all be greater or equal to 1", or wrong numbers; pytorch/pytorch#142815, fix proposed in
+    #181570). It crashed the probe stage of the full default study (1,062 train items, folds of
+    213, 2 threads). One matrix per call leaves the threading to MKL inside the factorisation."""
+    return torch.stack([torch.linalg.solve(M[i], R[i]) for i in range(M.shape[0])])

@@ -103,3 +103,16 @@ def test_kv_bytes_and_memory_refusal(whole_and_split, monkeypatch):
     monkeypatch.setattr(arch, "free_memory", lambda device: need - 1)
     with pytest.raises(WorkspaceError, match=r"not enough memory on cpu .* GiB is free; use a smaller --batch-size"):
         check_memory(whole, batch_size=8, n_tokens=100)
+    # a long prompt: the answers stage's generation batch (twice the rows, prompt + new tokens)
+    # needs more than the readout batch, and the launch check says which one does not fit
+    from metacog.stages.answers import generation_rows
+
+    assert generation_rows(8) == 16 and generation_rows(32) == 64 and generation_rows(1000) == 64
+    monkeypatch.setattr(arch, "free_memory", lambda device: 1 << 40)
+    read = check_memory(whole, batch_size=8, n_tokens=2000)
+    both = check_memory(whole, batch_size=8, n_tokens=2000, max_new_tokens=512)
+    assert both > read
+    assert check_memory(whole, batch_size=8, n_tokens=100, max_new_tokens=32) == need  # short prompts: the readout decides
+    monkeypatch.setattr(arch, "free_memory", lambda device: both - 1)
+    with pytest.raises(WorkspaceError, match=r"for a generation batch: .* \(16 prompts × ~2512 tokens"):
+        check_memory(whole, batch_size=8, n_tokens=2000, max_new_tokens=512)

@@ -11,7 +11,7 @@ import pytest
 
 from metacog.stages import answers as answers_mod
 from metacog.stages.activations import load_states, run_activations
-from metacog.stages.answers import ANSWER_CHUNK, PromptTooLong, answers_key, check_prompt_lengths, run_answers
+from metacog.stages.answers import PromptTooLong, generation_rows, answers_key, check_prompt_lengths, run_answers
 from metacog.model.generation import batches_by_length
 from metacog.core.runtime import Stopped
 from metacog.core.settings import StudySettings
@@ -147,7 +147,7 @@ def test_answers_resume_redoes_at_most_one_chunk(tmp_path, tiny_lm, monkeypatch)
     """A stop after k finished chunks keeps them: the resumed run answers only the rest
     (issue: a kill at 33% of a 60-item study redid all 60), and gives the same table."""
     items = tiny_items(40)
-    st = StudySettings(max_new_tokens=5, confidence_max_new_tokens=4, batch_size=32, two_pass=True)
+    st = StudySettings(max_new_tokens=5, confidence_max_new_tokens=4, batch_size=16, two_pass=True)  # chunks of 32
     real = answers_mod._answer_chunk
     answered = []
 
@@ -161,7 +161,7 @@ def test_answers_resume_redoes_at_most_one_chunk(tmp_path, tiny_lm, monkeypatch)
     ws = Workspace(tmp_path / "a")
     with pytest.raises(Stopped):
         run_answers(ws, tiny_lm, items, st, should_stop=lambda: False)
-    chunk = min(st.batch_size, ANSWER_CHUNK)
+    chunk = generation_rows(st.batch_size)
     assert answered == [chunk, min(chunk, 40 - chunk)]  # the second chunk was stopped
     answered.clear()
     resumed = run_answers(ws, tiny_lm, items, st)

@@ -71,7 +71,7 @@ def test_cached_states_by_hook_name(tmp_path, tiny_tok):
         np.testing.assert_array_equal(got, full[:, h, :])
     every = cached_states(ws, "blocks.1.hook_resid_post")
     assert set(every) == set(INLINE_POSITIONS)  # two-pass off: the inline positions
-    with pytest.raises(WorkspaceError, match="not cached"):
+    with pytest.raises(WorkspaceError, match="not cached.*two-pass not computed"):
         cached_states(ws, "blocks.0.hook_resid_post", "confidence_2p")
     np.testing.assert_array_equal(every["last_answer"], load_states(ws, "last_answer")[:, 2, :])
     with pytest.raises(ValueError):

@@ -396,6 +396,37 @@ def test_selection_null_statistic_is_the_one_step_probe():
     assert a["observed"] == pytest.approx(best, abs=1e-9)
 
 
+def test_selection_null_primal_path_survives_torch_threads_on_large_folds():
+    """The full default study (1,062 train items, 5 folds of ~213, d_model 576) takes the primal
+    path, whose Woodbury systems are (held rows + 1)-square. A batched torch.linalg.solve of those
+    with torch.set_num_threads(2) returns garbage LU pivots for sizes above ~150
+    (pytorch/pytorch#142815) and crashed the probe stage; a layer whose features are constant
+    (the embedding at a position where every prompt has the same token) makes the system the
+    identity, the reported trigger. The null must run and equal the dual path's and one thread's."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    n, d = 800, 8
+    y = rng.random(n) < 0.5
+    X = rng.normal(size=(n, 2, 1, d)).astype(np.float32)
+    X[:, 0] = 0.0  # a constant layer: M = I exactly
+    X[:, 1, 0, 0] += 0.8 * y  # a signal
+    split = np.array(["train"] * n)
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = selection_null(X, y, split, n_perm=6, path="primal")
+        torch.set_num_threads(1)
+        one = selection_null(X, y, split, n_perm=6, path="primal")
+    finally:
+        torch.set_num_threads(prev)
+    dual = selection_null(X, y, split, n_perm=6, path="dual")
+    assert two["observed"] > 0.6
+    np.testing.assert_allclose(two["null"], one["null"], atol=1e-6)
+    assert two["observed"] == pytest.approx(one["observed"], abs=1e-6)
+    np.testing.assert_allclose(two["null"], dual["null"], atol=1e-3)  # the primal path runs in float32
+
+
 def test_selection_null_permutes_whole_facts():
     # with groups, each shuffle moves a fact's labels as a block to another fact of the same size
     rng = np.random.default_rng(3)

@@ -271,3 +271,31 @@ def test_default_study_computes_inline_only_and_says_so(tmp_path, tiny_lm, tiny_
     assert status["verbal_inline"] == "computed"
     for m in ("verbal_two_pass", "ev_two_pass"):
         assert status[m].startswith("failed") and TWO_PASS_OFF in status[m]
+
+
+def test_turning_two_pass_off_and_on_in_one_workspace_rebuilds_the_positions(tmp_path, tiny_lm, tiny_study, tiny_summary):
+    """A workspace's cached and probed positions follow its study's two_pass: turned off, the
+    two-pass state file goes and the probes have the three inline positions; turned on again,
+    the fourth comes back. Every reader agrees with the arrays at each step (verify_lineage,
+    probe_positions, results_table), and a probe read at an inline position is the same either way."""
+    import dataclasses
+    import shutil
+
+    from metacog.core.settings import INLINE_POSITIONS, POSITIONS
+    from metacog.stages.study import position_index, probe_positions, verify_lineage, load_items
+
+    d_on, _ = tiny_summary
+    shutil.copytree(d_on, tmp_path / "w")
+    ws = Workspace(tmp_path / "w")
+    oof_on = np.load(ws.path("probes", "oof.npy"))
+    for two_pass, want in ((False, list(INLINE_POSITIONS)), (True, list(POSITIONS))):
+        run_study(ws.root, ModelSettings(threads=1), dataclasses.replace(tiny_study, two_pass=two_pass), lm=tiny_lm)
+        verify_lineage(ws, load_items(ws, verify=False))
+        oof = np.load(ws.path("probes", "oof.npy"))
+        assert ws.read_json("activations/manifest.json")["positions"] == want
+        assert probe_positions(ws, oof) == want and oof.shape[2] == len(want)
+        assert ws.path("activations", "confidence_2p.npy").exists() is two_pass
+        assert len(results_table(ws)) == 40
+        # the same probe at an inline position, whatever else was probed beside it
+        i, j = position_index(ws, "confidence"), list(POSITIONS).index("confidence")
+        np.testing.assert_allclose(oof[:, :, i], oof_on[:, :, j], atol=1e-4, equal_nan=True)
