@@ -58,8 +58,9 @@ def _add_study_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-prompt-tokens", type=int, default=None,
                    help="refuse items whose answer prompt is longer than this, before any model work (default 1024)")
     g.add_argument("--two-pass", action=argparse.BooleanOptionalAction, default=None,
-                   help="also elicit the two-pass verbal confidence and read its 0-100 distribution "
-                        "(+ ~70%% model work: ~700 vs ~410 token-forwards per item; default off: inline only)")
+                   help="also elicit the two-pass verbal confidence, read its 0-100 distribution and cache and "
+                        "probe its confidence_2p state (about 2.1x the model work: ~715 vs ~335 token-forwards "
+                        "per item; default off: inline only)")
 
 
 def _settings_from(args, ws):

@@ -136,8 +136,9 @@ with ui.guard("the workspace"):
             bins = ca[1].number_input("ECE bins", 2, 100, int(s0.ece_bins), key=f"bins-{k}")
             fr = ca[2].text_input("splits train,calibration,eval", ",".join(f"{x:g}" for x in s0.split_fractions), key=f"fr-{k}")
             two_pass = st.toggle("two-pass mode", value=bool(s0.two_pass), key=f"twopass-{k}",
-                                 help="also ask for the confidence in a second prompt and read its exact 0–100 distribution "
-                                      "(+ ~70% model work); off: inline only (metacog study --two-pass)")
+                                 help="also ask for the confidence in a second prompt, read its exact 0–100 distribution "
+                                      "and probe its confidence_2p state (about 2.1× the model work); off: inline only "
+                                      "(metacog study --two-pass)")
         stages = st.multiselect("stages", ["answers", "activations", "probes"], default=list(ui.default_stages()), key=f"stages-{k}",
                                 help="each stage runs the ones before it if needed" + ("" if ui.probes_available() else
                                      "; this build has no probes module yet"))
