@@ -59,6 +59,10 @@ def test_finetune_page_preview_and_runs(env):
     assert any(t.startswith("Loss, run ") for t in titles), titles
     labels = {m.label: m.value for m in at.metric}
     assert int(labels["training items"]) > 0 and int(labels["updates planned"]) > 0
+    # the probe positions offered are the ones this (two-pass) study probed, in array order
+    from metacog.core.settings import POSITIONS
+
+    assert list(at.selectbox(key="ft-pos-ft").options) == list(POSITIONS)
     reg = [d.value for d in at.dataframe if "updates_planned" in d.value.columns][0]
     assert (reg["status"] == "done").any()
     assert any(b.label.startswith("Re-evaluate") for b in at.button)
