@@ -60,7 +60,8 @@ def _add_study_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--two-pass", action=argparse.BooleanOptionalAction, default=None,
                    help="also elicit the two-pass verbal confidence, read its 0-100 distribution and cache and "
                         "probe its confidence_2p state (about 2.1x the model work: ~715 vs ~335 token-forwards "
-                        "per item; default off: inline only)")
+                        "per item; default off: inline only; a resumed workspace keeps its setting, "
+                        "--no-two-pass turns it off)")
 
 
 def _settings_from(args, ws):

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from metacog.app import ui
-from metacog.methods import POSTHOC_KINDS, MethodSettings, all_methods, eval_scores, methods_table, stored_methods
+from metacog.methods import POSTHOC_KINDS, MethodSettings, all_methods, eval_scores, methods_table, stale_methods, stored_methods
 from metacog.methods import plots as mplots
 
 ws = ui.current_workspace()
@@ -90,10 +90,15 @@ with ui.guard("the methods"):
                 st.session_state[f"_mt_seen_{job.id}"] = True
                 st.cache_data.clear()  # new results: recompute the table
 
+    stale = stale_methods(ws)
+    if stale:
+        st.warning(f"{len(stale)} stored result(s) were computed on earlier answers of this workspace and are not shown "
+                   f"({', '.join(stale)}): recompute them above, or run `metacog methods --workspace {ws.root}`.")
     if not stored_methods(ws):
         st.info(f"No method results yet. Compute them above, or run `metacog methods --workspace {ws.root} --methods all`.")
         st.stop()
     t = _table(str(ws.root), _stamp(), 1000)
+    t = t[~t["note"].astype(str).str.startswith("stale:")].reset_index(drop=True)  # said above
     n_eval = int(t["n_eval"].max())
     c = st.columns([3, 2])
     kinds = c[0].multiselect("post-hoc calibration (fitted on the calibration split)", list(POSTHOC_KINDS), default=[],

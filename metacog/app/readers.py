@@ -210,8 +210,9 @@ def item_distributions(ws: Workspace, row: int) -> dict[str, np.ndarray] | None:
     if not done.exists() or not bool(np.load(done)[row]):
         return None
     try:
-        return {m: np.asarray(load_distributions(ws, m)[row], dtype=float) for m in MODES
-                if m == "inline" or ws.path("activations", f"values_{MODE_KEYS[m]}.npy").exists()}
+        modes = man.get("modes") or [m for m in MODES if m == "inline"
+                                     or ws.path("activations", f"values_{MODE_KEYS[m]}.npy").exists()]
+        return {m: np.asarray(load_distributions(ws, m)[row], dtype=float) for m in MODES if m in modes}
     except (OSError, KeyError, IndexError, ValueError):
         return None
 

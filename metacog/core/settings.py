@@ -41,7 +41,8 @@ def study_positions(two_pass: bool) -> tuple[str, ...]:
 def computed_line(study) -> str:
     """One line for the CLI, the app and logs: which verbal replies and 0-100 readouts run."""
     if study.two_pass:
-        return "computing: answers, verbal confidence and exact 0-100 readout, inline and two-pass"
+        return ("computing: answers, verbal confidence and exact 0-100 readout, inline and two-pass, "
+                "probes at the inline positions and confidence_2p")
     return ("computing: answers, inline verbal confidence and inline exact 0-100 readout, "
             "probes at the inline positions (two-pass off; --two-pass adds the two-pass reply, "
             "readout and confidence_2p probes)")

@@ -12,9 +12,9 @@ from metacog.methods.calibrate import posthoc
 from metacog.methods.registry import Method, MethodResult, all_methods, get, names, register, resolve
 from metacog.methods.run import make_context, run_methods
 from metacog.methods.settings import MethodSettings, MethodSettingsError
-from metacog.methods.store import load_scores, meta, stored_methods
+from metacog.methods.store import load_scores, meta, stale_methods, stored_methods
 from metacog.methods.table import eval_scores, methods_table
 
 __all__ = ["Method", "MethodResult", "MethodSettings", "MethodSettingsError", "POSTHOC_KINDS", "all_methods", "eval_scores",
            "get", "load_scores", "make_context", "meta", "methods_table", "names", "posthoc", "register", "resolve",
-           "run_methods", "stored_methods"]
+           "run_methods", "stale_methods", "stored_methods"]

@@ -145,7 +145,8 @@ def save(ctx: Context, m: Method, res: MethodResult, seconds: float) -> None:
     key = method_key(ctx, m)
     ctx.ws.write_parquet(f"{DIR}/{m.name}/scores.parquet", sc)
     ctx.ws.write_json(f"{DIR}/{m.name}/meta.json", {
-        "method": m.name, "label": m.label, "family": m.family, "key": key, "cost": m.cost, "trains": m.trains,
+        "method": m.name, "label": m.label, "family": m.family, "key": key, "answers": _answers_key(ctx.ws),
+        "cost": m.cost, "trains": m.trains,
         "settings": ctx.settings.pick(m.settings), "seconds": round(float(seconds), 2), "n_pool": int(len(sc)),
         "n_eval": int((sc["split"] == "eval").sum()), "info": res.info, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     })
@@ -159,9 +160,33 @@ def load_scores(ws: Workspace, name: str) -> pd.DataFrame | None:
     return pd.read_parquet(p) if p.exists() else None
 
 
-def stored_methods(ws: Workspace) -> list[str]:
-    """Names of the methods with stored scores and meta in the workspace, sorted."""
+def _answers_key(ws: Workspace) -> str | None:
+    return (ws.stage_record("answers") or {}).get("key")
+
+
+def _stored(ws: Workspace) -> list[str]:
     d = ws.path(DIR)
     if not d.exists():
         return []
     return sorted(p.name for p in d.iterdir() if (p / "scores.parquet").exists() and (p / "meta.json").exists())
+
+
+def _is_stale(ws: Workspace, name: str) -> bool:
+    """Scores computed on other answers than the workspace's answers stage (its ``meta.json``
+    records the answers key; results from before that record are taken as current)."""
+    rec = (meta(ws, name) or {}).get("answers")
+    return rec is not None and rec != _answers_key(ws)
+
+
+def stored_methods(ws: Workspace) -> list[str]:
+    """Names of the methods whose stored scores and meta belong to the workspace's current
+    answers, sorted. Scores computed on earlier answers (the study was rerun with other
+    settings, e.g. without ``--two-pass``) are :func:`stale_methods`, never joined with today's
+    correctness."""
+    return [n for n in _stored(ws) if not _is_stale(ws, n)]
+
+
+def stale_methods(ws: Workspace) -> list[str]:
+    """Names of the methods with stored scores computed on other answers than the workspace's
+    current ``answers.parquet`` (recompute them with ``metacog methods``), sorted."""
+    return [n for n in _stored(ws) if _is_stale(ws, n)]

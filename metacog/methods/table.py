@@ -1,10 +1,12 @@
 """The one table: every stored method (and its post-hoc calibrated variants) on the eval
 split, with the metrics of :mod:`metacog.stats.metrics` and each method's cost.
 
-Columns: method, base, calibration (none | platt | isotonic | temperature), family, n_eval,
-n_missing, auroc, auroc_lo, auroc_hi, ece, brier, aurc, ceiling_rate (share of scores ≥ 0.95),
-cost, seconds, forward_passes, train_updates. Post-hoc variants are fitted on the
-calibration split (:func:`metacog.methods.calibrate.posthoc`) and scored on eval.
+Columns (:data:`COLUMNS`): method, base, label, calibration (none | platt | isotonic |
+temperature), family, n_eval, n_missing, accuracy, auroc, auroc_lo, auroc_hi, ece, brier, aurc,
+ceiling_rate (share of scores ≥ 0.95), cost, seconds, forward_passes, train_updates, note (why a
+row has no metrics: a variant not fitted, or scores computed on earlier answers, "stale: …").
+Post-hoc variants are fitted on the calibration split
+(:func:`metacog.methods.calibrate.posthoc`) and scored on eval.
 
 Public entry: :func:`methods_table`."""
 from __future__ import annotations
@@ -18,6 +20,8 @@ from metacog.methods import registry, store
 from metacog.methods.calibrate import KINDS, posthoc
 
 EVAL = "eval"
+COLUMNS = ["method", "base", "label", "calibration", "family", "n_eval", "n_missing", "accuracy", "auroc", "auroc_lo",
+           "auroc_hi", "ece", "brier", "aurc", "ceiling_rate", "cost", "seconds", "forward_passes", "train_updates", "note"]
 
 
 def scored_frame(ws: Workspace, name: str) -> pd.DataFrame | None:
@@ -99,7 +103,13 @@ def methods_table(ws: Workspace, names=None, posthoc_kinds=KINDS, n_bins: int = 
         for vname, why in failed.items():
             rows.append(dict(method=vname, base=n, label=md.get("label", n), calibration=vname.split("+")[1], family=md.get("family", ""),
                              cost=md.get("cost", ""), seconds=md.get("seconds"), note=f"not fitted: {why}"))
-    return pd.DataFrame(rows)
+    for n in store.stale_methods(ws):  # kept on disk, never scored against today's answers
+        if names is None or n in set(names):
+            md = store.meta(ws, n) or {}
+            rows.append(dict(method=n, base=n, label=md.get("label", n), calibration="none", family=md.get("family", ""),
+                             cost=md.get("cost", ""), seconds=md.get("seconds"),
+                             note="stale: computed on other answers than answers.parquet; recompute with `metacog methods`"))
+    return pd.DataFrame(rows, columns=COLUMNS) if rows else pd.DataFrame()
 
 
 def eval_scores(ws: Workspace, names) -> dict[str, pd.DataFrame]:

@@ -107,8 +107,8 @@ def run_activations(
             man["answers"] = answers_key
             atomic_write_json(d / "manifest.json", man)
         if (ws.lineage("readout.parquet") or {}).get("answers") != answers_key:
-            _write_readout(ws, items, {m: load_distributions(ws, m) for m in MODE_KEYS
-                                       if ws.path("activations", f"values_{MODE_KEYS[m]}.npy").exists()}, key, answers_key)
+            modes = man.get("modes") or [m for m in MODE_KEYS if ws.path("activations", f"values_{MODE_KEYS[m]}.npy").exists()]
+            _write_readout(ws, items, {m: load_distributions(ws, m) for m in modes}, key, answers_key)
         return man
     d.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -124,8 +124,10 @@ def run_activations(
          "modes": list(modes)},
     )
     mms = {p: _open(d / f"{p}.npy", (n, H, D), np.float16, fresh) for p in positions}
-    if not two_pass and (d / "confidence_2p.npy").exists():  # left by a two-pass study in this workspace
-        (d / "confidence_2p.npy").unlink()
+    if not two_pass:  # a two-pass study's files in this workspace: none may be read as this study's
+        for name in ("confidence_2p.npy", "values_two_pass.npy", "lookahead_two_pass.npy"):
+            if (d / name).exists():
+                (d / name).unlink()
     vals = {m: _open(d / f"values_{k}.npy", (n, 102), np.float64, fresh) for m, k in modes.items()}
     # per item: unresolved mass, |ΔE[v]| bound (points), look-aheads scored (confidence.score_trie)
     unres = {m: _open(d / f"lookahead_{k}.npy", (n, 3), np.float64, fresh) for m, k in modes.items()}
@@ -228,9 +230,12 @@ def load_states(ws: Workspace, position: str | None = None):
 
 def load_distributions(ws: Workspace, mode: str = "inline") -> np.ndarray:
     """``[n, 102]``: P(0..100) and, last, the mass on anything else. Raises
-    :class:`WorkspaceError` (saying so) where the study did not compute ``mode``."""
-    if not ws.path("activations", f"values_{MODE_KEYS[mode]}.npy").exists() and mode != "inline" \
-            and ws.path("activations", "values_inline.npy").exists():
+    :class:`WorkspaceError` (saying so) where the study did not compute ``mode`` (the manifest's
+    ``modes``; a file left by an earlier study in the workspace is not read)."""
+    modes = (ws.read_json("activations/manifest.json") or {}).get("modes")
+    if mode != "inline" and ((modes is not None and mode not in modes) or (
+            not ws.path("activations", f"values_{MODE_KEYS[mode]}.npy").exists()
+            and ws.path("activations", "values_inline.npy").exists())):
         from metacog.core.settings import TWO_PASS_OFF
 
         raise WorkspaceError(f"{mode} 0-100 distribution: {TWO_PASS_OFF}")

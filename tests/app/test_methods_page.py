@@ -86,6 +86,25 @@ def test_methods_page_shows_table_and_figures(monkeypatch, cache):
     assert {"probe+platt", "p_true+isotonic"} <= set(df["method"])
 
 
+def test_methods_page_keeps_stale_results_out_and_says_so(monkeypatch, cache, tmp_path):
+    """Scores computed on earlier answers of the workspace (its study was rerun with other
+    settings) are not joined with today's correctness: the page names them in a warning and
+    leaves them out of the table and the figures."""
+    import shutil
+
+    from metacog.core.workspace import Workspace
+
+    d = cache / "workspaces" / "stale"
+    shutil.copytree(cache / "workspaces" / "mt", d)
+    ws = Workspace(d)
+    md = ws.read_json("methods/p_true/meta.json")
+    ws.write_json("methods/p_true/meta.json", {**md, "answers": "an-earlier-answers-key"})
+    at = _open(monkeypatch, cache, "stale")
+    assert any("computed on earlier answers" in w.value and "p_true" in w.value for w in at.warning)
+    df = at.dataframe[0].value
+    assert "p_true" not in set(df["method"]) and "probe" in set(df["method"])
+
+
 def test_methods_page_without_results(monkeypatch, cache):
     at = _open(monkeypatch, cache, "empty")
     assert any("No method results yet" in i.value for i in at.info)

@@ -284,18 +284,36 @@ def test_turning_two_pass_off_and_on_in_one_workspace_rebuilds_the_positions(tmp
     from metacog.core.settings import INLINE_POSITIONS, POSITIONS
     from metacog.stages.study import position_index, probe_positions, verify_lineage, load_items
 
+    from metacog.app import ui
+    from metacog.core.workspace import WorkspaceError
+    from metacog.methods import MethodSettings, methods_table, run_methods, stale_methods, stored_methods
+    from metacog.stages.activations import load_distributions
+
     d_on, _ = tiny_summary
     shutil.copytree(d_on, tmp_path / "w")
     ws = Workspace(tmp_path / "w")
     oof_on = np.load(ws.path("probes", "oof.npy"))
+    ms = MethodSettings(eval_limit=8, calibration_limit=8)
+    assert set(run_methods(ws, ["verbal_two_pass", "verbal_inline"], ms).values()) == {"computed"}
     for two_pass, want in ((False, list(INLINE_POSITIONS)), (True, list(POSITIONS))):
         run_study(ws.root, ModelSettings(threads=1), dataclasses.replace(tiny_study, two_pass=two_pass), lm=tiny_lm)
         verify_lineage(ws, load_items(ws, verify=False))
         oof = np.load(ws.path("probes", "oof.npy"))
         assert ws.read_json("activations/manifest.json")["positions"] == want
         assert probe_positions(ws, oof) == want and oof.shape[2] == len(want)
-        assert ws.path("activations", "confidence_2p.npy").exists() is two_pass
+        for f in ("confidence_2p.npy", "values_two_pass.npy", "lookahead_two_pass.npy"):  # no two-pass file outlives its study
+            assert ws.path("activations", f).exists() is two_pass, f
+        assert set(ui.item_distributions(ws, 0)) == ({"inline", "two-pass"} if two_pass else {"inline"})
         assert len(results_table(ws)) == 40
+        if not two_pass:
+            with pytest.raises(WorkspaceError, match="two-pass not computed"):
+                load_distributions(ws, "two-pass")
+            # the methods scored on the two-pass study's answers are stale: kept, never joined with these answers
+            assert stored_methods(ws) == [] and stale_methods(ws) == ["verbal_inline", "verbal_two_pass"]
+            t = methods_table(ws, n_boot=20)
+            assert t["note"].str.startswith("stale:").all() and t["auroc"].isna().all()
+            run_methods(ws, ["verbal_inline"], ms)
+            assert stored_methods(ws) == ["verbal_inline"] and stale_methods(ws) == ["verbal_two_pass"]
         # the same probe at an inline position, whatever else was probed beside it
         i, j = position_index(ws, "confidence"), list(POSITIONS).index("confidence")
         np.testing.assert_allclose(oof[:, :, i], oof_on[:, :, j], atol=1e-4, equal_nan=True)
