@@ -201,7 +201,7 @@ def _parquet_columns(path) -> list[str]:
 def item_distributions(ws: Workspace, row: int) -> dict[str, np.ndarray] | None:
     """The exact 0-100 distributions of one item per mode (each [101] probabilities), or None
     if not cached for it."""
-    from metacog.stages.activations import load_distributions
+    from metacog.stages.activations import cached_modes, load_distributions
 
     man = ws.read_json("activations/manifest.json") or {}
     if not man:
@@ -210,8 +210,7 @@ def item_distributions(ws: Workspace, row: int) -> dict[str, np.ndarray] | None:
     if not done.exists() or not bool(np.load(done)[row]):
         return None
     try:
-        modes = man.get("modes") or [m for m in MODES if m == "inline"
-                                     or ws.path("activations", f"values_{MODE_KEYS[m]}.npy").exists()]
+        modes = cached_modes(ws)
         return {m: np.asarray(load_distributions(ws, m)[row], dtype=float) for m in MODES if m in modes}
     except (OSError, KeyError, IndexError, ValueError):
         return None

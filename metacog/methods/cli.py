@@ -85,7 +85,7 @@ def cmd_methods(a) -> int:
     atomic_write_text(ws.path("methods", "table.csv"), t.to_csv(index=False))
     show = t if not a.no_posthoc else t[t["calibration"] == "none"]
     print(format_table(show))
-    n_eval = t["n_eval"].max() if "n_eval" in t else float("nan")
+    n_eval = t["n_eval"].max()  # NaN when every stored method is stale
     print(f"eval split, n={int(n_eval) if n_eval == n_eval else 0}; written: {Path(ws.root) / 'methods' / 'table.csv'}")
     return 1 if failed else 0
 

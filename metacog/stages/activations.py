@@ -107,8 +107,7 @@ def run_activations(
             man["answers"] = answers_key
             atomic_write_json(d / "manifest.json", man)
         if (ws.lineage("readout.parquet") or {}).get("answers") != answers_key:
-            modes = man.get("modes") or [m for m in MODE_KEYS if ws.path("activations", f"values_{MODE_KEYS[m]}.npy").exists()]
-            _write_readout(ws, items, {m: load_distributions(ws, m) for m in modes}, key, answers_key)
+            _write_readout(ws, items, {m: load_distributions(ws, m) for m in cached_modes(ws)}, key, answers_key)
         return man
     d.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -228,14 +227,22 @@ def load_states(ws: Workspace, position: str | None = None):
     return {p: np.load(ws.path("activations", f"{p}.npy"), mmap_mode="r") for p in man["positions"]}
 
 
+def cached_modes(ws: Workspace) -> list[str]:
+    """The elicitation modes whose 0–100 distributions the workspace's cache holds: the
+    manifest's ``modes`` (a file left by an earlier study in the workspace does not count);
+    caches from before manifests recorded them: the modes whose ``values_<mode>.npy`` exists."""
+    man = ws.read_json("activations/manifest.json") or {}
+    if man.get("modes") is not None:
+        return list(man["modes"])
+    return [m for m, k in MODE_KEYS.items() if ws.path("activations", f"values_{k}.npy").exists()]
+
+
 def load_distributions(ws: Workspace, mode: str = "inline") -> np.ndarray:
     """``[n, 102]``: P(0..100) and, last, the mass on anything else. Raises
-    :class:`WorkspaceError` (saying so) where the study did not compute ``mode`` (the manifest's
-    ``modes``; a file left by an earlier study in the workspace is not read)."""
-    modes = (ws.read_json("activations/manifest.json") or {}).get("modes")
-    if mode != "inline" and ((modes is not None and mode not in modes) or (
-            not ws.path("activations", f"values_{MODE_KEYS[mode]}.npy").exists()
-            and ws.path("activations", "values_inline.npy").exists())):
+    :class:`WorkspaceError` (saying so) where the study did not compute ``mode``
+    (:func:`cached_modes`)."""
+    if mode != "inline" and ws.path("activations", "values_inline.npy").exists() and (
+            mode not in cached_modes(ws) or not ws.path("activations", f"values_{MODE_KEYS[mode]}.npy").exists()):
         from metacog.core.settings import TWO_PASS_OFF
 
         raise WorkspaceError(f"{mode} 0-100 distribution: {TWO_PASS_OFF}")
