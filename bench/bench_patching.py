@@ -8,7 +8,9 @@ Prints the thread count and the load average (the machine's 2 cores are shared: 
 are only comparable within one run), the wall time of both paths and their ratio, the
 largest differences between them, where the fast path's time goes, the cost model (token ×
 block and LM-head rows per cell) that bounds the ratio for the exact 0-100 readout, and the
-extrapolated time of 100 pairs × all layers × (1 + K) positions.
+extrapolated time of 100 pairs × all layers × (1 + K) positions, and the floor: the cells'
+multiply-adds at this CPU's measured matmul peak (the model's own shapes, in one run), with
+every other cost taken as free — how far any implementation of the exact readout could go.
 ``--ref-layers every:5`` times the reference on a subset of layers and scales it (quicker).
 """
 from __future__ import annotations
@@ -36,6 +38,29 @@ TARGET = ("What is the atomic number of carbon?", "The atomic number of carbon i
 
 def side(lm, qa, label):
     return P.make_side(lm, *qa, label)
+
+
+def matmul_peak(lm, cfg, rows: int = 2048, reps: int = 3) -> tuple[float, float]:
+    """G multiply-adds per second of this model's own products on this CPU, in its dtype and
+    thread count: a block's linear layers (q, k, v, o, gate, up, down shapes) and the LM head,
+    each on ``rows`` rows (best of ``reps``)."""
+    dt = next(lm.model.parameters()).dtype
+    d, kv, ff = lm.d_model, cfg.num_key_value_heads * (lm.d_model // cfg.num_attention_heads), cfg.intermediate_size
+    x = {n: torch.randn(rows, n).to(dt) for n in (d, ff)}
+
+    def rate(shapes):
+        ws = [torch.randn(o, i).to(dt) for i, o in shapes]
+        best = 0.0
+        for _ in range(reps):
+            t = time.perf_counter()
+            for w in ws:
+                torch.nn.functional.linear(x[w.shape[1]], w)
+            best = max(best, rows * sum(w.numel() for w in ws) / (time.perf_counter() - t) / 1e9)
+        return best
+
+    head = P.base_model(lm.model).get_output_embeddings().weight
+    return (rate([(d, d), (d, kv), (d, kv), (d, d), (d, ff), (d, ff), (ff, d)]),
+            rate([(d, head.shape[0])]))
 
 
 def main() -> None:
@@ -144,6 +169,15 @@ def main() -> None:
           f"-> ratio bound {ref_units / fast_units:.2f}x; without the trie (prefix + patch only) the bound would be "
           f"{sum(T * L for _ in range(cells)) / sum((T - pl.target) * (L - h) for pl in prep.plans for h in layers if L > h):.0f}x")
 
+    # ---------------------------------------------------------------- the floor: these multiply-adds at this CPU's matmul peak
+    gm_block, gm_head = matmul_peak(lm, cfg)
+    blk_units = sum((T - pl.target + N) * (L - h) * block for pl in prep.plans for h in layers)
+    head_units = len(prep.plans) * len(layers) * (N + 1) * head
+    floor = (blk_units / (gm_block * 1e9) + head_units / (gm_head * 1e9)) / cells
+    print(f"matmul peak here ({lm.dtype}, {torch.get_num_threads()} threads, 2048-row products): blocks' linear layers "
+          f"{gm_block:.0f} G multiply-adds/s, LM head {gm_head:.0f} G/s -> floor {floor:.3f} s per cell with every "
+          f"non-matmul cost (attention, norms, softmax, Python) free; measured {t_fast / cells:.3f} s = {t_fast / cells / floor:.2f}x the floor")
+    print(f"100 pairs x {L} layers x {1 + a.random} positions at the floor: {100 * floor * L * (1 + a.random) / 60:.1f} min")
     per_pair = t_fast / cells * len(range(1, L + 1)) * (1 + a.random)
     print(f"100 pairs x {L} layers x {1 + a.random} positions (extrapolated from this pair): {100 * per_pair / 3600:.2f} h "
           f"with {torch.get_num_threads()} thread(s); load average after: {os.getloadavg()[0]:.2f}")
@@ -151,7 +185,8 @@ def main() -> None:
         Path(a.json).write_text(json.dumps(dict(
             threads=torch.get_num_threads(), cells=cells, t_fast=t_fast, t_ref=t_ref, ratio=t_ref / t_fast, ref_cells_timed=n_ref,
             max_dp=max(diffs_p), max_de=max(diffs_e), answers_equal=same_ans, t_blocks=t_blocks, t_head=t_head, t_noskip=t_noskip, head_bound=head_bound,
-            bound=ref_units / fast_units, hours_100_pairs=100 * per_pair / 3600, load=os.getloadavg()[0]), indent=1))
+            bound=ref_units / fast_units, hours_100_pairs=100 * per_pair / 3600, floor_s_per_cell=floor,
+            gmacs_block=gm_block, gmacs_head=gm_head, load=os.getloadavg()[0]), indent=1))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ import pandas as pd
 import streamlit as st
 
 from metacog.app import ui
-from metacog.methods import POSTHOC_KINDS, MethodSettings, all_methods, eval_scores, methods_table, stale_methods, stored_methods
+from metacog.methods import POSTHOC_KINDS, MethodSettings, all_methods, eval_scores, methods_table, stale_methods, stored_methods, unavailable
+from metacog.methods import get as get_method
 from metacog.methods import plots as mplots
 
 ws = ui.current_workspace()
@@ -47,9 +48,12 @@ with ui.guard("the methods"):
     _job = _jobs.get(ws.root)
     # stays open while a run computes (its progress and Stop are inside) and after one ended (its outcome)
     with st.expander("Compute methods", expanded=not stored_methods(ws) or _job is not None):
-        ms = all_methods()
+        _, _study = ws.settings()
+        ms = [m for m in all_methods() if unavailable(m, _study) is None]
+        off = [m.name for m in all_methods() if unavailable(m, _study) is not None]
         st.caption("Fresh results are reused; long methods save finished chunks, so a stopped run resumes. "
-                   f"Headless: `metacog methods --workspace {ws.root} --methods all`.")
+                   f"Headless: `metacog methods --workspace {ws.root} --methods all`."
+                   + (f" Not offered: {', '.join(off)}: {unavailable(get_method(off[0]), _study)}." if off else ""))
         pick = st.multiselect("methods", [m.name for m in ms], default=[m.name for m in ms if not m.needs_model],
                               key=f"mt-pick-{k}", format_func=lambda n: f"{n} — {next(m.cost for m in ms if m.name == n)}")
         c = st.columns(5)

@@ -30,7 +30,8 @@ class Method:
     (baseline | prompting | sampling | probe | training | relative | steering), ``cost`` in words,
     ``compute(ctx) -> MethodResult``, the :class:`~metacog.methods.settings.MethodSettings` fields its
     result depends on (part of its freshness key, with ``version``), whether it needs the model or
-    trains, and its ``order`` in the table."""
+    trains, whether it reads the study's two-pass outputs (``two_pass``: skipped, not failed, in a
+    study run without ``--two-pass``; :func:`unavailable`), and its ``order`` in the table."""
     name: str
     label: str
     family: str  # baseline | prompting | sampling | probe | training | relative | steering
@@ -39,6 +40,7 @@ class Method:
     settings: tuple[str, ...] = ()  # MethodSettings fields its result depends on
     needs_model: bool = True
     trains: bool = False
+    two_pass: bool = False  # reads the study's two-pass answers or readout
     version: int = 1
     order: int = 100
 
@@ -78,6 +80,17 @@ def names() -> list[str]:
 def all_methods() -> list[Method]:
     """The registered methods, in table order."""
     return [_REGISTRY[n] for n in names()]
+
+
+def unavailable(m: Method, study) -> str | None:
+    """Why ``m`` cannot run on a study with settings ``study`` (a
+    :class:`~metacog.core.settings.StudySettings`), or None: a method that reads the two-pass
+    outputs in a study that did not compute them (:data:`~metacog.core.settings.TWO_PASS_OFF`)."""
+    from metacog.core.settings import TWO_PASS_OFF
+
+    if m.two_pass and not getattr(study, "two_pass", False):
+        return TWO_PASS_OFF
+    return None
 
 
 def resolve(spec) -> list[str]:

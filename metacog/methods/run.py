@@ -56,7 +56,9 @@ def make_context(ws: Workspace, settings: MethodSettings, lm=None, loader=None, 
 def run_methods(ws: Workspace, methods="all", settings: MethodSettings | None = None, *, lm=None, loader=None,
                 progress=None, should_stop=None, threads: int = 1, force: bool = False, on_error: str = "record") -> dict:
     """Compute every requested method that is not fresh; returns ``{name: status}`` where status
-    is "fresh", "computed" or "failed: <message>" (``on_error="raise"`` raises instead).
+    is "fresh", "computed", "skipped: <why>" (the study lacks what the method reads, e.g. the
+    two-pass outputs of a study run without ``--two-pass``: :func:`~metacog.methods.registry.unavailable`)
+    or "failed: <message>" (``on_error="raise"`` raises instead).
     ``progress(done, total, message)`` reports within a method; ``should_stop()`` stops between
     chunks (finished chunks are kept)."""
     settings = settings or MethodSettings()
@@ -66,6 +68,10 @@ def run_methods(ws: Workspace, methods="all", settings: MethodSettings | None = 
     with ws.writer("methods"):
         for i, n in enumerate(names):
             m = registry.get(n)
+            why = registry.unavailable(m, ctx.study)
+            if why is not None:
+                out[n] = f"skipped: {why}"
+                continue
             if not force and store.is_fresh(ctx, m):
                 out[n] = "fresh"
                 continue

@@ -41,4 +41,4 @@ for i, (name, label, col, src, cost) in enumerate([
     ("ev_two_pass", "E[v] 0–100 (two-pass)", "ev_two_pass", "readout", "0 extra (study: 1 tree forward per item)"),
 ]):
     register(Method(name=name, label=label, family="baseline", cost=cost, compute=_from(col, src), needs_model=False,
-                    order=10 + i))
+                    two_pass=name.endswith("_two_pass"), order=10 + i))

@@ -87,8 +87,14 @@ def ragged_attention(module, query: torch.Tensor, key: torch.Tensor, value: torc
                                        or attention_mask.shape[1] != 1):
         return sdpa(query, key, value, attention_mask, is_causal), None
     B, _, Tq, _ = query.shape
+    Tk = key.shape[2]
+    plan = _layout(attention_mask, B, Tq, Tk, query.device)
+    if len(plan) == 1 and plan[0][0] is None:  # one layout shared by every row, kept slots in order
+        _, nk, nq, m, Lk, Lq = plan[0]
+        o = sdpa(_pad(query, Lq), _pad(key, Lk), _pad(value, Lk), m, False)  # [B, Lq, H, Dv]
+        return o[:, :Tq].to(query.dtype), None
     out = query.new_zeros(B, Tq, query.shape[1], value.shape[-1])
-    for rows, kidx, qidx, m, r, real in _layout(attention_mask, B, Tq, key.shape[2], query.device):
+    for rows, kidx, qidx, m, r, real in plan:
         o = sdpa(_take(query[rows], qidx), _take(key[rows], kidx), _take(value[rows], kidx), m, False)  # [g, Lq, H, Dv]
         out[r, qidx[real]] = o[real].to(out.dtype)
     return out, None
@@ -100,11 +106,30 @@ _CACHE = threading.local()  # the last forward's layout, per thread (the app run
 def _layout(attention_mask, B: int, Tq: int, Tk: int, device) -> list:
     """Per canonical shape ``(Lq, Lk)``: ``(rows [g], kidx [g, Lk], qidx [g, Lq], mask [g, 1, Lq, Lk],
     rows of the real query slots, real-slot mask [g, Lq])``. Cached for the mask object (held, so
-    its identity cannot be reused) and its in-place version: every layer of a forward gets the same."""
-    key = (B, Tq, Tk, str(device), None if attention_mask is None else attention_mask._version)
+    its identity cannot be reused) and its in-place version: every layer of a forward gets the same.
+
+    A mask shared by the whole batch (``[1, 1, Tq, Tk]``: patching's tree passes, where every row
+    is a variant of one sequence) under which every key and every query is used gives one entry
+    ``(None, Tk, Tq, mask [1, 1, Lq, Lk], Lk, Lq)``: each row's canonical layout is its own slots
+    in order then zero padding, the layout it would have alone, so no gather is needed (the
+    result is the same as the general path's, bit for bit: same slots, same shapes)."""
+    shared = attention_mask is not None and attention_mask.shape[0] == 1
+    key = (None if shared else B, Tq, Tk, str(device), None if attention_mask is None else attention_mask._version)
     hit = getattr(_CACHE, "entry", None)
     if hit is not None and hit[0] is attention_mask and hit[1] == key:
         return hit[2]
+    if shared:
+        allowed = _allowed(attention_mask)[0, 0]  # [Tq, Tk]
+        if bool(allowed.any(dim=0).all()) and bool(allowed.any(dim=1).all()):
+            Lk, Lq = (int(x) for x in _span(torch.tensor([Tk, Tq])))
+            m = torch.nn.functional.pad(allowed, (0, Lk - Tk, 0, Lq - Tq), value=False)
+            plan = [(None, Tk, Tq, m.view(1, 1, Lq, Lk), Lk, Lq)]
+            _CACHE.entry = (attention_mask, key, plan)
+            return plan
+        key = (B,) + key[1:]
+        hit = getattr(_CACHE, "entry", None)
+        if hit is not None and hit[0] is attention_mask and hit[1] == key:
+            return hit[2]
     if attention_mask is None:  # no padding anywhere: causal (bottom-right aligned), or one query over all keys
         allowed = _causal(Tq, Tk, device).expand(B, Tq, Tk)
     else:
@@ -150,6 +175,12 @@ def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """``x [g, h, T, d]`` with a zero row appended at T, gathered along T by ``idx [g, L]``."""
     x = torch.cat([x, x.new_zeros(x.shape[0], x.shape[1], 1, x.shape[3])], dim=2)
     return x.gather(2, idx[:, None, :, None].expand(-1, x.shape[1], -1, x.shape[3]))
+
+
+def _pad(x: torch.Tensor, L: int) -> torch.Tensor:
+    """``x [B, h, T, d]`` with ``L - T`` zero rows appended along T (``x`` itself when ``L == T``)."""
+    T = x.shape[2]
+    return x if L == T else torch.nn.functional.pad(x, (0, 0, 0, L - T))
 
 
 def _pad1(m: torch.Tensor, dim: int) -> torch.Tensor:

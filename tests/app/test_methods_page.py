@@ -62,6 +62,11 @@ def _open(monkeypatch, cache, ws_name):
     return at
 
 
+def _picks(at, name):
+    """The method names the page offers (options read "name — cost")."""
+    return {o.split(" — ")[0] for o in at.multiselect(key=f"mt-pick-{name}").options}
+
+
 def _figs(at):
     return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
 
@@ -108,6 +113,27 @@ def test_methods_page_keeps_stale_results_out_and_says_so(monkeypatch, cache, tm
 def test_methods_page_without_results(monkeypatch, cache):
     at = _open(monkeypatch, cache, "empty")
     assert any("No method results yet" in i.value for i in at.info)
+    assert {"verbal_two_pass", "ev_two_pass"} <= _picks(at, "empty")  # a two-pass study
+
+
+def test_methods_page_offers_only_what_the_study_computed(monkeypatch, cache):
+    """In a study run without --two-pass the two-pass baselines are not offered (a default Run
+    would otherwise report them as failures), and the caption says why."""
+    import dataclasses
+    import shutil
+
+    from metacog.core.settings import TWO_PASS_OFF
+    from metacog.core.workspace import Workspace
+
+    d = cache / "workspaces" / "inl"
+    shutil.copytree(cache / "workspaces" / "empty", d)
+    ws = Workspace(d)
+    ms, study = ws.settings()
+    ws.init(ms, dataclasses.replace(study, two_pass=False))
+    at = _open(monkeypatch, cache, "inl")
+    opts = _picks(at, "inl")
+    assert "verbal_inline" in opts and not {"verbal_two_pass", "ev_two_pass"} & opts
+    assert any("Not offered: verbal_two_pass, ev_two_pass" in c.value and TWO_PASS_OFF in c.value for c in at.caption)
 
 
 def test_methods_page_runs_methods_in_the_background(monkeypatch, cache):

@@ -66,6 +66,41 @@ def test_each_row_equals_its_computation_alone_and_padding_queries_are_zero(dt):
     assert torch.equal(ragged.ragged_attention(mod, q, k, v, fm, scaling=0.125)[0], out)
 
 
+@pytest.mark.parametrize("dt", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("Tq,Tk", [(45, 60), (64, 64), (1, 33)])
+def test_a_mask_shared_by_the_batch_takes_the_gather_free_layout_bit_for_bit(dt, Tq, Tk, monkeypatch):
+    """Patching's tree passes give every row one [1, 1, Tq, Tk] mask: the layout is computed
+    once (not per batch size) and the rows run without gathers, with exactly the numbers of
+    the general per-row layout (the same mask expanded to [B, 1, Tq, Tk]) and of each row alone."""
+    g = torch.Generator().manual_seed(2)
+    B = 5
+    q = torch.randn(B, 9, Tq, 64, generator=g).to(dt)
+    k = torch.randn(B, 3, Tk, 64, generator=g).to(dt)
+    v = torch.randn(B, 3, Tk, 64, generator=g).to(dt)
+    m = torch.ones(Tq, Tk, dtype=torch.bool).tril(Tk - Tq)
+    if Tq > 1:
+        m[Tq // 2 :, 3] = False  # a tree-like hole: key 3 is still attended by the first queries
+    shared = m.view(1, 1, Tq, Tk)
+    mod = _Attn()
+    taken = []
+    monkeypatch.setattr(ragged, "_take", lambda x, idx, f=ragged._take: taken.append(1) or f(x, idx))
+    fast, _ = ragged.ragged_attention(mod, q, k, v, shared, scaling=0.125)
+    assert not taken  # the gather-free layout
+    general, _ = ragged.ragged_attention(mod, q, k, v, shared.expand(B, 1, Tq, Tk).clone(), scaling=0.125)
+    assert taken  # the per-row layout
+    assert torch.equal(fast, general)
+    for b in (0, 3) if dt == torch.bfloat16 else ():  # (float32 kernels block by row count: module docstring)
+        alone, _ = ragged.ragged_attention(mod, q[b : b + 1], k[b : b + 1], v[b : b + 1], shared, scaling=0.125)
+        assert torch.equal(alone[0], fast[b])
+    # a shared mask with a key nobody attends falls back to the per-row layout, same numbers
+    hole = shared.clone()
+    hole[..., 0] = False
+    taken.clear()
+    a, _ = ragged.ragged_attention(mod, q, k, v, hole, scaling=0.125)
+    assert taken
+    assert torch.equal(a, ragged.ragged_attention(mod, q, k, v, hole.expand(B, 1, Tq, Tk).clone(), scaling=0.125)[0])
+
+
 def test_rows_match_reference_attention_numerically():
     """Not only self-consistent: each row is ordinary causal attention over its keys."""
     g = torch.Generator().manual_seed(1)

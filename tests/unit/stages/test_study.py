@@ -269,8 +269,21 @@ def test_default_study_computes_inline_only_and_says_so(tmp_path, tiny_lm, tiny_
     assert f"two-pass: {TWO_PASS_OFF}" in capsys.readouterr().out
     status = run_methods(ws, ["verbal_two_pass", "ev_two_pass", "verbal_inline"], MethodSettings(eval_limit=8, calibration_limit=8))
     assert status["verbal_inline"] == "computed"
-    for m in ("verbal_two_pass", "ev_two_pass"):
-        assert status[m].startswith("failed") and TWO_PASS_OFF in status[m]
+    for m in ("verbal_two_pass", "ev_two_pass"):  # not computed here is not a failure: skipped, with why
+        assert status[m] == f"skipped: {TWO_PASS_OFF}"
+        assert not ws.path("methods", m).exists()
+    # the CLI's status lines say so and its exit code is 0; a compute that still reaches the
+    # missing columns (no skip) fails with the same line
+    from metacog.cli import main as cli_main
+    from metacog.methods import get as get_method
+    from metacog.methods.run import make_context
+
+    assert cli_main(["methods", "--workspace", str(ws.root), "--methods", "verbal_two_pass,verbal_inline", "--eval-limit", "8",
+                     "--calibration-limit", "8", "--quiet", "--no-posthoc"]) == 0
+    err = capsys.readouterr().err
+    assert f"verbal_two_pass      skipped: {TWO_PASS_OFF}" in err and "failed" not in err
+    with pytest.raises(WorkspaceError, match=TWO_PASS_OFF.replace("(", r"\(").replace(")", r"\)")):
+        get_method("ev_two_pass").compute(make_context(ws, MethodSettings(eval_limit=8, calibration_limit=8)))
 
 
 def test_turning_two_pass_off_and_on_in_one_workspace_rebuilds_the_positions(tmp_path, tiny_lm, tiny_study, tiny_summary):
