@@ -96,8 +96,14 @@ with ui.guard("the methods"):
 
     stale = stale_methods(ws)
     if stale:
+        _, _study = ws.settings()
+        redo = [n for n in stale if n not in off]
+        gone = [n for n in stale if n in off]
         st.warning(f"{len(stale)} stored result(s) were computed on earlier answers of this workspace and are not shown "
-                   f"({', '.join(stale)}): recompute them above, or run `metacog methods --workspace {ws.root}`.")
+                   f"({', '.join(stale)})."
+                   + (f" Recompute {', '.join(redo)} above, or run `metacog methods --workspace {ws.root} --methods {','.join(redo)}`."
+                      if redo else "")
+                   + (f" {', '.join(gone)}: {unavailable(get_method(gone[0]), _study)}." if gone else ""))
     if not stored_methods(ws):
         st.info(f"No method results yet. Compute them above, or run `metacog methods --workspace {ws.root} --methods all`.")
         st.stop()

@@ -61,7 +61,7 @@ def cmd_methods(a) -> int:
 
     if a.list:
         for m in all_methods():
-            print(f"{m.name:20s} {m.family:10s} {m.cost}")
+            print(f"{m.name:20s} {m.family:10s} {m.cost}" + (" (needs metacog study --two-pass)" if m.two_pass else ""))
         return 0
     s = MethodSettings(eval_limit=a.eval_limit, calibration_limit=a.calibration_limit, k_samples=a.k, temperature=a.temperature,
                        n_comparisons=a.comparisons, tune_updates=a.tune_updates, tune_lr=a.tune_lr, tune_rank=a.tune_rank,

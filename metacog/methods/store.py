@@ -123,7 +123,8 @@ def is_fresh(ctx: Context, m: Method) -> bool:
 
 def save(ctx: Context, m: Method, res: MethodResult, seconds: float) -> None:
     """Store ``m``'s result: ``methods/<name>/scores.parquet`` (row, id, split, score, ...) and
-    ``meta.json`` (key, seconds, cost, info), then drop its resumable chunks.
+    ``meta.json`` (key, seconds, cost, info), then drop its resumable chunks and the
+    ``error.json`` of an earlier failed attempt.
 
     Raises:
         ValueError: the scores lack row/score columns, cover other rows than the pool, or fall
@@ -152,6 +153,7 @@ def save(ctx: Context, m: Method, res: MethodResult, seconds: float) -> None:
     })
     for p in ctx.ws.path(DIR, m.name).glob("parts-*"):
         remove_tree(p)
+    ctx.ws.path(DIR, m.name, "error.json").unlink(missing_ok=True)  # an earlier failure is not this result's
 
 
 def load_scores(ws: Workspace, name: str) -> pd.DataFrame | None:

@@ -107,9 +107,20 @@ def methods_table(ws: Workspace, names=None, posthoc_kinds=KINDS, n_bins: int = 
         if names is None or n in set(names):
             md = store.meta(ws, n) or {}
             rows.append(dict(method=n, base=n, label=md.get("label", n), calibration="none", family=md.get("family", ""),
-                             cost=md.get("cost", ""), seconds=md.get("seconds"),
-                             note="stale: computed on other answers than answers.parquet; recompute with `metacog methods`"))
+                             cost=md.get("cost", ""), seconds=md.get("seconds"), note=stale_note(ws, n)))
     return pd.DataFrame(rows, columns=COLUMNS) if rows else pd.DataFrame()
+
+
+def stale_note(ws: Workspace, name: str) -> str:
+    """The table's note for a stale method (:func:`~metacog.methods.store.stale_methods`): how to
+    recompute it, or why it cannot be (a two-pass baseline in a study run without ``--two-pass``)."""
+    from metacog.methods.registry import _REGISTRY, unavailable
+
+    m = _REGISTRY.get(name)
+    why = None if m is None else unavailable(m, ws.settings()[1])
+    if why is not None:
+        return f"stale: computed on other answers than answers.parquet; {why}"
+    return f"stale: computed on other answers than answers.parquet; recompute with `metacog methods --workspace {ws.root} --methods {name}`"
 
 
 def eval_scores(ws: Workspace, names) -> dict[str, pd.DataFrame]:

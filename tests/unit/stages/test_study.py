@@ -294,7 +294,7 @@ def test_turning_two_pass_off_and_on_in_one_workspace_rebuilds_the_positions(tmp
     import dataclasses
     import shutil
 
-    from metacog.core.settings import INLINE_POSITIONS, POSITIONS
+    from metacog.core.settings import INLINE_POSITIONS, POSITIONS, TWO_PASS_OFF
     from metacog.stages.study import position_index, probe_positions, verify_lineage, load_items
 
     from metacog.app import ui
@@ -325,7 +325,12 @@ def test_turning_two_pass_off_and_on_in_one_workspace_rebuilds_the_positions(tmp
             assert stored_methods(ws) == [] and stale_methods(ws) == ["verbal_inline", "verbal_two_pass"]
             t = methods_table(ws, n_boot=20)
             assert t["note"].str.startswith("stale:").all() and t["auroc"].isna().all()
+            notes = dict(zip(t["method"], t["note"]))  # the fix that works for each: rerun it, or turn two-pass on
+            assert notes["verbal_two_pass"].endswith(TWO_PASS_OFF)
+            assert notes["verbal_inline"].endswith(f"metacog methods --workspace {ws.root} --methods verbal_inline`")
+            ws.write_json("methods/verbal_inline/error.json", {"error": "an earlier attempt"})
             run_methods(ws, ["verbal_inline"], ms)
+            assert not ws.path("methods", "verbal_inline", "error.json").exists()  # that failure is not this result's
             assert stored_methods(ws) == ["verbal_inline"] and stale_methods(ws) == ["verbal_two_pass"]
         # the same probe at an inline position, whatever else was probed beside it
         i, j = position_index(ws, "confidence"), list(POSITIONS).index("confidence")
