@@ -281,6 +281,9 @@ with ui.guard("fine-tuning"):
                 st.info(f"Evaluation {est}{cnt}")
                 if c[1].button("Refresh", key=f"ft-refresh-{run_id}"):
                     st.rerun()
+            elif est == "failed" and run.eval_result():  # an earlier evaluation's result is still there: say which is which
+                st.warning(f"The last evaluation attempt failed: {run.status().get('eval_error')}. "
+                           "The result below is from the earlier evaluation.")
             elif est == "failed":
                 st.error(f"Evaluation failed: {run.status().get('eval_error')}")
             if run.eval_result():

@@ -171,12 +171,14 @@ def cmd_finetune(a) -> int:
     from metacog.finetune import runner
     from metacog.finetune.runs import get_run
 
-    from metacog.finetune.evaluate import check_eval_limit
+    from metacog.finetune.evaluate import check_eval_limit, check_evaluable, check_two_pass
 
     ws = Workspace(a.workspace)
     check_eval_limit(a.eval_limit)  # every setting is checked before any work
     if a.resume:
         run = get_run(ws, a.resume)
+        if a.evaluate:
+            check_evaluable(ws, run)
         print(f"resuming {run.id} from its newest checkpoint", file=sys.stderr)
         if a.background:
             runner.resume(ws, run.id, background=True, threads=a.threads, evaluate=a.evaluate, eval_limit=a.eval_limit)
@@ -190,6 +192,8 @@ def cmd_finetune(a) -> int:
             bar.close()
         return _report(ws, run.id)
     s = _settings(a)
+    if a.evaluate:
+        check_two_pass(ws, s.format)  # refused before training, not after it
     if a.dry_run:
         from metacog.finetune.runner import example_counts
         from metacog.finetune.settings import make_plan
@@ -277,6 +281,9 @@ def cmd_evaluate(a) -> int:
         print(f"written: {out / 'eval.json'}")
         return 0
     run = get_run(ws, a.run)
+    from metacog.finetune.evaluate import check_evaluable
+
+    check_evaluable(ws, run)  # before a model is loaded or a process started
     if a.background:
         pid = runner.spawn(run, evaluate_only=True, eval_limit=a.limit, threads=a.threads)
         print(f"evaluating in the background (pid {pid}); log: {run.file('runner.log')}", file=sys.stderr)

@@ -253,6 +253,30 @@ def check_two_pass(ws: Workspace, fmt: str) -> None:
                        f"rerun `metacog study --two-pass --workspace {ws.root}` first")
 
 
+def check_evaluable(ws: Workspace, run) -> None:
+    """Refuse, before any model is loaded (or, with ``--evaluate``, any training), an evaluation
+    of ``run`` that could not finish in ``ws``: no answers, a two-pass format without the study's
+    two-pass readouts (:func:`check_two_pass`), or a target probe at a position this study's
+    probes do not have (a ``confidence_2p`` run in a study rerun without ``--two-pass``).
+
+    Raises:
+        WorkspaceError: no answers, or the target probe's position was not probed.
+        RunError: see :func:`check_two_pass`."""
+    if not ws.path("answers.parquet").exists():
+        raise WorkspaceError(f"{ws.root} has no answers: run the study first")
+    s = run.settings()
+    check_two_pass(ws, (s.get("finetune") or {}).get("format", "inline"))
+    tprobe = (s.get("targets") or {}).get("probe")
+    if tprobe and tprobe.get("position") and ws.path("probes", "oof.npy").exists():
+        from metacog.stages.study import position_index
+
+        try:
+            position_index(ws, tprobe["position"])
+        except WorkspaceError as e:
+            raise WorkspaceError(f"run {run.id} was trained on the probe at {tprobe['position']}, which its evaluation "
+                                 f"reads beside the verbal readouts: {e}") from None
+
+
 def check_eval_limit(limit: int | None) -> None:
     """Refuse an eval limit that cannot give a meaningful evaluation (``ValueError``); called
     before training so a bad ``--eval-limit`` never costs a run.

@@ -295,6 +295,10 @@ def execute(ws: Workspace, run_id: str, *, lm=None, owned: bool = False, threads
         with _acquire(ws, run, stop_now, lock_name=lock_name):
             if run.cancel_requested():
                 raise Stopped("cancelled before it started")
+            if evaluate_after:  # an evaluation that could not finish is refused before the training, not after it
+                from metacog.finetune.evaluate import check_evaluable
+
+                check_evaluable(ws, run)
             run.set_status(status="running", phase="loading model", message="loading the model", started=time.time(),
                            error=None, **me)
             with _Heartbeat(run):
@@ -365,11 +369,13 @@ def execute(ws: Workspace, run_id: str, *, lm=None, owned: bool = False, threads
     except KeyboardInterrupt:
         run.set_status(status="cancelled", message="interrupted (Ctrl-C); `metacog finetune --resume` continues it", ended=time.time())
         raise
-    except (SettingsError, TargetError, RunError, WorkspaceError, ValueError) as e:
-        run.set_status(status="failed", message=str(e), error=str(e), ended=time.time())
-        raise
     except BaseException as e:
-        run.set_status(status="failed", message=f"{type(e).__name__}: {e}", error=traceback.format_exc(), ended=time.time())
+        if run.status().get("eval_status") == "failed" and run.status().get("phase") == "trained":
+            raise  # the training finished: the run stays done, its evaluation failed (_evaluate_in_process)
+        if isinstance(e, (SettingsError, TargetError, RunError, WorkspaceError, ValueError)):
+            run.set_status(status="failed", message=str(e), error=str(e), ended=time.time())
+        else:
+            run.set_status(status="failed", message=f"{type(e).__name__}: {e}", error=traceback.format_exc(), ended=time.time())
         raise
     finally:
         run.set_status(wall_seconds=round(time.time() - t_wall, 1))
@@ -410,8 +416,8 @@ def _evaluate_in_process(ws, run, lm, owned, limit, threads, stop_now, progress=
     except Stopped:
         raise
     except BaseException as e:
-        run.set_status(status="done", phase="trained", eval_status="failed", eval_error=f"{type(e).__name__}: {e}",
-                       message=f"trained; evaluation failed: {e}")
+        run.set_status(status="done", phase="trained", eval_status="failed", eval_error=_eval_error(e),
+                       message=f"trained; evaluation failed: {e}", eval_failed_at=time.time())
         raise
     h = ev["headline"]
     run.set_status(status="done", phase="evaluated", eval_status="done", eval_seconds=ev["seconds"]["total"],
@@ -428,6 +434,9 @@ def evaluate(ws: Workspace, run_id: str, *, lm=None, owned: bool = False, limit:
     run = get_run(ws, run_id)
     if not run.has_adapter():
         raise RunError(f"run {run_id} has no final adapter (status {run.live_status()}); finish or resume it first")
+    from metacog.finetune.evaluate import check_evaluable
+
+    check_evaluable(ws, run)  # before the model is loaded
 
     def stop_now():
         return run.cancel_requested() or bool(should_stop and should_stop())
@@ -452,8 +461,16 @@ def evaluate(ws: Workspace, run_id: str, *, lm=None, owned: bool = False, limit:
         run.clear_cancel()
         raise
     except BaseException as e:
-        run.set_status(eval_status="failed", eval_error=f"{type(e).__name__}: {e}")
+        run.set_status(eval_status="failed", eval_error=_eval_error(e), eval_failed_at=time.time())
         raise
+
+
+def _eval_error(e: BaseException) -> str:
+    """An evaluation's failure as the run records it: the message of an error the user can act on
+    (a setting, a missing study artifact), the class name too for anything else."""
+    if isinstance(e, (SettingsError, TargetError, RunError, WorkspaceError, ValueError)):
+        return str(e)
+    return f"{type(e).__name__}: {e}"
 
 
 def evaluate_external(ws: Workspace, adapter_dir, *, fmt: str = "inline", limit: int | None = None,

@@ -83,8 +83,7 @@ def resolve_probe(ws: Workspace, layer: int | None = None, position: str | None 
     pos = str(best["position"]) if position is None else str(position)
     if pos not in probed:
         why = f" ({TWO_PASS_OFF})" if pos == "confidence_2p" else ""
-        raise TargetError(f"probe position must be one of the positions probed in {ws.root}, "
-                          f"{', '.join(probed)}, not {pos!r}{why}")
+        raise TargetError(f"probe position {pos!r} was not probed in {ws.root} (probed: {', '.join(probed)}){why}")
     if not 0 <= lay < oof.shape[1]:
         raise TargetError(f"probe layer {lay} is outside 0..{oof.shape[1] - 1} (hidden-state indices of this model)")
     info = {"layer": lay, "position": pos, "is_best": (lay == int(best["layer"]) and pos == best["position"])}

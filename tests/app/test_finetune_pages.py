@@ -68,6 +68,26 @@ def test_finetune_page_preview_and_runs(env):
     assert any(b.label.startswith("Re-evaluate") for b in at.button)
 
 
+def test_a_failed_re_evaluation_does_not_read_as_the_runs_state(env):
+    """A run evaluated once whose later evaluation attempt failed: the page says the attempt
+    failed and that the result shown is the earlier one (a warning), not an error box beside a
+    success box."""
+    from metacog.core.workspace import Workspace
+    from metacog.finetune.runs import get_run, list_runs
+
+    ws = Workspace(env / "workspaces" / "ft")
+    run = get_run(ws, list_runs(ws).query("status == 'done'")["run"].iloc[0])
+    assert run.eval_result()
+    run.set_status(eval_status="failed", eval_error="the eval split has no items left")
+    try:
+        at = _open(FT_PAGE)  # no error box
+        assert any("The last evaluation attempt failed: the eval split has no items left" in w.value
+                   and "earlier evaluation" in w.value for w in at.warning)
+        assert any(s.value.startswith("Evaluated on") for s in at.success)
+    finally:
+        run.set_status(eval_status="done", eval_error=None)
+
+
 def test_finetune_page_refuses_absurd_settings(env):
     at = _open(FT_PAGE)
     at.number_input(key="ft-lr-ft").set_value(0.0).run()

@@ -129,3 +129,63 @@ def test_cli(ws, capsys, tmp_path):
                  "--threads", "1", "--quiet"]) == 0
     assert "eval split, n=10" in capsys.readouterr().out
     assert ws.path("adapter_evals", "adapter", "eval.json").exists()
+
+
+def test_an_evaluation_that_cannot_finish_is_refused_before_training_or_loading(ws, lm, capsys, monkeypatch, tmp_path):
+    """In a study without the two-pass readouts (or without the probe position a run was
+    trained on) an evaluation could not finish: `finetune --evaluate` refuses it before a run is
+    created, `evaluate` before the model loads; and an evaluation that fails after a finished
+    training leaves the run done (eval_status failed, the message without a class name)."""
+    import shutil
+
+    import numpy as np
+
+    from metacog.cli import main
+    from metacog.core.settings import TWO_PASS_OFF
+    from metacog.core.workspace import Workspace, WorkspaceError
+    from metacog.finetune import runner
+    from metacog.stages.study import save_probes
+
+    shutil.copytree(ws.root, tmp_path / "w")
+    w = Workspace(tmp_path / "w")
+    # a run trained (as far as its record goes) on the confidence_2p probe, then the study loses two-pass
+    run = create_run(w, FinetuneSettings(targets="probe", probe_position="confidence_2p", max_updates=2, **FAST), name="p2")
+    run.adapter_dir.mkdir(parents=True, exist_ok=True)
+    (run.adapter_dir / "adapter_config.json").write_text("{}")
+    ans = w.read_parquet("answers.parquet")
+    w.write_parquet("answers.parquet", ans.drop(columns=[c for c in ans.columns if "two_pass" in c]),
+                    lineage=w.lineage("answers.parquet"))
+    lin = w.lineage("probes/metrics.parquet")
+    oof = np.load(w.path("probes", "oof.npy"))[:, :, :3]
+    save_probes(w, w.read_parquet("probes/metrics.parquet"), oof, {"layer": 1, "position": "confidence", "cv_auroc": 0.7},
+                lin["key"], lin["activations"], positions=["last_prompt", "last_answer", "confidence"])
+    monkeypatch.setattr(type(run), "has_adapter", lambda self: True)
+    loads = []
+    monkeypatch.setattr(runner, "_load_lm", lambda *a, **k: loads.append(1) or lm)
+
+    n_runs = len(list_runs(w))
+    assert main(["finetune", "--workspace", str(w.root), "--format", "two-pass", "--max-updates", "2", "--evaluate",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert TWO_PASS_OFF in err and len(err.strip().splitlines()) == 1
+    assert len(list_runs(w)) == n_runs  # no run created, nothing trained
+    assert main(["evaluate", "--workspace", str(w.root), "--run", run.id, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "trained on the probe at confidence_2p" in err and TWO_PASS_OFF in err and not loads
+    assert get_run(w, run.id).status().get("eval_status") != "failed"  # a refusal is not a failed evaluation
+
+    # an evaluation failing after the training: the run is done, its evaluation failed
+    import metacog.finetune.evaluate as ev
+
+    def boom(*a, **k):
+        raise WorkspaceError("the eval split has no items left")
+
+    monkeypatch.setattr(ev, "evaluate_run", boom)
+    ok = create_run(w, FinetuneSettings(targets="binary", max_updates=2, **FAST), name="ok")
+    try:
+        execute(w, ok.id, lm=lm, evaluate_after=True)
+    except WorkspaceError:
+        pass
+    st = get_run(w, ok.id).status()
+    assert (st["status"], st["phase"], st["eval_status"]) == ("done", "trained", "failed"), st
+    assert st["eval_error"] == "the eval split has no items left"
