@@ -27,15 +27,16 @@ with ui.guard("answers and confidence"):
                      help="metrics in summary.json and on the CLI are on the eval split")
     d = ui.split_frame(df, split)
     n = len(d)
-    c = st.columns(5)
+    modes = ui.mode_keys(d)
+    c = st.columns(2 + len(modes) + int("ev_inline" in d))  # no empty slot where two-pass was not computed
     c[0].metric(f"accuracy ({split})", f"{d['correct'].mean():.1%}" if n else "—", help=f"n={n}")
     c[1].metric("accuracy (all items)", f"{df['correct'].mean():.1%}", help=f"n={len(df)}")
-    for i, (mode, k) in enumerate(ui.mode_keys(d).items()):
+    for i, (mode, k) in enumerate(modes.items()):
         v = d[f"verbal_{k}"]
         c[2 + i].metric(f"verbal {mode}: parsed", f"{v.notna().mean():.0%}" if n else "—",
                         help="share of replies with a readable 0–100 confidence")
     if "ev_inline" in d:
-        c[4].metric("mass off 0–100 (inline)", f"{d['other_inline'].mean():.2f}",
+        c[-1].metric("mass off 0–100 (inline)", f"{d['other_inline'].mean():.2f}",
                     help="mean probability of continuations that are not an integer 0–100")
 
     if n == 0:

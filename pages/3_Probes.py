@@ -31,8 +31,8 @@ with ui.guard("the probes"):
 
     if best:
         c = st.columns([3, 2, 2, 2, 2])
-        c[0].metric("best probe", f"L{best.get('layer')} @ {best.get('position')}",
-                    help="layer @ position with the highest nested train-split CV AUROC; its numbers here are on the eval split")
+        c[0].metric(f"best probe @ {best.get('position')}", f"layer {best.get('layer')}",
+                    help="the layer × position with the highest nested train-split CV AUROC; its numbers here are on the eval split")
         row = pm[(pm["layer"] == int(best["layer"])) & (pm["position"] == best["position"])]
         if len(row):
             r = row.iloc[0]

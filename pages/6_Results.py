@@ -7,7 +7,7 @@ import streamlit as st
 
 from metacog.app import ui
 from metacog.finetune import plots as fplots
-from metacog.finetune.evaluate import READOUTS, load_eval
+from metacog.finetune.evaluate import READOUTS, eval_stale, load_eval
 from metacog.finetune.runs import get_run, list_runs, run_label
 
 READOUT_NAMES = {
@@ -59,6 +59,10 @@ with ui.guard("the results"):
     for r in picked:
         ev, per = load_eval(get_run(ws, r))
         evs[r] = (ev, per, get_run(ws, r).settings())
+    stale = {r: why for r in picked if (why := eval_stale(ws, evs[r][0]))}
+    if stale:
+        st.warning(f"{', '.join(stale)}: " + next(iter(stale.values())).replace("RUN", next(iter(stale)))
+                   + ". Its numbers below are shown as they were computed.")
 
 
     # ------------------------------------------------------------------ headline

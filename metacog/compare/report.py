@@ -150,6 +150,12 @@ def comparison_section(rep: Report, runs: list, readout: str | None = None, stab
     models = ", ".join(dict.fromkeys(d.model for d in runs))
     n = int(runs[0].eval.get("headline", {}).get("n_eval") or len(runs[0].per_item))
     rep.h(f"Runs compared ({len(runs)}): {readout}")
+    from metacog.core.workspace import Workspace
+    from metacog.finetune.evaluate import eval_stale
+
+    for d in runs:
+        if why := eval_stale(Workspace(d.workspace), d.eval):
+            rep.p(f"Note — run {d.run}: {why.replace('RUN', d.run)}.")
     per = C.run_metrics(runs, readout)
     summ = C.seed_summary(per)
     show = [c for c in summ.columns if not c.endswith(("_mean", "_sd"))]

@@ -39,11 +39,12 @@ def study_positions(two_pass: bool) -> tuple[str, ...]:
 
 
 def computed_line(study) -> str:
-    """One line for the CLI, the app and logs: which verbal replies and 0-100 readouts run."""
+    """One line for the CLI, the app and logs: which verbal replies and 0-100 readouts the study
+    computes (its settings; a resumed stage that is fresh computes nothing)."""
     if study.two_pass:
-        return ("computing: answers, verbal confidence and exact 0-100 readout, inline and two-pass, "
+        return ("this study computes: answers, verbal confidence and exact 0-100 readout, inline and two-pass, "
                 "probes at the inline positions and confidence_2p")
-    return ("computing: answers, inline verbal confidence and inline exact 0-100 readout, "
+    return ("this study computes: answers, inline verbal confidence and inline exact 0-100 readout, "
             "probes at the inline positions (two-pass off; --two-pass adds the two-pass reply, "
             "readout and confidence_2p probes)")
 PROMPT_STYLES = ("plain", "reference")

@@ -506,6 +506,7 @@ def evaluate_adapter(ws: Workspace, adapter_dir: Path, out_dir: Path, *, lm=None
         "model": ws.read_json("model.json"), "split": "eval",
         "items": {"n": n, "limit": limit, "ids_hash": key_items, "rule": "eval split, first N by row" if limit else "eval split, all items"},
         "primary_format": primary_format, "headline": headline,
+        "study_answers": (ws.stage_record("answers") or {}).get("key"),  # the base side's answers (eval_stale)
         "accuracy": {"base": acc0, "ft": acc1, "change": acc1 - acc0, "right_to_wrong": int((y0 & ~y1).sum()),
                      "wrong_to_right": int((~y0 & y1).sum()), "unchanged": int(same.sum())},
         "readouts": readouts, "pairwise": pw, "probe": probe, "type_prior": tp, "retrained_probes": rp, "reliability": reliability,
@@ -570,6 +571,19 @@ def _clean(o):
         f = float(o)
         return None if np.isnan(f) else f
     return o
+
+
+def eval_stale(ws: Workspace, ev: dict | None) -> str | None:
+    """Why an ``eval.json`` no longer describes ``ws``, or None: its base side (the study's
+    answers and readouts) was read from other answers than the study's current ones — the study
+    was rerun since (e.g. with two-pass switched). Evaluations written before this record are
+    taken as current."""
+    then = (ev or {}).get("study_answers")
+    now = (ws.stage_record("answers") or {}).get("key")
+    if then and now and then != now:
+        return ("evaluated against earlier answers of this study (it was rerun since, e.g. with --two-pass switched): "
+                "its base side is not today's; re-evaluate the run (metacog evaluate --run RUN)")
+    return None
 
 
 def load_eval(run: Run) -> tuple[dict | None, pd.DataFrame | None]:

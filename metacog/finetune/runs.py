@@ -226,6 +226,12 @@ class Run:
         return read_json(self.file("eval.json"))
 
 
+def _eval_note(ws: Workspace, ev: dict) -> str:
+    from metacog.finetune.evaluate import eval_stale
+
+    return "stale: " + why if (why := eval_stale(ws, ev)) else ""
+
+
 def get_run(ws: Workspace, run_id: str) -> Run:
     """The existing run ``run_id`` of ``ws``.
 
@@ -317,6 +323,7 @@ def list_runs(ws: Workspace) -> pd.DataFrame:
                     "val_loss": st.get("val_loss"),
                     "train_seconds": st.get("train_seconds"),
                     "evaluated": bool(ev),
+                    "eval_note": _eval_note(ws, ev),
                     "acc_base": h.get("accuracy_base"),
                     "acc_ft": h.get("accuracy_ft"),
                     "auroc_base": h.get("auroc_base"),
@@ -332,7 +339,7 @@ def list_runs(ws: Workspace) -> pd.DataFrame:
                 }
             )
     cols = ["run", "status", "phase", "targets", "task", "format", "backend", "probe", "seed", "n_train", "epochs_planned",
-            "updates_planned", "updates_run", "epochs_run", "last_loss", "val_loss", "train_seconds", "evaluated",
+            "updates_planned", "updates_run", "epochs_run", "last_loss", "val_loss", "train_seconds", "evaluated", "eval_note",
             "acc_base", "acc_ft", "auroc_base", "auroc_ft", "ece_base", "ece_ft", "ceiling_ft", "created", "message",
             "rank", "alpha", "lr", "tags", "note", "key"]
     return pd.DataFrame(rows, columns=cols)

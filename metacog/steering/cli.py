@@ -42,6 +42,12 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_steer)
 
 
+def _ci(ci) -> str:
+    """A 95% CI as ``[lo, hi]`` (``[n/a, n/a]`` where it could not be computed)."""
+    lo, hi = (list(ci) + [None, None])[:2] if ci else (None, None)
+    return f"[{fmt_num(lo)}, {fmt_num(hi)}]"
+
+
 def print_summary(s: dict) -> None:
     """Per direction and layer: the per-item dose-response slope (E[v] points per sigma) of the
     direction and of random, their difference with CI and p (Holm over layers); the cells whose
@@ -51,10 +57,10 @@ def print_summary(s: dict) -> None:
     print(f"unit: {s['unit']} | shift = E[v](alpha) - E[v](0) per item | slope = OLS of shift on alpha (points per sigma) | "
           f"test: sign-flip across items | CI: 95% bootstrap over items | {s['correction']}")
     for r in s.get("slopes", []):
-        print(f"  {r['direction']:17s} h={r['layer']:3d} slope {fmt_num(r['slope'])} {[fmt_num(x) for x in r['slope_ci']]} | random "
-              f"{fmt_num(r['slope_random'])} | diff {fmt_num(r['slope_diff'])} {[fmt_num(x) for x in r['ci']]} p {fmt_p(r['p'])} "
+        print(f"  {r['direction']:17s} h={r['layer']:3d} slope {fmt_num(r['slope'])} {_ci(r['slope_ci'])} | random "
+              f"{fmt_num(r['slope_random'])} | diff {fmt_num(r['slope_diff'])} {_ci(r['ci'])} p {fmt_p(r['p'])} "
               f"p_holm {fmt_p(r['p_holm'])} | |slope|-|random| {fmt_num(r.get('abs_diff'))} "
-              f"{[fmt_num(x) for x in r.get('abs_ci') or [None, None]]} p_holm {fmt_p(r.get('abs_p_holm'))} (n {r['n']})")
+              f"{_ci(r.get('abs_ci'))} p_holm {fmt_p(r.get('abs_p_holm'))} (n {r['n']})")
     sig = [c for c in s.get("contrasts", []) if c.get("p_holm") is not None and c["p_holm"] < 0.05]
     print(f"  cells with Holm p < 0.05 (direction - random, per item): {len(sig)}/{len(s.get('contrasts', []))}")
     if s.get("n_items", 0) < 6:

@@ -88,6 +88,41 @@ def test_a_failed_re_evaluation_does_not_read_as_the_runs_state(env):
         run.set_status(eval_status="done", eval_error=None)
 
 
+def test_an_evaluation_of_earlier_study_answers_is_named_stale(env, capsys):
+    """eval.json records the study answers its base side read; once the study's answers change
+    (a rerun, e.g. with two-pass switched) the run's evaluation is named stale on the Results
+    and Fine-tune pages, in `metacog runs` (eval_note) and in the run's CLI report."""
+    from metacog.core.workspace import Workspace, atomic_write_json
+    from metacog.finetune.evaluate import eval_stale
+    from metacog.finetune.runs import get_run, list_runs
+
+    ws = Workspace(env / "workspaces" / "ft")
+    run = get_run(ws, list_runs(ws).query("evaluated")["run"].iloc[0])
+    ev = run.eval_result()
+    assert ev["study_answers"] == ws.stage_record("answers")["key"] and eval_stale(ws, ev) is None
+    assert list_runs(ws).set_index("run").loc[run.id, "eval_note"] == ""
+    atomic_write_json(run.file("eval.json"), {**ev, "study_answers": "an-earlier-answers-key"})
+    try:
+        assert list_runs(ws).set_index("run").loc[run.id, "eval_note"].startswith("stale: evaluated against earlier answers")
+        from streamlit.testing.v1 import AppTest
+
+        for page in (RES_PAGE, FT_PAGE):
+            at = AppTest.from_file(APP, default_timeout=120)
+            at.query_params["ws"] = "ft"
+            at.query_params["run"] = run.id
+            at.run()
+            at.switch_page(page)
+            at.run()
+            assert not at.exception, [e.value for e in at.exception]
+            assert any("evaluated against earlier answers of this study" in w.value and run.id in w.value for w in at.warning), page
+        from metacog.finetune.cli import _report
+
+        _report(ws, run.id)
+        assert f"note: evaluated against earlier answers" in capsys.readouterr().out
+    finally:
+        atomic_write_json(run.file("eval.json"), ev)
+
+
 def test_finetune_page_refuses_absurd_settings(env):
     at = _open(FT_PAGE)
     at.number_input(key="ft-lr-ft").set_value(0.0).run()

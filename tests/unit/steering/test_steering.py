@@ -373,6 +373,10 @@ def test_cli_steer(tiny_ws, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "unit: item" in out and "probe-minus-type" in out and "slope" in out
+    import re
+
+    assert "['" not in out  # CIs print as numbers, [lo, hi], not as a list of strings
+    assert re.search(r"slope -?[\d.]+ \[(-?[\d.]+|n/a), (-?[\d.]+|n/a)\] \| random", out), out
     rc = main(["steer", "--workspace", str(ws.root), "--list"])
     assert rc == 0 and "complete" in capsys.readouterr().out
     assert main(["steer", "--workspace", str(ws.root), "--direction", "nope", "--quiet"]) == 2
