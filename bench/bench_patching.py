@@ -40,7 +40,7 @@ def side(lm, qa, label):
     return P.make_side(lm, *qa, label)
 
 
-def matmul_peak(lm, cfg, rows: int = 2048, reps: int = 3) -> tuple[float, float]:
+def matmul_peak(lm, cfg, rows: int = 4096, reps: int = 5) -> tuple[float, float]:
     """G multiply-adds per second of this model's own products on this CPU, in its dtype and
     thread count: a block's linear layers (q, k, v, o, gate, up, down shapes) and the LM head,
     each on ``rows`` rows (best of ``reps``)."""
@@ -174,7 +174,7 @@ def main() -> None:
     blk_units = sum((T - pl.target + N) * (L - h) * block for pl in prep.plans for h in layers)
     head_units = len(prep.plans) * len(layers) * (N + 1) * head
     floor = (blk_units / (gm_block * 1e9) + head_units / (gm_head * 1e9)) / cells
-    print(f"matmul peak here ({lm.dtype}, {torch.get_num_threads()} threads, 2048-row products): blocks' linear layers "
+    print(f"matmul peak here ({lm.dtype}, {torch.get_num_threads()} threads, best of 5 runs of 4096-row products): blocks' linear layers "
           f"{gm_block:.0f} G multiply-adds/s, LM head {gm_head:.0f} G/s -> floor {floor:.3f} s per cell with every "
           f"non-matmul cost (attention, norms, softmax, Python) free; measured {t_fast / cells:.3f} s = {t_fast / cells / floor:.2f}x the floor")
     print(f"100 pairs x {L} layers x {1 + a.random} positions at the floor: {100 * floor * L * (1 + a.random) / 60:.1f} min")
