@@ -576,11 +576,17 @@ def _clean(o):
 def eval_stale(ws: Workspace, ev: dict | None) -> str | None:
     """Why an ``eval.json`` no longer describes ``ws``, or None: its base side (the study's
     answers and readouts) was read from other answers than the study's current ones — the study
-    was rerun since (e.g. with two-pass switched). Evaluations written before this record are
-    taken as current."""
-    then = (ev or {}).get("study_answers")
-    now = (ws.stage_record("answers") or {}).get("key")
-    if then and now and then != now:
+    was rerun since (e.g. with two-pass switched). An ``eval.json`` written before it recorded
+    ``study_answers`` is stale when the study's answers were written after it finished (both
+    times are this machine's local ``%Y-%m-%dT%H:%M:%S``)."""
+    ev = ev or {}
+    rec = ws.stage_record("answers") or {}
+    then, now = ev.get("study_answers"), rec.get("key")
+    if then and now:
+        stale = then != now
+    else:
+        stale = bool(ev.get("finished") and rec.get("finished") and str(rec["finished"]) > str(ev["finished"]))
+    if stale:
         return ("evaluated against earlier answers of this study (it was rerun since, e.g. with --two-pass switched): "
                 "its base side is not today's; re-evaluate the run (metacog evaluate --run RUN)")
     return None

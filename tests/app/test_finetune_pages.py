@@ -119,6 +119,12 @@ def test_an_evaluation_of_earlier_study_answers_is_named_stale(env, capsys):
 
         _report(ws, run.id)
         assert f"note: evaluated against earlier answers" in capsys.readouterr().out
+        # an eval.json from before the record: stale when the study's answers were written after it
+        old = {k: v for k, v in ev.items() if k != "study_answers"}
+        rec = ws.stage_record("answers")
+        assert eval_stale(ws, {**old, "finished": "2000-01-01T00:00:00"}) is not None
+        assert eval_stale(ws, {**old, "finished": "2999-01-01T00:00:00"}) is None
+        assert rec["finished"] <= ev["finished"] and eval_stale(ws, old) is None
     finally:
         atomic_write_json(run.file("eval.json"), ev)
 
