@@ -289,8 +289,8 @@ with ui.guard("fine-tuning"):
             if run.eval_result():
                 from metacog.finetune.evaluate import eval_stale
 
-                if why := eval_stale(ws, run.eval_result()):
-                    st.warning(why.replace("RUN", run.id))
+                if why := eval_stale(ws, run.eval_result(), run.id):
+                    st.warning(why)
                 h = run.eval_result()["headline"]
                 st.success(f"Evaluated on {h['n_eval']} eval items: verbal AUROC {_num(h['auroc_base'])} → "
                            f"{_num(h['auroc_ft'])}, accuracy {_num(h['accuracy_base'], '.1%')} → {_num(h['accuracy_ft'], '.1%')}.")

@@ -59,10 +59,9 @@ with ui.guard("the results"):
     for r in picked:
         ev, per = load_eval(get_run(ws, r))
         evs[r] = (ev, per, get_run(ws, r).settings())
-    stale = {r: why for r in picked if (why := eval_stale(ws, evs[r][0]))}
-    if stale:
-        st.warning(f"{', '.join(stale)}: " + next(iter(stale.values())).replace("RUN", next(iter(stale)))
-                   + ". Its numbers below are shown as they were computed.")
+    for r in picked:
+        if why := eval_stale(ws, evs[r][0], r):
+            st.warning(f"{r}: {why}. Its numbers below are shown as they were computed.")
 
 
     # ------------------------------------------------------------------ headline

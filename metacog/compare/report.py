@@ -154,8 +154,8 @@ def comparison_section(rep: Report, runs: list, readout: str | None = None, stab
     from metacog.finetune.evaluate import eval_stale
 
     for d in runs:
-        if why := eval_stale(Workspace(d.workspace), d.eval):
-            rep.p(f"Note — run {d.run}: {why.replace('RUN', d.run)}.")
+        if why := eval_stale(Workspace(d.workspace), d.eval, d.run):
+            rep.p(f"Note — run {d.run}: {why}.")
     per = C.run_metrics(runs, readout)
     summ = C.seed_summary(per)
     show = [c for c in summ.columns if not c.endswith(("_mean", "_sd"))]

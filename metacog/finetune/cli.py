@@ -233,8 +233,8 @@ def _report(ws, run_id) -> int:
         print_eval(ev)
         from metacog.finetune.evaluate import eval_stale
 
-        if why := eval_stale(ws, ev):
-            print(f"  note: {why.replace('RUN', run.id)}")
+        if why := eval_stale(ws, ev, run.id):
+            print(f"  note: {why}")
     return 0 if st.get("status") == "done" else 1
 
 
@@ -369,7 +369,7 @@ def cmd_runs(a) -> int:
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(df[cols].round(3).to_string(index=False))
     for r in df[df["eval_note"].astype(bool)].itertuples():
-        print(f"{r.run}: eval numbers {r.eval_note.replace('RUN', r.run)}")
+        print(f"{r.run}: eval numbers {r.eval_note}")
     return 0
 
 

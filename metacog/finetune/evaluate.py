@@ -573,12 +573,13 @@ def _clean(o):
     return o
 
 
-def eval_stale(ws: Workspace, ev: dict | None) -> str | None:
+def eval_stale(ws: Workspace, ev: dict | None, run_id: str = "RUN") -> str | None:
     """Why an ``eval.json`` no longer describes ``ws``, or None: its base side (the study's
     answers and readouts) was read from other answers than the study's current ones — the study
     was rerun since (e.g. with two-pass switched). An ``eval.json`` written before it recorded
     ``study_answers`` is stale when the study's answers were written after it finished (both
-    times are this machine's local ``%Y-%m-%dT%H:%M:%S``)."""
+    times are this machine's local ``%Y-%m-%dT%H:%M:%S``). ``run_id`` goes into the command
+    the message gives."""
     ev = ev or {}
     rec = ws.stage_record("answers") or {}
     then, now = ev.get("study_answers"), rec.get("key")
@@ -588,7 +589,7 @@ def eval_stale(ws: Workspace, ev: dict | None) -> str | None:
         stale = bool(ev.get("finished") and rec.get("finished") and str(rec["finished"]) > str(ev["finished"]))
     if stale:
         return ("evaluated against earlier answers of this study (it was rerun since, e.g. with --two-pass switched): "
-                "its base side is not today's; re-evaluate the run (metacog evaluate --run RUN)")
+                f"its base side is not today's; re-evaluate the run (metacog evaluate --workspace {ws.root} --run {run_id})")
     return None
 
 

@@ -38,6 +38,9 @@ from metacog.finetune.settings import FinetuneSettings, SettingsError, make_plan
 from metacog.finetune.targets import TargetError, read_targets, write_targets
 from metacog.finetune.tasks import build_task, encode_task, read_pairs, write_pairs
 
+#: errors that name a setting or a missing study artifact: recorded by their message alone
+_USER_ERRORS = (SettingsError, TargetError, RunError, WorkspaceError, ValueError)
+
 LOCK_NAME = "finetune"
 HEARTBEAT_S = 5.0
 DELAY_ENV = "METACOG_FT_UPDATE_DELAY"  # seconds to sleep after each update (tests/demos of cancel and resume)
@@ -372,7 +375,7 @@ def execute(ws: Workspace, run_id: str, *, lm=None, owned: bool = False, threads
     except BaseException as e:
         if run.status().get("eval_status") == "failed" and run.status().get("phase") == "trained":
             raise  # the training finished: the run stays done, its evaluation failed (_evaluate_in_process)
-        if isinstance(e, (SettingsError, TargetError, RunError, WorkspaceError, ValueError)):
+        if isinstance(e, _USER_ERRORS):
             run.set_status(status="failed", message=str(e), error=str(e), ended=time.time())
         else:
             run.set_status(status="failed", message=f"{type(e).__name__}: {e}", error=traceback.format_exc(), ended=time.time())
@@ -417,7 +420,7 @@ def _evaluate_in_process(ws, run, lm, owned, limit, threads, stop_now, progress=
         raise
     except BaseException as e:
         run.set_status(status="done", phase="trained", eval_status="failed", eval_error=_eval_error(e),
-                       message=f"trained; evaluation failed: {e}", eval_failed_at=time.time())
+                       message=f"trained; evaluation failed: {e}")
         raise
     h = ev["headline"]
     run.set_status(status="done", phase="evaluated", eval_status="done", eval_seconds=ev["seconds"]["total"],
@@ -461,14 +464,14 @@ def evaluate(ws: Workspace, run_id: str, *, lm=None, owned: bool = False, limit:
         run.clear_cancel()
         raise
     except BaseException as e:
-        run.set_status(eval_status="failed", eval_error=_eval_error(e), eval_failed_at=time.time())
+        run.set_status(eval_status="failed", eval_error=_eval_error(e))
         raise
 
 
 def _eval_error(e: BaseException) -> str:
     """An evaluation's failure as the run records it: the message of an error the user can act on
     (a setting, a missing study artifact), the class name too for anything else."""
-    if isinstance(e, (SettingsError, TargetError, RunError, WorkspaceError, ValueError)):
+    if isinstance(e, _USER_ERRORS):
         return str(e)
     return f"{type(e).__name__}: {e}"
 

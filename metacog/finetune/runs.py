@@ -226,10 +226,10 @@ class Run:
         return read_json(self.file("eval.json"))
 
 
-def _eval_note(ws: Workspace, ev: dict) -> str:
+def _eval_note(ws: Workspace, ev: dict, run_id: str) -> str:
     from metacog.finetune.evaluate import eval_stale
 
-    return "stale: " + why if (why := eval_stale(ws, ev)) else ""
+    return "stale: " + why if (why := eval_stale(ws, ev, run_id)) else ""
 
 
 def get_run(ws: Workspace, run_id: str) -> Run:
@@ -323,7 +323,7 @@ def list_runs(ws: Workspace) -> pd.DataFrame:
                     "val_loss": st.get("val_loss"),
                     "train_seconds": st.get("train_seconds"),
                     "evaluated": bool(ev),
-                    "eval_note": _eval_note(ws, ev),
+                    "eval_note": _eval_note(ws, ev, r.id),
                     "acc_base": h.get("accuracy_base"),
                     "acc_ft": h.get("accuracy_ft"),
                     "auroc_base": h.get("auroc_base"),

@@ -114,10 +114,9 @@ def methods_table(ws: Workspace, names=None, posthoc_kinds=KINDS, n_bins: int = 
 def stale_note(ws: Workspace, name: str) -> str:
     """The table's note for a stale method (:func:`~metacog.methods.store.stale_methods`): how to
     recompute it, or why it cannot be (a two-pass baseline in a study run without ``--two-pass``)."""
-    from metacog.methods.registry import _REGISTRY, unavailable
+    from metacog.methods.registry import get, names, unavailable
 
-    m = _REGISTRY.get(name)
-    why = None if m is None else unavailable(m, ws.settings()[1])
+    why = unavailable(get(name), ws.settings()[1]) if name in names() else None
     if why is not None:
         return f"stale: computed on other answers than answers.parquet; {why}"
     return f"stale: computed on other answers than answers.parquet; recompute with `metacog methods --workspace {ws.root} --methods {name}`"

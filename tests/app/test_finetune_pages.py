@@ -118,7 +118,8 @@ def test_an_evaluation_of_earlier_study_answers_is_named_stale(env, capsys):
         from metacog.finetune.cli import _report
 
         _report(ws, run.id)
-        assert f"note: evaluated against earlier answers" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "note: evaluated against earlier answers" in out and f"metacog evaluate --workspace {ws.root} --run {run.id}" in out
         # an eval.json from before the record: stale when the study's answers were written after it
         old = {k: v for k, v in ev.items() if k != "study_answers"}
         rec = ws.stage_record("answers")
