@@ -10,7 +10,7 @@ changes with its batch companions. Removing every key column a row never attends
 attention, leaves each row exactly the computation it would have alone.
 
 :func:`ragged_attention` gives every row a **canonical layout** that depends on the row alone:
-the key columns at least one of its queries attends, in order, then masked zero keys up to a
+the key columns at least one of its queries attends, in order, then masked padding keys up to a
 multiple of :data:`BUCKET` (32); likewise its queries that attend anything, then dummy queries
 (a decode step's single query stays single). Rows of one canonical shape run in one call of
 transformers' SDPA attention; query rows that attend nothing (padding) come out as zeros.
@@ -56,7 +56,7 @@ NAME = "metacog_ragged"
 #: stage's key (:func:`metacog.stages.answers.numerics_key`): 1 = every row's whole prompt in one
 #: forward; 2 = the chat template's system turn as a shared prefix, split by the row alone.
 LAYOUT = 2
-#: Keys per row are padded (masked zeros) to a multiple of this: the layout depends on the row alone,
+#: Keys per row are padded (masked slots) to a multiple of this: the layout depends on the row alone,
 #: and rows of one bucket share one SDPA call.
 BUCKET = 32
 
@@ -144,9 +144,9 @@ def _layout(attention_mask, B: int, Tq: int, Tk: int, device) -> list:
         if Lq == 0 or Lk == 0:
             continue
         rows = torch.nonzero((groups == torch.tensor([Lq, Lk], device=groups.device)).all(dim=1)).squeeze(1)
-        kidx = _compact(keep[rows], Lk)  # [g, Lk] source column of each slot (Tk: a zero key)
-        qidx = _compact(qkeep[rows], Lq)  # [g, Lq] source row of each query slot (Tq: a zero query)
-        m = _pad1(_pad1(allowed[rows], 2), 1)  # [g, Tq + 1, Tk + 1]: the zero query and key attend nothing
+        kidx = _compact(keep[rows], Lk)  # [g, Lk] source column of each slot (Tk: a padding key)
+        qidx = _compact(qkeep[rows], Lq)  # [g, Lq] source row of each query slot (Tq: a padding query)
+        m = _pad1(_pad1(allowed[rows], 2), 1)  # [g, Tq + 1, Tk + 1]: padding queries and keys attend nothing
         m = m.gather(2, kidx[:, None, :].expand(-1, Tq + 1, -1)).gather(1, qidx[:, :, None].expand(-1, -1, Lk))
         real = qidx < Tq  # slots holding a real query
         r = rows[:, None].expand(-1, Lq)[real]
@@ -162,7 +162,7 @@ def _span(n: torch.Tensor) -> torch.Tensor:
 
 
 def _compact(kept: torch.Tensor, L: int) -> torch.Tensor:
-    """``[g, L]`` indices: row b's kept positions in order, then ``T`` (the zero slot appended
+    """``[g, L]`` indices: row b's kept positions in order, then ``T`` (the padding slot, just
     after the T real ones) up to ``L``."""
     g, T = kept.shape
     idx = torch.full((g, L + 1), T, dtype=torch.long, device=kept.device)
@@ -172,9 +172,13 @@ def _compact(kept: torch.Tensor, L: int) -> torch.Tensor:
 
 
 def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """``x [g, h, T, d]`` with a zero row appended at T, gathered along T by ``idx [g, L]``."""
-    x = torch.cat([x, x.new_zeros(x.shape[0], x.shape[1], 1, x.shape[3])], dim=2)
-    return x.gather(2, idx[:, None, :, None].expand(-1, x.shape[1], -1, x.shape[3]))
+    """``x [g, h, T, d]`` gathered along T by ``idx [g, L]``; a slot with index T (a padding key
+    or query, masked in every row) gets a copy of row T - 1 instead of zeros. One copy, not two
+    (no zero row is appended first), and the same attention bit for bit: a masked key's score
+    is replaced by -inf and its value weighted by an exact 0, so any finite content gives the
+    zeros' result (``tests/unit/model/test_ragged.py``); a padding query's output is discarded."""
+    T = x.shape[2]
+    return x.gather(2, idx.clamp(max=T - 1)[:, None, :, None].expand(-1, x.shape[1], -1, x.shape[3]))
 
 
 def _pad(x: torch.Tensor, L: int) -> torch.Tensor:

@@ -101,6 +101,40 @@ def test_a_mask_shared_by_the_batch_takes_the_gather_free_layout_bit_for_bit(dt,
     assert torch.equal(a, ragged.ragged_attention(mod, q, k, v, hole.expand(B, 1, Tq, Tk).clone(), scaling=0.125)[0])
 
 
+def _zero_take(x, idx):
+    """The layout's gather with zero padding slots (how it was computed before)."""
+    x = torch.cat([x, x.new_zeros(x.shape[0], x.shape[1], 1, x.shape[3])], dim=2)
+    return x.gather(2, idx[:, None, :, None].expand(-1, x.shape[1], -1, x.shape[3]))
+
+
+@pytest.mark.parametrize("dt", [torch.bfloat16, torch.float32])
+def test_padding_slots_copied_not_zeroed_give_the_same_bits(dt, monkeypatch):
+    """The gather fills padding slots with a copy of a real key/value/query instead of zeros
+    (one copy of K and V per layer instead of two): masked keys get -inf and an exact 0 weight,
+    so every real output is bit-identical to the zero-padded layout — decode steps of
+    left-padded rows, padded prefills, and tree-shaped masks."""
+    g = torch.Generator().manual_seed(3)
+    lens = [5, 40, 17, 33, 2, 40]
+    T = max(lens)
+    cases = []
+    q, m = _padded([torch.randn(9, n, 64, generator=g).to(dt) for n in lens], T, dt)  # prefill, left padding
+    k, _ = _padded([torch.randn(3, n, 64, generator=g).to(dt) for n in lens], T, dt)
+    v, _ = _padded([torch.randn(3, n, 64, generator=g).to(dt) for n in lens], T, dt)
+    cases.append((q, k, v, m))
+    cases.append((q[:, :, -1:], k, v, m[:, :, -1:]))  # a decode step: one query per row over its keys
+    tree = m.clone()
+    tree[:, :, T // 2 :, T // 3] = False  # holes, as the trie's tree masks have
+    cases.append((q, k, v, tree))
+    mod = _Attn()
+    for qq, kk, vv, mm in cases:
+        new, _ = ragged.ragged_attention(mod, qq, kk, vv, mm, scaling=0.125)
+        with monkeypatch.context() as mp:
+            mp.setattr(ragged, "_take", _zero_take)
+            old, _ = ragged.ragged_attention(mod, qq, kk, vv, mm, scaling=0.125)
+        assert torch.isfinite(new).all()
+        assert torch.equal(new, old)
+
+
 def test_rows_match_reference_attention_numerically():
     """Not only self-consistent: each row is ordinary causal attention over its keys."""
     g = torch.Generator().manual_seed(1)
