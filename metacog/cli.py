@@ -288,6 +288,22 @@ def _extend(sub) -> None:
         m.register(sub)
 
 
+def existing_workspace(path) -> None:
+    """Refuse, with one line, a ``--workspace`` that a command after the study cannot read: not a
+    metacog workspace, a link inside it, or a ``workspace.json`` that is not valid — the same
+    lines for every command (``metacog summary``'s), before any command-specific work.
+
+    Raises:
+        WorkspaceError: see above."""
+    from metacog.core.workspace import Workspace, WorkspaceError
+
+    ws = Workspace(path)
+    if not ws.exists:
+        raise WorkspaceError(f"{ws.root} is not a metacog workspace (no workspace.json): run `metacog study --workspace {path}` first")
+    ws.check_usable(create=False)
+    ws.settings()
+
+
 def main(argv=None) -> int:
     """Entry point of ``metacog``: parse ``argv`` and run the subcommand. Returns the exit status:
     the command's own, 2 for an error the user can act on (``DataError``, ``ModelError``,
@@ -312,6 +328,8 @@ def main(argv=None) -> int:
         if args.command == "info":
             return cmd_info(args)
         if hasattr(args, "func"):
+            for w in ([args.workspace] if getattr(args, "workspace", None) else []) + list(getattr(args, "also_workspace", None) or []):
+                existing_workspace(w)
             return args.func(args)
     except (DataError, ModelError, WorkspaceError, ValueError, Stopped) as e:
         print(f"metacog: error: {e}", file=sys.stderr)

@@ -330,6 +330,26 @@ def test_invalid_workspace_json_names_the_file(tmp_path, ref_ws, capsys, content
     (ws / "workspace.json").write_text(content)
     assert cli(["summary", "--workspace", str(ws)]) == 2
     _one_line_error(capsys, "workspace.json", needle)
+    # every command after the study says the same, before its own work (it used to list nothing)
+    for args in (["patch", "--list"], ["steer", "--list"], ["sweeps"], ["runs"], ["report", "--out", str(tmp_path / "r.html")],
+                 ["methods", "--list"]):
+        assert cli([args[0], "--workspace", str(ws), *args[1:]]) == 2, args
+        _one_line_error(capsys, "workspace.json", needle)
+
+
+def test_every_command_refuses_a_workspace_with_a_link_or_none_at_all(tmp_path, ref_ws, capsys):
+    """`report` read a workspace holding a symbolic link that `summary` refuses; a path with no
+    workspace gave "no runs" or an empty list. Every command now gives summary's line."""
+    ws = tmp_path / "w"
+    shutil.copytree(ref_ws, ws)
+    (ws / "evil").symlink_to("/etc")
+    for args in (["report", "--out", str(tmp_path / "r.html")], ["patch", "--list"], ["runs"]):
+        assert cli([args[0], "--workspace", str(ws), *args[1:]]) == 2, args
+        _one_line_error(capsys, "symbolic link")
+    assert not (tmp_path / "r.html").exists()
+    for args in (["runs"], ["sweeps"], ["steer", "--list"]):
+        assert cli([args[0], "--workspace", str(tmp_path / "none"), *args[1:]]) == 2, args
+        _one_line_error(capsys, "is not a metacog workspace")
 
 
 def test_json_is_standard_and_files_share_one_mode(tmp_path):
