@@ -98,6 +98,26 @@ def _workspace(args):
     return Workspace(default_workspace(args.model or "default", args.dataset or "world-facts", args.limit, args.seed or 0))
 
 
+def settings_changes(ws, model, study) -> str:
+    """The settings that a relaunch changes in an existing workspace, as ``name old → new`` (``""``
+    for a new workspace or the same settings; threads are not a setting of the results)."""
+    from metacog.core.settings import to_dict
+    from metacog.core.workspace import WorkspaceError
+
+    if not ws.exists:
+        return ""
+    try:
+        m0, s0 = ws.settings()
+    except WorkspaceError:
+        return ""  # the launch's own check says what is wrong with workspace.json
+    out = []
+    for kind, old, new in (("model", to_dict(m0), to_dict(model)), ("study", to_dict(s0), to_dict(study))):
+        for k in sorted(set(old) | set(new)):
+            if k != "threads" and old.get(k) != new.get(k):
+                out.append(f"{k} {old.get(k)!r} → {new.get(k)!r}")
+    return ", ".join(out)
+
+
 def cmd_study(args, stages):
     """Run ``stages`` (a tuple of ``answers``, ``activations``, ``probes``) of the study on the
     workspace, with a tqdm bar, and print the summary; returns 0. Errors propagate to :func:`main`."""
@@ -112,6 +132,10 @@ def cmd_study(args, stages):
     from metacog.core.settings import computed_line
 
     print(computed_line(study), file=sys.stderr)
+    if changed := settings_changes(ws, model, study):
+        print(f"this workspace's study settings change: {changed}. Stages whose inputs changed are recomputed; "
+              "method scores, run evaluations, patching grids and steering sweeps made on the earlier results are kept "
+              "and named stale (a new --workspace keeps both studies)", file=sys.stderr)
     try:
         summary = run_study(ws.root, model, study, progress=prog, stages=stages)
     finally:

@@ -87,6 +87,9 @@ with ui.guard("steering"):
     res, summ = _load(str(ws.root), sid, _stamp(sid))
     if res is None or summ is None:
         st.stop()
+    if next(s for s in sweeps if s["id"] == sid).get("stale"):
+        st.warning(f"Sweep {sid} was made on an earlier hidden-state cache of this study (it was rerun since): its "
+                   "numbers are not today's. Run it again above to refresh it.")
 
     st.subheader("Dose-response")
     subset = st.radio("items", ["all", "correct", "incorrect"], horizontal=True, key=f"st-subset-{k}")

@@ -192,9 +192,13 @@ with ui.guard("the patching results"):
     if want in ids and st.session_state.get("pt-show") != want and (job is None or not job.running):
         st.session_state["pt-show"] = want
     desc = {s["grid_id"]: f"{s['grid_id']} · {s.get('kind', '?')} {s.get('source')} → {s.get('target')} · "
-                            f"{s.get('n_pairs', '?')} pairs · {'complete' if s.get('complete') else 'incomplete'}" for s in sweeps}
+                            f"{s.get('n_pairs', '?')} pairs · {'complete' if s.get('complete') else 'incomplete'}"
+                            + (" · stale" if s.get("stale") else "") for s in sweeps}
     sid = st.selectbox("sweep", ids, key="pt-show", format_func=desc.get)
     meta = next(s for s in sweeps if s["grid_id"] == sid)
+    if meta.get("stale"):
+        st.warning(f"Sweep {sid} was made on earlier answers of this study (it was rerun since): its pairs and numbers "
+                   "are not today's. Run it again above to refresh it.")
     res = PV.sweep_results(ws, sid)
     if res.empty:
         st.info("This sweep has no finished rows yet.")

@@ -437,6 +437,16 @@ class Workspace:
         rec = read_json(self.path("stages", f"{stage}.json"))
         return rec if isinstance(rec, dict) else None
 
+    def answers_changed(self, key: str | None, when: str | None) -> bool:
+        """Whether the study's answers changed since an artifact read them: the answers key it
+        recorded (``key``) differs from today's ``stages/answers.json`` key, or, for an artifact
+        that recorded none, today's answers were written after the artifact's ``when`` (both this
+        machine's local ``%Y-%m-%dT%H:%M:%S``). False where nothing is known."""
+        rec = self.stage_record("answers") or {}
+        if key and rec.get("key"):
+            return key != rec["key"]
+        return bool(when and rec.get("finished") and str(rec["finished"]) > str(when))
+
     def stage_fresh(self, stage: str, key: str) -> bool:
         """True when ``stage`` finished with exactly this ``key`` (the hash of its inputs and
         settings), i.e. its artifacts need not be recomputed."""

@@ -581,13 +581,7 @@ def eval_stale(ws: Workspace, ev: dict | None, run_id: str = "RUN") -> str | Non
     times are this machine's local ``%Y-%m-%dT%H:%M:%S``). ``run_id`` goes into the command
     the message gives."""
     ev = ev or {}
-    rec = ws.stage_record("answers") or {}
-    then, now = ev.get("study_answers"), rec.get("key")
-    if then and now:
-        stale = then != now
-    else:
-        stale = bool(ev.get("finished") and rec.get("finished") and str(rec["finished"]) > str(ev["finished"]))
-    if stale:
+    if ws.answers_changed(ev.get("study_answers"), ev.get("finished")):
         return ("evaluated against earlier answers of this study (it was rerun since, e.g. with --two-pass switched): "
                 f"its base side is not today's; re-evaluate the run (metacog evaluate --workspace {ws.root} --run {run_id})")
     return None

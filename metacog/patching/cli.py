@@ -148,7 +148,8 @@ def cmd_patch(args) -> int:
     if args.list:
         for s in P.list_grids(ws):
             print(f"{s['grid_id']}  {s.get('kind', '?'):5s} {s.get('source')} → {s.get('target')}  pairs {s.get('n_pairs')}  "
-                  f"{'complete' if s.get('complete') else 'incomplete'}  {s.get('created', '')}")
+                  f"{'complete' if s.get('complete') else 'incomplete'}  {s.get('created', '')}"
+                  + ("  stale: made on earlier answers of this study (it was rerun since)" if s.get("stale") else ""))
         return 0
     m0, _ = ws.settings()
     md = to_dict(m0)

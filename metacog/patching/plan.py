@@ -64,13 +64,16 @@ class GridPlan:
 
     @property
     def grid_id(self) -> str:
-        """The grid's id (10 hex digits): a hash of the spec, source, target, the pairs and the models'
-        weight hashes — the directory ``patching/<id>/``; the same inputs give the same id (resume)."""
+        """The grid's id (10 hex digits): a hash of the spec, source, target, the pairs (with the
+        token ids of both sides' sequences: a rerun study whose answers changed is another grid,
+        never resumed into this one) and the models' weight hashes — the directory
+        ``patching/<id>/``; the same inputs give the same id (resume)."""
         from metacog.core.settings import stable_hash
 
         return stable_hash(
             "patching", PATCHING_VERSION, self.spec, self.source, self.target,
-            [(p.kind, p.source.label, p.source.item_id, p.target.label, p.target.item_id) for p in self.pairs],
+            [(p.kind, p.source.label, p.source.item_id, list(map(int, p.source.ids)), p.target.label, p.target.item_id,
+              list(map(int, p.target.ids))) for p in self.pairs],
             sorted({p.source.lm.weights_hash for p in self.pairs} | {p.target.lm.weights_hash for p in self.pairs}),
             n=10,
         )

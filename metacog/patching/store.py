@@ -41,7 +41,10 @@ def _read_table(path: Path) -> pd.DataFrame:
 
 
 def list_grids(ws) -> list[dict]:
-    """Grids saved in a workspace, newest first: their patching.json (or spec.json while running)."""
+    """Grids saved in a workspace, newest first: their patching.json (or spec.json while running),
+    with ``stale`` True where the study's answers changed since the grid was made
+    (:meth:`~metacog.core.workspace.Workspace.answers_changed`: the study was rerun; its pairs'
+    sequences are not today's)."""
     d = ws.path("patching")
     if not d.exists():
         return []
@@ -52,6 +55,7 @@ def list_grids(ws) -> list[dict]:
         s = read_meta(ws, sub.name)
         if s:
             s["_mtime"] = sub.stat().st_mtime
+            s["stale"] = ws.answers_changed(s.get("study_answers"), s.get("created"))
             out.append(s)
     return sorted(out, key=lambda s: -s["_mtime"])
 

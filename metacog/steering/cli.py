@@ -89,7 +89,8 @@ def cmd_steer(args) -> int:
             sp = r["spec"] or {}
             rt = r.get('runtime') or {}
             print(f"{r['id']}  {r['created']}  {'complete' if r['complete'] else 'incomplete'}  {rt.get('dtype', '?')}/{rt.get('device', '?')}  {sp.get('directions')} "
-                  f"{sp.get('where')} layers {sp.get('layers')} alphas {sp.get('alphas')}")
+                  f"{sp.get('where')} layers {sp.get('layers')} alphas {sp.get('alphas')}"
+                  + ("  stale: made on an earlier hidden-state cache of this study (it was rerun since)" if r.get("stale") else ""))
         return 0
     try:
         alphas = tuple(float(a) for a in args.alphas.split(",") if a.strip())

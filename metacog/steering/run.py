@@ -297,16 +297,19 @@ def resummarize(ws: Workspace, sid: str) -> dict:
 
 
 def list_sweeps(ws: Workspace) -> list[dict]:
-    """Saved sweeps, newest first: ``{id, created, spec, runtime, complete}`` (``runtime``: the
-    dtype and device, None for sweeps planned before they were recorded)."""
+    """Saved sweeps, newest first: ``{id, created, spec, runtime, complete, stale}`` (``runtime``: the
+    dtype and device, None for sweeps planned before they were recorded; ``stale``: made on another
+    hidden-state cache than today's, i.e. the study was rerun since)."""
     d = ws.path(DIR)
     out = []
+    now = (ws.read_json("activations/manifest.json") or {}).get("key")
     if d.exists():
         for p in d.iterdir():
             pl = ws.read_json(f"{DIR}/{p.name}/plan.json")
             if pl:
                 out.append({"id": p.name, "created": pl.get("created"), "spec": pl.get("spec"),
-                            "runtime": pl.get("runtime"), "complete": ws.path(DIR, p.name, "steering.json").exists()})
+                            "runtime": pl.get("runtime"), "complete": ws.path(DIR, p.name, "steering.json").exists(),
+                            "stale": bool(pl.get("activations") and now and pl["activations"] != now)})
     return sorted(out, key=lambda r: r.get("created") or "", reverse=True)
 
 

@@ -442,3 +442,17 @@ def test_over_long_item_refused_before_any_write(tmp_path, tiny_dir, capsys):
     assert cli(_study_args(ws, tiny_dir, data, None, "--max-prompt-tokens", "256")) == 2
     _one_line_error(capsys, "the-long-one", "--max-prompt-tokens")
     assert not ws.exists()
+
+
+def test_a_relaunch_with_other_settings_says_what_changes(tmp_path, tiny_dir, data, ref_ws, capsys):
+    """Relaunching `metacog study` on a finished workspace with other settings re-ran silently;
+    now one line names each changed setting and what happens to the earlier results. The same
+    settings (threads aside) print no such line."""
+    ws = tmp_path / "w"
+    shutil.copytree(ref_ws, ws)
+    assert cli(_study_args(ws, tiny_dir, data["a"], None, "--threads", "2")) == 0
+    assert "settings change" not in capsys.readouterr().err
+    assert cli(_study_args(ws, tiny_dir, data["a"], 12, "--seed", "1")) == 0
+    err = capsys.readouterr().err
+    line = next(x for x in err.splitlines() if "settings change" in x)
+    assert "limit None → 12" in line and "seed 0 → 1" in line and "named stale" in line

@@ -607,3 +607,33 @@ def test_cli_patch(tiny_ws, capsys):
     assert sid in capsys.readouterr().out
     rc = main(["patch", "--workspace", str(ws.root), "--positions", "token:500", "--quiet", "--threads", "1", "--by", "ev"])
     assert rc == 2 and "outside the target sequence" in capsys.readouterr().err
+
+
+def test_a_rerun_study_never_resumes_into_an_old_grid_and_old_grids_are_named_stale(tiny_ws, capsys):
+    """A grid's id hashes its pairs' token sequences, so after a rerun whose answers changed the
+    same command is another grid (never resumed into the old parts); the old grid stays listed,
+    marked stale (CLI --list, list_grids), once the study's answers key moves on."""
+    import dataclasses
+
+    from metacog.cli import main
+
+    ws, lm = tiny_ws
+    spec = P.PatchSpec(layers=(1,), positions=("confidence",), seed=3)
+    plan = P.plan_grid(ws, lm, "high", "low", spec, n_pairs=1, by="ev")
+    P.run_grid(ws, plan)
+    t = plan.pairs[0].target
+    other = dataclasses.replace(plan, pairs=[dataclasses.replace(plan.pairs[0], target=dataclasses.replace(t, ids=list(t.ids[:-1]) + [int(t.ids[-2])]))])
+    assert other.grid_id != plan.grid_id  # same items and labels, another sequence: another grid
+    g = next(s for s in P.list_grids(ws) if s["grid_id"] == plan.grid_id)
+    assert g["study_answers"] == ws.stage_record("answers")["key"] and not g["stale"]
+    rec = ws.stage_record("answers")
+    ws.mark_stage("answers", "a-rerun-with-other-answers", n=rec.get("n"))
+    try:
+        assert next(s for s in P.list_grids(ws) if s["grid_id"] == plan.grid_id)["stale"]
+        assert main(["patch", "--workspace", str(ws.root), "--list"]) == 0
+        line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith(plan.grid_id))
+        assert "stale: made on earlier answers" in line
+    finally:
+        from metacog.core.workspace import atomic_write_json
+
+        atomic_write_json(ws.path("stages", "answers.json"), rec)

@@ -378,7 +378,16 @@ def test_cli_steer(tiny_ws, capsys, monkeypatch):
     assert "['" not in out  # CIs print as numbers, [lo, hi], not as a list of strings
     assert re.search(r"slope -?[\d.]+ \[(-?[\d.]+|n/a), (-?[\d.]+|n/a)\] \| random", out), out
     rc = main(["steer", "--workspace", str(ws.root), "--list"])
-    assert rc == 0 and "complete" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert rc == 0 and "complete" in out and "stale" not in out
+    # the study rerun since (another hidden-state cache): the sweep stays listed, named stale
+    man = ws.read_json("activations/manifest.json")
+    ws.write_json("activations/manifest.json", {**man, "key": "a-rerun-cache"})
+    try:
+        assert main(["steer", "--workspace", str(ws.root), "--list"]) == 0
+        assert "stale: made on an earlier hidden-state cache" in capsys.readouterr().out
+    finally:
+        ws.write_json("activations/manifest.json", man)
     assert main(["steer", "--workspace", str(ws.root), "--direction", "nope", "--quiet"]) == 2
     assert "unknown direction" in capsys.readouterr().err
     assert main(["steer", "--workspace", str(ws.root), "--layers", "99", "--quiet"]) == 2
