@@ -164,6 +164,9 @@ def cmd_patch(args) -> int:
         min_denominator=P.DEFAULT_MIN_DENOMINATOR if args.min_denominator is None else args.min_denominator,
         check_answer=not args.no_answer_check, random_from=args.random_from,
     )
+    for name, v, lo in (("--batch", args.batch, 1), ("--pairs", args.pairs, 1), ("--seed", args.seed, 0)):
+        if v is not None and v < lo:  # before the model loads and before anything is written
+            raise P.PatchError(f"{name} must be an integer >= {lo}, not {v}")
     print(f"workspace: {ws.root}", file=sys.stderr)
     print(f"model: {model.model}  device: {model.device}  dtype: {model.dtype}  threads: {model.threads}", file=sys.stderr)
     lm = load_model(model)

@@ -32,6 +32,10 @@ def _run_grid(ws, plan: GridPlan, progress=None, should_stop=None, method: str =
     from metacog.core.runtime import Stopped, check_stop
     from metacog.core.workspace import atomic_write_text
 
+    if not isinstance(max_batch, int) or max_batch < 1:
+        from metacog.patching.spec import PatchError
+
+        raise PatchError(f"max_batch (--batch) must be an integer >= 1, not {max_batch!r}")
     sid = grid_id_for(plan, method)
     rel = f"patching/{sid}"
     d = grid_dir(ws, sid)

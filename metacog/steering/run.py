@@ -25,6 +25,9 @@ from metacog.steering.summary import summarize
 
 
 DIR = "steering"
+#: The largest |alpha| (multiples of sigma_d) a sweep accepts: far beyond any dose-response
+#: range (the defaults reach 8); an alpha of 1e308 made every readout NaN and was stored as complete.
+MAX_ALPHA = 1e3
 
 
 VERSION = 2  # 2: the id includes the model's dtype and device (model_runtime)
@@ -66,6 +69,11 @@ class SteerSpec:
             raise ValueError("give at least one layer (hidden-state index)")
         if not self.alphas or not all(math.isfinite(float(a)) for a in self.alphas):
             raise ValueError("alphas must be finite numbers")
+        if any(abs(float(a)) > MAX_ALPHA for a in self.alphas):
+            raise ValueError(f"alphas must be within ±{MAX_ALPHA:g} (multiples of the direction's sigma); "
+                             f"{max(self.alphas, key=lambda a: abs(float(a)))} would overflow the residual stream")
+        if int(self.seed) < 0:
+            raise ValueError(f"seed must be an integer >= 0, not {self.seed!r}")
         if self.split not in ("train", "calibration", "eval", "all"):
             raise ValueError(f"split must be train, calibration, eval or all, not {self.split!r}")
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):

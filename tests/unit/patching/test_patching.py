@@ -607,6 +607,12 @@ def test_cli_patch(tiny_ws, capsys):
     assert sid in capsys.readouterr().out
     rc = main(["patch", "--workspace", str(ws.root), "--positions", "token:500", "--quiet", "--threads", "1", "--by", "ev"])
     assert rc == 2 and "outside the target sequence" in capsys.readouterr().err
+    n_grids = len(P.list_grids(ws))
+    for opt, val in (("--batch", "0"), ("--pairs", "0"), ("--seed", "-1")):  # refused before the model loads or a grid is written
+        assert main(["patch", "--workspace", str(ws.root), opt, val, "--quiet", "--threads", "1", "--by", "ev"]) == 2
+        err = capsys.readouterr().err
+        assert f"{opt} must be an integer >= " in err and "model:" not in err and len(err.strip().splitlines()) == 1
+    assert len(P.list_grids(ws)) == n_grids
 
 
 def test_a_rerun_study_never_resumes_into_an_old_grid_and_old_grids_are_named_stale(tiny_ws, capsys):

@@ -388,6 +388,8 @@ def test_cli_steer(tiny_ws, capsys, monkeypatch):
         assert "stale: made on an earlier hidden-state cache" in capsys.readouterr().out
     finally:
         ws.write_json("activations/manifest.json", man)
+    assert main(["steer", "--workspace", str(ws.root), "--layers", "1", "--alphas=1e308", "--quiet"]) == 2  # all NaN readouts
+    assert "alphas must be within" in capsys.readouterr().err
     assert main(["steer", "--workspace", str(ws.root), "--direction", "nope", "--quiet"]) == 2
     assert "unknown direction" in capsys.readouterr().err
     assert main(["steer", "--workspace", str(ws.root), "--layers", "99", "--quiet"]) == 2
