@@ -16,7 +16,7 @@ import streamlit as st
 
 from metacog.app.launch import probes_available
 from metacog.core.settings import MODES
-from metacog.core.workspace import Workspace, WorkspaceError
+from metacog.core.workspace import Workspace, WorkspaceError, load_array
 from metacog.core.workspace import model_name  # noqa: F401  (one definition; re-exported for the pages)
 from metacog.stats import metrics
 
@@ -102,7 +102,7 @@ def artifact_status(ws: Workspace) -> pd.DataFrame:
                      f"positions {', '.join(man.get('positions', []))}; exact 0–100 readout", r.get("finished", ""), r.get("seconds")))
     elif man:
         done = ws.path("activations", "done.npy")
-        k = int(np.load(done).sum()) if done.exists() else 0
+        k = int(load_array(done).sum()) if done.exists() else 0
         rows.append(("activations", "partial", f"{k}/{man.get('n_items')} items cached; a run resumes", "", None))
     else:
         rows.append(("activations", "not run", "hidden states at the named positions + 0–100 readout", "", None))
@@ -174,7 +174,7 @@ def probe_metrics(ws: Workspace) -> pd.DataFrame | None:
 def oof(ws: Workspace) -> np.ndarray | None:
     """``probes/oof.npy`` [n_items, n_layers, n_positions] probe p(correct) (memory-mapped), or None."""
     p = ws.path("probes", "oof.npy")
-    return np.load(p, mmap_mode="r") if p.exists() else None
+    return load_array(p, mmap=True) if p.exists() else None
 
 
 def probe_positions(ws: Workspace, oof_arr: np.ndarray | None = None) -> list[str]:
@@ -207,7 +207,7 @@ def item_distributions(ws: Workspace, row: int) -> dict[str, np.ndarray] | None:
     if not man:
         return None
     done = ws.path("activations", "done.npy")
-    if not done.exists() or not bool(np.load(done)[row]):
+    if not done.exists() or not bool(load_array(done)[row]):
         return None
     try:
         modes = cached_modes(ws)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from metacog.core.workspace import Workspace, WorkspaceError
+from metacog.core.workspace import Workspace, WorkspaceError, read_table
 
 
 # ------------------------------------------------------------------------------ models
@@ -54,7 +54,7 @@ def probe_depth_table(roots) -> pd.DataFrame:
         L = int(m.get("n_layers") or 0)
         met = ws.path("probes", "metrics.parquet")
         if met.exists():
-            t = pd.read_parquet(met)
+            t = read_table(met)
             lo, hi = t.get("auroc_lo", np.nan), t.get("auroc_hi", np.nan)
         else:
             t = pd.DataFrame((s.get("probes") or {}).get("entries") or [])

@@ -21,7 +21,7 @@ import pandas as pd
 
 from metacog import compare as C
 from metacog.compare import plots as CP
-from metacog.core.workspace import Workspace, WorkspaceError, atomic_write_text
+from metacog.core.workspace import Workspace, WorkspaceError, atomic_write_text, read_table
 
 
 @dataclass
@@ -112,7 +112,7 @@ def _study_section(rep: Report, ws: Workspace) -> None:
         rep.figure(P.confidence_histogram(vals, ev["correct"].to_numpy(bool), split="eval", model=model))
     mp = ws.path("probes", "metrics.parquet")
     if mp.exists():
-        rep.figure(P.probe_metric_by_layer(pd.read_parquet(mp), split="eval", n=int(s.get("n_eval") or len(ev)), model=model,
+        rep.figure(P.probe_metric_by_layer(read_table(mp), split="eval", n=int(s.get("n_eval") or len(ev)), model=model,
                                            best=b, bands=False))
     if "probe_p" in ev and b:
         p, y = ev["probe_p"].to_numpy(float), ev["correct"].to_numpy(bool)

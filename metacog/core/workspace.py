@@ -207,10 +207,18 @@ def atomic_write_parquet(path: Path, df, lineage: dict | None = None) -> Path:
 
 
 def parquet_lineage(path: Path) -> dict | None:
-    """The lineage dict stored by :func:`atomic_write_parquet` (None if absent)."""
+    """The lineage dict stored by :func:`atomic_write_parquet` (None if absent).
+
+    Raises:
+        WorkspaceError: the file is not Parquet (named, as :func:`read_table`)."""
     import pyarrow.parquet as pq
 
-    meta = pq.read_schema(path).metadata or {}
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except FileNotFoundError:
+        raise
+    except (ValueError, OSError) as e:
+        raise _corrupt(path, "a table", e) from None
     raw = meta.get(LINEAGE_KEY)
     return json.loads(raw) if raw else None
 
@@ -223,6 +231,45 @@ def atomic_write_npz(path: Path, **arrays) -> Path:
             np.savez(f, **arrays)
 
     return _atomic(path, w)
+
+
+def _corrupt(path, what: str, e: BaseException) -> "WorkspaceError":
+    return WorkspaceError(f"{path} is corrupt or not {what} metacog wrote ({e}); delete it and rerun the stage that writes it")
+
+
+def load_array(path, mmap: bool = False):
+    """``np.load`` of a workspace array, never unpickling (``allow_pickle=False``); ``mmap`` maps
+    it read-only. A file that is not a plain ``.npy`` array (truncated, an object/pickle array,
+    not written by metacog) raises :class:`WorkspaceError` naming the file, not numpy's bare message.
+
+    Raises:
+        WorkspaceError: the file cannot be read as a plain array.
+        FileNotFoundError: it does not exist."""
+    import numpy as np
+
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except (ValueError, OSError, EOFError) as e:
+        raise _corrupt(path, "an array", e) from None
+
+
+def read_table(path):
+    """``pd.read_parquet`` of a workspace table; a file that is not Parquet (truncated, replaced,
+    not written by metacog) raises :class:`WorkspaceError` naming the file.
+
+    Raises:
+        WorkspaceError: the file cannot be read as Parquet.
+        FileNotFoundError: it does not exist."""
+    import pandas as pd
+
+    try:
+        return pd.read_parquet(path)
+    except FileNotFoundError:
+        raise
+    except (ValueError, OSError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise _corrupt(path, "a table", e) from None
 
 
 def atomic_save_npy(path: Path, arr) -> Path:
@@ -500,7 +547,7 @@ class Workspace:
         p = self.path(name)
         if not p.exists():
             raise WorkspaceError(f"{p} does not exist yet: run the stage that writes it first.")
-        return pd.read_parquet(p)
+        return read_table(p)
 
     # ---- locking -------------------------------------------------------------------------
     def _open_lock(self, name: str) -> int:

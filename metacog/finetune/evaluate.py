@@ -33,7 +33,7 @@ import pandas as pd
 
 from metacog.stats import metrics
 from metacog.core.settings import MODES, POSITIONS, ModelSettings, stable_hash, to_dict
-from metacog.core.workspace import Workspace, WorkspaceError, atomic_write_json, atomic_write_parquet
+from metacog.core.workspace import Workspace, WorkspaceError, atomic_write_json, atomic_write_parquet, load_array, read_table
 from metacog.finetune.runs import Run, RunError, get_run
 
 EVAL_VERSION = 1
@@ -244,9 +244,7 @@ def check_two_pass(ws: Workspace, fmt: str) -> None:
     Raises :class:`RunError` saying how to add it."""
     if fmt == "inline" or not ws.path("answers.parquet").exists():
         return
-    import pyarrow.parquet as pq
-
-    if "verbal_two_pass" not in pq.read_schema(ws.path("answers.parquet")).names:
+    if "verbal_two_pass" not in read_table(ws.path("answers.parquet")).columns:
         from metacog.core.settings import TWO_PASS_OFF
 
         raise RunError(f"a {fmt}-format run is evaluated on the two-pass readouts, but {TWO_PASS_OFF}: "
@@ -428,7 +426,7 @@ def evaluate_adapter(ws: Workspace, adapter_dir: Path, out_dir: Path, *, lm=None
     if probe and ws.path("probes", "oof.npy").exists():
         from metacog.stages.study import position_index
 
-        oof = np.load(ws.path("probes", "oof.npy"), mmap_mode="r")
+        oof = load_array(ws.path("probes", "oof.npy"), mmap=True)
         pp = np.asarray(oof[items["base_row"].to_numpy(), int(probe["layer"]), position_index(ws, probe["position"], oof)], float)
         per["probe_p"] = pp
         a_probe = _auroc(pp, y0)
@@ -592,4 +590,4 @@ def load_eval(run: Run) -> tuple[dict | None, pd.DataFrame | None]:
     row per eval item), each None when not written yet."""
     ev = run.eval_result()
     p = run.file("per_item.parquet")
-    return ev, (pd.read_parquet(p) if p.exists() else None)
+    return ev, (read_table(p) if p.exists() else None)

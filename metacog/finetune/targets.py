@@ -35,7 +35,7 @@ import pandas as pd
 from metacog.data import prompts
 from metacog.core.settings import POSITIONS, TWO_PASS_OFF
 from metacog.stages.study import position_index, probe_positions
-from metacog.core.workspace import Workspace, WorkspaceError
+from metacog.core.workspace import Workspace, WorkspaceError, load_array, read_table
 from metacog.finetune.settings import FinetuneSettings, SettingsError
 
 TRAIN_SPLIT = "train"
@@ -74,7 +74,7 @@ def resolve_probe(ws: Workspace, layer: int | None = None, position: str | None 
         raise TargetError(
             f"no probes in {ws.root} (probes/best.json and probes/oof.npy): run `metacog probes --workspace {ws.root}` first"
         )
-    oof = np.load(oof_path, mmap_mode="r")
+    oof = load_array(oof_path, mmap=True)
     probed = probe_positions(ws)
     if oof.ndim != 3 or oof.shape[2] != len(probed):
         raise TargetError(f"probes/oof.npy has shape {oof.shape}; expected [n_items, n_layers, {len(probed)}] "
@@ -89,7 +89,7 @@ def resolve_probe(ws: Workspace, layer: int | None = None, position: str | None 
     info = {"layer": lay, "position": pos, "is_best": (lay == int(best["layer"]) and pos == best["position"])}
     mp = ws.path("probes", "metrics.parquet")
     if mp.exists():
-        pm = pd.read_parquet(mp)
+        pm = read_table(mp)
         r = pm[(pm["layer"] == lay) & (pm["position"] == pos)]
         if len(r):
             r = r.iloc[0]
@@ -101,7 +101,7 @@ def resolve_probe(ws: Workspace, layer: int | None = None, position: str | None 
 
 def probe_p(ws: Workspace, layer: int, position: str) -> np.ndarray:
     """p(correct) of probe (layer, position) for every row: cross-fitted for train rows."""
-    oof = np.load(ws.path("probes", "oof.npy"), mmap_mode="r")
+    oof = load_array(ws.path("probes", "oof.npy"), mmap=True)
     return np.asarray(oof[:, int(layer), position_index(ws, position, oof)], dtype=np.float64)
 
 

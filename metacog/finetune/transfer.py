@@ -43,7 +43,7 @@ from metacog.stats import metrics
 
 from metacog.data import prompts
 from metacog.stats import bootstrap_ci
-from metacog.core.workspace import Workspace
+from metacog.core.workspace import Workspace, read_table
 
 PAIR_ROUNDS = 2  # each item in at most this many accuracy pairs
 BT_MATCHES = 4  # Bradley-Terry comparisons per item (about)
@@ -301,7 +301,7 @@ def transfer_table(ws: Workspace, runs: list[str] | None = None) -> pd.DataFrame
         for domain, dname, d in _eval_sources(run):
             ev = json.loads((d / "eval.json").read_text())
             per_p = d / "per_item.parquet"
-            per = pd.read_parquet(per_p) if per_p.exists() else pd.DataFrame()
+            per = read_table(per_p) if per_p.exists() else pd.DataFrame()
             readout = (ev.get("headline") or {}).get("readout") or "verbal_inline"
             pw = ev.get("pairwise") or {}
             sides = [("ft", label, rid)]
@@ -381,7 +381,7 @@ def save_table(ws: Workspace, df: pd.DataFrame) -> Path:
 def load_table(ws: Workspace) -> pd.DataFrame | None:
     """The saved transfer table (``transfer/table.parquet``, long form) or None before :func:`save_table`."""
     p = ws.path(BASE_DIR, "table.parquet")
-    return pd.read_parquet(p) if p.exists() else None
+    return read_table(p) if p.exists() else None
 
 
 __all__ = ["correct_incorrect_pairs", "read_pairwise", "pairwise_accuracy", "bt_auroc", "ece_ci", "pairwise_block",

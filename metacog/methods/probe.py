@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from metacog.core.workspace import WorkspaceError
+from metacog.core.workspace import WorkspaceError, load_array
 from metacog.methods.registry import Method, MethodResult, register
 
 
@@ -25,7 +25,7 @@ def compute(ctx) -> MethodResult:
     p = ctx.ws.path("probes", "oof.npy")
     if best is None or not p.exists():
         raise WorkspaceError(f"no probes in {ctx.ws.root}: run `metacog probes --workspace {ctx.ws.root}` first")
-    oof = np.load(p, mmap_mode="r")
+    oof = load_array(p, mmap=True)
     rows = ctx.pool["row"].to_numpy()
     s = np.asarray(oof[rows, int(best["layer"]), position_index(ctx.ws, best["position"], oof)], dtype=float)
     return MethodResult(pd.DataFrame({"row": rows, "score": np.clip(s, 0.0, 1.0)}),

@@ -17,6 +17,7 @@ from metacog.readout.values import read_labels
 from metacog.core.settings import stable_hash
 from metacog.methods import ranking
 from metacog.methods.registry import Method, MethodResult, register
+from metacog.core.workspace import read_table
 
 COMPARISONS = "methods/relative/comparisons.parquet"
 COMPARISONS_META = "methods/relative/comparisons.json"  # key, seconds spent computing them (this run or the resumed ones)
@@ -30,7 +31,7 @@ def comparisons(ctx) -> pd.DataFrame:
                       (ctx.ws.stage_record("answers") or {}).get("key"), n=16)
     p = ctx.ws.path(COMPARISONS)
     if p.exists():
-        old = pd.read_parquet(p)
+        old = read_table(p)
         if len(old) and old["key"].iloc[0] == key:
             return old
     import time

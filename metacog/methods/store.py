@@ -25,7 +25,7 @@ import pandas as pd
 
 from metacog.core.runtime import check_stop
 from metacog.core.settings import StudySettings, stable_hash
-from metacog.core.workspace import Workspace, WorkspaceError, remove_tree
+from metacog.core.workspace import Workspace, WorkspaceError, read_table, remove_tree
 from metacog.methods.registry import Method, MethodResult
 from metacog.methods.settings import MethodSettings
 
@@ -91,7 +91,7 @@ class Context:
         for s in range(0, n, chunk):
             f = d / f"part-{s:07d}.parquet"
             if f.exists():
-                frames.append(pd.read_parquet(f))
+                frames.append(read_table(f))
             else:
                 check_stop(self.should_stop)
                 df = fn(s, min(n, s + chunk))
@@ -159,7 +159,7 @@ def save(ctx: Context, m: Method, res: MethodResult, seconds: float) -> None:
 def load_scores(ws: Workspace, name: str) -> pd.DataFrame | None:
     """A stored method's ``scores.parquet`` (row, id, split, score, ...) or None."""
     p = ws.path(DIR, name, "scores.parquet")
-    return pd.read_parquet(p) if p.exists() else None
+    return read_table(p) if p.exists() else None
 
 
 def _answers_key(ws: Workspace) -> str | None:

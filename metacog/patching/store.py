@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from metacog.core.workspace import read_table
+
 
 LEGACY_KEYS = {"sweep_id": "grid_id"}  # patching.json / spec.json written before the rename
 LEGACY_COLUMNS = {"sweep": "grid"}  # results / parts tables written before the rename
@@ -36,7 +38,7 @@ def read_meta(ws, grid_id: str) -> dict | None:
 
 
 def _read_table(path: Path) -> pd.DataFrame:
-    df = pd.read_parquet(path)
+    df = read_table(path)
     return df.rename(columns={k: v for k, v in LEGACY_COLUMNS.items() if k in df.columns})
 
 
@@ -79,4 +81,4 @@ def load_pairs(ws, grid_id: str) -> pd.DataFrame:
     readouts ``ev_source``/``ev_target`` in points 0–100, ``probs_*`` ``[101]``, the resolved
     positions as JSON); empty when not written yet."""
     p = grid_dir(ws, grid_id) / "pairs.parquet"
-    return pd.read_parquet(p) if p.exists() else pd.DataFrame()
+    return read_table(p) if p.exists() else pd.DataFrame()

@@ -30,7 +30,7 @@ from metacog.readout.values import expected_value, read_values
 from metacog.model.generation import batches_by_length
 from metacog.core.runtime import ProgressFn, StopFn, check_stop
 from metacog.core.settings import INLINE_POSITIONS, POSITIONS, TWO_PASS_OFF, stable_hash, study_positions
-from metacog.core.workspace import Workspace, WorkspaceError, atomic_save_npy, atomic_write_json, open_memmap
+from metacog.core.workspace import Workspace, WorkspaceError, atomic_save_npy, atomic_write_json, load_array, open_memmap
 
 ACTIVATIONS_VERSION = 2  # 2: "." look-aheads skipped within confidence.EV_TOL (readouts move by <= that bound)
 # Largest |ΔE[v]| (points of 100) that batch composition alone produced for the same item,
@@ -131,7 +131,7 @@ def run_activations(
     # per item: unresolved mass, |ΔE[v]| bound (points), look-aheads scored (confidence.score_trie)
     unres = {m: _open(d / f"lookahead_{k}.npy", (n, 3), np.float64, fresh) for m, k in modes.items()}
     done_path = d / "done.npy"
-    done = np.zeros(n, dtype=bool) if fresh or not done_path.exists() else np.load(done_path, allow_pickle=False)
+    done = np.zeros(n, dtype=bool) if fresh or not done_path.exists() else load_array(done_path)
     if done.shape != (n,):
         done = np.zeros(n, dtype=bool)
 
@@ -203,7 +203,7 @@ def _write_readout(ws: Workspace, items: pd.DataFrame, vals: dict, key: str, ans
         out[f"other_{k}"] = v[:, 101]
         up = ws.path("activations", f"lookahead_{k}.npy")
         if up.exists():
-            la = np.asarray(np.load(up, mmap_mode="r"), dtype=float)
+            la = np.asarray(load_array(up, mmap=True), dtype=float)
             out[f"unresolved_{k}"], out[f"ev_bound_{k}"], out[f"lookaheads_{k}"] = la[:, 0], la[:, 1], la[:, 2]
     df = pd.DataFrame(out)
     ws.write_parquet("readout.parquet", df, lineage={"key": key, "answers": answers_key})
@@ -223,8 +223,8 @@ def load_states(ws: Workspace, position: str | None = None):
         if position not in man["positions"]:
             why = f" ({TWO_PASS_OFF})" if position == "confidence_2p" else ""
             raise WorkspaceError(f"position {position!r} is not cached in {ws.root}; cached: {', '.join(man['positions'])}{why}")
-        return np.load(ws.path("activations", f"{position}.npy"), mmap_mode="r")
-    return {p: np.load(ws.path("activations", f"{p}.npy"), mmap_mode="r") for p in man["positions"]}
+        return load_array(ws.path("activations", f"{position}.npy"), mmap=True)
+    return {p: load_array(ws.path("activations", f"{p}.npy"), mmap=True) for p in man["positions"]}
 
 
 def cached_modes(ws: Workspace) -> list[str]:
@@ -246,4 +246,4 @@ def load_distributions(ws: Workspace, mode: str = "inline") -> np.ndarray:
         from metacog.core.settings import TWO_PASS_OFF
 
         raise WorkspaceError(f"{mode} 0-100 distribution: {TWO_PASS_OFF}")
-    return np.load(ws.path("activations", f"values_{MODE_KEYS[mode]}.npy"), mmap_mode="r")
+    return load_array(ws.path("activations", f"values_{MODE_KEYS[mode]}.npy"), mmap=True)

@@ -35,7 +35,7 @@ from metacog.data.grading import grade_mc, grade_short, grade_short_detail
 from metacog.readout.verbal import parse_inline_verbal, parse_verbal
 from metacog.core.runtime import ProgressFn, StopFn, check_stop
 from metacog.core.settings import MC_SCORINGS, StudySettings, stable_hash
-from metacog.core.workspace import Workspace, remove_tree
+from metacog.core.workspace import Workspace, read_table, remove_tree
 
 ANSWERS_VERSION = 3  # bump when prompts or parsing change (3: per-option MC scores, length-ordered chunks)
 ANSWER_CHUNK = 64  # items per saved chunk (at most this many are redone after a kill)
@@ -439,7 +439,7 @@ def run_answers(
     parts.mkdir(parents=True, exist_ok=True)
     chunk_size = chunk_size or generation_rows(study.batch_size)
     n = len(items)
-    frames = [pd.read_parquet(f) for f in sorted(parts.glob("part-*.parquet"))]
+    frames = [read_table(f) for f in sorted(parts.glob("part-*.parquet"))]
     done_rows = set().union(*(set(f["row"].tolist()) for f in frames)) if frames else set()
     # a fixed partition of the items in prompt-length order: a long item pads only items of
     # about its length, and a resumed run batches every item as a clean run does

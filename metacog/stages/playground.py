@@ -31,6 +31,7 @@ from metacog.data import prompts
 from metacog.readout.values import value_tree, body_and_head, expected_value, get_trie, left_pad, read_values, score_trie
 from metacog.model.hooks import capture_residual
 from metacog.core.settings import INLINE_POSITIONS, POSITIONS, StudySettings
+from metacog.core.workspace import load_array
 
 
 def final_norm(body):
@@ -100,8 +101,8 @@ class ProbeWeights:
         c, b = ws.path("probes", "coef.npy"), ws.path("probes", "intercept.npy")
         if not (c.exists() and b.exists()):
             return None
-        icpt = np.load(b, allow_pickle=False)
-        return cls(np.load(c, allow_pickle=False), icpt, tuple(probe_positions(ws, icpt)))
+        icpt = load_array(b)
+        return cls(load_array(c), icpt, tuple(probe_positions(ws, icpt)))
 
     def predict(self, states: dict[str, np.ndarray]) -> pd.DataFrame:
         """``states[position]``: ``[n_layers, d]`` → one row per (layer, position) with ``p``."""

@@ -38,7 +38,7 @@ from metacog.stages.answers import answers_key, check_items_prompt_lengths, item
 from metacog.data import assign_splits, check_splits, load_dataset, split_fraction_warnings
 from metacog.core.runtime import ProgressFn, StopFn
 from metacog.core.settings import MODES, POSITIONS, TWO_PASS_OFF, ModelSettings, StudySettings, computed_line, stable_hash, study_positions
-from metacog.core.workspace import LineageError, Workspace, WorkspaceBusy, WorkspaceError, atomic_save_npy
+from metacog.core.workspace import LineageError, Workspace, WorkspaceBusy, WorkspaceError, atomic_save_npy, load_array
 
 MODE_KEYS = {"inline": "inline", "two-pass": "two_pass"}
 
@@ -458,7 +458,7 @@ def results_table(ws: Workspace) -> pd.DataFrame:
         df = df.merge(ws.read_parquet("readout.parquet"), on="row", how="left")
     best = ws.read_json("probes/best.json")
     if best and ws.path("probes", "oof.npy").exists():
-        oof = np.load(ws.path("probes", "oof.npy"), mmap_mode="r")
+        oof = load_array(ws.path("probes", "oof.npy"), mmap=True)
         pi = position_index(ws, best["position"], oof)
         df["probe_p"] = np.asarray(oof[df["row"].to_numpy(), int(best["layer"]), pi], dtype=float)
     return df

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from metacog.core.settings import INLINE_POSITIONS
-from metacog.core.workspace import Workspace, WorkspaceError
+from metacog.core.workspace import Workspace, WorkspaceError, load_array
 
 
 DIRECTIONS = ("probe", "mean-diff", "random", "probe-minus-type")
@@ -101,7 +101,7 @@ def load_probe(ws: Workspace) -> tuple[np.ndarray, np.ndarray]:
     c, b = ws.path("probes", "coef.npy"), ws.path("probes", "intercept.npy")
     if not c.exists() or not b.exists():
         raise WorkspaceError(f"no probe weights in {ws.root} (probes/coef.npy): run `metacog probes --workspace {ws.root}`")
-    return np.load(c, allow_pickle=False), np.load(b, allow_pickle=False)
+    return load_array(c), load_array(b)
 
 
 def compute_directions(ws: Workspace, items: pd.DataFrame, answers: pd.DataFrame, layers, directions,

@@ -17,7 +17,7 @@ import torch
 
 from metacog.core.runtime import check_stop
 from metacog.core.settings import stable_hash
-from metacog.core.workspace import Workspace, WorkspaceError, atomic_save_npy
+from metacog.core.workspace import Workspace, WorkspaceError, atomic_save_npy, load_array
 from metacog.data import prompts
 from metacog.steering.directions import DIRECTIONS, INLINE_POSITIONS, compute_directions
 from metacog.steering.intervene import WHERE, steered_answers, steered_readout
@@ -202,7 +202,7 @@ def run_steering(ws: Workspace, lm, spec: SteerSpec, progress=None, should_stop=
     rows = p["rows"]
     it = items.set_index("row").loc[rows]
     an = ans.set_index("row").loc[rows]
-    V = np.load(ws.path(d, "directions.npy"), allow_pickle=False)
+    V = load_array(ws.path(d, "directions.npy"))
     sig = np.asarray(p["directions"]["sigma"], dtype=float)
     tok, chat, style = lm.tokenizer, lm.is_chat, ws.settings()[1].prompt_style
     encs = [prompts.encode_inline(tok, chat, q, str(a or ""), list(c) if k == "mc" and c is not None else None, style)

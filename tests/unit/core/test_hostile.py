@@ -456,3 +456,29 @@ def test_a_relaunch_with_other_settings_says_what_changes(tmp_path, tiny_dir, da
     err = capsys.readouterr().err
     line = next(x for x in err.splitlines() if "settings change" in x)
     assert "limit None → 12" in line and "seed 0 → 1" in line and "named stale" in line
+
+
+def test_a_corrupt_table_or_array_is_named(tmp_path, ref_ws, capsys):
+    """A workspace table that is not Parquet, or an array that is not a plain .npy (a planted
+    pickle), gave pyarrow's / numpy's bare message; every reader now names the file (and still
+    never unpickles)."""
+    import pickle
+
+    from metacog.core.workspace import WorkspaceError, load_array, read_table
+
+    ws = tmp_path / "w"
+    shutil.copytree(ref_ws, ws)
+    (ws / "answers.parquet").write_text("not parquet")
+    assert cli(["summary", "--workspace", str(ws)]) == 2
+    _one_line_error(capsys, str(ws / "answers.parquet"), "corrupt")
+    bad = tmp_path / "obj.npy"
+    np.save(bad, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(WorkspaceError, match=f"{bad}.*corrupt or not an array"):
+        load_array(bad)
+    with pytest.raises(WorkspaceError, match=f"{bad}.*corrupt"):
+        load_array(bad, mmap=True)
+    (tmp_path / "p.pkl").write_bytes(pickle.dumps({"x": 1}))
+    with pytest.raises(WorkspaceError, match="p.pkl.*corrupt"):
+        read_table(tmp_path / "p.pkl")
+    with pytest.raises(FileNotFoundError):
+        load_array(tmp_path / "missing.npy")
