@@ -530,6 +530,12 @@ def summarize(ws: Workspace) -> dict:
         pm = ws.read_parquet("probes/metrics.parquet")
         entries = [_probe_entry(r) for r in pm.to_dict("records")]
         best = ws.read_json("probes/best.json")
+        if not best:
+            n_pos = int(tr["correct"].astype(bool).sum())
+            warnings.append(
+                f"no probe could be fitted: the train split has {n_pos} correct and {len(tr) - n_pos} incorrect answer(s), and a "
+                "probe needs both; use more items (--limit) or another dataset, then rerun the study (probe-targeted "
+                "fine-tuning, steering and the probe method need a probe)")
         if best:
             best = {**best, **{k: v for k, v in _probe_entry(best).items() if k not in ("layer", "position")}}
             sn = best.get("selection_null")

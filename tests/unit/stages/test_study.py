@@ -118,6 +118,26 @@ def test_print_summary_shows_warnings_cis_and_the_selection_null(tiny_summary, c
     assert "ECE" in out and "calibrated null" in out
 
 
+def test_a_study_without_a_fitted_probe_says_so(tiny_summary, tmp_path, capsys):
+    """The probes stage can run and fit none (one class in the train split): the study finished
+    silently and only a later stage said why; the summary now warns, with the train counts."""
+    import shutil
+
+    from metacog.cli import print_summary
+    from metacog.stages.study import summarize
+
+    d, _ = tiny_summary
+    shutil.copytree(d, tmp_path / "w")
+    ws = Workspace(tmp_path / "w")
+    ws.path("probes", "best.json").unlink()  # what the stage leaves when no probe could be fitted
+    s = summarize(ws)
+    w = [x for x in s["warnings"] if x.startswith("no probe could be fitted")]
+    tr = results_table(ws).query("split == 'train'")
+    assert len(w) == 1 and f"{int(tr['correct'].sum())} correct" in w[0]
+    print_summary(s, ws.root)
+    assert "WARNING: no probe could be fitted" in capsys.readouterr().out
+
+
 def test_eval_metrics_use_eval_items_only(tiny_summary):
     d, s = tiny_summary
     df = results_table(Workspace(d))
