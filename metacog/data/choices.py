@@ -7,7 +7,8 @@ import hashlib
 from pathlib import Path
 
 from metacog.data.fields import (LETTERS, PLACEHOLDER, DataError, NoGold, as_list, as_text, first_of, is_gold,
-                                 is_missing, lower_keys)
+                                 is_missing, is_placeholder, lower_keys)
+from metacog.data.grading import normalize
 
 
 def fixed_order(key: str, choices: list[str], right: int) -> tuple[list[str], int]:
@@ -54,13 +55,41 @@ def mc_special(path: Path, where: str, rec: dict, key: str) -> tuple[list[str], 
     return None
 
 
-def mc_choices(path: Path, where: str, rec: dict, key: str) -> tuple[list[str], int] | None:
+def mc_choices(path: Path, where: str, rec: dict, key: str, notes: list | None = None) -> tuple[list[str], int] | None:
     """(choices, answer_index) when the record is multiple choice, else None.
 
+    A key given as a digit string where the record has no label list ({"choices": [...],
+    "answer": "1"}) is read as a 0-based index (the MMLU convention; "1" is the second option);
+    ``notes`` (when given) gets ``("digit_key", where, key, index, option)`` for each such key, from
+    which the reader warns once per file.
+
     Raises: DataError for fewer than 2 choices, texts and labels of different lengths, no answer
-    field, or a key that is not a valid index, label or option text; NoGold for an empty or
-    placeholder key (-1, "<unk>").
+    field, a key that is not a valid index, label or option text, or two options the grader's
+    normalize() makes identical ("Paris" / "paris.", "?" / "-"); NoGold for an empty or placeholder
+    key (-1, "<unk>", "N/A", "?": ``fields.is_placeholder``) that is neither a label nor an option.
     """
+    out = _resolve(path, where, rec, key, notes)
+    if out is not None:
+        distinct_options(path, where, out[0])
+    return out
+
+
+def distinct_options(path: Path, where: str, choices: list[str]) -> None:
+    """Raises: DataError naming the first two options that are the same after the grader's
+    normalize() (the grader, and a reader of the prompt, cannot tell them apart)."""
+    seen: dict[str, int] = {}
+    for i, c in enumerate(choices):
+        n = normalize(c)
+        if n in seen:
+            j = seen[n]
+            same = (f"the same after the grader's normalisation ({n!r})" if n
+                    else "both empty after the grader's normalisation")
+            raise DataError(f"{path}, {where}: options {j + 1} and {i + 1} ({choices[j]!r} and {c!r}) are {same}; "
+                            "the grader cannot tell them apart: make them differ or drop one")
+        seen[n] = i
+
+
+def _resolve(path: Path, where: str, rec: dict, key: str, notes: list | None) -> tuple[list[str], int] | None:
     special = mc_special(path, where, rec, key)
     if special is not None:
         return special
@@ -106,6 +135,8 @@ def mc_choices(path: Path, where: str, rec: dict, key: str) -> tuple[list[str], 
         isinstance(a, (int, float)) and not isinstance(a, bool) and a == -1
     ):
         raise NoGold(f"the answer key is {'empty' if a is None else repr(a)}")
+    if isinstance(a, str) and is_placeholder(a) and a.strip() not in (labels or []) and a.strip() not in choices:
+        raise NoGold(f"the answer key {a!r} is a placeholder")
     if isinstance(a, bool):
         raise DataError(f"{path}, {where}: answer must be an index, a label or the right option's text, not {a!r}")
     if isinstance(a, float) and a.is_integer():
@@ -120,10 +151,18 @@ def mc_choices(path: Path, where: str, rec: dict, key: str) -> tuple[list[str], 
     elif isinstance(a, str):
         s = a.strip()
         letters = labels or list(LETTERS[: len(choices)])
-        if s.lstrip("-").isdigit():  # an index; the text of an option only when out of range
+        if s.lstrip("-").isdigit():  # a 0-based index; the text of an option only when out of range
             a = int(s)
             if not 0 <= a < len(choices) and s in choices:
                 a = choices.index(s)
+            elif 0 <= a < len(choices) and notes is not None:
+                notes.append(("digit_key", where, s, a, choices[a]))
+            elif not 0 <= a < len(choices):
+                raise DataError(
+                    f"{path}, {where}: answer {s!r} is out of range for {len(choices)} choices (a digit answer "
+                    f"without a label list is a 0-based index, 0..{len(choices) - 1}; give the choices labels to use "
+                    "1-based keys)"
+                )
         elif s.upper() in letters and len(s) <= 2:
             a = letters.index(s.upper())
         elif s in choices:

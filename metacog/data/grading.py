@@ -33,7 +33,8 @@ Rules, exactly:
     - ``number`` -- an alias that is a number is compared as a number: the answer must state
       that value (sign and decimals count: "-5" is not "5", "5.0" is "5"), and not inside a run
       of candidate numbers of the same number of digits ("12 13 14 15 16", "6 or 7", "5-7"
-      for "14", "7", "5"); "July 20, 1969" still states 1969.
+      for "14", "7", "5"); "July 20, 1969" still states 1969. "nan", "inf" and "infinity"
+      are words, not numbers (an alias "Nan" matches the word "Nan").
     - ``negation`` -- the match follows a negation (not, no, never, neither, nor, n't, isn't,
       wasn't, ..., "rather than", "instead of", "other than", "except") within three words in
       the same clause (clauses end at . ; : ! ? , and brackets): "It was not Mark Twain".
@@ -61,6 +62,7 @@ Rules, exactly:
 """
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -234,10 +236,13 @@ def _alias_tokens(alias: str) -> list[str]:
 
 
 def _number(s: str) -> float | None:
+    """The value of a numeric token, else None; "nan", "inf" and "infinity" are words (float() would
+    read them, and NaN equals nothing, so an alias "Nan", a Thai province, could never match)."""
     try:
-        return float(s)
+        v = float(s)
     except ValueError:
         return None
+    return v if math.isfinite(v) else None
 
 
 # ----------------------------------------------------------------------------- guards

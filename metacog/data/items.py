@@ -9,13 +9,15 @@ from pathlib import Path
 
 from metacog.data.choices import mc_choices
 from metacog.data.fields import (LAYOUTS, QUESTION_KEYS, DataError, NoGold, as_list, as_text, dedupe, first_of,
-                                 is_missing, lower_keys)
+                                 is_invisible, is_missing, lower_keys)
 
 
 def short_answers(path: Path, where: str, rec: dict) -> list[str] | None:
-    """The gold aliases of a short-answer record (possibly empty), or None when it has no answer field.
+    """The gold aliases of a short-answer record (placeholders removed: ``fields.is_placeholder``),
+    or None when it has no answer field.
 
-    Raises: DataError when an answer is a nested list or object.
+    Raises: DataError when an answer is a nested list or object; NoGold when no usable alias is
+    left (the message quotes the first few values found).
     """
     present = False
     answers: list = []
@@ -51,12 +53,18 @@ def short_answers(path: Path, where: str, rec: dict) -> list[str] | None:
     if any(isinstance(a, (dict, list)) for a in answers):
         bad = next(a for a in answers if isinstance(a, (dict, list)))
         raise DataError(f"{path}, {where}: answers must be strings, found a nested {type(bad).__name__}")
-    return dedupe(answers)
+    gold = dedupe(answers)
+    if not gold:
+        found = [repr(as_text(a)) for a in answers if not is_missing(a)]
+        shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+        raise NoGold("its answer fields are empty or placeholders" + (f" ({shown})" if found else ""))
+    return gold
 
 def question_text(path: Path, where: str, rec: dict):
     """The question text, unwrapping the original ARC/OpenBookQA {"stem", "choices"} object.
 
-    Raises: DataError when the question is missing, blank or not text.
+    Raises: DataError when the question is missing, not text, blank, or only invisible characters
+    (zero-width spaces, BOMs, joiners: ``fields.is_invisible``).
     """
     q = None
     for k in QUESTION_KEYS:
@@ -80,15 +88,17 @@ def question_text(path: Path, where: str, rec: dict):
                         f"supported layouts: {'; '.join(LAYOUTS)})")
     if not isinstance(q, str):
         raise DataError(f"{path}, {where}: the question must be text, found {type(q).__name__} {q!r:.40}")
-    if not q.strip():
-        raise DataError(f"{path}, {where}: row without a question (it is blank)")
+    if is_invisible(q):
+        raise DataError(f"{path}, {where}: row without a question (it is blank" + (
+            f": only invisible characters {q!r:.60}" if q.strip() else "") + ")")
     return q.strip()
 
 
-def record_item(path: Path, where: str, rec: dict) -> dict:
+def record_item(path: Path, where: str, rec: dict, notes: list | None = None) -> dict:
     """One item dict (the keys of ``readers.COLUMNS`` plus ``_generated_id``) from one record;
-    ``where`` names its line or row. Raises: DataError for a record no layout fits; NoGold when it
-    has a layout but no gold answer."""
+    ``where`` names its line or row; ``notes`` collects conventions applied to it (see
+    :func:`metacog.data.choices.mc_choices`). Raises: DataError for a record no layout fits; NoGold
+    when it has a layout but no gold answer."""
     rec = lower_keys(rec)
     q = question_text(path, where, rec)
     rid = first_of(rec, "id", "question_id", "questionid", "qid")
@@ -98,7 +108,7 @@ def record_item(path: Path, where: str, rec: dict) -> dict:
     else:
         generated = False
     rid = as_text(rid)
-    mc = mc_choices(path, where, rec, rid if not generated else q)
+    mc = mc_choices(path, where, rec, rid if not generated else q, notes)
     if mc is not None:
         choices, idx = mc
         answers, kind = [choices[idx]], "mc"
@@ -109,8 +119,6 @@ def record_item(path: Path, where: str, rec: dict) -> dict:
                 f"{path}, {where}: unknown layout: no answer fields (fields found: {sorted(rec)[:15]}); "
                 f"supported layouts: {'; '.join(LAYOUTS)}"
             )
-        if not answers:
-            raise NoGold("its answer fields are empty or placeholders such as '<unk>'")
         choices, idx, kind = None, -1, "short"
     category = first_of(rec, "category", "type", "subject")
     difficulty = first_of(rec, "difficulty", "level")

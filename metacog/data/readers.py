@@ -33,14 +33,25 @@ Answer keys are resolved through the record's own label list when it has one (``
 the keys of a ``{label: text}`` object, the ``label`` of each option): a key is a label of that
 list ("A".."E", "1".."5", anything), else, failing that, exactly the text of one option; a key
 that is neither is an error. ``answer_index`` is always a 0-based index. Without a label list a
-key is a 0-based integer index, a letter A..E, or the text of an option.
+key is a 0-based integer index, a letter A..E, or the text of an option; a digit *string* there
+("1") is ambiguous and is read 0-based too ("1" is the second option), with one
+:class:`DataWarning` per file naming the convention and the first such line (none when some such
+key in the file is "0", which shows the file is 0-based); give labels to use 1-based keys. Two
+options of one item that the grader's ``normalize`` makes identical ("Paris" / "paris.", "?" /
+"-") are an error.
 
-Gold: an item whose gold is empty or a placeholder (``<unk>``, ``[UNK]``, ``<none>``,
-``<null>``, ``<na>``, ``<missing>``, ``<pad>``, ``<mask>``, an empty alias list, an empty
-or ``-1`` multiple-choice key) has no gold. A file where no item has gold (an unlabelled test
-split) is refused, naming the first such line; when only some items lack gold they are dropped
-with one :class:`DataWarning` that counts them and names the first lines (the count is also in
-``load_dataset(...).attrs["n_dropped_no_gold"]``).
+Gold: an alias is not gold when it is empty or a placeholder (``fields.is_placeholder``): bracketed
+(``<unk>``, ``[UNK]``, ``<none>``, ``<null>``, ``<na>``, ``<missing>``, ``<pad>``, ``<mask>``),
+empty after the grader's ``normalize`` (punctuation or invisible characters only: "?", "???",
+"-", "--", "\u200b"; the grader ignores such an alias, so nothing could be graded correct), a bare
+placeholder word ("N/A", "n/a", "#N/A", "TBD", "TBA", "TODO", "null") or NaN as text ("nan",
+"NaN", "NAN"; "Nan" is a name). "none", "unknown", "zero", "nil" and "NA" are real answers and are
+kept. Placeholder aliases are removed beside real ones; an item with none left (or an empty or
+``-1`` multiple-choice key, or a placeholder key that is neither a label nor an option) has no
+gold. A file where no item has gold (an unlabelled test split) is refused, naming the first such
+line; when only some items lack gold they are dropped with one :class:`DataWarning` that counts
+them and names the first lines (the count is also in ``load_dataset(...).attrs["n_dropped_no_gold"]``).
+A question that is blank or only invisible characters (zero-width space, BOM, joiners) is an error.
 
 Every other problem raises :class:`DataError` with one message naming the file, the line (or
 row) and what is wrong. Missing ids get ``q-<sha1 of the question>``; ``limit`` keeps the items
@@ -199,10 +210,10 @@ def read_items(path: Path, dropped: list[str] | None = None) -> list[dict]:
             records = csv_records(path, text, "\t" if suffix == ".tsv" else ",")
     if not records:
         raise DataError(f"{path}: the file holds no items")
-    items, seen, no_gold = [], {}, []
+    items, seen, no_gold, notes = [], {}, [], []
     for where, rec in records:
         try:
-            item = record_item(path, where, rec)
+            item = record_item(path, where, rec, notes)
         except NoGold as e:
             no_gold.append((where, str(e)))
             continue
@@ -228,5 +239,24 @@ def read_items(path: Path, dropped: list[str] | None = None) -> list[dict]:
         )
         if dropped is not None:
             dropped.extend(w for w, _ in no_gold)
+    _warn_digit_keys(path, notes)
     return items
+
+
+def _warn_digit_keys(path: Path, notes: list) -> None:
+    """One DataWarning per file whose multiple-choice answers are digit strings without a label list
+    (read 0-based, the MMLU convention), naming the first such line; none when some such key is "0"
+    (the file itself shows it is 0-based)."""
+    keys = [n for n in notes if n[0] == "digit_key"]
+    if not keys or any(k[2] == "0" for k in keys):
+        return
+    _, where, key, idx, option = keys[0]
+    more = f"; {len(keys)} items give a digit answer without a label list, all read this way" if len(keys) > 1 else ""
+    warnings.warn(
+        f"{path}: answer {key!r} on {where} read as a 0-based index (choice {idx + 1}, {option!r}){more}; "
+        "give the choices labels (choices.label, e.g. [\"1\", \"2\", ...]) to use 1-based keys, "
+        "or answer_index to state the 0-based convention",
+        DataWarning,
+        stacklevel=4,
+    )
 

@@ -81,3 +81,15 @@ def test_grade_mc():
         grade_mc([-1.0, -2.0], -1)
     with pytest.raises(ValueError):
         grade_mc([], 0)
+
+
+@pytest.mark.parametrize("answer, alias, ok", [
+    ("Nan", "Nan", True),  # a Thai province: float("nan") read it as a number that equals nothing
+    ("It is in Nan province.", "Nan", True),
+    ("NaN", "nan", True),
+    ("Lampang", "Nan", False),
+    ("infinity", "Infinity", True),
+    ("It is 5.", "5", True),
+])
+def test_non_finite_words_are_words_not_numbers(answer, alias, ok):
+    assert grade_short(answer, [alias]) is ok
