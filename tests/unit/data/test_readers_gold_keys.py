@@ -12,6 +12,7 @@ import pytest
 from metacog.data import DataError, DataWarning, load_dataset
 from metacog.data.fields import is_gold, is_invisible, is_placeholder
 from metacog.data.grading import grade_short, normalize
+from test_readers_layouts import _err  # one helper for "one DataError line naming the file"
 
 PLACEHOLDERS = ["N/A", "n/a", "#N/A", "n.a.", "?", "???", "-", "--", "...", "TBD", "TBD.", "TBA", "TODO", "todo",
                 "null", "NULL", "NaN", "nan", "\u200b", "\ufeff", " \u200b\u200d ", "\u2060", "\u00ad", "*", "—"]
@@ -22,14 +23,6 @@ def _jsonl(tmp_path, name, records):
     p = tmp_path / name
     p.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return p
-
-
-def _err(p) -> str:
-    with pytest.raises(DataError) as ei:
-        load_dataset(p)
-    msg = str(ei.value)
-    assert "\n" not in msg and str(p) in msg
-    return msg
 
 
 def _no_data_warning(p):
