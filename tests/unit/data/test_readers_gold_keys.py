@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 
-from metacog.data import DataError, DataWarning, load_dataset
+from metacog.data import DataWarning, load_dataset
 from metacog.data.fields import is_gold, is_invisible, is_placeholder
 from metacog.data.grading import grade_short, normalize
 from test_readers_layouts import _err  # one helper for "one DataError line naming the file"
