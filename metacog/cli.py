@@ -340,12 +340,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "quiet", False):  # no progress bars at all, the model loader's included
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-        try:
-            from transformers.utils import logging as hf_logging
+        from transformers.utils import logging as hf_logging
 
-            hf_logging.disable_progress_bar()
-        except ImportError:
-            pass
+        hf_logging.disable_progress_bar()
     try:
         if args.command == "study":
             return cmd_study(args, ("answers", "activations", "probes"))

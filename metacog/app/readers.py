@@ -16,7 +16,8 @@ import streamlit as st
 
 from metacog.app.launch import probes_available
 from metacog.core.settings import MODES
-from metacog.core.workspace import Workspace, WorkspaceError, load_array
+from metacog.core.workspace import Workspace, WorkspaceError
+from metacog.core.files import load_array
 from metacog.core.workspace import model_name  # noqa: F401  (one definition; re-exported for the pages)
 from metacog.stats import metrics
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from metacog.core.workspace import Workspace, WorkspaceError, read_table
+from metacog.core.workspace import Workspace, WorkspaceError
+from metacog.core.files import read_table
 
 
 # ------------------------------------------------------------------------------ models

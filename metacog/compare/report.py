@@ -21,7 +21,8 @@ import pandas as pd
 
 from metacog import compare as C
 from metacog.compare import plots as CP
-from metacog.core.workspace import Workspace, WorkspaceError, atomic_write_text, read_table
+from metacog.core.workspace import Workspace, WorkspaceError, atomic_write_text
+from metacog.core.files import read_table
 
 
 @dataclass

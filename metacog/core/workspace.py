@@ -190,7 +190,7 @@ LINEAGE_KEY = b"metacog.lineage"
 def atomic_write_parquet(path: Path, df, lineage: dict | None = None) -> Path:
     """Write ``df`` as parquet; ``lineage`` (JSON: the key of this artifact and of the inputs it
     was built from) is stored in the file's schema metadata, so it cannot get separated from
-    the data it describes (read it back with :func:`parquet_lineage`)."""
+    the data it describes (read it back with :func:`metacog.core.files.parquet_lineage`)."""
     if lineage is None:
         return _atomic(path, lambda t: df.to_parquet(t, index=False))
 
@@ -206,23 +206,6 @@ def atomic_write_parquet(path: Path, df, lineage: dict | None = None) -> Path:
     return _atomic(path, w)
 
 
-def parquet_lineage(path: Path) -> dict | None:
-    """The lineage dict stored by :func:`atomic_write_parquet` (None if absent).
-
-    Raises:
-        WorkspaceError: the file is not Parquet (named, as :func:`read_table`)."""
-    import pyarrow.parquet as pq
-
-    try:
-        meta = pq.read_schema(path).metadata or {}
-    except FileNotFoundError:
-        raise
-    except (ValueError, OSError) as e:
-        raise _corrupt(path, "a table", e) from None
-    raw = meta.get(LINEAGE_KEY)
-    return json.loads(raw) if raw else None
-
-
 def atomic_write_npz(path: Path, **arrays) -> Path:
     """Write ``arrays`` (name → array) as an uncompressed ``.npz`` atomically (as
     :func:`atomic_write_text`; same errors)."""
@@ -231,45 +214,6 @@ def atomic_write_npz(path: Path, **arrays) -> Path:
             np.savez(f, **arrays)
 
     return _atomic(path, w)
-
-
-def _corrupt(path, what: str, e: BaseException) -> "WorkspaceError":
-    return WorkspaceError(f"{path} is corrupt or not {what} metacog wrote ({e}); delete it and rerun the stage that writes it")
-
-
-def load_array(path, mmap: bool = False):
-    """``np.load`` of a workspace array, never unpickling (``allow_pickle=False``); ``mmap`` maps
-    it read-only. A file that is not a plain ``.npy`` array (truncated, an object/pickle array,
-    not written by metacog) raises :class:`WorkspaceError` naming the file, not numpy's bare message.
-
-    Raises:
-        WorkspaceError: the file cannot be read as a plain array.
-        FileNotFoundError: it does not exist."""
-    import numpy as np
-
-    try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except FileNotFoundError:
-        raise
-    except (ValueError, OSError, EOFError) as e:
-        raise _corrupt(path, "an array", e) from None
-
-
-def read_table(path):
-    """``pd.read_parquet`` of a workspace table; a file that is not Parquet (truncated, replaced,
-    not written by metacog) raises :class:`WorkspaceError` naming the file.
-
-    Raises:
-        WorkspaceError: the file cannot be read as Parquet.
-        FileNotFoundError: it does not exist."""
-    import pandas as pd
-
-    try:
-        return pd.read_parquet(path)
-    except FileNotFoundError:
-        raise
-    except (ValueError, OSError) as e:  # pyarrow's ArrowInvalid is a ValueError
-        raise _corrupt(path, "a table", e) from None
 
 
 def atomic_save_npy(path: Path, arr) -> Path:
@@ -534,6 +478,8 @@ class Workspace:
     def lineage(self, name: str) -> dict | None:
         """The lineage stored with a parquet artifact (None when it has none or is absent)."""
         p = self.path(name)
+        from metacog.core.files import parquet_lineage
+
         return parquet_lineage(p) if p.exists() else None
 
     def read_parquet(self, name: str):
@@ -547,6 +493,8 @@ class Workspace:
         p = self.path(name)
         if not p.exists():
             raise WorkspaceError(f"{p} does not exist yet: run the stage that writes it first.")
+        from metacog.core.files import read_table
+
         return read_table(p)
 
     # ---- locking -------------------------------------------------------------------------

@@ -33,7 +33,8 @@ import pandas as pd
 
 from metacog.stats import metrics
 from metacog.core.settings import MODES, POSITIONS, ModelSettings, stable_hash, to_dict
-from metacog.core.workspace import Workspace, WorkspaceError, atomic_write_json, atomic_write_parquet, load_array, read_table
+from metacog.core.workspace import Workspace, WorkspaceError, atomic_write_json, atomic_write_parquet
+from metacog.core.files import load_array, read_table
 from metacog.finetune.runs import Run, RunError, get_run
 
 EVAL_VERSION = 1

@@ -35,7 +35,8 @@ import pandas as pd
 from metacog.data import prompts
 from metacog.core.settings import POSITIONS, TWO_PASS_OFF
 from metacog.stages.study import position_index, probe_positions
-from metacog.core.workspace import Workspace, WorkspaceError, load_array, read_table
+from metacog.core.workspace import Workspace, WorkspaceError
+from metacog.core.files import load_array, read_table
 from metacog.finetune.settings import FinetuneSettings, SettingsError
 
 TRAIN_SPLIT = "train"

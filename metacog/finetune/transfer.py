@@ -43,7 +43,8 @@ from metacog.stats import metrics
 
 from metacog.data import prompts
 from metacog.stats import bootstrap_ci
-from metacog.core.workspace import Workspace, read_table
+from metacog.core.workspace import Workspace
+from metacog.core.files import read_table
 
 PAIR_ROUNDS = 2  # each item in at most this many accuracy pairs
 BT_MATCHES = 4  # Bradley-Terry comparisons per item (about)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from metacog.core.workspace import WorkspaceError, load_array
+from metacog.core.workspace import WorkspaceError
+from metacog.core.files import load_array
 from metacog.methods.registry import Method, MethodResult, register
 
 

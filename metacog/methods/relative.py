@@ -17,7 +17,7 @@ from metacog.readout.values import read_labels
 from metacog.core.settings import stable_hash
 from metacog.methods import ranking
 from metacog.methods.registry import Method, MethodResult, register
-from metacog.core.workspace import read_table
+from metacog.core.files import read_table
 
 COMPARISONS = "methods/relative/comparisons.parquet"
 COMPARISONS_META = "methods/relative/comparisons.json"  # key, seconds spent computing them (this run or the resumed ones)

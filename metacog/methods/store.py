@@ -25,7 +25,8 @@ import pandas as pd
 
 from metacog.core.runtime import check_stop
 from metacog.core.settings import StudySettings, stable_hash
-from metacog.core.workspace import Workspace, WorkspaceError, read_table, remove_tree
+from metacog.core.workspace import Workspace, WorkspaceError, remove_tree
+from metacog.core.files import read_table
 from metacog.methods.registry import Method, MethodResult
 from metacog.methods.settings import MethodSettings
 

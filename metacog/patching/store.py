@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from metacog.core.workspace import read_table
+from metacog.core.files import read_table
 
 
 LEGACY_KEYS = {"sweep_id": "grid_id"}  # patching.json / spec.json written before the rename

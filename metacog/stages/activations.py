@@ -30,7 +30,8 @@ from metacog.readout.values import expected_value, read_values
 from metacog.model.generation import batches_by_length
 from metacog.core.runtime import ProgressFn, StopFn, check_stop
 from metacog.core.settings import INLINE_POSITIONS, POSITIONS, TWO_PASS_OFF, stable_hash, study_positions
-from metacog.core.workspace import Workspace, WorkspaceError, atomic_save_npy, atomic_write_json, load_array, open_memmap
+from metacog.core.workspace import Workspace, WorkspaceError, atomic_save_npy, atomic_write_json, open_memmap
+from metacog.core.files import load_array
 
 ACTIVATIONS_VERSION = 2  # 2: "." look-aheads skipped within confidence.EV_TOL (readouts move by <= that bound)
 # Largest |ΔE[v]| (points of 100) that batch composition alone produced for the same item,

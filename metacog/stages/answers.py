@@ -35,7 +35,8 @@ from metacog.data.grading import grade_mc, grade_short, grade_short_detail
 from metacog.readout.verbal import parse_inline_verbal, parse_verbal
 from metacog.core.runtime import ProgressFn, StopFn, check_stop
 from metacog.core.settings import MC_SCORINGS, StudySettings, stable_hash
-from metacog.core.workspace import Workspace, read_table, remove_tree
+from metacog.core.workspace import Workspace, remove_tree
+from metacog.core.files import read_table
 
 ANSWERS_VERSION = 3  # bump when prompts or parsing change (3: per-option MC scores, length-ordered chunks)
 ANSWER_CHUNK = 64  # items per saved chunk (at most this many are redone after a kill)

@@ -31,7 +31,7 @@ from metacog.data import prompts
 from metacog.readout.values import value_tree, body_and_head, expected_value, get_trie, left_pad, read_values, score_trie
 from metacog.model.hooks import capture_residual
 from metacog.core.settings import INLINE_POSITIONS, POSITIONS, StudySettings
-from metacog.core.workspace import load_array
+from metacog.core.files import load_array
 
 
 def final_norm(body):

@@ -38,7 +38,8 @@ from metacog.stages.answers import answers_key, check_items_prompt_lengths, item
 from metacog.data import assign_splits, check_splits, load_dataset, split_fraction_warnings
 from metacog.core.runtime import ProgressFn, StopFn
 from metacog.core.settings import MODES, POSITIONS, TWO_PASS_OFF, ModelSettings, StudySettings, computed_line, stable_hash, study_positions
-from metacog.core.workspace import LineageError, Workspace, WorkspaceBusy, WorkspaceError, atomic_save_npy, load_array
+from metacog.core.workspace import LineageError, Workspace, WorkspaceBusy, WorkspaceError, atomic_save_npy
+from metacog.core.files import load_array
 
 MODE_KEYS = {"inline": "inline", "two-pass": "two_pass"}
 

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from metacog.core.settings import INLINE_POSITIONS
-from metacog.core.workspace import Workspace, WorkspaceError, load_array
+from metacog.core.workspace import Workspace, WorkspaceError
+from metacog.core.files import load_array
 
 
 DIRECTIONS = ("probe", "mean-diff", "random", "probe-minus-type")

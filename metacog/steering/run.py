@@ -17,7 +17,8 @@ import torch
 
 from metacog.core.runtime import check_stop
 from metacog.core.settings import stable_hash
-from metacog.core.workspace import Workspace, WorkspaceError, atomic_save_npy, load_array
+from metacog.core.workspace import Workspace, WorkspaceError, atomic_save_npy
+from metacog.core.files import load_array
 from metacog.data import prompts
 from metacog.steering.directions import DIRECTIONS, INLINE_POSITIONS, compute_directions
 from metacog.steering.intervene import WHERE, steered_answers, steered_readout

@@ -464,7 +464,8 @@ def test_a_corrupt_table_or_array_is_named(tmp_path, ref_ws, capsys):
     never unpickles)."""
     import pickle
 
-    from metacog.core.workspace import WorkspaceError, load_array, read_table
+    from metacog.core.workspace import WorkspaceError
+    from metacog.core.files import load_array, read_table
 
     ws = tmp_path / "w"
     shutil.copytree(ref_ws, ws)
