@@ -137,6 +137,10 @@ def _print_record(rec, t) -> None:
             if len(v) > 1:
                 print(f"{c}: mean {v.mean():.3f} ± sd {v.std(ddof=1):.3f} over {len(v)} runs")
         bad = t[t["status"] != "done"]
+        if rec.get("status") == "planned":  # a dry run: nothing was created, so the runs have no ids yet
+            print(f"dry run: nothing created; {len(bad)} run(s) would be trained or resumed: launch without --dry-run",
+                  file=sys.stderr)
+            return
         for r in bad.itertuples():
             print(f"  {r.run}: {r.status} — {r.error or ''}", file=sys.stderr)
         if len(bad):

@@ -257,6 +257,7 @@ def test_cli_sweep_dry_run_and_errors(ws, capsys):
     out = capsys.readouterr()
     assert rc == 0, out.err
     assert "planned" in out.out and out.out.count("train") >= 4
+    assert "None:" not in out.err and "dry run: nothing created; 4 run(s) would be trained" in out.err  # no id-less rows
     assert main(["sweep", "--workspace", str(ws.root), "--seeds", "a,b", "--dry-run"]) == 2
     assert "--seeds must be comma-separated integers" in capsys.readouterr().err
     assert main(["sweep", "--workspace", str(ws.root), "--seeds", "1", "--workers", "64", "--epochs", "1"]) == 2
