@@ -62,7 +62,7 @@ def register(sub) -> None:
     p.add_argument("--no-answer-check", action="store_true", help="skip the greedy-answer-unchanged check")
     add_runtime_overrides(p)
     p.add_argument("--list", action="store_true", help="list the grids saved in the workspace and exit")
-    p.add_argument("--json", action="store_true", help="print patching.json")
+    p.add_argument("--json", action="store_true", help="print the grid's patching.json instead of the text summary (the grid runs, or a finished one with the same settings is reused: see --list)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_patch)
 
