@@ -111,7 +111,7 @@ def settings_changes(ws, model, study) -> str:
     except WorkspaceError:
         return ""  # the launch's own check says what is wrong with workspace.json
     out = []
-    for kind, old, new in (("model", to_dict(m0), to_dict(model)), ("study", to_dict(s0), to_dict(study))):
+    for old, new in ((to_dict(m0), to_dict(model)), (to_dict(s0), to_dict(study))):
         for k in sorted(set(old) | set(new)):
             if k != "threads" and old.get(k) != new.get(k):
                 out.append(f"{k} {old.get(k)!r} → {new.get(k)!r}")

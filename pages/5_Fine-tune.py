@@ -270,7 +270,8 @@ with ui.guard("fine-tuning"):
             st_ = run.status()
             eval_busy = est in ("queued", "running") and pid_alive(st_.get("eval_pid") or st_.get("pid"),
                                                                    st_.get("eval_pid_start") or st_.get("pid_start"))
-            label = "Re-evaluate on the eval split" if run.eval_result() else "Evaluate on the eval split"
+            ev = run.eval_result()  # read once: eval.json
+            label = "Re-evaluate on the eval split" if ev else "Evaluate on the eval split"
             if c[0].button(label, key=f"ft-eval-{run_id}", disabled=eval_busy):
                 runner.spawn(run, evaluate_only=True, eval_limit=int(eval_limit) or None, threads=int(threads))
                 st.rerun()
@@ -281,17 +282,17 @@ with ui.guard("fine-tuning"):
                 st.info(f"Evaluation {est}{cnt}")
                 if c[1].button("Refresh", key=f"ft-refresh-{run_id}"):
                     st.rerun()
-            elif est == "failed" and run.eval_result():  # an earlier evaluation's result is still there: say which is which
+            elif est == "failed" and ev:  # an earlier evaluation's result is still there: say which is which
                 st.warning(f"The last evaluation attempt failed: {run.status().get('eval_error')}. "
                            "The result below is from the earlier evaluation.")
             elif est == "failed":
                 st.error(f"Evaluation failed: {run.status().get('eval_error')}")
-            if run.eval_result():
+            if ev:
                 from metacog.finetune.evaluate import eval_stale
 
-                if why := eval_stale(ws, run.eval_result(), run.id):
+                if why := eval_stale(ws, ev, run.id):
                     st.warning(why)
-                h = run.eval_result()["headline"]
+                h = ev["headline"]
                 st.success(f"Evaluated on {h['n_eval']} eval items: verbal AUROC {_num(h['auroc_base'])} → "
                            f"{_num(h['auroc_ft'])}, accuracy {_num(h['accuracy_base'], '.1%')} → {_num(h['accuracy_ft'], '.1%')}.")
                 st.page_link("pages/6_Results.py", label="Open the Results page: before/after, calibration, per item")

@@ -59,8 +59,7 @@ with ui.guard("the results"):
     for r in picked:
         ev, per = load_eval(get_run(ws, r))
         evs[r] = (ev, per, get_run(ws, r).settings())
-    for r in picked:
-        if why := eval_stale(ws, evs[r][0], r):
+        if why := eval_stale(ws, ev, r):
             st.warning(f"{r}: {why}. Its numbers below are shown as they were computed.")
 
 

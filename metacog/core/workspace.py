@@ -428,11 +428,13 @@ class Workspace:
         rec = read_json(self.path("stages", f"{stage}.json"))
         return rec if isinstance(rec, dict) else None
 
+    def stage_key(self, stage: str) -> str | None:
+        """The key ``stage`` last finished with (:meth:`stage_record`), or None before it ran."""
+        return (self.stage_record(stage) or {}).get("key")
+
     def answers_changed(self, key: str | None, when: str | None) -> bool:
-        """Whether the study's answers changed since an artifact read them: the answers key it
-        recorded (``key``) differs from today's ``stages/answers.json`` key, or, for an artifact
-        that recorded none, today's answers were written after the artifact's ``when`` (both this
-        machine's local ``%Y-%m-%dT%H:%M:%S``). False where nothing is known."""
+        """Whether the study's answers changed since an artifact read them: its recorded ``key`` is not
+        today's, or (none recorded) today's answers are newer than its local-time ``when``; False if unknown."""
         rec = self.stage_record("answers") or {}
         if key and rec.get("key"):
             return key != rec["key"]

@@ -505,7 +505,7 @@ def evaluate_adapter(ws: Workspace, adapter_dir: Path, out_dir: Path, *, lm=None
         "model": ws.read_json("model.json"), "split": "eval",
         "items": {"n": n, "limit": limit, "ids_hash": key_items, "rule": "eval split, first N by row" if limit else "eval split, all items"},
         "primary_format": primary_format, "headline": headline,
-        "study_answers": (ws.stage_record("answers") or {}).get("key"),  # the base side's answers (eval_stale)
+        "study_answers": ws.stage_key("answers"),  # the base side's answers (eval_stale)
         "accuracy": {"base": acc0, "ft": acc1, "change": acc1 - acc0, "right_to_wrong": int((y0 & ~y1).sum()),
                      "wrong_to_right": int((~y0 & y1).sum()), "unchanged": int(same.sum())},
         "readouts": readouts, "pairwise": pw, "probe": probe, "type_prior": tp, "retrained_probes": rp, "reliability": reliability,

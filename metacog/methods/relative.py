@@ -28,7 +28,7 @@ def comparisons(ctx) -> pd.DataFrame:
     """The scheduled comparisons and their outcomes (computed once per settings + pool)."""
     pool = ctx.pool
     key = stable_hash("relative", ctx.settings.pick(SETTINGS), pool["row"].tolist(),
-                      (ctx.ws.stage_record("answers") or {}).get("key"), n=16)
+                      ctx.ws.stage_key("answers"), n=16)
     p = ctx.ws.path(COMPARISONS)
     if p.exists():
         old = read_table(p)

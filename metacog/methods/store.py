@@ -105,10 +105,9 @@ class Context:
 def method_key(ctx: Context, m: Method) -> str:
     """The 16-hex freshness key of method ``m`` in ``ctx``: hash of (name, version, its settings,
     the pool rows, the answers stage key, the model's weights hash)."""
-    rec = ctx.ws.stage_record("answers") or {}
     model = ctx.ws.read_json("model.json", {}) or {}
     return stable_hash("method", m.name, m.version, ctx.settings.pick(m.settings), ctx.pool["row"].tolist(),
-                       rec.get("key"), model.get("weights_hash"), n=16)
+                       ctx.ws.stage_key("answers"), model.get("weights_hash"), n=16)
 
 
 def meta(ws: Workspace, name: str) -> dict | None:
@@ -147,7 +146,7 @@ def save(ctx: Context, m: Method, res: MethodResult, seconds: float) -> None:
     key = method_key(ctx, m)
     ctx.ws.write_parquet(f"{DIR}/{m.name}/scores.parquet", sc)
     ctx.ws.write_json(f"{DIR}/{m.name}/meta.json", {
-        "method": m.name, "label": m.label, "family": m.family, "key": key, "answers": _answers_key(ctx.ws),
+        "method": m.name, "label": m.label, "family": m.family, "key": key, "answers": ctx.ws.stage_key("answers"),
         "cost": m.cost, "trains": m.trains,
         "settings": ctx.settings.pick(m.settings), "seconds": round(float(seconds), 2), "n_pool": int(len(sc)),
         "n_eval": int((sc["split"] == "eval").sum()), "info": res.info, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -163,10 +162,6 @@ def load_scores(ws: Workspace, name: str) -> pd.DataFrame | None:
     return read_table(p) if p.exists() else None
 
 
-def _answers_key(ws: Workspace) -> str | None:
-    return (ws.stage_record("answers") or {}).get("key")
-
-
 def _stored(ws: Workspace) -> list[str]:
     d = ws.path(DIR)
     if not d.exists():
@@ -176,9 +171,9 @@ def _stored(ws: Workspace) -> list[str]:
 
 def _is_stale(ws: Workspace, name: str) -> bool:
     """Scores computed on other answers than the workspace's answers stage (its ``meta.json``
-    records the answers key; results from before that record are taken as current)."""
-    rec = (meta(ws, name) or {}).get("answers")
-    return rec is not None and rec != _answers_key(ws)
+    records the answers key; results from before that record are taken as current):
+    :meth:`~metacog.core.workspace.Workspace.answers_changed`, the rule of every stored result."""
+    return ws.answers_changed((meta(ws, name) or {}).get("answers"), None)
 
 
 def stored_methods(ws: Workspace) -> list[str]:

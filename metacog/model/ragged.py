@@ -90,7 +90,7 @@ def ragged_attention(module, query: torch.Tensor, key: torch.Tensor, value: torc
     Tk = key.shape[2]
     plan = _layout(attention_mask, B, Tq, Tk, query.device)
     if len(plan) == 1 and plan[0][0] is None:  # one layout shared by every row, kept slots in order
-        _, nk, nq, m, Lk, Lq = plan[0]
+        _, m, Lk, Lq = plan[0]
         o = sdpa(_pad(query, Lq), _pad(key, Lk), _pad(value, Lk), m, False)  # [B, Lq, H, Dv]
         return o[:, :Tq].to(query.dtype), None
     out = query.new_zeros(B, Tq, query.shape[1], value.shape[-1])
@@ -110,7 +110,7 @@ def _layout(attention_mask, B: int, Tq: int, Tk: int, device) -> list:
 
     A mask shared by the whole batch (``[1, 1, Tq, Tk]``: patching's tree passes, where every row
     is a variant of one sequence) under which every key and every query is used gives one entry
-    ``(None, Tk, Tq, mask [1, 1, Lq, Lk], Lk, Lq)``: each row's canonical layout is its own slots
+    ``(None, mask [1, 1, Lq, Lk], Lk, Lq)``: each row's canonical layout is its own slots
     in order then zero padding, the layout it would have alone, so no gather is needed (the
     result is the same as the general path's, bit for bit: same slots, same shapes)."""
     shared = attention_mask is not None and attention_mask.shape[0] == 1
@@ -123,7 +123,7 @@ def _layout(attention_mask, B: int, Tq: int, Tk: int, device) -> list:
         if bool(allowed.any(dim=0).all()) and bool(allowed.any(dim=1).all()):
             Lk, Lq = (int(x) for x in _span(torch.tensor([Tk, Tq])))
             m = torch.nn.functional.pad(allowed, (0, Lk - Tk, 0, Lq - Tq), value=False)
-            plan = [(None, Tk, Tq, m.view(1, 1, Lq, Lk), Lk, Lq)]
+            plan = [(None, m.view(1, 1, Lq, Lk), Lk, Lq)]
             _CACHE.entry = (attention_mask, key, plan)
             return plan
         key = (B,) + key[1:]

@@ -48,7 +48,7 @@ def _run_grid(ws, plan: GridPlan, progress=None, should_stop=None, method: str =
     spec_json = {
         "grid_id": sid, "version": PATCHING_VERSION, "spec": spec_dict(plan.spec), **plan.description,
         "n_units": plan.n_units(), "method": method, "dot_tol": dot_tol(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "complete": False, "study_answers": (ws.stage_record("answers") or {}).get("key"),  # store.list_grids: stale
+        "complete": False, "study_answers": ws.stage_key("answers"),  # store.list_grids: stale
     }
     old = ws.read_json(f"{rel}/spec.json")
     if old:
